@@ -1,0 +1,135 @@
+"""The AttentionBackend contract: paged attention over a mixed batch.
+
+Batch layout (the model runner guarantees it): the scheduled requests of one step are ordered
+with all decode requests (exactly one new token) first, then prefill chunks (more than one new
+token, or the first token of a prompt). Their new tokens are concatenated in that order into one
+flat token axis of length ``num_tokens``.
+
+KV layout: one cache tensor per layer, shape ``backend.get_kv_cache_shape(...)``; the slot of a
+token is ``block_id * block_size + offset``. Block 0 is never handed to a request (the block pool
+reserves it as the null block), so padded block-table entries may point at 0.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass(slots=True)
+class CommonAttentionMetadata:
+    """Backend-neutral description of one step, built by the model runner.
+
+    All index tensors are int32 or int64 on the model's device unless noted.
+      query_start_loc  [num_reqs + 1]  cumulative new-token counts (0, q0, q0+q1, ...)
+      seq_lens         [num_reqs]      tokens in the KV after this step (computed + new)
+      context_lens     [num_reqs]      tokens already in the KV before this step
+      block_table      [num_reqs, max_blocks_per_req]  block ids (padding = 0)
+      slot_mapping     [num_tokens]    KV slot of every new token
+      query_start_loc_cpu / seq_lens_cpu: the same on the host, for shape decisions
+    Invariants: requests [0, num_decodes) have exactly one new token; max_query_len and
+    max_seq_len are exact maxima over the batch.
+    """
+
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    context_lens: torch.Tensor
+    block_table: torch.Tensor
+    slot_mapping: torch.Tensor
+    query_start_loc_cpu: torch.Tensor
+    seq_lens_cpu: torch.Tensor
+    num_reqs: int
+    num_tokens: int
+    num_decodes: int
+    max_query_len: int
+    max_seq_len: int
+    block_size: int
+
+
+class AttentionMetadataBuilder(ABC):
+    """Turns the common metadata into the backend's own, once per step (shared by all layers)."""
+
+    def __init__(self, block_size: int, device: torch.device) -> None:
+        self.block_size = block_size
+        self.device = device
+
+    @abstractmethod
+    def build(self, common: CommonAttentionMetadata) -> Any:
+        """Return the metadata object every layer's ``AttentionImpl.forward`` receives."""
+
+
+class AttentionImpl(ABC):
+    """One layer's attention computation. Created once per layer at model construction."""
+
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
+                 sliding_window: int | None = None) -> None:
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                             f"({num_kv_heads})")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads
+        self.sliding_window = sliding_window
+
+    @abstractmethod
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: Any) -> torch.Tensor:
+        """Write ``key``/``value`` of the new tokens into ``kv_cache`` at ``slot_mapping``, then
+        attend every new query to its request's whole context (cached + new, causal).
+
+        query [num_tokens, num_heads, head_size]; key/value [num_tokens, num_kv_heads,
+        head_size]; returns [num_tokens, num_heads * head_size] in the query's dtype.
+        ``kv_cache`` may be an empty tensor during memory profiling: then skip the write and
+        attend to the new tokens alone (each request's chunk is then its whole context).
+        """
+
+
+class AttentionBackend(ABC):
+    """A family of attention kernels. Stateless; the registry maps names to these classes."""
+
+    name: ClassVar[str] = ""
+    supported_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    supported_head_sizes: ClassVar[tuple[int, ...] | None] = None     # None: any
+    supported_block_sizes: ClassVar[tuple[int, ...] | None] = None    # None: any
+    supports_sliding_window: ClassVar[bool] = False
+    preferred_block_size: ClassVar[int] = 16
+
+    @classmethod
+    def unsupported_reasons(cls, *, head_size: int, dtype: str, kv_cache_dtype: str,
+                            block_size: int | None, sliding_window: int | None) -> list[str]:
+        """Empty when this backend can serve the configuration; else why not, in words."""
+        reasons = []
+        if dtype not in cls.supported_dtypes:
+            reasons.append(f"dtype {dtype} not in {list(cls.supported_dtypes)}")
+        if kv_cache_dtype not in cls.supported_kv_cache_dtypes:
+            reasons.append(f"kv_cache_dtype {kv_cache_dtype} not in "
+                           f"{list(cls.supported_kv_cache_dtypes)}")
+        if cls.supported_head_sizes is not None and head_size not in cls.supported_head_sizes:
+            reasons.append(f"head size {head_size} not in {list(cls.supported_head_sizes)}")
+        if (block_size is not None and cls.supported_block_sizes is not None
+                and block_size not in cls.supported_block_sizes):
+            reasons.append(f"block size {block_size} not in {list(cls.supported_block_sizes)}")
+        if sliding_window is not None and not cls.supports_sliding_window:
+            reasons.append("sliding window attention is not supported")
+        return reasons
+
+    @staticmethod
+    @abstractmethod
+    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
+                           head_size: int) -> tuple[int, ...]:
+        """Shape of one layer's KV cache tensor for ``num_blocks`` blocks."""
+
+    @staticmethod
+    @abstractmethod
+    def get_builder_cls() -> type[AttentionMetadataBuilder]:
+        ...
+
+    @staticmethod
+    @abstractmethod
+    def get_impl_cls() -> type[AttentionImpl]:
+        ...

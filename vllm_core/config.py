@@ -1,0 +1,116 @@
+"""Engine configuration: plain dataclasses, filled once by ``EngineArgs.create_engine_config``.
+
+The platform's ``check_and_update_config`` may adjust the fields (block size, dtype, thread
+count, graph sizes) before any worker starts; after that the config is read-only by contract.
+Nothing here imports torch: dtypes are carried as strings ("bfloat16", "float16", "float32").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
+_DTYPE_ALIASES = {"bf16": "bfloat16", "half": "float16", "fp16": "float16", "float": "float32",
+                  "fp32": "float32"}
+
+
+def normalize_dtype(name: str) -> str:
+    """Map user spellings (``bf16``, ``half``, ``float``) to a canonical dtype name."""
+    canon = _DTYPE_ALIASES.get(name, name)
+    if canon not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)} (or bf16/half/float), "
+                         f"got {name!r}")
+    return canon
+
+
+@dataclass(slots=True)
+class ModelArchConfig:
+    """The architecture facts every model and backend needs, whatever the file format.
+
+    Built from a HuggingFace ``config.json``, from GGUF metadata, or given directly (dummy
+    weights). ``head_dim`` may differ from ``hidden_size // num_attention_heads`` (Qwen3).
+    """
+
+    architecture: str                  # HF class name, e.g. "LlamaForCausalLM"
+    model_type: str                    # "llama", "mistral", "qwen2", "qwen3"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False       # q/k/v projection biases (Qwen2)
+    qk_norm: bool = False              # per-head RMSNorm on q and k (Qwen3)
+    sliding_window: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    hf_config: dict[str, Any] = field(default_factory=dict)  # the raw config.json, if any
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """What to load and how. ``dtype`` is resolved from "auto" by the platform."""
+
+    model: str                                   # directory, .gguf file, or config for dummy
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    seed: int = 0
+    load_format: Literal["auto", "safetensors", "gguf", "dummy"] = "auto"
+    generation_config: str = "auto"              # "auto" (model's file), "vllm", or a folder
+    chat_template: str | None = None
+    served_model_name: str | None = None
+    max_logprobs: int = 20
+    arch: ModelArchConfig | None = None          # filled by create_engine_config
+
+
+@dataclass(slots=True)
+class CacheConfig:
+    """Paged KV cache. ``num_blocks`` is set after the worker measures free memory."""
+
+    block_size: int | None = None                # None: the attention backend's preference
+    enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"                 # "auto" = model dtype
+    cache_space_bytes: int | None = None         # explicit budget (CPU: VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = 0.9
+    num_blocks_override: int | None = None
+    num_blocks: int | None = None
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    """Per-step budgets of continuous batching."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None    # None: platform default
+    enable_chunked_prefill: bool = True
+    policy: Literal["fcfs", "priority"] = "fcfs"
+    max_model_len: int = 0                       # copied from the model config
+
+
+@dataclass(slots=True)
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """The whole configuration handed to the platform, the scheduler and the workers."""
+
+    model: ModelConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    attention_backend: str | None = None          # user's choice, else the platform's
+    enforce_eager: bool = False
+    graph_batch_sizes: list[int] = field(default_factory=list)
+    num_threads: int | None = None                # CPU platforms: torch intra-op threads
+    platform_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # plugin-specific settings

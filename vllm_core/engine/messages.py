@@ -1,0 +1,93 @@
+"""The two messages that cross the scheduler/worker seam. Torch-free by contract.
+
+The scheduler sends ``SchedulerOutput`` each step: full data for requests the workers have not
+seen (or that were preempted and are resumed), deltas for the others. Workers keep persistent
+per-request state keyed by request id and answer with ``ModelRunnerOutput``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm_core.sampling.params import SamplingParams
+
+
+@dataclass(slots=True)
+class NewRequestData:
+    """First time a request reaches the workers (or resumed after recompute preemption).
+
+    ``block_ids`` is the whole block table; ``num_computed_tokens`` tokens of
+    ``prompt_token_ids + output_token_ids`` are already in the KV cache (prefix-cache hits).
+    ``output_token_ids`` is non-empty only for a resumed request, whose earlier outputs are
+    recomputed as part of its "prompt".
+    """
+
+    req_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+    output_token_ids: list[int] = field(default_factory=list)
+    lora_id: int = 0
+
+
+@dataclass(slots=True)
+class CachedRequestData:
+    """A request the workers already hold: blocks appended this step and the computed count."""
+
+    req_id: str
+    new_block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step's plan.
+
+    Invariants: every scheduled request appears in exactly one of ``scheduled_new_reqs`` /
+    ``scheduled_cached_reqs`` and in ``num_scheduled_tokens`` with a count >= 1;
+    ``total_num_scheduled_tokens`` is their sum and <= max_num_batched_tokens;
+    ``finished_req_ids`` (finished or aborted since the last step, or preempted) must be dropped
+    from worker state before this step runs. A request samples a token this step iff its
+    computed + scheduled tokens reach its full sequence length (``sample`` set below).
+    """
+
+    scheduled_new_reqs: list[NewRequestData]
+    scheduled_cached_reqs: list[CachedRequestData]
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    finished_req_ids: set[str] = field(default_factory=set)
+    num_preempted: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass(slots=True)
+class Logprobs:
+    """Top logprobs of one position: ids[0] is the chosen token, then the top-k by logprob."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    ranks: list[int]          # rank of each id in the full distribution (1 = most likely)
+
+
+@dataclass(slots=True)
+class ModelRunnerOutput:
+    """What the workers return for one step.
+
+    ``sampled_token_ids[req_id]`` is empty for a request that only advanced a prefill chunk;
+    ``logprobs[req_id]`` has one entry per sampled token when the request asked for logprobs;
+    ``prompt_logprobs[req_id]`` holds entries for the prompt positions scored this step (the
+    first prompt token has none, so the first chunk starts at position 1).
+    """
+
+    sampled_token_ids: dict[str, list[int]]
+    logprobs: dict[str, list[Logprobs]] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[Logprobs]] = field(default_factory=dict)
+
+
+EMPTY_MODEL_RUNNER_OUTPUT = ModelRunnerOutput(sampled_token_ids={})

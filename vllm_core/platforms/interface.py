@@ -1,0 +1,175 @@
+"""The Platform contract a hardware plugin implements.
+
+One Platform class is active per process (``vllm_core.platforms.current_platform``). The core
+calls these methods; a plugin overrides what differs for its hardware. Every method that the
+engine calls says when. Versioned together with the AttentionBackend and Worker contracts by
+``PLATFORM_API_VERSION``: a plugin declares the version it was written for in
+``api_version`` and is skipped (loudly) when the major number differs from the core's.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm_core.config import EngineConfig
+
+PLATFORM_API_VERSION = "1.0"
+"""MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours."""
+
+
+class PlatformKind(enum.Enum):
+    CPU = "cpu"
+    ACCELERATOR = "accelerator"
+
+
+# Priorities: accelerators outrank the CPU. A plugin picks one of these or a value in between.
+PRIORITY_CPU = 0
+PRIORITY_ACCELERATOR = 100
+
+
+@dataclass(slots=True)
+class DeviceFacts:
+    """What a platform knows about its devices (reported by ``vllm-core platforms``)."""
+
+    device_count: int = 0
+    device_name: str = ""
+    capability: str = ""               # e.g. "9.0", "gfx942", "x86_64 AVX512_BF16"
+    total_memory_bytes: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Platform:
+    """Base class of every platform. Class attributes are the identity; methods the behaviour.
+
+    Contract: a Platform subclass must be importable without its hardware present and must not
+    touch the device at import time; ``detect`` in its entry point decides presence.
+    """
+
+    # identity ------------------------------------------------------------------------------
+    name: ClassVar[str] = "unspecified"          # plugin/platform name, e.g. "cpu", "cuda"
+    kind: ClassVar[PlatformKind] = PlatformKind.ACCELERATOR
+    priority: ClassVar[int] = PRIORITY_ACCELERATOR
+    api_version: ClassVar[str] = PLATFORM_API_VERSION
+    device_type: ClassVar[str] = "cpu"           # torch device type
+    dispatch_key: ClassVar[str] = "CPU"
+    dist_backend: ClassVar[str] = "gloo"
+    device_control_env_var: ClassVar[str] = ""   # e.g. CUDA_VISIBLE_DEVICES
+    supported_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    supported_quantization: ClassVar[tuple[str, ...]] = ()
+    default_block_size: ClassVar[int] = 16
+
+    # device facts --------------------------------------------------------------------------
+    @classmethod
+    def device_facts(cls) -> DeviceFacts:
+        """Describe the devices. Called by ``vllm-core platforms`` / ``collect-env``."""
+        return DeviceFacts()
+
+    @classmethod
+    def default_dtype(cls) -> str:
+        """The dtype used when the user asks for ``auto`` (a name in ``supported_dtypes``)."""
+        return cls.supported_dtypes[0]
+
+    @classmethod
+    def total_memory_bytes(cls) -> int:
+        return cls.device_facts().total_memory_bytes
+
+    @classmethod
+    def free_memory_bytes(cls) -> int:
+        """Memory that could hold the KV cache now. The worker calls it after loading weights."""
+        raise NotImplementedError
+
+    # choices -------------------------------------------------------------------------------
+    @classmethod
+    def attention_backends(cls) -> list[str]:
+        """Backend names in preference order (names resolved by the attention registry)."""
+        return ["reference"]
+
+    @classmethod
+    def worker_class(cls) -> str:
+        """Dotted path of this platform's Worker class (instantiated once per rank)."""
+        return "vllm_core.worker.torch_worker.TorchWorker"
+
+    @classmethod
+    def supports_graph_capture(cls) -> bool:
+        return False
+
+    @classmethod
+    def default_max_num_batched_tokens(cls) -> int:
+        return 2048
+
+    # lifecycle hooks -----------------------------------------------------------------------
+    @classmethod
+    def check_and_update_config(cls, config: EngineConfig) -> None:
+        """Validate and adjust ``config`` for this hardware, in place.
+
+        Called once by ``EngineArgs.create_engine_config`` before the workers start. Must
+        resolve ``config.model.dtype`` from "auto", set ``config.cache.block_size`` if None and
+        ``config.scheduler.max_num_batched_tokens`` if None; raise ``ValueError`` with a clear
+        message for a configuration this hardware cannot run (unsupported dtype...).
+        """
+        from vllm_core.config import normalize_dtype
+
+        model = config.model
+        dtype = normalize_dtype(model.dtype)
+        if dtype == "auto":
+            dtype = cls.default_dtype()
+        if dtype not in cls.supported_dtypes:
+            raise ValueError(f"platform {cls.name!r} does not support dtype {dtype!r}; "
+                             f"supported: {', '.join(cls.supported_dtypes)}")
+        model.dtype = dtype
+        kv = config.cache.kv_cache_dtype
+        if kv not in cls.supported_kv_cache_dtypes:
+            raise ValueError(f"platform {cls.name!r} does not support kv_cache_dtype {kv!r}; "
+                             f"supported: {', '.join(cls.supported_kv_cache_dtypes)}")
+        if config.cache.block_size is None:
+            config.cache.block_size = cls.default_block_size
+        if config.scheduler.max_num_batched_tokens is None:
+            config.scheduler.max_num_batched_tokens = cls.default_max_num_batched_tokens()
+        if not config.scheduler.enable_chunked_prefill:
+            # without chunking a whole prompt must fit one step
+            config.scheduler.max_num_batched_tokens = max(
+                config.scheduler.max_num_batched_tokens, config.scheduler.max_model_len)
+        config.platform_name = cls.name
+
+    @classmethod
+    def verify_model(cls, config: EngineConfig) -> None:
+        """Reject a model this platform cannot run (called after the architecture is known)."""
+
+    # runtime helpers -----------------------------------------------------------------------
+    @classmethod
+    def set_device(cls, index: int) -> None:
+        """Make device ``index`` current for this process (called by the worker at start)."""
+
+    @classmethod
+    def seed_everything(cls, seed: int) -> None:
+        import random
+
+        import torch
+
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+    @classmethod
+    def synchronize(cls) -> None:
+        """Wait for all queued device work."""
+
+    @classmethod
+    def empty_cache(cls) -> None:
+        """Return cached allocator memory to the device."""
+
+    @classmethod
+    def inference_mode(cls) -> Any:
+        import torch
+
+        return torch.inference_mode()
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line for logs: name, device and dtype default."""
+        facts = cls.device_facts()
+        return (f"{cls.name} ({facts.device_name or cls.device_type}"
+                f"{', ' + facts.capability if facts.capability else ''})")
