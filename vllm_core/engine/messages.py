@@ -91,3 +91,24 @@ class ModelRunnerOutput:
 
 
 EMPTY_MODEL_RUNNER_OUTPUT = ModelRunnerOutput(sampled_token_ids={})
+
+
+@dataclass(slots=True)
+class EngineCoreOutput:
+    """What the scheduler reports per request after a step (consumed by the OutputProcessor).
+
+    ``finish_reason`` is "stop" (stop token / eos), "length" (max_tokens or max_model_len) or
+    "abort"; ``stop_reason`` is the stop token id that ended it (None for eos or length).
+    """
+
+    req_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    new_logprobs: list[Logprobs] | None = None
+    new_prompt_logprobs: list[Logprobs] | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,48 @@
+"""Statistics the engine produces each step, consumed by stat loggers (Prometheus, log line).
+
+The engine calls every registered ``StatLogger.record`` once per step with a fresh
+``IterationStats`` (what happened in that step) and a ``SchedulerStats`` snapshot (state after
+it). Loggers must be cheap; they run on the engine thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    num_running_reqs: int = 0
+    num_waiting_reqs: int = 0
+    kv_cache_usage: float = 0.0          # fraction of usable blocks in use, 0..1
+    prefix_cache_queries: int = 0        # tokens looked up in the prefix cache (this step)
+    prefix_cache_hits: int = 0           # of which hits (this step)
+    num_preemptions: int = 0             # preemptions in this step
+    num_total_blocks: int = 0
+
+
+@dataclass(slots=True)
+class FinishedRequestStats:
+    finish_reason: str
+    e2e_latency: float
+    num_prompt_tokens: int
+    num_generation_tokens: int
+    queued_time: float = 0.0
+    prefill_time: float = 0.0
+    decode_time: float = 0.0
+
+
+@dataclass(slots=True)
+class IterationStats:
+    num_prompt_tokens: int = 0           # prompt tokens computed this step (cache hits excluded)
+    num_generation_tokens: int = 0       # tokens sampled this step
+    time_to_first_tokens: list[float] = field(default_factory=list)
+    inter_token_latencies: list[float] = field(default_factory=list)
+    finished_requests: list[FinishedRequestStats] = field(default_factory=list)
+    step_time: float = 0.0
+
+
+class StatLogger(Protocol):
+    def record(self, scheduler_stats: SchedulerStats, iteration_stats: IterationStats) -> None:
+        ...
