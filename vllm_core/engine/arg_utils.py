@@ -82,3 +82,82 @@ class EngineArgs:
 
     def replace(self, **changes: Any) -> EngineArgs:
         return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ resolution
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise bad("gpu_memory_utilization", "must be in (0, 1]")
+        if self.max_num_seqs < 1:
+            raise bad("max_num_seqs", "must be >= 1")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise bad("max_num_batched_tokens", "must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise bad("max_model_len", "must be >= 2")
+        if self.block_size is not None and (self.block_size < 1
+                                            or self.block_size & (self.block_size - 1)):
+            raise bad("block_size", "must be a power of two")
+        if self.tensor_parallel_size < 1:
+            raise bad("tensor_parallel_size", "must be >= 1")
+        if self.max_logprobs < 0:
+            raise bad("max_logprobs", "must be >= 0")
+        if self.kv_cache_space_gib is not None and self.kv_cache_space_gib <= 0:
+            raise bad("kv_cache_space_gib", "must be positive")
+
+    def create_engine_config(self) -> tuple[Any, Any]:
+        """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""
+        from vllm_core import envs
+        from vllm_core.config import (
+            CacheConfig,
+            EngineConfig,
+            ModelConfig,
+            ParallelConfig,
+            SchedulerConfig,
+            normalize_dtype,
+        )
+        from vllm_core.model_executor.loader import load_arch_config, resolve_model
+        from vllm_core.platforms import resolve_current_platform
+        from vllm_core.plugins import apply_config_hooks, load_general_plugins
+
+        self._validate()
+        load_general_plugins()
+        platform = resolve_current_platform()
+        path = resolve_model(self.model)
+        arch = load_arch_config(path, self.load_format)
+        derived = arch.max_position_embeddings
+        max_len = self.max_model_len or derived
+        if max_len > derived:
+            raise ValueError(f"max_model_len={max_len} exceeds the model's context length "
+                             f"({derived} tokens, max_position_embeddings)")
+        space = self.kv_cache_space_gib or envs.cpu_kvcache_space_gib()
+        import os
+
+        name = self.served_model_name or (self.model if self.model else
+                                          os.path.splitext(os.path.basename(path))[0])
+        model = ModelConfig(
+            model=path, tokenizer=self.tokenizer, dtype=normalize_dtype(self.dtype),
+            max_model_len=max_len, seed=self.seed, load_format=self.load_format,
+            generation_config=self.generation_config, chat_template=self.chat_template,
+            served_model_name=name, max_logprobs=self.max_logprobs, arch=arch)
+        config = EngineConfig(
+            model=model,
+            cache=CacheConfig(block_size=self.block_size,
+                              enable_prefix_caching=self.enable_prefix_caching,
+                              kv_cache_dtype=self.kv_cache_dtype,
+                              cache_space_bytes=int(space * 2**30) if space else None,
+                              gpu_memory_utilization=self.gpu_memory_utilization,
+                              num_blocks_override=self.num_gpu_blocks_override),
+            scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
+                                      max_num_batched_tokens=self.max_num_batched_tokens,
+                                      enable_chunked_prefill=self.enable_chunked_prefill,
+                                      policy=self.scheduling_policy, max_model_len=max_len),
+            parallel=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
+            attention_backend=self.attention_backend or envs.attention_backend(),
+            enforce_eager=self.enforce_eager,
+        )
+        platform.check_and_update_config(config)
+        platform.verify_model(config)
+        apply_config_hooks(config)
+        return config, platform

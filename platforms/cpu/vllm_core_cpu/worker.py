@@ -1,0 +1,32 @@
+"""CpuWorker: the core TorchWorker with CPU threading and a RAM-based KV budget."""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_core.logger import init_logger
+from vllm_core.worker.torch_worker import TorchWorker
+
+logger = init_logger(__name__)
+
+DEFAULT_KV_FRACTION = 0.25        # of the RAM available after loading the model
+DEFAULT_KV_CAP_BYTES = 4 << 30    # never more than 4 GiB unless asked (VLLM_CPU_KVCACHE_SPACE)
+
+
+class CpuWorker(TorchWorker):
+    """KV budget: ``cache.cache_space_bytes`` (VLLM_CPU_KVCACHE_SPACE / --kv-cache-space-gib)
+    when set, else min(25% of available RAM, 4 GiB). Threads: ``config.num_threads``."""
+
+    def init_device(self) -> None:
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        super().init_device()
+        logger.info("CPU worker: %d threads, dtype %s", torch.get_num_threads(),
+                    self.config.model.dtype)
+
+    def determine_available_memory(self) -> int:
+        cache = self.config.cache
+        if cache.cache_space_bytes is not None:
+            return int(cache.cache_space_bytes)
+        available = self.platform.free_memory_bytes()
+        return int(min(available * DEFAULT_KV_FRACTION, DEFAULT_KV_CAP_BYTES))

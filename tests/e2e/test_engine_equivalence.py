@@ -1,0 +1,46 @@
+"""Engine features must not change greedy tokens: chunked prefill, prefix caching, preemption,
+and the CPU attention backend vs the reference backend (design section 7)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_core import LLM, SamplingParams
+
+SHARED = ("You are a helpful assistant. Answer briefly and precisely. The user asks about "
+          "the history of the printing press and its effects on European society. ")
+PROMPTS = [SHARED + "When was it invented?", SHARED + "Who invented it?",
+           "Short one", SHARED * 2 + "Summarise.", "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"]
+PARAMS = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+
+
+def run(**kwargs) -> list[list[int]]:
+    llm = LLM(dtype="float32", max_model_len=512, kv_cache_space_gib=0.1, **kwargs)
+    outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    # a second pass reuses cached prefixes when prefix caching is on
+    again = llm.generate(PROMPTS[:2], PARAMS, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in outs[:2]]
+    return [o.outputs[0].token_ids for o in outs]
+
+
+@pytest.fixture(scope="module")
+def baseline() -> list[list[int]]:
+    return run(enable_prefix_caching=False, enable_chunked_prefill=False)
+
+
+def test_chunked_prefill_equivalent(baseline):
+    assert run(enable_prefix_caching=False, max_num_batched_tokens=32) == baseline
+
+
+def test_prefix_caching_equivalent(baseline):
+    assert run(enable_prefix_caching=True, max_num_batched_tokens=64) == baseline
+
+
+def test_preemption_equivalent(baseline):
+    # 12 blocks of 16 tokens cannot hold the batch at once: requests get preempted and recomputed
+    assert run(num_gpu_blocks_override=14, max_num_batched_tokens=64) == baseline
+
+
+def test_reference_backend_equivalent(baseline):
+    assert run(attention_backend="reference", enable_prefix_caching=False,
+               enable_chunked_prefill=False) == baseline

@@ -1,0 +1,184 @@
+"""AsyncLLMEngine: the engine loop on a background thread, each request an async generator.
+
+Thread model: only the engine thread touches the scheduler, the workers and the output
+processor. Callers (the asyncio loop of the server) validate and tokenize their request on
+their own thread, then hand it over through a command queue; outputs come back through
+``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``. Torch releases the GIL
+while it computes, so the event loop stays responsive during a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from vllm_core.engine.arg_utils import EngineArgs
+from vllm_core.engine.input_processor import PromptType
+from vllm_core.engine.llm_engine import LLMEngine
+from vllm_core.engine.stats import SchedulerStats, StatLogger
+from vllm_core.logger import init_logger
+from vllm_core.outputs import RequestOutput
+from vllm_core.sampling.params import SamplingParams, sampling_params_from_user
+
+logger = init_logger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped after an internal error; the server must restart."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.tokenizer = engine.tokenizer
+        self.generation_defaults = engine.generation_defaults
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._streams_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._stop = False
+        self._snapshot = SchedulerStats(num_total_blocks=engine.config.cache.num_blocks or 0)
+        self._thread = threading.Thread(target=self._run, name="vllm-core-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs,
+                         stat_loggers: list[StatLogger] | None = None) -> AsyncLLMEngine:
+        return cls(LLMEngine.from_engine_args(engine_args, stat_loggers))
+
+    # ------------------------------------------------------------------ state
+    def is_ready(self) -> bool:
+        return self._thread.is_alive() and self._error is None and not self._stop
+
+    @property
+    def errored(self) -> bool:
+        return self._error is not None
+
+    async def check_health(self) -> None:
+        if self._error is not None:
+            raise EngineDeadError(f"engine thread died: {self._error!r}")
+        if not self._thread.is_alive():
+            raise EngineDeadError("engine thread is not running")
+
+    def get_scheduler_stats(self) -> SchedulerStats:
+        """Running / waiting / KV usage after the latest step (a copy, safe to read)."""
+        return self._snapshot
+
+    def make_sampling_params(self, **user_fields: Any) -> SamplingParams:
+        """SamplingParams where generation_config fills the fields the user left unset."""
+        return sampling_params_from_user(self.generation_defaults, **user_fields)
+
+    # ------------------------------------------------------------------ requests
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
+                       request_id: str, priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs; the last has ``finished=True``. Raises ValueError for
+        bad input before the first output. Cancelling the consumer aborts the request."""
+        await self.check_health()
+        if self._stop:
+            raise EngineDeadError("engine is shutting down")
+        max_len = self.config.model.max_model_len
+        processed = self.engine.input_processor.process(prompt, sampling_params)
+        n_prompt = len(processed.prompt_token_ids)
+        asked = sampling_params.max_tokens
+        if asked is not None and n_prompt + asked > max_len:
+            raise ValueError(
+                f"This model's maximum context length is {max_len} tokens. However, you "
+                f"requested {n_prompt + asked} tokens ({n_prompt} in the messages, {asked} in "
+                f"the completion). Please reduce the length of the messages or completion.")
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop, asyncio.Queue())
+        with self._streams_lock:
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+        self._commands.put(("add", request_id, processed, priority, time.time()))
+        self._wakeup.set()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            with self._streams_lock:
+                self._streams.pop(request_id, None)
+            if not finished:
+                self._commands.put(("abort", request_id))
+                self._wakeup.set()
+
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+        self._wakeup.set()
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop = True
+        self._wakeup.set()
+        await asyncio.to_thread(self._thread.join, timeout)
+        self.engine.shutdown()
+
+    # ------------------------------------------------------------------ engine thread
+    def _deliver(self, request_id: str, item: Any) -> None:
+        with self._streams_lock:
+            stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "add":
+                _, request_id, processed, priority, arrival = cmd
+                with self._streams_lock:
+                    alive = request_id in self._streams
+                if not alive:          # the client went away before we got here
+                    continue
+                try:
+                    self.engine.add_processed_request(request_id, processed, arrival, priority)
+                except ValueError as e:
+                    self._deliver(request_id, e)
+            else:
+                self.engine.abort_request(cmd[1])
+
+    def _run(self) -> None:
+        engine = self.engine
+        while not self._stop:
+            self._drain_commands()
+            if not engine.has_unfinished_requests():
+                self._snapshot = engine.scheduler_snapshot()
+                self._wakeup.wait(timeout=1.0)
+                self._wakeup.clear()
+                continue
+            try:
+                outputs = engine.step()
+            except BaseException as e:  # noqa: BLE001 - any failure here kills the engine
+                logger.exception("engine step failed; failing all requests")
+                self._error = e
+                dead = EngineDeadError(f"engine failed: {e!r}")
+                with self._streams_lock:
+                    ids = list(self._streams)
+                for request_id in ids:
+                    self._deliver(request_id, dead)
+                return
+            self._snapshot = engine.scheduler_snapshot()
+            for out in outputs:
+                self._deliver(out.request_id, out)

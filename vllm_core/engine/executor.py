@@ -1,0 +1,56 @@
+"""Executor: creates the platform's worker(s) and drives their lifecycle.
+
+Only the single-process executor exists today (tensor_parallel_size == 1); a multi-rank
+executor would fan ``execute_model`` out over ranks and return rank 0's output.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from vllm_core.config import EngineConfig
+from vllm_core.engine.messages import ModelRunnerOutput, SchedulerOutput
+from vllm_core.logger import init_logger
+from vllm_core.worker.worker_base import Worker
+
+logger = init_logger(__name__)
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class UniProcExecutor:
+    """Runs one worker in this process."""
+
+    def __init__(self, config: EngineConfig, platform: Any) -> None:
+        if config.parallel.tensor_parallel_size != 1:
+            raise ValueError(
+                f"tensor_parallel_size={config.parallel.tensor_parallel_size} is not supported "
+                f"by the {platform.name} platform yet; use 1")
+        self.config = config
+        worker_cls = _import_class(platform.worker_class())
+        self.worker: Worker = worker_cls(config, 0, 0, platform=platform)
+        self.worker.init_device()
+        self.worker.load_model()
+
+    def determine_num_blocks(self) -> int:
+        """KV blocks that fit the worker's memory budget (overridable by the user)."""
+        cache = self.config.cache
+        per_block = self.worker.kv_cache_bytes_per_block()
+        if cache.num_blocks_override is not None:
+            return cache.num_blocks_override
+        available = self.worker.determine_available_memory()
+        return available // per_block
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        self.worker.initialize_cache(num_blocks)
+        self.worker.compile_or_warm_up_model()
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.worker.execute_model(scheduler_output)
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()

@@ -1,0 +1,186 @@
+"""LLMEngine: the synchronous engine loop (add_request / step / abort).
+
+One ``step`` = ``Scheduler.schedule`` -> ``Executor.execute_model`` ->
+``Scheduler.update_from_output`` -> ``OutputProcessor.process_outputs``. Stop strings found
+by the detokenizer finish the request in the scheduler in the same step. n > 1 requests fan out
+into child requests ``"{i}_{request_id}"`` that share the prompt's KV blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vllm_core.config import EngineConfig
+from vllm_core.engine.arg_utils import EngineArgs
+from vllm_core.engine.executor import UniProcExecutor
+from vllm_core.engine.input_processor import InputProcessor, PromptType
+from vllm_core.engine.output_processor import OutputProcessor
+from vllm_core.engine.request import Request, RequestStatus
+from vllm_core.engine.scheduler import Scheduler
+from vllm_core.engine.stats import IterationStats, SchedulerStats, StatLogger
+from vllm_core.logger import init_logger
+from vllm_core.outputs import RequestOutput
+from vllm_core.sampling.params import SamplingParams
+
+logger = init_logger(__name__)
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """A chat template given as a file path or as the template text itself."""
+    if value is None:
+        return None
+    import os
+
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    if "{" not in value:
+        raise ValueError(f"chat_template {value!r} is neither a file nor a Jinja template")
+    return value
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, platform: Any,
+                 stat_loggers: list[StatLogger] | None = None) -> None:
+        from vllm_core.model_executor.loader import get_tokenizer, load_generation_defaults
+
+        start = time.perf_counter()
+        self.config = config
+        self.platform = platform
+        model = config.model
+        self.tokenizer = get_tokenizer(model.model, model.tokenizer)
+        template = load_chat_template(model.chat_template)
+        if template is not None:
+            self.tokenizer.chat_template = template
+        gen = model.generation_config
+        self.generation_defaults: dict[str, Any] = (
+            {} if gen == "vllm" else load_generation_defaults(model.model if gen == "auto" else gen))
+        self.executor = UniProcExecutor(config, platform)
+        num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
+        config.cache.num_blocks = num_blocks
+        self.executor.initialize_cache(num_blocks)
+        self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len)
+        self.input_processor = InputProcessor(config, self.tokenizer, self.generation_defaults)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self.stat_loggers: list[StatLogger] = list(stat_loggers or [])
+        self._children: dict[str, list[str]] = {}
+        self.startup_time = time.perf_counter() - start
+        logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
+                    "(%d tokens), max_model_len %d", self.startup_time, platform.describe(),
+                    model.dtype, num_blocks, config.cache.block_size,
+                    (num_blocks - 1) * config.cache.block_size, model.max_model_len)
+
+    def _check_num_blocks(self, num_blocks: int) -> int:
+        bs = self.config.cache.block_size
+        need = -(-self.config.model.max_model_len // bs) + 1      # + the null block
+        if num_blocks < need:
+            raise ValueError(
+                f"the KV cache holds {max(num_blocks - 1, 0) * bs} tokens, fewer than one "
+                f"request of max_model_len={self.config.model.max_model_len} needs; lower "
+                f"--max-model-len or give the cache more memory (--gpu-memory-utilization, "
+                f"VLLM_CPU_KVCACHE_SPACE / --kv-cache-space-gib)")
+        return num_blocks
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs,
+                         stat_loggers: list[StatLogger] | None = None) -> LLMEngine:
+        config, platform = engine_args.create_engine_config()
+        return cls(config, platform, stat_loggers)
+
+    # ------------------------------------------------------------------ requests
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def default_sampling_params(self) -> SamplingParams:
+        return self.input_processor.default_sampling_params()
+
+    def add_request(self, request_id: str, prompt: PromptType,
+                    params: SamplingParams | None = None, arrival_time: float | None = None,
+                    priority: int = 0) -> None:
+        """Validate and queue a request. Raises ValueError (nothing queued) on bad input."""
+        if request_id in self._children or self.output_processor.has_request(request_id):
+            raise ValueError(f"request id {request_id!r} is already in use")
+        processed = self.input_processor.process(prompt, params)
+        self.add_processed_request(request_id, processed, arrival_time, priority)
+
+    def add_processed_request(self, request_id: str, processed: Any,
+                              arrival_time: float | None = None, priority: int = 0) -> None:
+        arrival = time.time() if arrival_time is None else arrival_time
+        params = processed.params
+        n = params.n
+        child_ids = [request_id] if n == 1 else [f"{i}_{request_id}" for i in range(n)]
+        requests = []
+        for i, child_id in enumerate(child_ids):
+            child_params = params
+            if n > 1:
+                child_params = params.clone()
+                child_params.n = 1
+                if params.seed is not None:
+                    child_params.seed = params.seed + i
+            requests.append(Request(
+                request_id=child_id, prompt_token_ids=processed.prompt_token_ids,
+                sampling_params=child_params, arrival_time=arrival, priority=priority,
+                parent_id=request_id if n > 1 else None))
+        for i, req in enumerate(requests):           # scheduler first: it may refuse
+            self.scheduler.add_request(req)
+            self.output_processor.add_request(
+                req.request_id, processed.prompt, processed.prompt_token_ids,
+                req.sampling_params, arrival, parent_id=request_id if n > 1 else None,
+                child_index=i, num_children=n)
+        self._children[request_id] = child_ids
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        children = [c for r in ids for c in self._children.pop(r, [])]
+        if children:
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED)
+            for child in children:
+                self.output_processor.abort_request(child)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._children)
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.executor.execute_model(scheduler_output)
+        core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        processed = self.output_processor.process_outputs(core_outputs, time.time())
+        if processed.reqs_to_abort:
+            self.scheduler.finish_requests(processed.reqs_to_abort,
+                                           RequestStatus.FINISHED_STOPPED)
+        for out in processed.request_outputs:
+            if out.finished:
+                self._children.pop(out.request_id, None)
+        if self.stat_loggers:
+            self._record_stats(scheduler_output, core_outputs, processed,
+                               time.perf_counter() - t0)
+        return processed.request_outputs
+
+    def _record_stats(self, scheduler_output: Any, core_outputs: list, processed: Any,
+                      step_time: float) -> None:
+        it: IterationStats = getattr(processed, "iteration_stats", None) or IterationStats()
+        it.step_time = step_time
+        it.num_generation_tokens = sum(len(o.new_token_ids) for o in core_outputs)
+        sampled = {o.req_id for o in core_outputs if o.new_token_ids}
+        it.num_prompt_tokens = sum(
+            n for r, n in scheduler_output.num_scheduled_tokens.items()
+            if n > 1 or r not in sampled)
+        stats: SchedulerStats = self.scheduler.make_stats()
+        for stat_logger in self.stat_loggers:
+            stat_logger.record(stats, it)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+
+    def scheduler_snapshot(self) -> SchedulerStats:
+        """Running / waiting / KV usage now, without consuming the per-step counters."""
+        s = self.scheduler
+        return SchedulerStats(num_running_reqs=s.num_running, num_waiting_reqs=s.num_waiting,
+                              kv_cache_usage=s.kv_cache_usage,
+                              num_total_blocks=self.config.cache.num_blocks or 0)

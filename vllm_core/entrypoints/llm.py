@@ -1,0 +1,134 @@
+"""``LLM``: offline batch inference (generate, chat, beam_search) over the LLMEngine."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vllm_core.engine.arg_utils import EngineArgs
+from vllm_core.engine.input_processor import PromptType
+from vllm_core.engine.llm_engine import LLMEngine
+from vllm_core.outputs import RequestOutput
+from vllm_core.sampling.params import SamplingParams
+
+ChatMessages = list[dict[str, Any]]
+
+
+class LLM:
+    """Load a model once, then run batches of prompts through continuous batching.
+
+    ``model=None`` uses the embedded default model (SmolLM2-135M-Instruct). Other keyword
+    arguments are EngineArgs fields (dtype, max_model_len, max_num_seqs, ...).
+    """
+
+    def __init__(self, model: str | None = None, *, tokenizer: str | None = None,
+                 dtype: str = "auto", max_model_len: int | None = None, seed: int = 0,
+                 **engine_kwargs: Any) -> None:
+        args = EngineArgs(model=model, tokenizer=tokenizer, dtype=dtype,
+                          max_model_len=max_model_len, seed=seed, **engine_kwargs)
+        self.llm_engine = LLMEngine.from_engine_args(args)
+        self._counter = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        return self.llm_engine.default_sampling_params()
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, prompts: PromptType | Sequence[PromptType],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True, priority: list[int] | None = None
+                 ) -> list[RequestOutput]:
+        """Generate for one prompt or a list (text, token ids, or {"prompt_token_ids": ...}).
+
+        All prompts are validated before any is queued: one bad prompt raises ValueError and
+        nothing runs. Outputs come back in the order of ``prompts``.
+        """
+        if isinstance(prompts, (str, dict)) or (
+                isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prompts)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompts):
+                raise ValueError(f"got {len(params_list)} sampling_params for "
+                                 f"{len(prompts)} prompts")
+        if priority is not None and len(priority) != len(prompts):
+            raise ValueError(f"got {len(priority)} priorities for {len(prompts)} prompts")
+        processor = self.llm_engine.input_processor
+        processed = [processor.process(p, sp) for p, sp in zip(prompts, params_list)]
+        return self._run(processed, priority, use_tqdm)
+
+    def _run(self, processed: list[Any], priority: list[int] | None,
+             use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        ids = [str(next(self._counter)) for _ in processed]
+        for i, (req_id, proc) in enumerate(zip(ids, processed)):
+            engine.add_processed_request(req_id, proc, priority=priority[i] if priority else 0)
+        results: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
+                   disable=not use_tqdm)
+        out_tokens = 0
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        results[out.request_id] = out
+                        out_tokens += sum(len(c.token_ids) for c in out.outputs)
+                        bar.update(1)
+                        elapsed = bar.format_dict["elapsed"] or 1e-9
+                        bar.set_postfix_str(f"output {out_tokens / elapsed:.1f} tok/s",
+                                            refresh=False)
+        except BaseException:
+            engine.abort_request([i for i in ids if i not in results])
+            raise
+        finally:
+            bar.close()
+        return [results[i] for i in ids]
+
+    # ------------------------------------------------------------------ chat
+    def chat(self, messages: ChatMessages | list[ChatMessages],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, chat_template: str | None = None,
+             add_generation_prompt: bool = True,
+             chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
+        """Apply the tokenizer's chat template to one conversation or a list, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [{"prompt_token_ids": self.apply_chat_template(
+            conv, chat_template, add_generation_prompt, chat_template_kwargs)}
+            for conv in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def apply_chat_template(self, conversation: ChatMessages, chat_template: str | None = None,
+                            add_generation_prompt: bool = True,
+                            chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        tokenizer = self.get_tokenizer()
+        template = chat_template or tokenizer.chat_template
+        if template is None:
+            raise ValueError("the tokenizer has no chat template; pass chat_template=")
+        for m in conversation:
+            if not isinstance(m, dict) or "role" not in m:
+                raise ValueError("each chat message must be a dict with 'role' and 'content'")
+        ids = tokenizer.apply_chat_template(
+            conversation, chat_template=template, add_generation_prompt=add_generation_prompt,
+            tokenize=True, **(chat_template_kwargs or {}))
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    # ------------------------------------------------------------------ beam search
+    def beam_search(self, prompts: Sequence[PromptType], params: Any,
+                    use_tqdm: bool = False) -> list[Any]:
+        """Beam search: every live beam is a one-token request with top-2*width logprobs;
+        the prompt and beam prefixes are shared through the prefix cache."""
+        from vllm_core.entrypoints.beam_search import run_beam_search
+
+        return run_beam_search(self, list(prompts), params, use_tqdm)

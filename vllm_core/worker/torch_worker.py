@@ -1,0 +1,98 @@
+"""TorchWorker: the generic Worker over the core ModelRunner. Platforms subclass it and
+override the device pieces (``make_device``, ``layer_ops``, memory measurement)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vllm_core.config import EngineConfig
+from vllm_core.engine.messages import ModelRunnerOutput, SchedulerOutput
+from vllm_core.logger import init_logger
+from vllm_core.worker.model_runner import ModelRunner
+from vllm_core.worker.worker_base import Worker
+
+logger = init_logger(__name__)
+
+
+class TorchWorker(Worker):
+    """Runs the model with plain torch on ``platform.device_type``.
+
+    ``platform`` is the active Platform class (passed by the executor, never looked up deep
+    inside). Memory: the KV budget is ``cache.cache_space_bytes`` when set, else the
+    platform's free memory after a profiling forward times ``gpu_memory_utilization``.
+    """
+
+    def __init__(self, config: EngineConfig, rank: int = 0, local_rank: int = 0,
+                 platform: Any = None) -> None:
+        super().__init__(config, rank, local_rank)
+        if platform is None:
+            from vllm_core.platforms import current_platform
+
+            platform = current_platform
+        self.platform = platform
+        self.runner: ModelRunner | None = None
+
+    # hooks for subclasses ------------------------------------------------------------
+    def make_device(self) -> torch.device:
+        return torch.device(self.platform.device_type, self.local_rank) \
+            if self.platform.device_type != "cpu" else torch.device("cpu")
+
+    def layer_ops(self) -> Any | None:
+        """The platform's LayerOps instance (None: the core's torch ops)."""
+        return None
+
+    def select_attention_backend(self) -> type:
+        from vllm_core.attention.selector import select_attention_backend
+
+        arch = self.config.model.arch
+        return select_attention_backend(
+            self.platform, head_size=arch.head_dim, dtype=self.config.model.dtype,
+            kv_cache_dtype=self.config.cache.kv_cache_dtype,
+            block_size=self.config.cache.block_size, sliding_window=arch.sliding_window,
+            requested=self.config.attention_backend)
+
+    # Worker contract -----------------------------------------------------------------
+    def init_device(self) -> None:
+        self.device = self.make_device()
+        self.platform.set_device(self.local_rank)
+        self.platform.seed_everything(self.config.model.seed)
+        backend = self.select_attention_backend()
+        logger.info("attention backend: %s", backend.name)
+        self.runner = ModelRunner(self.config, self.device, backend, self.layer_ops())
+
+    def load_model(self) -> None:
+        self.runner.load_model()
+
+    def kv_cache_bytes_per_block(self) -> int:
+        return self.runner.kv_cache_bytes_per_block()
+
+    def determine_available_memory(self) -> int:
+        cache = self.config.cache
+        if cache.cache_space_bytes is not None:
+            return int(cache.cache_space_bytes)
+        self.platform.empty_cache()
+        self.runner.profile_run()
+        self.platform.synchronize()
+        free = self.platform.free_memory_bytes()
+        total = self.platform.total_memory_bytes()
+        used = total - free
+        budget = int(total * cache.gpu_memory_utilization) - used
+        if budget <= 0:
+            raise ValueError(
+                f"no memory left for the KV cache: {used / 2**30:.1f} GiB of "
+                f"{total / 2**30:.1f} GiB in use after loading the model; raise "
+                f"--gpu-memory-utilization (now {cache.gpu_memory_utilization})")
+        return budget
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        self.runner.initialize_cache(num_blocks)
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.runner.execute_model(scheduler_output)
+
+    def shutdown(self) -> None:
+        if self.runner is not None:
+            self.runner.kv_caches = []
+            self.runner.model = None
