@@ -25,7 +25,11 @@ from vllm_core.engine.messages import (
     SchedulerOutput,
 )
 from vllm_core.logger import init_logger
-from vllm_core.sampling.metadata import RequestSamplingState, build_sampling_metadata, make_generator
+from vllm_core.sampling.metadata import (
+    RequestSamplingState,
+    build_sampling_metadata,
+    make_generator,
+)
 from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
 from vllm_core.worker.request_state import CachedRequestState
 
@@ -127,12 +131,13 @@ class ModelRunner:
             params = new.sampling_params
             generator = (make_generator(params.seed, self.device)
                          if params.seed is not None and not params.is_greedy else None)
+            prompt = list(new.prompt_token_ids)
             self.requests[new.req_id] = CachedRequestState(
-                req_id=new.req_id, prompt_token_ids=list(new.prompt_token_ids),
-                output_token_ids=outputs, token_ids=list(new.prompt_token_ids) + outputs,
-                sampling_params=params, block_ids=list(new.block_ids),
-                num_computed_tokens=new.num_computed_tokens, generator=generator,
-                lora_id=new.lora_id)
+                req_id=new.req_id, prompt_token_ids=prompt, output_token_ids=outputs,
+                token_ids=prompt + outputs, sampling_params=params,
+                block_ids=list(new.block_ids), num_computed_tokens=new.num_computed_tokens,
+                generator=generator, lora_id=new.lora_id,
+                sampling_state=RequestSamplingState(params, prompt, outputs, generator))
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             state.block_ids.extend(cached.new_block_ids)
@@ -229,25 +234,19 @@ class ModelRunner:
         if batch.sample_rows:
             logits = self.model.compute_logits(hidden[batch.logits_indices])
             states = [self.requests[batch.order[i]] for i in batch.sample_rows]
-            metadata = build_sampling_metadata(
-                [RequestSamplingState(s.sampling_params, s.prompt_token_ids,
-                                      s.output_token_ids, s.generator) for s in states],
-                logits.shape[-1], self.device)
+            metadata = build_sampling_metadata([s.sampling_state for s in states],
+                                               logits.shape[-1], self.device)
             out = self.sampler(logits, metadata)
             ids = out.token_ids.tolist()
-            if out.logprobs is not None:
-                lp_ids = out.logprobs.token_ids.tolist()
-                lp_vals = out.logprobs.logprobs.tolist()
-                ranks = out.logprobs.ranks.tolist()
-            for j, state in enumerate(states):
-                token = ids[j]
+            for state, token in zip(states, ids):
                 state.append_output(token)
                 sampled[state.req_id] = [token]
-                k = state.sampling_params.logprobs
-                if k is not None and out.logprobs is not None:
-                    logprobs[state.req_id] = [Logprobs(
-                        token_ids=lp_ids[j][: k + 1], logprobs=lp_vals[j][: k + 1],
-                        ranks=[ranks[j]] + list(range(1, k + 1)))]
+            if out.logprobs is not None:
+                rows = out.logprobs.to_logprobs_list(
+                    [s.sampling_params.logprobs for s in states])
+                for state, row in zip(states, rows):
+                    if state.sampling_params.logprobs is not None:
+                        logprobs[state.req_id] = [row]
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
                                  prompt_logprobs=prompt_logprobs)
 
@@ -273,8 +272,5 @@ class ModelRunner:
             targets = torch.tensor(state.prompt_token_ids[start + 1: last + 1],
                                    dtype=torch.long, device=hidden.device)
             lp = compute_prompt_logprobs(self.model.compute_logits(hidden[rows]), targets, k)
-            ids, vals, ranks = lp.token_ids.tolist(), lp.logprobs.tolist(), lp.ranks.tolist()
-            result[req_id] = [Logprobs(token_ids=ids[r], logprobs=vals[r],
-                                       ranks=[ranks[r]] + list(range(1, k + 1)))
-                              for r in range(len(ids))]
+            result[req_id] = lp.to_logprobs_list()
         return result

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from vllm_core.sampling.metadata import RequestSamplingState
     from vllm_core.sampling.params import SamplingParams
 
 
@@ -29,7 +30,7 @@ class CachedRequestState:
     num_computed_tokens: int
     generator: torch.Generator | None = None
     lora_id: int = 0
-    prompt_logprobs_done: int = field(default=0)
+    sampling_state: RequestSamplingState | None = None   # kept across steps (token cache)
 
     @property
     def num_tokens(self) -> int:

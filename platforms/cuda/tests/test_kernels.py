@@ -1,0 +1,401 @@
+"""Triton kernels and the "triton" attention backend against torch / HF references.
+
+Without a GPU the kernels run under ``TRITON_INTERPRET=1`` (set by conftest.py) on small shapes;
+with one (``torch.cuda.is_available()``) the same tests run on larger shapes and fp16 too.
+Run from the repository root: ``PYTHONPATH=.:platforms/cuda pytest platforms/cuda/tests/test_kernels.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from vllm_core_cuda.attention.triton_backend import TritonAttentionBackend
+from vllm_core_cuda.kernels import (
+    fused_add_rms_norm,
+    paged_attention,
+    plan_launch,
+    reshape_and_cache,
+    rms_norm,
+    rotary_embedding,
+    silu_and_mul,
+)
+
+from vllm_core.attention.backend import CommonAttentionMetadata
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Triton's interpreter computes tl.dot on bfloat16's raw bits (it documents no bf16 support,
+# triton-lang/triton#11584), so bf16 attention runs on the GPU only; fp16 covers the
+# low-precision path of the kernel under the interpreter.
+ATTN_DTYPES = DTYPES if ON_GPU else [torch.float32, torch.float16]
+LOW = torch.bfloat16 if ON_GPU else torch.float16
+TOL = {torch.float32: 2e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+# ------------------------------------------------------------------------ paged batch helpers
+def _batch(q_lens: list[int], ctx_lens: list[int], block_size: int, num_blocks: int,
+           gen: torch.Generator) -> dict:
+    """Block tables over randomly scattered blocks (never block 0), padded with 0."""
+    seq_lens = [q + c for q, c in zip(q_lens, ctx_lens, strict=True)]
+    need = [math.ceil(s / block_size) for s in seq_lens]
+    if sum(need) > num_blocks - 1:
+        raise ValueError("test batch needs more blocks than the cache has")
+    perm = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
+    table = torch.zeros(len(q_lens), max(need), dtype=torch.int64)
+    slots = []
+    for r, n in enumerate(need):
+        table[r, :n] = torch.tensor(perm[:n])
+        perm = perm[n:]
+        pos = torch.arange(ctx_lens[r], seq_lens[r])
+        slots.append(table[r, pos // block_size] * block_size + pos % block_size)
+    qsl = torch.tensor([0] + q_lens).cumsum(0)
+    return dict(query_start_loc=qsl, seq_lens=torch.tensor(seq_lens), block_table=table,
+                slot_mapping=torch.cat(slots), context_lens=torch.tensor(ctx_lens))
+
+
+def _ref_attention(query: torch.Tensor, kv_cache: torch.Tensor, b: dict, scale: float,
+                   sliding_window: int | None = None) -> torch.Tensor:
+    """Straightforward float64 paged attention over the same inputs."""
+    num_heads = query.shape[1]
+    block_size = kv_cache.shape[2]
+    out = torch.empty(query.shape, dtype=torch.float64)
+    qsl, seq_lens = b["query_start_loc"].tolist(), b["seq_lens"].tolist()
+    for r in range(len(seq_lens)):
+        qs, qe, seq = qsl[r], qsl[r + 1], seq_lens[r]
+        pos = torch.arange(seq)
+        blocks = b["block_table"][r, pos // block_size]
+        k = kv_cache[0].cpu()[blocks, pos % block_size].double()
+        v = kv_cache[1].cpu()[blocks, pos % block_size].double()
+        gqa = num_heads // k.shape[1]
+        k, v = k.repeat_interleave(gqa, 1), v.repeat_interleave(gqa, 1)
+        q = query[qs:qe].cpu().double()
+        s = torch.einsum("qhd,khd->hqk", q, k) * scale
+        qpos = seq - (qe - qs) + torch.arange(qe - qs)
+        allowed = pos[None, :] <= qpos[:, None]
+        if sliding_window:
+            allowed &= qpos[:, None] - pos[None, :] < sliding_window
+        s = s.masked_fill(~allowed, float("-inf"))
+        out[qs:qe] = torch.einsum("hqk,khd->qhd", s.softmax(-1), v)
+    return out
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out = out.cpu().double()
+    assert not out.isnan().any(), "NaN in output"
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def _dev(b: dict) -> dict:
+    return {k: v.to(DEVICE) for k, v in b.items()}
+
+
+# Mixed batches: decodes first (q_len 1), then chunks (with and without prior context).
+if ON_GPU:
+    MIXED = ([1] * 24 + [300, 77, 513], [0, 1, 15, 16, 17, 255, 1000, 2047] * 3 + [0, 1200, 333])
+    NUM_KV_HEADS, HEAD_SIZES, BLOCK_SIZES = 8, [64, 128, 80], [16, 32]
+else:
+    MIXED = ([1, 1, 1, 7, 13], [0, 17, 40, 0, 21])
+    NUM_KV_HEADS, HEAD_SIZES, BLOCK_SIZES = 2, [64], [16]
+
+
+# GPU: every (dtype, split) pair; interpreter: fp32 unsplit and fp16 split, to stay fast.
+MIXED_CASES = ([(d, k) for d in ATTN_DTYPES for k in (None, 3)] if ON_GPU
+               else [(torch.float32, None), (torch.float16, 3)])
+
+
+@pytest.mark.parametrize("dtype,num_splits", MIXED_CASES)
+@pytest.mark.parametrize("gqa", [1, 4, 8])
+def test_paged_attention_mixed_batch(dtype: torch.dtype, gqa: int, num_splits: int | None):
+    gen = torch.Generator().manual_seed(gqa * 7 + (num_splits or 0))
+    head_size, block_size = HEAD_SIZES[0], BLOCK_SIZES[0]
+    q_lens, ctx_lens = MIXED
+    num_blocks = 2 + sum(math.ceil((q + c) / block_size) for q, c in zip(q_lens, ctx_lens, strict=True))
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    num_heads = NUM_KV_HEADS * gqa
+    query = torch.randn(sum(q_lens), num_heads, head_size, generator=gen).to(dtype)
+    kv_cache = torch.randn(2, num_blocks, block_size, NUM_KV_HEADS, head_size,
+                           generator=gen).to(dtype)
+    scale = head_size ** -0.5
+    launch = plan_launch(num_tokens=sum(q_lens), num_reqs=len(q_lens),
+                         max_query_len=max(q_lens),
+                         max_seq_len=max(q + c for q, c in zip(q_lens, ctx_lens, strict=True)),
+                         num_kv_heads=NUM_KV_HEADS, num_queries_per_kv=gqa,
+                         head_size=head_size, num_compute_units=132 if ON_GPU else 1,
+                         num_splits=num_splits, tile_n=None if ON_GPU else 16)
+    kv_dev, bd = kv_cache.to(DEVICE), _dev(b)
+    out = paged_attention(query.to(DEVICE), kv_dev[0], kv_dev[1],
+                          query_start_loc=bd["query_start_loc"], seq_lens=bd["seq_lens"],
+                          block_table=bd["block_table"], scale=scale, launch=launch)
+    assert _rel_err(out, _ref_attention(query, kv_cache, b, scale)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("head_size", HEAD_SIZES[1:] or [96])
+@pytest.mark.parametrize("block_size", BLOCK_SIZES[-1:])
+def test_paged_attention_head_and_block_sizes(head_size: int, block_size: int):
+    """Other head sizes (including a padded non-power of two) and page sizes, GQA 4."""
+    gen = torch.Generator().manual_seed(head_size + block_size)
+    q_lens, ctx_lens = MIXED
+    num_blocks = 3 + sum(math.ceil((q + c) / block_size) for q, c in zip(q_lens, ctx_lens, strict=True))
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    num_heads = NUM_KV_HEADS * 4
+    query = torch.randn(sum(q_lens), num_heads, head_size, generator=gen).to(LOW)
+    kv_cache = torch.randn(2, num_blocks, block_size, NUM_KV_HEADS, head_size,
+                           generator=gen).to(LOW)
+    launch = plan_launch(num_tokens=sum(q_lens), num_reqs=len(q_lens),
+                         max_query_len=max(q_lens), max_seq_len=max(b["seq_lens"].tolist()),
+                         num_kv_heads=NUM_KV_HEADS, num_queries_per_kv=4, head_size=head_size,
+                         num_compute_units=132 if ON_GPU else 1, num_splits=2,
+                         tile_n=None if ON_GPU else 32)
+    kv_dev, bd = kv_cache.to(DEVICE), _dev(b)
+    out = paged_attention(query.to(DEVICE), kv_dev[0], kv_dev[1],
+                          query_start_loc=bd["query_start_loc"], seq_lens=bd["seq_lens"],
+                          block_table=bd["block_table"], scale=0.1, launch=launch)
+    assert _rel_err(out, _ref_attention(query, kv_cache, b, 0.1)) < TOL[LOW]
+
+
+@pytest.mark.parametrize("num_splits", [None, 4])
+def test_paged_attention_decode_only_and_sliding_window(num_splits: int | None):
+    gen = torch.Generator().manual_seed(5)
+    block_size, head_size, gqa = BLOCK_SIZES[0], HEAD_SIZES[0], 4
+    ctx_lens = [0, 3, 31, 64, 100] if not ON_GPU else [0, 3, 31, 64, 100, 4095] * 20
+    q_lens = [1] * len(ctx_lens)
+    num_blocks = 2 + sum(math.ceil((c + 1) / block_size) for c in ctx_lens)
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    query = torch.randn(len(q_lens), NUM_KV_HEADS * gqa, head_size, generator=gen)
+    kv_cache = torch.randn(2, num_blocks, block_size, NUM_KV_HEADS, head_size, generator=gen)
+    kv_dev, bd = kv_cache.to(DEVICE), _dev(b)
+    for window in (None, 24):
+        launch = plan_launch(num_tokens=len(q_lens), num_reqs=len(q_lens), max_query_len=1,
+                             max_seq_len=max(ctx_lens) + 1, num_kv_heads=NUM_KV_HEADS,
+                             num_queries_per_kv=gqa, head_size=head_size,
+                             num_compute_units=132 if ON_GPU else 1, num_splits=num_splits,
+                             tile_n=None if ON_GPU else 16)
+        assert launch.block_q == 1
+        out = paged_attention(query.to(DEVICE), kv_dev[0], kv_dev[1],
+                              query_start_loc=bd["query_start_loc"], seq_lens=bd["seq_lens"],
+                              block_table=bd["block_table"], scale=0.125, launch=launch,
+                              sliding_window=window)
+        ref = _ref_attention(query, kv_cache, b, 0.125, sliding_window=window)
+        assert _rel_err(out, ref) < TOL[torch.float32]
+
+
+def test_reshape_and_cache_scatters_and_skips_padding():
+    gen = torch.Generator().manual_seed(3)
+    num_blocks, block_size, kvh, head = 9, 16, 3, 80
+    kv_cache = torch.randn(2, num_blocks, block_size, kvh, head, generator=gen)
+    before = kv_cache.clone()
+    slots = torch.tensor([17, 16, 5, -1, 140, 3])
+    # key/value as strided views of one fused buffer, like a QKV projection's output
+    fused = torch.randn(len(slots), 2 * kvh * head + 8, generator=gen)
+    key = fused[:, : kvh * head].view(-1, kvh, head)
+    value = fused[:, kvh * head: 2 * kvh * head].view(-1, kvh, head)
+    cache_dev = kv_cache.to(DEVICE)
+    reshape_and_cache(key.to(DEVICE), value.to(DEVICE), cache_dev, slots.to(DEVICE))
+    expected = before.clone()
+    for t, s in enumerate(slots.tolist()):
+        if s >= 0:
+            expected[0, s // block_size, s % block_size] = key[t]
+            expected[1, s // block_size, s % block_size] = value[t]
+    assert torch.equal(cache_dev.cpu(), expected)
+
+
+def _common(b: dict, block_size: int) -> CommonAttentionMetadata:
+    q_lens = (b["query_start_loc"][1:] - b["query_start_loc"][:-1]).tolist()
+    bd = _dev(b)
+    return CommonAttentionMetadata(
+        query_start_loc=bd["query_start_loc"], seq_lens=bd["seq_lens"],
+        context_lens=bd["context_lens"], block_table=bd["block_table"],
+        slot_mapping=bd["slot_mapping"], query_start_loc_cpu=b["query_start_loc"],
+        seq_lens_cpu=b["seq_lens"], num_reqs=len(q_lens), num_tokens=sum(q_lens),
+        num_decodes=sum(1 for q in q_lens if q == 1), max_query_len=max(q_lens),
+        max_seq_len=int(b["seq_lens"].max()), block_size=block_size)
+
+
+@pytest.mark.parametrize("dtype", [LOW])
+def test_triton_backend_forward_writes_then_attends(dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(11)
+    block_size, head_size, gqa = BLOCK_SIZES[0], HEAD_SIZES[0], 4
+    num_heads = NUM_KV_HEADS * gqa
+    q_lens, ctx_lens = MIXED
+    num_blocks = 4 + sum(math.ceil((q + c) / block_size) for q, c in zip(q_lens, ctx_lens, strict=True))
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    shape = TritonAttentionBackend.get_kv_cache_shape(num_blocks, block_size, NUM_KV_HEADS,
+                                                      head_size)
+    kv_cache = torch.randn(shape, generator=gen).to(dtype)
+    T = sum(q_lens)
+    query = torch.randn(T, num_heads * head_size, generator=gen).to(dtype)
+    key = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(dtype)
+    value = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(dtype)
+    builder = TritonAttentionBackend.get_builder_cls()(block_size, DEVICE)
+    md = builder.build(_common(b, block_size))
+    impl = TritonAttentionBackend.get_impl_cls()(num_heads, head_size, head_size ** -0.5,
+                                                NUM_KV_HEADS)
+    cache_dev = kv_cache.to(DEVICE)
+    out = impl.forward(query.to(DEVICE), key.to(DEVICE), value.to(DEVICE), cache_dev, md)
+    assert out.shape == (T, num_heads * head_size) and out.dtype == dtype
+    slots = b["slot_mapping"]
+    expected = kv_cache.clone()
+    expected[0].view(-1, NUM_KV_HEADS, head_size)[slots] = key
+    expected[1].view(-1, NUM_KV_HEADS, head_size)[slots] = value
+    assert torch.equal(cache_dev.cpu(), expected)
+    ref = _ref_attention(query.view(T, num_heads, head_size), expected, b, head_size ** -0.5)
+    assert _rel_err(out.view(T, num_heads, head_size), ref) < TOL[dtype]
+
+    # memory profiling: empty cache, each chunk attends to itself alone
+    empty = torch.empty(0, device=DEVICE)
+    out2 = impl.forward(query.to(DEVICE), key.to(DEVICE), value.to(DEVICE), empty,
+                        builder.build(_common(b, block_size)))
+    qsl = b["query_start_loc"].tolist()
+    for r in range(len(q_lens)):
+        qs, qe = qsl[r], qsl[r + 1]
+        q = query[qs:qe].view(-1, num_heads, head_size).double().transpose(0, 1)
+        k = key[qs:qe].double().repeat_interleave(gqa, 1).transpose(0, 1)
+        v = value[qs:qe].double().repeat_interleave(gqa, 1).transpose(0, 1)
+        ref_r = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=head_size ** -0.5).transpose(0, 1)
+        assert _rel_err(out2[qs:qe].view(-1, num_heads, head_size), ref_r) < TOL[dtype]
+
+
+def test_triton_backend_declares_and_refuses():
+    ok = TritonAttentionBackend.unsupported_reasons(head_size=128, dtype="bfloat16",
+                                                    kv_cache_dtype="auto", block_size=16,
+                                                    sliding_window=4096)
+    assert ok == []
+    bad = TritonAttentionBackend.unsupported_reasons(head_size=48, dtype="bfloat16",
+                                                     kv_cache_dtype="fp8", block_size=8,
+                                                     sliding_window=None)
+    assert len(bad) == 3 and any("fp8" in r for r in bad) and any("48" in r for r in bad)
+    assert TritonAttentionBackend.get_kv_cache_shape(10, 16, 8, 128) == (2, 10, 16, 8, 128)
+
+
+# ------------------------------------------------------------------------ layer ops
+ROWS, HIDDEN = (300, 4096) if ON_GPU else (5, 96)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_matches_hf(dtype: torch.dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    gen = torch.Generator().manual_seed(1)
+    norm = LlamaRMSNorm(HIDDEN, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(HIDDEN, generator=gen))
+    x = torch.randn(ROWS, HIDDEN, generator=gen).to(dtype) * 3
+    res = torch.randn(ROWS, HIDDEN, generator=gen).to(dtype)
+    w = norm.weight.detach().to(DEVICE)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    with torch.no_grad():
+        out = rms_norm(x.to(DEVICE), w, 1e-5)
+        torch.testing.assert_close(out.cpu(), norm(x), **tol)
+        out2, res2 = fused_add_rms_norm(x.to(DEVICE), res.to(DEVICE), w, 1e-5)
+        # the interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even)
+        exact = ON_GPU or dtype != torch.bfloat16
+        torch.testing.assert_close(res2.cpu(), x + res, **(dict(atol=0, rtol=0) if exact
+                                                          else dict(atol=1e-2, rtol=8e-3)))
+        torch.testing.assert_close(out2.cpu(), norm(x + res), **tol)
+
+
+def _cos_sin_cache(max_pos: int, rot_dim: int) -> torch.Tensor:
+    inv = 1.0 / (500000.0 ** (torch.arange(0, rot_dim, 2).float() / rot_dim))
+    freqs = torch.outer(torch.arange(max_pos).float(), inv)
+    return torch.cat([freqs.cos(), freqs.sin()], -1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_matches_hf(dtype: torch.dtype):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    gen = torch.Generator().manual_seed(2)
+    head, hq, hk = (128, 32, 8) if ON_GPU else (64, 4, 2)
+    T = ROWS
+    cache = _cos_sin_cache(4096, head)
+    positions = torch.randint(0, 4096, (T,), generator=gen)
+    q = torch.randn(T, hq * head, generator=gen).to(dtype)
+    k = torch.randn(T, hk * head, generator=gen).to(dtype)
+    half = cache[positions]
+    cos = torch.cat([half[:, : head // 2]] * 2, -1)[None]
+    sin = torch.cat([half[:, head // 2:]] * 2, -1)[None]
+    q_ref, k_ref = apply_rotary_pos_emb(q.float().view(1, T, hq, head).transpose(1, 2),
+                                        k.float().view(1, T, hk, head).transpose(1, 2),
+                                        cos, sin)
+    qd, kd = q.to(DEVICE), k.to(DEVICE)
+    rotary_embedding(positions.to(DEVICE), qd, kd, cache.to(DEVICE), head)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(qd.cpu().float(), q_ref.transpose(1, 2).reshape(T, -1), **tol)
+    torch.testing.assert_close(kd.cpu().float(), k_ref.transpose(1, 2).reshape(T, -1), **tol)
+
+
+def test_rotary_partial_dim_leaves_tail():
+    gen = torch.Generator().manual_seed(4)
+    head, rot = 64, 32
+    cache = _cos_sin_cache(64, rot)
+    q = torch.randn(3, 2, head, generator=gen)
+    k = torch.randn(3, 1, head, generator=gen)
+    pos = torch.tensor([0, 5, 63])
+    qd, kd = q.clone().to(DEVICE), k.clone().to(DEVICE)
+    rotary_embedding(pos.to(DEVICE), qd, kd, cache.to(DEVICE), head)
+    assert torch.equal(qd.cpu()[..., rot:], q[..., rot:])
+    c, s = cache[pos, : rot // 2][:, None], cache[pos, rot // 2:][:, None]
+    x1, x2 = k[..., : rot // 2], k[..., rot // 2: rot]
+    torch.testing.assert_close(kd.cpu()[..., : rot // 2], x1 * c - x2 * s)
+    torch.testing.assert_close(kd.cpu()[..., rot // 2: rot], x2 * c + x1 * s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul_matches_torch(dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(6)
+    inter = 14336 if ON_GPU else 72
+    x = torch.randn(ROWS, 2 * inter, generator=gen).to(dtype) * 4
+    out = silu_and_mul(x.to(DEVICE))
+    ref = torch.nn.functional.silu(x[:, :inter]) * x[:, inter:]
+    tol = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-3, rtol=4e-3),
+           torch.bfloat16: dict(atol=1e-2, rtol=2e-2)}[dtype]
+    torch.testing.assert_close(out.cpu(), ref, **tol)
+
+
+def test_triton_layer_ops_match_torch_layer_ops():
+    from vllm_core_cuda.ops import TritonLayerOps
+
+    from vllm_core.model_executor.layers.ops import TorchLayerOps
+
+    gen = torch.Generator().manual_seed(8)
+    ours, ref = TritonLayerOps(), TorchLayerOps()
+    x = torch.randn(ROWS, HIDDEN, generator=gen)
+    r = torch.randn(ROWS, HIDDEN, generator=gen)
+    w = torch.randn(HIDDEN, generator=gen)
+    xd, rd, wd = x.to(DEVICE), r.to(DEVICE), w.to(DEVICE)
+    torch.testing.assert_close(ours.rms_norm(xd, wd, 1e-6).cpu(), ref.rms_norm(x, w, 1e-6))
+    for a, b in zip(ours.fused_add_rms_norm(xd, rd, wd, 1e-6),
+                    ref.fused_add_rms_norm(x, r, w, 1e-6), strict=True):
+        torch.testing.assert_close(a.cpu(), b)
+    torch.testing.assert_close(ours.silu_and_mul(xd).cpu(), ref.silu_and_mul(x))
+    cache = _cos_sin_cache(128, 32)
+    pos = torch.randint(0, 128, (ROWS,), generator=gen)
+    q = torch.randn(ROWS, 4, 32, generator=gen)
+    k = torch.randn(ROWS, 2, 32, generator=gen)
+    q_ref, k_ref = ref.rotary(pos, q.clone(), k.clone(), cache, 32)
+    q_out, k_out = ours.rotary(pos.to(DEVICE), q.to(DEVICE), k.to(DEVICE), cache.to(DEVICE), 32)
+    torch.testing.assert_close(q_out.cpu(), q_ref)
+    torch.testing.assert_close(k_out.cpu(), k_ref)
+
+
+@pytest.mark.parametrize("module,cls_name,package", [
+    ("flash_attn_backend", "FlashAttentionBackend", "flash_attn"),
+    ("flashinfer_backend", "FlashInferBackend", "flashinfer"),
+])
+def test_vendor_backends_report_missing_package(module: str, cls_name: str, package: str):
+    import importlib
+    import importlib.util
+
+    cls = getattr(importlib.import_module(f"vllm_core_cuda.attention.{module}"), cls_name)
+    reasons = cls.unsupported_reasons(head_size=128, dtype="bfloat16", kv_cache_dtype="auto",
+                                      block_size=cls.preferred_block_size, sliding_window=None)
+    if importlib.util.find_spec(package) is None:
+        assert reasons == [f"package {package} is not installed"]
+    else:
+        assert reasons == []
+    assert cls.unsupported_reasons(head_size=128, dtype="float32", kv_cache_dtype="auto",
+                                   block_size=cls.preferred_block_size, sliding_window=None)

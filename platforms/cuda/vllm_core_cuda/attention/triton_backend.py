@@ -1,0 +1,148 @@
+"""The "triton" attention backend: our portable Triton paged-attention kernels.
+
+KV cache per layer: ``(2, num_blocks, block_size, num_kv_heads, head_size)`` (the contract's
+default layout; index 0 keys, 1 values). A token's row of one KV head is ``head_size``
+contiguous elements (256 bytes at head 128 in bf16), which the kernel reads fully coalesced,
+and the layout is the one ``reshape_and_cache`` and the reference backend share.
+
+One step = one ``reshape_and_cache`` launch plus one attention launch (plus a split reduction
+when long contexts are split) per layer, for the whole mixed batch of decodes and prefill
+chunks. Launch shapes are planned once per step and (head configuration) and shared by all
+layers through the metadata.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from vllm_core.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    CommonAttentionMetadata,
+)
+
+
+@dataclass(slots=True)
+class TritonAttentionMetadata:
+    """What every layer's ``TritonAttentionImpl.forward`` needs for one step.
+
+    Tensors are on the model's device (see ``CommonAttentionMetadata`` for their meaning);
+    ``max_query_len`` / ``max_seq_len`` are host integers used only to shape launches.
+    ``launches`` caches the launch plan per (num_kv_heads, num_queries_per_kv, head_size,
+    new-KV mode) so that layers after the first plan nothing.
+    """
+
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+    slot_mapping: torch.Tensor
+    num_reqs: int
+    num_tokens: int
+    num_decodes: int
+    max_query_len: int
+    max_seq_len: int
+    block_size: int
+    num_compute_units: int
+    launches: dict = field(default_factory=dict)
+
+
+class TritonAttentionMetadataBuilder(AttentionMetadataBuilder):
+    """Copies the common metadata's tensors (no device work) and records the device size."""
+
+    def build(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
+        from vllm_core_cuda.kernels.paged_attention import device_parallelism
+
+        return TritonAttentionMetadata(
+            query_start_loc=common.query_start_loc, seq_lens=common.seq_lens,
+            block_table=common.block_table, slot_mapping=common.slot_mapping,
+            num_reqs=common.num_reqs, num_tokens=common.num_tokens,
+            num_decodes=common.num_decodes, max_query_len=common.max_query_len,
+            max_seq_len=common.max_seq_len, block_size=common.block_size,
+            num_compute_units=device_parallelism(torch.device(self.device)))
+
+
+class TritonAttentionImpl(AttentionImpl):
+    """Writes the new K/V into the paged cache, then runs the mixed-batch attention kernel."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: TritonAttentionMetadata) -> torch.Tensor:
+        from vllm_core_cuda.kernels.paged_attention import paged_attention, plan_launch
+        from vllm_core_cuda.kernels.reshape_and_cache import reshape_and_cache
+
+        md = attn_metadata
+        num_rows = query.shape[0]
+        q = query.view(num_rows, self.num_heads, self.head_size)
+        k = key.view(key.shape[0], self.num_kv_heads, self.head_size)
+        v = value.view(value.shape[0], self.num_kv_heads, self.head_size)
+        profiling = kv_cache.numel() == 0
+        plan_key = (self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_size,
+                    profiling)
+        launch = md.launches.get(plan_key)
+        if launch is None:
+            launch = plan_launch(
+                num_tokens=md.num_tokens, num_reqs=md.num_reqs,
+                max_query_len=md.max_query_len,
+                max_seq_len=md.max_query_len if profiling else md.max_seq_len,
+                num_kv_heads=self.num_kv_heads,
+                num_queries_per_kv=self.num_heads // self.num_kv_heads,
+                head_size=self.head_size, num_compute_units=md.num_compute_units)
+            md.launches[plan_key] = launch
+        out = torch.empty_like(q)
+        if num_rows > md.num_tokens:  # padded batch (graph capture): rows past the batch
+            out[md.num_tokens:].zero_()
+        if profiling:
+            paged_attention(q, k, v, query_start_loc=md.query_start_loc, seq_lens=md.seq_lens,
+                            block_table=md.block_table, scale=self.scale, launch=launch,
+                            sliding_window=self.sliding_window, kv_from_new=True, out=out)
+        else:
+            reshape_and_cache(k, v, kv_cache, md.slot_mapping)
+            paged_attention(q, kv_cache[0], kv_cache[1], query_start_loc=md.query_start_loc,
+                            seq_lens=md.seq_lens, block_table=md.block_table,
+                            scale=self.scale, launch=launch,
+                            sliding_window=self.sliding_window, out=out)
+        return out.view(num_rows, self.num_heads * self.head_size)
+
+
+class TritonAttentionBackend(AttentionBackend):
+    """Portable Triton paged attention (CUDA here; ROCm and XPU can reuse it unchanged).
+
+    Serves float32/bfloat16/float16 with a KV cache in the model dtype, any head size up to 256
+    (non-powers of two are padded with masks), page sizes 16-128, sliding windows.
+    """
+
+    name: ClassVar[str] = "triton"
+    supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    supported_head_sizes: ClassVar[tuple[int, ...] | None] = (
+        32, 64, 80, 96, 112, 128, 160, 192, 256)
+    supported_block_sizes: ClassVar[tuple[int, ...] | None] = (16, 32, 64, 128)
+    supports_sliding_window: ClassVar[bool] = True
+    preferred_block_size: ClassVar[int] = 16
+
+    @classmethod
+    def unsupported_reasons(cls, *, head_size: int, dtype: str, kv_cache_dtype: str,
+                            block_size: int | None, sliding_window: int | None) -> list[str]:
+        reasons = super().unsupported_reasons(
+            head_size=head_size, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
+            block_size=block_size, sliding_window=sliding_window)
+        if importlib.util.find_spec("triton") is None:
+            reasons.insert(0, "package triton is not installed")
+        return reasons
+
+    @staticmethod
+    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
+                           head_size: int) -> tuple[int, ...]:
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    @staticmethod
+    def get_builder_cls() -> type[AttentionMetadataBuilder]:
+        return TritonAttentionMetadataBuilder
+
+    @staticmethod
+    def get_impl_cls() -> type[AttentionImpl]:
+        return TritonAttentionImpl

@@ -1,0 +1,89 @@
+"""Rotary position embedding (GPT-NeoX style), in place on q and k.
+
+``cos_sin_cache`` [max_position, rot_dim] holds ``cat(cos, sin, -1)`` per position, each half
+``rot_dim // 2`` wide (computed on the host by the model, Llama-3 scaling included). For each
+head the first ``rot_dim`` features are split in halves x1, x2 and replaced by
+``x1 * cos - x2 * sin`` and ``x2 * cos + x1 * sin`` (fp32 arithmetic, rounded to the input
+dtype); features past ``rot_dim`` are untouched. One program rotates all heads of one token.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate_heads(x_ptr, stride_h, cos, sin, NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
+                  HALF: tl.constexpr, HALF_PAD: tl.constexpr):
+    offs_h = tl.arange(0, HEADS_PAD)
+    offs_d = tl.arange(0, HALF_PAD)
+    mask = (offs_h < NUM_HEADS)[:, None] & (offs_d < HALF)[None, :]
+    p1 = x_ptr + offs_h[:, None] * stride_h + offs_d[None, :]
+    x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+    tl.store(p1, (x1 * cos - x2 * sin).to(x_ptr.dtype.element_ty), mask=mask)
+    tl.store(p1 + HALF, (x2 * cos + x1 * sin).to(x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr, k_ptr, positions_ptr, cache_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
+    NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
+    NUM_K_HEADS: tl.constexpr, K_HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+):
+    tok = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions_ptr + tok).to(tl.int64)
+    offs_d = tl.arange(0, HALF_PAD)
+    d_mask = offs_d < HALF
+    cos = tl.load(cache_ptr + pos * stride_cache + offs_d, mask=d_mask, other=0.0)
+    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d, mask=d_mask, other=0.0)
+    cos = cos.to(tl.float32)[None, :]
+    sin = sin.to(tl.float32)[None, :]
+    _rotate_heads(q_ptr + tok * stride_qt, stride_qh, cos, sin, NUM_Q_HEADS, Q_HEADS_PAD,
+                  HALF, HALF_PAD)
+    _rotate_heads(k_ptr + tok * stride_kt, stride_kh, cos, sin, NUM_K_HEADS, K_HEADS_PAD,
+                  HALF, HALF_PAD)
+
+
+def _heads(x: torch.Tensor, head_size: int, name: str) -> torch.Tensor:
+    if x.shape[-1] % head_size:
+        raise ValueError(f"{name} last dim {x.shape[-1]} is not a multiple of head_size "
+                         f"{head_size}")
+    v = x.view(x.shape[0], -1, head_size) if x.dim() == 2 else x
+    if v.dim() != 3 or v.shape[-1] != head_size or v.stride(-1) != 1:
+        raise ValueError(f"{name} must be [T, heads * {head_size}] or [T, heads, {head_size}] "
+                         f"with a contiguous last dimension, got {tuple(x.shape)}")
+    return v
+
+
+def rotary_embedding(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                     cos_sin_cache: torch.Tensor,
+                     head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate ``query`` and ``key`` in place at ``positions`` [T]; returns them.
+
+    query [T, Hq * head_size] or [T, Hq, head_size]; key likewise with its own head count.
+    """
+    q = _heads(query, head_size, "query")
+    k = _heads(key, head_size, "key")
+    rot_dim = cos_sin_cache.shape[-1]
+    if rot_dim % 2 or rot_dim > head_size:
+        raise ValueError(f"cos_sin_cache width {rot_dim} must be even and <= head_size "
+                         f"{head_size}")
+    if positions.numel() != q.shape[0] or k.shape[0] != q.shape[0]:
+        raise ValueError(f"positions ({positions.numel()}), query ({q.shape[0]}) and key "
+                         f"({k.shape[0]}) must have the same number of tokens")
+    cache = cos_sin_cache if cos_sin_cache.stride(-1) == 1 else cos_sin_cache.contiguous()
+    if q.shape[0]:
+        half = rot_dim // 2
+        _rotary_kernel[(q.shape[0],)](
+            q, k, positions.reshape(-1), cache,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), cache.stride(0),
+            NUM_Q_HEADS=q.shape[1], Q_HEADS_PAD=triton.next_power_of_2(q.shape[1]),
+            NUM_K_HEADS=k.shape[1], K_HEADS_PAD=triton.next_power_of_2(k.shape[1]),
+            HALF=half, HALF_PAD=triton.next_power_of_2(half), num_warps=4,
+        )
+    return query, key

@@ -1,0 +1,208 @@
+"""GGUF files: architecture from metadata, weights dequantized to HF-named tensors.
+
+Read with the ``gguf`` package's ``GGUFReader``; quantized tensors are dequantized with
+``gguf.quants.dequantize`` to float32 (F32/F16 tensors are taken as stored). llama.cpp's
+converter permutes the rows of the q and k projections of ``llama`` models so that its
+interleaved (GPT-J style) rope can be used; ``iter_gguf_weights`` undoes that permutation, so the
+tensors match the HF checkpoint and our neox-style rope. Opening a reader parses the whole
+vocabulary (seconds for a 49k-token model), so opened files are cached by (path, mtime, size).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from vllm_core.config import ModelArchConfig
+
+# GGUF architecture -> (HF architecture, HF model_type)
+GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", "llama"),
+                      "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+                      "qwen3": ("Qwen3ForCausalLM", "qwen3")}
+# architectures whose q/k rows llama.cpp permuted for interleaved rope
+_PERMUTED_QK = ("llama",)
+
+_TOP_LEVEL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
+                    "output": "lm_head"}
+_BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
+                "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+                "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm",
+                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+_SAMPLING_KEYS = {"general.sampling.temp": "temperature", "general.sampling.top_p": "top_p",
+                  "general.sampling.top_k": "top_k", "general.sampling.min_p": "min_p",
+                  "general.sampling.penalty_repeat": "repetition_penalty"}
+
+
+@dataclass(slots=True)
+class GGUFFile:
+    """An opened GGUF file: its scalar/string metadata and its reader (memory-mapped)."""
+
+    path: str
+    metadata: dict[str, Any]          # scalar and string fields only (arrays: their length)
+    reader: Any                       # gguf.GGUFReader
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return [t.name for t in self.reader.tensors]
+
+
+def open_gguf(path: str) -> GGUFFile:
+    """Open (or reuse) ``path``; ``FileNotFoundError`` / ``ValueError`` name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    st = os.stat(path)
+    return _open_cached(os.path.realpath(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(path: str, mtime_ns: int, size: int) -> GGUFFile:
+    from gguf import GGUFReader, GGUFValueType
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError, struct.error, IndexError, ...
+        raise ValueError(f"corrupted or unreadable GGUF file {path}: {e!r}") from e
+    metadata: dict[str, Any] = {}
+    for name, field in reader.fields.items():
+        if field.types and field.types[0] == GGUFValueType.ARRAY:
+            metadata[name] = len(field.data)
+        else:
+            metadata[name] = field.contents()
+    return GGUFFile(path, metadata, reader)
+
+
+def gguf_arch_config(path: str) -> ModelArchConfig:
+    """Architecture facts from the GGUF metadata (and tensor names for the layout switches)."""
+    g = open_gguf(path)
+    md = g.metadata
+    arch_name = md.get("general.architecture")
+    if arch_name not in GGUF_ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch_name!r} in {path} is not supported; "
+                         f"supported: {', '.join(GGUF_ARCHITECTURES)}")
+    architecture, model_type = GGUF_ARCHITECTURES[arch_name]
+
+    def key(suffix: str, default: Any = None, required: bool = False) -> Any:
+        value = md.get(f"{arch_name}.{suffix}", default)
+        if required and value is None:
+            raise ValueError(f"GGUF file {path} lacks metadata {arch_name}.{suffix}")
+        return value
+
+    hidden = int(key("embedding_length", required=True))
+    num_heads = int(key("attention.head_count", required=True))
+    head_dim = int(key("attention.key_length", hidden // num_heads))
+    rot_dim = int(key("rope.dimension_count", head_dim))
+    if rot_dim != head_dim:
+        raise ValueError(f"GGUF file {path}: partial rotary (rope.dimension_count {rot_dim} != "
+                         f"head_dim {head_dim}) is not supported")
+    names = set(g.tensor_names)
+    vocab = key("vocab_size") or md.get("tokenizer.ggml.tokens")
+    if not vocab:
+        raise ValueError(f"GGUF file {path} declares no vocab size")
+    eos = md.get("tokenizer.ggml.eos_token_id")
+    return ModelArchConfig(
+        architecture=architecture,
+        model_type=model_type,
+        vocab_size=int(vocab),
+        hidden_size=hidden,
+        intermediate_size=int(key("feed_forward_length", required=True)),
+        num_hidden_layers=int(key("block_count", required=True)),
+        num_attention_heads=num_heads,
+        num_key_value_heads=int(key("attention.head_count_kv", num_heads)),
+        head_dim=head_dim,
+        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        rope_scaling=_gguf_rope_scaling(g, arch_name),
+        max_position_embeddings=int(key("context_length", 4096)),
+        tie_word_embeddings="output.weight" not in names,
+        attention_bias="blk.0.attn_q.bias" in names,
+        qk_norm="blk.0.attn_q_norm.weight" in names,
+        sliding_window=(int(key("attention.sliding_window"))
+                        if key("attention.sliding_window") is not None else None),
+        bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=eos,
+        hf_config={"gguf_architecture": arch_name, "gguf_file": path,
+                   "dtype": "float32"},
+    )
+
+
+def _gguf_rope_scaling(g: GGUFFile, arch_name: str) -> dict[str, Any] | None:
+    kind = g.metadata.get(f"{arch_name}.rope.scaling.type")
+    if kind == "linear":
+        return {"rope_type": "linear",
+                "factor": float(g.metadata[f"{arch_name}.rope.scaling.factor"])}
+    if kind not in (None, "none"):
+        raise ValueError(f"GGUF file {g.path}: rope scaling {kind!r} is not supported")
+    for t in g.reader.tensors:
+        if t.name == "rope_freqs.weight":      # Llama 3.x: per-frequency divisors
+            return {"rope_type": "freq_factors",
+                    "freq_factors": [float(x) for x in np.asarray(t.data).reshape(-1)]}
+    return None
+
+
+def gguf_generation_defaults(path: str) -> dict[str, Any]:
+    """Sampling defaults stored in ``general.sampling.*`` plus the eos/eot token ids."""
+    md = open_gguf(path).metadata
+    out: dict[str, Any] = {ours: md[key] for key, ours in _SAMPLING_KEYS.items() if key in md}
+    eos = [md[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+           if md.get(k) is not None]
+    if eos:
+        out["eos_token_id"] = list(dict.fromkeys(int(e) for e in eos))
+    return out
+
+
+def gguf_chat_template(path: str) -> str | None:
+    return open_gguf(path).metadata.get("tokenizer.chat_template")
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """llama.cpp tensor name -> HF name (None for tensors with no parameter, e.g. rope_freqs)."""
+    stem, _, leaf = gguf_name.rpartition(".")
+    if stem in _TOP_LEVEL_NAMES:
+        return f"{_TOP_LEVEL_NAMES[stem]}.{leaf}"
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
+        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{leaf}"
+    return None
+
+
+def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of llama.cpp's q/k row permutation: within each head, rows were reordered from
+    [first half | second half] to interleaved pairs; put them back (works for biases too)."""
+    rows = w.shape[0]
+    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
+            .transpose(1, 2).reshape(w.shape))
+
+
+def iter_gguf_weights(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(HF name, float tensor)`` for every parameter tensor of the file."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    g = open_gguf(path)
+    permuted = g.metadata.get("general.architecture") in _PERMUTED_QK
+    for t in g.reader.tensors:
+        name = hf_tensor_name(t.name)
+        if name is None:
+            if t.name == "rope_freqs.weight":
+                continue
+            raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
+        try:
+            if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+                array = np.array(t.data)
+            else:
+                array = dequantize(np.asarray(t.data), t.tensor_type)
+        except Exception as e:
+            raise ValueError(f"GGUF file {path}: cannot read tensor {t.name!r}: {e!r}") from e
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if permuted and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+            tensor = unpermute_qk(tensor, arch.num_attention_heads)
+        elif permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+            tensor = unpermute_qk(tensor, arch.num_key_value_heads)
+        yield name, tensor

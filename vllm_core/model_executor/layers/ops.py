@@ -1,0 +1,84 @@
+"""Elementwise layer kernels behind one replaceable object.
+
+Models never call these functions directly: every layer receives a ``LayerOps`` instance at
+construction and calls its methods, so a platform plugin (for example CUDA with Triton kernels)
+substitutes its own implementations by handing its subclass to ``get_model(..., ops=...)``,
+without monkeypatching. ``TorchLayerOps`` is the portable default and the numerical reference:
+it follows HuggingFace transformers' order of operations (norms in float32, then cast back) so
+that logits match HF bit-for-bit in float32 and closely in bfloat16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class LayerOps:
+    """The contract of the elementwise kernels. Subclass and override any method.
+
+    Shapes: ``x`` is ``[..., hidden]``; ``w`` is ``[hidden]``. All methods are pure functions of
+    their inputs except where stated; outputs have the dtype of ``x``.
+    """
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        """``w * (x / sqrt(mean(x**2) + eps))``, the statistics in float32, the product taken
+        after casting the normalised value back to ``x.dtype`` (HF order)."""
+        raise NotImplementedError
+
+    def fused_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual' = x + residual`` (in ``x.dtype``); returns ``(rms_norm(residual'),
+        residual')``. Implementations may update ``x`` and ``residual`` in place."""
+        raise NotImplementedError
+
+    def rotary(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+               cos_sin_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neox-style rotary embedding (rotate halves) of the first ``rot_dim`` channels.
+
+        positions [T] int; q [T, num_heads, head_size]; k [T, num_kv_heads, head_size];
+        cos_sin_cache [max_positions, rot_dim] float32, row p = cat(cos(p * inv_freq),
+        sin(p * inv_freq)). Returns the rotated (q, k), possibly the same tensors updated in
+        place. Channels beyond ``rot_dim`` pass through unchanged.
+        """
+        raise NotImplementedError
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., 2 * d] -> silu(x[..., :d]) * x[..., d:], shape [..., d]."""
+        raise NotImplementedError
+
+
+class TorchLayerOps(LayerOps):
+    """Vectorised torch implementations (any device, any float dtype)."""
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        variance = xf.pow(2).mean(dim=-1, keepdim=True)
+        return w * (xf * torch.rsqrt(variance + eps)).to(x.dtype)
+
+    def fused_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = x + residual
+        return self.rms_norm(residual, w, eps), residual
+
+    def rotary(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+               cos_sin_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rot_dim = cos_sin_cache.shape[-1]
+        cos, sin = cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)
+        cos = torch.cat((cos, cos), dim=-1).unsqueeze(-2).to(q.dtype)   # [T, 1, rot_dim]
+        sin = torch.cat((sin, sin), dim=-1).unsqueeze(-2).to(q.dtype)
+        return _apply_neox(q, cos, sin, rot_dim), _apply_neox(k, cos, sin, rot_dim)
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
+def _apply_neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                rot_dim: int) -> torch.Tensor:
+    x_rot = x[..., :rot_dim]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = x_rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+    if rot_dim == x.shape[-1]:
+        return rotated
+    return torch.cat((rotated, x[..., rot_dim:]), dim=-1)

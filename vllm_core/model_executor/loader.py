@@ -1,0 +1,221 @@
+"""The model loader: the public entry points the model runner and the engine call.
+
+A model is one of
+  * a HuggingFace folder: ``config.json`` + ``*.safetensors`` (optionally sharded with
+    ``model.safetensors.index.json``), tokenizer files, ``generation_config.json``;
+  * a ``.gguf`` file (or a folder holding exactly one): weights dequantized, architecture,
+    tokenizer and chat template from its metadata;
+  * for ``load_format="dummy"``: anything carrying a config (a folder with ``config.json``, a
+    ``config.json`` path, a ``.gguf``), or ``ModelConfig.arch`` given directly; weights are
+    random (uniform in [-1e-3, 1e-3], norms 1), generated on the target device.
+``model=None`` means the embedded default model (``default_model.default_model_path``).
+
+Models are built directly on the target device in the target dtype with uninitialised
+parameters, so no time is spent on random initialisation that loading would overwrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from vllm_core.attention.backend import AttentionBackend
+from vllm_core.config import ModelArchConfig, ModelConfig
+from vllm_core.logger import init_logger
+from vllm_core.model_executor.default_model import default_model_path
+from vllm_core.model_executor.gguf_loader import (
+    gguf_arch_config,
+    gguf_generation_defaults,
+    iter_gguf_weights,
+)
+from vllm_core.model_executor.hf_config import arch_config_from_hf, read_config_json
+from vllm_core.model_executor.layers.ops import LayerOps, TorchLayerOps
+from vllm_core.model_executor.models.registry import resolve_model_cls
+from vllm_core.model_executor.safetensors_loader import iter_safetensors
+from vllm_core.model_executor.tokenizer import get_tokenizer
+
+__all__ = ["resolve_model", "load_arch_config", "load_generation_defaults", "get_tokenizer",
+           "get_model", "build_model", "initialize_dummy_weights"]
+
+logger = init_logger(__name__)
+
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+DUMMY_RANGE = 1e-3
+
+
+def resolve_model(model: str | None) -> str:
+    """Turn the user's ``model`` into the path the other functions take.
+
+    None -> the default model's GGUF file; a folder with ``config.json`` -> that folder; a
+    folder without one but with exactly one ``.gguf`` -> that file; a ``.gguf`` or
+    ``config.json`` file -> itself. Returns an absolute path. ``FileNotFoundError`` when
+    nothing usable is there (there is no model hub: names must be local paths),
+    ``ValueError`` when a folder holds several ``.gguf`` files.
+    """
+    if model is None:
+        model = default_model_path()
+    path = os.path.abspath(os.path.expanduser(model))
+    if os.path.isfile(path):
+        if path.endswith((".gguf", ".json")):
+            return path
+        raise ValueError(f"model file {path} is neither a .gguf file nor a config.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model path {model!r} does not exist (models are loaded from "
+                                "local folders or .gguf files; there is no model hub)")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+    if len(ggufs) == 1:
+        return os.path.join(path, ggufs[0])
+    if len(ggufs) > 1:
+        raise ValueError(f"model folder {path} holds several .gguf files ({', '.join(ggufs)}); "
+                         "pass the file to use")
+    raise FileNotFoundError(f"model folder {path} has no config.json and no .gguf file")
+
+
+def load_arch_config(model_path: str, load_format: str = "auto") -> ModelArchConfig:
+    """Architecture facts of ``model_path`` (as returned by ``resolve_model``)."""
+    _check_load_format(load_format)
+    path = resolve_model(model_path)
+    if path.endswith(".gguf"):
+        if load_format == "safetensors":
+            raise ValueError(f"load_format='safetensors' but {path} is a GGUF file")
+        return gguf_arch_config(path)
+    if load_format == "gguf":
+        raise ValueError(f"load_format='gguf' but {path} is not a .gguf file")
+    config_file = path if path.endswith(".json") else os.path.join(path, "config.json")
+    cfg = read_config_json(config_file)
+    try:
+        return arch_config_from_hf(cfg)
+    except ValueError as e:
+        raise ValueError(f"{config_file}: {e}") from e
+
+
+def load_generation_defaults(model_path: str) -> dict[str, Any]:
+    """Sampling defaults of the model: any of temperature / top_p / top_k / min_p /
+    repetition_penalty that its generation config (or GGUF metadata) sets, plus
+    ``"eos_token_id"``: a list of ints, when known. Empty when the model declares nothing."""
+    path = resolve_model(model_path)
+    if path.endswith(".gguf"):
+        return gguf_generation_defaults(path)
+    folder = os.path.dirname(path) if path.endswith(".json") else path
+    out: dict[str, Any] = {}
+    gen: dict[str, Any] = {}
+    gen_file = os.path.join(folder, "generation_config.json")
+    if os.path.isfile(gen_file):
+        gen = read_config_json(gen_file)
+        out.update({k: gen[k] for k in SAMPLING_KEYS if gen.get(k) is not None})
+    eos = gen.get("eos_token_id")
+    if eos is None and os.path.isfile(os.path.join(folder, "config.json")):
+        eos = read_config_json(os.path.join(folder, "config.json")).get("eos_token_id")
+    if eos is not None:
+        out["eos_token_id"] = [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return out
+
+
+def get_model(model_config: ModelConfig, attn_backend: type[AttentionBackend],
+              device: torch.device, ops: LayerOps | None = None) -> nn.Module:
+    """Build the model of ``model_config`` on ``device`` in ``model_config.dtype`` with its
+    weights loaded (or random for ``load_format="dummy"``), in eval mode.
+
+    ``model_config.arch`` is used when set, else read from the model files. Attention layers
+    are built from ``attn_backend``; elementwise kernels come from ``ops`` (default
+    ``TorchLayerOps``). Raises ``ValueError`` for unknown architectures, missing or
+    mismatching tensors, and corrupted files; ``FileNotFoundError`` for missing files.
+    """
+    load_format = model_config.load_format
+    _check_load_format(load_format)
+    arch = model_config.arch
+    path: str | None = None
+    if arch is None or load_format != "dummy":
+        path = resolve_model(model_config.model)
+        if arch is None:
+            arch = load_arch_config(path, load_format)
+    dtype = _torch_dtype(model_config.dtype, arch)
+    model = build_model(arch, attn_backend, torch.device(device), dtype, ops)
+    if load_format == "dummy" or path is None:
+        initialize_dummy_weights(model, model_config.seed)
+    else:
+        _load_checkpoint(model, _weights_of(path, arch))
+    return model.eval()
+
+
+def build_model(arch: ModelArchConfig, attn_backend: type[AttentionBackend],
+                device: torch.device, dtype: torch.dtype, ops: LayerOps | None = None
+                ) -> nn.Module:
+    """Construct the registered class of ``arch.architecture`` on ``device`` with ``dtype`` as
+    the default dtype; its parameters are left uninitialised (``torch.empty``)."""
+    cls = resolve_model_cls(arch.architecture)
+    with _default_dtype(dtype), device:
+        model = cls(arch, attn_backend, ops or TorchLayerOps())
+    return model.requires_grad_(False)
+
+
+@torch.no_grad()
+def initialize_dummy_weights(model: nn.Module, seed: int = 0) -> None:
+    """Fill every parameter in place on its device: norm weights 1, everything else uniform in
+    [-DUMMY_RANGE, DUMMY_RANGE] from a generator seeded with ``seed`` (fast on GPUs)."""
+    generators: dict[torch.device, torch.Generator] = {}
+    for name, param in model.named_parameters():
+        if name.rpartition(".")[0].endswith("norm") and param.dim() == 1:
+            param.fill_(1.0)
+            continue
+        gen = generators.get(param.device)
+        if gen is None:
+            gen = generators[param.device] = torch.Generator(device=param.device)
+            gen.manual_seed(seed)
+        param.uniform_(-DUMMY_RANGE, DUMMY_RANGE, generator=gen)
+
+
+def _weights_of(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    if path.endswith(".gguf"):
+        return iter_gguf_weights(path, arch)
+    if path.endswith(".json"):
+        raise ValueError(f"{path} is a config file without weights; use load_format='dummy' "
+                         "or pass the model folder")
+    return iter_safetensors(path)
+
+
+def _load_checkpoint(model: nn.Module, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    loaded = model.load_weights(weights)
+    expected = getattr(model, "expected_weight_keys", None)
+    if callable(expected):
+        missing = sorted(k for k in expected() - loaded if k.split("[")[0] not in loaded)
+    else:
+        missing = sorted({n for n, _ in model.named_parameters()} - loaded)
+    if missing:
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")
+
+
+def _torch_dtype(name: str, arch: ModelArchConfig) -> torch.dtype:
+    if name == "auto":
+        name = str(arch.hf_config.get("dtype") or arch.hf_config.get("torch_dtype")
+                   or "float32")
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must name a torch floating dtype, got {name!r}")
+    return dtype
+
+
+def _check_load_format(load_format: str) -> None:
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, "
+                         f"got {load_format!r}")
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+

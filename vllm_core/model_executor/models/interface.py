@@ -1,0 +1,49 @@
+"""The contract every causal-LM class in the model registry implements.
+
+The loader builds a model as ``cls(arch, attn_backend, ops)`` inside ``with torch.device(device)``
+with the target dtype as torch's default dtype (so plain factory calls land where they should),
+then streams HF-named checkpoint tensors into ``load_weights`` (or fills every parameter with
+dummy values). Parameters may therefore be created uninitialised (``torch.empty``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from vllm_core.attention.backend import AttentionBackend
+from vllm_core.config import ModelArchConfig
+from vllm_core.model_executor.layers.ops import LayerOps
+
+
+class CausalLM(nn.Module, ABC):
+    """A decoder-only LM over a flat token axis with a paged KV cache.
+
+    ``forward(input_ids [T] long, positions [T] long, kv_caches (one tensor per layer, possibly
+    empty while profiling), attn_metadata (the backend builder's output, shared by all layers))
+    -> hidden_states [T, hidden]``; ``compute_logits(hidden [N, hidden]) -> [N, vocab] float32``.
+    """
+
+    @abstractmethod
+    def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
+                 ops: LayerOps) -> None:
+        super().__init__()
+
+    @abstractmethod
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                kv_caches: list[torch.Tensor], attn_metadata: Any) -> torch.Tensor:
+        ...
+
+    @abstractmethod
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        ...
+
+    @abstractmethod
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy HF-named tensors into the parameters (fusing split projections); return the
+        names of the parameters that received data. Unknown names or wrong shapes raise
+        ``ValueError``."""

@@ -1,0 +1,1 @@
+"""Quantization methods: a name registry (``registry``); methods live in their own modules."""

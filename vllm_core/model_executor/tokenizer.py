@@ -1,0 +1,50 @@
+"""Tokenizers from a HF model folder or from GGUF metadata, with their chat template set."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vllm_core.model_executor.gguf_loader import gguf_chat_template
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def get_tokenizer(model_path: str, tokenizer: str | None = None) -> Any:
+    """A ``transformers.PreTrainedTokenizerBase`` for ``tokenizer`` (else ``model_path``).
+
+    The source is a HF folder with tokenizer files, a ``.gguf`` file (transformers builds the
+    tokenizer from the GGUF vocabulary), or a folder holding exactly one ``.gguf``. The chat
+    template comes from tokenizer_config.json / chat_template.jinja (transformers reads them)
+    or from the GGUF metadata ``tokenizer.chat_template``; it is None only if neither has one.
+    """
+    from transformers import AutoTokenizer
+
+    source = tokenizer or model_path
+    if source.endswith(".json") and os.path.isfile(source):
+        source = os.path.dirname(os.path.abspath(source))      # a config.json (dummy weights)
+    gguf_path = _gguf_source(source)
+    if gguf_path is not None:
+        tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
+                                            gguf_file=os.path.basename(gguf_path))
+        if not getattr(tok, "chat_template", None):
+            tok.chat_template = gguf_chat_template(gguf_path)
+        return tok
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"tokenizer source not found: {source}")
+    if not any(os.path.isfile(os.path.join(source, f)) for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {source}")
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _gguf_source(source: str) -> str | None:
+    if source.endswith(".gguf"):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"GGUF file not found: {source}")
+        return source
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, f))
+                                         for f in _TOKENIZER_FILES):
+        ggufs = sorted(f for f in os.listdir(source) if f.endswith(".gguf"))
+        if len(ggufs) == 1:
+            return os.path.join(source, ggufs[0])
+    return None
