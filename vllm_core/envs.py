@@ -67,6 +67,16 @@ def default_model_path() -> str | None:
     return _get("VLLM_DEFAULT_MODEL")
 
 
+def cache_root() -> str:
+    """VLLM_CACHE_ROOT: where derived artifacts (converted tokenizers) are cached
+    (default ``$XDG_CACHE_HOME/vllm-core`` or ``~/.cache/vllm-core``)."""
+    explicit = _get("VLLM_CACHE_ROOT")
+    if explicit:
+        return explicit
+    base = _get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vllm-core")
+
+
 def logging_level() -> str:
     """VLLM_LOGGING_LEVEL: log level of the ``vllm_core`` logger (default INFO)."""
     return (_get("VLLM_LOGGING_LEVEL") or "INFO").upper()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from typing import Any
 
+from vllm_core import envs
 from vllm_core.model_executor.gguf_loader import gguf_chat_template
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -25,11 +28,7 @@ def get_tokenizer(model_path: str, tokenizer: str | None = None) -> Any:
         source = os.path.dirname(os.path.abspath(source))      # a config.json (dummy weights)
     gguf_path = _gguf_source(source)
     if gguf_path is not None:
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
-                                            gguf_file=os.path.basename(gguf_path))
-        if not getattr(tok, "chat_template", None):
-            tok.chat_template = gguf_chat_template(gguf_path)
-        return tok
+        return _gguf_tokenizer(gguf_path)
     if not os.path.isdir(source):
         raise FileNotFoundError(f"tokenizer source not found: {source}")
     if not any(os.path.isfile(os.path.join(source, f)) for f in _TOKENIZER_FILES):
@@ -48,3 +47,34 @@ def _gguf_source(source: str) -> str | None:
         if len(ggufs) == 1:
             return os.path.join(source, ggufs[0])
     return None
+
+
+def _gguf_tokenizer(gguf_path: str) -> Any:
+    """Build the tokenizer from GGUF metadata once, then reuse the converted copy.
+
+    Converting a GGUF vocabulary takes seconds; the result is saved under
+    ``envs.cache_root()/tokenizers/<digest of path, size, mtime>`` and later loads read it
+    back. A cache that cannot be written (read-only home) only costs the conversion again.
+    """
+    from transformers import AutoTokenizer
+
+    stat = os.stat(gguf_path)
+    key = f"{os.path.abspath(gguf_path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_dir = os.path.join(envs.cache_root(), "tokenizers",
+                             hashlib.sha256(key.encode()).hexdigest()[:24])
+    if os.path.isfile(os.path.join(cache_dir, "tokenizer.json")):
+        try:
+            return AutoTokenizer.from_pretrained(cache_dir)
+        except (OSError, ValueError):
+            pass                                   # a damaged cache: rebuild below
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
+                                        gguf_file=os.path.basename(gguf_path))
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = gguf_chat_template(gguf_path)
+    tmp = f"{cache_dir}.tmp{os.getpid()}"
+    try:
+        tok.save_pretrained(tmp)
+        os.replace(tmp, cache_dir) if not os.path.exists(cache_dir) else shutil.rmtree(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
