@@ -38,3 +38,19 @@ def llm_fp32():
     from vllm_core import LLM
 
     return LLM(dtype="float32", max_model_len=1024, kv_cache_space_gib=0.25)
+
+
+MIXED_PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about the sea.\n",
+    "1, 2, 3, 4,",
+    "In a distant galaxy, far beyond the reach of our telescopes, a small civilisation of "
+    "crystalline beings had developed a language made entirely of light. Their scholars",
+    "def fibonacci(n):",
+]
+
+
+@pytest.fixture(scope="session")
+def mixed_prompts() -> list[str]:
+    """Prompts of mixed lengths, generated together in one batch by the parity tests."""
+    return list(MIXED_PROMPTS)

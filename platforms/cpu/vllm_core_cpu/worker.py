@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 
 from vllm_core.logger import init_logger
+from vllm_core.model_executor.layers.ops import TorchLayerOps
 from vllm_core.worker.torch_worker import TorchWorker
 
 logger = init_logger(__name__)
@@ -24,9 +28,23 @@ class CpuWorker(TorchWorker):
         logger.info("CPU worker: %d threads, dtype %s", torch.get_num_threads(),
                     self.config.model.dtype)
 
+    def layer_ops(self) -> Any:
+        return CpuLayerOps()
+
     def determine_available_memory(self) -> int:
         cache = self.config.cache
         if cache.cache_space_bytes is not None:
             return int(cache.cache_space_bytes)
         available = self.platform.free_memory_bytes()
         return int(min(available * DEFAULT_KV_FRACTION, DEFAULT_KV_CAP_BYTES))
+
+
+class CpuLayerOps(TorchLayerOps):
+    """Torch ops with a batch-invariant linear: oneDNN computes a single-row product with a
+    different kernel (and rounding) than a multi-row one, so one row is computed as two."""
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return F.linear(torch.cat((x, x)), weight, bias)[:1]
+        return F.linear(x, weight, bias)

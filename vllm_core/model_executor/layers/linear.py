@@ -12,12 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vllm_core.model_executor.layers.ops import LayerOps, TorchLayerOps
+
 
 class Linear(nn.Module):
     """``y = x @ weight.T (+ bias)``; weight [out_features, in_features]."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 ops: LayerOps | None = None) -> None:
         super().__init__()
+        self.ops = ops or TorchLayerOps()
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
@@ -25,7 +29,7 @@ class Linear(nn.Module):
                      if bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.ops.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

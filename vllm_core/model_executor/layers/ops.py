@@ -47,6 +47,12 @@ class LayerOps:
         """x [..., 2 * d] -> silu(x[..., :d]) * x[..., d:], shape [..., d]."""
         raise NotImplementedError
 
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ weight.T + bias`` for x [T, in], weight [out, in]. Row i of the result must
+        depend only on row i of ``x`` (batch invariance), whatever T is."""
+        return F.linear(x, weight, bias)
+
 
 class TorchLayerOps(LayerOps):
     """Vectorised torch implementations (any device, any float dtype)."""

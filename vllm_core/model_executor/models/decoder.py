@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vllm_core.attention.backend import AttentionBackend
@@ -46,10 +45,10 @@ class DecoderAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = Linear(arch.hidden_size, self.q_size + 2 * self.kv_size,
-                                  bias=arch.attention_bias)
+                               bias=arch.attention_bias, ops=ops)
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
         o_bias = arch.attention_bias and arch.model_type != "qwen2"
-        self.o_proj = Linear(self.q_size, arch.hidden_size, bias=o_bias)
+        self.o_proj = Linear(self.q_size, arch.hidden_size, bias=o_bias, ops=ops)
         self.q_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.rotary_emb = rotary
@@ -78,8 +77,8 @@ class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, ops: LayerOps) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
-        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False, ops=ops)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False, ops=ops)
         self.act_fn = SiluAndMul(ops)
 
     def shard_slice(self, shard: str) -> slice:
@@ -145,9 +144,10 @@ class DecoderForCausalLM(CausalLM):
                  ops: LayerOps) -> None:
         super().__init__(arch, attn_backend, ops)
         self.arch = arch
+        self.ops = ops
         self.model = DecoderModel(arch, attn_backend, ops)
         self.lm_head = (None if arch.tie_word_embeddings
-                        else Linear(arch.hidden_size, arch.vocab_size, bias=False))
+                        else Linear(arch.hidden_size, arch.vocab_size, bias=False, ops=ops))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], attn_metadata: Any) -> torch.Tensor:
@@ -156,7 +156,7 @@ class DecoderForCausalLM(CausalLM):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = (self.model.embed_tokens.weight if self.lm_head is None
                   else self.lm_head.weight)
-        return F.linear(hidden_states, weight).float()
+        return self.ops.linear(hidden_states, weight).float()
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -7,14 +7,6 @@ import torch
 
 from vllm_core import SamplingParams
 
-PROMPTS = [
-    "The capital of France is",
-    "Write a haiku about the sea.\n",
-    "1, 2, 3, 4,",
-    "In a distant galaxy, far beyond the reach of our telescopes, a small civilisation of "
-    "crystalline beings had developed a language made entirely of light. Their scholars",
-    "def fibonacci(n):",
-]
 MAX_TOKENS = 12
 
 
@@ -26,11 +18,11 @@ def hf_greedy(model, tokenizer, prompt: str, max_tokens: int) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
-def test_greedy_parity_fp32_mixed_batch(llm_fp32, hf_model_fp32):
+def test_greedy_parity_fp32_mixed_batch(llm_fp32, hf_model_fp32, mixed_prompts):
     tok = llm_fp32.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm_fp32.generate(PROMPTS, params, use_tqdm=False)
-    for prompt, out in zip(PROMPTS, outs):
+    outs = llm_fp32.generate(mixed_prompts, params, use_tqdm=False)
+    for prompt, out in zip(mixed_prompts, outs):
         expected = hf_greedy(hf_model_fp32, tok, prompt, MAX_TOKENS)
         assert out.outputs[0].token_ids == expected, prompt
 

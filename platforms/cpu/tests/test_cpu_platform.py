@@ -1,0 +1,148 @@
+"""CpuPlatform: identity, dtype default from the ISA, config rules, memory, entry points."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+
+import pytest
+import vllm_core_cpu
+from vllm_core_cpu import isa
+from vllm_core_cpu import platform as cpu_platform
+from vllm_core_cpu.platform import CpuPlatform
+
+from vllm_core.config import EngineConfig, ModelConfig
+from vllm_core.platforms.interface import PRIORITY_CPU, Platform, PlatformKind
+
+AVX2 = "flags\t\t: sse sse2 avx avx2\n"
+SPR = "flags\t\t: sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    def use(text: str, machine: str = "x86_64") -> None:
+        monkeypatch.setattr(isa, "read_cpuinfo", lambda: text)
+        monkeypatch.setattr(isa, "machine", lambda: machine)
+    return use
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in ("VLLM_CPU_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def config(**kw) -> EngineConfig:
+    return EngineConfig(model=ModelConfig(model="m", **kw))
+
+
+def test_identity():
+    assert issubclass(CpuPlatform, Platform)
+    assert CpuPlatform.name == "cpu" and CpuPlatform.kind is PlatformKind.CPU
+    assert CpuPlatform.priority == PRIORITY_CPU
+    assert (CpuPlatform.device_type, CpuPlatform.dispatch_key, CpuPlatform.dist_backend) == \
+        ("cpu", "CPU", "gloo")
+    assert CpuPlatform.attention_backends() == ["cpu_paged", "reference"]
+    assert CpuPlatform.worker_class() == "vllm_core_cpu.worker.CpuWorker"
+    assert CpuPlatform.default_max_num_batched_tokens() == 2048
+    assert not CpuPlatform.supports_graph_capture()
+
+
+@pytest.mark.parametrize("text,machine,dtype", [
+    (AVX2, "x86_64", "float32"),
+    (SPR, "x86_64", "bfloat16"),
+    ("Features\t: fp asimd sve bf16\n", "aarch64", "bfloat16"),
+    ("Features\t: fp asimd\n", "aarch64", "float32"),
+    ("cpu\t\t: POWER10 (architected)\n", "ppc64le", "float32"),
+])
+def test_default_dtype_follows_isa(fake_cpu, text, machine, dtype):
+    fake_cpu(text, machine)
+    assert CpuPlatform.default_dtype() == dtype
+    cfg = config()
+    CpuPlatform.check_and_update_config(cfg)
+    assert cfg.model.dtype == dtype
+
+
+def test_device_facts_report_isa(fake_cpu):
+    fake_cpu(SPR)
+    facts = CpuPlatform.device_facts()
+    assert facts.capability == "x86_64 AVX2 AVX512 AVX512_BF16 AMX"
+    assert facts.details["isa"] == ["AVX2", "AVX512", "AVX512_BF16", "AMX"]
+    assert facts.device_count == 1 and facts.total_memory_bytes > 0
+
+
+def test_threads_from_affinity_then_env(monkeypatch):
+    monkeypatch.setattr(cpu_platform, "usable_cores", lambda: 3)
+    cfg = config()
+    CpuPlatform.check_and_update_config(cfg)
+    assert cfg.num_threads == 3
+    monkeypatch.setenv("VLLM_CPU_NUM_THREADS", "5")
+    cfg = config()
+    CpuPlatform.check_and_update_config(cfg)
+    assert cfg.num_threads == 5
+    monkeypatch.setenv("VLLM_CPU_NUM_THREADS", "0")
+    with pytest.raises(ValueError, match="VLLM_CPU_NUM_THREADS must be >= 1"):
+        CpuPlatform.check_and_update_config(config())
+
+
+def test_real_affinity_matches_os():
+    assert cpu_platform.usable_cores() == len(os.sched_getaffinity(0))
+
+
+def test_kv_cache_space_from_env(monkeypatch):
+    cfg = config()
+    CpuPlatform.check_and_update_config(cfg)
+    assert cfg.cache.cache_space_bytes is None
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1.5")
+    cfg = config()
+    CpuPlatform.check_and_update_config(cfg)
+    assert cfg.cache.cache_space_bytes == int(1.5 * (1 << 30))
+    cfg = config()
+    cfg.cache.cache_space_bytes = 123                  # an explicit budget wins
+    CpuPlatform.check_and_update_config(cfg)
+    assert cfg.cache.cache_space_bytes == 123
+
+
+def test_base_rules_still_apply():
+    cfg = config(dtype="half")
+    cfg.graph_batch_sizes = [1, 2]
+    CpuPlatform.check_and_update_config(cfg)
+    assert cfg.model.dtype == "float16" and cfg.cache.block_size == 16
+    assert cfg.scheduler.max_num_batched_tokens == 2048
+    assert cfg.graph_batch_sizes == [] and cfg.platform_name == "cpu"
+    bad = config()
+    bad.cache.kv_cache_dtype = "fp8"
+    with pytest.raises(ValueError, match="kv_cache_dtype 'fp8'"):
+        CpuPlatform.check_and_update_config(bad)
+
+
+def test_free_memory_psutil_and_meminfo():
+    free = CpuPlatform.free_memory_bytes()
+    assert 0 < free <= cpu_platform.total_memory_bytes()
+    meminfo = cpu_platform._meminfo_bytes("MemAvailable")
+    assert meminfo > 0 and abs(meminfo - free) < 0.25 * cpu_platform.total_memory_bytes()
+
+
+def test_detect_and_entry_points():
+    assert vllm_core_cpu.detect() == "vllm_core_cpu.platform.CpuPlatform"
+    eps = {(ep.group, ep.name): ep.value for ep in md.distribution("vllm-core-cpu").entry_points}
+    assert eps[("vllm.platform_plugins", "cpu")] == "vllm_core_cpu:detect"
+    assert eps[("vllm.general_plugins", "cpu")] == "vllm_core_cpu:register"
+
+
+def test_hooks_register_cpu_paged_backend():
+    from vllm_core_cpu import hooks
+
+    from vllm_core.plugins import create_plugin_manager
+
+    seen = []
+    pm = create_plugin_manager(register_backend=lambda *a: seen.append(a), with_builtin=False)
+    pm.register(hooks)
+    assert seen == [("cpu_paged", "vllm_core_cpu.attention.CpuPagedAttentionBackend")]
+
+
+def test_registered_backends_resolve():
+    from vllm_core.attention.registry import get_backend_cls
+
+    assert get_backend_cls("cpu_paged").__name__ == "CpuPagedAttentionBackend"
+    assert get_backend_cls("reference").__name__ == "ReferenceAttentionBackend"
