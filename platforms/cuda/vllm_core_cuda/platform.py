@@ -1,0 +1,167 @@
+"""``CudaPlatform``: NVIDIA GPUs through torch's CUDA build.
+
+Every torch.cuda call of vllm-core lives in this plugin (the core never imports them). Device
+probes are small module functions (``device_capability`` ...), so tests fake them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vllm_core.platforms.interface import (
+    PLATFORM_API_VERSION,
+    PRIORITY_ACCELERATOR,
+    DeviceFacts,
+    Platform,
+    PlatformKind,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm_core.config import EngineConfig
+
+MAX_GRAPH_BATCH_SIZE = 512
+
+
+def default_graph_batch_sizes(max_num_seqs: int, limit: int = MAX_GRAPH_BATCH_SIZE) -> list[int]:
+    """Batch sizes to capture: 1, 2, 4, then every multiple of 8 up to ``limit``.
+
+    Sizes above ``max_num_seqs`` are dropped except the first one, so every batch the scheduler
+    can form pads up to a captured size: [1, 2, 4, 8, 16, 24, 32, ..., 512] for 512 sequences.
+    """
+    if max_num_seqs < 1:
+        raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+    candidates = [1, 2, 4, *range(8, limit + 1, 8)]
+    sizes = [s for s in candidates if s < max_num_seqs]
+    bigger = [s for s in candidates if s >= max_num_seqs]
+    if bigger:
+        sizes.append(bigger[0])
+    return sizes
+
+
+def device_capability(index: int = 0) -> tuple[int, int]:
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(index))  # type: ignore[return-value]
+
+
+def device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def device_properties(index: int = 0) -> Any:
+    import torch
+
+    return torch.cuda.get_device_properties(index)
+
+
+class CudaPlatform(Platform):
+    """NVIDIA GPUs. bfloat16 by default from compute capability 8.0 (Ampere), else float16."""
+
+    name: ClassVar[str] = "cuda"
+    kind: ClassVar[PlatformKind] = PlatformKind.ACCELERATOR
+    priority: ClassVar[int] = PRIORITY_ACCELERATOR
+    api_version: ClassVar[str] = PLATFORM_API_VERSION
+    device_type: ClassVar[str] = "cuda"
+    dispatch_key: ClassVar[str] = "CUDA"
+    dist_backend: ClassVar[str] = "nccl"
+    device_control_env_var: ClassVar[str] = "CUDA_VISIBLE_DEVICES"
+    supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    default_block_size: ClassVar[int] = 16
+    min_bf16_capability: ClassVar[tuple[int, int]] = (8, 0)
+
+    @classmethod
+    def device_facts(cls) -> DeviceFacts:
+        import torch
+
+        count = device_count()
+        if count == 0:
+            return DeviceFacts(details={"cuda": torch.version.cuda})
+        props = device_properties(0)
+        major, minor = device_capability(0)
+        return DeviceFacts(
+            device_count=count,
+            device_name=props.name,
+            capability=f"{major}.{minor}",
+            total_memory_bytes=int(props.total_memory),
+            details={"cuda": torch.version.cuda,
+                     "devices": [device_properties(i).name for i in range(count)]},
+        )
+
+    @classmethod
+    def default_dtype(cls) -> str:
+        return "bfloat16" if device_capability(0) >= cls.min_bf16_capability else "float16"
+
+    @classmethod
+    def total_memory_bytes(cls) -> int:
+        return int(device_properties(0).total_memory)
+
+    @classmethod
+    def free_memory_bytes(cls) -> int:
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+
+    @classmethod
+    def attention_backends(cls) -> list[str]:
+        return ["triton", "flash_attn", "flashinfer"]
+
+    @classmethod
+    def worker_class(cls) -> str:
+        return "vllm_core_cuda.worker.CudaWorker"
+
+    @classmethod
+    def supports_graph_capture(cls) -> bool:
+        return True
+
+    @classmethod
+    def check_and_update_config(cls, config: EngineConfig) -> None:
+        """Base rules, then: bfloat16 needs ``min_bf16_capability``; graph batch sizes unless
+        ``enforce_eager`` (user-given sizes are kept, sorted)."""
+        super().check_and_update_config(config)
+        cls._check_dtype(config.model.dtype)
+        if config.enforce_eager:
+            config.graph_batch_sizes = []
+        elif config.graph_batch_sizes:
+            config.graph_batch_sizes = sorted(set(config.graph_batch_sizes))
+        else:
+            config.graph_batch_sizes = default_graph_batch_sizes(config.scheduler.max_num_seqs)
+
+    @classmethod
+    def _check_dtype(cls, dtype: str) -> None:
+        if dtype == "bfloat16":
+            cap = device_capability(0)
+            if cap < cls.min_bf16_capability:
+                raise ValueError(
+                    f"dtype bfloat16 needs compute capability >= "
+                    f"{cls.min_bf16_capability[0]}.{cls.min_bf16_capability[1]}, this GPU has "
+                    f"{cap[0]}.{cap[1]}; use --dtype float16")
+
+    # runtime helpers -------------------------------------------------------------------
+    @classmethod
+    def set_device(cls, index: int) -> None:
+        import torch
+
+        torch.cuda.set_device(index)
+
+    @classmethod
+    def seed_everything(cls, seed: int) -> None:
+        import torch
+
+        super().seed_everything(seed)
+        torch.cuda.manual_seed_all(seed)
+
+    @classmethod
+    def synchronize(cls) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+
+    @classmethod
+    def empty_cache(cls) -> None:
+        import torch
+
+        torch.cuda.empty_cache()

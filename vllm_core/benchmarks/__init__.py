@@ -1,0 +1,1 @@
+"""Benchmarks that ship with vllm-core (``vllm-core bench serve``)."""

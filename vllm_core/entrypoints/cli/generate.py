@@ -1,0 +1,148 @@
+"""``vllm-core generate [--model M] PROMPT`` and ``vllm-core chat [--model M] [MESSAGE]``.
+
+Both stream the answer to the terminal as it is generated (AsyncLLMEngine, delta outputs).
+``chat`` answers one message, or, with no message and a terminal on stdin, runs an
+interactive loop that keeps the conversation (``exit``, ``quit`` or Ctrl-D to leave). A prompt
+or message of ``-`` (or none, with stdin not a terminal) is read from stdin.
+
+Import-light: the engine (torch, transformers) is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    from vllm_core.engine.arg_utils import EngineArgs
+
+    parser.add_argument("--model", default=None,
+                        help="model directory or .gguf file (default: the embedded model)")
+    s = parser.add_argument_group("sampling")
+    s.add_argument("--max-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=None,
+                   help="default: the model's generation_config, else 1.0")
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    s.add_argument("--ignore-eos", action="store_true")
+    EngineArgs.add_cli_args(parser)
+
+
+def register(subparsers: Any) -> None:
+    gen = subparsers.add_parser("generate", help="complete a prompt (streamed to the terminal)")
+    gen.add_argument("prompt", nargs="?", default=None, help="the prompt ('-': read stdin)")
+    _add_common(gen)
+    gen.set_defaults(func=run_generate)
+
+    chat = subparsers.add_parser("chat", help="chat with the model (one message or interactive)")
+    chat.add_argument("message", nargs="?", default=None,
+                      help="one message to answer ('-': read stdin); none: interactive loop")
+    chat.add_argument("--system", default=None, help="a system prompt")
+    _add_common(chat)
+    chat.set_defaults(func=run_chat)
+
+
+def _sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {"max_tokens": args.max_tokens, "output_kind": "delta",
+                              "ignore_eos": args.ignore_eos}
+    for name in ("temperature", "top_p", "top_k", "stop"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def _make_engine(args: argparse.Namespace) -> Any:
+    from vllm_core.engine.arg_utils import EngineArgs
+    from vllm_core.engine.async_llm_engine import AsyncLLMEngine
+
+    engine_args = EngineArgs.from_cli_args(args).replace(model=args.model,
+                                                          disable_log_stats=True)
+    return AsyncLLMEngine.from_engine_args(engine_args)
+
+
+async def stream_to(engine: Any, prompt: str | list[int], fields: dict[str, Any],
+                    out: TextIO, request_id: str) -> str:
+    """Generate and write each new piece of text to ``out`` as it arrives; return the text."""
+    params = engine.make_sampling_params(**fields)
+    pieces: list[str] = []
+    async for res in engine.generate(prompt, params, request_id):
+        for output in res.outputs:
+            if output.text:
+                out.write(output.text)
+                out.flush()
+                pieces.append(output.text)
+    out.write("\n")
+    out.flush()
+    return "".join(pieces)
+
+
+def _read_text(value: str | None) -> str | None:
+    if value == "-" or (value is None and not sys.stdin.isatty()):
+        return sys.stdin.read().strip() or None
+    return value
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    prompt = _read_text(args.prompt)
+    if not prompt:
+        raise ValueError("a prompt is required (as an argument, or '-' to read stdin)")
+    engine = _make_engine(args)
+
+    async def main() -> None:
+        try:
+            await stream_to(engine, prompt, _sampling_fields(args), sys.stdout, "generate-0")
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    import asyncio
+
+    interactive = args.message is None and sys.stdin.isatty()
+    first = None if interactive else _read_text(args.message)
+    if not interactive and not first:
+        raise ValueError("a message is required (as an argument, or '-' to read stdin)")
+    engine = _make_engine(args)
+    conversation: list[dict[str, str]] = []
+    if args.system:
+        conversation.append({"role": "system", "content": args.system})
+
+    async def answer(message: str, turn: int) -> None:
+        conversation.append({"role": "user", "content": message})
+        text = engine.tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                    add_generation_prompt=True)
+        ids = engine.tokenizer.encode(text, add_special_tokens=False)
+        reply = await stream_to(engine, ids, _sampling_fields(args), sys.stdout, f"chat-{turn}")
+        conversation.append({"role": "assistant", "content": reply})
+
+    async def main() -> None:
+        try:
+            if not interactive:
+                await answer(first, 0)
+                return
+            turn = 0
+            while True:
+                try:
+                    message = await asyncio.to_thread(input, "> ")
+                except EOFError:
+                    print()
+                    return
+                if message.strip() in ("exit", "quit"):
+                    return
+                if message.strip():
+                    await answer(message, turn)
+                    turn += 1
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,190 @@
+"""POST /v1/chat/completions: the chat template, then one engine request with ``n`` choices.
+
+Streaming: a first chunk per choice with ``delta: {"role": "assistant", "content": ""}``, then
+content deltas; each choice's ``finish_reason`` appears exactly once; then the optional usage
+chunk and ``data: [DONE]``. Logprobs follow OpenAI: ``logprobs: true`` and ``top_logprobs: k``
+give ``choices[i].logprobs.content`` = [{token, logprob, bytes, top_logprobs: [k entries]}].
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from vllm_core.entrypoints.openai.errors import OpenAIServingError, exception_to_error, sse_error
+from vllm_core.entrypoints.openai.protocol import (
+    ChatCompletionLogProb,
+    ChatCompletionLogProbs,
+    ChatCompletionLogProbsContent,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatResponseMessage,
+    DeltaMessage,
+    UsageInfo,
+    random_id,
+)
+from vllm_core.entrypoints.openai.serving_common import (
+    ChoiceState,
+    ServingContext,
+    clamp_logprob,
+    merge_async_iterators,
+    run_until_disconnected,
+)
+from vllm_core.entrypoints.openai.serving_completion import _aclose_quietly, _chain, _first, sse
+from vllm_core.outputs import PositionLogprobs, RequestOutput
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+
+
+def _token_bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def chat_logprobs(ctx: ServingContext, token_ids: list[int],
+                  positions: list[PositionLogprobs], top_k: int) -> ChatCompletionLogProbs:
+    content: list[ChatCompletionLogProbsContent] = []
+    for i, token_id in enumerate(token_ids):
+        position = positions[i] if i < len(positions) else {}
+        token = ctx.token_text(token_id, position)
+        sampled = position.get(token_id)
+        top = [ChatCompletionLogProb(token=(t := ctx.token_text(tid, position)),
+                                     logprob=clamp_logprob(lp), bytes=_token_bytes(t))
+               for tid, lp in ctx.top_entries(position, top_k)]
+        content.append(ChatCompletionLogProbsContent(
+            token=token, logprob=clamp_logprob(sampled.logprob) if sampled else -9999.0,
+            bytes=_token_bytes(token), top_logprobs=top))
+    return ChatCompletionLogProbs(content=content)
+
+
+class OpenAIServingChat:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    def _check(self, req: ChatCompletionRequest) -> None:
+        if req.response_format and req.response_format.get("type", "text") != "text":
+            raise OpenAIServingError("response_format other than 'text' is not supported", 400,
+                                     "response_format")
+        if req.tools and req.tool_choice not in (None, "none"):
+            raise OpenAIServingError("tool calling is not supported by this server; use "
+                                     "tool_choice 'none' or leave out tools", 400, "tool_choice")
+        if req.top_logprobs and not req.logprobs:
+            raise OpenAIServingError("when using top_logprobs, logprobs must be set to true",
+                                     400, "top_logprobs")
+        if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise OpenAIServingError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, "
+                                     f"got {req.top_logprobs}", 400, "top_logprobs")
+
+    async def create(self, req: ChatCompletionRequest, raw_request: Any) -> Any:
+        from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+        ctx = self.ctx
+        model = ctx.check_model(req.model)
+        self._check(req)
+        top_k = req.top_logprobs or 0
+        if req.logprobs:
+            ctx.check_logprobs(top_k, "top_logprobs")
+        text = ctx.apply_chat_template(
+            req.messages, add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message, chat_template=req.chat_template,
+            chat_template_kwargs=req.chat_template_kwargs)
+        prompt_ids = ctx.tokenize(text, req.add_special_tokens)
+        fields = req.sampling_fields()
+        if req.logprobs:
+            fields["logprobs"] = top_k
+        fields["output_kind"] = "delta"
+        request_fields = set(req.model_fields_set)
+        fields["max_tokens"] = ctx.resolve_max_tokens(len(prompt_ids), req.effective_max_tokens)
+        params = ctx.make_sampling_params(fields, request_fields)
+        request_id = random_id("chatcmpl")
+        generator = ctx.engine.generate(prompt_ids, params, request_id, priority=req.priority)
+        merged = merge_async_iterators(generator)
+        created = int(time.time())
+        if req.stream:
+            ok, first = await run_until_disconnected(_first(merged), raw_request.is_disconnected)
+            if not ok:
+                await merged.aclose()
+                return Response(status_code=499)
+            body = self._stream(req, len(prompt_ids), merged, first, request_id, created, model)
+            return StreamingResponse(body, media_type="text/event-stream",
+                                     headers={"X-Request-Id": request_id})
+        ok, states = await run_until_disconnected(self._collect(req, merged),
+                                                  raw_request.is_disconnected)
+        if not ok:
+            return Response(status_code=499)
+        choices = []
+        num_gen = 0
+        for j, state in enumerate(states):
+            num_gen += len(state.token_ids)
+            logprobs = (chat_logprobs(ctx, state.token_ids, state.logprobs, top_k)
+                        if req.logprobs else None)
+            choices.append(ChatCompletionResponseChoice(
+                index=j, message=ChatResponseMessage(content=state.text), logprobs=logprobs,
+                finish_reason=state.finish_reason, stop_reason=state.stop_reason))
+        usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=num_gen,
+                          total_tokens=len(prompt_ids) + num_gen)
+        response = ChatCompletionResponse(id=request_id, created=created, model=model,
+                                          choices=choices, usage=usage)
+        return JSONResponse(response.model_dump(), headers={"X-Request-Id": request_id})
+
+    async def _collect(self, req: ChatCompletionRequest,
+                       merged: AsyncIterator[tuple[int, RequestOutput]]) -> list[ChoiceState]:
+        states = [ChoiceState() for _ in range(req.n)]
+        async for _, res in merged:
+            for out in res.outputs:
+                states[out.index].add(out, delta=True)
+        return states
+
+    async def _stream(self, req: ChatCompletionRequest, num_prompt: int,
+                      merged: AsyncIterator[tuple[int, RequestOutput]],
+                      first: tuple[int, RequestOutput] | None, request_id: str, created: int,
+                      model: str) -> AsyncIterator[str]:
+        ctx = self.ctx
+        top_k = req.top_logprobs or 0
+        gen_tokens = [0] * req.n
+        finished = [False] * req.n
+
+        def chunk(choice: ChatCompletionResponseStreamChoice, idx: int) -> str:
+            c = ChatCompletionStreamResponse(id=request_id, object="chat.completion.chunk",
+                                             created=created, model=model, choices=[choice])
+            if req.continuous_usage:
+                c.usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=gen_tokens[idx],
+                                    total_tokens=num_prompt + gen_tokens[idx])
+            return sse(c)
+
+        try:
+            for j in range(req.n):
+                yield chunk(ChatCompletionResponseStreamChoice(
+                    index=j, delta=DeltaMessage(role="assistant", content=""), logprobs=None,
+                    finish_reason=None), j)
+            async for _, res in _chain(first, merged):
+                for out in res.outputs:
+                    j = out.index
+                    if finished[j]:
+                        continue
+                    if not out.text and not out.token_ids and out.finish_reason is None:
+                        continue
+                    gen_tokens[j] += len(out.token_ids)
+                    logprobs = (chat_logprobs(ctx, list(out.token_ids), list(out.logprobs or []),
+                                              top_k) if req.logprobs else None)
+                    if out.finish_reason is not None:
+                        finished[j] = True
+                    yield chunk(ChatCompletionResponseStreamChoice(
+                        index=j, delta=DeltaMessage(content=out.text), logprobs=logprobs,
+                        finish_reason=out.finish_reason, stop_reason=out.stop_reason), j)
+            if req.include_usage:
+                total = sum(gen_tokens)
+                yield sse(ChatCompletionStreamResponse(
+                    id=request_id, object="chat.completion.chunk", created=created, model=model,
+                    choices=[],
+                    usage=UsageInfo(prompt_tokens=num_prompt, completion_tokens=total,
+                                    total_tokens=num_prompt + total)))
+        except Exception as e:
+            yield sse_error(exception_to_error(e))
+            return
+        finally:
+            await _aclose_quietly(merged)
+        yield "data: [DONE]\n\n"
