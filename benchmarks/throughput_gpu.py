@@ -1,0 +1,425 @@
+"""Offline GPU throughput and batch-1 latency: vllm-core against HF transformers, with the
+roofline computed in the same run.
+
+One command per workload (or all), one JSON line per system, then a summary line per workload
+with the ratios and the fraction of the roofline::
+
+    python benchmarks/throughput_gpu.py --workload gpu-8b --output results.jsonl
+    python benchmarks/throughput_gpu.py --workload gpu-8b-long --peer-requests 0
+    python benchmarks/throughput_gpu.py --workload gpu-8b-b1
+
+Method (design section 6):
+
+- Model: the Llama-3.1-8B shape (``roofline.LLAMA_3_1_8B``) with random weights in bf16.
+  vllm-core loads it with ``load_format="dummy"`` from a folder holding only ``config.json``
+  and a synthetic WordLevel tokenizer (one word per id); HF builds the same config with its own
+  random initialisation, on the GPU. Weights' values do not change the work done.
+- Prompts: ``requests`` x ``prompt_len`` token ids drawn uniformly with a fixed seed; every
+  system gets the same ids; ``ignore_eos`` (HF: no EOS id, ``min_new_tokens``), so each request
+  yields exactly ``output_len`` tokens (the lines report the tokens actually produced).
+- Systems, each in its own subprocess, one after another: ``vllm-core``; ``hf-batch``
+  (``model.generate_batch``, transformers' continuous batching); ``hf-static``
+  (``model.generate`` in static batches of ``--hf-batch-size``, default 64).
+  ``--peer-requests N`` runs the HF peers on the first N requests only (their line says so).
+- ``elapsed_s`` times generation only, after a small warm-up request; ``startup_s`` is engine /
+  model construction (vllm-core: profiling, KV allocation and CUDA graph capture included).
+- Roofline: ``roofline.measure_ceilings`` (device copy bandwidth, bf16 matmul rate) in a
+  subprocess of the same run, then ``roofline.roofline`` for the workload with vllm-core's
+  ``max_num_seqs``; ``fraction_of_roofline`` = measured output tok/s over roofline tok/s
+  (batch 1: decode tok/s over the decode roofline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from roofline import LLAMA_3_1_8B, Ceilings, ModelShape, roofline  # noqa: E402
+
+RESULT_PREFIX = "BENCH_RESULT "
+SYSTEMS = ("vllm-core", "hf-batch", "hf-static")
+DEFAULT_MODEL_DIR = REPO / ".bench" / "models" / "llama-3.1-8b-shape"
+
+
+@dataclass(slots=True, frozen=True)
+class Workload:
+    name: str
+    requests: int
+    prompt_len: int
+    output_len: int
+
+
+WORKLOADS = {
+    "gpu-8b": Workload("gpu-8b", 256, 512, 256),
+    "gpu-8b-long": Workload("gpu-8b-long", 1000, 1024, 1024),
+    "gpu-8b-b1": Workload("gpu-8b-b1", 1, 128, 512),
+}
+
+
+# ---- model folder and prompts ------------------------------------------------------------------
+
+def ensure_model_dir(folder: Path) -> Path:
+    """config.json of the 8B shape plus a WordLevel tokenizer covering its vocabulary."""
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = dict(LLAMA_3_1_8B)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    vocab = {f"t{i}": i for i in range(cfg["vocab_size"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0").save_pretrained(str(folder))
+    return folder
+
+
+def warmup_prompts(w: Workload) -> list[list[int]]:
+    """Prompts of the workload's length (two, or one for a one-request workload, so that
+    Triton's specialisation on integer arguments equal to 1 is compiled before timing) that
+    share no prefix with its prompts, so the warm-up leaves nothing the run could hit in the
+    prefix cache."""
+    import numpy as np
+
+    rng = np.random.default_rng(10_000 + w.prompt_len)
+    count = 1 if w.requests == 1 else 2
+    return rng.integers(0, LLAMA_3_1_8B["vocab_size"], size=(count, w.prompt_len)).tolist()
+
+
+def make_prompts(w: Workload, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, vocab_size, size=(w.requests, w.prompt_len)).tolist()
+
+
+# ---- the systems (run in a subprocess each) -----------------------------------------------------
+
+def _gpu_facts() -> dict[str, Any]:
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return {"gpu": torch.cuda.get_device_name(0),
+            "peak_torch_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "gpu_used_gib": round((total - free) / 2**30, 2)}
+
+
+def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]]
+                  ) -> dict[str, Any]:
+    import torch
+
+    from vllm_core import LLM, SamplingParams
+
+    start = time.perf_counter()
+    llm = LLM(str(args.model_dir), dtype="bfloat16", load_format="dummy",
+              max_model_len=w.prompt_len + w.output_len, max_num_seqs=args.max_num_seqs,
+              max_num_batched_tokens=args.max_num_batched_tokens,
+              gpu_memory_utilization=args.gpu_memory_utilization,
+              enforce_eager=args.enforce_eager, attention_backend=args.attention_backend)
+    startup = time.perf_counter() - start
+    engine = llm.llm_engine
+    worker = engine.executor.worker
+    runner = worker.runner
+    warm = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
+    llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(w)], warm, use_tqdm=False)
+    from vllm_core_cuda.model_runner import KVWasteStats, StepTiming
+
+    runner.kv_waste = KVWasteStats()
+    runner.num_graph_steps = runner.num_eager_steps = 0
+    torch.cuda.reset_peak_memory_stats()
+    params = SamplingParams(temperature=0.0, max_tokens=w.output_len, ignore_eos=True,
+                            detokenize=False)
+    if args.profile:
+        _profile_steps(llm, prompts, params, args.profile)
+    runner.timing = StepTiming()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    res: dict[str, Any] = {
+        "output_tokens": out_tokens, "elapsed_s": round(elapsed, 3),
+        "output_tok_s": round(out_tokens / elapsed, 1),
+        "total_tok_s": round((out_tokens + w.requests * w.prompt_len) / elapsed, 1),
+        "startup_s": round(startup, 2),
+        "graph_capture_s": round(worker.graph_capture_seconds, 2),
+        "kv_blocks": engine.config.cache.num_blocks,
+        "kv_block_size": engine.config.cache.block_size,
+        "kv_cache_gib": round(worker.memory_report.get("kv_cache_gib", 0.0), 2),
+        "weights_gib": round(worker.memory_report.get("weights_gib", 0.0), 2),
+        "graph_steps": runner.num_graph_steps, "eager_steps": runner.num_eager_steps,
+        "attention_backend": runner.attn_backend.name,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": engine.config.scheduler.max_num_batched_tokens,
+        **runner.kv_waste.as_dict(), **runner.timing.as_dict(), **_gpu_facts(),
+    }
+    if w.requests == 1:
+        m = outs[0].metrics
+        if m is not None and m.first_token_time and m.last_token_time:
+            res["ttft_s"] = round(m.first_token_time - m.arrival_time, 4)
+            decode = m.last_token_time - m.first_token_time
+            res["decode_tok_s"] = round((out_tokens - 1) / decode, 1)
+            res["tpot_ms"] = round(1e3 * decode / (out_tokens - 1), 3)
+    engine.shutdown()
+    return res
+
+
+def _profile_steps(llm: Any, prompts: list[list[int]], params: Any, path: str) -> None:
+    """torch.profiler trace of a short decode-heavy run (written to ``path``)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from vllm_core import SamplingParams
+
+    short = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, detokenize=False)
+    # fresh random prompts: the measured run must not hit them in the prefix cache
+    import numpy as np
+
+    rng = np.random.default_rng(20_000)
+    batch = [{"prompt_token_ids": p} for p in
+             rng.integers(0, LLAMA_3_1_8B["vocab_size"], size=(len(prompts), len(prompts[0])))
+             .tolist()]
+    llm.generate(batch, short, use_tqdm=False)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        llm.generate(batch, short, use_tqdm=False)
+    torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+    Path(path).write_text(table + "\n\n" + prof.key_averages().table(
+        sort_by="cpu_time_total", row_limit=30))
+
+
+def _hf_model(args: argparse.Namespace) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(str(args.model_dir))
+    cfg.eos_token_id = None
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def run_hf_batch(args: argparse.Namespace, w: Workload, prompts: list[list[int]]
+                 ) -> dict[str, Any]:
+    import inspect
+
+    import torch
+    from transformers import GenerationConfig
+
+    start = time.perf_counter()
+    model = _hf_model(args)
+    startup = time.perf_counter() - start
+    extra = {}
+    if "progress_bar" in inspect.signature(model.generate_batch).parameters:
+        extra["progress_bar"] = False
+
+    def cfg(n: int) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)
+
+    model.generate_batch(inputs=warmup_prompts(w), generation_config=cfg(8), **extra)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = model.generate_batch(inputs=prompts, generation_config=cfg(w.output_len), **extra)
+    elapsed = time.perf_counter() - t0
+    out_tokens = sum(len(o.generated_tokens) for o in outs.values())
+    return {"output_tokens": out_tokens, "elapsed_s": round(elapsed, 3),
+            "output_tok_s": round(out_tokens / elapsed, 1), "startup_s": round(startup, 2),
+            "attn_implementation": str(getattr(model.config, "_attn_implementation", None)),
+            **_gpu_facts()}
+
+
+def run_hf_static(args: argparse.Namespace, w: Workload, prompts: list[list[int]]
+                  ) -> dict[str, Any]:
+    import torch
+
+    start = time.perf_counter()
+    model = _hf_model(args)
+    startup = time.perf_counter() - start
+    bs = args.hf_batch_size
+
+    def gen(batch: list[list[int]], n: int) -> int:
+        ids = torch.tensor(batch, device="cuda")
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+        return int((out.shape[1] - ids.shape[1]) * ids.shape[0])
+
+    gen(warmup_prompts(w), 8)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out_tokens = sum(gen(prompts[i:i + bs], w.output_len) for i in range(0, len(prompts), bs))
+    elapsed = time.perf_counter() - t0
+    return {"output_tokens": out_tokens, "elapsed_s": round(elapsed, 3),
+            "output_tok_s": round(out_tokens / elapsed, 1), "startup_s": round(startup, 2),
+            "batch_size": bs, **_gpu_facts()}
+
+
+def run_ceilings(args: argparse.Namespace) -> dict[str, Any]:
+    from roofline import measure_ceilings
+
+    c = measure_ceilings()
+    return {"bandwidth_bytes_s": c.bandwidth_bytes_s, "matmul_flops_s": c.matmul_flops_s,
+            "device": c.device}
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    if args.worker == "ceilings":
+        res = run_ceilings(args)
+    else:
+        w = WORKLOADS[args.workload]
+        if args.requests:
+            w = Workload(w.name, args.requests, w.prompt_len, w.output_len)
+        prompts = make_prompts(w, LLAMA_3_1_8B["vocab_size"], args.seed)
+        fn = {"vllm-core": run_vllm_core, "hf-batch": run_hf_batch,
+              "hf-static": run_hf_static}[args.worker]
+        res = fn(args, w, prompts)
+    print(RESULT_PREFIX + json.dumps(res), flush=True)
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+
+def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
+          requests: int | None = None, timeout: float | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", worker, "--model-dir", str(args.model_dir),
+           "--max-num-seqs", str(args.max_num_seqs),
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+           "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+           "--hf-batch-size", str(args.hf_batch_size), "--seed", str(args.seed)]
+    if workload:
+        cmd += ["--workload", workload]
+    if requests:
+        cmd += ["--requests", str(requests)]
+    if args.enforce_eager:
+        cmd.append("--enforce-eager")
+    if args.attention_backend:
+        cmd += ["--attention-backend", args.attention_backend]
+    if args.profile and worker == "vllm-core":
+        cmd += ["--profile", args.profile]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (proc.stderr or proc.stdout)[-3000:]
+    sys.stderr.write(f"[{worker}] failed (rc {proc.returncode}, "
+                     f"{time.perf_counter() - t0:.0f} s):\n{tail}\n")
+    return {"error": tail.strip().splitlines()[-1] if tail.strip() else f"rc {proc.returncode}"}
+
+
+def driver(args: argparse.Namespace) -> None:
+    args.model_dir = ensure_model_dir(Path(args.model_dir))
+    names = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for s in systems:
+        if s not in SYSTEMS:
+            raise SystemExit(f"--systems: unknown system {s!r} (known: {', '.join(SYSTEMS)})")
+    c = spawn(args, "ceilings")
+    if "error" in c:
+        raise SystemExit(f"could not measure the ceilings: {c['error']}")
+    ceilings = Ceilings(c["bandwidth_bytes_s"], c["matmul_flops_s"], c["device"])
+    shape = ModelShape.from_hf_config(LLAMA_3_1_8B)
+    out = open(args.output, "a") if args.output else None
+
+    def emit(obj: dict[str, Any]) -> None:
+        line = json.dumps(obj)
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+
+    emit({"kind": "ceilings", "gpu": ceilings.device,
+          "bandwidth_tb_s": round(ceilings.bandwidth_bytes_s / 1e12, 3),
+          "matmul_tflop_s": round(ceilings.matmul_flops_s / 1e12, 1)})
+    for name in names:
+        w = WORKLOADS[name]
+        roof = roofline(shape, ceilings, requests=w.requests, prompt_len=w.prompt_len,
+                        output_len=w.output_len, max_num_seqs=args.max_num_seqs)
+        results: dict[str, dict[str, Any]] = {}
+        for system in systems:
+            peer = system != "vllm-core"
+            if peer and name == "gpu-8b-b1" and system == "hf-batch":
+                continue
+            n = w.requests
+            if peer and args.peer_requests is not None:
+                n = min(n, args.peer_requests)
+                if n == 0:
+                    continue
+            res = spawn(args, system, name, n if n != w.requests else None,
+                        timeout=args.timeout)
+            res = {"system": system, "workload": name, "requests": n,
+                   "prompt_len": w.prompt_len, "output_len": w.output_len, **res}
+            results[system] = res
+            emit(res)
+        core = results.get("vllm-core", {})
+        summary: dict[str, Any] = {"kind": "summary", "workload": name, "gpu": ceilings.device,
+                                   **{k: round(v, 2) if isinstance(v, float) else v
+                                      for k, v in roof.items()}}
+        if "output_tok_s" in core:
+            summary["vllm_core_output_tok_s"] = core["output_tok_s"]
+            summary["fraction_of_roofline"] = round(
+                core["output_tok_s"] / roof["roofline_output_tok_s"], 3)
+            if "decode_tok_s" in core and "roofline_decode_tok_s" in roof:
+                summary["decode_fraction_of_roofline"] = round(
+                    core["decode_tok_s"] / roof["roofline_decode_tok_s"], 3)
+            for system, res in results.items():
+                if system != "vllm-core" and res.get("output_tok_s"):
+                    summary[f"ratio_vs_{system}"] = round(
+                        core["output_tok_s"] / res["output_tok_s"], 2)
+                    if res["requests"] != w.requests:
+                        summary[f"{system}_requests"] = res["requests"]
+        emit(summary)
+    if out:
+        out.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", default="gpu-8b",
+                   help="gpu-8b, gpu-8b-long, gpu-8b-b1, a comma list, or all")
+    p.add_argument("--systems", default="vllm-core,hf-batch,hf-static")
+    p.add_argument("--peer-requests", type=int, default=None,
+                   help="run the HF peers on the first N requests only (0: skip them)")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--attention-backend", default=None)
+    p.add_argument("--hf-batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=None, help="seconds per system")
+    p.add_argument("--profile", default=None,
+                   help="vllm-core: write a torch.profiler table of a short run to this file")
+    p.add_argument("--output", default=None, help="append the JSON lines to this file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--requests", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker_main(args)
+    else:
+        driver(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Helpers of the GPU tests: tiny random-weight HF models saved with a synthetic tokenizer.
+
+Every supported architecture gets a model whose head size the Triton backend serves. The
+tokenizer is a ``tokenizers`` WordLevel vocabulary ``t0 .. t{V-1}`` (id i = "t{i}"), so any
+token id decodes and the engine needs no real tokenizer files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+CASES: dict[str, tuple[str, dict]] = {
+    # GQA 4:2, head 64, llama3 rope scaling, untied
+    "llama": ("llama", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                            rope_theta=500000.0,
+                            rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 64})),
+    # head 80, sliding window shorter than the sequences, one KV head
+    "mistral": ("mistral", dict(hidden_size=160, head_dim=80, num_attention_heads=2,
+                                num_key_value_heads=1, sliding_window=24)),
+    # q/k/v biases, tied embeddings, head 32
+    "qwen2": ("qwen2", dict(hidden_size=192, num_attention_heads=6, num_key_value_heads=2,
+                            tie_word_embeddings=True)),
+    # explicit head_dim 64 != 192 / 6, q/k norms
+    "qwen3": ("qwen3", dict(hidden_size=192, head_dim=64, num_attention_heads=6,
+                            num_key_value_heads=2)),
+}
+
+
+def write_wordlevel_tokenizer(folder: str, vocab_size: int) -> None:
+    """A fast tokenizer with one word per id ("t{i}"), whitespace-split, no special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0")
+    fast.save_pretrained(folder)
+
+
+def tiny_hf_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A random float32 HF causal LM (every parameter random, norms near 1), on the CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = dict(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=None,
+                eos_token_id=None, pad_token_id=None)
+    base.update(overrides)
+    config = AutoConfig.for_model(model_type, **base)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
+            else:
+                param.copy_(0.08 * torch.randn(param.shape, generator=gen))
+    return model
+
+
+def save_case(name: str, root: str) -> tuple[str, torch.nn.Module]:
+    """Save case ``name`` (weights + tokenizer) under ``root``; returns (folder, hf model)."""
+    model_type, overrides = CASES[name]
+    model = tiny_hf_model(model_type, **overrides)
+    folder = os.path.join(root, name)
+    model.save_pretrained(folder)
+    write_wordlevel_tokenizer(folder, model.config.vocab_size)
+    return folder, model
+
+
+@torch.no_grad()
+def hf_greedy(model: torch.nn.Module, prompt: list[int], max_tokens: int,
+              top: int = 5) -> tuple[list[int], list[list[int]]]:
+    """Greedy continuation by full re-forwards (no cache) on the model's device: tokens and
+    each step's top ids."""
+    device = next(model.parameters()).device
+    ids = list(prompt)
+    out, tops = [], []
+    for _ in range(max_tokens):
+        logits = model(torch.tensor([ids], device=device)).logits[0, -1].float()
+        best = logits.topk(top).indices.tolist()
+        tok = int(logits.argmax())
+        out.append(tok)
+        tops.append(best)
+        ids.append(tok)
+    return out, tops
+
+
+def random_prompts(lengths: list[int], vocab_size: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab_size, (n,), generator=gen).tolist() for n in lengths]

@@ -1,0 +1,89 @@
+"""CUDA graphs of the decode step (model forward + logits) at padded batch sizes.
+
+A decode-only step of ``n`` requests replays the graph of the smallest captured size ``G >= n``;
+rows ``n..G-1`` are padding (token 0 at position 0, KV slot -1 so nothing is written, one-token
+context read from the null block 0) and their logits are ignored. Every graph reads its inputs
+from the runner's persistent device buffers (fixed addresses) and writes its logits into one
+shared static buffer ``logits[:G]``.
+
+All graphs are captured into one memory pool (``torch.cuda.graph_pool_handle``), largest first,
+so the intermediate activations of every size reuse the same memory. Replays are sequential and
+each step consumes ``logits`` before the next replay, so sharing the output buffer is safe.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable
+
+import torch
+
+from vllm_core.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+class DecodeGraphs:
+    """Captured decode graphs keyed by batch size.
+
+    ``sizes``: the batch sizes to capture (sorted, unique, >= 1). ``logits``: float32
+    ``[max(sizes), vocab_size]``, the static output every graph writes its first ``G`` rows of.
+    ``capture_seconds``: wall time of the last ``capture`` (warm-up runs included).
+    """
+
+    def __init__(self, sizes: list[int], vocab_size: int, device: torch.device) -> None:
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"graph batch sizes must be a non-empty list of ints >= 1, "
+                             f"got {sizes!r}")
+        self.sizes = sorted(set(sizes))
+        self.device = device
+        self.logits = torch.empty(self.sizes[-1], vocab_size, dtype=torch.float32,
+                                  device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+        self.capture_seconds = 0.0
+
+    @property
+    def max_size(self) -> int:
+        return self.sizes[-1]
+
+    def padded_size(self, num_reqs: int) -> int | None:
+        """The smallest captured size >= ``num_reqs``; None when the batch is too large."""
+        i = bisect.bisect_left(self.sizes, num_reqs)
+        return self.sizes[i] if i < len(self.sizes) else None
+
+    @torch.inference_mode()
+    def capture(self, forward: Callable[[int], torch.Tensor], warmup_runs: int = 2) -> float:
+        """Capture one graph per size, largest first, into the shared pool.
+
+        ``forward(G)`` must prepare the persistent input buffers for a dummy decode batch of
+        ``G`` requests and return the logits ``[G, vocab]``; it is run ``warmup_runs`` times
+        eagerly first (Triton JIT, cuBLAS handles), then once under capture. Returns seconds.
+        """
+        start = time.perf_counter()
+        self.pool = torch.cuda.graph_pool_handle()
+        for size in reversed(self.sizes):
+            for _ in range(warmup_runs):
+                forward(size)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = forward(size)
+                self.logits[:size].copy_(out)
+            del out
+            self.graphs[size] = graph
+        torch.cuda.synchronize(self.device)
+        self.capture_seconds = time.perf_counter() - start
+        logger.info("captured %d CUDA graphs (decode batch sizes %d..%d) in %.2f s",
+                    len(self.graphs), self.sizes[0], self.sizes[-1], self.capture_seconds)
+        return self.capture_seconds
+
+    def replay(self, size: int) -> torch.Tensor:
+        """Replay the graph of ``size`` (inputs already in the buffers); returns ``logits[:size]``."""
+        self.graphs[size].replay()
+        return self.logits[:size]
+
+    def clear(self) -> None:
+        self.graphs.clear()
+        self.pool = None
