@@ -14,13 +14,21 @@ PROMPTS = [SHARED + "When was it invented?", SHARED + "Who invented it?",
 PARAMS = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 
 
-def run(**kwargs) -> list[list[int]]:
-    llm = LLM(dtype="float32", max_model_len=512, kv_cache_space_gib=0.1, **kwargs)
+def run(max_model_len: int = 512, **kwargs) -> list[list[int]]:
+    llm = LLM(dtype="float32", max_model_len=max_model_len, kv_cache_space_gib=0.1, **kwargs)
     outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
     # a second pass reuses cached prefixes when prefix caching is on
     again = llm.generate(PROMPTS[:2], PARAMS, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in outs[:2]]
     return [o.outputs[0].token_ids for o in outs]
+
+
+class PreemptionCounter:
+    def __init__(self) -> None:
+        self.preemptions = 0
+
+    def record(self, scheduler_stats, iteration_stats) -> None:
+        self.preemptions += scheduler_stats.num_preemptions
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +45,15 @@ def test_prefix_caching_equivalent(baseline):
 
 
 def test_preemption_equivalent(baseline):
-    # 12 blocks of 16 tokens cannot hold the batch at once: requests get preempted and recomputed
-    assert run(num_gpu_blocks_override=14, max_num_batched_tokens=64) == baseline
+    # 13 usable blocks of 16 tokens cannot hold the batch at once: requests get preempted and
+    # recomputed (one max-length request of 192 tokens still fits, as the engine requires)
+    llm = LLM(dtype="float32", max_model_len=192, kv_cache_space_gib=0.1,
+              num_gpu_blocks_override=14, max_num_batched_tokens=64)
+    counter = PreemptionCounter()
+    llm.llm_engine.stat_loggers.append(counter)
+    outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == baseline
+    assert counter.preemptions > 0
 
 
 def test_reference_backend_equivalent(baseline):
