@@ -71,7 +71,9 @@ def build_case(q_lens, ctx_lens, h, hkv, d, bs, dtype, seed=0):
     ([1, 1, 9, 4], [3, 30, 0, 0]),             # decodes + two first chunks
     ([1, 6, 13], [20, 16, 5]),                 # chunks with earlier context
 ])
-@pytest.mark.parametrize("h,hkv,d", [(4, 4, 16), (6, 2, 40), (8, 1, 8)])
+# head sizes 32/64/128 run the C++ kernel, the others the SDPA fallback
+@pytest.mark.parametrize("h,hkv,d", [(4, 4, 16), (6, 2, 40), (8, 1, 8), (6, 2, 64), (8, 1, 128),
+                                     (4, 4, 32)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_mixed_batch_matches_oracle(q_lens, ctx_lens, h, hkv, d, dtype):
     bs = 8
@@ -101,3 +103,22 @@ def test_profiling_with_empty_cache_runs():
     impl = CpuPagedAttentionBackend.get_impl_cls()(4, 16, 0.25, 2)
     out = impl.forward(q, k, v, torch.empty(0), builder.build(common))
     assert out.shape == (6, 64) and torch.isfinite(out).all()
+
+
+def test_kernel_is_built_and_used_for_supported_heads():
+    from vllm_core_cpu.kernels import load_kernels
+
+    assert load_kernels(), "the C++ paged-attention kernel did not build"
+    impl = CpuPagedAttentionBackend.get_impl_cls()
+    assert impl(6, 64, 0.125, 2).use_kernel and not impl(6, 40, 0.125, 2).use_kernel
+
+
+def test_sdpa_fallback_matches_kernel():
+    common, cache, q, k, v, *_ = build_case([1, 1, 9, 4], [3, 30, 0, 12], 6, 2, 64, 8,
+                                            torch.float32)
+    builder = CpuPagedAttentionBackend.get_builder_cls()(8, torch.device("cpu"))
+    impl = CpuPagedAttentionBackend.get_impl_cls()(6, 64, 0.125, 2)
+    with_kernel = impl.forward(q, k, v, cache.clone(), builder.build(common))
+    impl.use_kernel = False
+    fallback = impl.forward(q, k, v, cache.clone(), builder.build(common))
+    torch.testing.assert_close(with_kernel, fallback, atol=1e-5, rtol=1e-5)

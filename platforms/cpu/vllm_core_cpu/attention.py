@@ -1,9 +1,12 @@
-"""CPU paged attention: gather-by-block + masked torch SDPA, vectorised over requests.
+"""CPU paged attention: a C++ kernel reading the paged cache directly, with an SDPA fallback.
 
 KV cache per layer: (2, num_blocks, block_size, num_kv_heads, head_size). New K/V are written
-with one ``index_copy_`` over the flat slot axis, then every query attends to keys gathered
-from the cache through its block table. The batch splits in two groups, each one SDPA call (no
-Python loop over tokens or requests):
+with one ``index_copy_`` over the flat slot axis, then every query attends to its request's keys
+[0, position]. The kernel (``csrc/paged_attention.cpp``, built once with torch's JIT extension
+builder) handles head sizes 32/64/128 and up to 8 query heads per KV head: one code path for
+decodes and prefill chunks, so a row's result never depends on the batch. Elsewhere (or when no
+compiler is available) keys are gathered by block and the batch splits in two groups, each one
+SDPA call (no Python loop over tokens or requests):
 
 * decodes (one new token each): the query heads sharing a KV head form the "query length"
   axis, ``q [Nd, Hkv, G, D]`` against ``k [Nd, Hkv, L, D]``;
@@ -32,11 +35,14 @@ from vllm_core.attention.backend import (
 )
 
 KEY_ALIGN = 16   # key-length padding granularity (tokens)
+KERNEL_HEAD_SIZES = (32, 64, 128)   # what csrc/paged_attention.cpp is instantiated for
+KERNEL_MAX_GROUP = 8                # query heads per KV head it supports
 
 
 @dataclass(slots=True)
-class CpuAttentionMetadata:
-    slot_mapping: torch.Tensor
+class SdpaMetadata:
+    """Inputs of the SDPA path (built only when a layer needs it)."""
+
     num_decodes: int
     decode_blocks: torch.Tensor | None       # [Nd, nb] block ids (padding: null block 0)
     decode_mask: torch.Tensor | None         # [Nd, 1, 1, nb*bs] key < seq_len
@@ -45,6 +51,25 @@ class CpuAttentionMetadata:
     prefill_max_q: int
     prefill_blocks: torch.Tensor | None      # [Np, nb]
     prefill_mask: torch.Tensor | None        # [Np, 1, maxq, nb*bs] causal with offset
+
+
+@dataclass(slots=True)
+class CpuAttentionMetadata:
+    """Per-step metadata shared by all layers. ``token_request`` / ``token_position`` feed the
+    C++ kernel; ``sdpa()`` builds (once) what the SDPA path needs."""
+
+    slot_mapping: torch.Tensor
+    block_table: torch.Tensor
+    token_request: torch.Tensor
+    token_position: torch.Tensor
+    common: CommonAttentionMetadata
+    builder: CpuAttentionMetadataBuilder
+    _sdpa: SdpaMetadata | None = None
+
+    def sdpa(self) -> SdpaMetadata:
+        if self._sdpa is None:
+            self._sdpa = self.builder.build_sdpa(self.common)
+        return self._sdpa
 
 
 def _block_window(block_table: torch.Tensor, max_len: int, block_size: int) -> torch.Tensor:
@@ -59,7 +84,26 @@ def _block_window(block_table: torch.Tensor, max_len: int, block_size: int) -> t
 
 
 class CpuAttentionMetadataBuilder(AttentionMetadataBuilder):
+    """Uses the C++ paged-attention kernel (``csrc/paged_attention.cpp``) when it builds and
+    supports the shapes; otherwise the SDPA path described in the module docstring."""
+
+    def __init__(self, block_size: int, device: torch.device) -> None:
+        super().__init__(block_size, device)
+        from vllm_core_cpu.kernels import load_kernels
+
+        self.kernel = load_kernels()
+
     def build(self, common: CommonAttentionMetadata) -> CpuAttentionMetadata:
+        qsl, seq = common.query_start_loc_cpu, common.seq_lens_cpu
+        q_lens = qsl[1:] - qsl[:-1]
+        req = torch.repeat_interleave(torch.arange(common.num_reqs), q_lens,
+                                      output_size=common.num_tokens)
+        pos = torch.arange(common.num_tokens) - (qsl[1:] - seq)[req]
+        return CpuAttentionMetadata(slot_mapping=common.slot_mapping,
+                                    block_table=common.block_table, token_request=req,
+                                    token_position=pos, common=common, builder=self)
+
+    def build_sdpa(self, common: CommonAttentionMetadata) -> SdpaMetadata:
         bs, dev = self.block_size, self.device
         nd = common.num_decodes
         qsl, seq = common.query_start_loc_cpu, common.seq_lens_cpu
@@ -86,25 +130,38 @@ class CpuAttentionMetadataBuilder(AttentionMetadataBuilder):
             # padded query rows attend to key 0 only, so their softmax stays finite
             mask[:, :, 0] |= (q_pos[None, :] >= q_lens[:, None])
             prefill_mask = mask[:, None].to(dev)
-        return CpuAttentionMetadata(
-            slot_mapping=common.slot_mapping, num_decodes=nd, decode_blocks=decode_blocks,
+        return SdpaMetadata(
+            num_decodes=nd, decode_blocks=decode_blocks,
             decode_mask=decode_mask, num_prefills=np_, prefill_q_index=q_index,
             prefill_max_q=max_q, prefill_blocks=prefill_blocks, prefill_mask=prefill_mask)
 
 
 class CpuPagedAttentionImpl(AttentionImpl):
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
+                 sliding_window: int | None = None) -> None:
+        super().__init__(num_heads, head_size, scale, num_kv_heads, sliding_window)
+        from vllm_core_cpu.kernels import load_kernels
+
+        self.use_kernel = (load_kernels() and head_size in KERNEL_HEAD_SIZES
+                           and num_heads // num_kv_heads <= KERNEL_MAX_GROUP)
+
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: CpuAttentionMetadata) -> torch.Tensor:
-        md = attn_metadata
         num_tokens = query.shape[0]
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_size
         g = h // hkv
         out = torch.empty(num_tokens, h, d, dtype=query.dtype, device=query.device)
         if kv_cache.numel() == 0:           # memory profiling: attend to the new tokens only
-            return self._forward_uncached(query, key, value, md, out)
+            return self._forward_uncached(query, key, value, attn_metadata.sdpa(), out)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
-        k_cache.view(-1, hkv, d).index_copy_(0, md.slot_mapping, key)
-        v_cache.view(-1, hkv, d).index_copy_(0, md.slot_mapping, value)
+        k_cache.view(-1, hkv, d).index_copy_(0, attn_metadata.slot_mapping, key)
+        v_cache.view(-1, hkv, d).index_copy_(0, attn_metadata.slot_mapping, value)
+        if self.use_kernel:
+            return torch.ops.vllm_core_cpu.paged_attention(
+                query.contiguous(), k_cache, v_cache, attn_metadata.block_table,
+                attn_metadata.token_request, attn_metadata.token_position,
+                self.scale).view(num_tokens, h * d)
+        md = attn_metadata.sdpa()
 
         nd = md.num_decodes
         if nd:
@@ -123,7 +180,7 @@ class CpuPagedAttentionImpl(AttentionImpl):
         return out.view(num_tokens, h * d)
 
     def _forward_uncached(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          md: CpuAttentionMetadata, out: torch.Tensor) -> torch.Tensor:
+                          md: SdpaMetadata, out: torch.Tensor) -> torch.Tensor:
         """Profiling forward: decodes attend to themselves, chunks causally to themselves."""
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_size
         nd = md.num_decodes

@@ -1,0 +1,268 @@
+// Paged attention for the CPU plugin: every query row attends to its request's keys
+// [0, position] read straight from the paged KV cache through the block table.
+//
+// One code path for decodes and prefill chunks, keys visited in order with fp32 accumulation
+// and an exact two-pass softmax: a row's result does not depend on the batch, on padding, or on
+// whether it is computed as a decode or inside a chunk (what seeded sampling needs).
+// Work is split over (token, kv head) pairs with ATen's intra-op thread pool; the query heads
+// that share a KV head are processed together so each K/V row is read once for all of them.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// 16-lane float vectors through GCC/Clang vector extensions (AVX-512 / 2x AVX2 / NEON pairs).
+typedef float vf16 __attribute__((vector_size(64)));
+typedef uint32_t vu16x32 __attribute__((vector_size(64)));
+typedef uint16_t vu16x16 __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 16;
+
+inline float to_float(float x) { return x; }
+inline float to_float(c10::BFloat16 x) {
+  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline float to_float(c10::Half x) { return static_cast<float>(x); }
+
+// Load 16 elements as floats.
+inline vf16 load16(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline vf16 load16(const c10::BFloat16* p) {
+  vu16x16 raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  vu16x32 wide = __builtin_convertvector(raw, vu16x32) << 16;
+  vf16 v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return v;
+}
+inline vf16 load16(const c10::Half* p) {
+  vf16 v;
+  for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(p[i]);
+  return v;
+}
+inline float hsum(vf16 v) {
+  // butterfly in a fixed order: 4 shuffles and 4 adds, no trip through memory
+  typedef int32_t vi16 __attribute__((vector_size(64)));
+  const vi16 s8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+  const vi16 s4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+  const vi16 s2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+  const vi16 s1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+  v = v + __builtin_shuffle(v, s8);
+  v = v + __builtin_shuffle(v, s4);
+  v = v + __builtin_shuffle(v, s2);
+  v = v + __builtin_shuffle(v, s1);
+  return v[0];
+}
+
+// exp(x) for x <= 0 (softmax after max subtraction): 2^n * poly(r), r = x - n ln2, a degree-6
+// Taylor polynomial on |r| <= ln2/2 (relative error ~2e-7); x below -87 flushes to ~1e-38.
+inline vf16 vexp_nonpos(vf16 x) {
+  typedef int32_t vi16 __attribute__((vector_size(64)));
+  const vf16 lo = {} ;
+  vf16 c = x;
+  for (int i = 0; i < kLanes; ++i) c[i] = c[i] < -87.0f ? -87.0f : c[i];
+  const vf16 t = c * -1.44269504088896341f + 0.5f;                 // >= 0.5
+  const vi16 ni = -__builtin_convertvector(t, vi16);                 // floor(x log2e + 0.5)
+  const vf16 n = __builtin_convertvector(ni, vf16);
+  const vf16 r = (c - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf16 p = r * (1.0f / 720) + (1.0f / 120);
+  p = p * r + (1.0f / 24);
+  p = p * r + (1.0f / 6);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi16 bits = (ni + 127) << 23;
+  vf16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  (void)lo;
+  return p * scale;
+}
+
+// scores[j] = exp(scores[j] - m) for j < n, in 16-wide chunks (the tail padded); returns the
+// sum in a fixed order.
+inline float exp_and_sum(float* scores, int64_t n, float m) {
+  vf16 sum = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    vf16 v;
+    std::memcpy(&v, scores + j, sizeof(v));
+    v = vexp_nonpos(v - m);
+    std::memcpy(scores + j, &v, sizeof(v));
+    sum += v;
+  }
+  if (j < n) {
+    vf16 v = {};
+    std::memcpy(&v, scores + j, (n - j) * sizeof(float));
+    v = vexp_nonpos(v - m);
+    for (int64_t i = n - j; i < kLanes; ++i) v[i] = 0.0f;
+    std::memcpy(scores + j, &v, (n - j) * sizeof(float));
+    sum += v;
+  }
+  return hsum(sum);
+}
+
+// One (token, kv head) task with compile-time group size G and head size NV * 16, so the
+// query and accumulator vectors live in registers.
+template <typename T, int G, int NV>
+inline void attend_fixed(const T* q_row, const T* kc, const T* vc, const int64_t* blocks,
+                         int64_t num_keys, int shift, int64_t mask, int64_t row_stride,
+                         int64_t head_off, float scale, float* scores, T* out_row) {
+  vf16 qv[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < NV; ++i) qv[g][i] = load16(q_row + (g * NV + i) * kLanes) * scale;
+  float m[G];
+  for (int g = 0; g < G; ++g) m[g] = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < num_keys; ++j) {
+    const T* k = kc + (((blocks[j >> shift] << shift) | (j & mask)) * row_stride) + head_off;
+    vf16 kv[NV];
+    for (int i = 0; i < NV; ++i) kv[i] = load16(k + i * kLanes);
+    for (int g = 0; g < G; ++g) {
+      vf16 s = qv[g][0] * kv[0];
+      for (int i = 1; i < NV; ++i) s += qv[g][i] * kv[i];
+      const float x = hsum(s);
+      scores[g * num_keys + j] = x;
+      m[g] = x > m[g] ? x : m[g];
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < G; ++g) inv[g] = 1.0f / exp_and_sum(scores + g * num_keys, num_keys, m[g]);
+  vf16 acc[G][NV] = {};
+  for (int64_t j = 0; j < num_keys; ++j) {
+    const T* v = vc + (((blocks[j >> shift] << shift) | (j & mask)) * row_stride) + head_off;
+    for (int i = 0; i < NV; ++i) {
+      const vf16 vv = load16(v + i * kLanes);
+      for (int g = 0; g < G; ++g) acc[g][i] += scores[g * num_keys + j] * vv;
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < NV; ++i) {
+      const vf16 a = acc[g][i] * inv[g];
+      T* dst = out_row + (g * NV + i) * kLanes;
+      for (int l = 0; l < kLanes; ++l) dst[l] = static_cast<T>(a[l]);
+    }
+}
+
+template <typename T, int NV>
+using AttendFn = void (*)(const T*, const T*, const T*, const int64_t*, int64_t, int, int64_t,
+                          int64_t, int64_t, float, float*, T*);
+
+template <typename T, int NV>
+AttendFn<T, NV> pick_group(int64_t group) {
+  switch (group) {
+    case 1: return &attend_fixed<T, 1, NV>;
+    case 2: return &attend_fixed<T, 2, NV>;
+    case 3: return &attend_fixed<T, 3, NV>;
+    case 4: return &attend_fixed<T, 4, NV>;
+    case 5: return &attend_fixed<T, 5, NV>;
+    case 6: return &attend_fixed<T, 6, NV>;
+    case 7: return &attend_fixed<T, 7, NV>;
+    case 8: return &attend_fixed<T, 8, NV>;
+    default: return nullptr;
+  }
+}
+
+template <typename T, int NV>
+void paged_attention_kernel(const at::Tensor& query, const at::Tensor& key_cache,
+                            const at::Tensor& value_cache, const at::Tensor& block_table,
+                            const at::Tensor& token_request, const at::Tensor& token_position,
+                            at::Tensor& out, double scale) {
+  const int64_t num_tokens = query.size(0);
+  const int64_t num_heads = query.size(1);
+  const int64_t head_size = query.size(2);
+  const int64_t block_size = key_cache.size(1);
+  const int64_t num_kv_heads = key_cache.size(2);
+  const int64_t group = num_heads / num_kv_heads;
+  const int64_t bt_stride = block_table.stride(0);
+  TORCH_CHECK((block_size & (block_size - 1)) == 0, "paged_attention: block size must be a power of two");
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(block_size));
+  const int64_t mask = block_size - 1;
+  const AttendFn<T, NV> attend = pick_group<T, NV>(group);
+  TORCH_CHECK(attend != nullptr, "paged_attention: at most 8 query heads per KV head");
+  const T* q = query.data_ptr<T>();
+  const T* kc = key_cache.data_ptr<T>();
+  const T* vc = value_cache.data_ptr<T>();
+  const int64_t* bt = block_table.data_ptr<int64_t>();
+  const int64_t* req = token_request.data_ptr<int64_t>();
+  const int64_t* pos = token_position.data_ptr<int64_t>();
+  T* o = out.data_ptr<T>();
+  const int64_t row_stride = num_kv_heads * head_size;
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, num_tokens * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t = task / num_kv_heads;
+      const int64_t h = task % num_kv_heads;
+      const int64_t num_keys = pos[t] + 1;
+      scores.resize(group * num_keys);
+      const int64_t row = (t * num_heads + h * group) * head_size;
+      attend(q + row, kc, vc, bt + req[t] * bt_stride, num_keys, shift, mask, row_stride,
+             h * head_size, fscale, scores.data(), o + row);
+    }
+  });
+}
+
+template <typename T>
+void dispatch_head_size(const at::Tensor& query, const at::Tensor& key_cache,
+                        const at::Tensor& value_cache, const at::Tensor& block_table,
+                        const at::Tensor& token_request, const at::Tensor& token_position,
+                        at::Tensor& out, double scale) {
+  switch (query.size(2)) {
+    case 64: return paged_attention_kernel<T, 4>(query, key_cache, value_cache, block_table,
+                                                 token_request, token_position, out, scale);
+    case 128: return paged_attention_kernel<T, 8>(query, key_cache, value_cache, block_table,
+                                                  token_request, token_position, out, scale);
+    case 32: return paged_attention_kernel<T, 2>(query, key_cache, value_cache, block_table,
+                                                 token_request, token_position, out, scale);
+    default: TORCH_CHECK(false, "paged_attention: head size must be 32, 64 or 128");
+  }
+}
+
+at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
+                           const at::Tensor& value_cache, const at::Tensor& block_table,
+                           const at::Tensor& token_request, const at::Tensor& token_position,
+                           double scale) {
+  TORCH_CHECK(query.is_contiguous() && key_cache.is_contiguous() && value_cache.is_contiguous(),
+              "paged_attention: query and caches must be contiguous");
+  TORCH_CHECK(block_table.scalar_type() == at::kLong && token_request.scalar_type() == at::kLong
+              && token_position.scalar_type() == at::kLong, "paged_attention: int64 indices");
+  auto bt = block_table.contiguous();
+  auto out = at::empty_like(query);
+  switch (query.scalar_type()) {
+    case at::kFloat:
+      dispatch_head_size<float>(query, key_cache, value_cache, bt, token_request,
+                                    token_position, out, scale);
+      break;
+    case at::kBFloat16:
+      dispatch_head_size<c10::BFloat16>(query, key_cache, value_cache, bt, token_request,
+                                            token_position, out, scale);
+      break;
+    case at::kHalf:
+      dispatch_head_size<c10::Half>(query, key_cache, value_cache, bt, token_request,
+                                        token_position, out, scale);
+      break;
+    default:
+      TORCH_CHECK(false, "paged_attention: unsupported dtype ", query.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(vllm_core_cpu, m) {
+  m.def("paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
+        "Tensor token_request, Tensor token_position, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("paged_attention", &paged_attention); }
