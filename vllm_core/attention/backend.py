@@ -98,12 +98,16 @@ class AttentionBackend(ABC):
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = None    # None: any
     supports_sliding_window: ClassVar[bool] = False
     preferred_block_size: ClassVar[int] = 16
+    required_packages: ClassVar[tuple[str, ...]] = ()                  # importable modules
 
     @classmethod
     def unsupported_reasons(cls, *, head_size: int, dtype: str, kv_cache_dtype: str,
                             block_size: int | None, sliding_window: int | None) -> list[str]:
         """Empty when this backend can serve the configuration; else why not, in words."""
-        reasons = []
+        import importlib.util
+
+        reasons = [f"package {p} is not installed" for p in cls.required_packages
+                   if importlib.util.find_spec(p) is None]
         if dtype not in cls.supported_dtypes:
             reasons.append(f"dtype {dtype} not in {list(cls.supported_dtypes)}")
         if kv_cache_dtype not in cls.supported_kv_cache_dtypes:
@@ -119,10 +123,11 @@ class AttentionBackend(ABC):
         return reasons
 
     @staticmethod
-    @abstractmethod
     def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
                            head_size: int) -> tuple[int, ...]:
-        """Shape of one layer's KV cache tensor for ``num_blocks`` blocks."""
+        """Shape of one layer's KV cache tensor for ``num_blocks`` blocks. The default layout
+        is (K|V, block, offset in block, kv head, head dim); override for another one."""
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @staticmethod
     @abstractmethod

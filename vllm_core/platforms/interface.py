@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "1.0"
-"""MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours."""
+PLATFORM_API_VERSION = "1.1"
+"""MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
+
+1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
+``get_kv_cache_shape``; ``LayerOps.linear`` (batch-invariant matmul hook)."""
 
 
 class PlatformKind(enum.Enum):

@@ -219,11 +219,6 @@ class CpuPagedAttentionBackend(AttentionBackend):
     preferred_block_size: ClassVar[int] = 16
 
     @staticmethod
-    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
-                           head_size: int) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    @staticmethod
     def get_builder_cls() -> type[AttentionMetadataBuilder]:
         return CpuAttentionMetadataBuilder
 

@@ -12,7 +12,6 @@ Not exercised by this repository's tests (the package is not installed here).
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -92,20 +91,7 @@ class FlashAttentionBackend(AttentionBackend):
     supports_sliding_window: ClassVar[bool] = True
     preferred_block_size: ClassVar[int] = 256
 
-    @classmethod
-    def unsupported_reasons(cls, *, head_size: int, dtype: str, kv_cache_dtype: str,
-                            block_size: int | None, sliding_window: int | None) -> list[str]:
-        reasons = super().unsupported_reasons(
-            head_size=head_size, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
-            block_size=block_size, sliding_window=sliding_window)
-        if importlib.util.find_spec("flash_attn") is None:
-            reasons.insert(0, "package flash_attn is not installed")
-        return reasons
-
-    @staticmethod
-    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
-                           head_size: int) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
+    required_packages: ClassVar[tuple[str, ...]] = ("flash_attn",)
 
     @staticmethod
     def get_builder_cls() -> type[AttentionMetadataBuilder]:

@@ -11,7 +11,6 @@ layer, from the block table in flashinfer's CSR form. Not exercised by this repo
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -119,20 +118,7 @@ class FlashInferBackend(AttentionBackend):
     supports_sliding_window: ClassVar[bool] = True
     preferred_block_size: ClassVar[int] = 16
 
-    @classmethod
-    def unsupported_reasons(cls, *, head_size: int, dtype: str, kv_cache_dtype: str,
-                            block_size: int | None, sliding_window: int | None) -> list[str]:
-        reasons = super().unsupported_reasons(
-            head_size=head_size, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
-            block_size=block_size, sliding_window=sliding_window)
-        if importlib.util.find_spec("flashinfer") is None:
-            reasons.insert(0, "package flashinfer is not installed")
-        return reasons
-
-    @staticmethod
-    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
-                           head_size: int) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
+    required_packages: ClassVar[tuple[str, ...]] = ("flashinfer",)
 
     @staticmethod
     def get_builder_cls() -> type[AttentionMetadataBuilder]:
