@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
+
+from vllm_core.model_executor.layers.ops import TorchLayerOps
 from vllm_core_cuda.kernels import (
     device_parallelism,
     fused_add_rms_norm,
@@ -32,8 +34,6 @@ from vllm_core_cuda.kernels import (
     rotary_embedding,
     silu_and_mul,
 )
-
-from vllm_core.model_executor.layers.ops import TorchLayerOps
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 DT = torch.bfloat16

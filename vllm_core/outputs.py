@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 # One position's logprobs: {token_id: Logprob}.
 @dataclass(slots=True)
 class Logprob:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from vllm_core_cpu.attention import CpuPagedAttentionBackend
 
 from vllm_core.attention.backend import CommonAttentionMetadata
+from vllm_core_cpu.attention import CpuPagedAttentionBackend
 
 
 def oracle(q, k_full, v_full, ctx_len, scale):

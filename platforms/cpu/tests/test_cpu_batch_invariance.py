@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vllm_core_cpu.attention import CpuPagedAttentionBackend
-from vllm_core_cpu.worker import CpuLayerOps
 
 from vllm_core.attention.backend import CommonAttentionMetadata
+from vllm_core_cpu.attention import CpuPagedAttentionBackend
+from vllm_core_cpu.worker import CpuLayerOps
 
 
 @pytest.mark.parametrize("in_f,out_f", [(576, 960), (1536, 576), (576, 49152), (4096, 1024)])

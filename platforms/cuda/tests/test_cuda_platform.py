@@ -8,14 +8,14 @@ from __future__ import annotations
 import importlib.metadata as md
 
 import pytest
-import vllm_core_cuda
-from vllm_core_cuda import detection
-from vllm_core_cuda import platform as cuda_platform
-from vllm_core_cuda.platform import CudaPlatform, default_graph_batch_sizes
 
+import vllm_core_cuda
 from vllm_core.config import EngineConfig, ModelConfig
 from vllm_core.platforms.discovery import NotDetected
 from vllm_core.platforms.interface import PRIORITY_ACCELERATOR, Platform
+from vllm_core_cuda import detection
+from vllm_core_cuda import platform as cuda_platform
+from vllm_core_cuda.platform import CudaPlatform, default_graph_batch_sizes
 
 
 def fake_torch(monkeypatch, *, cuda=None, hip=None, devices=0):
@@ -102,9 +102,8 @@ def test_entry_points_and_hooks():
     eps = {(ep.group, ep.name): ep.value for ep in md.distribution("vllm-core-cuda").entry_points}
     assert eps[("vllm.platform_plugins", "cuda")] == "vllm_core_cuda:detect"
     assert eps[("vllm.general_plugins", "cuda")] == "vllm_core_cuda:register"
-    from vllm_core_cuda import hooks
-
     from vllm_core.plugins import create_plugin_manager
+    from vllm_core_cuda import hooks
 
     seen = {}
     pm = create_plugin_manager(register_backend=lambda n, p: seen.setdefault(n, p),
@@ -115,10 +114,9 @@ def test_entry_points_and_hooks():
 
 def test_registered_backend_paths_import():
     """Every class path the hooks register exists (the kernel libraries themselves may not)."""
-    from vllm_core_cuda.hooks import ATTENTION_BACKENDS
-
     from vllm_core.attention.backend import AttentionBackend
     from vllm_core.plugins.loading import import_object
+    from vllm_core_cuda.hooks import ATTENTION_BACKENDS
 
     for name, path in ATTENTION_BACKENDS.items():
         cls = import_object(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from vllm_core_cuda.graphs import DecodeGraphs
 from vllm_core_cuda.model_runner import KVWasteStats, RequestTable
 

@@ -11,6 +11,8 @@ import math
 
 import pytest
 import torch
+
+from vllm_core.attention.backend import CommonAttentionMetadata
 from vllm_core_cuda.attention.triton_backend import TritonAttentionBackend
 from vllm_core_cuda.kernels import (
     fused_add_rms_norm,
@@ -21,8 +23,6 @@ from vllm_core_cuda.kernels import (
     rotary_embedding,
     silu_and_mul,
 )
-
-from vllm_core.attention.backend import CommonAttentionMetadata
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -357,9 +357,8 @@ def test_silu_and_mul_matches_torch(dtype: torch.dtype):
 
 
 def test_triton_layer_ops_match_torch_layer_ops():
-    from vllm_core_cuda.ops import TritonLayerOps
-
     from vllm_core.model_executor.layers.ops import TorchLayerOps
+    from vllm_core_cuda.ops import TritonLayerOps
 
     gen = torch.Generator().manual_seed(8)
     ours, ref = TritonLayerOps(), TorchLayerOps()

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from vllm_core_example_vendor.attention import ExamplePagedAttentionBackend  # noqa: E402
-
 from vllm_core.attention.backend import CommonAttentionMetadata  # noqa: E402
+from vllm_core_example_vendor.attention import ExamplePagedAttentionBackend  # noqa: E402
 
 BLOCK = 4
 HEADS, KV_HEADS, HEAD = 4, 2, 8
