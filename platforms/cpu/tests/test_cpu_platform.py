@@ -6,13 +6,13 @@ import importlib.metadata as md
 import os
 
 import pytest
+
 import vllm_core_cpu
+from vllm_core.config import EngineConfig, ModelConfig
+from vllm_core.platforms.interface import PRIORITY_CPU, Platform, PlatformKind
 from vllm_core_cpu import isa
 from vllm_core_cpu import platform as cpu_platform
 from vllm_core_cpu.platform import CpuPlatform
-
-from vllm_core.config import EngineConfig, ModelConfig
-from vllm_core.platforms.interface import PRIORITY_CPU, Platform, PlatformKind
 
 AVX2 = "flags\t\t: sse sse2 avx avx2\n"
 SPR = "flags\t\t: sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -28,7 +28,7 @@ def fake_cpu(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in ("VLLM_CPU_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE"):
+    for var in ("VLLM_CPU_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -36,7 +36,10 @@ def config(**kw) -> EngineConfig:
     return EngineConfig(model=ModelConfig(model="m", **kw))
 
 
-def test_identity():
+def test_identity(monkeypatch):
+    from vllm_core_cpu import ipex
+
+    monkeypatch.setattr(ipex, "ipex_status", lambda: ipex.IpexStatus(False, reason="absent"))
     assert issubclass(CpuPlatform, Platform)
     assert CpuPlatform.name == "cpu" and CpuPlatform.kind is PlatformKind.CPU
     assert CpuPlatform.priority == PRIORITY_CPU
@@ -72,6 +75,7 @@ def test_device_facts_report_isa(fake_cpu):
 
 
 def test_threads_from_affinity_then_env(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     monkeypatch.setattr(cpu_platform, "usable_cores", lambda: 3)
     cfg = config()
     CpuPlatform.check_and_update_config(cfg)
@@ -131,14 +135,14 @@ def test_detect_and_entry_points():
 
 
 def test_hooks_register_cpu_paged_backend():
-    from vllm_core_cpu import hooks
-
     from vllm_core.plugins import create_plugin_manager
+    from vllm_core_cpu import hooks
 
     seen = []
     pm = create_plugin_manager(register_backend=lambda *a: seen.append(a), with_builtin=False)
     pm.register(hooks)
-    assert seen == [("cpu_paged", "vllm_core_cpu.attention.CpuPagedAttentionBackend")]
+    assert seen == [("cpu_paged", "vllm_core_cpu.attention.CpuPagedAttentionBackend"),
+                    ("ipex_paged", "vllm_core_cpu.ipex.IpexPagedAttentionBackend")]
 
 
 def test_registered_backends_resolve():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vllm_core_cpu import isa
 
 X86_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c"

@@ -6,6 +6,7 @@ from vllm_core.plugins.hookspecs import RegisterFn, hookimpl
 
 ATTENTION_BACKENDS = {
     "cpu_paged": "vllm_core_cpu.attention.CpuPagedAttentionBackend",
+    "ipex_paged": "vllm_core_cpu.ipex.IpexPagedAttentionBackend",
 }
 
 

@@ -1,4 +1,10 @@
-"""``TpuPlatform``: Google TPUs through torch_xla (PJRT). All torch_xla imports live here."""
+"""``TpuPlatform``: Google TPUs through torch_xla (PJRT).
+
+torch_xla is reached only through ``vllm_core_tpu.runtime`` (tiny probe functions). The worker
+(``TpuWorker``) pads every step to static-shape buckets (``vllm_core_tpu.buckets``) so XLA
+compiles a bounded set of graphs; attention is torch_xla's ragged paged attention kernel on a
+TPU and a pure-XLA implementation on any other XLA device (XLA's CPU device in CI).
+"""
 
 from __future__ import annotations
 
@@ -11,21 +17,14 @@ from vllm_core.platforms.interface import (
     Platform,
     PlatformKind,
 )
+from vllm_core_tpu import runtime
+from vllm_core_tpu.buckets import Buckets
 from vllm_core_tpu.detection import tpu_chip_count
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-
-def memory_info() -> tuple[int, int]:
-    """(free, total) bytes of the first TPU core, across torch_xla's two report formats."""
-    import torch_xla.core.xla_model as xm
-
-    info = xm.get_memory_info(xm.xla_device())
-    if "bytes_limit" in info:
-        total = int(info["bytes_limit"])
-        return total - int(info.get("bytes_used", 0)), total
-    return int(info["kb_free"]) * 1024, int(info["kb_total"]) * 1024
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 
 
 class TpuPlatform(Platform):
@@ -45,11 +44,9 @@ class TpuPlatform(Platform):
         chips = tpu_chip_count()
         if chips == 0:
             return DeviceFacts()
-        import torch_xla.runtime as xr
-
-        _free, total = memory_info()
-        return DeviceFacts(device_count=chips, device_name=str(xr.device_type()),
-                           capability=str(getattr(xr, "version", lambda: "")()),
+        _free, total = runtime.memory_info()
+        return DeviceFacts(device_count=chips, device_name=runtime.pjrt_device_type(),
+                           capability=f"torch_xla {runtime.runtime_version()}",
                            total_memory_bytes=total)
 
     @classmethod
@@ -58,36 +55,47 @@ class TpuPlatform(Platform):
 
     @classmethod
     def free_memory_bytes(cls) -> int:
-        return memory_info()[0]
+        return runtime.memory_info()[0]
 
     @classmethod
     def total_memory_bytes(cls) -> int:
-        return memory_info()[1]
+        return runtime.memory_info()[1]
 
     @classmethod
     def attention_backends(cls) -> list[str]:
-        return ["reference"]
+        """The Pallas kernel first (it refuses off-TPU), then the portable XLA one."""
+        return ["pallas", "xla_paged"]
 
     @classmethod
     def worker_class(cls) -> str:
-        return "vllm_core.worker.torch_worker.TorchWorker"
+        return "vllm_core_tpu.worker.TpuWorker"
+
+    @classmethod
+    def default_max_num_batched_tokens(cls) -> int:
+        return DEFAULT_MAX_NUM_BATCHED_TOKENS
 
     @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
-        """Base rules; XLA compiles whole graphs itself, so no CUDA-style graph batch sizes."""
+        """Base rules, then: no CUDA-style graph sizes (XLA compiles whole steps itself);
+        ``max_num_seqs`` capped at the token budget; the bucket plan is recorded in
+        ``config.extra["tpu_buckets"]`` (token and request buckets, the graph bound);
+        ``config.extra["tpu_precompile"]`` defaults to True (compile every bucket at start)."""
         super().check_and_update_config(config)
         config.graph_batch_sizes = []
+        sched = config.scheduler
+        sched.max_num_seqs = min(sched.max_num_seqs, int(sched.max_num_batched_tokens))
+        buckets = Buckets.for_limits(int(sched.max_num_batched_tokens), sched.max_num_seqs)
+        config.extra["tpu_buckets"] = {"tokens": list(buckets.tokens),
+                                       "requests": list(buckets.requests),
+                                       "max_graphs": buckets.max_graphs}
+        config.extra.setdefault("tpu_precompile", True)
 
     @classmethod
     def synchronize(cls) -> None:
-        import torch_xla.core.xla_model as xm
-
-        xm.mark_step()
-        xm.wait_device_ops()
+        runtime.sync()
+        runtime.wait_device_ops()
 
     @classmethod
     def seed_everything(cls, seed: int) -> None:
-        import torch_xla.core.xla_model as xm
-
         super().seed_everything(seed)
-        xm.set_rng_state(seed)
+        runtime.set_rng_state(seed)
