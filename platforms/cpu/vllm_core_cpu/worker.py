@@ -22,8 +22,9 @@ class CpuWorker(TorchWorker):
     when set, else min(25% of available RAM, 4 GiB). Threads: ``config.num_threads``."""
 
     def init_device(self) -> None:
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
+        from vllm_core_cpu.platform import apply_thread_binding
+
+        apply_thread_binding(self.config)        # core binding and torch intra-op threads
         super().init_device()
         logger.info("CPU worker: %d threads, dtype %s", torch.get_num_threads(),
                     self.config.model.dtype)
