@@ -17,16 +17,24 @@ from vllm_core.sampling.params import SamplingParams
 ChatMessages = list[dict[str, Any]]
 
 
+OFFLINE_MAX_NUM_BATCHED_TOKENS = 8192
+"""Offline default token budget per step. Batch jobs care about throughput, not inter-token
+latency, so ``LLM`` takes bigger prefill chunks than the server (whose default stays the
+platform's, 2048 on CPU); measured on the 2-core CPU, cpu-small: 218 -> 246 tok/s."""
+
+
 class LLM:
     """Load a model once, then run batches of prompts through continuous batching.
 
     ``model=None`` uses the embedded default model (SmolLM2-135M-Instruct). Other keyword
-    arguments are EngineArgs fields (dtype, max_model_len, max_num_seqs, ...).
+    arguments are EngineArgs fields (dtype, max_model_len, max_num_seqs, ...);
+    ``max_num_batched_tokens`` defaults to ``OFFLINE_MAX_NUM_BATCHED_TOKENS``.
     """
 
     def __init__(self, model: str | None = None, *, tokenizer: str | None = None,
                  dtype: str = "auto", max_model_len: int | None = None, seed: int = 0,
                  **engine_kwargs: Any) -> None:
+        engine_kwargs.setdefault("max_num_batched_tokens", OFFLINE_MAX_NUM_BATCHED_TOKENS)
         args = EngineArgs(model=model, tokenizer=tokenizer, dtype=dtype,
                           max_model_len=max_model_len, seed=seed, **engine_kwargs)
         self.llm_engine = LLMEngine.from_engine_args(args)
