@@ -234,21 +234,26 @@ class ModelRunner:
         if batch.sample_rows:
             logits = self.model.compute_logits(hidden[batch.logits_indices])
             states = [self.requests[batch.order[i]] for i in batch.sample_rows]
-            metadata = build_sampling_metadata([s.sampling_state for s in states],
-                                               logits.shape[-1], self.device)
-            out = self.sampler(logits, metadata)
-            ids = out.token_ids.tolist()
-            for state, token in zip(states, ids):
-                state.append_output(token)
-                sampled[state.req_id] = [token]
-            if out.logprobs is not None:
-                rows = out.logprobs.to_logprobs_list(
-                    [s.sampling_params.logprobs for s in states])
-                for state, row in zip(states, rows):
-                    if state.sampling_params.logprobs is not None:
-                        logprobs[state.req_id] = [row]
+            self.sample_into(states, logits, sampled, logprobs)
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
                                  prompt_logprobs=prompt_logprobs)
+
+    def sample_into(self, states: list[CachedRequestState], logits: torch.Tensor,
+                    sampled: dict[str, list[int]], logprobs: dict[str, list[Logprobs]]) -> None:
+        """Sample one token per request from the matching row of ``logits`` (float32, on any
+        device), append it to the request's state, and record the ids (and the logprobs the
+        request asked for) in ``sampled`` / ``logprobs``."""
+        metadata = build_sampling_metadata([s.sampling_state for s in states],
+                                           logits.shape[-1], logits.device)
+        out = self.sampler(logits, metadata)
+        for state, token in zip(states, out.token_ids.tolist()):
+            state.append_output(token)
+            sampled[state.req_id] = [token]
+        if out.logprobs is not None:
+            rows = out.logprobs.to_logprobs_list([s.sampling_params.logprobs for s in states])
+            for state, row in zip(states, rows):
+                if state.sampling_params.logprobs is not None:
+                    logprobs[state.req_id] = [row]
 
     def _prompt_logprobs(self, batch: BatchInputs, hidden: torch.Tensor
                          ) -> dict[str, list[Logprobs]]:

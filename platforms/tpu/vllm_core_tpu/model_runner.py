@@ -38,7 +38,6 @@ from vllm_core.engine.messages import (
 )
 from vllm_core.logger import init_logger
 from vllm_core.model_executor.layers.ops import LayerOps
-from vllm_core.sampling.metadata import build_sampling_metadata
 from vllm_core.sampling.sampler import compute_prompt_logprobs
 from vllm_core.worker.model_runner import ModelRunner
 from vllm_core_tpu import runtime
@@ -186,18 +185,7 @@ class TpuModelRunner(ModelRunner):
         if batch.sample_rows:
             host_logits = logits.cpu()[: len(batch.sample_rows)]
             states = [self.requests[batch.order[i]] for i in batch.sample_rows]
-            metadata = build_sampling_metadata([s.sampling_state for s in states],
-                                               host_logits.shape[-1], HOST)
-            out = self.sampler(host_logits, metadata)
-            for state, token in zip(states, out.token_ids.tolist()):
-                state.append_output(token)
-                sampled[state.req_id] = [token]
-            if out.logprobs is not None:
-                rows = out.logprobs.to_logprobs_list(
-                    [s.sampling_params.logprobs for s in states])
-                for state, row in zip(states, rows):
-                    if state.sampling_params.logprobs is not None:
-                        logprobs[state.req_id] = [row]
+            self.sample_into(states, host_logits, sampled, logprobs)
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
                                  prompt_logprobs=prompt_logprobs)
 
