@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from vllm_core.attention.backends.reference import ReferenceAttentionBackend
 from vllm_core.model_executor.batch_utils import make_batch_layout
+from vllm_core.model_executor.testing import random_hf_causal_lm
 
 BLOCK_SIZE = 4
 
 
 def tiny_hf_model(model_type: str, seed: int = 0, **overrides):
-    """A random-weight HF causal LM in float32 whose every parameter (biases and norms too)
-    is random, so loading mistakes cannot hide behind zeros and ones."""
+    """A small random-weight HF causal LM in float32 (see ``random_hf_causal_lm``)."""
     base = dict(vocab_size=97, hidden_size=64, intermediate_size=88, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                 rms_norm_eps=1e-6, tie_word_embeddings=False)
-    base.update(overrides)
-    config = AutoConfig.for_model(model_type, **base)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
-            else:
-                param.copy_(0.15 * torch.randn(param.shape, generator=gen))
-    return model
+    return random_hf_causal_lm(model_type, {**base, **overrides}, seed, weight_scale=0.15)
 
 
 def new_kv_caches(arch, num_blocks: int, dtype=torch.float32) -> list[torch.Tensor]:

@@ -250,10 +250,16 @@ class ModelRunner:
             state.append_output(token)
             sampled[state.req_id] = [token]
         if out.logprobs is not None:
-            rows = out.logprobs.to_logprobs_list([s.sampling_params.logprobs for s in states])
-            for state, row in zip(states, rows):
-                if state.sampling_params.logprobs is not None:
-                    logprobs[state.req_id] = [row]
+            self.record_logprobs(states, out.logprobs, logprobs)
+
+    @staticmethod
+    def record_logprobs(states: list[CachedRequestState], tensors: Any,
+                        logprobs: dict[str, list[Logprobs]]) -> None:
+        """Host ``Logprobs`` of each sampled row, kept for the requests that asked for them."""
+        rows = tensors.to_logprobs_list([s.sampling_params.logprobs for s in states])
+        for state, row in zip(states, rows):
+            if state.sampling_params.logprobs is not None:
+                logprobs[state.req_id] = [row]
 
     def _prompt_logprobs(self, batch: BatchInputs, hidden: torch.Tensor
                          ) -> dict[str, list[Logprobs]]:

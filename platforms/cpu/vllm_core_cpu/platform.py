@@ -241,14 +241,6 @@ class CpuPlatform(Platform):
         return "vllm_core_cpu.worker.CpuWorker"
 
     @classmethod
-    def supports_graph_capture(cls) -> bool:
-        return False
-
-    @classmethod
-    def default_max_num_batched_tokens(cls) -> int:
-        return 2048
-
-    @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
         """Base rules, then the ISA rules of the module docstring (dtype legality, IPEX),
         the thread binding plan, ``num_threads`` (explicit value, else

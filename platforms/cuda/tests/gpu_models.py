@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from vllm_core.model_executor.testing import random_hf_causal_lm
+
 CASES: dict[str, tuple[str, dict]] = {
     # GQA 4:2, head 64, llama3 rope scaling, untied
     "llama": ("llama", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
@@ -44,25 +46,12 @@ def write_wordlevel_tokenizer(folder: str, vocab_size: int) -> None:
 
 
 def tiny_hf_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    """A random float32 HF causal LM (every parameter random, norms near 1), on the CPU."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """A random float32 HF causal LM on the CPU (see ``random_hf_causal_lm``)."""
     base = dict(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                 rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=None,
                 eos_token_id=None, pad_token_id=None)
-    base.update(overrides)
-    config = AutoConfig.for_model(model_type, **base)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
-            else:
-                param.copy_(0.08 * torch.randn(param.shape, generator=gen))
-    return model
+    return random_hf_causal_lm(model_type, {**base, **overrides}, seed, weight_scale=0.08)
 
 
 def save_case(name: str, root: str) -> tuple[str, torch.nn.Module]:

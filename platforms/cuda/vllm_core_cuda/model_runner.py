@@ -531,11 +531,6 @@ class CudaModelRunner(ModelRunner):
                 requests[req_id].append_output(token)
                 sampled[req_id] = [token]
             if out.logprobs is not None:
-                states = [requests[r] for r in sample_ids]
-                rows = out.logprobs.to_logprobs_list(
-                    [s.sampling_params.logprobs for s in states])
-                for state, row in zip(states, rows):
-                    if state.sampling_params.logprobs is not None:
-                        logprobs[state.req_id] = [row]
+                self.record_logprobs([requests[r] for r in sample_ids], out.logprobs, logprobs)
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
                                  prompt_logprobs=prompt_logprobs)

@@ -90,7 +90,6 @@ class FlashAttentionBackend(AttentionBackend):
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = (256, 512)
     supports_sliding_window: ClassVar[bool] = True
     preferred_block_size: ClassVar[int] = 256
-
     required_packages: ClassVar[tuple[str, ...]] = ("flash_attn",)
 
     @staticmethod

@@ -122,7 +122,6 @@ class TritonAttentionBackend(AttentionBackend):
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = (16, 32, 64, 128)
     supports_sliding_window: ClassVar[bool] = True
     preferred_block_size: ClassVar[int] = 16
-
     required_packages: ClassVar[tuple[str, ...]] = ("triton",)
 
     @staticmethod
