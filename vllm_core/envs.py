@@ -52,6 +52,21 @@ def cpu_omp_threads_bind() -> str | None:
     return _get("VLLM_CPU_OMP_THREADS_BIND")
 
 
+def cuda_gemv_max_rows() -> int:
+    """VLLM_CUDA_GEMV_MAX_ROWS: linear layers with at most this many rows (decode batches) use
+    the CUDA plugin's Triton skinny GEMM instead of cuBLAS; 0 turns it off (default 0)."""
+    raw = _get("VLLM_CUDA_GEMV_MAX_ROWS")
+    if raw is None:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ValueError(f"VLLM_CUDA_GEMV_MAX_ROWS must be an integer 0..8, got {raw!r}") from e
+    if not 0 <= value <= 8:
+        raise ValueError(f"VLLM_CUDA_GEMV_MAX_ROWS must be an integer 0..8, got {raw!r}")
+    return value
+
+
 def api_key() -> str | None:
     """VLLM_API_KEY: the server's API key when --api-key is not given."""
     return _get("VLLM_API_KEY")

@@ -356,6 +356,48 @@ def test_silu_and_mul_matches_torch(dtype: torch.dtype):
     torch.testing.assert_close(out.cpu(), ref, **tol)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gemv_matches_fp32_matmul(rows: int, dtype: torch.dtype):
+    from vllm_core_cuda.kernels.gemv import gemv
+
+    gen = torch.Generator().manual_seed(9)
+    n, k = (6144, 4096) if ON_GPU else (37, 1030)        # k not a multiple of the tile
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype)
+    ref = x.float() @ w.float().T
+    out32 = gemv(x.to(DEVICE), w.to(DEVICE), out_dtype=torch.float32).cpu()
+    torch.testing.assert_close(out32, ref, atol=1e-4, rtol=1e-4)        # fp32 accumulation
+    out = gemv(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE)).cpu()
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, (ref + b.float()).to(dtype), atol=2e-2, rtol=2e-2)
+    # row i depends only on row i: the first row alone gives the same bits
+    torch.testing.assert_close(gemv(x[:1].to(DEVICE), w.to(DEVICE), b.to(DEVICE)).cpu(),
+                               out[:1], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="1..8 rows"):
+        gemv(torch.zeros(9, k, dtype=dtype, device=DEVICE), w.to(DEVICE))
+
+
+def test_layer_ops_linear_uses_gemv_only_for_small_batches(monkeypatch):
+    from vllm_core_cuda.kernels import gemv as gemv_mod
+    from vllm_core_cuda.ops import TritonLayerOps
+
+    calls = []
+    real = gemv_mod.gemv
+    monkeypatch.setattr(gemv_mod, "gemv", lambda *a, **kw: calls.append(a[0].shape[0])
+                        or real(*a, **kw))
+    gen = torch.Generator().manual_seed(10)
+    w = torch.randn(16, 64, generator=gen, dtype=torch.float16).to(DEVICE)
+    ops = TritonLayerOps(gemv_max_rows=4)
+    for rows in (1, 4, 5):
+        x = torch.randn(rows, 64, generator=gen, dtype=torch.float16).to(DEVICE)
+        torch.testing.assert_close(ops.linear(x, w).float().cpu(),
+                                   (x.float() @ w.float().T).cpu(), atol=1e-2, rtol=1e-2)
+    assert calls == [1, 4]
+    assert TritonLayerOps().gemv_max_rows == 0
+
+
 def test_triton_layer_ops_match_torch_layer_ops():
     from vllm_core.model_executor.layers.ops import TorchLayerOps
     from vllm_core_cuda.ops import TritonLayerOps

@@ -9,12 +9,28 @@ in float32 and rounded once, where the torch version multiplies in the model dty
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from vllm_core.model_executor.layers.ops import LayerOps
 
 
 class TritonLayerOps(LayerOps):
-    """Elementwise layer kernels in Triton (imports Triton on first use, not at import)."""
+    """Elementwise layer kernels in Triton (imports Triton on first use, not at import).
+
+    ``gemv_max_rows``: linear layers over at most this many rows (decode batches) run our
+    skinny GEMM (``kernels/gemv.py``) instead of cuBLAS; 0 keeps cuBLAS everywhere."""
+
+    def __init__(self, gemv_max_rows: int = 0) -> None:
+        self.gemv_max_rows = gemv_max_rows
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.shape[0] if x.dim() == 2 else -1
+        if 0 < rows <= self.gemv_max_rows and weight.dtype in (torch.bfloat16, torch.float16):
+            from vllm_core_cuda.kernels.gemv import gemv
+
+            return gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
+        return F.linear(x, weight, bias)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         from vllm_core_cuda.kernels.rms_norm import rms_norm

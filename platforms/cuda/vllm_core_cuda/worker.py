@@ -44,9 +44,10 @@ class CudaWorker(TorchWorker):
         return torch.device("cuda", self.local_rank)
 
     def layer_ops(self) -> Any:
+        from vllm_core import envs
         from vllm_core_cuda.ops import TritonLayerOps
 
-        return TritonLayerOps()
+        return TritonLayerOps(gemv_max_rows=envs.cuda_gemv_max_rows())
 
     def init_device(self) -> None:
         self.device = self.make_device()
