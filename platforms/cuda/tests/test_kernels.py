@@ -379,6 +379,26 @@ def test_gemv_matches_fp32_matmul(rows: int, dtype: torch.dtype):
         gemv(torch.zeros(9, k, dtype=dtype, device=DEVICE), w.to(DEVICE))
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+def test_gemv_with_silu_and_mul_matches_the_two_kernels(rows: int):
+    from vllm_core_cuda.kernels.gemv import gemv
+    from vllm_core_cuda.ops import TritonLayerOps
+
+    gen = torch.Generator().manual_seed(11)
+    n, inter = (4096, 14336) if ON_GPU else (24, 520)
+    gate_up = (torch.randn(rows, 2 * inter, generator=gen) * 2).to(LOW).to(DEVICE)
+    w = (torch.randn(n, inter, generator=gen) / inter ** 0.5).to(LOW).to(DEVICE)
+    act = silu_and_mul(gate_up)
+    ref = act.float() @ w.float().T
+    fused = gemv(gate_up, w, out_dtype=torch.float32, silu_mul=True)
+    torch.testing.assert_close(fused.cpu(), ref.cpu(), atol=1e-4, rtol=1e-4)
+    ops = TritonLayerOps(gemv_max_rows=rows)
+    torch.testing.assert_close(ops.silu_and_mul_linear(gate_up, w).float().cpu(),
+                               ops.linear(act, w).float().cpu(), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="even number"):
+        gemv(gate_up[:, :-1], w, silu_mul=True)
+
+
 def test_layer_ops_linear_uses_gemv_only_for_small_batches(monkeypatch):
     from vllm_core_cuda.kernels import gemv as gemv_mod
     from vllm_core_cuda.ops import TritonLayerOps

@@ -25,12 +25,26 @@ class TritonLayerOps(LayerOps):
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
-        rows = x.shape[0] if x.dim() == 2 else -1
-        if 0 < rows <= self.gemv_max_rows and weight.dtype in (torch.bfloat16, torch.float16):
+        if self._use_gemv(x, weight):
             from vllm_core_cuda.kernels.gemv import gemv
 
             return gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
         return F.linear(x, weight, bias)
+
+    def silu_and_mul_linear(self, x: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+        """One skinny-GEMM launch for small batches (activation computed as the input is
+        read), else the activation kernel then ``linear``."""
+        if self._use_gemv(x, weight):
+            from vllm_core_cuda.kernels.gemv import gemv
+
+            return gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias, silu_mul=True)
+        return self.linear(self.silu_and_mul(x), weight, bias)
+
+    def _use_gemv(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        rows = x.shape[0] if x.dim() == 2 else -1
+        return 0 < rows <= self.gemv_max_rows and weight.dtype in (torch.bfloat16,
+                                                                    torch.float16)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         from vllm_core_cuda.kernels.rms_norm import rms_norm

@@ -53,6 +53,12 @@ class LayerOps:
         depend only on row i of ``x`` (batch invariance), whatever T is."""
         return F.linear(x, weight, bias)
 
+    def silu_and_mul_linear(self, x: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``linear(silu_and_mul(x), weight, bias)``: a gated MLP's activation and down
+        projection, x [T, 2 * d] -> [T, out]. A platform may fuse the two."""
+        return self.linear(self.silu_and_mul(x), weight, bias)
+
 
 class TorchLayerOps(LayerOps):
     """Vectorised torch implementations (any device, any float dtype)."""

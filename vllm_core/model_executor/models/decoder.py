@@ -21,7 +21,6 @@ from torch import nn
 
 from vllm_core.attention.backend import AttentionBackend
 from vllm_core.config import ModelArchConfig
-from vllm_core.model_executor.layers.activation import SiluAndMul
 from vllm_core.model_executor.layers.attention import Attention
 from vllm_core.model_executor.layers.layernorm import RMSNorm
 from vllm_core.model_executor.layers.linear import Embedding, Linear
@@ -79,14 +78,15 @@ class GatedMLP(nn.Module):
         self.intermediate_size = intermediate_size
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False, ops=ops)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=False, ops=ops)
-        self.act_fn = SiluAndMul(ops)
+        self.ops = ops
 
     def shard_slice(self, shard: str) -> slice:
         start = 0 if shard == "gate" else self.intermediate_size
         return slice(start, start + self.intermediate_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        down = self.down_proj
+        return self.ops.silu_and_mul_linear(self.gate_up_proj(x), down.weight, down.bias)
 
 
 class DecoderLayer(nn.Module):
