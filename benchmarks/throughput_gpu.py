@@ -128,7 +128,8 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
               max_model_len=w.prompt_len + w.output_len, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens,
               gpu_memory_utilization=args.gpu_memory_utilization,
-              enforce_eager=args.enforce_eager, attention_backend=args.attention_backend)
+              enforce_eager=args.enforce_eager, attention_backend=args.attention_backend,
+              async_scheduling=args.async_scheduling)
     startup = time.perf_counter() - start
     engine = llm.llm_engine
     worker = engine.executor.worker
@@ -162,6 +163,7 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
         "weights_gib": round(worker.memory_report.get("weights_gib", 0.0), 2),
         "graph_steps": runner.num_graph_steps, "eager_steps": runner.num_eager_steps,
         "attention_backend": runner.attn_backend.name,
+        "async_scheduling": engine.async_scheduling, "fed_rows": runner.num_fed_rows,
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": engine.config.scheduler.max_num_batched_tokens,
         **runner.kv_waste.as_dict(), **runner.timing.as_dict(), **_gpu_facts(),
@@ -310,6 +312,8 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
         cmd.append("--enforce-eager")
     if args.attention_backend:
         cmd += ["--attention-backend", args.attention_backend]
+    if args.async_scheduling is not None:
+        cmd.append("--async-scheduling" if args.async_scheduling else "--no-async-scheduling")
     if args.profile and worker == "vllm-core":
         cmd += ["--profile", args.profile]
     t0 = time.perf_counter()
@@ -406,6 +410,8 @@ def main() -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--attention-backend", default=None)
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="vllm-core: overlap steps (default: the platform's choice, on for CUDA)")
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")

@@ -93,6 +93,7 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     policy: Literal["fcfs", "priority"] = "fcfs"
     max_model_len: int = 0                       # copied from the model config
+    async_scheduling: bool | None = None         # None: the platform's default
 
 
 @dataclass(slots=True)

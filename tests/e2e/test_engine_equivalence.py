@@ -59,3 +59,42 @@ def test_preemption_equivalent(baseline):
 def test_reference_backend_equivalent(baseline):
     assert run(attention_backend="reference", enable_prefix_caching=False,
                enable_chunked_prefill=False) == baseline
+
+
+def test_async_scheduling_equivalent(baseline):
+    assert run(async_scheduling=True, enable_prefix_caching=True,
+               max_num_batched_tokens=64) == baseline
+
+
+def test_async_scheduling_with_preemption_equivalent(baseline):
+    llm = LLM(dtype="float32", max_model_len=192, kv_cache_space_gib=0.1,
+              num_gpu_blocks_override=14, max_num_batched_tokens=64, async_scheduling=True)
+    counter = PreemptionCounter()
+    llm.llm_engine.stat_loggers.append(counter)
+    outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == baseline
+    assert counter.preemptions > 0
+
+
+def test_async_scheduling_stops_like_sync(llm_fp32):
+    """EOS, stop strings, stop tokens, max_tokens, n > 1, seeds and logprobs give the same
+    outputs when each step is scheduled before the previous step's tokens are known."""
+    prompts = ["The capital of France is", "Count: 1, 2, 3,", "Tell me a story.",
+               "def add(a, b):"]
+    params = [SamplingParams(temperature=0.0, max_tokens=40),
+              SamplingParams(temperature=0.0, max_tokens=30, stop=[" 7"]),
+              SamplingParams(temperature=0.8, seed=5, max_tokens=17, n=2, logprobs=2),
+              SamplingParams(temperature=0.0, max_tokens=3)]
+    async_llm = LLM(dtype="float32", max_model_len=1024, kv_cache_space_gib=0.25,
+                    async_scheduling=True)
+    assert async_llm.llm_engine.async_scheduling and not llm_fp32.llm_engine.async_scheduling
+
+    def summary(llm):
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return [[(c.token_ids, c.text, c.finish_reason, c.stop_reason,
+                  [sorted(lp) for lp in (c.logprobs or [])]) for c in o.outputs] for o in outs]
+
+    sync, got = summary(llm_fp32), summary(async_llm)
+    assert got == sync
+    assert sync[0][0][2] == "stop" and sync[1][0][2] == "stop" and sync[3][0][2] == "length"
+    assert not async_llm.llm_engine.has_unfinished_requests()

@@ -640,8 +640,10 @@ def workloads(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workloads())
-def test_random_workloads_run_to_completion_with_invariants(workload) -> None:
+@given(workloads(), st.booleans())
+def test_random_workloads_run_to_completion_with_invariants(workload, async_mode) -> None:
+    """Outputs equal the single-request reference, synchronously or with async scheduling
+    (each step scheduled before the previous step's output is applied)."""
     cfg, specs = workload
     sched = make_scheduler(**cfg)
     bs, capacity = cfg["block_size"], (cfg["num_blocks"] - 1) * cfg["block_size"]
@@ -667,6 +669,7 @@ def test_random_workloads_run_to_completion_with_invariants(workload) -> None:
     rejected: set[str] = set()
     aborted: set[str] = set()
     last_arrival = max(arrivals)
+    in_flight: tuple[SchedulerOutput, ModelRunnerOutput] | None = None
     for step in range(3000):
         for r in arrivals.get(step, []):
             fits = (r.num_prompt_tokens < cfg["max_model_len"]
@@ -681,15 +684,21 @@ def test_random_workloads_run_to_completion_with_invariants(workload) -> None:
             if rid in sched.requests:
                 aborted.add(rid)
             sched.finish_requests(rid, RequestStatus.FINISHED_ABORTED)
-        if step > last_arrival and not sched.has_unfinished_requests():
+        if step > last_arrival and not sched.has_unfinished_requests() and in_flight is None:
             break
         so = sched.schedule()
         check_output(sched, so)
         check_blocks(sched)
-        for out in sched.update_from_output(so, runner(so)):
-            tokens.setdefault(out.req_id, []).extend(out.new_token_ids)
-            if out.finished:
-                finish[out.req_id] = out.finish_reason
+        steps = [(so, runner(so))]
+        if async_mode:                        # apply the previous step's output only now
+            steps, in_flight = ([in_flight] if in_flight else []), (
+                None if so.is_empty else steps[0])
+            event("async")
+        for done_so, done_out in steps:
+            for out in sched.update_from_output(done_so, done_out):
+                tokens.setdefault(out.req_id, []).extend(out.new_token_ids)
+                if out.finished:
+                    finish[out.req_id] = out.finish_reason
         check_blocks(sched)
         if so.num_preempted:
             event("preemption")
@@ -712,6 +721,79 @@ def test_random_workloads_run_to_completion_with_invariants(workload) -> None:
             assert got == want[:len(got)] and rid not in finish
         else:
             assert (got, finish[rid]) == (want, reason), rid
+
+
+# ---------------------------------------------------------------------------- async scheduling
+def test_async_decode_is_rescheduled_before_its_token_arrives() -> None:
+    sched = make_scheduler()
+    sched.add_request(req("a", 5, max_tokens=3))
+    runner = KVSimRunner(4)
+    so1 = sched.schedule()                                         # prefill, samples token 1
+    assert so1.sampling_req_ids == {"a"}
+    out1 = runner(so1)
+    so2 = sched.schedule()                                         # token 1 still in flight
+    assert so2.num_scheduled_tokens == {"a": 1} and so2.sampling_req_ids == {"a"}
+    r = sched.requests["a"]
+    assert (r.num_computed_tokens, r.num_tokens, r.num_output_placeholders) == (6, 5, 2)
+    out2 = runner(so2)
+    assert sched.update_from_output(so1, out1)[0].new_token_ids == out1.sampled_token_ids["a"]
+    assert r.num_output_placeholders == 1
+    so3 = sched.schedule()                                         # third and last token
+    assert so3.num_scheduled_tokens == {"a": 1}
+    out3 = runner(so3)
+    sched.update_from_output(so2, out2)
+    assert sched.schedule().is_empty              # max_tokens reached counting the one in flight
+    outs = sched.update_from_output(so3, out3)
+    assert outs[0].finish_reason == "length" and len(r.output_token_ids) == 3
+    assert not sched.has_unfinished_requests()
+
+
+def test_async_output_after_a_stop_token_is_dropped() -> None:
+    sched = make_scheduler()
+    sched.add_request(req("a", 5, max_tokens=10))
+    runner = KVSimRunner(4, script={"a": [50, EOS, 60]})
+    so1 = sched.schedule()
+    out1 = runner(so1)
+    so2 = sched.schedule()
+    out2 = runner(so2)
+    sched.update_from_output(so1, out1)
+    so3 = sched.schedule()                                         # scheduled before EOS is seen
+    assert "a" in so3.num_scheduled_tokens
+    out3 = runner(so3)
+    outs = sched.update_from_output(so2, out2)
+    assert outs[0].new_token_ids == [EOS] and outs[0].finish_reason == "stop"
+    assert sched.update_from_output(so3, out3) == []                # the extra token is dropped
+    assert "a" in sched.schedule().finished_req_ids
+
+
+def test_async_blocks_are_cached_only_with_known_tokens() -> None:
+    sched = make_scheduler(block_size=4)
+    sched.add_request(req("a", 7, max_tokens=5))
+    runner = KVSimRunner(4)
+    so1 = sched.schedule()                                          # 7 prompt tokens
+    out1 = runner(so1)
+    so2 = sched.schedule()                                          # position 7: in flight
+    kv = sched.kv_cache_manager
+    assert kv._num_cached_blocks["a"] == 1                          # block 1 holds a placeholder
+    sched.update_from_output(so1, out1)
+    runner(so2)
+    sched.schedule()
+    assert kv._num_cached_blocks["a"] == 2                          # now its last token is known
+
+
+def test_async_preemption_drops_the_token_in_flight() -> None:
+    sched = make_scheduler(num_blocks=5, block_size=4, budget=16)   # 4 usable blocks
+    sched.add_request(req("a", 8, max_tokens=8))                   # 2 blocks each; the
+    sched.add_request(req("b", 8, arrival=1.0, max_tokens=8))      # next token needs a third
+    runner = KVSimRunner(4)
+    so1 = sched.schedule()
+    out1 = runner(so1)
+    so2 = sched.schedule()                                          # b must give way
+    assert so2.num_preempted == 1 and "b" in so2.finished_req_ids
+    b = sched.requests["b"]
+    assert b.num_output_placeholders == 0 and b.status == RequestStatus.PREEMPTED
+    outs = sched.update_from_output(so1, out1)
+    assert [o.req_id for o in outs] == ["a"] and b.output_token_ids == []
 
 
 def test_snapshot_properties() -> None:

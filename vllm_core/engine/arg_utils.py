@@ -37,6 +37,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     attention_backend: str | None = None
     enforce_eager: bool = False
+    async_scheduling: bool | None = None      # None: the platform's default
     disable_log_stats: bool = False
 
     @staticmethod
@@ -72,6 +73,10 @@ class EngineArgs:
         g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
         g.add_argument("--attention-backend", default=None)
         g.add_argument("--enforce-eager", action="store_true")
+        g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="schedule and launch step N+1 while the device runs step N "
+                            "(default: the platform's choice; on for CUDA)")
         g.add_argument("--disable-log-stats", action="store_true")
         return parser
 
@@ -152,7 +157,8 @@ class EngineArgs:
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       enable_chunked_prefill=self.enable_chunked_prefill,
-                                      policy=self.scheduling_policy, max_model_len=max_len),
+                                      policy=self.scheduling_policy, max_model_len=max_len,
+                                      async_scheduling=self.async_scheduling),
             parallel=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,

@@ -12,7 +12,7 @@ from typing import Any
 from vllm_core.config import EngineConfig
 from vllm_core.engine.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.logger import init_logger
-from vllm_core.worker.worker_base import Worker
+from vllm_core.worker.worker_base import PendingOutput, Worker
 
 logger = init_logger(__name__)
 
@@ -51,6 +51,9 @@ class UniProcExecutor:
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.worker.execute_model(scheduler_output)
+
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        return self.worker.execute_model_async(scheduler_output)
 
     def shutdown(self) -> None:
         self.worker.shutdown()

@@ -4,6 +4,12 @@ One ``step`` = ``Scheduler.schedule`` -> ``Executor.execute_model`` ->
 ``Scheduler.update_from_output`` -> ``OutputProcessor.process_outputs``. Stop strings found
 by the detokenizer finish the request in the scheduler in the same step. n > 1 requests fan out
 into child requests ``"{i}_{request_id}"`` that share the prompt's KV blocks.
+
+With async scheduling (``SchedulerConfig.async_scheduling``) a step schedules and launches step
+N+1 first, then waits for step N's sampled ids and processes them, so the host work of one step
+(scheduling, input preparation, output processing) overlaps the device running the other. Each
+``step()`` then returns the outputs of the step before; at most one step is in flight, and
+``has_unfinished_requests()`` stays true until it has been collected.
 """
 
 from __future__ import annotations
@@ -65,11 +71,14 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer)
         self.stat_loggers: list[StatLogger] = list(stat_loggers or [])
         self._children: dict[str, list[str]] = {}
+        self.async_scheduling = bool(config.scheduler.async_scheduling)
+        self._in_flight: tuple[Any, Any, float] | None = None   # (SchedulerOutput, pending, t0)
         self.startup_time = time.perf_counter() - start
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
-                    "(%d tokens), max_model_len %d", self.startup_time, platform.describe(),
+                    "(%d tokens), max_model_len %d%s", self.startup_time, platform.describe(),
                     model.dtype, num_blocks, config.cache.block_size,
-                    (num_blocks - 1) * config.cache.block_size, model.max_model_len)
+                    (num_blocks - 1) * config.cache.block_size, model.max_model_len,
+                    ", async scheduling" if self.async_scheduling else "")
 
     def _check_num_blocks(self, num_blocks: int) -> int:
         bs = self.config.cache.block_size
@@ -139,7 +148,7 @@ class LLMEngine:
                 self.output_processor.abort_request(child)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
 
     def get_num_unfinished_requests(self) -> int:
         return len(self._children)
@@ -148,7 +157,22 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
         scheduler_output = self.scheduler.schedule()
-        runner_output = self.executor.execute_model(scheduler_output)
+        if not self.async_scheduling:
+            return self._finish_step(scheduler_output,
+                                     self.executor.execute_model(scheduler_output), t0)
+        previous, self._in_flight = self._in_flight, None
+        if scheduler_output.is_empty:       # nothing to overlap: deliver finished ids now
+            self.executor.execute_model(scheduler_output)
+        else:
+            self._in_flight = (scheduler_output,
+                               self.executor.execute_model_async(scheduler_output), t0)
+        if previous is None:
+            return []
+        prev_output, pending, prev_t0 = previous
+        return self._finish_step(prev_output, pending.result(), prev_t0)
+
+    def _finish_step(self, scheduler_output: Any, runner_output: Any,
+                     t0: float) -> list[RequestOutput]:
         core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         processed = self.output_processor.process_outputs(core_outputs, time.time())
         if processed.reqs_to_abort:

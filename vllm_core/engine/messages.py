@@ -51,7 +51,13 @@ class SchedulerOutput:
     ``total_num_scheduled_tokens`` is their sum and <= max_num_batched_tokens;
     ``finished_req_ids`` (finished or aborted since the last step, or preempted) must be dropped
     from worker state before this step runs. A request samples a token this step iff its
-    computed + scheduled tokens reach its full sequence length (``sample`` set below).
+    computed + scheduled tokens reach its full sequence length, counting tokens still being
+    sampled by a step in flight; ``sampling_req_ids`` lists exactly those requests.
+
+    Async scheduling: a step may be scheduled while the previous one still runs. A request in
+    ``sampling_req_ids`` of step N that is scheduled again in step N+1 gets one token there whose
+    id the workers hold but the scheduler does not know yet (a placeholder); the workers feed
+    that token themselves. At most one step is in flight.
     """
 
     scheduled_new_reqs: list[NewRequestData]
@@ -60,6 +66,7 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)
     num_preempted: int = 0
+    sampling_req_ids: frozenset[str] = frozenset()
 
     @property
     def is_empty(self) -> bool:

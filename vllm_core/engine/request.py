@@ -55,6 +55,9 @@ class Request:
     schedules them, since steps run in order); ``block_hashes[i]`` is the prefix-cache hash of
     full block ``i`` of ``all_token_ids`` (filled lazily by the KV cache manager).
 
+    ``num_output_placeholders`` counts tokens scheduled to be sampled whose ids have not come
+    back yet (steps in flight under async scheduling): the sequence is really
+    ``num_tokens + num_output_placeholders`` long for scheduling purposes.
     ``max_model_len`` may be left None here; ``Scheduler.add_request`` fills it. ``max_tokens``
     resolves ``sampling_params.max_tokens`` (None means "up to max_model_len").
     ``stop_token_ids`` (stop_token_ids plus eos unless ignored) is computed from
@@ -84,6 +87,7 @@ class Request:
     num_prompt_logprobs_sent: int = field(default=0, init=False)
     sent_first_output: bool = field(default=False, init=False)
     arrival_seq: int = field(default=0, init=False)          # tie-break, set by the scheduler
+    num_output_placeholders: int = field(default=0, init=False)  # sampled, not yet received
 
     def __post_init__(self) -> None:
         if not self.request_id:

@@ -25,7 +25,17 @@ Step policy (``schedule``):
 
 Sampling rule (the runner infers it, the scheduler relies on it): a request samples a token in a
 step iff ``num_computed_tokens + num_scheduled_tokens`` reaches its full length
-(``len(prompt) + len(outputs)``); requests whose prompt is scheduled partially sample nothing.
+(``len(prompt) + len(outputs) + num_output_placeholders``); requests whose prompt is scheduled
+partially sample nothing. ``SchedulerOutput.sampling_req_ids`` lists them.
+
+Async scheduling (``schedule()`` for step N+1 before ``update_from_output()`` of step N): every
+request that samples in a step holds one output placeholder until its id arrives, so a running
+decode is scheduled again at once for the token being sampled. A request that step N will finish
+by length for certain (``max_tokens`` or the maximum sequence length reached counting its
+placeholders) is not scheduled again; one finished by a stop token or string in step N has been
+scheduled in N+1 for nothing, and that step's output for it is dropped. Blocks enter the prefix
+cache only once their token ids are known. Preemption drops the placeholders (the token in
+flight is discarded and recomputed later, like the rest of the request).
 
 Stop checks (``update_from_output``, after each appended token): a token in
 ``sampling_params.all_stop_token_ids`` finishes the request with "stop" once
@@ -328,15 +338,17 @@ class Scheduler:
         decodes: list[Request] = []
         prefills: list[Request] = []
         for r in self.running:
-            (decodes if len(r.all_token_ids) - r.num_computed_tokens <= 1 else prefills).append(r)
+            pending = len(r.all_token_ids) + r.num_output_placeholders - r.num_computed_tokens
+            (decodes if pending <= 1 else prefills).append(r)
         decodes.extend(prefills)
         for request in decodes:
             if budget <= 0:
                 break
             if request.status != RequestStatus.RUNNING:       # preempted earlier this step
                 continue
-            remaining = len(request.all_token_ids) - request.num_computed_tokens
-            if remaining <= 0:
+            placeholders = request.num_output_placeholders
+            remaining = len(request.all_token_ids) + placeholders - request.num_computed_tokens
+            if remaining <= 0 or (placeholders and self._finishes_by_length(request)):
                 continue
             if remaining > budget and not self.enable_chunked_prefill:
                 continue
@@ -377,9 +389,14 @@ class Scheduler:
                                          new_block_ids=new_block_ids[r.request_id],
                                          num_computed_tokens=r.num_computed_tokens)
                        for r in scheduled_running]
+        sampling: set[str] = set()
         for request in itertools.chain(scheduled_new, scheduled_running):
             request.num_computed_tokens += num_scheduled[request.request_id]
-            kv.cache_blocks(request, request.num_computed_tokens)
+            known = len(request.all_token_ids)
+            if request.num_computed_tokens >= known + request.num_output_placeholders:
+                request.num_output_placeholders += 1
+                sampling.add(request.request_id)
+            kv.cache_blocks(request, min(request.num_computed_tokens, known))
             self._maybe_open_sibling_gate(request)
 
         finished = self.finished_req_ids | {r.request_id for r in preempted}
@@ -388,7 +405,14 @@ class Scheduler:
         return SchedulerOutput(scheduled_new_reqs=new_reqs, scheduled_cached_reqs=cached_reqs,
                                num_scheduled_tokens=num_scheduled,
                                total_num_scheduled_tokens=sum(num_scheduled.values()),
-                               finished_req_ids=finished, num_preempted=len(preempted))
+                               finished_req_ids=finished, num_preempted=len(preempted),
+                               sampling_req_ids=frozenset(sampling))
+
+    def _finishes_by_length(self, request: Request) -> bool:
+        """Whether the tokens in flight already end ``request`` by length (async scheduling)."""
+        n = request.num_output_placeholders
+        return (len(request.output_token_ids) + n >= request.max_tokens
+                or len(request.all_token_ids) + n >= self.max_seq_len)
 
     def _admit_waiting(self, budget: int, num_scheduled: dict[str, int],
                        scheduled_new: list[Request]) -> int:
@@ -428,6 +452,7 @@ class Scheduler:
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.num_output_placeholders = 0           # a token in flight is dropped
         request.num_preemptions += 1
         self.waiting.push_front(request)
 
@@ -458,18 +483,21 @@ class Scheduler:
         all_sampled = model_runner_output.sampled_token_ids
         all_logprobs = model_runner_output.logprobs
         all_prompt_logprobs = model_runner_output.prompt_logprobs
+        sampling_ids = scheduler_output.sampling_req_ids
         running = RequestStatus.RUNNING
         for req_id, n in scheduler_output.num_scheduled_tokens.items():
             request = requests.get(req_id)
             if request is None or request.status != running:
                 continue
             sampled = all_sampled.get(req_id) or ()
-            should_sample = request.num_computed_tokens >= len(request.all_token_ids)
+            should_sample = req_id in sampling_ids
             if bool(sampled) != should_sample:
                 raise RuntimeError(
-                    f"request {req_id!r}: the runner sampled {len(sampled)} tokens, but with "
-                    f"{request.num_computed_tokens} of {request.num_tokens} tokens computed it "
-                    f"{'must sample' if should_sample else 'must not sample'}")
+                    f"request {req_id!r}: the runner sampled {len(sampled)} tokens, but in this "
+                    f"step it {'must sample' if should_sample else 'must not sample'} "
+                    f"({request.num_computed_tokens} of {request.num_tokens} tokens computed)")
+            if should_sample and request.num_output_placeholders > 0:
+                request.num_output_placeholders -= 1
             new_tokens: list[int] = []
             status: RequestStatus | None = None
             for token in sampled:

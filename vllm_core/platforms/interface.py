@@ -104,6 +104,13 @@ class Platform:
     def default_max_num_batched_tokens(cls) -> int:
         return 2048
 
+    @classmethod
+    def default_async_scheduling(cls) -> bool:
+        """Whether steps overlap by default (the worker launches a step and returns before it
+        ends; see ``Worker.execute_model_async``). Worth it where the device runs
+        asynchronously to the host."""
+        return False
+
     # lifecycle hooks -----------------------------------------------------------------------
     @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
@@ -132,6 +139,8 @@ class Platform:
             config.cache.block_size = cls.default_block_size
         if config.scheduler.max_num_batched_tokens is None:
             config.scheduler.max_num_batched_tokens = cls.default_max_num_batched_tokens()
+        if config.scheduler.async_scheduling is None:
+            config.scheduler.async_scheduling = cls.default_async_scheduling()
         if not config.scheduler.enable_chunked_prefill:
             # without chunking a whole prompt must fit one step
             config.scheduler.max_num_batched_tokens = max(

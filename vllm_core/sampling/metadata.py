@@ -211,7 +211,13 @@ def build_sampling_metadata(states: list[RequestSamplingState], vocab_size: int,
     all_greedy = all(greedy)
     all_random = not any(greedy)
 
+    pin = device.type == "cuda"
+
     def vec(values: list, dtype: torch.dtype) -> torch.Tensor:
+        # a pinned source and a non-blocking copy: a pageable copy would wait for the device
+        # to finish the step in flight (async scheduling builds this while it runs)
+        if pin:
+            return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
         return torch.tensor(values, dtype=dtype, device=device)
 
     temps = [1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)]

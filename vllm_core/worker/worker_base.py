@@ -9,11 +9,28 @@ pieces; the generic ``ModelRunner`` in the core does batching, attention metadat
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
     from vllm_core.engine.messages import ModelRunnerOutput, SchedulerOutput
+
+
+class PendingOutput(Protocol):
+    """A launched step. ``result()`` waits for it (once or many times: same object back)."""
+
+    def result(self) -> ModelRunnerOutput: ...
+
+
+@dataclass(slots=True)
+class ReadyOutput:
+    """A step that already finished."""
+
+    output: ModelRunnerOutput
+
+    def result(self) -> ModelRunnerOutput:
+        return self.output
 
 
 class Worker(ABC):
@@ -50,6 +67,15 @@ class Worker(ABC):
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Run one step: update persistent request state, forward, sample. Never raises for
         a single bad request; errors here are engine-fatal."""
+
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        """Launch one step and return before the device finishes it (async scheduling).
+
+        The engine then schedules the next step before it has this one's sampled ids; the
+        worker must feed the tokens still in flight itself (see ``SchedulerOutput``). The
+        default runs ``execute_model`` to completion, which satisfies the contract without
+        overlap: the next step's inputs are already in the worker's request state."""
+        return ReadyOutput(self.execute_model(scheduler_output))
 
     def add_lora(self, lora_id: int, path: str) -> None:
         raise NotImplementedError("LoRA adapters are not supported by this worker")

@@ -17,6 +17,14 @@ code it reuses):
   is launched, so its small host->device copies never wait for the GPU; the core ``Sampler``
   then runs on the GPU and the only device->host transfer of the step is the sampled ids, copied
   into a pinned buffer and waited for with an event.
+* **Async scheduling** (``execute_model_async``): a step is launched and returned as a
+  ``PendingStep`` whose ``result()`` waits for its sampled ids. The engine schedules and
+  launches step N+1 before collecting step N; rows of step N+1 whose input token is step N's
+  sample (not yet on the host) get it on the device, gathered from step N's sampled-ids tensor
+  into the input ids after the upload. Host staging memory is reused only after an event says
+  the previous upload was consumed, and the sampled ids land in one of two pinned buffers by
+  step parity. Requests with output-dependent sampling (penalties, min_tokens, bad words)
+  collect the step in flight first. ``execute_model`` is ``execute_model_async(...).result()``.
 * **KV waste**: allocated-but-unused KV slots of the running requests, averaged over decode-only
   steps (``kv_waste``).
 """
@@ -41,6 +49,7 @@ from vllm_core.engine.messages import (
 from vllm_core.logger import init_logger
 from vllm_core.sampling.metadata import SamplingMetadata, build_sampling_metadata
 from vllm_core.worker.model_runner import ModelRunner
+from vllm_core.worker.worker_base import PendingOutput, ReadyOutput
 from vllm_core_cuda.graphs import DecodeGraphs
 
 logger = init_logger(__name__)
@@ -151,7 +160,13 @@ class StepBuffers:
         self.seq_lens_cpu, self.seq_lens = pair((max_reqs,), torch.int64)
         self.context_lens_cpu, self.context_lens = pair((max_reqs,), torch.int64)
         self.block_table_cpu, self.block_table = pair((max_reqs, max_blocks), torch.int32)
-        self.sampled_cpu = torch.zeros(max_reqs, dtype=torch.int64, pin_memory=pin)
+        # rows fed from the previous step's samples on the device (async scheduling)
+        self.feed_src_cpu, self.feed_src = pair((max_reqs,), torch.int64)
+        self.feed_dst_cpu, self.feed_dst = pair((max_reqs,), torch.int64)
+        # sampled ids come back here, alternating by step so a step in flight never
+        # overwrites ids the host has not read yet
+        self.sampled_cpu = [torch.zeros(max_reqs, dtype=torch.int64, pin_memory=pin)
+                            for _ in range(2)]
         # numpy views of the pinned staging memory
         self.input_ids_np = self.input_ids_cpu.numpy()
         self.positions_np = self.positions_cpu.numpy()
@@ -161,7 +176,9 @@ class StepBuffers:
         self.seq_lens_np = self.seq_lens_cpu.numpy()
         self.context_lens_np = self.context_lens_cpu.numpy()
         self.block_table_np = self.block_table_cpu.numpy()
-        self.sampled_np = self.sampled_cpu.numpy()
+        self.feed_src_np = self.feed_src_cpu.numpy()
+        self.feed_dst_np = self.feed_dst_cpu.numpy()
+        self.sampled_np = [t.numpy() for t in self.sampled_cpu]
         self.max_tokens = max_tokens
         self.max_reqs = max_reqs
 
@@ -176,6 +193,14 @@ class StepBuffers:
                              (self.logits_indices_cpu, self.logits_indices, num_logits)):
             if n:
                 dev[:n].copy_(host[:n], non_blocking=True)
+
+    def feed_from(self, sampled: torch.Tensor, num_rows: int) -> None:
+        """``input_ids[feed_dst[i]] = sampled[feed_src[i]]`` for the first ``num_rows`` pairs
+        staged in ``feed_src_np`` / ``feed_dst_np`` (after ``upload``, on the same stream)."""
+        self.feed_src[:num_rows].copy_(self.feed_src_cpu[:num_rows], non_blocking=True)
+        self.feed_dst[:num_rows].copy_(self.feed_dst_cpu[:num_rows], non_blocking=True)
+        self.input_ids.index_copy_(0, self.feed_dst[:num_rows],
+                                   sampled.index_select(0, self.feed_src[:num_rows]))
 
     def pad_decode_batch(self, start: int, size: int) -> None:
         """Fill requests/tokens ``start..size-1`` as padding rows of a decode-only batch."""
@@ -238,6 +263,28 @@ class StepTiming:
                 "runner_wait_s": round(self.wait_s, 3)}
 
 
+@dataclass(slots=True, eq=False)
+class PendingStep:
+    """A launched step: what ``CudaModelRunner.collect`` needs to turn it into an output."""
+
+    runner: CudaModelRunner
+    order: list[str]
+    sample_ids: list[str]
+    sample_slots: np.ndarray         # RequestTable slot of each sampling row
+    row_of: dict[str, int]           # request id -> row of ``token_ids`` (the step's samples)
+    token_ids: torch.Tensor | None   # sampled ids on the device
+    logprobs: Any                    # the sampler's logprobs tensors, or None
+    prompt_logprobs: dict[str, list[Logprobs]]
+    parity: int                      # which pinned buffer receives the ids
+    done: torch.cuda.Event | None
+    output: ModelRunnerOutput | None = None
+
+    def result(self) -> ModelRunnerOutput:
+        if self.output is None:
+            self.output = self.runner.collect(self)
+        return self.output
+
+
 class CudaModelRunner(ModelRunner):
     """See the module docstring. ``config.graph_batch_sizes`` (empty with ``enforce_eager``)
     are the decode batch sizes to capture; graphs are used only with graph-safe backends."""
@@ -271,7 +318,12 @@ class CudaModelRunner(ModelRunner):
         self._prompt_logprob_reqs: set[str] = set()
         self._md_key: tuple[str, ...] | None = None
         self._md: SamplingMetadata | None = None
-        self._copy_done = torch.cuda.Event() if device.type == "cuda" else None
+        self._on_gpu = device.type == "cuda"
+        self._upload_done = torch.cuda.Event() if self._on_gpu else None
+        self._upload_recorded = False
+        self._in_flight: PendingStep | None = None     # launched, not collected
+        self._parity = 0
+        self.num_fed_rows = 0                            # inputs taken from a step in flight
 
     # ---------------------------------------------------------------- profiling
     @torch.inference_mode()
@@ -419,6 +471,8 @@ class CudaModelRunner(ModelRunner):
             graph_size = self.graphs.padded_size(n)
 
         b = self.buffers
+        if self._upload_recorded:            # staging memory still being read by the device?
+            self._upload_done.synchronize()
         b.input_ids_np[:total] = t.token_ids[token_slot, positions]
         b.positions_np[:total] = positions
         b.slot_mapping_np[:total] = (
@@ -435,11 +489,33 @@ class CudaModelRunner(ModelRunner):
             b.upload(graph_size, graph_size, 0)
         else:
             b.upload(total, n, num_logits)
+        self._feed_in_flight_tokens(order, qsl)
+        if self._upload_done is not None:
+            self._upload_done.record()
+            self._upload_recorded = True
         if num_decodes == n:
             self._record_kv_waste(slots, seq_lens)
         return StepBatch(order=order, slots=slots, num_scheduled=num_sched, seq_lens=seq_lens,
                          query_start_loc=qsl, sample_rows=sample_rows, num_tokens=total,
                          num_decodes=num_decodes, graph_size=graph_size)
+
+    def _feed_in_flight_tokens(self, order: list[str], qsl: np.ndarray) -> None:
+        """Rows whose input is the token the step in flight is sampling read it on the device
+        (its position is the request's last, not yet on the host)."""
+        prev = self._in_flight
+        if prev is None:
+            return
+        row_of = prev.row_of
+        src = [row_of.get(r, -1) for r in order]
+        rows = [i for i, s in enumerate(src) if s >= 0]
+        if not rows:
+            return
+        b = self.buffers
+        m = len(rows)
+        b.feed_src_np[:m] = [src[i] for i in rows]
+        b.feed_dst_np[:m] = qsl[1:][rows] - 1           # the last token of each such row
+        b.feed_from(prev.token_ids, m)
+        self.num_fed_rows += m
 
     def _record_kv_waste(self, slots: np.ndarray, seq_lens: np.ndarray) -> None:
         allocated = int(self.table.num_blocks[slots].sum()) * self.block_size
@@ -478,18 +554,26 @@ class CudaModelRunner(ModelRunner):
 
     # ---------------------------------------------------------------- the step
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        return self.execute_model_async(so).result()
+
+    def execute_model_async(self, so: SchedulerOutput) -> PendingOutput:
         start = time.perf_counter()
         try:
-            return self._execute(so)
+            return self._launch(so)
         finally:
             self.timing.steps += 1
             self.timing.execute_s += time.perf_counter() - start
 
     @torch.inference_mode()
-    def _execute(self, so: SchedulerOutput) -> ModelRunnerOutput:
+    def _launch(self, so: SchedulerOutput) -> PendingOutput:
         self._update_states(so)
         if so.total_num_scheduled_tokens == 0:
-            return EMPTY_MODEL_RUNNER_OUTPUT
+            return ReadyOutput(EMPTY_MODEL_RUNNER_OUTPUT)
+        prev = self._in_flight
+        if prev is not None and self._dynamic_sampling and any(
+                r in prev.row_of for r in self._dynamic_sampling.intersection(
+                    so.num_scheduled_tokens)):
+            prev.result()           # their metadata needs the token in flight on the host
         batch = self._prepare(so)
         order = batch.order
         sample_ids = [order[i] for i in batch.sample_rows.tolist()]
@@ -512,25 +596,68 @@ class CudaModelRunner(ModelRunner):
         if hidden is not None and self._prompt_logprob_reqs:
             prompt_logprobs = self._prompt_logprobs(batch, hidden)   # duck-typed BatchInputs
 
-        sampled: dict[str, list[int]] = {r: [] for r in order}
-        logprobs: dict[str, list[Logprobs]] = {}
+        token_ids = out_logprobs = done = None
+        parity = self._parity
         if sample_ids:
             out = self.sampler(logits, md)
-            num = len(sample_ids)
-            b = self.buffers
-            b.sampled_cpu[:num].copy_(out.token_ids, non_blocking=True)
-            if self._copy_done is not None:
-                self._copy_done.record()
+            token_ids, out_logprobs = out.token_ids, out.logprobs
+            self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,
+                                                                     non_blocking=True)
+            if self._on_gpu:
+                done = torch.cuda.Event()
+                done.record()
+            self._parity ^= 1
+        step = PendingStep(
+            runner=self, order=order, sample_ids=sample_ids,
+            sample_slots=batch.slots[batch.sample_rows],
+            row_of={r: i for i, r in enumerate(sample_ids)}, token_ids=token_ids,
+            logprobs=out_logprobs, prompt_logprobs=prompt_logprobs, parity=parity, done=done)
+        self._in_flight = step if sample_ids else None
+        return step
+
+    def collect(self, step: PendingStep) -> ModelRunnerOutput:
+        """Wait for ``step``'s sampled ids and apply them to the requests still alive (one
+        finished or preempted since was dropped from the state; its sample is discarded)."""
+        if self._in_flight is step:
+            self._in_flight = None
+        sampled: dict[str, list[int]] = {r: [] for r in step.order}
+        logprobs: dict[str, list[Logprobs]] = {}
+        num = len(step.sample_ids)
+        if num:
+            if step.done is not None:
                 t_wait = time.perf_counter()
-                self._copy_done.synchronize()
+                step.done.synchronize()
                 self.timing.wait_s += time.perf_counter() - t_wait
-            ids_np = b.sampled_np[:num].copy()
-            self.table.append_tokens(batch.slots[batch.sample_rows], ids_np)
+            ids = self.buffers.sampled_np[step.parity][:num].copy()
+            slot_of = self.table.slot_of
+            alive = [i for i, (r, s) in enumerate(zip(step.sample_ids, step.sample_slots.tolist()))
+                     if slot_of.get(r) == s]
+            if len(alive) < num:
+                keep = np.asarray(alive, dtype=np.int64)
+                self.table.append_tokens(step.sample_slots[keep], ids[keep])
+            else:
+                self.table.append_tokens(step.sample_slots, ids)
             requests = self.requests
-            for req_id, token in zip(sample_ids, ids_np.tolist()):
-                requests[req_id].append_output(token)
-                sampled[req_id] = [token]
-            if out.logprobs is not None:
-                self.record_logprobs([requests[r] for r in sample_ids], out.logprobs, logprobs)
+            id_list = ids.tolist()
+            for i in alive:
+                req_id = step.sample_ids[i]
+                requests[req_id].append_output(id_list[i])
+                sampled[req_id] = [id_list[i]]
+            if step.logprobs is not None:
+                self.record_logprobs([requests[step.sample_ids[i]] for i in alive]
+                                     if len(alive) < num else
+                                     [requests[r] for r in step.sample_ids],
+                                     step.logprobs if len(alive) == num else
+                                     _rows(step.logprobs, alive), logprobs)
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
-                                 prompt_logprobs=prompt_logprobs)
+                                 prompt_logprobs=step.prompt_logprobs)
+
+
+def _rows(logprobs: Any, rows: list[int]) -> Any:
+    """The sampler's logprobs tensors restricted to ``rows`` (same type, each field indexed)."""
+    import dataclasses
+
+    index = torch.as_tensor(rows, dtype=torch.long)
+    return dataclasses.replace(logprobs, **{
+        f.name: getattr(logprobs, f.name)[index.to(getattr(logprobs, f.name).device)]
+        for f in dataclasses.fields(logprobs)})

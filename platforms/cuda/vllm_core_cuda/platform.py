@@ -118,6 +118,16 @@ class CudaPlatform(Platform):
         return True
 
     @classmethod
+    def default_async_scheduling(cls) -> bool:
+        """The GPU runs a step while the host schedules and prepares the next one."""
+        return True
+
+    @classmethod
+    def default_max_num_batched_tokens(cls) -> int:
+        """Large prefill chunks keep an accelerator's matmuls efficient."""
+        return 8192
+
+    @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
         """Base rules, then: bfloat16 needs ``min_bf16_capability``; graph batch sizes unless
         ``enforce_eager`` (user-given sizes are kept, sorted)."""

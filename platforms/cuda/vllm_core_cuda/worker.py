@@ -111,6 +111,10 @@ class CudaWorker(TorchWorker):
         self.memory_report["kv_cache_gib"] = (
             num_blocks * self.runner.kv_cache_bytes_per_block() / GIB)
 
+    def execute_model_async(self, scheduler_output: Any) -> Any:
+        """Launch the step and return a ``PendingStep`` (async scheduling)."""
+        return self.runner.execute_model_async(scheduler_output)
+
     def compile_or_warm_up_model(self) -> None:
         """Capture the decode CUDA graphs (unless enforce_eager); logs and keeps the time."""
         self.graph_capture_seconds = self.runner.capture_graphs()
