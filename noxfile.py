@@ -9,8 +9,10 @@
 Each tests-<platform> session makes its own virtualenv (with ``--system-site-packages`` so the
 big preinstalled wheels such as torch are reused; ``VLLM_NOX_ISOLATED=1`` makes a bare one),
 installs ``torch==2.13.0`` first, then the core and that platform's plugin in editable mode with
-the test extras, and runs pytest. ``VLLM_NOX_SYSTEM=1`` skips the virtualenv and installs into
-the current interpreter (the GPU machine, where torch is preinstalled and must not change).
+the test extras, and runs pytest. ``VLLM_NOX_SYSTEM=1`` skips the virtualenv and installs only
+our distributions (editable, ``--no-deps``, no build isolation) into the current interpreter,
+which must already hold the dependencies (the GPU machine, where torch is preinstalled and must
+not change, and which has no package index).
 
 Tests that need the device carry a marker (``gpu``, ``rocm_device``, ``xpu_device``,
 ``tpu_device``). When the plugin's own detection finds no device, the session deselects them and
@@ -77,7 +79,10 @@ def _install(session: nox.Session, name: str) -> None:
     folders, extra, _, _ = PLATFORMS[name]
     if not (SYSTEM and importlib.util.find_spec("torch") is not None):
         _pip(session, TORCH)                          # first: nothing else may pull another
-    args = ["-e", f".[{extra},test]"]
+    # The current interpreter (VLLM_NOX_SYSTEM=1, e.g. the GPU machine, which may have no
+    # package index) must already hold the dependencies: install only our distributions.
+    args = ["--no-deps", "--no-build-isolation"] if SYSTEM else []
+    args += ["-e", f".[{extra},test]"]
     for folder in folders:
         args += ["-e", folder]
     if "platforms/cpu" not in folders:

@@ -294,3 +294,18 @@ def test_sampling_kernels_are_exact(method):
         return int(fn(b, gens)[row])
 
     assert len({seeded(r) for r in range(4)}) == 1
+
+
+def test_chunked_argmax_takes_the_first_maximum_like_argmax():
+    from vllm_core.sampling.sampler import ARGMAX_CHUNK, chunked_argmax, first_argmax
+
+    gen = torch.Generator().manual_seed(0)
+    for rows in (1, 3, 8):
+        # few distinct values: maxima tie inside a chunk and across chunks
+        x = torch.randint(0, 4, (rows, 6 * ARGMAX_CHUNK), generator=gen).float()
+        assert torch.equal(chunked_argmax(x), x.argmax(dim=-1))
+        assert torch.equal(first_argmax(x), x.argmax(dim=-1))
+    x = torch.zeros(2, 3 * ARGMAX_CHUNK)
+    x[0, 300] = x[0, 700] = 1.0                 # tie across chunks: the first one wins
+    x[1, 5] = x[1, 6] = 2.0                     # tie inside a chunk
+    assert chunked_argmax(x).tolist() == [300, 5]
