@@ -54,16 +54,21 @@ class DecodeGraphs:
         return self.sizes[i] if i < len(self.sizes) else None
 
     @torch.inference_mode()
-    def capture(self, forward: Callable[[int], torch.Tensor], warmup_runs: int = 2) -> float:
+    def capture(self, prepare: Callable[[int], None], forward: Callable[[int], torch.Tensor],
+                warmup_runs: int = 2) -> float:
         """Capture one graph per size, largest first, into the shared pool.
 
-        ``forward(G)`` must prepare the persistent input buffers for a dummy decode batch of
-        ``G`` requests and return the logits ``[G, vocab]``; it is run ``warmup_runs`` times
-        eagerly first (Triton JIT, cuBLAS handles), then once under capture. Returns seconds.
+        ``prepare(G)`` fills the persistent input buffers for a dummy decode batch of ``G``
+        requests; it runs outside the capture, so no host->device copy becomes part of a graph
+        (a replay must read exactly what the runner put in the buffers for that step, including
+        tokens it wrote there on the device). ``forward(G)`` returns the logits ``[G, vocab]``
+        from those buffers; it is run ``warmup_runs`` times eagerly first (Triton JIT, cuBLAS
+        handles), then once under capture. Returns seconds.
         """
         start = time.perf_counter()
         self.pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):
+            prepare(size)
             for _ in range(warmup_runs):
                 forward(size)
             torch.cuda.synchronize(self.device)

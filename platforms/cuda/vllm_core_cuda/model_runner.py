@@ -353,11 +353,15 @@ class CudaModelRunner(ModelRunner):
         self.graphs = DecodeGraphs(self.graph_sizes, self.arch.vocab_size, self.device)
         metadata: dict[int, Any] = {}
 
-        def forward(size: int) -> torch.Tensor:
+        def prepare(size: int) -> None:
             b = self.buffers
             b.pad_decode_batch(0, size)
             b.query_start_loc_np[0] = 0
             b.upload(size, size, 0)
+            torch.cuda.current_stream(self.device).synchronize()   # staging reused next size
+
+        def forward(size: int) -> torch.Tensor:
+            b = self.buffers
             md = metadata.get(size)
             if md is None:
                 md = metadata[size] = self.builder.build(self._graph_common(size))
@@ -365,7 +369,7 @@ class CudaModelRunner(ModelRunner):
             hidden = self.model(b.input_ids[:size], b.positions[:size], self.kv_caches, md)
             return self.model.compute_logits(hidden)
 
-        seconds = self.graphs.capture(forward)
+        seconds = self.graphs.capture(prepare, forward)
         self._graph_metadata = metadata            # keeps the captured launch plans alive
         return seconds
 
