@@ -62,7 +62,13 @@ class AttentionMetadataBuilder(ABC):
 
 
 class AttentionImpl(ABC):
-    """One layer's attention computation. Created once per layer at model construction."""
+    """One layer's attention computation. Created once per layer at model construction.
+
+    ``fuses_rotary`` (API 1.2): the implementation applies the rotary embedding itself in
+    ``forward_with_rotary`` (for instance while writing K into the cache) and the model then
+    hands it unrotated q/k; implementations that leave it False are called as before."""
+
+    fuses_rotary: ClassVar[bool] = False
 
     def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
                  sliding_window: int | None = None) -> None:
@@ -86,6 +92,14 @@ class AttentionImpl(ABC):
         ``kv_cache`` may be an empty tensor during memory profiling: then skip the write and
         attend to the new tokens alone (each request's chunk is then its whole context).
         """
+
+    def forward_with_rotary(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            kv_cache: torch.Tensor, attn_metadata: Any, positions: torch.Tensor,
+                            cos_sin_cache: torch.Tensor) -> torch.Tensor:
+        """``forward`` after the neox-style rotary embedding of ``query`` and ``key`` at
+        ``positions`` (``cos_sin_cache`` [max_position, rotary_dim] = cat(cos, sin)); only
+        called when ``fuses_rotary`` is True."""
+        raise NotImplementedError(f"{type(self).__name__} does not fuse the rotary embedding")
 
 
 class AttentionBackend(ABC):

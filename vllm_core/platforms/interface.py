@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "1.1"
+PLATFORM_API_VERSION = "1.2"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default

@@ -259,6 +259,39 @@ def test_triton_backend_forward_writes_then_attends(dtype: torch.dtype):
         assert _rel_err(out2[qs:qe].view(-1, num_heads, head_size), ref_r) < TOL[dtype]
 
 
+def test_triton_backend_fused_rotary_equals_rotary_then_forward():
+    gen = torch.Generator().manual_seed(13)
+    block_size, head_size, gqa = BLOCK_SIZES[0], HEAD_SIZES[0], 2
+    num_heads = NUM_KV_HEADS * gqa
+    q_lens, ctx_lens = MIXED
+    num_blocks = 4 + sum(math.ceil((q + c) / block_size) for q, c in zip(q_lens, ctx_lens, strict=True))
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    shape = TritonAttentionBackend.get_kv_cache_shape(num_blocks, block_size, NUM_KV_HEADS,
+                                                      head_size)
+    kv_cache = torch.randn(shape, generator=gen).to(LOW)
+    T = sum(q_lens)
+    query = torch.randn(T, num_heads, head_size, generator=gen).to(LOW)
+    key = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(LOW)
+    value = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(LOW)
+    positions = torch.randint(0, 256, (T,), generator=gen).to(DEVICE)
+    cache = _cos_sin_cache(256, head_size).to(DEVICE)
+    builder = TritonAttentionBackend.get_builder_cls()(block_size, DEVICE)
+    impl = TritonAttentionBackend.get_impl_cls()(num_heads, head_size, head_size ** -0.5,
+                                                NUM_KV_HEADS)
+    assert impl.fuses_rotary
+    for kv in (kv_cache, torch.empty(0)):                           # and memory profiling
+        q1, k1 = rotary_embedding(positions, query.clone().to(DEVICE),
+                                  key.clone().to(DEVICE), cache, head_size)
+        kv1 = kv.clone().to(DEVICE)
+        ref = impl.forward(q1, k1, value.to(DEVICE), kv1, builder.build(_common(b, block_size)))
+        kv2 = kv.clone().to(DEVICE)
+        out = impl.forward_with_rotary(query.clone().to(DEVICE), key.clone().to(DEVICE),
+                                       value.to(DEVICE), kv2,
+                                       builder.build(_common(b, block_size)), positions, cache)
+        torch.testing.assert_close(out.cpu(), ref.cpu(), atol=0, rtol=0)
+        torch.testing.assert_close(kv2.cpu(), kv1.cpu(), atol=0, rtol=0)
+
+
 def test_triton_backend_declares_and_refuses():
     ok = TritonAttentionBackend.unsupported_reasons(head_size=128, dtype="bfloat16",
                                                     kv_cache_dtype="auto", block_size=16,
@@ -326,6 +359,32 @@ def test_rotary_matches_hf(dtype: torch.dtype):
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(qd.cpu().float(), q_ref.transpose(1, 2).reshape(T, -1), **tol)
     torch.testing.assert_close(kd.cpu().float(), k_ref.transpose(1, 2).reshape(T, -1), **tol)
+
+
+@pytest.mark.parametrize("rot_dim", [32, 16])
+def test_rotary_and_cache_equals_rotary_then_cache(rot_dim: int):
+    from vllm_core_cuda.kernels.rotary import rotary_and_cache
+
+    gen = torch.Generator().manual_seed(12)
+    tokens, hq, hkv, d, blocks, page = 5, 4, 2, 32, 6, 16
+    cache = _cos_sin_cache(64, rot_dim)
+    pos = torch.randint(0, 64, (tokens,), generator=gen)
+    q = torch.randn(tokens, hq, d, generator=gen).to(LOW)
+    k = torch.randn(tokens, hkv, d, generator=gen).to(LOW)
+    v = torch.randn(tokens, hkv, d, generator=gen).to(LOW)
+    slots = torch.tensor([3, 17, -1, 40, 90])                 # one padding row
+    kv_ref = torch.zeros(2, blocks, page, hkv, d, dtype=LOW)
+    q_ref, k_ref = rotary_embedding(pos.to(DEVICE), q.clone().to(DEVICE), k.clone().to(DEVICE),
+                                    cache.to(DEVICE), d)
+    kv_ref = kv_ref.to(DEVICE)
+    reshape_and_cache(k_ref, v.to(DEVICE), kv_ref, slots.to(DEVICE))
+    kv = torch.zeros(2, blocks, page, hkv, d, dtype=LOW, device=DEVICE)
+    k_in = k.to(DEVICE)
+    q_out = rotary_and_cache(pos.to(DEVICE), q.to(DEVICE), k_in, v.to(DEVICE),
+                             cache.to(DEVICE), kv, slots.to(DEVICE))
+    torch.testing.assert_close(q_out.cpu(), q_ref.cpu(), atol=0, rtol=0)
+    torch.testing.assert_close(kv.cpu(), kv_ref.cpu(), atol=0, rtol=0)
+    torch.testing.assert_close(k_in.cpu(), k, atol=0, rtol=0)      # key itself untouched
 
 
 def test_rotary_partial_dim_leaves_tail():

@@ -28,10 +28,25 @@ class Attention(nn.Module):
         self.impl = attn_backend.get_impl_cls()(num_heads, head_size, scale, num_kv_heads,
                                                 sliding_window)
 
+    @property
+    def fuses_rotary(self) -> bool:
+        """Whether the backend applies the rotary embedding itself (``forward_with_rotary``)."""
+        return self.impl.fuses_rotary
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                 attn_metadata: Any) -> torch.Tensor:
+        return self.impl.forward(*self._heads(q, k, v), kv_cache, attn_metadata)
+
+    def forward_with_rotary(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            kv_cache: torch.Tensor, attn_metadata: Any, positions: torch.Tensor,
+                            cos_sin_cache: torch.Tensor) -> torch.Tensor:
+        """``forward`` of unrotated q/k; the backend rotates them (see ``fuses_rotary``)."""
+        return self.impl.forward_with_rotary(*self._heads(q, k, v), kv_cache, attn_metadata,
+                                             positions, cos_sin_cache)
+
+    def _heads(self, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         num_tokens = q.shape[0]
-        q = q.view(num_tokens, self.num_heads, self.head_size)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_size)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_size)
-        return self.impl.forward(q, k, v, kv_cache, attn_metadata)
+        return (q.view(num_tokens, self.num_heads, self.head_size),
+                k.view(num_tokens, self.num_kv_heads, self.head_size),
+                v.view(num_tokens, self.num_kv_heads, self.head_size))

@@ -67,8 +67,12 @@ class DecoderAttention(nn.Module):
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        out = self.attn(q, k, v, kv_cache, attn_metadata)
+        if self.attn.fuses_rotary:
+            out = self.attn.forward_with_rotary(q, k, v, kv_cache, attn_metadata, positions,
+                                                self.rotary_emb.cos_sin_cache)
+        else:
+            q, k = self.rotary_emb(positions, q, k)
+            out = self.attn(q, k, v, kv_cache, attn_metadata)
         return self.o_proj(out)
 
 

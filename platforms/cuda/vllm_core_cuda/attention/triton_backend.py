@@ -66,12 +66,36 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder):
 
 
 class TritonAttentionImpl(AttentionImpl):
-    """Writes the new K/V into the paged cache, then runs the mixed-batch attention kernel."""
+    """Writes the new K/V into the paged cache, then runs the mixed-batch attention kernel.
+    Fuses the rotary embedding into the cache write (``forward_with_rotary``: one kernel
+    rotates q and writes the rotated k and v into the cache)."""
+
+    fuses_rotary: ClassVar[bool] = True
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: TritonAttentionMetadata) -> torch.Tensor:
-        from vllm_core_cuda.kernels.paged_attention import paged_attention, plan_launch
         from vllm_core_cuda.kernels.reshape_and_cache import reshape_and_cache
+
+        if kv_cache.numel():
+            reshape_and_cache(key, value, kv_cache, attn_metadata.slot_mapping)
+        return self._attend(query, key, value, kv_cache, attn_metadata)
+
+    def forward_with_rotary(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            kv_cache: torch.Tensor, attn_metadata: TritonAttentionMetadata,
+                            positions: torch.Tensor, cos_sin_cache: torch.Tensor
+                            ) -> torch.Tensor:
+        from vllm_core_cuda.kernels.rotary import rotary_and_cache, rotary_embedding
+
+        if kv_cache.numel():
+            rotary_and_cache(positions, query, key, value, cos_sin_cache, kv_cache,
+                             attn_metadata.slot_mapping)
+        else:                               # profiling: attention reads the new k directly
+            rotary_embedding(positions, query, key, cos_sin_cache, self.head_size)
+        return self._attend(query, key, value, kv_cache, attn_metadata)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: TritonAttentionMetadata) -> torch.Tensor:
+        from vllm_core_cuda.kernels.paged_attention import paged_attention, plan_launch
 
         md = attn_metadata
         num_rows = query.shape[0]
@@ -99,7 +123,6 @@ class TritonAttentionImpl(AttentionImpl):
                             block_table=md.block_table, scale=self.scale, launch=launch,
                             sliding_window=self.sliding_window, kv_from_new=True, out=out)
         else:
-            reshape_and_cache(k, v, kv_cache, md.slot_mapping)
             paged_attention(q, kv_cache[0], kv_cache[1], query_start_loc=md.query_start_loc,
                             seq_lens=md.seq_lens, block_table=md.block_table,
                             scale=self.scale, launch=launch,
