@@ -28,6 +28,18 @@ def _rotate_heads(x_ptr, stride_h, cos, sin, NUM_HEADS: tl.constexpr, HEADS_PAD:
 
 
 @triton.jit
+def _cos_sin(positions_ptr, tok, cache_ptr, stride_cache, HALF: tl.constexpr,
+             HALF_PAD: tl.constexpr):
+    """cos and sin rows [1, HALF_PAD] (float32) of token ``tok``'s position."""
+    pos = tl.load(positions_ptr + tok).to(tl.int64)
+    offs_d = tl.arange(0, HALF_PAD)
+    d_mask = offs_d < HALF
+    cos = tl.load(cache_ptr + pos * stride_cache + offs_d, mask=d_mask, other=0.0)
+    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d, mask=d_mask, other=0.0)
+    return cos.to(tl.float32)[None, :], sin.to(tl.float32)[None, :]
+
+
+@triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, positions_ptr, cache_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
@@ -36,13 +48,7 @@ def _rotary_kernel(
     HALF: tl.constexpr, HALF_PAD: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + tok).to(tl.int64)
-    offs_d = tl.arange(0, HALF_PAD)
-    d_mask = offs_d < HALF
-    cos = tl.load(cache_ptr + pos * stride_cache + offs_d, mask=d_mask, other=0.0)
-    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d, mask=d_mask, other=0.0)
-    cos = cos.to(tl.float32)[None, :]
-    sin = sin.to(tl.float32)[None, :]
+    cos, sin = _cos_sin(positions_ptr, tok, cache_ptr, stride_cache, HALF, HALF_PAD)
     _rotate_heads(q_ptr + tok * stride_qt, stride_qh, cos, sin, NUM_Q_HEADS, Q_HEADS_PAD,
                   HALF, HALF_PAD)
     _rotate_heads(k_ptr + tok * stride_kt, stride_kh, cos, sin, NUM_K_HEADS, K_HEADS_PAD,
@@ -100,17 +106,13 @@ def _rotary_cache_kernel(
     HEAD_PAD: tl.constexpr, PAGE: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + tok).to(tl.int64)
-    offs_d = tl.arange(0, HALF_PAD)
-    d_mask = offs_d < HALF
-    cos = tl.load(cache_ptr + pos * stride_cache + offs_d, mask=d_mask, other=0.0)
-    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d, mask=d_mask, other=0.0)
-    cos = cos.to(tl.float32)[None, :]
-    sin = sin.to(tl.float32)[None, :]
+    cos, sin = _cos_sin(positions_ptr, tok, cache_ptr, stride_cache, HALF, HALF_PAD)
     _rotate_heads(q_ptr + tok * stride_qt, stride_qh, cos, sin, NUM_Q_HEADS, Q_HEADS_PAD,
                   HALF, HALF_PAD)
     slot = tl.load(slot_mapping_ptr + tok).to(tl.int64)
     if slot >= 0:
+        offs_d = tl.arange(0, HALF_PAD)
+        d_mask = offs_d < HALF
         offs_h = tl.arange(0, KV_HEADS_PAD)
         h_mask = offs_h < NUM_KV_HEADS
         dst = (slot // PAGE) * stride_cb + (slot % PAGE) * stride_ct + offs_h[:, None] * stride_ch
