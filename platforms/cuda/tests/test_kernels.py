@@ -214,21 +214,32 @@ def _common(b: dict, block_size: int) -> CommonAttentionMetadata:
         max_seq_len=int(b["seq_lens"].max()), block_size=block_size)
 
 
+def _backend_case(gen: torch.Generator, gqa: int, dtype: torch.dtype) -> tuple:
+    """A mixed batch for the Triton backend: (batch, kv_cache, query [T, H, D], key, value)."""
+    block_size, head_size = BLOCK_SIZES[0], HEAD_SIZES[0]
+    q_lens, ctx_lens = MIXED
+    num_blocks = 4 + sum(math.ceil((q + c) / block_size)
+                         for q, c in zip(q_lens, ctx_lens, strict=True))
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    shape = TritonAttentionBackend.get_kv_cache_shape(num_blocks, block_size, NUM_KV_HEADS,
+                                                      head_size)
+    kv_cache = torch.randn(shape, generator=gen).to(dtype)
+    T = sum(q_lens)
+    query = torch.randn(T, NUM_KV_HEADS * gqa, head_size, generator=gen).to(dtype)
+    key = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(dtype)
+    value = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(dtype)
+    return b, kv_cache, query, key, value
+
+
 @pytest.mark.parametrize("dtype", [LOW])
 def test_triton_backend_forward_writes_then_attends(dtype: torch.dtype):
     gen = torch.Generator().manual_seed(11)
     block_size, head_size, gqa = BLOCK_SIZES[0], HEAD_SIZES[0], 4
     num_heads = NUM_KV_HEADS * gqa
     q_lens, ctx_lens = MIXED
-    num_blocks = 4 + sum(math.ceil((q + c) / block_size) for q, c in zip(q_lens, ctx_lens, strict=True))
-    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
-    shape = TritonAttentionBackend.get_kv_cache_shape(num_blocks, block_size, NUM_KV_HEADS,
-                                                      head_size)
-    kv_cache = torch.randn(shape, generator=gen).to(dtype)
+    b, kv_cache, query, key, value = _backend_case(gen, gqa, dtype)
     T = sum(q_lens)
-    query = torch.randn(T, num_heads * head_size, generator=gen).to(dtype)
-    key = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(dtype)
-    value = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(dtype)
+    query = query.reshape(T, num_heads * head_size)
     builder = TritonAttentionBackend.get_builder_cls()(block_size, DEVICE)
     md = builder.build(_common(b, block_size))
     impl = TritonAttentionBackend.get_impl_cls()(num_heads, head_size, head_size ** -0.5,
@@ -263,16 +274,8 @@ def test_triton_backend_fused_rotary_equals_rotary_then_forward():
     gen = torch.Generator().manual_seed(13)
     block_size, head_size, gqa = BLOCK_SIZES[0], HEAD_SIZES[0], 2
     num_heads = NUM_KV_HEADS * gqa
-    q_lens, ctx_lens = MIXED
-    num_blocks = 4 + sum(math.ceil((q + c) / block_size) for q, c in zip(q_lens, ctx_lens, strict=True))
-    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
-    shape = TritonAttentionBackend.get_kv_cache_shape(num_blocks, block_size, NUM_KV_HEADS,
-                                                      head_size)
-    kv_cache = torch.randn(shape, generator=gen).to(LOW)
-    T = sum(q_lens)
-    query = torch.randn(T, num_heads, head_size, generator=gen).to(LOW)
-    key = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(LOW)
-    value = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen).to(LOW)
+    b, kv_cache, query, key, value = _backend_case(gen, gqa, LOW)
+    T = query.shape[0]
     positions = torch.randint(0, 256, (T,), generator=gen).to(DEVICE)
     cache = _cos_sin_cache(256, head_size).to(DEVICE)
     builder = TritonAttentionBackend.get_builder_cls()(block_size, DEVICE)

@@ -648,11 +648,9 @@ class CudaModelRunner(ModelRunner):
                 requests[req_id].append_output(id_list[i])
                 sampled[req_id] = [id_list[i]]
             if step.logprobs is not None:
-                self.record_logprobs([requests[step.sample_ids[i]] for i in alive]
-                                     if len(alive) < num else
-                                     [requests[r] for r in step.sample_ids],
-                                     step.logprobs if len(alive) == num else
-                                     _rows(step.logprobs, alive), logprobs)
+                tensors = step.logprobs if len(alive) == num else _rows(step.logprobs, alive)
+                self.record_logprobs([requests[step.sample_ids[i]] for i in alive], tensors,
+                                     logprobs)
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
                                  prompt_logprobs=step.prompt_logprobs)
 
