@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vllm_core.config import CacheConfig, SchedulerConfig
-from vllm_core.engine.messages import (
+from vllm_core.messages import (
     EngineCoreOutput,
     Logprobs,
     ModelRunnerOutput,

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from vllm_core.engine.messages import Logprobs
+from vllm_core.messages import Logprobs
 from vllm_core.sampling.beam_search import (
     BeamSearchParams,
     BeamSearchSequence,

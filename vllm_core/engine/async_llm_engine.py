@@ -90,7 +90,7 @@ class AsyncLLMEngine:
         if self._stop:
             raise EngineDeadError("engine is shutting down")
         max_len = self.config.model.max_model_len
-        processed = self.engine.input_processor.process(prompt, sampling_params)
+        processed = self.engine.process_inputs(prompt, sampling_params)
         n_prompt = len(processed.prompt_token_ids)
         asked = sampling_params.max_tokens
         if asked is not None and n_prompt + asked > max_len:
@@ -153,7 +153,8 @@ class AsyncLLMEngine:
                 if not alive:          # the client went away before we got here
                     continue
                 try:
-                    self.engine.add_processed_request(request_id, processed, arrival, priority)
+                    self.engine.add_request(request_id, processed, arrival_time=arrival,
+                                            priority=priority)
                 except ValueError as e:
                     self._deliver(request_id, e)
             else:

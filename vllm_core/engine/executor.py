@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from vllm_core.config import EngineConfig
-from vllm_core.engine.messages import ModelRunnerOutput, SchedulerOutput
+from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.logger import init_logger
 from vllm_core.worker.worker_base import PendingOutput, Worker
 

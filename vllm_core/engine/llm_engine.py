@@ -20,7 +20,7 @@ from typing import Any
 from vllm_core.config import EngineConfig
 from vllm_core.engine.arg_utils import EngineArgs
 from vllm_core.engine.executor import UniProcExecutor
-from vllm_core.engine.input_processor import InputProcessor, PromptType
+from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
@@ -104,17 +104,35 @@ class LLMEngine:
     def default_sampling_params(self) -> SamplingParams:
         return self.input_processor.default_sampling_params()
 
-    def add_request(self, request_id: str, prompt: PromptType,
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The model's end-of-sequence ids (generation_config, else tokenizer, else config)."""
+        return self.input_processor.eos_token_ids
+
+    def process_inputs(self, prompt: PromptType,
+                       params: SamplingParams | None = None) -> ProcessedPrompt:
+        """Tokenize and validate a prompt and complete its SamplingParams (generation_config
+        defaults, checks against the model). Pure: touches no engine state, so a front end may
+        call it on any thread (the async engine does, off its engine loop). Raises ValueError
+        naming the bad field."""
+        return self.input_processor.process(prompt, params)
+
+    def add_request(self, request_id: str, prompt: PromptType | ProcessedPrompt,
                     params: SamplingParams | None = None, arrival_time: float | None = None,
                     priority: int = 0) -> None:
-        """Validate and queue a request. Raises ValueError (nothing queued) on bad input."""
+        """The one way a request enters the engine (``LLM``, ``AsyncLLMEngine``, beam search
+        and the server all call it). ``prompt`` is raw (string, token ids, dict), processed
+        here with ``params``, or a ``ProcessedPrompt`` from ``process_inputs`` (``params`` must
+        then be None). Raises ValueError, with nothing queued, on bad input or a reused id.
+        n > 1 fans out into child requests ``"{i}_{request_id}"`` (seed + i)."""
         if request_id in self._children or self.output_processor.has_request(request_id):
             raise ValueError(f"request id {request_id!r} is already in use")
-        processed = self.input_processor.process(prompt, params)
-        self.add_processed_request(request_id, processed, arrival_time, priority)
-
-    def add_processed_request(self, request_id: str, processed: Any,
-                              arrival_time: float | None = None, priority: int = 0) -> None:
+        if isinstance(prompt, ProcessedPrompt):
+            if params is not None:
+                raise ValueError("pass params to process_inputs, not with a ProcessedPrompt")
+            processed = prompt
+        else:
+            processed = self.input_processor.process(prompt, params)
         arrival = time.time() if arrival_time is None else arrival_time
         params = processed.params
         n = params.n

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from vllm_core.config import CacheConfig, SchedulerConfig
 from vllm_core.engine.kv_cache_manager import KVCacheManager, cdiv
-from vllm_core.engine.messages import (
+from vllm_core.messages import (
     CachedRequestData,
     EngineCoreOutput,
     Logprobs,

@@ -29,10 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 def run_beam_search(llm: LLM, prompts: list[Any], params: BeamSearchParams,
                     use_tqdm: bool = False) -> list[BeamSearchOutput]:
     engine = llm.llm_engine
-    processor = engine.input_processor
     tokenizer = engine.tokenizer
-    eos = processor.eos_token_ids[0] if processor.eos_token_ids else None
-    prompt_ids = [processor.tokenize_prompt(p)[1] for p in prompts]
+    eos = engine.eos_token_ids[0] if engine.eos_token_ids else None
+    prompt_ids = [engine.process_inputs(p).prompt_token_ids for p in prompts]
     max_len = engine.config.model.max_model_len
     for ids in prompt_ids:
         if len(ids) + params.max_tokens > max_len:

@@ -71,8 +71,8 @@ class LLM:
                                  f"{len(prompts)} prompts")
         if priority is not None and len(priority) != len(prompts):
             raise ValueError(f"got {len(priority)} priorities for {len(prompts)} prompts")
-        processor = self.llm_engine.input_processor
-        processed = [processor.process(p, sp) for p, sp in zip(prompts, params_list)]
+        engine = self.llm_engine
+        processed = [engine.process_inputs(p, sp) for p, sp in zip(prompts, params_list)]
         return self._run(processed, priority, use_tqdm)
 
     def _run(self, processed: list[Any], priority: list[int] | None,
@@ -80,7 +80,7 @@ class LLM:
         engine = self.llm_engine
         ids = [str(next(self._counter)) for _ in processed]
         for i, (req_id, proc) in enumerate(zip(ids, processed)):
-            engine.add_processed_request(req_id, proc, priority=priority[i] if priority else 0)
+            engine.add_request(req_id, proc, priority=priority[i] if priority else 0)
         results: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
                    disable=not use_tqdm)

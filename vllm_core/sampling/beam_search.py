@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from vllm_core.engine.messages import Logprobs
+from vllm_core.messages import Logprobs
 from vllm_core.outputs import Logprob
 
 

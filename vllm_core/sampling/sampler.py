@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_core.engine.messages import Logprobs
+from vllm_core.messages import Logprobs
 from vllm_core.sampling.metadata import SamplingMetadata
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from vllm_core.config import EngineConfig
-from vllm_core.engine.messages import ModelRunnerOutput, SchedulerOutput
+from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.logger import init_logger
 from vllm_core.worker.model_runner import ModelRunner
 from vllm_core.worker.worker_base import Worker

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
-    from vllm_core.engine.messages import ModelRunnerOutput, SchedulerOutput
+    from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
 
 class PendingOutput(Protocol):

@@ -40,7 +40,7 @@ import torch
 
 from vllm_core.attention.backend import AttentionBackend, CommonAttentionMetadata
 from vllm_core.config import EngineConfig
-from vllm_core.engine.messages import (
+from vllm_core.messages import (
     EMPTY_MODEL_RUNNER_OUTPUT,
     Logprobs,
     ModelRunnerOutput,

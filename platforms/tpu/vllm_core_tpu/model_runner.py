@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from vllm_core.attention.backend import AttentionBackend, CommonAttentionMetadata
 from vllm_core.config import EngineConfig
-from vllm_core.engine.messages import (
+from vllm_core.messages import (
     EMPTY_MODEL_RUNNER_OUTPUT,
     Logprobs,
     ModelRunnerOutput,
