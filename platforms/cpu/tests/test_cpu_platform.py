@@ -43,8 +43,7 @@ def test_identity(monkeypatch):
     assert issubclass(CpuPlatform, Platform)
     assert CpuPlatform.name == "cpu" and CpuPlatform.kind is PlatformKind.CPU
     assert CpuPlatform.priority == PRIORITY_CPU
-    assert (CpuPlatform.device_type, CpuPlatform.dispatch_key, CpuPlatform.dist_backend) == \
-        ("cpu", "CPU", "gloo")
+    assert (CpuPlatform.device_type, CpuPlatform.dist_backend) == ("cpu", "gloo")
     assert CpuPlatform.attention_backends() == ["cpu_paged", "reference"]
     assert CpuPlatform.worker_class() == "vllm_core_cpu.worker.CpuWorker"
     assert CpuPlatform.default_max_num_batched_tokens() == 2048
@@ -150,3 +149,32 @@ def test_registered_backends_resolve():
 
     assert get_backend_cls("cpu_paged").__name__ == "CpuPagedAttentionBackend"
     assert get_backend_cls("reference").__name__ == "ReferenceAttentionBackend"
+
+
+def test_kernel_build_clears_a_stale_torch_lock_and_keys_by_isa(tmp_path, monkeypatch):
+    """A build killed mid-way leaves torch's ``lock`` file behind; the next start must not wait
+    for it forever (it did: a server hung at start-up). The build folder is keyed by the ISA."""
+    import os
+
+    from torch.utils import cpp_extension
+
+    from vllm_core_cpu import kernels
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path))
+    seen = {}
+
+    def fake_load(*, build_directory, **kwargs):
+        seen["dir"] = build_directory
+        seen["stale_lock_left"] = os.path.exists(os.path.join(build_directory, "lock"))
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    key = kernels.isa_key()
+    assert len(key) == 10 and key == kernels.isa_key()
+    import torch
+
+    build = tmp_path / "torch_extensions" / (
+        f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{key}")
+    build.mkdir(parents=True)
+    (build / "lock").write_text("")                  # left by a killed build
+    kernels.load_kernels.__wrapped__()
+    assert seen == {"dir": str(build), "stale_lock_left": False}

@@ -1,14 +1,23 @@
 """Build (once, cached) and load the CPU plugin's C++ kernels.
 
 The sources in ``csrc/`` are compiled on first use with torch's JIT extension builder into
-``envs.cache_root()/torch_extensions`` and registered as ``torch.ops.vllm_core_cpu.*``. When no
+``envs.cache_root()/torch_extensions/<torch version>_<ISA key>`` (``-march=native`` code, so the
+folder is keyed by the CPU's instruction-set flags: a cache shared between machines never
+loads code built for another processor) and registered as ``torch.ops.vllm_core_cpu.*``. When no
 compiler is available the build fails, ``load_kernels`` returns False with the reason logged, and
 the backend falls back to its SDPA path.
+
+Concurrent builds (several engines starting at once) are serialised by an ``fcntl`` lock that
+the kernel releases when its holder dies. torch's own build lock is a plain file that a killed
+build leaves behind, after which every later build waits for it forever; holding our lock, any
+such file is stale and is removed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
 import os
 
 from vllm_core import envs
@@ -25,14 +34,33 @@ def load_kernels() -> bool:
 
     here = os.path.join(os.path.dirname(__file__), "csrc")
     build_dir = os.path.join(envs.cache_root(), "torch_extensions",
-                             f"cpu_kernels_torch{torch.__version__.replace('+', '_')}")
+                             f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{isa_key()}")
     os.makedirs(build_dir, exist_ok=True)
     try:
-        cpp_extension.load(
-            name="vllm_core_cpu_kernels", sources=[os.path.join(here, s) for s in _SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-            build_directory=build_dir, is_python_module=False, verbose=False)
+        with open(os.path.join(build_dir, "build.flock"), "w") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            stale = os.path.join(build_dir, "lock")
+            if os.path.exists(stale):
+                logger.warning("removing a stale kernel build lock left by a killed build: %s",
+                               stale)
+                os.remove(stale)
+            cpp_extension.load(
+                name="vllm_core_cpu_kernels", sources=[os.path.join(here, s) for s in _SOURCES],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                build_directory=build_dir, is_python_module=False, verbose=False)
     except Exception as e:  # noqa: BLE001 - any build failure means "use the fallback"
         logger.warning("CPU paged-attention kernel unavailable (%s); using the SDPA path", e)
         return False
     return hasattr(torch.ops.vllm_core_cpu, "paged_attention")
+
+
+def isa_key() -> str:
+    """A short hash of this CPU's model and instruction-set flags (``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            lines = [ln for ln in f if ln.startswith(("flags", "model name", "Features"))]
+    except OSError:
+        import platform
+
+        lines = [platform.machine(), platform.processor()]
+    return hashlib.sha256("".join(sorted(set(lines))).encode()).hexdigest()[:10]
