@@ -56,10 +56,11 @@ VENV = {"python": False} if SYSTEM else {
 # platform -> (plugin folders to install, extra of the root distribution, device marker, needs)
 PLATFORMS = {
     "cpu": (["platforms/cpu"], "cpu", None, None),
-    "cuda": (["platforms/cuda"], "cuda", "gpu", "an NVIDIA GPU"),
-    "rocm": (["platforms/cuda", "platforms/rocm"], "rocm", "rocm_device", "an AMD GPU"),
-    "xpu": (["platforms/cpu", "platforms/cuda", "platforms/xpu"], "xpu", "xpu_device",
-            "an Intel GPU"),
+    "cuda": (["platforms/triton", "platforms/cuda"], "cuda", "gpu", "an NVIDIA GPU"),
+    "rocm": (["platforms/triton", "platforms/cuda", "platforms/rocm"], "rocm", "rocm_device",
+             "an AMD GPU"),
+    "xpu": (["platforms/cpu", "platforms/triton", "platforms/xpu"], "xpu",
+            "xpu_device", "an Intel GPU"),
     "tpu": (["platforms/cpu", "platforms/tpu"], "tpu", "tpu_device", "a TPU"),
 }
 DEVICE_MARKERS = [m for (_, _, m, _) in PLATFORMS.values() if m]
@@ -121,6 +122,8 @@ def _tests(session: nox.Session, name: str, install: bool = True) -> None:
     paths = ["tests", "plugins/example-vendor/tests"] if name == "cpu" else \
         ["tests/platforms", "tests/plugins"]
     paths.append(f"platforms/{name}/tests")
+    if "platforms/triton" in folders:
+        paths.append("platforms/triton/tests")        # the portable kernels these plugins run
     deselect = [m for m in DEVICE_MARKERS if m != marker]
     if marker is not None:
         present, why = _device_present(session, name)

@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
-
-from vllm_core.model_executor.layers.ops import TorchLayerOps
-from vllm_core_cuda.kernels import (
+from vllm_core_triton.kernels import (
     device_parallelism,
     fused_add_rms_norm,
     paged_attention,
@@ -34,6 +32,8 @@ from vllm_core_cuda.kernels import (
     rotary_embedding,
     silu_and_mul,
 )
+
+from vllm_core.model_executor.layers.ops import TorchLayerOps
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 DT = torch.bfloat16
@@ -180,8 +180,7 @@ def bench_gemv(out: str | None, rows: list[int]) -> None:
     """Llama-3-8B linear layers at decode batch sizes: cuBLAS (torch) vs our skinny GEMM (its
     default config and a sweep), each call timed inside a CUDA graph (no launch overhead)."""
     from triton.testing import do_bench_cudagraph
-
-    from vllm_core_cuda.kernels.gemv import gemv, gemv_config
+    from vllm_core_triton.kernels.gemv import gemv, gemv_config
 
     shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
               "down": (4096, 14336), "lm_head": (128256, 4096)}

@@ -136,7 +136,7 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
     runner = worker.runner
     warm = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
     llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(w)], warm, use_tqdm=False)
-    from vllm_core_cuda.model_runner import KVWasteStats, StepTiming
+    from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
 
     runner.kv_waste = KVWasteStats()
     runner.num_graph_steps = runner.num_eager_steps = 0

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from vllm_core.messages import EngineCoreOutput, Logprobs
 from vllm_core.engine.output_processor import OutputProcessor
+from vllm_core.messages import EngineCoreOutput, Logprobs
 from vllm_core.sampling.params import SamplingParams
 
 

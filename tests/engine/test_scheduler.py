@@ -20,14 +20,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vllm_core.config import CacheConfig, SchedulerConfig
+from vllm_core.engine.request import Request, RequestStatus
+from vllm_core.engine.scheduler import Scheduler
 from vllm_core.messages import (
     EngineCoreOutput,
     Logprobs,
     ModelRunnerOutput,
     SchedulerOutput,
 )
-from vllm_core.engine.request import Request, RequestStatus
-from vllm_core.engine.scheduler import Scheduler
 from vllm_core.sampling.params import SamplingParams
 
 EOS = 3

@@ -65,7 +65,7 @@ def test_dummy_model_from_arch_alone_is_fast():
 
 
 def test_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))   # undone after the test
+    monkeypatch.setattr(registry.MODELS, "_entries", dict(registry.MODELS._entries))  # undone
     assert {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
             "Qwen3ForCausalLM"} <= set(supported_architectures())
     assert issubclass(resolve_model_cls("Qwen2ForCausalLM"), DecoderForCausalLM)
@@ -82,6 +82,9 @@ def test_registry(monkeypatch):
         resolve_model_cls("BrokenForCausalLM")
     with pytest.raises(ValueError, match="class_path"):
         register_model("X", "nodots")
+    with pytest.raises(ValueError, match="already registered"):     # one rule for every registry
+        register_model("MyTestForCausalLM", "pkg.other.Cls")
+    register_model("MyTestForCausalLM", "pkg.other.Cls", override=True)
 
 
 def test_generation_defaults_from_hf_folder(tmp_path):

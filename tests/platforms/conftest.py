@@ -44,7 +44,7 @@ def write_distribution(site: Path, dist: str, version: str, modules: dict[str, s
     (info / "INSTALLER").write_text("pytest\n")
 
 
-def _platform_module(cls_name: str, name: str, priority: str, api: str = "1.0") -> str:
+def _platform_module(cls_name: str, name: str, priority: str, api: str = "2.0") -> str:
     return f"""
         from vllm_core.platforms.interface import Platform, DeviceFacts
         from vllm_core.plugins.hookspecs import hookimpl
@@ -105,11 +105,11 @@ DUMMIES = {
     }, {PLATFORM: {"foreign": "vc_test_foreign:register"}}),
     "oldapi": ("vc-test-oldapi", {
         "vc_test_oldapi": "def detect():\n    return 'vc_test_oldapi.platform.Old'\n",
-        "vc_test_oldapi.platform": _platform_module("Old", "oldapi", "100", api="2.0"),
+        "vc_test_oldapi.platform": _platform_module("Old", "oldapi", "100", api="1.2"),
     }, {PLATFORM: {"oldapi": "vc_test_oldapi:detect"}}),
     "newminor": ("vc-test-newminor", {
         "vc_test_newminor": "def detect():\n    return 'vc_test_newminor.platform.New'\n",
-        "vc_test_newminor.platform": _platform_module("New", "newminor", "100", api="1.99"),
+        "vc_test_newminor.platform": _platform_module("New", "newminor", "100", api="2.99"),
     }, {PLATFORM: {"newminor": "vc_test_newminor:detect"}}),
     "importerr": ("vc-test-importerr", {
         "vc_test_importerr": "import vc_missing_vendor_sdk\n\ndef detect():\n    return None\n",

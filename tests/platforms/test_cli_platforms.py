@@ -28,7 +28,7 @@ def test_platforms_report_lists_every_plugin_reason_and_choice(run_python, plugi
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "Chosen platform: accel_a; highest priority" in out
-    assert "accel_a    vc-test-accel-a 0.1.0  [detected]  API 1.0  priority 100" in out
+    assert "accel_a    vc-test-accel-a 0.1.0  [detected]  API 2.0  priority 100" in out
     assert "[failed]" in out and "driver probe exploded" in out
     assert "[foreign]" in out and "not a subclass" in out
     assert "[incompatible]" in out and "major version differs" in out

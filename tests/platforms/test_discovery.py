@@ -23,7 +23,7 @@ def test_every_entry_point_gets_a_report(on_path):
     a = reports["accel_a"]
     assert a.status is PluginStatus.DETECTED
     assert a.distribution == "vc-test-accel-a" and a.version == "0.1.0"
-    assert a.platform_cls.__name__ == "AccelA" and a.priority == 100 and a.api_version == "1.0"
+    assert a.platform_cls.__name__ == "AccelA" and a.priority == 100 and a.api_version == "2.0"
     # a detector may return the class itself instead of its path
     assert reports["accel_b"].status is PluginStatus.DETECTED
     assert reports["accel_b"].platform_cls.__name__ == "AccelB"
@@ -56,8 +56,8 @@ def test_foreign_class_like_a_real_vllm_plugin(on_path):
 
 
 @pytest.mark.parametrize("name,declared,words", [
-    ("oldapi", "2.0", "major version differs"),
-    ("newminor", "1.99", "newer than this vllm-core"),
+    ("oldapi", "1.2", "major version differs"),
+    ("newminor", "2.99", "newer than this vllm-core"),
 ])
 def test_incompatible_api_versions(on_path, name, declared, words):
     r = reports_by_name(on_path)[name]

@@ -77,7 +77,7 @@ def test_default_model_hook_reaches_the_model_registry():
         assert get_backend_class_path("vendor_attn") == "vendor.attention.Backend"
         assert list_quantization_methods()["vendor_q4"] == "vendor.quant.Q4"
     finally:
-        registry._MODELS.pop("VendorForCausalLM", None)
+        registry.MODELS.unregister("VendorForCausalLM")
         unregister_backend("vendor_attn")
         unregister_quantization_method("vendor_q4")
 
@@ -90,7 +90,7 @@ def test_register_hooks_is_idempotent():
     from vllm_core.attention.registry import unregister_backend
     from vllm_core.model_executor.models import registry
 
-    registry._MODELS.pop("VendorForCausalLM", None)
+    registry.MODELS.unregister("VendorForCausalLM")
     unregister_backend("vendor_attn")
 
 
@@ -102,7 +102,7 @@ def test_apply_config_hooks_runs_adjust_engine_config():
     from vllm_core.attention.registry import unregister_backend
     from vllm_core.model_executor.models import registry
 
-    registry._MODELS.pop("VendorForCausalLM", None)
+    registry.MODELS.unregister("VendorForCausalLM")
     unregister_backend("vendor_attn")
 
 

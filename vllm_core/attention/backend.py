@@ -60,6 +60,15 @@ class AttentionMetadataBuilder(ABC):
     def build(self, common: CommonAttentionMetadata) -> Any:
         """Return the metadata object every layer's ``AttentionImpl.forward`` receives."""
 
+    def build_for_capture(self, common: CommonAttentionMetadata, max_seq_len: int) -> Any:
+        """Metadata for a graph capture (API 2.0): a padded decode-only batch of
+        ``common.num_reqs`` requests whose launch plan is fixed for every context up to
+        ``max_seq_len``. The graph replays with other lengths, read only from the device
+        tensors of ``common`` (whose addresses stay fixed), so nothing in the result may depend
+        on host copies of the lengths. Required when the backend sets
+        ``supports_graph_capture``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot build metadata for a graph")
+
 
 class AttentionImpl(ABC):
     """One layer's attention computation. Created once per layer at model construction.
@@ -113,6 +122,11 @@ class AttentionBackend(ABC):
     supports_sliding_window: ClassVar[bool] = False
     preferred_block_size: ClassVar[int] = 16
     required_packages: ClassVar[tuple[str, ...]] = ()                  # importable modules
+    # API 2.0: the block table's integer type, and whether a step may be captured in a device
+    # graph (launch shapes fixed on the host, every length read from device tensors, the
+    # metadata builder's ``build_for_capture`` implemented).
+    block_table_dtype: ClassVar[torch.dtype] = torch.int64
+    supports_graph_capture: ClassVar[bool] = False
 
     @classmethod
     def unsupported_reasons(cls, *, head_size: int, dtype: str, kv_cache_dtype: str,

@@ -63,7 +63,8 @@ class EngineArgs:
         g.add_argument("--kv-cache-dtype", default="auto")
         g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
         g.add_argument("--kv-cache-space-gib", type=float, default=None,
-                       help="KV cache size in GiB on CPU platforms (or VLLM_CPU_KVCACHE_SPACE)")
+                       help="KV cache size in GiB, instead of measuring free memory (the CPU "
+                            "plugin also reads VLLM_CPU_KVCACHE_SPACE)")
         g.add_argument("--num-gpu-blocks-override", type=int, default=None)
         g.add_argument("--max-num-seqs", type=int, default=256)
         g.add_argument("--max-num-batched-tokens", type=int, default=None)
@@ -136,7 +137,7 @@ class EngineArgs:
         if max_len > derived:
             raise ValueError(f"max_model_len={max_len} exceeds the model's context length "
                              f"({derived} tokens, max_position_embeddings)")
-        space = self.kv_cache_space_gib or envs.cpu_kvcache_space_gib()
+        space = self.kv_cache_space_gib
         import os
 
         name = self.served_model_name or (self.model if self.model else

@@ -10,8 +10,8 @@ import importlib
 from typing import Any
 
 from vllm_core.config import EngineConfig
-from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.logger import init_logger
+from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.worker.worker_base import PendingOutput, Worker
 
 logger = init_logger(__name__)

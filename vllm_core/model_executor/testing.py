@@ -28,3 +28,16 @@ def random_hf_causal_lm(model_type: str, config: dict[str, Any], seed: int = 0,
             else:
                 param.copy_(weight_scale * torch.randn(param.shape, generator=gen))
     return model
+
+
+def write_wordlevel_tokenizer(folder: str, vocab_size: int) -> None:
+    """A fast tokenizer with one word per id ("t{i}"), whitespace-split, no special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0")
+    fast.save_pretrained(folder)

@@ -16,11 +16,29 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "1.2"
+PLATFORM_API_VERSION = "2.0"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
-``get_kv_cache_shape``; ``LayerOps.linear`` (batch-invariant matmul hook)."""
+``get_kv_cache_shape``; ``LayerOps.linear`` (batch-invariant matmul hook).
+
+1.2: ``AttentionImpl.fuses_rotary`` / ``forward_with_rotary``; ``LayerOps.silu_and_mul_linear``;
+``Worker.execute_model_async`` returning a ``PendingOutput``; ``Platform.default_async_scheduling``.
+
+2.0 (breaking): the model runner is the core's for every platform. ``TorchWorker.runner_class()``
+names a ``ModelRunner`` subclass, which overrides only the documented hooks (``pin_memory``,
+``new_step_event``, ``sampling_device``, ``padded_shape``, ``pad_inputs``, ``upload_inputs``,
+``run_forward``, ``capture_graphs``, ``prompt_logits``); the step layout is
+``vllm_core.worker.step_plan.plan_step``. Graph safety is declared by the attention backend
+(``AttentionBackend.supports_graph_capture`` and ``AttentionMetadataBuilder.build_for_capture``)
+and ``Platform.supports_graph_capture()`` gates capture; ``AttentionBackend.block_table_dtype``.
+The scheduler/worker messages moved to ``vllm_core.messages``. ``Platform.dispatch_key`` and
+``Platform.supported_quantization`` were removed (nothing read them); ``Platform.inference_mode``
+is the context the worker runs in. One registry rule for models, attention backends and
+quantization methods (``vllm_core.plugins.registry``). Platform-only environment variables are
+read by their plugins (``vllm_core_cpu.envs``, ``vllm_core_cuda.envs``). Requests enter through
+``LLMEngine.add_request`` / ``process_inputs``.
+"""
 
 
 class PlatformKind(enum.Enum):
@@ -57,12 +75,10 @@ class Platform:
     priority: ClassVar[int] = PRIORITY_ACCELERATOR
     api_version: ClassVar[str] = PLATFORM_API_VERSION
     device_type: ClassVar[str] = "cpu"           # torch device type
-    dispatch_key: ClassVar[str] = "CPU"
     dist_backend: ClassVar[str] = "gloo"
     device_control_env_var: ClassVar[str] = ""   # e.g. CUDA_VISIBLE_DEVICES
     supported_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
-    supported_quantization: ClassVar[tuple[str, ...]] = ()
     default_block_size: ClassVar[int] = 16
 
     # device facts --------------------------------------------------------------------------
@@ -98,6 +114,8 @@ class Platform:
 
     @classmethod
     def supports_graph_capture(cls) -> bool:
+        """Whether this platform's runner captures device graphs (``ModelRunner.capture_graphs``).
+        False clears ``config.graph_batch_sizes`` in ``check_and_update_config``."""
         return False
 
     @classmethod
@@ -141,6 +159,8 @@ class Platform:
             config.scheduler.max_num_batched_tokens = cls.default_max_num_batched_tokens()
         if config.scheduler.async_scheduling is None:
             config.scheduler.async_scheduling = cls.default_async_scheduling()
+        if not cls.supports_graph_capture():
+            config.graph_batch_sizes = []
         if not config.scheduler.enable_chunked_prefill:
             # without chunking a whole prompt must fit one step
             config.scheduler.max_num_batched_tokens = max(
@@ -175,6 +195,9 @@ class Platform:
 
     @classmethod
     def inference_mode(cls) -> Any:
+        """The context the worker runs the model in (profiling, graph capture, every step).
+        ``torch.inference_mode()`` by default; a backend that cannot trace inference tensors
+        returns ``torch.no_grad()``."""
         import torch
 
         return torch.inference_mode()

@@ -63,22 +63,22 @@ class GeneralPluginReport:
         return f"{text}: {self.reason}" if self.reason else text
 
 
-def _register_backend(name: str, class_path: str) -> None:
+def _register_backend(name: str, class_path: str, override: bool = False) -> None:
     from vllm_core.attention.registry import register_backend
 
-    register_backend(name, class_path)
+    register_backend(name, class_path, override=override)
 
 
-def _register_model(architecture: str, class_path: str) -> None:
+def _register_model(architecture: str, class_path: str, override: bool = False) -> None:
     from vllm_core.model_executor.models.registry import register_model
 
-    register_model(architecture, class_path)
+    register_model(architecture, class_path, override=override)
 
 
-def _register_quantization(name: str, class_path: str) -> None:
+def _register_quantization(name: str, class_path: str, override: bool = False) -> None:
     from vllm_core.model_executor.quantization.registry import register_quantization_method
 
-    register_quantization_method(name, class_path)
+    register_quantization_method(name, class_path, override=override)
 
 
 def create_plugin_manager(*, register_backend: RegisterFn | None = None,

@@ -24,7 +24,9 @@ PROJECT_NAME = "vllm_core"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-RegisterFn = Callable[[str, str], None]
+RegisterFn = Callable[..., None]
+"""``register(name, class_path, override=False)``: the rule of ``vllm_core.plugins.registry``
+(same pair again: no-op; another path for a taken name: ``ValueError`` unless ``override``)."""
 
 
 class VllmCoreHookSpecs:

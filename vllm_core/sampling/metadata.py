@@ -19,6 +19,7 @@ from itertools import chain
 
 import torch
 
+from vllm_core.devices import HOST
 from vllm_core.sampling.params import SamplingParams
 
 
@@ -144,6 +145,7 @@ class SamplingMetadata:
     allowed_mask: RowSubsetTensor | None = None
     banned_token_ids: tuple[torch.Tensor, torch.Tensor] | None = None
     logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    on_host: bool = False             # the tensors live in host memory (host algorithms)
 
     @property
     def no_top_k(self) -> bool:
@@ -198,12 +200,15 @@ def _bad_word_bans(bad_words: list[list[int]], output: list[int]) -> list[int]:
 
 
 def build_sampling_metadata(states: list[RequestSamplingState], vocab_size: int,
-                            device: torch.device | str) -> SamplingMetadata:
+                            device: torch.device | str,
+                            pin_memory: bool = False) -> SamplingMetadata:
     """Batch ``states`` (row i = states[i]) into a SamplingMetadata on ``device``.
 
     Reads each state's current ``output_token_ids``, so it must be called after the previous
     step's tokens were appended. Token ids in params are assumed validated against the
-    vocabulary (``SamplingParams.verify_vocab``).
+    vocabulary (``SamplingParams.verify_vocab``). ``pin_memory``: stage the small host
+    tensors in pinned memory and copy them without blocking (an accelerator running a step in
+    flight would otherwise make a pageable copy wait for it).
     """
     device = torch.device(device)
     params = [s.params for s in states]
@@ -211,7 +216,7 @@ def build_sampling_metadata(states: list[RequestSamplingState], vocab_size: int,
     all_greedy = all(greedy)
     all_random = not any(greedy)
 
-    pin = device.type == "cuda"
+    pin = pin_memory
 
     def vec(values: list, dtype: torch.dtype) -> torch.Tensor:
         # a pinned source and a non-blocking copy: a pageable copy would wait for the device
@@ -223,7 +228,8 @@ def build_sampling_metadata(states: list[RequestSamplingState], vocab_size: int,
     temps = [1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)]
     md = SamplingMetadata(temperature=vec(temps, torch.float32),
                           greedy_mask=vec(greedy, torch.bool),
-                          all_greedy=all_greedy, all_random=all_random)
+                          all_greedy=all_greedy, all_random=all_random,
+                          on_host=device == HOST)
 
     if not all_greedy:
         # Filters only matter on random rows; greedy rows keep them "off".

@@ -138,8 +138,8 @@ _CPU_TOP_P_CANDIDATES = (256, 2048)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
-                      top_p: torch.Tensor | None, top_p_within_top_k: bool = False
-                      ) -> torch.Tensor:
+                      top_p: torch.Tensor | None, top_p_within_top_k: bool = False,
+                      on_host: bool = False) -> torch.Tensor:
     """Keep each row's ``top_k`` best logits, then its minimal nucleus of mass >= ``top_p``.
 
     ``top_k`` holds V on rows without top-k, ``top_p`` 1.0 on rows without top-p. Each row
@@ -148,7 +148,7 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_
 
     Candidates are the row's best ``C`` logits, sorted descending: ``C = max_top_k`` when
     every top-p row also has top-k (host flag ``top_p_within_top_k``; exact: top-k renormalises over them); otherwise all ``V``
-    (one full sort), except on the CPU where ``C = 256`` then ``2048`` are tried first, each
+    (one full sort), except on the host (``on_host``) where ``C = 256`` then ``2048`` are tried first, each
     kept only when those candidates hold every top-p row's nucleus. Within candidates: top-k masks ranks >= k;
     probabilities are renormalised over the top-k set (rows with top-k) or the full row;
     a token is kept when the mass of the tokens ranked before it is < p.
@@ -168,7 +168,7 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_
         threshold = _top_k_top_p_threshold(logits, max_top_k, top_k, has_k, top_p)
     else:
         threshold = None
-        if logits.device.type == "cpu":
+        if on_host:
             for num in _CPU_TOP_P_CANDIDATES:
                 if max(num, max_top_k) >= vocab:
                     break
@@ -229,14 +229,14 @@ def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]
 ARGMAX_CHUNK = 256
 
 
-def first_argmax(x: torch.Tensor) -> torch.Tensor:
+def first_argmax(x: torch.Tensor, on_host: bool = False) -> torch.Tensor:
     """``x.argmax(dim=-1)`` for ``x`` [B, V] (the first index of the maximum, as argmax), in two
     stages over chunks of ``ARGMAX_CHUNK`` columns when V divides: a single-row reduction over a
     vocabulary of 128K runs in one GPU block (~28 us on an H200); chunked, the rows of chunks
     reduce in parallel. Ties resolve the same way: the first chunk holding the maximum, then the
     first index in it."""
     rows, vocab = x.shape
-    if x.device.type == "cpu" or vocab % ARGMAX_CHUNK or rows > 8:
+    if on_host or vocab % ARGMAX_CHUNK or rows > 8:
         return x.argmax(dim=-1)
     return chunked_argmax(x)
 
@@ -264,12 +264,12 @@ def inverse_cdf_sample(probs: torch.Tensor,
     return idx.clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
-def sample_from_probs(probs: torch.Tensor,
-                      generators: dict[int, torch.Generator]) -> torch.Tensor:
+def sample_from_probs(probs: torch.Tensor, generators: dict[int, torch.Generator],
+                      on_host: bool = False) -> torch.Tensor:
     """Exact sampling without a host sync. On the CPU, inverse CDF (1 random number per row;
     the CPU RNG is the bottleneck of the race: ~15 ns per number, V numbers per row);
     elsewhere the exponential race (embarrassingly parallel)."""
-    if probs.device.type == "cpu":
+    if on_host:
         return inverse_cdf_sample(probs, generators)
     return exponential_race(probs, generators)
 
@@ -298,15 +298,15 @@ class Sampler:
         """Greedy argmax and/or temperature + min-p + top-k + top-p sampling, per row."""
         greedy = None
         if not md.all_random:
-            greedy = first_argmax(logits)
+            greedy = first_argmax(logits, md.on_host)
             if md.all_greedy:
                 return greedy
         logits = logits / md.temperature.unsqueeze(1)
         if md.min_p is not None:
             logits = apply_min_p(logits, md.min_p)
         logits = apply_top_k_top_p(logits, md.top_k, md.max_top_k, md.top_p,
-                                   md.top_p_within_top_k)
-        sampled = sample_from_probs(logits.softmax(dim=-1), md.generators)
+                                   md.top_p_within_top_k, md.on_host)
+        sampled = sample_from_probs(logits.softmax(dim=-1), md.generators, md.on_host)
         if greedy is None:
             return sampled
         return torch.where(md.greedy_mask, greedy, sampled)

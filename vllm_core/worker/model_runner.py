@@ -1,60 +1,141 @@
-"""The generic torch model runner: persistent request state -> batched inputs -> model ->
-sampler. Platform plugins reuse it and override only device specifics.
+"""The model runner every platform uses: persistent request state -> one step plan -> padded
+device inputs -> model -> sampler, with an async step pipeline.
 
-Per step (``execute_model``): drop finished requests, add new ones, apply block/computed deltas,
-order the batch decodes-first (the attention contract), build flat inputs with numpy (loops over
-requests, never over tokens), run the model, compute logits only for the rows that sample (and
-for prompt-logprob rows), sample, and append the sampled ids to the requests' state.
+Per step (``execute_model_async``): apply the scheduler's deltas to the ``RequestTable`` and
+the per-request sampling state; lay the step out once (``plan_step``: decodes first, positions,
+slot mapping, logits rows from ``SchedulerOutput.sampling_req_ids``); stage it in the host
+buffers, let the platform pad it, upload it, feed the tokens a step in flight is still
+sampling (on the device); build (or reuse) the sampling metadata *before* launching the
+forward, so its small copies never wait for the device; run the forward (eager or a replayed
+graph), sample on the device, and copy the sampled ids into a pinned buffer. The returned
+``PendingStep`` is collected later (``result()``): the engine schedules and launches step
+N+1 before it collects step N (async scheduling). ``execute_model`` does both at once.
+
+Platform hooks (API 2.0, the only methods a plugin overrides; see
+``docs/plugin-author-guide.md``):
+
+``pin_memory``            class attribute: stage inputs in pinned host memory (accelerators).
+``sampling_device``       where logits are sampled and per-request generators live.
+``new_step_event()``      an event recorded after a step's uploads / sampled-id copy, or None
+                          on a device that is synchronous with the host.
+``padded_shape(plan)``    the padded ``StepShape`` a step runs at (a graph's, a bucket's), or
+                          None to run it as it is.
+``pad_inputs(plan, s)``   fill the staging rows past the real batch up to the padded shape.
+``upload_inputs(...)``    move the staged inputs to the device; returns the ``StepInputs``.
+``run_forward(...)``      hidden states and the logits of the logits rows (eager or replay).
+``capture_graphs()``      capture graphs for the padded sizes; returns seconds.
+
+The worker calls the runner inside ``Platform.inference_mode()``. Invariants: at most one step
+is in flight; a request's host tokens lag its sampled tokens by at
+most the step in flight; a finished or preempted request's late sample is discarded.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from vllm_core.attention.backend import AttentionBackend, CommonAttentionMetadata
 from vllm_core.config import EngineConfig
+from vllm_core.logger import init_logger
 from vllm_core.messages import (
     EMPTY_MODEL_RUNNER_OUTPUT,
     Logprobs,
     ModelRunnerOutput,
     SchedulerOutput,
 )
-from vllm_core.logger import init_logger
 from vllm_core.sampling.metadata import (
     RequestSamplingState,
+    SamplingMetadata,
     build_sampling_metadata,
     make_generator,
 )
 from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
 from vllm_core.worker.request_state import CachedRequestState
+from vllm_core.worker.request_table import RequestTable
+from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
+from vllm_core.worker.step_buffers import StepBuffers
+from vllm_core.worker.step_plan import StepPlan, plan_step
+from vllm_core.worker.worker_base import PendingOutput, ReadyOutput
 
 logger = init_logger(__name__)
 
 
-@dataclass(slots=True)
-class BatchInputs:
-    """Flat inputs of one step (host arrays already moved to the device where needed)."""
+@dataclass(slots=True, frozen=True)
+class StepShape:
+    """The padded size of a step: token rows, request rows and logits rows."""
 
-    order: list[str]                      # request ids in batch order (decodes first)
-    input_ids: torch.Tensor               # [T]
-    positions: torch.Tensor               # [T]
+    num_tokens: int
+    num_reqs: int
+    num_logits: int
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """Device inputs of one step, ``num_tokens`` rows (the padded count when padded)."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    logits_indices: torch.Tensor
     common: CommonAttentionMetadata
-    sample_rows: list[int]                # batch rows that sample a token this step
-    logits_indices: torch.Tensor          # [len(sample_rows)] token index of each sampling row
-    query_start_loc: np.ndarray           # host copy
+
+
+@dataclass(slots=True)
+class ForwardOutput:
+    """``hidden`` [T, H] (None when a graph replay keeps it internal); ``logits`` float32
+    [>= L, V] whose first ``L`` rows are the plan's logits rows (None when ``L == 0``)."""
+
+    hidden: torch.Tensor | None
+    logits: torch.Tensor | None
+
+
+@dataclass(slots=True, eq=False)
+class PendingStep:
+    """A launched step: what ``ModelRunner.collect`` needs to turn it into an output."""
+
+    runner: ModelRunner
+    order: list[str]
+    sample_ids: list[str]
+    sample_slots: np.ndarray         # RequestTable slot of each sampling row
+    row_of: dict[str, int]           # request id -> row of ``token_ids``
+    token_ids: torch.Tensor | None   # sampled ids (sampling device)
+    logprobs: Any                    # the sampler's LogprobsTensors, or None
+    prompt_logprobs: dict[str, list[Logprobs]]
+    parity: int                      # which pinned buffer receives the ids
+    done: Any                        # event recorded after the ids' copy, or None
+    output: ModelRunnerOutput | None = None
+
+    def result(self) -> ModelRunnerOutput:
+        if self.output is None:
+            self.output = self.runner.collect(self)
+        return self.output
+
+
+@dataclass(slots=True)
+class _SamplingCache:
+    """The last step's sampling metadata, reused while the rows are the same requests in the
+    same order and none of them has output-dependent sampling."""
+
+    key: tuple[str, ...] | None = None
+    metadata: SamplingMetadata | None = None
+    dynamic: set[str] = field(default_factory=set)   # penalties / min_tokens / bad words
 
 
 class ModelRunner:
     """Owns the model, the KV cache tensors and the worker-side request state.
 
     ``device`` is the torch device; ``attn_backend`` the selected backend class; ``ops`` the
-    platform's LayerOps (None: the core's torch ops).
+    platform's LayerOps (None: the core's torch ops). ``config.graph_batch_sizes`` are the
+    decode batch sizes to capture, honoured only when the backend declares
+    ``supports_graph_capture`` and the platform implements ``capture_graphs``.
     """
+
+    pin_memory: ClassVar[bool] = False
+    pad_slot: ClassVar[int] = -1          # KV slot of padding tokens (-1: not written)
 
     def __init__(self, config: EngineConfig, device: torch.device,
                  attn_backend: type[AttentionBackend], ops: Any | None = None) -> None:
@@ -62,23 +143,124 @@ class ModelRunner:
         self.device = device
         self.attn_backend = attn_backend
         self.ops = ops
-        self.block_size = int(config.cache.block_size or attn_backend.preferred_block_size)
-        self.dtype: torch.dtype = getattr(torch, config.model.dtype)
-        self.requests: dict[str, CachedRequestState] = {}
-        self.kv_caches: list[torch.Tensor] = []
-        self.sampler = Sampler()
-        self.builder = attn_backend.get_builder_cls()(self.block_size, device)
-        self.model: torch.nn.Module | None = None
         arch = config.model.arch
         if arch is None:
             raise ValueError("ModelConfig.arch must be resolved before building the runner")
         self.arch = arch
+        self.block_size = int(config.cache.block_size or attn_backend.preferred_block_size)
+        self.dtype: torch.dtype = getattr(torch, config.model.dtype)
+        self.model: torch.nn.Module | None = None
+        self.kv_caches: list[torch.Tensor] = []
+        self.sampler = Sampler()
+        self.builder = attn_backend.get_builder_cls()(self.block_size, device)
+        sched = config.scheduler
+        max_model_len = int(config.model.max_model_len)
+        self.max_blocks_per_req = -(-max_model_len // self.block_size)
+        sizes = sorted(set(config.graph_batch_sizes))
+        if sizes and not attn_backend.supports_graph_capture:
+            logger.info("graphs off: attention backend %r does not support graph capture",
+                        attn_backend.name)
+            sizes = []
+        self.graph_sizes: list[int] = sizes
+        max_graph = sizes[-1] if sizes else 0
+        self.max_num_tokens = max(int(sched.max_num_batched_tokens or 2048), max_graph)
+        self.max_num_reqs = max(int(sched.max_num_seqs), max_graph)
+        self.requests: dict[str, CachedRequestState] = {}
+        self.table = RequestTable(int(sched.max_num_seqs), max_model_len,
+                                  self.max_blocks_per_req)
+        self.buffers = StepBuffers(self.max_num_tokens, self.max_num_reqs,
+                                   self.max_blocks_per_req, device, self.pin_memory,
+                                   attn_backend.block_table_dtype)
+        self._sampling = _SamplingCache()
+        self._prompt_logprob_reqs: set[str] = set()
+        self._upload_done = self.new_step_event()
+        self._upload_recorded = False
+        self._in_flight: PendingStep | None = None
+        self._parity = 0
+        self.kv_waste = KVWasteStats()
+        self.timing = StepTiming()
+        self.num_graph_steps = 0
+        self.num_eager_steps = 0
+        self.num_fed_rows = 0                 # inputs taken from a step in flight
 
-    # ---------------------------------------------------------------- model and cache
+    # ================================================================ platform hooks
+    @property
+    def sampling_device(self) -> torch.device:
+        """Hook: where the sampler runs and seeded generators live (default: the device)."""
+        return self.device
+
+    def new_step_event(self) -> Any | None:
+        """Hook: an object with ``record()`` and ``synchronize()`` marking device progress, or
+        None when device work is finished when the host call returns (the default)."""
+        return None
+
+    def padded_shape(self, plan: StepPlan) -> StepShape | None:
+        """Hook: the padded shape this step runs at (e.g. a captured graph's batch size, a
+        compiled bucket), or None to run it unpadded (the default)."""
+        return None
+
+    def pad_inputs(self, plan: StepPlan, shape: StepShape) -> None:
+        """Hook: fill the staging rows past the real batch (tokens, requests and logits rows)
+        up to ``shape``. Default: padding decodes (see ``StepBuffers.pad_decode_batch``), valid
+        for a decode-only step whose every request samples, padded to equal counts."""
+        self.buffers.pad_decode_batch(plan.num_reqs, shape.num_reqs, self.pad_slot)
+
+    def upload_inputs(self, plan: StepPlan, shape: StepShape | None) -> StepInputs:
+        """Hook: move the staged step to the device and describe it. Default: non-blocking
+        copies into the persistent device buffers, views of them in the result."""
+        b = self.buffers
+        if shape is None:
+            shape = StepShape(plan.num_tokens, plan.num_reqs, len(plan.logits_indices))
+            padded = False
+        else:
+            padded = True
+        t, n, num_logits = shape.num_tokens, shape.num_reqs, shape.num_logits
+        b.upload(t, n, num_logits)
+        if not padded:
+            qsl_cpu = torch.from_numpy(plan.query_start_loc)
+            seq_cpu = torch.from_numpy(plan.seq_lens)
+            num_decodes = plan.num_decodes
+            max_query_len = int(plan.num_scheduled.max())
+            max_seq_len = int(plan.seq_lens.max())
+        else:
+            qsl_cpu, seq_cpu = b.query_start_loc_cpu[:n + 1], b.seq_lens_cpu[:n]
+            num_decodes, max_query_len = n, 1
+            max_seq_len = int(plan.seq_lens.max())
+        common = CommonAttentionMetadata(
+            query_start_loc=b.query_start_loc[:n + 1], seq_lens=b.seq_lens[:n],
+            context_lens=b.context_lens[:n], block_table=b.block_table[:n],
+            slot_mapping=b.slot_mapping[:t], query_start_loc_cpu=qsl_cpu, seq_lens_cpu=seq_cpu,
+            num_reqs=n, num_tokens=t, num_decodes=num_decodes, max_query_len=max_query_len,
+            max_seq_len=max_seq_len, block_size=self.block_size)
+        return StepInputs(input_ids=b.input_ids[:t], positions=b.positions[:t],
+                          logits_indices=b.logits_indices[:num_logits], common=common)
+
+    def run_forward(self, plan: StepPlan, inputs: StepInputs,
+                    shape: StepShape | None) -> ForwardOutput:
+        """Hook: the model forward over ``inputs`` and the logits of the logits rows. Default:
+        eager, attention metadata built from ``inputs.common``."""
+        attn_metadata = self.builder.build(inputs.common)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, attn_metadata)
+        logits = None
+        if len(plan.logits_indices):
+            logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        return ForwardOutput(hidden=hidden, logits=logits)
+
+    def capture_graphs(self) -> float:
+        """Hook: capture graphs for ``graph_sizes`` after the KV cache exists; returns the
+        seconds it took. Default: nothing to capture."""
+        return 0.0
+
+    # ================================================================ model and cache
     def load_model(self) -> None:
         from vllm_core.model_executor.loader import get_model
 
         self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops)
+
+    @property
+    def kv_cache_dtype(self) -> torch.dtype:
+        kv = self.config.cache.kv_cache_dtype
+        return self.dtype if kv == "auto" else getattr(torch, kv)
 
     def kv_cache_bytes_per_block(self) -> int:
         shape = self.attn_backend.get_kv_cache_shape(1, self.block_size,
@@ -87,11 +269,6 @@ class ModelRunner:
         per_layer = int(np.prod(shape)) * torch.empty((), dtype=self.kv_cache_dtype).element_size()
         return per_layer * self.arch.num_hidden_layers
 
-    @property
-    def kv_cache_dtype(self) -> torch.dtype:
-        kv = self.config.cache.kv_cache_dtype
-        return self.dtype if kv == "auto" else getattr(torch, kv)
-
     def initialize_cache(self, num_blocks: int) -> None:
         shape = self.attn_backend.get_kv_cache_shape(num_blocks, self.block_size,
                                                      self.arch.num_key_value_heads,
@@ -99,158 +276,223 @@ class ModelRunner:
         self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
                           for _ in range(self.arch.num_hidden_layers)]
 
-    @torch.inference_mode()
     def profile_run(self) -> None:
-        """Forward a maximal batch (max_num_batched_tokens tokens) with no KV cache so the
-        caller can measure peak activation memory; computes logits for max_num_seqs rows."""
+        """The activation peak: a forward of ``max_num_batched_tokens`` tokens spread over
+        ``max_num_seqs`` requests with no KV cache, then the sampler's worst case on
+        ``max_num_seqs`` rows (random sampling with top-p over the full vocabulary, i.e. a full
+        sort, and logprobs)."""
         sched = self.config.scheduler
         num_tokens = int(sched.max_num_batched_tokens or 2048)
         num_reqs = max(1, min(sched.max_num_seqs, num_tokens))
         per_req = [num_tokens // num_reqs] * num_reqs
         per_req[-1] += num_tokens - sum(per_req)
         per_req = [p for p in per_req if p > 0]
-        qsl = np.concatenate([[0], np.cumsum(per_req)])
-        positions = np.concatenate([np.arange(p) for p in per_req])
-        common = self._common_metadata(
-            num_sched=np.array(per_req), num_computed=np.zeros(len(per_req), dtype=np.int64),
-            query_start_loc=qsl, positions=positions,
-            block_table=np.zeros((len(per_req), 1), dtype=np.int64), slot_mapping=positions * 0,
-            num_decodes=sum(1 for p in per_req if p == 1))
-        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        empty = [torch.empty(0, device=self.device)] * self.arch.num_hidden_layers
-        hidden = self.model(input_ids, torch.as_tensor(positions, device=self.device), empty,
+        qsl = np.concatenate([[0], np.cumsum(per_req)]).astype(np.int64)
+        positions = np.concatenate([np.arange(p) for p in per_req]).astype(np.int64)
+        seq = np.asarray(per_req, dtype=np.int64)
+        dev = self.device
+        common = CommonAttentionMetadata(
+            query_start_loc=torch.from_numpy(qsl).to(dev), seq_lens=torch.from_numpy(seq).to(dev),
+            context_lens=torch.zeros(len(per_req), dtype=torch.int64, device=dev),
+            block_table=torch.zeros((len(per_req), 1), dtype=self.attn_backend.block_table_dtype,
+                                    device=dev),
+            slot_mapping=torch.zeros(num_tokens, dtype=torch.int64, device=dev),
+            query_start_loc_cpu=torch.from_numpy(qsl), seq_lens_cpu=torch.from_numpy(seq),
+            num_reqs=len(per_req), num_tokens=num_tokens,
+            num_decodes=sum(1 for p in per_req if p == 1), max_query_len=max(per_req),
+            max_seq_len=max(per_req), block_size=self.block_size)
+        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=dev)
+        empty = [torch.empty(0, device=dev)] * self.arch.num_hidden_layers
+        hidden = self.model(input_ids, torch.from_numpy(positions).to(dev), empty,
                             self.builder.build(common))
-        self.model.compute_logits(hidden[: len(per_req)])
+        rows = len(per_req)
+        logits = self.model.compute_logits(hidden[:rows]).float()
+        sdev = self.sampling_device
+        md = SamplingMetadata(
+            temperature=torch.full((rows,), 0.7, device=sdev),
+            greedy_mask=torch.zeros(rows, dtype=torch.bool, device=sdev),
+            all_greedy=False, all_random=True, top_p=torch.full((rows,), 0.9, device=sdev),
+            min_p=torch.full((rows,), 0.05, device=sdev),
+            max_num_logprobs=min(self.config.model.max_logprobs, self.arch.vocab_size) or None)
+        self.sampler(logits.to(sdev), md)
 
-    # ---------------------------------------------------------------- state updates
-    def _update_states(self, so: SchedulerOutput) -> None:
+    # ================================================================ state updates
+    def update_states(self, so: SchedulerOutput) -> None:
+        """Apply the step's deltas: drop finished requests, add new (or resumed) ones, extend
+        block tables and computed counts."""
+        table, requests = self.table, self.requests
         for req_id in so.finished_req_ids:
-            self.requests.pop(req_id, None)
+            requests.pop(req_id, None)
+            table.remove(req_id)
+            self._sampling.dynamic.discard(req_id)
+            self._prompt_logprob_reqs.discard(req_id)
+        sdev = self.sampling_device
         for new in so.scheduled_new_reqs:
-            outputs = list(new.output_token_ids)
             params = new.sampling_params
-            generator = (make_generator(params.seed, self.device)
-                         if params.seed is not None and not params.is_greedy else None)
             prompt = list(new.prompt_token_ids)
-            self.requests[new.req_id] = CachedRequestState(
+            outputs = list(new.output_token_ids)
+            generator = (make_generator(params.seed, sdev)
+                         if params.seed is not None and not params.is_greedy else None)
+            state = CachedRequestState(
                 req_id=new.req_id, prompt_token_ids=prompt, output_token_ids=outputs,
                 token_ids=prompt + outputs, sampling_params=params,
                 block_ids=list(new.block_ids), num_computed_tokens=new.num_computed_tokens,
                 generator=generator, lora_id=new.lora_id,
                 sampling_state=RequestSamplingState(params, prompt, outputs, generator))
+            requests[new.req_id] = state
+            table.add(new.req_id, state.token_ids, state.block_ids, new.num_computed_tokens,
+                      new.lora_id)
+            if (params.repetition_penalty != 1.0 or params.presence_penalty
+                    or params.frequency_penalty or params.min_tokens
+                    or params.bad_words_token_ids):
+                self._sampling.dynamic.add(new.req_id)
+            if params.prompt_logprobs is not None:
+                self._prompt_logprob_reqs.add(new.req_id)
+        slot_of = table.slot_of
         for cached in so.scheduled_cached_reqs:
-            state = self.requests[cached.req_id]
-            state.block_ids.extend(cached.new_block_ids)
-            state.num_computed_tokens = cached.num_computed_tokens
+            slot = slot_of[cached.req_id]
+            if cached.new_block_ids:
+                table.extend_blocks(slot, cached.new_block_ids)
+                requests[cached.req_id].block_ids.extend(cached.new_block_ids)
+            table.num_computed[slot] = cached.num_computed_tokens
+            requests[cached.req_id].num_computed_tokens = cached.num_computed_tokens
 
-    # ---------------------------------------------------------------- input preparation
-    def _common_metadata(self, *, num_sched: np.ndarray, num_computed: np.ndarray,
-                         query_start_loc: np.ndarray, positions: np.ndarray,
-                         block_table: np.ndarray, slot_mapping: np.ndarray,
-                         num_decodes: int) -> CommonAttentionMetadata:
-        seq_lens = num_computed + num_sched
-        dev = self.device
-
-        def to_dev(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(
-                dev, non_blocking=True)
-
-        qsl_cpu = torch.from_numpy(query_start_loc.astype(np.int64))
-        seq_cpu = torch.from_numpy(seq_lens.astype(np.int64))
-        return CommonAttentionMetadata(
-            query_start_loc=qsl_cpu.to(dev, non_blocking=True),
-            seq_lens=seq_cpu.to(dev, non_blocking=True),
-            context_lens=to_dev(num_computed),
-            block_table=to_dev(block_table),
-            slot_mapping=to_dev(slot_mapping),
-            query_start_loc_cpu=qsl_cpu,
-            seq_lens_cpu=seq_cpu,
-            num_reqs=len(num_sched),
-            num_tokens=int(query_start_loc[-1]),
-            num_decodes=num_decodes,
-            max_query_len=int(num_sched.max()),
-            max_seq_len=int(seq_lens.max()),
-            block_size=self.block_size,
-        )
-
-    def _prepare_inputs(self, so: SchedulerOutput) -> BatchInputs:
-        sched = so.num_scheduled_tokens
-        decodes = [r for r, n in sched.items() if n == 1]
-        prefills = [r for r, n in sched.items() if n > 1]
-        order = decodes + prefills
-        states = [self.requests[r] for r in order]
-        num_reqs = len(order)
-
-        num_sched = np.fromiter((sched[r] for r in order), dtype=np.int64, count=num_reqs)
-        num_computed = np.fromiter((s.num_computed_tokens for s in states), dtype=np.int64,
-                                   count=num_reqs)
-        cu = np.cumsum(num_sched)
-        qsl = np.concatenate([[0], cu])
-        total = int(cu[-1])
-        positions = np.arange(total, dtype=np.int64) - np.repeat(qsl[:-1] - num_computed,
-                                                                 num_sched)
-        token_ids = np.fromiter(
-            itertools.chain.from_iterable(
-                s.token_ids[c:c + n] for s, c, n in zip(states, num_computed.tolist(),
-                                                         num_sched.tolist())),
-            dtype=np.int64, count=total)
-
-        max_blocks = max(len(s.block_ids) for s in states)
-        block_table = np.zeros((num_reqs, max_blocks), dtype=np.int64)
-        for i, s in enumerate(states):
-            block_table[i, : len(s.block_ids)] = s.block_ids
-        req_index = np.repeat(np.arange(num_reqs), num_sched)
-        slot_mapping = (block_table[req_index, positions // self.block_size] * self.block_size
-                        + positions % self.block_size)
-
-        seq_after = num_computed + num_sched
-        sample_rows = [i for i, s in enumerate(states) if seq_after[i] >= s.num_tokens]
-        common = self._common_metadata(num_sched=num_sched, num_computed=num_computed,
-                                       query_start_loc=qsl, positions=positions,
-                                       block_table=block_table, slot_mapping=slot_mapping,
-                                       num_decodes=len(decodes))
-        logits_indices = torch.as_tensor(cu[sample_rows] - 1, dtype=torch.long)
-        return BatchInputs(
-            order=order,
-            input_ids=torch.from_numpy(token_ids).to(self.device, non_blocking=True),
-            positions=torch.from_numpy(positions).to(self.device, non_blocking=True),
-            common=common, sample_rows=sample_rows,
-            logits_indices=logits_indices.to(self.device, non_blocking=True),
-            query_start_loc=qsl)
-
-    # ---------------------------------------------------------------- the step
-    @torch.inference_mode()
+    # ================================================================ the step
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        self._update_states(so)
+        return self.execute_model_async(so).result()
+
+    def execute_model_async(self, so: SchedulerOutput) -> PendingOutput:
+        start = time.perf_counter()
+        try:
+            return self._launch(so)
+        finally:
+            self.timing.steps += 1
+            self.timing.execute_s += time.perf_counter() - start
+
+    def _launch(self, so: SchedulerOutput) -> PendingOutput:
+        self.update_states(so)
         if so.total_num_scheduled_tokens == 0:
-            return EMPTY_MODEL_RUNNER_OUTPUT
-        batch = self._prepare_inputs(so)
-        attn_metadata = self.builder.build(batch.common)
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, attn_metadata)
+            return ReadyOutput(EMPTY_MODEL_RUNNER_OUTPUT)
+        prev = self._in_flight
+        dynamic = self._sampling.dynamic
+        if prev is not None and dynamic and any(
+                r in prev.row_of for r in dynamic.intersection(so.num_scheduled_tokens)):
+            prev.result()        # their sampling metadata needs the token in flight on the host
+        plan = plan_step(so, self.table, self.block_size)
+        shape = self.padded_shape(plan)
+        inputs = self._stage(plan, shape)
+        sample_ids = plan.sampling_ids()
+        md = self._sampling_metadata(sample_ids) if sample_ids else None
+        out = self.run_forward(plan, inputs, shape)
+        if shape is None:
+            self.num_eager_steps += 1
+        else:
+            self.num_graph_steps += 1
 
-        prompt_logprobs = self._prompt_logprobs(batch, hidden)
-        sampled: dict[str, list[int]] = {r: [] for r in batch.order}
+        prompt_logprobs: dict[str, list[Logprobs]] = {}
+        if out.hidden is not None and self._prompt_logprob_reqs:
+            prompt_logprobs = self.prompt_logprobs(plan, out.hidden)
+
+        token_ids = logprobs = done = None
+        parity = self._parity
+        if sample_ids:
+            logits = out.logits[:len(sample_ids)].to(self.sampling_device)
+            sampled = self.sampler(logits, md)
+            token_ids, logprobs = sampled.token_ids, sampled.logprobs
+            self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,
+                                                                     non_blocking=True)
+            done = self.new_step_event()
+            if done is not None:
+                done.record()
+            self._parity ^= 1
+        step = PendingStep(
+            runner=self, order=plan.order, sample_ids=sample_ids,
+            sample_slots=plan.slots[plan.logits_request],
+            row_of={r: i for i, r in enumerate(sample_ids)}, token_ids=token_ids,
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs, parity=parity, done=done)
+        self._in_flight = step if sample_ids else None
+        return step
+
+    def _stage(self, plan: StepPlan, shape: StepShape | None) -> StepInputs:
+        """Stage, pad, upload and feed the step's inputs; returns the device inputs."""
+        b = self.buffers
+        if self._upload_recorded:            # staging memory still being read by the device?
+            self._upload_done.synchronize()
+        b.stage(plan, self.table)
+        if shape is not None:
+            self.pad_inputs(plan, shape)
+        inputs = self.upload_inputs(plan, shape)
+        self._feed_in_flight_tokens(plan)
+        if self._upload_done is not None:
+            self._upload_done.record()
+            self._upload_recorded = True
+        if plan.is_decode_only:
+            self.kv_waste.record(int(self.table.num_blocks[plan.slots].sum()) * self.block_size,
+                                 int(plan.seq_lens.sum()))
+        return inputs
+
+    def _feed_in_flight_tokens(self, plan: StepPlan) -> None:
+        """Rows whose input is the token the step in flight is sampling read it on the device
+        (its position is the request's last, not yet on the host)."""
+        prev = self._in_flight
+        if prev is None:
+            return
+        row_of = prev.row_of
+        src = [row_of.get(r, -1) for r in plan.order]
+        rows = [i for i, s in enumerate(src) if s >= 0]
+        if not rows:
+            return
+        b = self.buffers
+        m = len(rows)
+        b.feed_src_np[:m] = [src[i] for i in rows]
+        b.feed_dst_np[:m] = plan.query_start_loc[1:][rows] - 1    # each such row's last token
+        b.feed_from(prev.token_ids, m)
+        self.num_fed_rows += m
+
+    def _sampling_metadata(self, req_ids: list[str]) -> SamplingMetadata:
+        """Build, or reuse the previous step's when the rows are the same requests in the same
+        order and none of them has output-dependent sampling."""
+        cache = self._sampling
+        key = tuple(req_ids)
+        if cache.metadata is not None and key == cache.key and not cache.dynamic.intersection(key):
+            return cache.metadata
+        states = [self.requests[r].sampling_state for r in req_ids]
+        md = build_sampling_metadata(states, self.arch.vocab_size, self.sampling_device,
+                                     self.pin_memory)
+        cache.key, cache.metadata = key, md
+        return md
+
+    def collect(self, step: PendingStep) -> ModelRunnerOutput:
+        """Wait for ``step``'s sampled ids and apply them to the requests still alive (one
+        finished or preempted since was dropped from the state; its sample is discarded)."""
+        if self._in_flight is step:
+            self._in_flight = None
+        sampled: dict[str, list[int]] = {r: [] for r in step.order}
         logprobs: dict[str, list[Logprobs]] = {}
-        if batch.sample_rows:
-            logits = self.model.compute_logits(hidden[batch.logits_indices])
-            states = [self.requests[batch.order[i]] for i in batch.sample_rows]
-            self.sample_into(states, logits, sampled, logprobs)
+        num = len(step.sample_ids)
+        if num:
+            if step.done is not None:
+                t_wait = time.perf_counter()
+                step.done.synchronize()
+                self.timing.wait_s += time.perf_counter() - t_wait
+            ids = self.buffers.sampled_np[step.parity][:num].copy()
+            slot_of = self.table.slot_of
+            alive = [i for i, (r, s) in enumerate(zip(step.sample_ids, step.sample_slots.tolist()))
+                     if slot_of.get(r) == s]
+            keep = np.asarray(alive, dtype=np.int64)
+            self.table.append_tokens(step.sample_slots[keep], ids[keep])
+            requests = self.requests
+            id_list = ids.tolist()
+            for i in alive:
+                req_id = step.sample_ids[i]
+                requests[req_id].append_output(id_list[i])
+                sampled[req_id] = [id_list[i]]
+            if step.logprobs is not None and alive:
+                tensors = step.logprobs if len(alive) == num else _rows(step.logprobs, alive)
+                self.record_logprobs([requests[step.sample_ids[i]] for i in alive], tensors,
+                                     logprobs)
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
-                                 prompt_logprobs=prompt_logprobs)
-
-    def sample_into(self, states: list[CachedRequestState], logits: torch.Tensor,
-                    sampled: dict[str, list[int]], logprobs: dict[str, list[Logprobs]]) -> None:
-        """Sample one token per request from the matching row of ``logits`` (float32, on any
-        device), append it to the request's state, and record the ids (and the logprobs the
-        request asked for) in ``sampled`` / ``logprobs``."""
-        metadata = build_sampling_metadata([s.sampling_state for s in states],
-                                           logits.shape[-1], logits.device)
-        out = self.sampler(logits, metadata)
-        for state, token in zip(states, out.token_ids.tolist()):
-            state.append_output(token)
-            sampled[state.req_id] = [token]
-        if out.logprobs is not None:
-            self.record_logprobs(states, out.logprobs, logprobs)
+                                 prompt_logprobs=step.prompt_logprobs)
 
     @staticmethod
     def record_logprobs(states: list[CachedRequestState], tensors: Any,
@@ -261,27 +503,40 @@ class ModelRunner:
             if state.sampling_params.logprobs is not None:
                 logprobs[state.req_id] = [row]
 
-    def _prompt_logprobs(self, batch: BatchInputs, hidden: torch.Tensor
-                         ) -> dict[str, list[Logprobs]]:
+    def prompt_logprobs(self, plan: StepPlan, hidden: torch.Tensor
+                        ) -> dict[str, list[Logprobs]]:
         """Logprobs of prompt tokens 1..P-1 covered by this step's chunks (position j's hidden
-        state scores token j+1)."""
+        state scores token j+1), for the requests that asked for them."""
         result: dict[str, list[Logprobs]] = {}
-        for i, req_id in enumerate(batch.order):
-            state = self.requests[req_id]
-            k = state.sampling_params.prompt_logprobs
-            if k is None:
+        qsl = plan.query_start_loc
+        for i, req_id in enumerate(plan.order):
+            if req_id not in self._prompt_logprob_reqs:
                 continue
-            start = state.num_computed_tokens
-            n = int(batch.query_start_loc[i + 1] - batch.query_start_loc[i])
-            prompt_len = len(state.prompt_token_ids)
-            last = min(start + n, prompt_len - 1)      # positions j in [start, last) score j+1
+            state = self.requests[req_id]
+            start = int(plan.num_computed[i])
+            row0 = int(qsl[i])
+            last = min(start + int(qsl[i + 1]) - row0, len(state.prompt_token_ids) - 1)
             if last <= start:
                 continue
-            rows = torch.arange(int(batch.query_start_loc[i]),
-                                int(batch.query_start_loc[i]) + (last - start),
-                                device=hidden.device)
+            rows = hidden[row0: row0 + (last - start)]
             targets = torch.tensor(state.prompt_token_ids[start + 1: last + 1],
-                                   dtype=torch.long, device=hidden.device)
-            lp = compute_prompt_logprobs(self.model.compute_logits(hidden[rows]), targets, k)
+                                   dtype=torch.long, device=rows.device)
+            lp = compute_prompt_logprobs(self.prompt_logits(rows), targets,
+                                         state.sampling_params.prompt_logprobs)
             result[req_id] = lp.to_logprobs_list()
         return result
+
+    def prompt_logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        """The logits of some hidden-state rows, for prompt logprobs (a platform whose
+        compiled graphs must not see data-dependent shapes may compute them elsewhere)."""
+        return self.model.compute_logits(hidden_rows)
+
+
+def _rows(logprobs: Any, rows: list[int]) -> Any:
+    """The sampler's logprobs tensors restricted to ``rows`` (same type, each field indexed)."""
+    import dataclasses
+
+    index = torch.as_tensor(rows, dtype=torch.long)
+    return dataclasses.replace(logprobs, **{
+        f.name: getattr(logprobs, f.name)[index.to(getattr(logprobs, f.name).device)]
+        for f in dataclasses.fields(logprobs)})

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from vllm_core.config import EngineConfig
-from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.logger import init_logger
+from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.worker.model_runner import ModelRunner
-from vllm_core.worker.worker_base import Worker
+from vllm_core.worker.worker_base import PendingOutput, Worker
 
 logger = init_logger(__name__)
 
@@ -33,11 +33,18 @@ class TorchWorker(Worker):
             platform = current_platform
         self.platform = platform
         self.runner: ModelRunner | None = None
+        self.graph_capture_seconds = 0.0
 
     # hooks for subclasses ------------------------------------------------------------
+    def runner_class(self) -> type[ModelRunner]:
+        """Hook (API 2.0): the ModelRunner subclass this platform runs (its hooks are the
+        device-specific part of a step)."""
+        return ModelRunner
+
     def make_device(self) -> torch.device:
-        return torch.device(self.platform.device_type, self.local_rank) \
-            if self.platform.device_type != "cpu" else torch.device("cpu")
+        """This rank's device: ``platform.device_type`` at ``local_rank`` (a host-memory
+        platform returns ``vllm_core.devices.HOST``)."""
+        return torch.device(self.platform.device_type, self.local_rank)
 
     def layer_ops(self) -> Any | None:
         """The platform's LayerOps instance (None: the core's torch ops)."""
@@ -60,7 +67,7 @@ class TorchWorker(Worker):
         self.platform.seed_everything(self.config.model.seed)
         backend = self.select_attention_backend()
         logger.info("attention backend: %s", backend.name)
-        self.runner = ModelRunner(self.config, self.device, backend, self.layer_ops())
+        self.runner = self.runner_class()(self.config, self.device, backend, self.layer_ops())
 
     def load_model(self) -> None:
         self.runner.load_model()
@@ -73,7 +80,8 @@ class TorchWorker(Worker):
         if cache.cache_space_bytes is not None:
             return int(cache.cache_space_bytes)
         self.platform.empty_cache()
-        self.runner.profile_run()
+        with self.platform.inference_mode():
+            self.runner.profile_run()
         self.platform.synchronize()
         free = self.platform.free_memory_bytes()
         total = self.platform.total_memory_bytes()
@@ -89,8 +97,22 @@ class TorchWorker(Worker):
     def initialize_cache(self, num_blocks: int) -> None:
         self.runner.initialize_cache(num_blocks)
 
+    def compile_or_warm_up_model(self) -> None:
+        """Capture the runner's graphs (none unless the platform and backend support them)."""
+        with self.platform.inference_mode():
+            self.graph_capture_seconds = self.runner.capture_graphs()
+        if self.runner.graph_sizes:
+            logger.info("graph capture: %d batch sizes in %.2f s", len(self.runner.graph_sizes),
+                        self.graph_capture_seconds)
+
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.runner.execute_model(scheduler_output)
+        with self.platform.inference_mode():
+            return self.runner.execute_model(scheduler_output)
+
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        """Launch the step; the runner feeds tokens still in flight (async scheduling)."""
+        with self.platform.inference_mode():
+            return self.runner.execute_model_async(scheduler_output)
 
     def shutdown(self) -> None:
         if self.runner is not None:

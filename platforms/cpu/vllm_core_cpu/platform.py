@@ -32,7 +32,6 @@ import glob
 import os
 from typing import TYPE_CHECKING, ClassVar
 
-from vllm_core import envs
 from vllm_core.logger import init_logger
 from vllm_core.platforms.interface import (
     PLATFORM_API_VERSION,
@@ -41,7 +40,7 @@ from vllm_core.platforms.interface import (
     Platform,
     PlatformKind,
 )
-from vllm_core_cpu import ipex, isa
+from vllm_core_cpu import envs, ipex, isa
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
@@ -185,7 +184,6 @@ class CpuPlatform(Platform):
     priority: ClassVar[int] = PRIORITY_CPU
     api_version: ClassVar[str] = PLATFORM_API_VERSION
     device_type: ClassVar[str] = "cpu"
-    dispatch_key: ClassVar[str] = "CPU"
     dist_backend: ClassVar[str] = "gloo"
     device_control_env_var: ClassVar[str] = ""
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float32", "float16")
@@ -271,4 +269,3 @@ class CpuPlatform(Platform):
         space_gib = envs.cpu_kvcache_space_gib()
         if space_gib is not None and config.cache.cache_space_bytes is None:
             config.cache.cache_space_bytes = int(space_gib * GIB)
-        config.graph_batch_sizes = []

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vllm_core.devices import HOST
 from vllm_core.logger import init_logger
 from vllm_core.model_executor.layers.ops import TorchLayerOps
 from vllm_core.worker.torch_worker import TorchWorker
@@ -28,6 +29,9 @@ class CpuWorker(TorchWorker):
         super().init_device()
         logger.info("CPU worker: %d threads, dtype %s", torch.get_num_threads(),
                     self.config.model.dtype)
+
+    def make_device(self) -> torch.device:
+        return HOST
 
     def layer_ops(self) -> Any:
         return CpuLayerOps()

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from vllm_core.model_executor.testing import random_hf_causal_lm
+from vllm_core.model_executor.testing import random_hf_causal_lm, write_wordlevel_tokenizer
 
 CASES: dict[str, tuple[str, dict]] = {
     # GQA 4:2, head 64, llama3 rope scaling, untied
@@ -30,19 +30,6 @@ CASES: dict[str, tuple[str, dict]] = {
     "qwen3": ("qwen3", dict(hidden_size=192, head_dim=64, num_attention_heads=6,
                             num_key_value_heads=2)),
 }
-
-
-def write_wordlevel_tokenizer(folder: str, vocab_size: int) -> None:
-    """A fast tokenizer with one word per id ("t{i}"), whitespace-split, no special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(vocab_size)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0")
-    fast.save_pretrained(folder)
 
 
 def tiny_hf_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:

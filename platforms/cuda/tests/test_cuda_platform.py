@@ -46,9 +46,8 @@ def test_detection_without_torch(monkeypatch):
 def test_identity():
     assert issubclass(CudaPlatform, Platform)
     assert CudaPlatform.name == "cuda" and CudaPlatform.priority == PRIORITY_ACCELERATOR
-    assert (CudaPlatform.device_type, CudaPlatform.dispatch_key, CudaPlatform.dist_backend,
-            CudaPlatform.device_control_env_var) == ("cuda", "CUDA", "nccl",
-                                                      "CUDA_VISIBLE_DEVICES")
+    assert (CudaPlatform.device_type, CudaPlatform.dist_backend,
+            CudaPlatform.device_control_env_var) == ("cuda", "nccl", "CUDA_VISIBLE_DEVICES")
     assert CudaPlatform.attention_backends() == ["triton", "flash_attn", "flashinfer"]
     assert CudaPlatform.worker_class() == "vllm_core_cuda.worker.CudaWorker"
     assert CudaPlatform.supports_graph_capture()
@@ -135,3 +134,22 @@ def test_real_gpu_is_detected_and_described():
     CudaPlatform.seed_everything(0)
     CudaPlatform.synchronize()
     CudaPlatform.empty_cache()
+
+
+@pytest.mark.parametrize("module,cls_name,package", [
+    ("flash_attn_backend", "FlashAttentionBackend", "flash_attn"),
+    ("flashinfer_backend", "FlashInferBackend", "flashinfer"),
+])
+def test_vendor_backends_report_missing_package(module: str, cls_name: str, package: str):
+    import importlib
+    import importlib.util
+
+    cls = getattr(importlib.import_module(f"vllm_core_cuda.attention.{module}"), cls_name)
+    reasons = cls.unsupported_reasons(head_size=128, dtype="bfloat16", kv_cache_dtype="auto",
+                                      block_size=cls.preferred_block_size, sliding_window=None)
+    if importlib.util.find_spec(package) is None:
+        assert reasons == [f"package {package} is not installed"]
+    else:
+        assert reasons == []
+    assert cls.unsupported_reasons(head_size=128, dtype="float32", kv_cache_dtype="auto",
+                                   block_size=cls.preferred_block_size, sliding_window=None)

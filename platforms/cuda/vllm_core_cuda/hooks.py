@@ -9,7 +9,7 @@ from __future__ import annotations
 from vllm_core.plugins.hookspecs import RegisterFn, hookimpl
 
 ATTENTION_BACKENDS = {
-    "triton": "vllm_core_cuda.attention.triton_backend.TritonAttentionBackend",
+    "triton": "vllm_core_triton.attention.TritonAttentionBackend",
     "flash_attn": "vllm_core_cuda.attention.flash_attn_backend.FlashAttentionBackend",
     "flashinfer": "vllm_core_cuda.attention.flashinfer_backend.FlashInferBackend",
 }

@@ -64,7 +64,6 @@ class CudaPlatform(Platform):
     priority: ClassVar[int] = PRIORITY_ACCELERATOR
     api_version: ClassVar[str] = PLATFORM_API_VERSION
     device_type: ClassVar[str] = "cuda"
-    dispatch_key: ClassVar[str] = "CUDA"
     dist_backend: ClassVar[str] = "nccl"
     device_control_env_var: ClassVar[str] = "CUDA_VISIBLE_DEVICES"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")

@@ -38,24 +38,19 @@ class CudaWorker(TorchWorker):
                  platform: Any = None) -> None:
         super().__init__(config, rank, local_rank, platform)
         self.memory_report: dict[str, float] = {}
-        self.graph_capture_seconds = 0.0
 
     def make_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank)
 
     def layer_ops(self) -> Any:
-        from vllm_core import envs
-        from vllm_core_cuda.ops import TritonLayerOps
+        from vllm_core_triton.ops import TritonLayerOps
+
+        from vllm_core_cuda import envs
 
         return TritonLayerOps(gemv_max_rows=envs.cuda_gemv_max_rows())
 
-    def init_device(self) -> None:
-        self.device = self.make_device()
-        self.platform.set_device(self.local_rank)
-        self.platform.seed_everything(self.config.model.seed)
-        backend = self.select_attention_backend()
-        logger.info("attention backend: %s", backend.name)
-        self.runner = CudaModelRunner(self.config, self.device, backend, self.layer_ops())
+    def runner_class(self) -> type[CudaModelRunner]:
+        return CudaModelRunner
 
     def load_model(self) -> None:
         start = time.perf_counter()
@@ -74,7 +69,8 @@ class CudaWorker(TorchWorker):
         free, total = torch.cuda.mem_get_info(dev)
         non_torch = total - free - torch.cuda.memory_reserved(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        self.runner.profile_run()
+        with self.platform.inference_mode():
+            self.runner.profile_run()
         torch.cuda.synchronize(dev)
         peak = torch.cuda.max_memory_allocated(dev)
         torch.cuda.empty_cache()
@@ -110,17 +106,6 @@ class CudaWorker(TorchWorker):
         super().initialize_cache(num_blocks)
         self.memory_report["kv_cache_gib"] = (
             num_blocks * self.runner.kv_cache_bytes_per_block() / GIB)
-
-    def execute_model_async(self, scheduler_output: Any) -> Any:
-        """Launch the step and return a ``PendingStep`` (async scheduling)."""
-        return self.runner.execute_model_async(scheduler_output)
-
-    def compile_or_warm_up_model(self) -> None:
-        """Capture the decode CUDA graphs (unless enforce_eager); logs and keeps the time."""
-        self.graph_capture_seconds = self.runner.capture_graphs()
-        if self.runner.graph_sizes:
-            logger.info("CUDA graph capture: %d sizes in %.2f s", len(self.runner.graph_sizes),
-                        self.graph_capture_seconds)
 
     def shutdown(self) -> None:
         if self.runner is not None and self.runner.graphs is not None:

@@ -140,7 +140,7 @@ def test_backend_selection_and_refusals(monkeypatch):
     assert select_attention_backend(RocmPlatform, **select).name == "triton"
     with pytest.raises(ValueError, match=r"triton: head size 48 not in"):
         select_attention_backend(RocmPlatform, **{**select, "head_size": 48})
-    import vllm_core_cuda.attention.triton_backend as tb
+    import vllm_core_triton.attention as tb
 
     monkeypatch.setattr(tb.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="package triton is not installed"):
@@ -150,9 +150,10 @@ def test_backend_selection_and_refusals(monkeypatch):
 def test_triton_backend_under_the_interpreter_matches_reference():
     """The Triton attention the ROCm platform selects, run on a small mixed batch (under
     TRITON_INTERPRET=1 without a GPU) against the reference backend."""
+    from vllm_core_triton.attention import TritonAttentionBackend
+
     from vllm_core.attention.backend import CommonAttentionMetadata
     from vllm_core.attention.backends.reference import ReferenceAttentionBackend
-    from vllm_core_cuda.attention.triton_backend import TritonAttentionBackend
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     g = torch.Generator().manual_seed(0)

@@ -75,7 +75,6 @@ class RocmPlatform(CudaPlatform):
     priority: ClassVar[int] = PRIORITY_ACCELERATOR
     api_version: ClassVar[str] = PLATFORM_API_VERSION
     device_type: ClassVar[str] = "cuda"          # HIP devices appear as "cuda" to torch
-    dispatch_key: ClassVar[str] = "CUDA"
     dist_backend: ClassVar[str] = "nccl"         # torch's "nccl" backend is RCCL on ROCm
     device_control_env_var: ClassVar[str] = "HIP_VISIBLE_DEVICES"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")

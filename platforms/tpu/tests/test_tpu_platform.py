@@ -68,8 +68,8 @@ def test_buckets_and_backends_in_config():
 
 
 def test_identity_and_config():
-    assert (TpuPlatform.name, TpuPlatform.device_type, TpuPlatform.dispatch_key,
-            TpuPlatform.dist_backend) == ("tpu", "xla", "XLA", "xla")
+    assert (TpuPlatform.name, TpuPlatform.device_type,
+            TpuPlatform.dist_backend) == ("tpu", "xla", "xla")
     assert TpuPlatform.default_dtype() == "bfloat16"
     cfg = EngineConfig(model=ModelConfig(model="m"), graph_batch_sizes=[1])
     TpuPlatform.check_and_update_config(cfg)

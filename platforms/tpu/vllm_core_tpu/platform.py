@@ -8,8 +8,9 @@ TPU and a pure-XLA implementation on any other XLA device (XLA's CPU device in C
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from vllm_core.logger import init_logger
 from vllm_core.platforms.interface import (
     PLATFORM_API_VERSION,
     PRIORITY_ACCELERATOR,
@@ -20,6 +21,8 @@ from vllm_core.platforms.interface import (
 from vllm_core_tpu import runtime
 from vllm_core_tpu.buckets import Buckets
 from vllm_core_tpu.detection import tpu_chip_count
+
+logger = init_logger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
@@ -33,7 +36,6 @@ class TpuPlatform(Platform):
     priority: ClassVar[int] = PRIORITY_ACCELERATOR
     api_version: ClassVar[str] = PLATFORM_API_VERSION
     device_type: ClassVar[str] = "xla"
-    dispatch_key: ClassVar[str] = "XLA"
     dist_backend: ClassVar[str] = "xla"
     device_control_env_var: ClassVar[str] = "TPU_VISIBLE_CHIPS"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float32")
@@ -76,19 +78,30 @@ class TpuPlatform(Platform):
 
     @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
-        """Base rules, then: no CUDA-style graph sizes (XLA compiles whole steps itself);
-        ``max_num_seqs`` capped at the token budget; the bucket plan is recorded in
+        """Base rules, then: no CUDA-style graph sizes (XLA compiles whole steps itself); no
+        async scheduling (each step's inputs are fresh bucket-shaped tensors, so a token in
+        flight cannot be fed on the device: a warning when it was asked for); ``max_num_seqs`` capped at the token budget; the bucket plan is recorded in
         ``config.extra["tpu_buckets"]`` (token and request buckets, the graph bound);
         ``config.extra["tpu_precompile"]`` defaults to True (compile every bucket at start)."""
         super().check_and_update_config(config)
-        config.graph_batch_sizes = []
         sched = config.scheduler
+        if sched.async_scheduling:
+            logger.warning("async scheduling is not supported on TPU; running steps in order")
+            sched.async_scheduling = False
         sched.max_num_seqs = min(sched.max_num_seqs, int(sched.max_num_batched_tokens))
         buckets = Buckets.for_limits(int(sched.max_num_batched_tokens), sched.max_num_seqs)
         config.extra["tpu_buckets"] = {"tokens": list(buckets.tokens),
                                        "requests": list(buckets.requests),
                                        "max_graphs": buckets.max_graphs}
         config.extra.setdefault("tpu_precompile", True)
+
+    @classmethod
+    def inference_mode(cls) -> Any:
+        """``torch.no_grad()``: torch_xla traces plain tensors; inference tensors are not
+        supported by every XLA lowering."""
+        import torch
+
+        return torch.no_grad()
 
     @classmethod
     def synchronize(cls) -> None:

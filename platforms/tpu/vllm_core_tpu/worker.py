@@ -36,14 +36,8 @@ class TpuWorker(TorchWorker):
     def make_device(self) -> torch.device:
         return torch.device(runtime.xla_device())
 
-    def init_device(self) -> None:
-        self.device = self.make_device()
-        self.platform.set_device(self.local_rank)
-        self.platform.seed_everything(self.config.model.seed)
-        backend = self.select_attention_backend()
-        logger.info("attention backend: %s (PJRT device %s)", backend.name,
-                    runtime.pjrt_device_type())
-        self.runner = TpuModelRunner(self.config, self.device, backend, self.layer_ops())
+    def runner_class(self) -> type[TpuModelRunner]:
+        return TpuModelRunner
 
     def load_model(self) -> None:
         super().load_model()

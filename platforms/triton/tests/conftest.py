@@ -1,4 +1,5 @@
-"""Test set-up for the CUDA plugin: run Triton kernels under the interpreter when no GPU.
+"""Test set-up for the portable Triton kernels (shared by the CUDA, ROCm and XPU plugins' tests):
+run them under the interpreter when no GPU.
 
 ``TRITON_INTERPRET`` must be set before Triton is first imported, so it is set here, at
 collection time, when ``torch.cuda.is_available()`` is false. The plugin's source folder is put

@@ -11,10 +11,8 @@ import math
 
 import pytest
 import torch
-
-from vllm_core.attention.backend import CommonAttentionMetadata
-from vllm_core_cuda.attention.triton_backend import TritonAttentionBackend
-from vllm_core_cuda.kernels import (
+from vllm_core_triton.attention import TritonAttentionBackend
+from vllm_core_triton.kernels import (
     fused_add_rms_norm,
     paged_attention,
     plan_launch,
@@ -23,6 +21,8 @@ from vllm_core_cuda.kernels import (
     rotary_embedding,
     silu_and_mul,
 )
+
+from vllm_core.attention.backend import CommonAttentionMetadata
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -366,7 +366,7 @@ def test_rotary_matches_hf(dtype: torch.dtype):
 
 @pytest.mark.parametrize("rot_dim", [32, 16])
 def test_rotary_and_cache_equals_rotary_then_cache(rot_dim: int):
-    from vllm_core_cuda.kernels.rotary import rotary_and_cache
+    from vllm_core_triton.kernels.rotary import rotary_and_cache
 
     gen = torch.Generator().manual_seed(12)
     tokens, hq, hkv, d, blocks, page = 5, 4, 2, 32, 6, 16
@@ -421,7 +421,7 @@ def test_silu_and_mul_matches_torch(dtype: torch.dtype):
 @pytest.mark.parametrize("rows", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gemv_matches_fp32_matmul(rows: int, dtype: torch.dtype):
-    from vllm_core_cuda.kernels.gemv import gemv
+    from vllm_core_triton.kernels.gemv import gemv
 
     gen = torch.Generator().manual_seed(9)
     n, k = (6144, 4096) if ON_GPU else (37, 1030)        # k not a multiple of the tile
@@ -443,8 +443,8 @@ def test_gemv_matches_fp32_matmul(rows: int, dtype: torch.dtype):
 
 @pytest.mark.parametrize("rows", [1, 2])
 def test_gemv_with_silu_and_mul_matches_the_two_kernels(rows: int):
-    from vllm_core_cuda.kernels.gemv import gemv
-    from vllm_core_cuda.ops import TritonLayerOps
+    from vllm_core_triton.kernels.gemv import gemv
+    from vllm_core_triton.ops import TritonLayerOps
 
     gen = torch.Generator().manual_seed(11)
     n, inter = (4096, 14336) if ON_GPU else (24, 520)
@@ -462,8 +462,8 @@ def test_gemv_with_silu_and_mul_matches_the_two_kernels(rows: int):
 
 
 def test_layer_ops_linear_uses_gemv_only_for_small_batches(monkeypatch):
-    from vllm_core_cuda.kernels import gemv as gemv_mod
-    from vllm_core_cuda.ops import TritonLayerOps
+    from vllm_core_triton.kernels import gemv as gemv_mod
+    from vllm_core_triton.ops import TritonLayerOps
 
     calls = []
     real = gemv_mod.gemv
@@ -481,8 +481,9 @@ def test_layer_ops_linear_uses_gemv_only_for_small_batches(monkeypatch):
 
 
 def test_triton_layer_ops_match_torch_layer_ops():
+    from vllm_core_triton.ops import TritonLayerOps
+
     from vllm_core.model_executor.layers.ops import TorchLayerOps
-    from vllm_core_cuda.ops import TritonLayerOps
 
     gen = torch.Generator().manual_seed(8)
     ours, ref = TritonLayerOps(), TorchLayerOps()
@@ -503,22 +504,3 @@ def test_triton_layer_ops_match_torch_layer_ops():
     q_out, k_out = ours.rotary(pos.to(DEVICE), q.to(DEVICE), k.to(DEVICE), cache.to(DEVICE), 32)
     torch.testing.assert_close(q_out.cpu(), q_ref)
     torch.testing.assert_close(k_out.cpu(), k_ref)
-
-
-@pytest.mark.parametrize("module,cls_name,package", [
-    ("flash_attn_backend", "FlashAttentionBackend", "flash_attn"),
-    ("flashinfer_backend", "FlashInferBackend", "flashinfer"),
-])
-def test_vendor_backends_report_missing_package(module: str, cls_name: str, package: str):
-    import importlib
-    import importlib.util
-
-    cls = getattr(importlib.import_module(f"vllm_core_cuda.attention.{module}"), cls_name)
-    reasons = cls.unsupported_reasons(head_size=128, dtype="bfloat16", kv_cache_dtype="auto",
-                                      block_size=cls.preferred_block_size, sliding_window=None)
-    if importlib.util.find_spec(package) is None:
-        assert reasons == [f"package {package} is not installed"]
-    else:
-        assert reasons == []
-    assert cls.unsupported_reasons(head_size=128, dtype="float32", kv_cache_dtype="auto",
-                                   block_size=cls.preferred_block_size, sliding_window=None)

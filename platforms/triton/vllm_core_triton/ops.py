@@ -26,7 +26,7 @@ class TritonLayerOps(LayerOps):
     def linear(self, x: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         if self._use_gemv(x, weight):
-            from vllm_core_cuda.kernels.gemv import gemv
+            from vllm_core_triton.kernels.gemv import gemv
 
             return gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
         return F.linear(x, weight, bias)
@@ -36,7 +36,7 @@ class TritonLayerOps(LayerOps):
         """One skinny-GEMM launch for small batches (activation computed as the input is
         read), else the activation kernel then ``linear``."""
         if self._use_gemv(x, weight):
-            from vllm_core_cuda.kernels.gemv import gemv
+            from vllm_core_triton.kernels.gemv import gemv
 
             return gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias, silu_mul=True)
         return self.linear(self.silu_and_mul(x), weight, bias)
@@ -47,24 +47,24 @@ class TritonLayerOps(LayerOps):
                                                                     torch.float16)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-        from vllm_core_cuda.kernels.rms_norm import rms_norm
+        from vllm_core_triton.kernels.rms_norm import rms_norm
 
         return rms_norm(x, w, eps)
 
     def fused_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor,
                            eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        from vllm_core_cuda.kernels.rms_norm import fused_add_rms_norm
+        from vllm_core_triton.kernels.rms_norm import fused_add_rms_norm
 
         return fused_add_rms_norm(x, residual, w, eps)
 
     def rotary(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                cos_sin_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotates ``q`` and ``k`` in place and returns them."""
-        from vllm_core_cuda.kernels.rotary import rotary_embedding
+        from vllm_core_triton.kernels.rotary import rotary_embedding
 
         return rotary_embedding(positions, q, k, cos_sin_cache, head_size)
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
-        from vllm_core_cuda.kernels.activation import silu_and_mul
+        from vllm_core_triton.kernels.activation import silu_and_mul
 
         return silu_and_mul(x)

@@ -1,14 +1,14 @@
-"""XPU plugin tests: the device marker, and the CUDA plugin's Triton test set-up (the XPU
-plugin can run the same portable Triton kernels; without a GPU they run under
-``TRITON_INTERPRET=1``, with the interpreter fix the CUDA tests apply)."""
+"""XPU plugin tests: the device marker, and the portable Triton kernels' test set-up
+(``platforms/triton/tests/conftest.py``: without a GPU the kernels run under
+``TRITON_INTERPRET=1``, with its interpreter fix)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-_CUDA_CONFTEST = Path(__file__).resolve().parents[2] / "cuda" / "tests" / "conftest.py"
-_spec = importlib.util.spec_from_file_location("_vllm_core_cuda_test_setup", _CUDA_CONFTEST)
+_TRITON_CONFTEST = Path(__file__).resolve().parents[2] / "triton" / "tests" / "conftest.py"
+_spec = importlib.util.spec_from_file_location("_vllm_core_triton_test_setup", _TRITON_CONFTEST)
 _module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_module)
 

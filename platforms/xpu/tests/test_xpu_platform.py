@@ -72,8 +72,8 @@ def test_real_probe_on_this_machine():
 
 def test_identity_and_config(monkeypatch):
     fake_ipex(monkeypatch, ImportError("No module named 'intel_extension_for_pytorch'"))
-    assert (XpuPlatform.name, XpuPlatform.device_type, XpuPlatform.dispatch_key,
-            XpuPlatform.dist_backend) == ("xpu", "xpu", "XPU", "xccl")
+    assert (XpuPlatform.name, XpuPlatform.device_type,
+            XpuPlatform.dist_backend) == ("xpu", "xpu", "xccl")
     assert XpuPlatform.default_dtype() == "bfloat16" and not XpuPlatform.supports_graph_capture()
     cfg = EngineConfig(model=ModelConfig(model="m"), graph_batch_sizes=[1, 2])
     XpuPlatform.check_and_update_config(cfg)
@@ -126,8 +126,9 @@ def test_backend_choice_by_capability(monkeypatch):
 
 
 def test_layer_ops_choice(monkeypatch):
+    from vllm_core_triton.ops import TritonLayerOps
+
     from vllm_core_cpu import ipex as cpu_ipex
-    from vllm_core_cuda.ops import TritonLayerOps
 
     fake_ipex(monkeypatch, ImportError("absent"))
     assert isinstance(xpu_worker.choose_layer_ops(), TritonLayerOps)
@@ -140,8 +141,9 @@ def test_layer_ops_choice(monkeypatch):
 
 def test_triton_layer_ops_under_the_interpreter():
     """The Triton layer kernels an XPU without IPEX would use, against the torch ops."""
+    from vllm_core_triton.ops import TritonLayerOps
+
     from vllm_core.model_executor.layers.ops import TorchLayerOps
-    from vllm_core_cuda.ops import TritonLayerOps
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     g = torch.Generator().manual_seed(0)

@@ -7,7 +7,7 @@ from vllm_core.plugins.hookspecs import RegisterFn, hookimpl
 
 ATTENTION_BACKENDS = {
     "ipex_paged": "vllm_core_cpu.ipex.IpexPagedAttentionBackend",
-    "triton": "vllm_core_cuda.attention.triton_backend.TritonAttentionBackend",
+    "triton": "vllm_core_triton.attention.TritonAttentionBackend",
 }
 
 

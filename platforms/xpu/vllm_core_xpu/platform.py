@@ -6,7 +6,7 @@ Attention backends, chosen by capability (nothing here is a hard dependency):
    dispatch on the tensors' device, so the CPU plugin's backend serves XPU tensors too), when
    an XPU build of IPEX imports (``ipex_xpu_status``);
 2. ``triton`` - the portable Triton kernels of the CUDA plugin, compiled by Intel's Triton
-   (``pytorch-triton-xpu``), when ``vllm_core_cuda`` and ``triton`` import;
+   (``pytorch-triton-xpu``), when ``vllm_core_triton`` and ``triton`` import;
 3. ``reference`` - the core's portable torch backend, always.
 
 Collectives use torch's ``xccl`` backend; there is no graph capture (eager only).
@@ -65,7 +65,7 @@ def triton_kernels_available() -> bool:
     import importlib.util
 
     return (importlib.util.find_spec("triton") is not None
-            and importlib.util.find_spec("vllm_core_cuda") is not None)
+            and importlib.util.find_spec("vllm_core_triton") is not None)
 
 
 class XpuPlatform(Platform):
@@ -74,7 +74,6 @@ class XpuPlatform(Platform):
     priority: ClassVar[int] = PRIORITY_ACCELERATOR
     api_version: ClassVar[str] = PLATFORM_API_VERSION
     device_type: ClassVar[str] = "xpu"
-    dispatch_key: ClassVar[str] = "XPU"
     dist_backend: ClassVar[str] = "xccl"
     device_control_env_var: ClassVar[str] = "ZE_AFFINITY_MASK"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
@@ -125,7 +124,6 @@ class XpuPlatform(Platform):
         """Base rules, then: eager only (no graph sizes); with IPEX the block size must be one
         its paged kernels serve; ``config.extra["xpu"]`` records the kernel choices."""
         super().check_and_update_config(config)
-        config.graph_batch_sizes = []
         usable, why = ipex_xpu_status()
         if usable and config.cache.block_size not in IPEX_BLOCK_SIZES:
             raise ValueError(f"block_size {config.cache.block_size} is not served by IPEX's "

@@ -19,7 +19,7 @@ def choose_layer_ops() -> Any | None:
 
         return IpexLayerOps()
     if triton_kernels_available():
-        from vllm_core_cuda.ops import TritonLayerOps
+        from vllm_core_triton.ops import TritonLayerOps
 
         return TritonLayerOps()
     return None

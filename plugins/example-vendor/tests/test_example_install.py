@@ -66,7 +66,7 @@ def test_detected_and_chosen_over_cpu_with_device(site):
     rc, data = platforms_json(site, VLLM_EXAMPLE_DEVICE="1", VLLM_PLUGINS="example,cpu")
     entry = example_entry(data)
     assert entry["status"] == "detected"
-    assert entry["api_version"] == "1.0"
+    assert entry["api_version"] == "2.0"
     assert entry["platform_class"] == "vllm_core_example_vendor.platform.ExamplePlatform"
     assert rc == 0 and data["chosen"] == "example"
     assert "example_paged" in data["attention_backends"]
@@ -106,7 +106,7 @@ print(current_platform.name, cls.__module__ + "." + cls.__name__, current_platfo
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [
         "example", "vllm_core_example_vendor.attention.ExamplePagedAttentionBackend",
-        "vllm_core.worker.torch_worker.TorchWorker"]
+        "vllm_core_example_vendor.worker.ExampleWorker"]
 
 
 GENERATE = """
@@ -120,10 +120,14 @@ tokens = {}
 for name in ("example", "cpu"):
     os.environ["VLLM_PLATFORM"] = name
     reset_current_platform()
-    llm = LLM(dtype="float32", max_model_len=128, max_num_seqs=4, max_num_batched_tokens=128)
+    llm = LLM(dtype="float32", max_model_len=128, max_num_seqs=4, max_num_batched_tokens=128,
+              async_scheduling=name == "example")
     assert current_platform.name == name
     outs = llm.generate(prompts, params, use_tqdm=False)
     tokens[name] = [list(o.outputs[0].token_ids) for o in outs]
+    if name == "example":
+        runner = llm.llm_engine.executor.worker.runner
+        print("RUNNER", type(runner).__mro__[1].__module__, runner.num_fed_rows > 0)
     del llm
 print("EXAMPLE", tokens["example"])
 print("CPU", tokens["cpu"])
@@ -133,11 +137,13 @@ print("CPU", tokens["cpu"])
 @pytest.mark.slow
 def test_generate_with_example_platform(site):
     """End to end: the default model generates through the example platform and its attention
-    backend (the platform offers no other), greedy tokens identical to the in-tree CPU
+    backend (the platform offers no other) on the core runner with async scheduling (tokens of
+    the step in flight fed on the device), greedy tokens identical to the in-tree CPU
     platform's (same dtype). Slow on a loaded 2-core machine: about a minute or two."""
     proc = run_py(site, GENERATE, timeout=900, VLLM_EXAMPLE_DEVICE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
-                 if line.startswith(("EXAMPLE", "CPU")))
+                 if line.startswith(("EXAMPLE", "CPU", "RUNNER")))
     assert lines["EXAMPLE"] == lines["CPU"]
+    assert lines["RUNNER"] == "vllm_core.worker.model_runner True"
     assert len(ast.literal_eval(lines["EXAMPLE"])[0]) == 8

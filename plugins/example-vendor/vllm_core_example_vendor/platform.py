@@ -21,9 +21,8 @@ class ExamplePlatform(Platform):
     priority: ClassVar[int] = PRIORITY_ACCELERATOR
     # The platform API this plugin was written against: a literal, NOT the core's constant, so
     # a core with a different major (or an older minor) refuses the plugin with a clear reason.
-    api_version: ClassVar[str] = "1.0"
+    api_version: ClassVar[str] = "2.0"
     device_type: ClassVar[str] = "cpu"          # where tensors live (torch device type)
-    dispatch_key: ClassVar[str] = "CPU"
     dist_backend: ClassVar[str] = "gloo"
     device_control_env_var: ClassVar[str] = "EXAMPLE_VISIBLE_DEVICES"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16")
@@ -57,5 +56,4 @@ class ExamplePlatform(Platform):
 
     @classmethod
     def worker_class(cls) -> str:
-        # The core's generic torch worker runs on ``device_type``; subclass it for your device.
-        return "vllm_core.worker.torch_worker.TorchWorker"
+        return "vllm_core_example_vendor.worker.ExampleWorker"

@@ -47,8 +47,13 @@ def collect() -> dict[str, Any]:
         if r.platform_cls is not None and r.status.value == "detected":
             try:
                 facts = r.platform_cls.device_facts()
+                cls = r.platform_cls
                 entry["device"] = {"count": facts.device_count, "name": facts.device_name,
-                                   "capability": facts.capability}
+                                   "capability": facts.capability,
+                                   "dist_backend": cls.dist_backend,
+                                   "device_control_env_var": cls.device_control_env_var or None,
+                                   "graph_capture": cls.supports_graph_capture(),
+                                   "async_scheduling": cls.default_async_scheduling()}
                 if r.platform_cls.kind is PlatformKind.CPU:
                     entry["isa"] = facts.capability
             except Exception as e:  # noqa: BLE001 - a report must still print
@@ -99,6 +104,12 @@ def format_report(data: dict[str, Any]) -> str:
                 lines.append(f"      device facts failed: {device['error']}")
             else:
                 lines.append(f"      device: {device['count']} x {device['name']}")
+                select = device["device_control_env_var"]
+                lines.append(f"      collectives: {device['dist_backend']}"
+                             + (f"; devices selected by {select}" if select else "")
+                             + f"; graphs: {'yes' if device['graph_capture'] else 'no'}"
+                             + "; async scheduling by default: "
+                             + f"{'yes' if device['async_scheduling'] else 'no'}")
         if p.get("isa"):
             lines.append(f"      ISA: {p['isa']}")
     lines.append("")

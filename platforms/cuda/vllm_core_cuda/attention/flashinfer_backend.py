@@ -92,7 +92,7 @@ class FlashInferImpl(AttentionImpl):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: FlashInferMetadata) -> torch.Tensor:
-        from vllm_core_cuda.kernels.reshape_and_cache import reshape_and_cache
+        from vllm_core_triton.kernels.reshape_and_cache import reshape_and_cache
 
         md = attn_metadata
         t = md.num_tokens

@@ -1,0 +1,31 @@
+"""Environment variables of the CPU plugin, read here and nowhere else in it (the core's
+are in ``vllm_core.envs``)."""
+
+from __future__ import annotations
+
+from vllm_core.envs import get
+
+
+def cpu_kvcache_space_gib() -> float | None:
+    """VLLM_CPU_KVCACHE_SPACE: KV cache size in GiB on CPU platforms (None: automatic)."""
+    raw = get("VLLM_CPU_KVCACHE_SPACE")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {raw!r}") from e
+    if value <= 0:
+        raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be positive, got {raw!r}")
+    return value
+
+
+def cpu_num_threads() -> int | None:
+    """VLLM_CPU_NUM_THREADS: torch intra-op threads on CPU platforms (None: cores available)."""
+    raw = get("VLLM_CPU_NUM_THREADS")
+    return int(raw) if raw is not None else None
+
+
+def cpu_omp_threads_bind() -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND: core list to bind OpenMP threads to, e.g. '0-3' (CPU plugin)."""
+    return get("VLLM_CPU_OMP_THREADS_BIND")
