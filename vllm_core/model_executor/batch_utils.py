@@ -1,17 +1,21 @@
 """Build a ``CommonAttentionMetadata`` for a hand-written batch (tests, benchmarks, tools).
 
 The model runner builds the real metadata from scheduler output; this helper lays out a batch
-described only by per-request context and new-token counts, giving each request fresh blocks
-(block 0 stays the null block), so models and attention backends can be driven directly.
+described only by per-request context and new-token counts (with the runner's own arithmetic,
+``vllm_core.worker.step_plan.plan_for_lengths``), giving each request fresh blocks (block 0
+stays the null block), so models and attention backends can be driven directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vllm_core.attention.backend import CommonAttentionMetadata
+from vllm_core.worker.step_plan import plan_for_lengths
 
 
 @dataclass(slots=True)
@@ -50,35 +54,13 @@ def make_batch_layout(context_lens: list[int], query_lens: list[int], block_size
             next_id += n
     if any(len(b) < n for b, n in zip(block_ids, needed, strict=True)):
         raise ValueError("block_ids gives a request fewer blocks than its sequence needs")
-    width = max(len(b) for b in block_ids)
-    table = torch.zeros(len(seq_lens), width, dtype=torch.int32)
+    table = np.zeros((len(seq_lens), max(len(b) for b in block_ids)), dtype=np.int64)
     for r, blocks in enumerate(block_ids):
-        table[r, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
-    positions = torch.cat([torch.arange(c, s) for c, s in zip(context_lens, seq_lens,
-                                                                strict=True)])
-    req = torch.repeat_interleave(torch.arange(len(seq_lens)), torch.tensor(query_lens))
-    slots = table[req, positions // block_size].long() * block_size + positions % block_size
-    qsl = torch.tensor([0] + query_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    num_decodes = 0
-    for c, q in zip(context_lens, query_lens, strict=True):
-        if q != 1 or c == 0:
-            break
-        num_decodes += 1
+        table[r, : len(blocks)] = blocks
+    plan = plan_for_lengths(context_lens, query_lens, table, block_size)
+    host = plan.host_metadata(table, block_size)
     dev = torch.device(device)
-    md = CommonAttentionMetadata(
-        query_start_loc=qsl.to(dev),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-        context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev),
-        block_table=table.to(dev),
-        slot_mapping=slots.to(dev),
-        query_start_loc_cpu=qsl,
-        seq_lens_cpu=torch.tensor(seq_lens, dtype=torch.int32),
-        num_reqs=len(seq_lens),
-        num_tokens=int(sum(query_lens)),
-        num_decodes=num_decodes,
-        max_query_len=max(query_lens),
-        max_seq_len=max(seq_lens),
-        block_size=block_size,
-    )
-    return BatchLayout(md, positions.to(dev), block_ids,
+    md = dataclasses.replace(host, **{f: getattr(host, f).to(dev) for f in (
+        "query_start_loc", "seq_lens", "context_lens", "block_table", "slot_mapping")})
+    return BatchLayout(md, torch.from_numpy(plan.positions).to(dev), block_ids,
                        1 + max(max(b) for b in block_ids))

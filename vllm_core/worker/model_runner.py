@@ -32,6 +32,7 @@ most the step in flight; a finished or preempted request's late sample is discar
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -59,7 +60,7 @@ from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.request_table import RequestTable
 from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
 from vllm_core.worker.step_buffers import StepBuffers
-from vllm_core.worker.step_plan import StepPlan, plan_step
+from vllm_core.worker.step_plan import StepPlan, plan_for_lengths, plan_step
 from vllm_core.worker.worker_base import PendingOutput, ReadyOutput
 
 logger = init_logger(__name__)
@@ -287,23 +288,16 @@ class ModelRunner:
         per_req = [num_tokens // num_reqs] * num_reqs
         per_req[-1] += num_tokens - sum(per_req)
         per_req = [p for p in per_req if p > 0]
-        qsl = np.concatenate([[0], np.cumsum(per_req)]).astype(np.int64)
-        positions = np.concatenate([np.arange(p) for p in per_req]).astype(np.int64)
-        seq = np.asarray(per_req, dtype=np.int64)
+        table = np.zeros((len(per_req), 1), dtype=np.int64)
+        plan = plan_for_lengths([0] * len(per_req), per_req, table, self.block_size)
+        host = plan.host_metadata(table, self.block_size)
         dev = self.device
-        common = CommonAttentionMetadata(
-            query_start_loc=torch.from_numpy(qsl).to(dev), seq_lens=torch.from_numpy(seq).to(dev),
-            context_lens=torch.zeros(len(per_req), dtype=torch.int64, device=dev),
-            block_table=torch.zeros((len(per_req), 1), dtype=self.attn_backend.block_table_dtype,
-                                    device=dev),
-            slot_mapping=torch.zeros(num_tokens, dtype=torch.int64, device=dev),
-            query_start_loc_cpu=torch.from_numpy(qsl), seq_lens_cpu=torch.from_numpy(seq),
-            num_reqs=len(per_req), num_tokens=num_tokens,
-            num_decodes=sum(1 for p in per_req if p == 1), max_query_len=max(per_req),
-            max_seq_len=max(per_req), block_size=self.block_size)
+        common = dataclasses.replace(host, **{f: getattr(host, f).to(dev) for f in (
+            "query_start_loc", "seq_lens", "context_lens", "slot_mapping")},
+            block_table=host.block_table.to(dev, self.attn_backend.block_table_dtype))
         input_ids = torch.zeros(num_tokens, dtype=torch.long, device=dev)
         empty = [torch.empty(0, device=dev)] * self.arch.num_hidden_layers
-        hidden = self.model(input_ids, torch.from_numpy(positions).to(dev), empty,
+        hidden = self.model(input_ids, torch.from_numpy(plan.positions).to(dev), empty,
                             self.builder.build(common))
         rows = len(per_req)
         logits = self.model.compute_logits(hidden[:rows]).float()

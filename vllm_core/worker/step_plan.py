@@ -22,7 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from vllm_core.attention.backend import CommonAttentionMetadata
 from vllm_core.messages import SchedulerOutput
 from vllm_core.worker.request_table import RequestTable
 
@@ -71,6 +73,54 @@ class StepPlan:
         """Adapter id of every new token (0: the base model)."""
         return np.repeat(table.lora_ids[self.slots], self.num_scheduled)
 
+    def host_metadata(self, block_table: np.ndarray, block_size: int) -> CommonAttentionMetadata:
+        """The attention metadata of this plan as host tensors (``block_table`` [R, B] holds
+        each request's blocks); ``.to(device)`` it field by field, or let the runner's buffers
+        carry it (the runner's own path)."""
+        qsl = torch.from_numpy(self.query_start_loc)
+        seq = torch.from_numpy(self.seq_lens)
+        return CommonAttentionMetadata(
+            query_start_loc=qsl, seq_lens=seq, context_lens=torch.from_numpy(self.num_computed),
+            block_table=torch.from_numpy(block_table),
+            slot_mapping=torch.from_numpy(self.slot_mapping), query_start_loc_cpu=qsl,
+            seq_lens_cpu=seq, num_reqs=self.num_reqs, num_tokens=self.num_tokens,
+            num_decodes=self.num_decodes, max_query_len=int(self.num_scheduled.max()),
+            max_seq_len=int(self.seq_lens.max()), block_size=block_size)
+
+
+def token_layout(num_computed: np.ndarray, num_scheduled: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query_start_loc [R + 1], absolute position [T], request row [T]) of requests with
+    ``num_computed`` tokens cached and ``num_scheduled`` new ones, laid out in order."""
+    n = len(num_scheduled)
+    qsl = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(num_scheduled, out=qsl[1:])
+    rows = np.repeat(np.arange(n), num_scheduled)
+    positions = np.arange(int(qsl[-1]), dtype=np.int64) - (qsl[:-1] - num_computed)[rows]
+    return qsl, positions, rows
+
+
+def plan_for_lengths(context_lens: list[int] | np.ndarray, query_lens: list[int] | np.ndarray,
+                     block_table: np.ndarray, block_size: int) -> StepPlan:
+    """The plan of a batch described by lengths alone (memory profiling, warm-up, tests,
+    benchmarks), in the given order: request ``r`` has ``context_lens[r]`` tokens cached and
+    ``query_lens[r]`` new ones in the blocks of ``block_table[r]``; every request has one logits
+    row (its last token); the leading requests with one new token after a cached context are
+    the decodes. ``slots`` are all 0 (no request table)."""
+    computed = np.asarray(context_lens, dtype=np.int64)
+    sched = np.asarray(query_lens, dtype=np.int64)
+    qsl, positions, rows = token_layout(computed, sched)
+    decode = (sched == 1) & (computed > 0)
+    num_decodes = len(sched) if decode.all() else int(np.argmin(decode))
+    return StepPlan(
+        order=[str(i) for i in range(len(sched))], slots=np.zeros(len(sched), dtype=np.int64),
+        num_scheduled=sched, num_computed=computed, seq_lens=computed + sched,
+        query_start_loc=qsl, positions=positions, token_slots=np.zeros(len(rows), dtype=np.int64),
+        slot_mapping=(np.asarray(block_table, dtype=np.int64)[rows, positions // block_size]
+                      * block_size + positions % block_size),
+        logits_indices=qsl[1:] - 1, logits_request=np.arange(len(sched)),
+        num_tokens=int(qsl[-1]), num_decodes=num_decodes)
+
 
 def plan_step(so: SchedulerOutput, table: RequestTable, block_size: int,
               logits_per_request: dict[str, int] | None = None) -> StepPlan:
@@ -95,12 +145,8 @@ def plan_step(so: SchedulerOutput, table: RequestTable, block_size: int,
         token_slots = slots
     else:
         num_sched = np.fromiter((sched[r] for r in order), dtype=np.int64, count=n)
-        qsl = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(num_sched, out=qsl[1:])
-        total = int(qsl[-1])
-        positions = (np.arange(total, dtype=np.int64)
-                     - np.repeat(qsl[:-1] - num_computed, num_sched))
-        token_slots = np.repeat(slots, num_sched)
+        qsl, positions, rows = token_layout(num_computed, num_sched)
+        token_slots = slots[rows]
     slot_mapping = (table.block_table[token_slots, positions // block_size] * block_size
                     + positions % block_size)
 

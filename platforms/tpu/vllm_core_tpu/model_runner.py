@@ -37,7 +37,7 @@ from vllm_core.devices import HOST
 from vllm_core.logger import init_logger
 from vllm_core.model_executor.layers.ops import LayerOps
 from vllm_core.worker.model_runner import ForwardOutput, ModelRunner, StepInputs, StepShape
-from vllm_core.worker.step_plan import StepPlan
+from vllm_core.worker.step_plan import StepPlan, plan_for_lengths
 from vllm_core_tpu import runtime
 from vllm_core_tpu.buckets import Buckets
 
@@ -128,17 +128,9 @@ class TpuModelRunner(ModelRunner):
         reqs = min(num_reqs_padded, num_tokens_padded)
         per = [num_tokens_padded // reqs] * reqs
         per[-1] += num_tokens_padded - sum(per)
-        per = np.minimum(per, self.max_blocks_per_req * self.block_size).astype(np.int64)
-        qsl = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
-        total = int(qsl[-1])
-        positions = np.arange(total, dtype=np.int64) - np.repeat(qsl[:-1], per)
-        plan = StepPlan(
-            order=[f"warmup-{i}" for i in range(reqs)], slots=np.zeros(reqs, dtype=np.int64),
-            num_scheduled=per, num_computed=np.zeros(reqs, dtype=np.int64), seq_lens=per,
-            query_start_loc=qsl, positions=positions,
-            token_slots=np.zeros(total, dtype=np.int64),
-            slot_mapping=np.zeros(total, dtype=np.int64), logits_indices=qsl[1:] - 1,
-            logits_request=np.arange(reqs), num_tokens=total, num_decodes=int((per == 1).sum()))
+        per = np.minimum(per, self.max_blocks_per_req * self.block_size)
+        plan = plan_for_lengths(np.zeros(reqs, dtype=np.int64), per,
+                                np.zeros((reqs, 1), dtype=np.int64), self.block_size)
         shape = self.padded_shape(plan)
         if (shape.num_tokens, shape.num_reqs) != (num_tokens_padded, num_reqs_padded):
             raise ValueError(f"cannot form a batch of buckets ({num_tokens_padded}, "
