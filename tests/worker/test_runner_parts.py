@@ -80,3 +80,23 @@ def test_step_plan_several_logits_rows_per_request():
     assert plan.logits_request.tolist() == [0, 1, 1, 1, 1]
     assert plan.logits_indices.tolist() == [0, 1, 2, 3, 4]
     assert plan.sampling_ids() == ["b", "a", "a", "a", "a"]
+
+
+def test_plan_for_lengths_matches_the_scheduled_layout():
+    """Hand-described batches (profiling, warm-up, tests) use the runner's own arithmetic: the
+    same positions and slots as ``plan_step`` for the same requests."""
+    from vllm_core.worker.step_plan import plan_for_lengths
+
+    t = _table_with({"d": (21, 20, [2, 3]), "c": (40, 16, [4, 5, 6])})
+    so = SchedulerOutput([], [], {"d": 1, "c": 8}, 9, sampling_req_ids=frozenset({"d"}))
+    ref = plan_step(so, t, block_size=16)
+    table = np.array([[2, 3, 0], [4, 5, 6]])
+    plan = plan_for_lengths([20, 16], [1, 8], table, block_size=16)
+    assert plan.num_decodes == 1 and plan.num_tokens == 9
+    for field in ("query_start_loc", "positions", "slot_mapping", "seq_lens"):
+        assert getattr(plan, field).tolist() == getattr(ref, field).tolist()
+    md = plan.host_metadata(table, 16)
+    assert md.max_query_len == 8 and md.max_seq_len == 24 and md.num_decodes == 1
+    # a prompt longer than one block with no context: a prefill spanning several blocks
+    long = plan_for_lengths([0], [40], np.array([[7, 8, 9]]), block_size=16)
+    assert long.num_decodes == 0 and long.slot_mapping[[0, 16, 39]].tolist() == [112, 128, 151]

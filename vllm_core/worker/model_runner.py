@@ -77,12 +77,16 @@ class StepShape:
 
 @dataclass(slots=True)
 class StepInputs:
-    """Device inputs of one step, ``num_tokens`` rows (the padded count when padded)."""
+    """Device inputs of one step, ``num_tokens`` rows (the padded count when padded).
+
+    ``inputs_embeds`` [T, H], when set, replaces the embedding of ``input_ids`` (multimodal
+    inputs: encoder outputs at their placeholder tokens); nothing sets it yet."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
     logits_indices: torch.Tensor
     common: CommonAttentionMetadata
+    inputs_embeds: torch.Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -288,7 +292,7 @@ class ModelRunner:
         per_req = [num_tokens // num_reqs] * num_reqs
         per_req[-1] += num_tokens - sum(per_req)
         per_req = [p for p in per_req if p > 0]
-        table = np.zeros((len(per_req), 1), dtype=np.int64)
+        table = np.zeros((len(per_req), -(-max(per_req) // self.block_size)), dtype=np.int64)
         plan = plan_for_lengths([0] * len(per_req), per_req, table, self.block_size)
         host = plan.host_metadata(table, self.block_size)
         dev = self.device

@@ -130,7 +130,8 @@ class TpuModelRunner(ModelRunner):
         per[-1] += num_tokens_padded - sum(per)
         per = np.minimum(per, self.max_blocks_per_req * self.block_size)
         plan = plan_for_lengths(np.zeros(reqs, dtype=np.int64), per,
-                                np.zeros((reqs, 1), dtype=np.int64), self.block_size)
+                                np.zeros((reqs, self.max_blocks_per_req), dtype=np.int64),
+                                self.block_size)
         shape = self.padded_shape(plan)
         if (shape.num_tokens, shape.num_reqs) != (num_tokens_padded, num_reqs_padded):
             raise ValueError(f"cannot form a batch of buckets ({num_tokens_padded}, "

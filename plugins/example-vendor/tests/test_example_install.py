@@ -121,6 +121,7 @@ for name in ("example", "cpu"):
     os.environ["VLLM_PLATFORM"] = name
     reset_current_platform()
     llm = LLM(dtype="float32", max_model_len=128, max_num_seqs=4, max_num_batched_tokens=128,
+              kv_cache_space_gib=0.25,
               async_scheduling=name == "example")
     assert current_platform.name == name
     outs = llm.generate(prompts, params, use_tqdm=False)
