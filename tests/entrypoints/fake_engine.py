@@ -230,8 +230,11 @@ class FakeAsyncEngine:
             if finished:
                 self.running.discard(request_id)
             self._record(stats)
+            prompt_lps = None
+            if step == 0 and params.prompt_logprobs is not None:
+                prompt_lps = [None] + [self._logprobs(t, params.prompt_logprobs) for t in ids[1:]]
             yield RequestOutput(request_id=request_id, prompt=None, prompt_token_ids=ids,
-                                prompt_logprobs=None, outputs=outputs, finished=finished,
+                                prompt_logprobs=prompt_lps, outputs=outputs, finished=finished,
                                 metrics=RequestMetrics(arrival_time=arrival,
                                                        first_token_time=first_token))
             if finished:

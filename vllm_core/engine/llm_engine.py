@@ -49,7 +49,7 @@ def load_chat_template(value: str | None) -> str | None:
 class LLMEngine:
     def __init__(self, config: EngineConfig, platform: Any,
                  stat_loggers: list[StatLogger] | None = None) -> None:
-        from vllm_core.model_executor.loader import get_tokenizer, load_generation_defaults
+        from vllm_core.model_executor.loader import generation_defaults_for, get_tokenizer
 
         start = time.perf_counter()
         self.config = config
@@ -59,9 +59,8 @@ class LLMEngine:
         template = load_chat_template(model.chat_template)
         if template is not None:
             self.tokenizer.chat_template = template
-        gen = model.generation_config
-        self.generation_defaults: dict[str, Any] = (
-            {} if gen == "vllm" else load_generation_defaults(model.model if gen == "auto" else gen))
+        self.generation_defaults: dict[str, Any] = generation_defaults_for(
+            model.model, model.generation_config)
         self.executor = UniProcExecutor(config, platform)
         num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
         config.cache.num_blocks = num_blocks
