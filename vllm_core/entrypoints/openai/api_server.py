@@ -132,9 +132,12 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
                 await engine.shutdown()
 
     docs = not _opt(args, "disable_fastapi_docs", False)
+    # --root-path: a proxy strips this prefix before forwarding; the documents name it.
+    root_path = (_opt(args, "root_path", "") or "").rstrip("/")
     app = FastAPI(title="vllm-core OpenAI-compatible server", version=__version__,
                   lifespan=lifespan, docs_url="/docs" if docs else None,
-                  root_path=_opt(args, "root_path", "") or "",
+                  servers=[{"url": root_path}] if root_path else None,
+                  root_path_in_servers=False,
                   redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
     app.state.ctx = ctx
