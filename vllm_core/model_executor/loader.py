@@ -55,8 +55,9 @@ def resolve_model(model: str | None) -> str:
 
     None -> the default model's GGUF file; a folder with ``config.json`` -> that folder; a
     folder without one but with exactly one ``.gguf`` -> that file; a ``.gguf`` or
-    ``config.json`` file -> itself. Returns an absolute path. ``FileNotFoundError`` when
-    nothing usable is there (there is no model hub: names must be local paths),
+    ``config.json`` file -> itself. Returns an absolute path (Hub ids are turned into local
+    snapshot folders before, by ``hub.locate_model``). ``FileNotFoundError`` when nothing
+    usable is there,
     ``ValueError`` when a folder holds several ``.gguf`` files.
     """
     if model is None:
@@ -67,8 +68,8 @@ def resolve_model(model: str | None) -> str:
             return path
         raise ValueError(f"model file {path} is neither a .gguf file nor a config.json")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model path {model!r} does not exist (models are loaded from "
-                                "local folders or .gguf files; there is no model hub)")
+        raise FileNotFoundError(f"model path {model!r} does not exist (models are local "
+                                "folders, .gguf files, or Hugging Face Hub ids org/name)")
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
