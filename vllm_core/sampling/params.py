@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _GREEDY_EPS = 1e-5
+DEFAULT_CHAT_MAX_TOKENS = 1024
+"""``max_tokens`` of ``LLM.chat`` and ``vllm-core chat`` / ``generate`` when neither the caller
+nor the model's generation_config (``max_new_tokens``) sets one: long enough for a full answer,
+bounded so that a model that never emits EOS stops."""
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty")
 
