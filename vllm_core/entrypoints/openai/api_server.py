@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server: ``build_app(engine, args)`` and ``run_server(args)``.
 
-Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, POST /tokenize,
+Endpoints: POST /v1/completions, POST /v1/chat/completions, POST /v1/responses,
+POST /v1/embeddings, GET /v1/models, POST /tokenize,
 POST /detokenize, GET /tokenizer_info, GET /health, GET /version, GET /metrics.
 
 Middleware, outermost first: CORS (``--allowed-origins``), the API key (every path but
@@ -52,6 +53,10 @@ from vllm_core.entrypoints.openai.protocol import (
 from vllm_core.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm_core.entrypoints.openai.serving_common import ServingContext, read_template
 from vllm_core.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from vllm_core.entrypoints.openai.serving_responses import (
+    OpenAIServingResponses,
+    ResponsesRequest,
+)
 from vllm_core.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 from vllm_core.entrypoints.openai.unsupported import reject_silent_no_ops
 from vllm_core.logger import init_logger
@@ -122,6 +127,7 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
     completion = OpenAIServingCompletion(ctx)
     chat = OpenAIServingChat(ctx)
     tokenization = OpenAIServingTokenization(ctx)
+    responses = OpenAIServingResponses(ctx)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -193,6 +199,12 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
         admit(request)
         return await _guard(chat.create(request, raw_request))
+
+    @app.post("/v1/responses", responses=ERROR_RESPONSES)
+    async def create_response(request: ResponsesRequest, raw_request: Request):
+        check_request(request, limits)
+        _warn_ignored(request)
+        return await _guard(responses.create(request, raw_request))
 
     @app.post("/tokenize", responses=ERROR_RESPONSES)
     async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest):
