@@ -272,3 +272,57 @@ def test_max_tokens_zero_without_echo_is_400(client, model):
     with pytest.raises(openai.BadRequestError) as exc:
         client.completions.create(model=model, prompt=PROMPT, max_tokens=0)
     assert api_error(exc.value)["param"] == "max_tokens"
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def _metrics(server: ServerProcess) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def test_300_concurrent_streams_lose_nothing(server, model):
+    """300 streams at once (more than max_num_seqs): every one ends with a finish_reason and
+    [DONE], the success counter moves by exactly 300, and the gauges return to zero."""
+    import asyncio
+
+    before = _metrics(server).get("vllm:request_success_total", 0.0)
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[int, bool]:
+        body = {"model": model, "prompt": f"Item {i}:", "max_tokens": 2, "stream": True,
+                "ignore_eos": True}
+        finishes, done = 0, False
+        async with client.stream("POST", f"{server.url}/v1/completions", json=body) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    finishes += sum(c.get("finish_reason") is not None
+                                    for c in json.loads(line[6:]).get("choices", []))
+        return finishes, done
+
+    async def main() -> list[tuple[int, bool]]:
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(headers=server.headers(), timeout=600,
+                                     limits=limits) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(300)))
+
+    results = asyncio.run(main())
+    assert results == [(1, True)] * 300
+    deadline = time.monotonic() + 30
+    while True:
+        m = _metrics(server)
+        idle = (m.get("vllm:num_requests_running", 0), m.get("vllm:num_requests_waiting", 0),
+                m.get("vllm:kv_cache_usage_perc", 0))
+        if idle == (0, 0, 0):
+            break
+        assert time.monotonic() < deadline, f"not idle: {idle}"
+        time.sleep(0.2)
+    assert m["vllm:request_success_total"] - before == 300

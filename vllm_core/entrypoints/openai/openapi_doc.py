@@ -40,6 +40,12 @@ _MIDDLEWARE_STATUSES = {"401": "A valid API key is required (when the server has
                         "413": "The request body is larger than --max-request-body-bytes",
                         "503": "The server is shutting down"}
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+# One server-sent event: ``data`` a JSON chunk (or ``[DONE]``), ``event`` its type (responses).
+SSE_EVENT = {"type": "object", "description": "one server-sent event of the stream",
+             "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+             "required": ["data"]}
+# Operations that answer server-sent events when the request says "stream": true.
+STREAMING_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 
 
 def _patch(schema: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +64,9 @@ def _patch(schema: dict[str, Any]) -> dict[str, Any]:
                 del responses["422"]
                 responses.setdefault("400", {"description": "Invalid request",
                                              "content": error_content})
+            if path in STREAMING_PATHS and "200" in responses:
+                responses["200"].setdefault("content", {})["text/event-stream"] = {
+                    "schema": SSE_EVENT}
             if path in ("/health", "/metrics"):
                 continue                     # open paths, never refused by the middleware
             for status, description in _MIDDLEWARE_STATUSES.items():
