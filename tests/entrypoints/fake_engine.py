@@ -120,6 +120,19 @@ class FakeAsyncEngine:
                               num_waiting_reqs=len(self.waiting),
                               kv_cache_usage=len(self.running) / cap, num_total_blocks=cap)
 
+    async def embed(self, prompts: list[list[int]], pooling: str = "last",
+                    normalize: bool = True) -> list[list[float]]:
+        """A deterministic 8-dimensional vector per prompt (its last or mean token ids)."""
+        out = []
+        for ids in prompts:
+            if not ids or any(not 0 <= t < len(self.tokenizer) for t in ids):
+                raise ValueError("input contains token ids outside the vocabulary")
+            basis = [ids[-1]] if pooling == "last" else ids
+            vec = [sum(math.sin(t * (k + 1)) for t in basis) / len(basis) for k in range(8)]
+            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+            out.append([v / norm for v in vec] if normalize else vec)
+        return out
+
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 

@@ -141,6 +141,31 @@ class LLM:
             ids = ids["input_ids"]
         return list(ids)
 
+    # ------------------------------------------------------------------ pooling
+    def encode(self, prompts: PromptType | Sequence[PromptType]) -> list[Any]:
+        """The model's final hidden states (after the last norm) for each prompt: one
+        ``torch.Tensor [num_tokens, hidden_size]`` each."""
+        return self._embedder().hidden_states(self._token_ids(prompts))
+
+    def embed(self, prompts: PromptType | Sequence[PromptType], pooling: str = "last",
+              normalize: bool = True) -> list[list[float]]:
+        """One embedding per prompt: the final hidden states pooled (``"last"`` token or
+        ``"mean"``) and, by default, scaled to unit length (see ``vllm_core.pooling``)."""
+        return self._embedder().embed(self._token_ids(prompts), pooling, normalize)
+
+    def _token_ids(self, prompts: PromptType | Sequence[PromptType]) -> list[list[int]]:
+        if isinstance(prompts, (str, dict)) or (
+                isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        processor = self.llm_engine.input_processor
+        return [processor.tokenize_prompt(p)[1] for p in prompts]
+
+    def _embedder(self) -> Any:
+        from vllm_core.pooling import Embedder
+
+        engine = self.llm_engine
+        return Embedder(engine.executor.worker.runner, engine.config.model.max_model_len)
+
     # ------------------------------------------------------------------ beam search
     def beam_search(self, prompts: Sequence[PromptType], params: Any,
                     use_tqdm: bool = False) -> list[Any]:

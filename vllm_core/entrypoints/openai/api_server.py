@@ -53,6 +53,10 @@ from vllm_core.entrypoints.openai.protocol import (
 from vllm_core.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm_core.entrypoints.openai.serving_common import ServingContext, read_template
 from vllm_core.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from vllm_core.entrypoints.openai.serving_embedding import (
+    EmbeddingRequest,
+    OpenAIServingEmbedding,
+)
 from vllm_core.entrypoints.openai.serving_responses import (
     OpenAIServingResponses,
     ResponsesRequest,
@@ -128,6 +132,7 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
     chat = OpenAIServingChat(ctx)
     tokenization = OpenAIServingTokenization(ctx)
     responses = OpenAIServingResponses(ctx)
+    embedding = OpenAIServingEmbedding(ctx)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -205,6 +210,12 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
         check_request(request, limits)
         _warn_ignored(request)
         return await _guard(responses.create(request, raw_request))
+
+    @app.post("/v1/embeddings", responses=ERROR_RESPONSES)
+    async def create_embedding(request: EmbeddingRequest):
+        check_request(request, limits)
+        _warn_ignored(request)
+        return JSONResponse(await _guard(embedding.create(request)))
 
     @app.post("/tokenize", responses=ERROR_RESPONSES)
     async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest):
