@@ -115,6 +115,17 @@ def _report_not_run(session: nox.Session, paths: list[str], marker: str, needs: 
         session.log(f"    NOT RUN  {node_id}")
 
 
+def _docker_available() -> tuple[bool, str]:
+    """Whether ``docker info`` succeeds here (the Docker image test needs a daemon)."""
+    try:
+        done = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"docker info failed: {e}"
+    if done.returncode != 0:
+        return False, "docker info failed: " + (done.stderr.strip().splitlines() or ["?"])[-1]
+    return True, ""
+
+
 def _tests(session: nox.Session, name: str, install: bool = True) -> None:
     if install:
         _install(session, name)
@@ -130,6 +141,11 @@ def _tests(session: nox.Session, name: str, install: bool = True) -> None:
         if not present:
             deselect.append(marker)
             _report_not_run(session, paths, marker, needs, why)
+    if name == "cpu":
+        docker_ok, docker_why = _docker_available()
+        if not docker_ok:
+            deselect.append("docker")
+            _report_not_run(session, paths, "docker", "a docker daemon", docker_why)
     others = [m for m in DEVICE_MARKERS if m != marker]
     owners = ", ".join(f"'{m}' -> nox -s tests-{n}" for n, spec in PLATFORMS.items()
                        for m in others if spec[2] == m)

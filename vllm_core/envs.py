@@ -67,3 +67,13 @@ def relevant_environment() -> dict[str, str]:
     """The environment variables a bug report needs (used by ``collect-env``)."""
     return {k: v for k, v in sorted(os.environ.items())
             if k.startswith(RELEVANT_PREFIXES) and "KEY" not in k and "TOKEN" not in k}
+
+
+def openai_base_url() -> str | None:
+    """OPENAI_BASE_URL: the server ``vllm-core chat`` / ``generate`` talk to when no --url."""
+    return _get("OPENAI_BASE_URL")
+
+
+def openai_api_key() -> str | None:
+    """OPENAI_API_KEY: the API key sent to that server when no --api-key."""
+    return _get("OPENAI_API_KEY")

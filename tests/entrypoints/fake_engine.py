@@ -120,6 +120,19 @@ class FakeAsyncEngine:
                               num_waiting_reqs=len(self.waiting),
                               kv_cache_usage=len(self.running) / cap, num_total_blocks=cap)
 
+    async def embed(self, prompts: list[list[int]], pooling: str = "last",
+                    normalize: bool = True) -> list[list[float]]:
+        """A deterministic 8-dimensional vector per prompt (its last or mean token ids)."""
+        out = []
+        for ids in prompts:
+            if not ids or any(not 0 <= t < len(self.tokenizer) for t in ids):
+                raise ValueError("input contains token ids outside the vocabulary")
+            basis = [ids[-1]] if pooling == "last" else ids
+            vec = [sum(math.sin(t * (k + 1)) for t in basis) / len(basis) for k in range(8)]
+            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+            out.append([v / norm for v in vec] if normalize else vec)
+        return out
+
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
@@ -230,8 +243,11 @@ class FakeAsyncEngine:
             if finished:
                 self.running.discard(request_id)
             self._record(stats)
+            prompt_lps = None
+            if step == 0 and params.prompt_logprobs is not None:
+                prompt_lps = [None] + [self._logprobs(t, params.prompt_logprobs) for t in ids[1:]]
             yield RequestOutput(request_id=request_id, prompt=None, prompt_token_ids=ids,
-                                prompt_logprobs=None, outputs=outputs, finished=finished,
+                                prompt_logprobs=prompt_lps, outputs=outputs, finished=finished,
                                 metrics=RequestMetrics(arrival_time=arrival,
                                                        first_token_time=first_token))
             if finished:

@@ -14,8 +14,10 @@ from typing import Any
 
 @dataclass
 class EngineArgs:
-    model: str | None = None                 # None: the embedded default model
+    model: str | None = None                 # None: the embedded default model; org/name: Hub
     tokenizer: str | None = None
+    revision: str | None = None              # Hub branch, tag or commit (model and tokenizer)
+    download_dir: str | None = None          # Hub cache folder (default: HF_HUB_CACHE)
     dtype: str = "auto"
     max_model_len: int | None = None
     seed: int = 0
@@ -45,6 +47,10 @@ class EngineArgs:
         """Add the engine flags (names as in ``vllm serve``). Import-light: no torch."""
         g = parser.add_argument_group("engine")
         g.add_argument("--tokenizer", default=None, help="tokenizer path (default: the model's)")
+        g.add_argument("--revision", default=None,
+                       help="Hub model ids: the branch, tag or commit to use")
+        g.add_argument("--download-dir", default=None,
+                       help="Hub model ids: the cache folder (default: HF_HUB_CACHE)")
         g.add_argument("--dtype", default="auto",
                        help="auto, bfloat16 (bf16), float16 (half), float32 (float)")
         g.add_argument("--max-model-len", type=int, default=None,
@@ -123,6 +129,7 @@ class EngineArgs:
             SchedulerConfig,
             normalize_dtype,
         )
+        from vllm_core.model_executor.hub import locate_model
         from vllm_core.model_executor.loader import load_arch_config, resolve_model
         from vllm_core.platforms import resolve_current_platform
         from vllm_core.plugins import apply_config_hooks, load_general_plugins
@@ -130,7 +137,8 @@ class EngineArgs:
         self._validate()
         load_general_plugins()
         platform = resolve_current_platform()
-        path = resolve_model(self.model)
+        path = resolve_model(locate_model(self.model, self.revision, self.download_dir))
+        tokenizer = locate_model(self.tokenizer, self.revision, self.download_dir)
         arch = load_arch_config(path, self.load_format)
         derived = arch.max_position_embeddings
         max_len = self.max_model_len or derived
@@ -143,7 +151,7 @@ class EngineArgs:
         name = self.served_model_name or (self.model if self.model else
                                           os.path.splitext(os.path.basename(path))[0])
         model = ModelConfig(
-            model=path, tokenizer=self.tokenizer, dtype=normalize_dtype(self.dtype),
+            model=path, tokenizer=tokenizer, dtype=normalize_dtype(self.dtype),
             max_model_len=max_len, seed=self.seed, load_format=self.load_format,
             generation_config=self.generation_config, chat_template=self.chat_template,
             served_model_name=name, max_logprobs=self.max_logprobs, arch=arch)

@@ -28,6 +28,15 @@ from vllm_core.sampling.params import SamplingParams, sampling_params_from_user
 logger = init_logger(__name__)
 
 
+def _settle(future: asyncio.Future, result: Any) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
 class EngineDeadError(RuntimeError):
     """The engine thread stopped after an internal error; the server must restart."""
 
@@ -123,6 +132,29 @@ class AsyncLLMEngine:
                 self._commands.put(("abort", request_id))
                 self._wakeup.set()
 
+    async def embed(self, prompts: list[list[int]], pooling: str = "last",
+                    normalize: bool = True) -> list[list[float]]:
+        """Pooled final hidden states of token-id prompts (``vllm_core.pooling``), computed on
+        the engine thread between steps. Raises ValueError for bad input."""
+        from vllm_core.pooling import Embedder
+
+        await self.check_health()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        embedder = Embedder(self.engine.executor.worker.runner,
+                            self.config.model.max_model_len)
+
+        def work() -> None:
+            try:
+                result: Any = embedder.embed(prompts, pooling, normalize)  # type: ignore[arg-type]
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                result = e
+            loop.call_soon_threadsafe(_settle, future, result)
+
+        self._commands.put(("call", work))
+        self._wakeup.set()
+        return await future
+
     async def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
         self._wakeup.set()
@@ -157,6 +189,8 @@ class AsyncLLMEngine:
                                             priority=priority)
                 except ValueError as e:
                     self._deliver(request_id, e)
+            elif cmd[0] == "call":
+                cmd[1]()
             else:
                 self.engine.abort_request(cmd[1])
 

@@ -24,6 +24,7 @@ from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, Pr
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
+from vllm_core.engine.startup import in_background, phase
 from vllm_core.engine.stats import IterationStats, SchedulerStats, StatLogger
 from vllm_core.logger import init_logger
 from vllm_core.outputs import RequestOutput
@@ -49,23 +50,26 @@ def load_chat_template(value: str | None) -> str | None:
 class LLMEngine:
     def __init__(self, config: EngineConfig, platform: Any,
                  stat_loggers: list[StatLogger] | None = None) -> None:
-        from vllm_core.model_executor.loader import get_tokenizer, load_generation_defaults
+        from vllm_core.model_executor.loader import generation_defaults_for, get_tokenizer
 
         start = time.perf_counter()
         self.config = config
         self.platform = platform
         model = config.model
-        self.tokenizer = get_tokenizer(model.model, model.tokenizer)
+        logger.info("start-up: loading %s", model.model)
+        tokenizer = in_background("tokenizer", get_tokenizer, model.model, model.tokenizer)
         template = load_chat_template(model.chat_template)
+        self.generation_defaults: dict[str, Any] = generation_defaults_for(
+            model.model, model.generation_config)
+        with phase("model load"):
+            self.executor = UniProcExecutor(config, platform)
+        self.tokenizer = tokenizer.result()
         if template is not None:
             self.tokenizer.chat_template = template
-        gen = model.generation_config
-        self.generation_defaults: dict[str, Any] = (
-            {} if gen == "vllm" else load_generation_defaults(model.model if gen == "auto" else gen))
-        self.executor = UniProcExecutor(config, platform)
         num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
         config.cache.num_blocks = num_blocks
-        self.executor.initialize_cache(num_blocks)
+        with phase(f"KV cache allocation ({num_blocks} blocks) and warm-up"):
+            self.executor.initialize_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len)
         self.input_processor = InputProcessor(config, self.tokenizer, self.generation_defaults)
         self.output_processor = OutputProcessor(self.tokenizer)

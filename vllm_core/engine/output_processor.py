@@ -213,7 +213,8 @@ class OutputProcessor:
                stats: IterationStats | None, result: ProcessedOutputs) -> bool:
         """Fold one EngineCoreOutput into ``child``; True when there is something to report."""
         parent = child.parent
-        child.num_cached_tokens = eco.num_cached_tokens
+        # The scheduler reports prefix-cache hits in a request's first output only (0 after).
+        child.num_cached_tokens = max(child.num_cached_tokens, eco.num_cached_tokens)
         if eco.new_prompt_logprobs and parent.prompt_logprobs is not None:
             if parent.prompt_logprobs_source in (None, child.request_id):
                 parent.prompt_logprobs_source = child.request_id

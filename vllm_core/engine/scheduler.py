@@ -50,7 +50,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 
 from vllm_core.config import CacheConfig, SchedulerConfig
@@ -69,6 +69,11 @@ from vllm_core.messages import (
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
 PolicyKey = Callable[[Request], tuple]
+
+
+def _group(request: Request) -> str:
+    """The fair-share group of a request: its n > 1 parent, else itself."""
+    return request.parent_id or request.request_id
 
 
 def fcfs_key(request: Request) -> tuple:
@@ -416,12 +421,40 @@ class Scheduler:
 
     def _admit_waiting(self, budget: int, num_scheduled: dict[str, int],
                        scheduled_new: list[Request]) -> int:
+        """Admit waiting requests in policy order while seats, tokens and blocks last.
+
+        Fair share: the children of one n > 1 request (a *group*; a plain request is a group
+        of one) take at most ``max_num_seqs // number of groups`` seats while another group
+        waits, so one request with a large ``n`` cannot starve the requests behind it. Seats
+        the fair pass leaves free go to the deferred requests (a second pass in the same
+        order), so the batch is never kept smaller than it could be.
+        """
+        groups: Counter[str] = Counter(_group(r) for r in self.running)
+        num_groups = len(set(groups) | {_group(r) for r in self.waiting})
+        share = max(1, self.max_num_seqs // max(num_groups, 1)) if num_groups > 1 else None
+        budget, deferred = self._admit_pass(budget, num_scheduled, scheduled_new, groups, share)
+        for request in reversed(deferred):          # they keep their places in the queue
+            self.waiting.push_front(request)
+        if deferred and budget > 0 and len(self.running) < self.max_num_seqs:
+            budget, _ = self._admit_pass(budget, num_scheduled, scheduled_new, groups, None)
+        return budget
+
+    def _admit_pass(self, budget: int, num_scheduled: dict[str, int],
+                    scheduled_new: list[Request], groups: Counter[str], share: int | None
+                    ) -> tuple[int, list[Request]]:
+        """One admission pass; returns the budget left and the requests deferred because
+        their group holds ``share`` seats already (they are off the waiting queue)."""
         kv = self.kv_cache_manager
         skipped: list[Request] = []
+        deferred: list[Request] = []
         while len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting.peek()
             if self._is_gated_sibling(request):
                 skipped.append(self.waiting.pop())
+                continue
+            group = _group(request)
+            if share is not None and groups[group] >= share:
+                deferred.append(self.waiting.pop())
                 continue
             hit_blocks, num_hit = kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_hit
@@ -441,10 +474,11 @@ class Scheduler:
             self.running.append(request)
             scheduled_new.append(request)
             num_scheduled[request.request_id] = num_new
+            groups[group] += 1
             budget -= num_new
         for request in reversed(skipped):
             self.waiting.push_front(request)
-        return budget
+        return budget, deferred
 
     def _preempt(self, request: Request) -> None:
         """Recompute preemption: free the blocks, forget progress, wait at the front."""

@@ -12,7 +12,7 @@ from vllm_core.engine.arg_utils import EngineArgs
 from vllm_core.engine.input_processor import PromptType
 from vllm_core.engine.llm_engine import LLMEngine
 from vllm_core.outputs import RequestOutput
-from vllm_core.sampling.params import SamplingParams
+from vllm_core.sampling.params import DEFAULT_CHAT_MAX_TOKENS, SamplingParams
 
 ChatMessages = list[dict[str, Any]]
 
@@ -108,8 +108,17 @@ class LLM:
              use_tqdm: bool = True, chat_template: str | None = None,
              add_generation_prompt: bool = True,
              chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
-        """Apply the tokenizer's chat template to one conversation or a list, then generate."""
+        """Apply the tokenizer's chat template to one conversation or a list, then generate.
+
+        Without ``sampling_params`` the model's defaults apply, and ``max_tokens`` is its
+        generation_config ``max_new_tokens`` or else ``DEFAULT_CHAT_MAX_TOKENS`` (not the
+        16 of a bare ``SamplingParams()``, which would cut nearly every answer); a cut answer
+        has ``finish_reason == "length"``."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+            if "max_tokens" not in self.llm_engine.generation_defaults:
+                sampling_params.max_tokens = DEFAULT_CHAT_MAX_TOKENS
         prompts = [{"prompt_token_ids": self.apply_chat_template(
             conv, chat_template, add_generation_prompt, chat_template_kwargs)}
             for conv in conversations]
@@ -131,6 +140,31 @@ class LLM:
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
+
+    # ------------------------------------------------------------------ pooling
+    def encode(self, prompts: PromptType | Sequence[PromptType]) -> list[Any]:
+        """The model's final hidden states (after the last norm) for each prompt: one
+        ``torch.Tensor [num_tokens, hidden_size]`` each."""
+        return self._embedder().hidden_states(self._token_ids(prompts))
+
+    def embed(self, prompts: PromptType | Sequence[PromptType], pooling: str = "last",
+              normalize: bool = True) -> list[list[float]]:
+        """One embedding per prompt: the final hidden states pooled (``"last"`` token or
+        ``"mean"``) and, by default, scaled to unit length (see ``vllm_core.pooling``)."""
+        return self._embedder().embed(self._token_ids(prompts), pooling, normalize)
+
+    def _token_ids(self, prompts: PromptType | Sequence[PromptType]) -> list[list[int]]:
+        if isinstance(prompts, (str, dict)) or (
+                isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        processor = self.llm_engine.input_processor
+        return [processor.tokenize_prompt(p)[1] for p in prompts]
+
+    def _embedder(self) -> Any:
+        from vllm_core.pooling import Embedder
+
+        engine = self.llm_engine
+        return Embedder(engine.executor.worker.runner, engine.config.model.max_model_len)
 
     # ------------------------------------------------------------------ beam search
     def beam_search(self, prompts: Sequence[PromptType], params: Any,

@@ -1,11 +1,12 @@
 """GGUF files: architecture from metadata, weights dequantized to HF-named tensors.
 
-Read with the ``gguf`` package's ``GGUFReader``; quantized tensors are dequantized with
-``gguf.quants.dequantize`` to float32 (F32/F16 tensors are taken as stored). llama.cpp's
+The header is read by ``gguf_fast_reader`` (milliseconds; ``gguf.GGUFReader`` takes seconds on a
+large vocabulary); quantized tensors are dequantized with ``gguf.quants.dequantize`` to float32
+(F32/F16 tensors are taken as stored). llama.cpp's
 converter permutes the rows of the q and k projections of ``llama`` models so that its
 interleaved (GPT-J style) rope can be used; ``iter_gguf_weights`` undoes that permutation, so the
-tensors match the HF checkpoint and our neox-style rope. Opening a reader parses the whole
-vocabulary (seconds for a 49k-token model), so opened files are cached by (path, mtime, size).
+tensors match the HF checkpoint and our neox-style rope. Opened files are cached by (path,
+mtime, size).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from vllm_core.config import ModelArchConfig
+from vllm_core.model_executor.gguf_fast_reader import GGUFTensor, read_gguf
 
 # GGUF architecture -> (HF architecture, HF model_type)
 GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", "llama"),
@@ -42,15 +44,15 @@ _SAMPLING_KEYS = {"general.sampling.temp": "temperature", "general.sampling.top_
 
 @dataclass(slots=True)
 class GGUFFile:
-    """An opened GGUF file: its scalar/string metadata and its reader (memory-mapped)."""
+    """An opened GGUF file: its scalar/string metadata and its tensors (memory-mapped)."""
 
     path: str
     metadata: dict[str, Any]          # scalar and string fields only (arrays: their length)
-    reader: Any                       # gguf.GGUFReader
+    tensors: list[GGUFTensor]
 
     @property
     def tensor_names(self) -> list[str]:
-        return [t.name for t in self.reader.tensors]
+        return [t.name for t in self.tensors]
 
 
 def open_gguf(path: str) -> GGUFFile:
@@ -63,19 +65,11 @@ def open_gguf(path: str) -> GGUFFile:
 
 @functools.lru_cache(maxsize=4)
 def _open_cached(path: str, mtime_ns: int, size: int) -> GGUFFile:
-    from gguf import GGUFReader, GGUFValueType
-
     try:
-        reader = GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError, struct.error, IndexError, ...
-        raise ValueError(f"corrupted or unreadable GGUF file {path}: {e!r}") from e
-    metadata: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if field.types and field.types[0] == GGUFValueType.ARRAY:
-            metadata[name] = len(field.data)
-        else:
-            metadata[name] = field.contents()
-    return GGUFFile(path, metadata, reader)
+        metadata, tensors = read_gguf(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"corrupted or unreadable GGUF file {path}: {e}") from e
+    return GGUFFile(path, metadata, tensors)
 
 
 def gguf_arch_config(path: str) -> ModelArchConfig:
@@ -139,7 +133,7 @@ def _gguf_rope_scaling(g: GGUFFile, arch_name: str) -> dict[str, Any] | None:
                 "factor": float(g.metadata[f"{arch_name}.rope.scaling.factor"])}
     if kind not in (None, "none"):
         raise ValueError(f"GGUF file {g.path}: rope scaling {kind!r} is not supported")
-    for t in g.reader.tensors:
+    for t in g.tensors:
         if t.name == "rope_freqs.weight":      # Llama 3.x: per-frequency divisors
             return {"rope_type": "freq_factors",
                     "freq_factors": [float(x) for x in np.asarray(t.data).reshape(-1)]}
@@ -187,7 +181,7 @@ def iter_gguf_weights(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, t
 
     g = open_gguf(path)
     permuted = g.metadata.get("general.architecture") in _PERMUTED_QK
-    for t in g.reader.tensors:
+    for t in g.tensors:
         name = hf_tensor_name(t.name)
         if name is None:
             if t.name == "rope_freqs.weight":

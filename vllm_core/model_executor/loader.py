@@ -39,7 +39,8 @@ from vllm_core.model_executor.models.registry import resolve_model_cls
 from vllm_core.model_executor.safetensors_loader import iter_safetensors
 from vllm_core.model_executor.tokenizer import get_tokenizer
 
-__all__ = ["resolve_model", "load_arch_config", "load_generation_defaults", "get_tokenizer",
+__all__ = ["resolve_model", "load_arch_config", "load_generation_defaults",
+           "generation_defaults_for", "get_tokenizer",
            "get_model", "build_model", "initialize_dummy_weights"]
 
 logger = init_logger(__name__)
@@ -54,8 +55,9 @@ def resolve_model(model: str | None) -> str:
 
     None -> the default model's GGUF file; a folder with ``config.json`` -> that folder; a
     folder without one but with exactly one ``.gguf`` -> that file; a ``.gguf`` or
-    ``config.json`` file -> itself. Returns an absolute path. ``FileNotFoundError`` when
-    nothing usable is there (there is no model hub: names must be local paths),
+    ``config.json`` file -> itself. Returns an absolute path (Hub ids are turned into local
+    snapshot folders before, by ``hub.locate_model``). ``FileNotFoundError`` when nothing
+    usable is there,
     ``ValueError`` when a folder holds several ``.gguf`` files.
     """
     if model is None:
@@ -66,8 +68,8 @@ def resolve_model(model: str | None) -> str:
             return path
         raise ValueError(f"model file {path} is neither a .gguf file nor a config.json")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model path {model!r} does not exist (models are loaded from "
-                                "local folders or .gguf files; there is no model hub)")
+        raise FileNotFoundError(f"model path {model!r} does not exist (models are local "
+                                "folders, .gguf files, or Hugging Face Hub ids org/name)")
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
@@ -99,24 +101,60 @@ def load_arch_config(model_path: str, load_format: str = "auto") -> ModelArchCon
 
 def load_generation_defaults(model_path: str) -> dict[str, Any]:
     """Sampling defaults of the model: any of temperature / top_p / top_k / min_p /
-    repetition_penalty that its generation config (or GGUF metadata) sets, plus
-    ``"eos_token_id"``: a list of ints, when known. Empty when the model declares nothing."""
+    repetition_penalty that its generation config (or GGUF metadata) sets, ``"max_tokens"``
+    from its ``max_new_tokens``, plus ``"eos_token_id"``: a list of ints, when known. Empty when
+    the model declares nothing."""
     path = resolve_model(model_path)
     if path.endswith(".gguf"):
         return gguf_generation_defaults(path)
     folder = os.path.dirname(path) if path.endswith(".json") else path
-    out: dict[str, Any] = {}
-    gen: dict[str, Any] = {}
-    gen_file = os.path.join(folder, "generation_config.json")
-    if os.path.isfile(gen_file):
-        gen = read_config_json(gen_file)
-        out.update({k: gen[k] for k in SAMPLING_KEYS if gen.get(k) is not None})
-    eos = gen.get("eos_token_id")
-    if eos is None and os.path.isfile(os.path.join(folder, "config.json")):
+    out = _read_generation_config(folder)
+    if "eos_token_id" not in out and os.path.isfile(os.path.join(folder, "config.json")):
         eos = read_config_json(os.path.join(folder, "config.json")).get("eos_token_id")
+        if eos is not None:
+            out["eos_token_id"] = [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return out
+
+
+def _read_generation_config(folder: str) -> dict[str, Any]:
+    """The defaults ``folder/generation_config.json`` sets ({} when there is no such file)."""
+    gen_file = os.path.join(folder, "generation_config.json")
+    if not os.path.isfile(gen_file):
+        return {}
+    gen = read_config_json(gen_file)
+    out: dict[str, Any] = {k: gen[k] for k in SAMPLING_KEYS if gen.get(k) is not None}
+    if isinstance(gen.get("max_new_tokens"), int) and gen["max_new_tokens"] > 0:
+        out["max_tokens"] = gen["max_new_tokens"]
+    eos = gen.get("eos_token_id")
     if eos is not None:
         out["eos_token_id"] = [int(e) for e in (eos if isinstance(eos, list) else [eos])]
     return out
+
+
+def generation_defaults_for(model_path: str, generation_config: str) -> dict[str, Any]:
+    """The engine's generation defaults for ``--generation-config``:
+
+    - ``"auto"``: the model's own (``load_generation_defaults``);
+    - ``"vllm"``: no sampling defaults, but the model's end-of-sequence ids are kept (they are
+      part of the model, not a sampling preference);
+    - a folder holding ``generation_config.json`` (nothing else needed): its values, with the
+      model's eos ids where the file names none. ``FileNotFoundError`` when the folder or the
+      file is missing.
+    """
+    if generation_config == "auto":
+        return load_generation_defaults(model_path)
+    model_defaults = load_generation_defaults(model_path)
+    eos = {"eos_token_id": model_defaults["eos_token_id"]} if "eos_token_id" in model_defaults \
+        else {}
+    if generation_config == "vllm":
+        return eos
+    folder = os.path.abspath(os.path.expanduser(generation_config))
+    if os.path.isfile(folder) and os.path.basename(folder) == "generation_config.json":
+        folder = os.path.dirname(folder)
+    if not os.path.isfile(os.path.join(folder, "generation_config.json")):
+        raise FileNotFoundError(f"--generation-config {generation_config!r}: expected 'auto', "
+                                "'vllm' or a folder holding generation_config.json")
+    return {**eos, **_read_generation_config(folder)}
 
 
 def get_model(model_config: ModelConfig, attn_backend: type[AttentionBackend],

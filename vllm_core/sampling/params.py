@@ -7,10 +7,17 @@ bad request is refused before it reaches the engine and the engine keeps serving
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 _GREEDY_EPS = 1e-5
+DEFAULT_CHAT_MAX_TOKENS = 1024
+"""``max_tokens`` of ``LLM.chat`` and ``vllm-core chat`` / ``generate`` when neither the caller
+nor the model's generation_config (``max_new_tokens``) sets one: long enough for a full answer,
+bounded so that a model that never emits EOS stops."""
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty")
 
 
 @dataclass
@@ -59,6 +66,10 @@ class SamplingParams:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
 
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(name, "must be a finite number")
         if not isinstance(self.n, int) or self.n < 1:
             raise bad("n", "must be an integer >= 1")
         if self.best_of is not None and self.best_of < self.n:
@@ -129,7 +140,8 @@ class SamplingParams:
     def update_from_generation_config(self, defaults: dict[str, Any],
                                       explicitly_set: set[str]) -> None:
         """Apply the model's generation_config.json values to fields the user did not set."""
-        for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+        for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                    "max_tokens"):
             if key in defaults and key not in explicitly_set and defaults[key] is not None:
                 setattr(self, key, defaults[key])
         if self.top_k == -1:

@@ -1,9 +1,14 @@
 """``vllm-core generate [--model M] PROMPT`` and ``vllm-core chat [--model M] [MESSAGE]``.
 
-Both stream the answer to the terminal as it is generated (AsyncLLMEngine, delta outputs).
-``chat`` answers one message, or, with no message and a terminal on stdin, runs an
+Both stream the answer to the terminal as it is generated (AsyncLLMEngine, delta outputs), or,
+with ``--url`` (or ``OPENAI_BASE_URL``), from a running server (``remote.py``) without loading
+the model. ``chat`` answers one message, or, with no message and a terminal on stdin, runs an
 interactive loop that keeps the conversation (``exit``, ``quit`` or Ctrl-D to leave). A prompt
 or message of ``-`` (or none, with stdin not a terminal) is read from stdin.
+
+After each answer one line on stderr gives its ``finish_reason``; ``length`` says the answer was
+cut at ``--max-tokens`` (default: the model's generation_config ``max_new_tokens``, else
+``DEFAULT_MAX_TOKENS``).
 
 Import-light: the engine (torch, transformers) is imported when the command runs.
 """
@@ -14,14 +19,24 @@ import argparse
 import sys
 from typing import Any, TextIO
 
+from vllm_core.sampling.params import DEFAULT_CHAT_MAX_TOKENS as DEFAULT_MAX_TOKENS
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     from vllm_core.engine.arg_utils import EngineArgs
 
     parser.add_argument("--model", default=None,
-                        help="model directory or .gguf file (default: the embedded model)")
+                        help="model directory, .gguf file or Hub id (default: the embedded "
+                             "model); with --url: the served model's name")
+    parser.add_argument("--url", default=None,
+                        help="use the OpenAI-compatible server at this base URL (e.g. "
+                             "http://localhost:8000/v1; default: OPENAI_BASE_URL) instead of "
+                             "loading the model")
+    parser.add_argument("--api-key", default=None,
+                        help="the server's API key (default: OPENAI_API_KEY)")
     s = parser.add_argument_group("sampling")
-    s.add_argument("--max-tokens", type=int, default=256)
+    s.add_argument("--max-tokens", type=int, default=None,
+                   help=f"default: the model's max_new_tokens, else {DEFAULT_MAX_TOKENS}")
     s.add_argument("--temperature", type=float, default=None,
                    help="default: the model's generation_config, else 1.0")
     s.add_argument("--top-p", type=float, default=None)
@@ -45,9 +60,9 @@ def register(subparsers: Any) -> None:
     chat.set_defaults(func=run_chat)
 
 
-def _sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields: dict[str, Any] = {"max_tokens": args.max_tokens, "output_kind": "delta",
-                              "ignore_eos": args.ignore_eos}
+def _sampling_fields(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    max_tokens = args.max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
+    fields: dict[str, Any] = {"max_tokens": max_tokens, "ignore_eos": args.ignore_eos}
     for name in ("temperature", "top_p", "top_k", "stop"):
         value = getattr(args, name)
         if value is not None:
@@ -64,20 +79,45 @@ def _make_engine(args: argparse.Namespace) -> Any:
     return AsyncLLMEngine.from_engine_args(engine_args)
 
 
+def _remote(args: argparse.Namespace) -> Any:
+    """A ``RemoteModel`` when --url / OPENAI_BASE_URL is given, else None."""
+    from vllm_core import envs
+
+    url = args.url or envs.openai_base_url()
+    if not url:
+        return None
+    from vllm_core.entrypoints.cli.remote import RemoteModel
+
+    return RemoteModel(url, args.api_key or envs.openai_api_key(), args.model)
+
+
+def report_finish(finish_reason: str | None, max_tokens: int, err: TextIO) -> None:
+    """One stderr line with the answer's finish_reason (a cut answer says so)."""
+    if finish_reason == "length":
+        err.write(f"[finish_reason: length - the answer was cut at {max_tokens} tokens; "
+                  "raise --max-tokens for more]\n")
+    else:
+        err.write(f"[finish_reason: {finish_reason}]\n")
+    err.flush()
+
+
 async def stream_to(engine: Any, prompt: str | list[int], fields: dict[str, Any],
-                    out: TextIO, request_id: str) -> str:
-    """Generate and write each new piece of text to ``out`` as it arrives; return the text."""
-    params = engine.make_sampling_params(**fields)
+                    out: TextIO, request_id: str) -> tuple[str, str | None]:
+    """Generate and write each new piece of text to ``out`` as it arrives; return the text and
+    the finish_reason."""
+    params = engine.make_sampling_params(**fields, output_kind="delta")
     pieces: list[str] = []
+    finish: str | None = None
     async for res in engine.generate(prompt, params, request_id):
         for output in res.outputs:
             if output.text:
                 out.write(output.text)
                 out.flush()
                 pieces.append(output.text)
+            finish = output.finish_reason or finish
     out.write("\n")
     out.flush()
-    return "".join(pieces)
+    return "".join(pieces), finish
 
 
 def _read_text(value: str | None) -> str | None:
@@ -92,11 +132,20 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = _read_text(args.prompt)
     if not prompt:
         raise ValueError("a prompt is required (as an argument, or '-' to read stdin)")
+    remote = _remote(args)
+    if remote is not None:
+        fields = _sampling_fields(args, {})
+        _, finish = remote.stream("completions", {"prompt": prompt, **fields}, sys.stdout)
+        sys.stdout.write("\n")
+        report_finish(finish, fields["max_tokens"], sys.stderr)
+        return 0
     engine = _make_engine(args)
+    fields = _sampling_fields(args, engine.generation_defaults)
 
     async def main() -> None:
         try:
-            await stream_to(engine, prompt, _sampling_fields(args), sys.stdout, "generate-0")
+            _, finish = await stream_to(engine, prompt, fields, sys.stdout, "generate-0")
+            report_finish(finish, fields["max_tokens"], sys.stderr)
         finally:
             await engine.shutdown()
 
@@ -111,17 +160,26 @@ def run_chat(args: argparse.Namespace) -> int:
     first = None if interactive else _read_text(args.message)
     if not interactive and not first:
         raise ValueError("a message is required (as an argument, or '-' to read stdin)")
-    engine = _make_engine(args)
+    remote = _remote(args)
+    engine = _make_engine(args) if remote is None else None
+    fields = _sampling_fields(args, engine.generation_defaults if engine is not None else {})
     conversation: list[dict[str, str]] = []
     if args.system:
         conversation.append({"role": "system", "content": args.system})
 
     async def answer(message: str, turn: int) -> None:
         conversation.append({"role": "user", "content": message})
-        text = engine.tokenizer.apply_chat_template(conversation, tokenize=False,
-                                                    add_generation_prompt=True)
-        ids = engine.tokenizer.encode(text, add_special_tokens=False)
-        reply = await stream_to(engine, ids, _sampling_fields(args), sys.stdout, f"chat-{turn}")
+        if remote is not None:
+            reply, finish = await asyncio.to_thread(
+                remote.stream, "chat/completions", {"messages": conversation, **fields},
+                sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            text = engine.tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                        add_generation_prompt=True)
+            ids = engine.tokenizer.encode(text, add_special_tokens=False)
+            reply, finish = await stream_to(engine, ids, fields, sys.stdout, f"chat-{turn}")
+        report_finish(finish, fields["max_tokens"], sys.stderr)
         conversation.append({"role": "assistant", "content": reply})
 
     async def main() -> None:
@@ -142,7 +200,8 @@ def run_chat(args: argparse.Namespace) -> int:
                     await answer(message, turn)
                     turn += 1
         finally:
-            await engine.shutdown()
+            if engine is not None:
+                await engine.shutdown()
 
     asyncio.run(main())
     return 0

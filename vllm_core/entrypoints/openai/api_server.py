@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server: ``build_app(engine, args)`` and ``run_server(args)``.
 
-Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, POST /tokenize,
+Endpoints: POST /v1/completions, POST /v1/chat/completions, POST /v1/responses,
+POST /v1/embeddings, GET /v1/models, POST /tokenize,
 POST /detokenize, GET /tokenizer_info, GET /health, GET /version, GET /metrics.
 
 Middleware, outermost first: CORS (``--allowed-origins``), the API key (every path but
@@ -19,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
+from vllm_core.entrypoints.openai import openapi_doc
 from vllm_core.entrypoints.openai.auth import ApiKeyMiddleware
 from vllm_core.entrypoints.openai.errors import (
     OpenAIServingError,
@@ -26,7 +28,19 @@ from vllm_core.entrypoints.openai.errors import (
     install_exception_handlers,
 )
 from vllm_core.entrypoints.openai.lifecycle import InflightMiddleware, ServerState
+from vllm_core.entrypoints.openai.limits import (
+    BodySizeLimitMiddleware,
+    ServerLimits,
+    check_request,
+)
 from vllm_core.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
+from vllm_core.entrypoints.openai.openapi_doc import (
+    ERROR_RESPONSES,
+    HEALTH_RESPONSES,
+    METRICS_RESPONSES,
+    NOT_FOUND_RESPONSES,
+    HealthStatus,
+)
 from vllm_core.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -39,7 +53,16 @@ from vllm_core.entrypoints.openai.protocol import (
 from vllm_core.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm_core.entrypoints.openai.serving_common import ServingContext, read_template
 from vllm_core.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from vllm_core.entrypoints.openai.serving_embedding import (
+    EmbeddingRequest,
+    OpenAIServingEmbedding,
+)
+from vllm_core.entrypoints.openai.serving_responses import (
+    OpenAIServingResponses,
+    ResponsesRequest,
+)
 from vllm_core.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
+from vllm_core.entrypoints.openai.unsupported import reject_silent_no_ops
 from vllm_core.logger import init_logger
 from vllm_core.version import __version__
 
@@ -93,12 +116,23 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
         vocab_size=_vocab_size(engine), max_logprobs=int(model_config.max_logprobs),
         chat_template=read_template(_opt(args, "chat_template")),
         model_root=str(model_config.model))
+    limits = ServerLimits.from_args(args)
+    policy = str(getattr(getattr(engine.config, "scheduler", None), "policy", "fcfs"))
+
+    def admit(request: Any) -> None:
+        """Checks every generation request passes before any work (400 / 413 otherwise)."""
+        check_request(request, limits)
+        reject_silent_no_ops(request, policy)
+        _warn_ignored(request)
+
     prometheus = prometheus or PrometheusStatLogger()
     prometheus.bind(names[0], max_model_len)
     state = ServerState()
     completion = OpenAIServingCompletion(ctx)
     chat = OpenAIServingChat(ctx)
     tokenization = OpenAIServingTokenization(ctx)
+    responses = OpenAIServingResponses(ctx)
+    embedding = OpenAIServingEmbedding(ctx)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -109,30 +143,37 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
                 await engine.shutdown()
 
     docs = not _opt(args, "disable_fastapi_docs", False)
+    # --root-path: a proxy strips this prefix before forwarding; the documents name it.
+    root_path = (_opt(args, "root_path", "") or "").rstrip("/")
     app = FastAPI(title="vllm-core OpenAI-compatible server", version=__version__,
                   lifespan=lifespan, docs_url="/docs" if docs else None,
+                  servers=[{"url": root_path}] if root_path else None,
+                  root_path_in_servers=False,
                   redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
     app.state.ctx = ctx
     app.state.server_state = state
     app.state.prometheus = prometheus
     install_exception_handlers(app)
+    openapi_doc.install(app)
 
-    @app.get("/health")
-    async def health() -> Response:
+    @app.get("/health", response_model=HealthStatus, responses=HEALTH_RESPONSES)
+    async def health() -> JSONResponse:
+        """200 ``{"status": "ok"}`` when the engine can serve; 503 while draining or dead."""
+        unhealthy = JSONResponse({"status": "unavailable"}, status_code=503)
         if state.draining or engine.errored or not engine.is_ready():
-            return Response(status_code=503)
+            return unhealthy
         try:
             await engine.check_health()
         except Exception:
-            return Response(status_code=503)
-        return Response(status_code=200)
+            return unhealthy
+        return JSONResponse({"status": "ok"})
 
     @app.get("/version")
     async def version() -> JSONResponse:
         return JSONResponse({"version": __version__})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=METRICS_RESPONSES)
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -149,26 +190,39 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
     async def list_models() -> JSONResponse:
         return JSONResponse(ModelList(data=[model_card(n) for n in names]).model_dump())
 
-    @app.get("/v1/models/{model:path}")
+    @app.get("/v1/models/{model:path}", responses=NOT_FOUND_RESPONSES)
     async def get_model(model: str) -> JSONResponse:
         ctx.check_model(model)
         return JSONResponse(model_card(model).model_dump())
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def create_completion(request: CompletionRequest, raw_request: Request):
-        _warn_ignored(request)
+        admit(request)
         return await _guard(completion.create(request, raw_request))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
-        _warn_ignored(request)
+        admit(request)
         return await _guard(chat.create(request, raw_request))
 
-    @app.post("/tokenize")
-    async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest):
-        return JSONResponse(tokenization.tokenize(request).model_dump())
+    @app.post("/v1/responses", responses=ERROR_RESPONSES)
+    async def create_response(request: ResponsesRequest, raw_request: Request):
+        check_request(request, limits)
+        _warn_ignored(request)
+        return await _guard(responses.create(request, raw_request))
 
-    @app.post("/detokenize")
+    @app.post("/v1/embeddings", responses=ERROR_RESPONSES)
+    async def create_embedding(request: EmbeddingRequest):
+        check_request(request, limits)
+        _warn_ignored(request)
+        return JSONResponse(await _guard(embedding.create(request)))
+
+    @app.post("/tokenize", responses=ERROR_RESPONSES)
+    async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest):
+        check_request(request, limits)
+        return JSONResponse((await _guard(tokenization.tokenize(request))).model_dump())
+
+    @app.post("/detokenize", responses=ERROR_RESPONSES)
     async def detokenize(request: DetokenizeRequest):
         return JSONResponse(tokenization.detokenize(request).model_dump())
 
@@ -184,6 +238,7 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
         if not _opt(args, "enable_metrics_auth", False):
             open_paths.add("/metrics")
         app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=open_paths)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)
     app.add_middleware(CORSMiddleware, allow_origins=_opt(args, "allowed_origins", ["*"]),
                        allow_credentials=_opt(args, "allow_credentials", False),
                        allow_methods=_opt(args, "allowed_methods", ["*"]),
@@ -217,8 +272,27 @@ def engine_args_from(args: argparse.Namespace) -> Any:
     return engine_args.replace(model=resolve_model(args))
 
 
+def bind_socket(host: str, port: int) -> Any:
+    """Bind (not yet listen on) ``host:port`` before the model loads, so a port in use is
+    reported at once, not after the whole load. ``RuntimeError`` says which address and why."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {e.strerror or e} (is another "
+                           f"server running there? pick another --port)") from e
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_server(args: argparse.Namespace, engine_factory: Any = None) -> int:
-    """Load the engine, serve until SIGTERM / SIGINT, stop the engine. Blocks.
+    """Check the flags, bind the port, load the engine, serve until SIGTERM / SIGINT, stop the
+    engine. Blocks.
 
     ``engine_factory(engine_args, stat_loggers=...)`` defaults to
     ``AsyncLLMEngine.from_engine_args`` (tests pass a fake engine's).
@@ -226,28 +300,36 @@ def run_server(args: argparse.Namespace, engine_factory: Any = None) -> int:
     import uvicorn
 
     from vllm_core.entrypoints.openai.lifecycle import make_server
+    from vllm_core.entrypoints.openai.vllm_compat_args import check_vllm_compat_args
 
-    if engine_factory is None:
-        from vllm_core.engine.async_llm_engine import AsyncLLMEngine
-
-        engine_factory = AsyncLLMEngine.from_engine_args
-    prometheus = PrometheusStatLogger()
-    loggers: list[Any] = [prometheus]
-    if not _opt(args, "disable_log_stats", False):
-        loggers.append(LoggingStatLogger(interval=_opt(args, "log_stats_interval", 5.0)))
-    engine = engine_factory(engine_args_from(args), stat_loggers=loggers)
-    try:
-        app = build_app(engine, args, prometheus)
-    except BaseException:
-        _shutdown_sync(engine)
-        raise
+    check_vllm_compat_args(args)
+    ServerLimits.from_args(args)                     # bad limits fail before the load
     host = args.host if args.host is not None else "0.0.0.0"
-    config = uvicorn.Config(app, host=host, port=args.port, log_level=args.uvicorn_log_level,
-                            access_log=not args.disable_uvicorn_access_log,
-                            timeout_graceful_shutdown=2, timeout_keep_alive=5)
-    server = make_server(config, app.state.server_state, args.shutdown_timeout)
-    logger.info("serving %s on http://%s:%d", app.state.ctx.model_name, host, args.port)
-    server.run()
+    sock = bind_socket(host, args.port)
+    try:
+        if engine_factory is None:
+            from vllm_core.engine.async_llm_engine import AsyncLLMEngine
+
+            engine_factory = AsyncLLMEngine.from_engine_args
+        prometheus = PrometheusStatLogger()
+        loggers: list[Any] = [prometheus]
+        if not _opt(args, "disable_log_stats", False):
+            loggers.append(LoggingStatLogger(interval=_opt(args, "log_stats_interval", 5.0)))
+        engine = engine_factory(engine_args_from(args), stat_loggers=loggers)
+        try:
+            app = build_app(engine, args, prometheus)
+        except BaseException:
+            _shutdown_sync(engine)
+            raise
+        config = uvicorn.Config(app, host=host, port=args.port,
+                                log_level=args.uvicorn_log_level,
+                                access_log=not args.disable_uvicorn_access_log,
+                                timeout_graceful_shutdown=2, timeout_keep_alive=5)
+        server = make_server(config, app.state.server_state, args.shutdown_timeout)
+        logger.info("serving %s on http://%s:%d", app.state.ctx.model_name, host, args.port)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 

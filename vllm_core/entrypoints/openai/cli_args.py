@@ -56,6 +56,12 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="seconds between the periodic throughput log lines")
     g.add_argument("--config", default=None,
                    help="YAML file of flags (command-line flags override it)")
+    g.add_argument("--root-path", default=None,
+                   help="the path prefix the server is mounted under behind a proxy")
+    g.add_argument("--max-request-body-bytes", type=int, default=None,
+                   help="largest request body accepted; bigger ones get 413 (default 16 MiB)")
+    g.add_argument("--max-n", type=int, default=None,
+                   help="most choices (n) one request may ask for (default 128)")
     return parser
 
 
@@ -66,8 +72,11 @@ def make_serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
                         help="model directory or .gguf file (default: the embedded model)")
     parser.add_argument("--model", default=None, help="same as the positional MODEL")
+    from vllm_core.entrypoints.openai.vllm_compat_args import add_vllm_compat_args
+
     add_frontend_args(parser)
     EngineArgs.add_cli_args(parser)
+    add_vllm_compat_args(parser)
     return parser
 
 

@@ -107,21 +107,40 @@ def exception_to_error(exc: BaseException, fields: set[str] | None = None) -> Op
     return OpenAIServingError(f"Internal server error: {exc.__class__.__name__}: {exc}", 500)
 
 
+MAX_ECHO_CHARS = 120
+
+
+def short_repr(value: Any, limit: int = MAX_ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters (the full size noted), so that an error
+    message never echoes a huge request field back in full. Cost is bounded by ``limit``."""
+    size = len(value) if isinstance(value, (str, bytes, list, dict, tuple)) else None
+    if isinstance(value, (str, bytes, list, tuple)) and len(value) > limit:
+        value = value[:limit]
+    elif isinstance(value, dict) and len(value) > limit:
+        value = dict(list(value.items())[:limit])
+    text = repr(value)
+    if len(text) <= limit and (size is None or size <= limit):
+        return text
+    unit = "characters" if isinstance(value, str) else "items"
+    return f"{text[:limit]}... ({size} {unit})" if size is not None else f"{text[:limit]}..."
+
+
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     parts: list[str] = []
     param: str | None = None
     for err in errors:
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         # pydantic unions add the branch type to the location ("prompt.str"); keep field names.
-        loc = [x for x in loc if not x.startswith(("list[", "dict[")) and x not in
-               ("str", "int", "float", "bool", "function-after", "json-or-python[")]
+        loc = [x for x in loc if not x.startswith(("list[", "dict[")) and "-" not in x
+               and not x[:1].isupper()  # union branch tags: "str", "TokenizeChatRequest"
+               and x not in ("str", "int", "float", "bool")]
         if err.get("type") == "json_invalid":
             parts.append(f"Invalid JSON body: {err.get('msg')}")
             continue
         where = ".".join(loc) if loc else "body"
         if param is None and loc:
             param = where
-        parts.append(f"{where}: {err.get('msg')} (got {err.get('input')!r})"
+        parts.append(f"{where}: {err.get('msg')} (got {short_repr(err.get('input'))})"
                      if "input" in err and err.get("type") != "missing"
                      else f"{where}: {err.get('msg')}")
     count = len(errors)

@@ -2,18 +2,24 @@
 
 On the first SIGTERM the server enters *draining*: new requests get 503 (the listening socket
 stays open so that clients get an answer, not a refused connection), ``/health`` answers 503,
-and in-flight requests run to completion. When none is left, or after ``shutdown_timeout``
-seconds, uvicorn's normal shutdown runs: remaining requests are cancelled (which aborts them in
-the engine), the lifespan shutdown stops the engine, and the process exits with status 0.
-SIGINT (Ctrl-C), or a second SIGTERM, exits at once as uvicorn does.
+and in-flight requests run to completion. When none is left, uvicorn's normal shutdown runs:
+the lifespan shutdown stops the engine, and the process exits with status 0.
+
+When ``shutdown_timeout`` seconds pass first, every request still in flight is cancelled (which
+aborts it in the engine) and answered in-band: one that has sent nothing yet gets a JSON 503
+``ServiceUnavailableError``; a stream that has started gets an SSE error event followed by
+``data: [DONE]``. No traceback is logged for these. SIGINT (Ctrl-C), or a second SIGTERM, exits
+at once as uvicorn does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_core.entrypoints.openai.auth import send_json
@@ -26,10 +32,61 @@ logger = init_logger(__name__)
 UNCOUNTED_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
 
 
+SHUTDOWN_MESSAGE = ("The server is shutting down: the request did not finish within "
+                    "--shutdown-timeout and was cancelled")
+
+
 @dataclass
 class ServerState:
+    """Drain state shared by the middleware and the server. ``tasks`` are the in-flight
+    requests' handler tasks (cancelled by ``expire``)."""
+
     draining: bool = False
     inflight: int = 0
+    expired: bool = False
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+    def expire(self) -> None:
+        """The drain deadline passed: cancel every request still in flight."""
+        self.expired = True
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class _ResponseTracker:
+    """Wraps ``send`` to remember how far the response got."""
+
+    __slots__ = ("send", "started", "streaming", "finished")
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.started = self.streaming = self.finished = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.streaming = any(k.lower() == b"content-type"
+                                 and v.startswith(b"text/event-stream")
+                                 for k, v in message.get("headers", ()))
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self.send(message)
+
+    async def end_with_shutdown_error(self) -> None:
+        """Finish the response of a request cancelled by the drain deadline."""
+        if self.finished:
+            return
+        body = error_body(SHUTDOWN_MESSAGE, 503)
+        with contextlib.suppress(Exception):      # the client may be gone already
+            if not self.started:
+                await send_json(self.send, 503, body, [(b"connection", b"close")])
+            elif self.streaming:
+                payload = f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n".encode()
+                await self.send({"type": "http.response.body", "body": payload,
+                                 "more_body": False})
+            else:
+                await self.send({"type": "http.response.body", "body": b"",
+                                 "more_body": False})
 
 
 class InflightMiddleware:
@@ -49,9 +106,17 @@ class InflightMiddleware:
                             [(b"connection", b"close")])
             return
         self.state.inflight += 1
+        tracker = _ResponseTracker(send)
+        task = asyncio.ensure_future(self.app(scope, receive, tracker))
+        self.state.tasks.add(task)
         try:
-            await self.app(scope, receive, send)
+            await task
+        except asyncio.CancelledError:
+            if not (self.state.expired and task.cancelled()):
+                raise
+            await tracker.end_with_shutdown_error()
         finally:
+            self.state.tasks.discard(task)
             self.state.inflight -= 1
 
 
@@ -82,7 +147,12 @@ def make_server(config: Any, state: ServerState, shutdown_timeout: float) -> Any
             while state.inflight > 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if state.inflight:
-                logger.warning("shutdown timeout: cancelling %d request(s)", state.inflight)
+                logger.warning("shutdown timeout: cancelling %d request(s); each gets a 503 "
+                               "(streams: an error event, then [DONE])", state.inflight)
+                state.expire()
+                settle = time.monotonic() + 5.0
+                while state.inflight > 0 and time.monotonic() < settle:
+                    await asyncio.sleep(0.02)
             self.should_exit = True
 
     return DrainingServer(config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +24,10 @@ def random_id(prefix: str) -> str:
 
 
 class OpenAIBaseModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Request bodies: unknown fields allowed; floats must be finite (NaN / Infinity, which
+    Python's JSON parser accepts, are a 400)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     def ignored_fields(self) -> list[str]:
         """Request fields this server does not know (accepted and ignored)."""
@@ -178,8 +181,13 @@ def _parse_logit_bias(bias: dict[str, float]) -> dict[int, float]:
 # ---------------------------------------------------------------- completions
 
 
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[int], Field(min_length=1)]
+
+
 class CompletionRequest(_SamplingRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)] | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1)])
     max_tokens: int | None = 16
     logprobs: int | None = None
     echo: bool = False
@@ -240,14 +248,14 @@ class ChatMessage(OpenAIBaseModel):
 
 
 class ChatCompletionRequest(_SamplingRequest):
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = 0
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = "none"
+    tool_choice: str | dict[str, Any] | None = None   # absent with tools: OpenAI's "auto"
     parallel_tool_calls: bool | None = None
     # vLLM extras
     add_generation_prompt: bool = True
@@ -330,14 +338,14 @@ class ChatCompletionStreamResponse(BaseModel):
 
 class TokenizeCompletionRequest(OpenAIBaseModel):
     model: str | None = None
-    prompt: str
+    prompt: NonEmptyStr
     add_special_tokens: bool = True
     return_token_strs: bool | None = False
 
 
 class TokenizeChatRequest(OpenAIBaseModel):
     model: str | None = None
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False

@@ -32,6 +32,7 @@ from vllm_core.entrypoints.openai.serving_common import (
     ServingContext,
     clamp_logprob,
     merge_async_iterators,
+    prompt_logprobs_json,
     run_until_disconnected,
 )
 from vllm_core.entrypoints.openai.serving_completion import _aclose_quietly, _chain, _first, sse
@@ -65,12 +66,9 @@ class OpenAIServingChat:
         self.ctx = ctx
 
     def _check(self, req: ChatCompletionRequest) -> None:
-        if req.response_format and req.response_format.get("type", "text") != "text":
-            raise OpenAIServingError("response_format other than 'text' is not supported", 400,
-                                     "response_format")
-        if req.tools and req.tool_choice not in (None, "none"):
-            raise OpenAIServingError("tool calling is not supported by this server; use "
-                                     "tool_choice 'none' or leave out tools", 400, "tool_choice")
+        if req.stream and req.prompt_logprobs is not None:
+            raise OpenAIServingError("prompt_logprobs is not available when streaming", 400,
+                                     "prompt_logprobs")
         if req.top_logprobs and not req.logprobs:
             raise OpenAIServingError("when using top_logprobs, logprobs must be set to true",
                                      400, "top_logprobs")
@@ -87,17 +85,19 @@ class OpenAIServingChat:
         top_k = req.top_logprobs or 0
         if req.logprobs:
             ctx.check_logprobs(top_k, "top_logprobs")
-        text = ctx.apply_chat_template(
+        prompt_ids = await ctx.chat_prompt_ids(
             req.messages, add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message, chat_template=req.chat_template,
-            chat_template_kwargs=req.chat_template_kwargs)
-        prompt_ids = ctx.tokenize(text, req.add_special_tokens)
+            chat_template_kwargs=req.chat_template_kwargs,
+            add_special_tokens=req.add_special_tokens)
         fields = req.sampling_fields()
         if req.logprobs:
             fields["logprobs"] = top_k
         fields["output_kind"] = "delta"
         request_fields = set(req.model_fields_set)
-        fields["max_tokens"] = ctx.resolve_max_tokens(len(prompt_ids), req.effective_max_tokens)
+        fields["max_tokens"] = ctx.resolve_max_tokens(
+            len(prompt_ids), req.effective_max_tokens,
+            explicit=bool({"max_tokens", "max_completion_tokens"} & request_fields))
         params = ctx.make_sampling_params(fields, request_fields)
         request_id = random_id("chatcmpl")
         generator = ctx.engine.generate(prompt_ids, params, request_id, priority=req.priority)
@@ -111,10 +111,11 @@ class OpenAIServingChat:
             body = self._stream(req, len(prompt_ids), merged, first, request_id, created, model)
             return StreamingResponse(body, media_type="text/event-stream",
                                      headers={"X-Request-Id": request_id})
-        ok, states = await run_until_disconnected(self._collect(req, merged),
+        ok, result = await run_until_disconnected(self._collect(req, merged),
                                                   raw_request.is_disconnected)
         if not ok:
             return Response(status_code=499)
+        states, prompt_logprobs = result
         choices = []
         num_gen = 0
         for j, state in enumerate(states):
@@ -126,17 +127,23 @@ class OpenAIServingChat:
                 finish_reason=state.finish_reason, stop_reason=state.stop_reason))
         usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=num_gen,
                           total_tokens=len(prompt_ids) + num_gen)
-        response = ChatCompletionResponse(id=request_id, created=created, model=model,
-                                          choices=choices, usage=usage)
+        response = ChatCompletionResponse(
+            id=request_id, created=created, model=model, choices=choices, usage=usage,
+            prompt_logprobs=(prompt_logprobs_json(prompt_logprobs)
+                             if req.prompt_logprobs is not None else None))
         return JSONResponse(response.model_dump(), headers={"X-Request-Id": request_id})
 
     async def _collect(self, req: ChatCompletionRequest,
-                       merged: AsyncIterator[tuple[int, RequestOutput]]) -> list[ChoiceState]:
+                       merged: AsyncIterator[tuple[int, RequestOutput]]
+                       ) -> tuple[list[ChoiceState], list[Any] | None]:
         states = [ChoiceState() for _ in range(req.n)]
+        prompt_logprobs = None
         async for _, res in merged:
+            if res.prompt_logprobs is not None:
+                prompt_logprobs = res.prompt_logprobs
             for out in res.outputs:
                 states[out.index].add(out, delta=True)
-        return states
+        return states, prompt_logprobs
 
     async def _stream(self, req: ChatCompletionRequest, num_prompt: int,
                       merged: AsyncIterator[tuple[int, RequestOutput]],

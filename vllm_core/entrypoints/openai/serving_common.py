@@ -63,6 +63,25 @@ class ServingContext:
     def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
+    async def tokenize_async(self, text: str, add_special_tokens: bool) -> list[int]:
+        """``tokenize`` on a worker thread: a long prompt must not stall the event loop
+        (``/health`` and every other request keep being served meanwhile)."""
+        return await asyncio.to_thread(self.tokenize, text, add_special_tokens)
+
+    async def chat_prompt_ids(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
+                              continue_final_message: bool, chat_template: str | None,
+                              chat_template_kwargs: dict[str, Any] | None,
+                              add_special_tokens: bool) -> list[int]:
+        """Render the chat template and tokenize the text, both off the event loop."""
+        def work() -> list[int]:
+            text = self.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message, chat_template=chat_template,
+                chat_template_kwargs=chat_template_kwargs)
+            return self.tokenize(text, add_special_tokens)
+
+        return await asyncio.to_thread(work)
+
     def decode_token(self, token_id: int) -> str:
         text = self._decode_cache.get(token_id)
         if text is None:
@@ -106,11 +125,25 @@ class ServingContext:
 
     # ------------------------------------------------------------ limits
 
-    def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None) -> int | None:
+    @property
+    def default_max_tokens(self) -> int | None:
+        """The model's generation_config ``max_new_tokens`` (None when it sets none)."""
+        value = (getattr(self.engine, "generation_defaults", None) or {}).get("max_tokens")
+        return int(value) if value else None
+
+    def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None,
+                           explicit: bool = True) -> int | None:
         """Check the prompt fits the context; None ``max_tokens`` means 'the rest of it'.
 
-        A ``max_tokens`` < 1 is returned unchanged for SamplingParams to refuse (naming it).
+        When the client did not set it (``explicit`` False) the model's generation_config
+        ``max_new_tokens`` caps it (as in vLLM). A ``max_tokens`` < 1 is returned unchanged for
+        SamplingParams to refuse (naming it).
         """
+        default = self.default_max_tokens
+        if not explicit and default is not None:
+            room = self.max_model_len - prompt_len
+            max_tokens = min(default, max_tokens if max_tokens is not None else room,
+                             max(room, 1))
         if prompt_len == 0:
             raise OpenAIServingError("The prompt is empty: it must contain at least one token.",
                                      400, "prompt")
@@ -199,6 +232,23 @@ def normalize_message(message: ChatMessage, index: int) -> dict[str, Any]:
 
 def clamp_logprob(value: float) -> float:
     return max(value, LOGPROB_FLOOR)
+
+
+def prompt_logprobs_json(positions: list[PositionLogprobs | None] | None
+                         ) -> list[dict[int, dict[str, Any]] | None] | None:
+    """vLLM's ``prompt_logprobs`` shape: per prompt position ``None`` (the first) or
+    ``{token_id: {"logprob", "rank", "decoded_token"}}``, logprobs clamped to JSON numbers."""
+    if positions is None:
+        return None
+    out: list[dict[int, dict[str, Any]] | None] = []
+    for position in positions:
+        if not position:
+            out.append(None)
+            continue
+        out.append({int(tid): {"logprob": clamp_logprob(lp.logprob), "rank": lp.rank,
+                               "decoded_token": lp.decoded_token}
+                    for tid, lp in position.items()})
+    return out
 
 
 def read_template(value: str | None) -> str | None:

@@ -9,6 +9,7 @@ headers are sent.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,9 +30,10 @@ from vllm_core.entrypoints.openai.serving_common import (
     ServingContext,
     clamp_logprob,
     merge_async_iterators,
+    prompt_logprobs_json,
     run_until_disconnected,
 )
-from vllm_core.outputs import PositionLogprobs, RequestOutput
+from vllm_core.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 
 
 def sse(chunk: Any) -> str:
@@ -85,7 +87,7 @@ class OpenAIServingCompletion:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
+    async def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
         ctx = self.ctx
         raw = req.prompt
         if isinstance(raw, str):
@@ -99,7 +101,8 @@ class OpenAIServingCompletion:
         prompts: list[_Prompt] = []
         for item in items:
             if isinstance(item, str):
-                prompts.append(_Prompt(item, ctx.tokenize(item, req.add_special_tokens)))
+                prompts.append(_Prompt(item, await ctx.tokenize_async(item,
+                                                                      req.add_special_tokens)))
             else:
                 ctx.check_token_ids(item, "prompt")
                 prompts.append(_Prompt(None, list(item)))
@@ -117,7 +120,10 @@ class OpenAIServingCompletion:
             raise OpenAIServingError("best_of > n is not supported with streaming", 400,
                                      "best_of")
         ctx.check_logprobs(req.logprobs, "logprobs")
-        prompts = self._prompts(req)
+        if req.stream and req.prompt_logprobs is not None:
+            raise OpenAIServingError("prompt_logprobs is not available when streaming", 400,
+                                     "prompt_logprobs")
+        prompts = await self._prompts(req)
         fields = req.sampling_fields()
         if req.logprobs is not None:
             fields["logprobs"] = req.logprobs
@@ -125,10 +131,14 @@ class OpenAIServingCompletion:
                 fields.setdefault("prompt_logprobs", req.logprobs)
         fields["output_kind"] = "delta"
         request_fields = set(req.model_fields_set)
+        # echo with max_tokens=0 scores the prompt only (vLLM): the engine samples one token,
+        # which is dropped from the answer.
+        score_only = req.echo and req.max_tokens == 0
         request_id = random_id("cmpl")
         generators = []
         for i, prompt in enumerate(prompts):
-            max_tokens = ctx.resolve_max_tokens(len(prompt.token_ids), req.max_tokens)
+            max_tokens = 1 if score_only else ctx.resolve_max_tokens(
+                len(prompt.token_ids), req.max_tokens, explicit="max_tokens" in request_fields)
             params = ctx.make_sampling_params({**fields, "max_tokens": max_tokens},
                                               request_fields)
             generators.append(ctx.engine.generate(prompt.token_ids, params, f"{request_id}-{i}",
@@ -140,23 +150,24 @@ class OpenAIServingCompletion:
             if not ok:
                 await merged.aclose()
                 return Response(status_code=499)
-            body = self._stream(req, prompts, merged, first, request_id, created, model)
+            body = self._stream(req, prompts, merged, first, request_id, created, model,
+                                score_only)
             return StreamingResponse(body, media_type="text/event-stream",
                                      headers={"X-Request-Id": request_id})
-        ok, result = await run_until_disconnected(self._collect(req, prompts, merged),
-                                                  raw_request.is_disconnected)
+        ok, result = await run_until_disconnected(
+            self._collect(req, prompts, merged, score_only), raw_request.is_disconnected)
         if not ok:
             return Response(status_code=499)
         response = self._response(req, prompts, result, request_id, created, model)
         return JSONResponse(response.model_dump(), headers={"X-Request-Id": request_id})
 
     async def _collect(self, req: CompletionRequest, prompts: list[_Prompt],
-                       merged: AsyncIterator[tuple[int, RequestOutput]]):
+                       merged: AsyncIterator[tuple[int, RequestOutput]], score_only: bool):
         states = [[ChoiceState() for _ in range(req.n)] for _ in prompts]
         prompt_logprobs: list[Any] = [None] * len(prompts)
         async for i, res in merged:
             for out in res.outputs:
-                states[i][out.index].add(out, delta=True)
+                states[i][out.index].add(_scored_only(out) if score_only else out, delta=True)
             if res.prompt_logprobs is not None:
                 prompt_logprobs[i] = res.prompt_logprobs
             if res.prompt_token_ids:
@@ -185,7 +196,9 @@ class OpenAIServingCompletion:
                     logprobs = completion_logprobs(ctx, token_ids, positions, req.logprobs, 0)
                 choices.append(CompletionResponseChoice(
                     index=i * req.n + j, text=prompt_text + state.text, logprobs=logprobs,
-                    finish_reason=state.finish_reason, stop_reason=state.stop_reason))
+                    finish_reason=state.finish_reason, stop_reason=state.stop_reason,
+                    prompt_logprobs=(prompt_logprobs_json(prompt_logprobs[i])
+                                     if req.prompt_logprobs is not None else None)))
         usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_gen,
                           total_tokens=num_prompt + num_gen)
         return CompletionResponse(id=request_id, created=created, model=model, choices=choices,
@@ -199,7 +212,7 @@ class OpenAIServingCompletion:
     async def _stream(self, req: CompletionRequest, prompts: list[_Prompt],
                       merged: AsyncIterator[tuple[int, RequestOutput]],
                       first: tuple[int, RequestOutput] | None, request_id: str, created: int,
-                      model: str) -> AsyncIterator[str]:
+                      model: str, score_only: bool = False) -> AsyncIterator[str]:
         ctx = self.ctx
         n = req.n
         num_choices = len(prompts) * n
@@ -214,6 +227,8 @@ class OpenAIServingCompletion:
                 if res.prompt_logprobs is not None:
                     prompt_lp[i] = res.prompt_logprobs
                 for out in res.outputs:
+                    if score_only:
+                        out = _scored_only(out)
                     idx = i * n + out.index
                     if finished[idx]:
                         continue
@@ -263,6 +278,14 @@ class OpenAIServingCompletion:
         finally:
             await _aclose_quietly(merged)
         yield "data: [DONE]\n\n"
+
+
+def _scored_only(out: CompletionOutput) -> CompletionOutput:
+    """The output with its sampled part removed (echo + max_tokens=0 scores the prompt only)."""
+    return dataclasses.replace(out, text="", token_ids=[], logprobs=[] if out.logprobs else
+                               out.logprobs, cumulative_logprob=None,
+                               finish_reason="length" if out.finish_reason else None,
+                               stop_reason=None)
 
 
 async def _first(it: AsyncIterator[Any]) -> Any:

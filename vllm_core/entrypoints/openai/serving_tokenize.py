@@ -24,18 +24,19 @@ class OpenAIServingTokenization:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest
-                 ) -> TokenizeResponse:
+    async def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest
+                       ) -> TokenizeResponse:
+        """Tokenize off the event loop (a long prompt must not stall other requests)."""
         ctx = self.ctx
         ctx.check_model(req.model)
         if isinstance(req, TokenizeChatRequest):
-            text = ctx.apply_chat_template(
+            tokens = await ctx.chat_prompt_ids(
                 req.messages, add_generation_prompt=req.add_generation_prompt,
                 continue_final_message=req.continue_final_message,
-                chat_template=req.chat_template, chat_template_kwargs=req.chat_template_kwargs)
+                chat_template=req.chat_template, chat_template_kwargs=req.chat_template_kwargs,
+                add_special_tokens=req.add_special_tokens)
         else:
-            text = req.prompt
-        tokens = ctx.tokenize(text, req.add_special_tokens)
+            tokens = await ctx.tokenize_async(req.prompt, req.add_special_tokens)
         want_strs = req.return_token_strs
         strs = (list(ctx.tokenizer.convert_ids_to_tokens(tokens)) if want_strs else None)
         return TokenizeResponse(count=len(tokens), max_model_len=ctx.max_model_len,
