@@ -31,6 +31,7 @@ from vllm_core.sampling.metadata import (
     make_generator,
 )
 from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
+from vllm_core.sampling.structured import apply_grammar_bitmask
 from vllm_core.worker.request_state import CachedRequestState
 
 logger = init_logger(__name__)
@@ -234,6 +235,8 @@ class ModelRunner:
         if batch.sample_rows:
             logits = self.model.compute_logits(hidden[batch.logits_indices])
             states = [self.requests[batch.order[i]] for i in batch.sample_rows]
+            # issue 12: grammar bitmask of the structured-output rows, before sampling
+            apply_grammar_bitmask(logits, [s.req_id for s in states], so)
             self.sample_into(states, logits, sampled, logprobs)
         return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
                                  prompt_logprobs=prompt_logprobs)

@@ -1,0 +1,106 @@
+"""One request's structured-output state: its grammar (compiling, then a matcher) and the
+reasoning gate. Torch-free; owned by the scheduler once the request is added.
+
+Life cycle: created with the compile future (``StructuredOutputManager.submit``); the scheduler
+keeps the request in WAITING_FOR_GRAMMAR until ``is_ready()`` (the future is done: the matcher is
+built here, or ``error`` is set); from then on ``accept`` advances the matcher with each token the
+request outputs. With a reasoning gate, tokens up to and including the end of the reasoning
+section are not fed to the matcher and the grammar is not ``active`` (no bitmask row) until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm_core.structured_output.backend import StructuredOutputGrammar
+
+
+@dataclass(slots=True)
+class ReasoningGate:
+    """Detects the end of a reasoning section in a token stream.
+
+    ``end_ids`` is the token sequence of the end tag. ``ended`` becomes True once the output
+    (after the last occurrence of the start sequence in the prompt, if any) contains it.
+    """
+
+    end_ids: list[int]
+    ended: bool = False
+    _tail: list[int] = field(default_factory=list)
+
+    @classmethod
+    def for_prompt(cls, prompt_ids: list[int], start_ids: list[int],
+                   end_ids: list[int]) -> ReasoningGate:
+        """The gate's state after the prompt: ended when the prompt closes its last reasoning
+        section (an empty think block put there by the chat template)."""
+        gate = cls(list(end_ids))
+        last_start = _rfind(prompt_ids, start_ids)
+        last_end = _rfind(prompt_ids, end_ids)
+        gate.ended = last_end >= 0 and last_end > last_start
+        return gate
+
+    def feed(self, token: int) -> None:
+        if self.ended:
+            return
+        self._tail.append(token)
+        n = len(self.end_ids)
+        if len(self._tail) > n:
+            del self._tail[0]
+        if self._tail == self.end_ids:
+            self.ended = True
+
+
+def _rfind(seq: list[int], sub: list[int]) -> int:
+    """Start of the last occurrence of ``sub`` in ``seq`` (-1 if none or ``sub`` empty)."""
+    n = len(sub)
+    if n == 0:
+        return -1
+    for i in range(len(seq) - n, -1, -1):
+        if seq[i:i + n] == sub:
+            return i
+    return -1
+
+
+@dataclass(slots=True, eq=False)
+class StructuredOutputRequest:
+    key: tuple
+    future: Future
+    make_grammar: Callable[[Any], StructuredOutputGrammar]
+    gate: ReasoningGate | None = None
+    grammar: StructuredOutputGrammar | None = None
+    error: str | None = None
+    num_rejected: int = 0
+
+    def is_ready(self) -> bool:
+        """True once the grammar compiled (matcher built) or failed (``error`` set)."""
+        if self.grammar is not None or self.error is not None:
+            return True
+        if not self.future.done():
+            return False
+        try:
+            self.grammar = self.make_grammar(self.future.result())
+        except Exception as e:  # noqa: BLE001 - reported to the client as the finish reason
+            self.error = f"grammar compilation failed: {e}"
+        return True
+
+    @property
+    def active(self) -> bool:
+        """Whether the grammar constrains the next token (compiled, reasoning over)."""
+        return self.grammar is not None and (self.gate is None or self.gate.ended)
+
+    def accept(self, token: int) -> bool:
+        """Advance over one output token. False if the grammar rejected it (state kept)."""
+        if self.grammar is None:
+            return True
+        if self.gate is not None and not self.gate.ended:
+            self.gate.feed(token)
+            return True
+        if self.grammar.accept_tokens([token]):
+            return True
+        self.num_rejected += 1
+        return False
+
+    def is_terminated(self) -> bool:
+        return self.active and self.grammar.is_terminated()
