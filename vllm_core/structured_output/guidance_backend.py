@@ -42,14 +42,25 @@ def grammar_text(kind: str, spec: str, compact: bool) -> str:
 
 
 class GuidanceGrammar(StructuredOutputGrammar):
-    def __init__(self, matcher: Any) -> None:
+    """llguidance stops as soon as nothing but eos can follow (``is_terminated`` is then
+    already True); the eos itself is accepted as a no-op."""
+
+    def __init__(self, matcher: Any, eos_token_ids: list[int]) -> None:
         self.matcher = matcher
+        self.eos_token_ids = frozenset(eos_token_ids)
 
     def accept_tokens(self, tokens: list[int]) -> bool:
-        n = self.matcher.try_consume_tokens([int(t) for t in tokens])
-        if n != len(tokens):
-            if n:
-                self.matcher.rollback(n)
+        consumed = 0
+        for t in tokens:
+            t = int(t)
+            if self.matcher.is_stopped():
+                if t in self.eos_token_ids:
+                    continue
+            elif self.matcher.try_consume_tokens([t]) == 1:
+                consumed += 1
+                continue
+            if consumed:
+                self.matcher.rollback(consumed)
             return False
         return True
 
@@ -112,4 +123,5 @@ class GuidanceBackend(StructuredOutputBackend):
         return text
 
     def make_grammar(self, compiled: Any) -> StructuredOutputGrammar:
-        return GuidanceGrammar(self._llg.LLMatcher(self.ll_tokenizer, compiled))
+        return GuidanceGrammar(self._llg.LLMatcher(self.ll_tokenizer, compiled),
+                               self.eos_token_ids)

@@ -93,13 +93,13 @@ class StructuredOutputManager:
         self._checked: dict[tuple, str] = {}
         self._pool = ThreadPoolExecutor(config.compile_threads,
                                         thread_name_prefix="grammar-compile")
-        self._reasoning_ids: tuple[list[int], list[int]] | None = None
+        self._reasoning_tags: tuple[str, str, int] | None = None
         if config.reasoning_parser and not config.enable_in_reasoning:
             from vllm_core.reasoning.registry import resolve_reasoning_parser
 
             parser = resolve_reasoning_parser(config.reasoning_parser)
-            encode = lambda s: list(tokenizer.encode(s, add_special_tokens=False))  # noqa: E731
-            self._reasoning_ids = (encode(parser.start_tag), encode(parser.end_tag))
+            window = 2 * len(tokenizer.encode(parser.end_tag, add_special_tokens=False)) + 2
+            self._reasoning_tags = (parser.start_tag, parser.end_tag, window)
 
     # ------------------------------------------------------------ front end
     def prepare(self, params: StructuredOutputsParams) -> str:
@@ -150,10 +150,15 @@ class StructuredOutputManager:
                 while len(self._cache) > MAX_CACHED_GRAMMARS:
                     self._cache.popitem(last=False)
         gate = None
-        if self._reasoning_ids is not None:
-            gate = ReasoningGate.for_prompt(prompt_token_ids, *self._reasoning_ids)
+        if self._reasoning_tags is not None:
+            start_tag, end_tag, window = self._reasoning_tags
+            gate = ReasoningGate.for_prompt(prompt_token_ids, start_tag, end_tag,
+                                            self._decode, window)
         return StructuredOutputRequest(key=key, future=future,
                                        make_grammar=self._backend(name).make_grammar, gate=gate)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
 
     def _backend(self, name: str) -> StructuredOutputBackend:
         with self._lock:

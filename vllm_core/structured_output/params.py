@@ -60,8 +60,7 @@ class StructuredOutputsParams:
     def kind_and_spec(self) -> tuple[str, str]:
         """(kind, canonical text). ``choice`` becomes an equivalent regex-free list text."""
         if self.json is not None:
-            spec = self.json if isinstance(self.json, str) else _json.dumps(
-                self.json, sort_keys=True)
+            spec = self.json if isinstance(self.json, str) else _json.dumps(self.json)
             return "json", spec
         if self.json_object:
             return "json_object", ""

@@ -20,47 +20,38 @@ from vllm_core.structured_output.backend import StructuredOutputGrammar
 
 @dataclass(slots=True)
 class ReasoningGate:
-    """Detects the end of a reasoning section in a token stream.
+    """Detects the end of a reasoning section in a token stream, on the decoded text.
 
-    ``end_ids`` is the token sequence of the end tag. ``ended`` becomes True once the output
-    (after the last occurrence of the start sequence in the prompt, if any) contains it.
+    Token ids are not enough: ``"</think>"`` tokenizes differently after a space or newline.
+    ``feed`` decodes only a short tail of the output (``window`` tokens, enough to hold the tag
+    however it was split) per token, until the tag has been seen; afterwards it is a no-op.
     """
 
-    end_ids: list[int]
+    end_tag: str
+    decode: Callable[[list[int]], str]
+    window: int
     ended: bool = False
     _tail: list[int] = field(default_factory=list)
 
     @classmethod
-    def for_prompt(cls, prompt_ids: list[int], start_ids: list[int],
-                   end_ids: list[int]) -> ReasoningGate:
-        """The gate's state after the prompt: ended when the prompt closes its last reasoning
+    def for_prompt(cls, prompt_ids: list[int], start_tag: str, end_tag: str,
+                   decode: Callable[[list[int]], str], window: int) -> ReasoningGate:
+        """The gate after the prompt: ended when the prompt's text closes its last reasoning
         section (an empty think block put there by the chat template)."""
-        gate = cls(list(end_ids))
-        last_start = _rfind(prompt_ids, start_ids)
-        last_end = _rfind(prompt_ids, end_ids)
-        gate.ended = last_end >= 0 and last_end > last_start
+        gate = cls(end_tag, decode, window)
+        text = decode(list(prompt_ids[-4 * window:]))
+        last_end = text.rfind(end_tag)
+        gate.ended = last_end >= 0 and last_end > text.rfind(start_tag)
         return gate
 
     def feed(self, token: int) -> None:
         if self.ended:
             return
         self._tail.append(token)
-        n = len(self.end_ids)
-        if len(self._tail) > n:
+        if len(self._tail) > self.window:
             del self._tail[0]
-        if self._tail == self.end_ids:
+        if self.end_tag in self.decode(self._tail):
             self.ended = True
-
-
-def _rfind(seq: list[int], sub: list[int]) -> int:
-    """Start of the last occurrence of ``sub`` in ``seq`` (-1 if none or ``sub`` empty)."""
-    n = len(sub)
-    if n == 0:
-        return -1
-    for i in range(len(seq) - n, -1, -1):
-        if seq[i:i + n] == sub:
-            return i
-    return -1
 
 
 @dataclass(slots=True, eq=False)
@@ -95,7 +86,7 @@ class StructuredOutputRequest:
         if self.grammar is None:
             return True
         if self.gate is not None and not self.gate.ended:
-            self.gate.feed(token)
+            self.gate.feed(token)           # the tag's own tokens are not the grammar's
             return True
         if self.grammar.accept_tokens([token]):
             return True

@@ -25,8 +25,6 @@ _UNENFORCED = {
     "dependentSchemas": "dependentSchemas", "if": "if/then/else", "not": "not",
 }
 
-MAX_ROLLBACK_TOKENS = 64
-
 
 def _unenforced_keyword(schema: Any, path: str = "$") -> str | None:
     """The first keyword xgrammar would ignore, as ``'keyword' at path``, or None."""
@@ -131,10 +129,12 @@ class XgrammarBackend(StructuredOutputBackend):
     def compile(self, kind: str, spec: str, compact: bool) -> Any:
         c = self.compiler
         any_ws = not (compact or self.disable_any_whitespace)
+        seps = None if any_ws else (",", ":")          # compact: no whitespace at all
         if kind == "json":
-            return c.compile_json_schema(spec, any_whitespace=any_ws)
+            return c.compile_json_schema(spec, any_whitespace=any_ws, separators=seps)
         if kind == "json_object":
-            return c.compile_json_schema('{"type": "object"}', any_whitespace=any_ws)
+            return c.compile_json_schema('{"type": "object"}', any_whitespace=any_ws,
+                                         separators=seps)
         if kind == "regex":
             return c.compile_regex(spec)
         if kind == "choice":
@@ -146,8 +146,7 @@ class XgrammarBackend(StructuredOutputBackend):
         raise UnsupportedConstraint(f"xgrammar has no constraint kind {kind!r}")
 
     def make_grammar(self, compiled: Any) -> StructuredOutputGrammar:
-        return XgrammarGrammar(self._xgr.GrammarMatcher(
-            compiled, max_rollback_tokens=MAX_ROLLBACK_TOKENS))
+        return XgrammarGrammar(self._xgr.GrammarMatcher(compiled))
 
 
 def _grammar_from_text(xgr: Any, text: str) -> Any:

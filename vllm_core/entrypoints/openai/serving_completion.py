@@ -24,6 +24,7 @@ from vllm_core.entrypoints.openai.protocol import (
     UsageInfo,
     random_id,
 )
+from vllm_core.entrypoints.openai.structured_request import structured_outputs_from_request
 from vllm_core.entrypoints.openai.serving_common import (
     ChoiceState,
     ServingContext,
@@ -119,6 +120,10 @@ class OpenAIServingCompletion:
         ctx.check_logprobs(req.logprobs, "logprobs")
         prompts = self._prompts(req)
         fields = req.sampling_fields()
+        structured, structured_field = structured_outputs_from_request(req)
+        if structured is not None:
+            ctx.check_structured_outputs(structured, structured_field)
+            fields["structured_outputs"] = structured
         if req.logprobs is not None:
             fields["logprobs"] = req.logprobs
             if req.echo:
