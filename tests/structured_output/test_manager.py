@@ -4,7 +4,7 @@ reasoning gate (grammar applies after the reasoning section ends)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest

@@ -61,6 +61,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 from vllm_core.config import CacheConfig, SchedulerConfig
 from vllm_core.engine.kv_cache_manager import KVCacheManager, cdiv
+from vllm_core.engine.request import Request, RequestStatus
+from vllm_core.engine.stats import SchedulerStats
+from vllm_core.logger import init_logger
 from vllm_core.messages import (
     CachedRequestData,
     EngineCoreOutput,
@@ -69,9 +72,6 @@ from vllm_core.messages import (
     NewRequestData,
     SchedulerOutput,
 )
-from vllm_core.engine.request import Request, RequestStatus
-from vllm_core.engine.stats import SchedulerStats
-from vllm_core.logger import init_logger
 
 logger = init_logger(__name__)
 

@@ -24,7 +24,6 @@ from vllm_core.entrypoints.openai.protocol import (
     UsageInfo,
     random_id,
 )
-from vllm_core.entrypoints.openai.structured_request import structured_outputs_from_request
 from vllm_core.entrypoints.openai.serving_common import (
     ChoiceState,
     ServingContext,
@@ -32,6 +31,7 @@ from vllm_core.entrypoints.openai.serving_common import (
     merge_async_iterators,
     run_until_disconnected,
 )
+from vllm_core.entrypoints.openai.structured_request import structured_outputs_from_request
 from vllm_core.outputs import PositionLogprobs, RequestOutput
 
 
