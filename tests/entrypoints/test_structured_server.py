@@ -57,10 +57,12 @@ def test_openai_parse_returns_the_pydantic_object(client, model):
 def test_json_object_regex_choice_and_completions(client, model):
     r = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Give me a JSON object."}],
-        response_format={"type": "json_object"}, max_tokens=60, temperature=0,
-        extra_body={"structured_outputs": None})
+        response_format={"type": "json_object"}, max_tokens=60, temperature=0)
+    text = r.choices[0].message.content
     if r.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(r.choices[0].message.content), dict)
+        assert isinstance(json.loads(text), dict)
+    else:                                 # cut by max_tokens: still an object being written
+        assert r.choices[0].finish_reason == "length" and text.lstrip().startswith("{")
     r = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Pick a color."}], n=3,
         temperature=1.0, seed=3, max_tokens=10,

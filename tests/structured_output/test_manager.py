@@ -121,3 +121,25 @@ def test_reasoning_gate_delays_the_grammar(tokenizer, vocab_size, eos_ids):
     closed.future.result(timeout=60)
     assert closed.is_ready() and closed.active
     m.shutdown()
+
+
+def test_batch_fill_equals_row_by_row(manager, tokenizer):
+    """xgrammar's parallel batch fill (used from 8 rows up) gives the rows one by one would."""
+    import torch
+
+    from vllm_core.structured_output.xgrammar_backend import BATCH_FILL_MIN_ROWS
+
+    n = BATCH_FILL_MIN_ROWS + 3
+    reqs = {f"r{i}": FakeRequest(manager.submit(S(regex=f"{'ab'[i % 2]}[0-9]{{{i + 1}}}"), [1]))
+            for i in range(n)}
+    for r in reqs.values():
+        r.structured_output.future.result(timeout=60)
+        r.structured_output.is_ready()
+    first = tokenizer.encode("a", add_special_tokens=False)
+    reqs["r0"].structured_output.accept(first[0])            # one row past its start
+    so = _so(set(reqs))
+    manager.attach_bitmask(so, reqs)
+    for row, req_id in enumerate(so.structured_output_req_ids):
+        single = torch.zeros(1, manager.width, dtype=torch.int32)
+        reqs[req_id].structured_output.grammar.fill_bitmask(single, 0)
+        assert np.array_equal(so.grammar_bitmask[row], single[0].numpy()), req_id

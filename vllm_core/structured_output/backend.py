@@ -91,3 +91,10 @@ class StructuredOutputBackend(ABC):
     @abstractmethod
     def make_grammar(self, compiled: Any) -> StructuredOutputGrammar:
         """A fresh matcher at the start state of ``compiled``."""
+
+    def fill_bitmasks(self, grammars: list[StructuredOutputGrammar], bitmask: torch.Tensor,
+                      rows: list[int]) -> None:
+        """``grammars[i].fill_bitmask(bitmask, rows[i])`` for all i; a backend may do it in
+        parallel (xgrammar's batch matcher)."""
+        for grammar, row in zip(grammars, rows):
+            grammar.fill_bitmask(bitmask, row)

@@ -198,10 +198,15 @@ class StructuredOutputManager:
             return
         ids.sort()
         bitmask = torch.full((len(ids), self.width), -1, dtype=torch.int32)
+        groups: dict[str, tuple[list, list[int]]] = {}
         for row, req_id in enumerate(ids):
-            grammar = requests[req_id].structured_output.grammar
-            if not grammar.is_terminated():
-                grammar.fill_bitmask(bitmask, row)
+            so = requests[req_id].structured_output
+            if not so.grammar.is_terminated():       # (its output is dropped anyway)
+                grammars, rows = groups.setdefault(so.key[0], ([], []))
+                grammars.append(so.grammar)
+                rows.append(row)
+        for name, (grammars, rows) in groups.items():
+            self._backend(name).fill_bitmasks(grammars, bitmask, rows)
         scheduler_output.grammar_bitmask = bitmask.numpy()
         scheduler_output.structured_output_req_ids = ids
 

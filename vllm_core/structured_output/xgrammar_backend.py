@@ -26,6 +26,9 @@ _UNENFORCED = {
 }
 
 
+BATCH_FILL_MIN_ROWS = 8       # below this, filling row by row is as fast
+
+
 def _unenforced_keyword(schema: Any, path: str = "$") -> str | None:
     """The first keyword xgrammar would ignore, as ``'keyword' at path``, or None."""
     if isinstance(schema, dict):
@@ -100,6 +103,7 @@ class XgrammarBackend(StructuredOutputBackend):
                                                   stop_token_ids=eos_token_ids or None)
         self._xgr = xgr
         self.compiler = xgr.GrammarCompiler(info, max_threads=max_threads)
+        self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
 
     @staticmethod
     def check(kind: str, spec: str) -> None:
@@ -147,6 +151,15 @@ class XgrammarBackend(StructuredOutputBackend):
 
     def make_grammar(self, compiled: Any) -> StructuredOutputGrammar:
         return XgrammarGrammar(self._xgr.GrammarMatcher(compiled))
+
+    def fill_bitmasks(self, grammars: list[StructuredOutputGrammar], bitmask: torch.Tensor,
+                      rows: list[int]) -> None:
+        """All rows at once on xgrammar's thread pool (large batches)."""
+        if len(grammars) < BATCH_FILL_MIN_ROWS:
+            super().fill_bitmasks(grammars, bitmask, rows)
+            return
+        self._batch.batch_fill_next_token_bitmask([g.matcher for g in grammars], bitmask,
+                                                  indices=list(rows))
 
 
 def _grammar_from_text(xgr: Any, text: str) -> Any:
