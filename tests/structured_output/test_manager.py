@@ -143,3 +143,10 @@ def test_batch_fill_equals_row_by_row(manager, tokenizer):
         single = torch.zeros(1, manager.width, dtype=torch.int32)
         reqs[req_id].structured_output.grammar.fill_bitmask(single, 0)
         assert np.array_equal(so.grammar_bitmask[row], single[0].numpy()), req_id
+
+
+def test_depends_on_step_only_for_grammar_requests_sampling_in_both(manager):
+    reqs = {"g": FakeRequest(manager.submit(S(regex="[0-9]+"), [1])), "p": FakeRequest(None)}
+    assert manager.depends_on_step(_so({"g", "p"}), reqs, _so({"g"}))
+    assert not manager.depends_on_step(_so({"g", "p"}), reqs, _so({"p"}))   # g: new this step
+    assert not manager.depends_on_step(_so({"p"}), reqs, _so({"g", "p"}))

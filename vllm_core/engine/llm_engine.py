@@ -15,7 +15,8 @@ Structured outputs: ``add_request`` starts compiling a request's grammar (the sc
 request until it is ready); after ``schedule`` the engine attaches the step's grammar bitmask
 (``StructuredOutputManager.attach_bitmask``). The bitmask of a step depends on every earlier
 token of its requests, so under async scheduling, when the new step has a structured-output
-request that samples and a step is in flight, the engine collects the step in flight first
+request that samples and that also samples in the step in flight, the engine collects that step
+first
 (advancing the matchers), then builds the bitmask and launches: such steps do not overlap host
 and device work, the others keep overlapping. When a step schedules nothing because every
 waiting request is still compiling, ``step`` waits briefly on the compiles instead of spinning.
@@ -204,8 +205,8 @@ class LLMEngine:
             return outputs + self._finish_step(
                 scheduler_output, self.executor.execute_model(scheduler_output), t0)
         previous, self._in_flight = self._in_flight, None
-        if previous is not None and self.structured_output_manager.needs_bitmask(
-                scheduler_output, self.scheduler.requests):
+        if previous is not None and self.structured_output_manager.depends_on_step(
+                scheduler_output, self.scheduler.requests, previous[0]):
             outputs += self._finish_step(previous[0], previous[1].result(), previous[2])
             previous = None                 # matchers advanced: the bitmask can be built
         self._attach_bitmask(scheduler_output)

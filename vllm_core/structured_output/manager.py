@@ -9,9 +9,10 @@
   cached, so concurrent requests for one schema compile it once). The scheduler keeps the
   request waiting until ``StructuredOutputRequest.is_ready()``; the step loop never blocks on a
   compile.
-- ``attach_bitmask(scheduler_output, requests)`` (engine, after ``schedule``): one int32 row per
-  request that samples this step under an active grammar, in ``structured_output_req_ids``
-  order. Requests are visited (one ``fill`` call each), never tokens.
+- ``attach_bitmask(scheduler_output, requests)`` (engine, after ``schedule``): one int32 row
+  per request that samples this step under an active grammar, in ``structured_output_req_ids``
+  order. Requests are visited (xgrammar fills large batches in parallel), never tokens.
+  ``depends_on_step`` tells the async engine when it must first collect the step in flight.
 """
 
 from __future__ import annotations
@@ -210,9 +211,14 @@ class StructuredOutputManager:
         scheduler_output.grammar_bitmask = bitmask.numpy()
         scheduler_output.structured_output_req_ids = ids
 
-    def needs_bitmask(self, scheduler_output: Any, requests: Mapping[str, Any]) -> bool:
-        """Whether any request sampling in this step has a grammar (compiled or gated)."""
+    def depends_on_step(self, scheduler_output: Any, requests: Mapping[str, Any],
+                        in_flight: Any) -> bool:
+        """Whether this step's bitmask needs the tokens of the ``in_flight`` step: some request
+        with a grammar (compiled or gated) samples in both."""
+        pending = in_flight.sampling_req_ids
         for req_id in scheduler_output.sampling_req_ids:
+            if req_id not in pending:
+                continue
             request = requests.get(req_id)
             if request is not None and request.structured_output is not None:
                 return True
