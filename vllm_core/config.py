@@ -96,6 +96,35 @@ class SchedulerConfig:
     async_scheduling: bool | None = None         # None: the platform's default
 
 
+STRUCTURED_OUTPUT_BACKENDS = ("auto", "xgrammar", "guidance", "outlines")
+
+
+@dataclass(slots=True)
+class StructuredOutputsConfig:
+    """Structured outputs (``--structured-outputs-config`` JSON, ``--reasoning-parser``).
+
+    ``backend``: "auto" (xgrammar, else llguidance when xgrammar refuses a constraint), or one
+    library for every request. ``disable_any_whitespace``: JSON without free whitespace (small
+    models otherwise tend to loop on it). ``reasoning_parser``: the grammar of a request starts
+    only after the model's reasoning section ends (its end tag is found in the output), unless
+    ``enable_in_reasoning``. ``compile_threads``: threads compiling grammars off the step loop.
+    """
+
+    backend: str = "auto"
+    disable_any_whitespace: bool = False
+    reasoning_parser: str | None = None
+    enable_in_reasoning: bool = False
+    compile_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.backend not in STRUCTURED_OUTPUT_BACKENDS:
+            raise ValueError(f"structured_outputs_config.backend must be one of "
+                             f"{', '.join(STRUCTURED_OUTPUT_BACKENDS)}, got {self.backend!r}")
+        if not isinstance(self.compile_threads, int) or self.compile_threads < 1:
+            raise ValueError(f"structured_outputs_config.compile_threads must be an integer "
+                             f">= 1, got {self.compile_threads!r}")
+
+
 @dataclass(slots=True)
 class ParallelConfig:
     tensor_parallel_size: int = 1
@@ -109,6 +138,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     attention_backend: str | None = None          # user's choice, else the platform's
     enforce_eager: bool = False
     graph_batch_sizes: list[int] = field(default_factory=list)

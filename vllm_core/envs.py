@@ -71,9 +71,9 @@ def relevant_environment() -> dict[str, str]:
 
 def openai_base_url() -> str | None:
     """OPENAI_BASE_URL: the server ``vllm-core chat`` / ``generate`` talk to when no --url."""
-    return _get("OPENAI_BASE_URL")
+    return get("OPENAI_BASE_URL")
 
 
 def openai_api_key() -> str | None:
     """OPENAI_API_KEY: the API key sent to that server when no --api-key."""
-    return _get("OPENAI_API_KEY")
+    return get("OPENAI_API_KEY")

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from vllm_core.sampling.params import SamplingParams
 
 
@@ -58,6 +60,15 @@ class SchedulerOutput:
     ``sampling_req_ids`` of step N that is scheduled again in step N+1 gets one token there whose
     id the workers hold but the scheduler does not know yet (a placeholder); the workers feed
     that token themselves. At most one step is in flight.
+
+    Structured outputs: ``grammar_bitmask`` (numpy int32 ``[len(structured_output_req_ids),
+    ceil(vocab_size / 32)]``, or None) constrains the next token of the requests in
+    ``structured_output_req_ids``: row ``i`` belongs to request ``structured_output_req_ids[i]``,
+    which is in ``sampling_req_ids``; bit ``t % 32`` of word ``t // 32`` is 1 iff token ``t`` is
+    allowed. The runner applies it to those requests' logit rows before sampling
+    (``vllm_core.sampling.structured.apply_grammar_bitmask``). It is built after all earlier
+    steps' tokens are known, even under async scheduling (the engine collects the step in flight
+    first when this step has structured-output requests).
     """
 
     scheduled_new_reqs: list[NewRequestData]
@@ -67,6 +78,8 @@ class SchedulerOutput:
     finished_req_ids: set[str] = field(default_factory=set)
     num_preempted: int = 0
     sampling_req_ids: frozenset[str] = frozenset()
+    grammar_bitmask: np.ndarray | None = None
+    structured_output_req_ids: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

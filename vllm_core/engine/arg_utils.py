@@ -41,6 +41,8 @@ class EngineArgs:
     enforce_eager: bool = False
     async_scheduling: bool | None = None      # None: the platform's default
     disable_log_stats: bool = False
+    structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
+    reasoning_parser: str | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -85,6 +87,12 @@ class EngineArgs:
                        help="schedule and launch step N+1 while the device runs step N "
                             "(default: the platform's choice; on for CUDA)")
         g.add_argument("--disable-log-stats", action="store_true")
+        g.add_argument("--structured-outputs-config", default=None,
+                       help='JSON, e.g. \'{"backend": "guidance", "disable_any_whitespace": '
+                            'true}\'; backend: auto (default), xgrammar, guidance, outlines')
+        g.add_argument("--reasoning-parser", default=None,
+                       help="split <think> reasoning into reasoning_content (deepseek_r1, "
+                            "qwen3, or a plugin's); grammars apply after the reasoning ends")
         return parser
 
     @classmethod
@@ -118,6 +126,34 @@ class EngineArgs:
         if self.kv_cache_space_gib is not None and self.kv_cache_space_gib <= 0:
             raise bad("kv_cache_space_gib", "must be positive")
 
+    def structured_outputs(self) -> Any:
+        """The StructuredOutputsConfig these arguments describe (ValueError naming the flag)."""
+        import json
+
+        from vllm_core.config import StructuredOutputsConfig
+
+        raw = self.structured_outputs_config
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"structured_outputs_config is not valid JSON: {e}") from e
+        raw = dict(raw or {})
+        if not all(isinstance(k, str) for k in raw):
+            raise ValueError("structured_outputs_config must be a JSON object")
+        known = set(StructuredOutputsConfig.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"structured_outputs_config has unknown keys {unknown}; known: "
+                             f"{sorted(known)}")
+        if self.reasoning_parser is not None:
+            raw["reasoning_parser"] = self.reasoning_parser
+        if raw.get("reasoning_parser") is not None:
+            from vllm_core.reasoning.registry import resolve_reasoning_parser
+
+            resolve_reasoning_parser(raw["reasoning_parser"])      # ValueError if unknown
+        return StructuredOutputsConfig(**raw)
+
     def create_engine_config(self) -> tuple[Any, Any]:
         """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""
         from vllm_core import envs
@@ -136,6 +172,7 @@ class EngineArgs:
 
         self._validate()
         load_general_plugins()
+        structured = self.structured_outputs()
         platform = resolve_current_platform()
         path = resolve_model(locate_model(self.model, self.revision, self.download_dir))
         tokenizer = locate_model(self.tokenizer, self.revision, self.download_dir)
@@ -169,6 +206,7 @@ class EngineArgs:
                                       policy=self.scheduling_policy, max_model_len=max_len,
                                       async_scheduling=self.async_scheduling),
             parallel=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
+            structured_outputs=structured,
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,
         )

@@ -90,6 +90,10 @@ class AsyncLLMEngine:
         """SamplingParams where generation_config fills the fields the user left unset."""
         return sampling_params_from_user(self.generation_defaults, **user_fields)
 
+    def check_structured_outputs(self, params: Any) -> None:
+        """Validate a grammar constraint and pick its backend (ValueError with the reason)."""
+        self.engine.structured_output_manager.prepare(params)
+
     # ------------------------------------------------------------------ requests
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
                        request_id: str, priority: int = 0) -> AsyncIterator[RequestOutput]:

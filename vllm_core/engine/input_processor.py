@@ -36,15 +36,24 @@ def eos_token_ids(tokenizer: Any, generation_defaults: dict[str, Any], arch_eos:
 
 
 class InputProcessor:
+    """``structured_outputs`` (a ``StructuredOutputManager``, optional) validates a request's
+    grammar constraint and picks its backend here, so a bad schema is refused up front."""
+
     def __init__(self, config: EngineConfig, tokenizer: Any,
-                 generation_defaults: dict[str, Any]) -> None:
+                 generation_defaults: dict[str, Any], structured_outputs: Any = None) -> None:
         self.config = config
+        self.structured_outputs = structured_outputs
         self.tokenizer = tokenizer
         self.generation_defaults = generation_defaults
         arch = config.model.arch
         self.vocab_size = arch.vocab_size
         self.max_model_len = config.model.max_model_len
         self.eos_token_ids = eos_token_ids(tokenizer, generation_defaults, arch.eos_token_id)
+
+    @staticmethod
+    def model_eos_token_ids(config: EngineConfig, tokenizer: Any,
+                            generation_defaults: dict[str, Any]) -> list[int]:
+        return eos_token_ids(tokenizer, generation_defaults, config.model.arch.eos_token_id)
 
     def default_sampling_params(self) -> SamplingParams:
         """SamplingParams() with the model's generation_config.json values applied."""
@@ -95,6 +104,10 @@ class InputProcessor:
                 raise ValueError(f"{name}={value} exceeds max_logprobs={max_logprobs} "
                                  f"(raise it with --max-logprobs)")
         params.eos_token_ids = list(self.eos_token_ids)
+        if params.structured_outputs is not None:
+            if self.structured_outputs is None:
+                raise ValueError("structured_outputs are not supported by this engine")
+            self.structured_outputs.prepare(params.structured_outputs)
         if params.bad_words:
             params.bad_words_token_ids = self._bad_words_ids(params.bad_words)
         room = self.max_model_len - len(ids)

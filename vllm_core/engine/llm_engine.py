@@ -10,11 +10,22 @@ N+1 first, then waits for step N's sampled ids and processes them, so the host w
 (scheduling, input preparation, output processing) overlaps the device running the other. Each
 ``step()`` then returns the outputs of the step before; at most one step is in flight, and
 ``has_unfinished_requests()`` stays true until it has been collected.
+
+Structured outputs: ``add_request`` starts compiling a request's grammar (the scheduler holds the
+request until it is ready); after ``schedule`` the engine attaches the step's grammar bitmask
+(``StructuredOutputManager.attach_bitmask``). The bitmask of a step depends on every earlier
+token of its requests, so under async scheduling, when the new step has a structured-output
+request that samples and that also samples in the step in flight, the engine collects that step
+first
+(advancing the matchers), then builds the bitmask and launches: such steps do not overlap host
+and device work, the others keep overlapping. When a step schedules nothing because every
+waiting request is still compiling, ``step`` waits briefly on the compiles instead of spinning.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
 from vllm_core.config import EngineConfig
@@ -71,7 +82,14 @@ class LLMEngine:
         with phase(f"KV cache allocation ({num_blocks} blocks) and warm-up"):
             self.executor.initialize_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len)
-        self.input_processor = InputProcessor(config, self.tokenizer, self.generation_defaults)
+        from vllm_core.structured_output.manager import StructuredOutputManager
+
+        eos_ids = InputProcessor.model_eos_token_ids(config, self.tokenizer,
+                                                     self.generation_defaults)
+        self.structured_output_manager = StructuredOutputManager(
+            config.structured_outputs, self.tokenizer, model.arch.vocab_size, eos_ids)
+        self.input_processor = InputProcessor(config, self.tokenizer, self.generation_defaults,
+                                              self.structured_output_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.stat_loggers: list[StatLogger] = list(stat_loggers or [])
         self._children: dict[str, list[str]] = {}
@@ -149,10 +167,14 @@ class LLMEngine:
                 child_params.n = 1
                 if params.seed is not None:
                     child_params.seed = params.seed + i
+            grammar = None
+            if child_params.structured_outputs is not None:
+                grammar = self.structured_output_manager.submit(
+                    child_params.structured_outputs, processed.prompt_token_ids)
             requests.append(Request(
                 request_id=child_id, prompt_token_ids=processed.prompt_token_ids,
                 sampling_params=child_params, arrival_time=arrival, priority=priority,
-                parent_id=request_id if n > 1 else None))
+                parent_id=request_id if n > 1 else None, structured_output=grammar))
         for i, req in enumerate(requests):           # scheduler first: it may refuse
             self.scheduler.add_request(req)
             self.output_processor.add_request(
@@ -179,23 +201,53 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
         scheduler_output = self.scheduler.schedule()
+        outputs = self._failed_outputs()
+        if scheduler_output.is_empty and self._in_flight is None:
+            self._wait_for_grammars()
         if not self.async_scheduling:
-            return self._finish_step(scheduler_output,
-                                     self.executor.execute_model(scheduler_output), t0)
+            self._attach_bitmask(scheduler_output)
+            return outputs + self._finish_step(
+                scheduler_output, self.executor.execute_model(scheduler_output), t0)
         previous, self._in_flight = self._in_flight, None
+        if previous is not None and self.structured_output_manager.depends_on_step(
+                scheduler_output, self.scheduler.requests, previous[0]):
+            outputs += self._finish_step(previous[0], previous[1].result(), previous[2])
+            previous = None                 # matchers advanced: the bitmask can be built
+        self._attach_bitmask(scheduler_output)
         if scheduler_output.is_empty:       # nothing to overlap: deliver finished ids now
             self.executor.execute_model(scheduler_output)
         else:
             self._in_flight = (scheduler_output,
                                self.executor.execute_model_async(scheduler_output), t0)
         if previous is None:
-            return []
+            return outputs
         prev_output, pending, prev_t0 = previous
-        return self._finish_step(prev_output, pending.result(), prev_t0)
+        return outputs + self._finish_step(prev_output, pending.result(), prev_t0)
+
+    def _attach_bitmask(self, scheduler_output: Any) -> None:
+        if scheduler_output.sampling_req_ids:
+            self.structured_output_manager.attach_bitmask(scheduler_output,
+                                                          self.scheduler.requests)
+
+    def _wait_for_grammars(self, timeout: float = 0.05) -> None:
+        futures = self.scheduler.grammar_futures()
+        if futures:
+            wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+
+    def _failed_outputs(self) -> list[RequestOutput]:
+        failed = self.scheduler.pop_failed_outputs()
+        return self._process(failed) if failed else []
 
     def _finish_step(self, scheduler_output: Any, runner_output: Any,
                      t0: float) -> list[RequestOutput]:
         core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        processed = self._process(core_outputs, return_processed=True)
+        if self.stat_loggers:
+            self._record_stats(scheduler_output, core_outputs, processed,
+                               time.perf_counter() - t0)
+        return processed.request_outputs
+
+    def _process(self, core_outputs: list, return_processed: bool = False) -> Any:
         processed = self.output_processor.process_outputs(core_outputs, time.time())
         if processed.reqs_to_abort:
             self.scheduler.finish_requests(processed.reqs_to_abort,
@@ -203,10 +255,7 @@ class LLMEngine:
         for out in processed.request_outputs:
             if out.finished:
                 self._children.pop(out.request_id, None)
-        if self.stat_loggers:
-            self._record_stats(scheduler_output, core_outputs, processed,
-                               time.perf_counter() - t0)
-        return processed.request_outputs
+        return processed if return_processed else processed.request_outputs
 
     def _record_stats(self, scheduler_output: Any, core_outputs: list, processed: Any,
                       step_time: float) -> None:
@@ -222,6 +271,7 @@ class LLMEngine:
             stat_logger.record(stats, it)
 
     def shutdown(self) -> None:
+        self.structured_output_manager.shutdown()
         self.executor.shutdown()
 
     def scheduler_snapshot(self) -> SchedulerStats:

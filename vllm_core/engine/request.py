@@ -12,16 +12,23 @@ import enum
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vllm_core.sampling.params import SamplingParams
 
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm_core.structured_output.request import StructuredOutputRequest
+
 
 class RequestStatus(enum.IntEnum):
-    """Life cycle: WAITING -> RUNNING (-> PREEMPTED -> RUNNING)* -> FINISHED_*.
+    """Life cycle: [WAITING_FOR_GRAMMAR ->] WAITING -> RUNNING (-> PREEMPTED -> RUNNING)* ->
+    FINISHED_*. A request with structured outputs waits in WAITING_FOR_GRAMMAR (in the waiting
+    queue, skipped by admission) until its grammar has compiled.
 
     Every value above ``PREEMPTED`` is a finished state.
     """
 
+    WAITING_FOR_GRAMMAR = enum.auto()
     WAITING = enum.auto()
     RUNNING = enum.auto()
     PREEMPTED = enum.auto()
@@ -74,6 +81,7 @@ class Request:
     cache_salt: str | None = None
     parent_id: str | None = None           # shared by the children of one n > 1 request
     max_model_len: int | None = None
+    structured_output: StructuredOutputRequest | None = None   # grammar state, if constrained
 
     status: RequestStatus = field(default=RequestStatus.WAITING, init=False)
     output_token_ids: list[int] = field(default_factory=list, init=False)

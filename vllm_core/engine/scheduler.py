@@ -37,6 +37,12 @@ scheduled in N+1 for nothing, and that step's output for it is dropped. Blocks e
 cache only once their token ids are known. Preemption drops the placeholders (the token in
 flight is discarded and recomputed later, like the rest of the request).
 
+Structured outputs: a request with a grammar enters as WAITING_FOR_GRAMMAR and admission skips it
+(without blocking the queue) until its grammar has compiled; one whose compile failed finishes
+with "abort" (``pop_failed_outputs``). ``update_from_output`` advances the request's matcher with each appended token,
+and a request whose grammar terminated finishes with "stop". The batch bitmask is built outside
+the scheduler (``StructuredOutputManager.attach_bitmask``), which stays torch-free.
+
 Stop checks (``update_from_output``, after each appended token): a token in
 ``sampling_params.all_stop_token_ids`` finishes the request with "stop" once
 ``len(output) >= min_tokens`` (``stop_reason`` is the token id when it came from
@@ -57,6 +63,7 @@ from vllm_core.config import CacheConfig, SchedulerConfig
 from vllm_core.engine.kv_cache_manager import KVCacheManager, cdiv
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.stats import SchedulerStats
+from vllm_core.logger import init_logger
 from vllm_core.messages import (
     CachedRequestData,
     EngineCoreOutput,
@@ -65,6 +72,8 @@ from vllm_core.messages import (
     NewRequestData,
     SchedulerOutput,
 )
+
+logger = init_logger(__name__)
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
@@ -224,6 +233,7 @@ class Scheduler:
         self._sibling_leader: dict[str, str] = {}     # parent_id -> first child, until prefilled
         self._arrival_seq = itertools.count()
         self._num_preemptions = 0                     # since the last make_stats()
+        self._failed: list[EngineCoreOutput] = []     # grammar failures, reported next update
 
     # ------------------------------------------------------------------ requests in
     def add_request(self, request: Request) -> None:
@@ -248,6 +258,8 @@ class Scheduler:
         request.stop_token_ids = frozenset(request.sampling_params.all_stop_token_ids)
         request.arrival_seq = next(self._arrival_seq)
         request.status = RequestStatus.WAITING
+        if request.structured_output is not None and not request.structured_output.is_ready():
+            request.status = RequestStatus.WAITING_FOR_GRAMMAR
         self.requests[req_id] = request
         self.waiting.add(request)
         parent = request.parent_id
@@ -283,6 +295,18 @@ class Scheduler:
     # ------------------------------------------------------------------ queries
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
+
+    def grammar_futures(self) -> list:
+        """Compile futures of the requests waiting for their grammar (the engine may wait on
+        them when a step has nothing else to run)."""
+        return [r.structured_output.future for r in self.waiting
+                if r.status == RequestStatus.WAITING_FOR_GRAMMAR]
+
+    def pop_failed_outputs(self) -> list[EngineCoreOutput]:
+        """Outputs of requests finished by the scheduler itself (a grammar that failed to
+        compile: finish_reason "abort"), since the last call."""
+        failed, self._failed = self._failed, []
+        return failed
 
     def has_finished_requests(self) -> bool:
         """Finished ids not yet sent to the workers (an engine may step once more to flush)."""
@@ -452,6 +476,15 @@ class Scheduler:
             if self._is_gated_sibling(request):
                 skipped.append(self.waiting.pop())
                 continue
+            if request.status == RequestStatus.WAITING_FOR_GRAMMAR:
+                if not request.structured_output.is_ready():
+                    skipped.append(self.waiting.pop())
+                    continue
+                request.status = RequestStatus.WAITING
+            if request.structured_output is not None and request.structured_output.error:
+                self.waiting.pop()
+                self._fail(request, request.structured_output.error)
+                continue
             group = _group(request)
             if share is not None and groups[group] >= share:
                 deferred.append(self.waiting.pop())
@@ -534,9 +567,14 @@ class Scheduler:
                 request.num_output_placeholders -= 1
             new_tokens: list[int] = []
             status: RequestStatus | None = None
+            grammar = request.structured_output
             for token in sampled:
                 request.append_output_token_ids(token)
                 new_tokens.append(token)
+                if grammar is not None and not grammar.accept(token) \
+                        and grammar.num_rejected == 1:
+                    logger.warning("request %s: token %d is not allowed by its grammar (was "
+                                   "the grammar bitmask applied?)", req_id, token)
                 status = self._check_stop(request)
                 if status is not None:
                     break
@@ -570,6 +608,9 @@ class Scheduler:
             if num_output >= params.min_tokens:
                 request.stop_reason = last if last in params.stop_token_ids else None
                 return RequestStatus.FINISHED_STOPPED
+        grammar = request.structured_output
+        if grammar is not None and grammar.is_terminated():
+            return RequestStatus.FINISHED_STOPPED
         if num_output >= request.max_tokens or len(request.all_token_ids) >= self.max_seq_len:
             return RequestStatus.FINISHED_LENGTH
         return None
@@ -588,6 +629,13 @@ class Scheduler:
         skip = max(0, sent - start)
         request.num_prompt_logprobs_sent = max(sent, start + len(entries))
         return entries[skip:]
+
+    def _fail(self, request: Request, reason: str) -> None:
+        """Finish a waiting request whose grammar failed (see ``pop_failed_outputs``)."""
+        logger.error("request %s: %s", request.request_id, reason)
+        request.status = RequestStatus.FINISHED_ABORTED
+        self._release(request)
+        self._failed.append(EngineCoreOutput(request.request_id, [], "abort"))
 
     def _release(self, request: Request) -> None:
         """Free a finished request's blocks and forget it (caller fixes the queues)."""

@@ -81,9 +81,23 @@ def _register_quantization(name: str, class_path: str, override: bool = False) -
     register_quantization_method(name, class_path, override=override)
 
 
+def _register_tool_parser(name: str, class_path: str) -> None:
+    from vllm_core.entrypoints.openai.tool_parsers.registry import register_tool_parser
+
+    register_tool_parser(name, class_path)
+
+
+def _register_reasoning_parser(name: str, class_path: str) -> None:
+    from vllm_core.reasoning.registry import register_reasoning_parser
+
+    register_reasoning_parser(name, class_path)
+
+
 def create_plugin_manager(*, register_backend: RegisterFn | None = None,
                           register_model: RegisterFn | None = None,
                           register_quantization: RegisterFn | None = None,
+                          register_tool_parser: RegisterFn | None = None,
+                          register_reasoning_parser: RegisterFn | None = None,
                           with_builtin: bool = True) -> pluggy.PluginManager:
     """A new manager whose historic registration hooks feed the given functions (default: the
     core's registries). Tests pass fakes; the process uses ``get_plugin_manager()``."""
@@ -95,6 +109,10 @@ def create_plugin_manager(*, register_backend: RegisterFn | None = None,
         kwargs={"register": register_model or _register_model})
     pm.hook.register_quantization_methods.call_historic(
         kwargs={"register": register_quantization or _register_quantization})
+    pm.hook.register_tool_parsers.call_historic(
+        kwargs={"register": register_tool_parser or _register_tool_parser})
+    pm.hook.register_reasoning_parsers.call_historic(
+        kwargs={"register": register_reasoning_parser or _register_reasoning_parser})
     if with_builtin:
         from vllm_core.plugins import builtin
 

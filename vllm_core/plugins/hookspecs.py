@@ -4,7 +4,7 @@ A plugin contributes by implementing any of these with ``@hookimpl`` on a module
 handing it to ``vllm_core.plugins.register_hooks`` (typically from its ``vllm.general_plugins``
 entry point). It never monkeypatches the core.
 
-The three ``register_*`` hooks are *historic*: an implementation registered at any time is
+The ``register_*`` hooks are *historic*: an implementation registered at any time is
 called once, straight away, with the core's ``register`` function. Registration maps a name to
 a dotted class path; the class is imported only when something selects that name.
 """
@@ -48,6 +48,17 @@ class VllmCoreHookSpecs:
     @hookspec(historic=True)
     def register_quantization_methods(self, register: RegisterFn) -> None:
         """Call ``register("my_quant", "pkg.module.MyQuantMethod")`` per method."""
+
+    @hookspec(historic=True)
+    def register_tool_parsers(self, register: RegisterFn) -> None:
+        """Call ``register("my_parser", "pkg.module.MyToolParser")`` per tool-call parser
+        (a ``vllm_core.entrypoints.openai.tool_parsers.ToolParser``; ``--tool-call-parser``
+        selects it by name)."""
+
+    @hookspec(historic=True)
+    def register_reasoning_parsers(self, register: RegisterFn) -> None:
+        """Call ``register("my_parser", "pkg.module.MyReasoningParser")`` per reasoning
+        parser (a ``vllm_core.reasoning.ReasoningParser``; ``--reasoning-parser``)."""
 
     @hookspec
     def adjust_engine_config(self, config: EngineConfig) -> None:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from vllm_core.structured_output.params import StructuredOutputsParams
+
 _GREEDY_EPS = 1e-5
 DEFAULT_CHAT_MAX_TOKENS = 1024
 """``max_tokens`` of ``LLM.chat`` and ``vllm-core chat`` / ``generate`` when neither the caller
@@ -47,6 +49,7 @@ class SamplingParams:
     bad_words: list[str] = field(default_factory=list)
     detokenize: bool = True
     output_kind: str = "cumulative"     # "cumulative" | "delta" | "final_only"
+    structured_outputs: StructuredOutputsParams | None = None   # grammar constraint
     # Filled by the engine (not by users): eos ids of the model, bad-word token sequences.
     eos_token_ids: list[int] = field(default_factory=list, repr=False)
     bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
@@ -105,6 +108,12 @@ class SamplingParams:
             raise bad("stop_token_ids", "must be non-negative integers")
         if self.allowed_token_ids is not None and len(self.allowed_token_ids) == 0:
             raise bad("allowed_token_ids", "must not be empty")
+        if self.structured_outputs is not None and not isinstance(
+                self.structured_outputs, StructuredOutputsParams):
+            if isinstance(self.structured_outputs, dict):
+                self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            else:
+                raise bad("structured_outputs", "must be a StructuredOutputsParams")
         if self.output_kind not in ("cumulative", "delta", "final_only"):
             raise bad("output_kind", "must be cumulative, delta or final_only")
 

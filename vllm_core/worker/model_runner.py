@@ -24,6 +24,7 @@ Platform hooks (API 2.0, the only methods a plugin overrides; see
 ``upload_inputs(...)``    move the staged inputs to the device; returns the ``StepInputs``.
 ``run_forward(...)``      hidden states and the logits of the logits rows (eager or replay).
 ``capture_graphs()``      capture graphs for the padded sizes; returns seconds.
+``native_bitmask_kernel`` class attribute: xgrammar's kernel masks this device's logits.
 
 The worker calls the runner inside ``Platform.inference_mode()``. Invariants: at most one step
 is in flight; a request's host tokens lag its sampled tokens by at
@@ -42,6 +43,7 @@ import torch
 
 from vllm_core.attention.backend import AttentionBackend, CommonAttentionMetadata
 from vllm_core.config import EngineConfig
+from vllm_core.devices import HOST
 from vllm_core.logger import init_logger
 from vllm_core.messages import (
     EMPTY_MODEL_RUNNER_OUTPUT,
@@ -56,6 +58,7 @@ from vllm_core.sampling.metadata import (
     make_generator,
 )
 from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
+from vllm_core.sampling.structured import apply_grammar_bitmask
 from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.request_table import RequestTable
 from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
@@ -141,6 +144,9 @@ class ModelRunner:
 
     pin_memory: ClassVar[bool] = False
     pad_slot: ClassVar[int] = -1          # KV slot of padding tokens (-1: not written)
+    # the sampling device's logits are ones xgrammar's in-place bitmask kernel serves (it
+    # serves host memory always); otherwise a vectorised torch fallback masks them
+    native_bitmask_kernel: ClassVar[bool] = False
 
     def __init__(self, config: EngineConfig, device: torch.device,
                  attn_backend: type[AttentionBackend], ops: Any | None = None) -> None:
@@ -395,6 +401,10 @@ class ModelRunner:
         parity = self._parity
         if sample_ids:
             logits = out.logits[:len(sample_ids)].to(self.sampling_device)
+            if so.grammar_bitmask is not None:      # structured outputs, before sampling
+                apply_grammar_bitmask(logits, sample_ids, so,
+                                      native=self.native_bitmask_kernel
+                                      or self.sampling_device == HOST)
             sampled = self.sampler(logits, md)
             token_ids, logprobs = sampled.token_ids, sampled.logprobs
             self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,

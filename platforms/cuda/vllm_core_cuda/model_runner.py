@@ -29,6 +29,7 @@ class CudaModelRunner(ModelRunner):
     cannot be captured) are the decode batch sizes captured by ``capture_graphs``."""
 
     pin_memory: ClassVar[bool] = True
+    native_bitmask_kernel: ClassVar[bool] = True
     graphs: DecodeGraphs | None = None
 
     def new_step_event(self) -> Any | None:

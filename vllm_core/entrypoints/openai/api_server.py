@@ -102,6 +102,23 @@ def _vocab_size(engine: Any) -> int:
     return len(engine.tokenizer)
 
 
+def parser_options(args: Any) -> dict[str, Any]:
+    """ServingContext's tool / reasoning parser settings from the serve flags (ValueError
+    naming the flag when a parser is unknown or auto tool choice lacks a parser)."""
+    from vllm_core.entrypoints.openai.tool_parsers.registry import resolve_tool_parser
+    from vllm_core.reasoning.registry import resolve_reasoning_parser
+
+    tool_name = _opt(args, "tool_call_parser")
+    auto = bool(_opt(args, "enable_auto_tool_choice", False))
+    if auto and not tool_name:
+        raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
+    reasoning_name = _opt(args, "reasoning_parser")
+    return {"tool_parser": resolve_tool_parser(tool_name) if tool_name else None,
+            "enable_auto_tool_choice": auto,
+            "reasoning_parser": (resolve_reasoning_parser(reasoning_name)
+                                 if reasoning_name else None)}
+
+
 def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = None) -> Any:
     """A FastAPI app serving ``engine`` (an AsyncLLMEngine or anything with its API).
 
@@ -115,7 +132,7 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
         engine=engine, served_model_names=names, max_model_len=max_model_len,
         vocab_size=_vocab_size(engine), max_logprobs=int(model_config.max_logprobs),
         chat_template=read_template(_opt(args, "chat_template")),
-        model_root=str(model_config.model))
+        model_root=str(model_config.model), **parser_options(args))
     limits = ServerLimits.from_args(args)
     policy = str(getattr(getattr(engine.config, "scheduler", None), "policy", "fcfs"))
 

@@ -54,6 +54,11 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="do not serve /docs, /redoc and /openapi.json")
     g.add_argument("--log-stats-interval", type=float, default=5.0,
                    help="seconds between the periodic throughput log lines")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='allow tool_choice "auto": tool calls are parsed from the output with '
+                        "--tool-call-parser")
+    g.add_argument("--tool-call-parser", default=None,
+                   help="hermes, llama3_json, mistral, pythonic (or a plugin's parser)")
     g.add_argument("--config", default=None,
                    help="YAML file of flags (command-line flags override it)")
     g.add_argument("--root-path", default=None,

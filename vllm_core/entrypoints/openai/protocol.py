@@ -132,6 +132,13 @@ class _SamplingRequest(OpenAIBaseModel):
     prompt_logprobs: int | None = None
     priority: int = 0
     request_id: str | None = None
+    # structured outputs (see structured_request.py): vLLM's current and older spellings
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def sampling_fields(self) -> dict[str, Any]:
         """The SamplingParams keyword arguments this request sets explicitly.
@@ -245,6 +252,8 @@ class ChatMessage(OpenAIBaseModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None      # assistant turns that called tools
+    tool_call_id: str | None = None                     # role "tool": the call answered
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -253,9 +262,8 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = 0
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None   # absent with tools: OpenAI's "auto"
+    tool_choice: str | dict[str, Any] | None = None     # None: "auto" if enabled, else "none"
     parallel_tool_calls: bool | None = None
     # vLLM extras
     add_generation_prompt: bool = True
@@ -289,6 +297,7 @@ class ChatCompletionLogProbs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -314,6 +323,8 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatCompletionResponseStreamChoice(BaseModel):

@@ -2,7 +2,13 @@
 
 Streaming: a first chunk per choice with ``delta: {"role": "assistant", "content": ""}``, then
 content deltas; each choice's ``finish_reason`` appears exactly once; then the optional usage
-chunk and ``data: [DONE]``. Logprobs follow OpenAI: ``logprobs: true`` and ``top_logprobs: k``
+chunk and ``data: [DONE]``.
+
+Structured outputs come from ``response_format`` / ``structured_outputs`` / ``guided_*``
+(``structured_request``); tools from ``tools`` + ``tool_choice`` (``tool_calling``). With a
+reasoning parser the text is first split into ``reasoning_content`` and content; then the tool
+parser (if any) turns content into ``tool_calls``. Streamed and non-streamed answers use the same
+parsers, streaming through their ``stream()`` splitters (deltas are append-only). Logprobs follow OpenAI: ``logprobs: true`` and ``top_logprobs: k``
 give ``choices[i].logprobs.content`` = [{token, logprob, bytes, top_logprobs: [k entries]}].
 """
 
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from vllm_core.entrypoints.openai.errors import OpenAIServingError, exception_to_error, sse_error
@@ -36,7 +43,11 @@ from vllm_core.entrypoints.openai.serving_common import (
     run_until_disconnected,
 )
 from vllm_core.entrypoints.openai.serving_completion import _aclose_quietly, _chain, _first, sse
+from vllm_core.entrypoints.openai.structured_request import structured_outputs_from_request
+from vllm_core.entrypoints.openai.tool_calling import ToolPlan, plan_tools
+from vllm_core.entrypoints.openai.tool_parsers.base import ToolCallStream
 from vllm_core.outputs import PositionLogprobs, RequestOutput
+from vllm_core.reasoning.base import ReasoningStream
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
 
@@ -59,6 +70,42 @@ def chat_logprobs(ctx: ServingContext, token_ids: list[int],
             token=token, logprob=clamp_logprob(sampled.logprob) if sampled else -9999.0,
             bytes=_token_bytes(token), top_logprobs=top))
     return ChatCompletionLogProbs(content=content)
+
+
+@dataclass
+class ChoiceSplitter:
+    """One streamed choice's reasoning and tool-call splitters (see the module docstring)."""
+
+    reasoning: ReasoningStream | None
+    tools: ToolCallStream | None
+
+    @classmethod
+    def create(cls, ctx: ServingContext, plan: ToolPlan) -> ChoiceSplitter | None:
+        reasoning = (ctx.reasoning_parser(ctx.tokenizer).stream()
+                     if ctx.reasoning_parser is not None else None)
+        tools = plan.parser.stream() if plan.parser is not None else None
+        return cls(reasoning, tools) if reasoning or tools else None
+
+    @property
+    def tools_called(self) -> bool:
+        return self.tools is not None and self.tools.tools_called
+
+    def feed(self, text: str, final: bool) -> DeltaMessage | None:
+        """The delta for ``text`` (None when nothing is ready to send)."""
+        reasoning, content = ("", text)
+        if self.reasoning is not None:
+            reasoning, content = self.reasoning.feed(text, final)
+        calls: list[Any] = []
+        if self.tools is not None:
+            content, calls = self.tools.feed(content, final)
+        fields: dict[str, Any] = {}
+        if reasoning:
+            fields["reasoning_content"] = reasoning
+        if content:
+            fields["content"] = content
+        if calls:
+            fields["tool_calls"] = [c.to_openai() for c in calls]
+        return DeltaMessage(**fields) if fields else None
 
 
 class OpenAIServingChat:
@@ -85,12 +132,25 @@ class OpenAIServingChat:
         top_k = req.top_logprobs or 0
         if req.logprobs:
             ctx.check_logprobs(top_k, "top_logprobs")
+        plan = plan_tools(req, ctx.tool_parser, ctx.enable_auto_tool_choice, ctx.tokenizer)
+        structured, structured_field = structured_outputs_from_request(req)
+        if plan.structured is not None:
+            if structured is not None:
+                raise OpenAIServingError(f"tool_choice {plan.mode!r} constrains the output; "
+                                         f"it cannot be combined with {structured_field}", 400,
+                                         structured_field)
+            structured, structured_field = plan.structured, "tools"
+        ctx.check_structured_outputs(structured, structured_field)
         prompt_ids = await ctx.chat_prompt_ids(
             req.messages, add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message, chat_template=req.chat_template,
             chat_template_kwargs=req.chat_template_kwargs,
-            add_special_tokens=req.add_special_tokens)
+            add_special_tokens=req.add_special_tokens, tools=req.tools if req.tools else None)
         fields = req.sampling_fields()
+        if structured is not None:
+            fields["structured_outputs"] = structured
+        if plan.parser is not None:
+            plan.parser.adjust_sampling_fields(fields)
         if req.logprobs:
             fields["logprobs"] = top_k
         fields["output_kind"] = "delta"
@@ -108,7 +168,8 @@ class OpenAIServingChat:
             if not ok:
                 await merged.aclose()
                 return Response(status_code=499)
-            body = self._stream(req, len(prompt_ids), merged, first, request_id, created, model)
+            body = self._stream(req, len(prompt_ids), merged, first, request_id, created, model,
+                                plan)
             return StreamingResponse(body, media_type="text/event-stream",
                                      headers={"X-Request-Id": request_id})
         ok, result = await run_until_disconnected(self._collect(req, merged),
@@ -122,9 +183,10 @@ class OpenAIServingChat:
             num_gen += len(state.token_ids)
             logprobs = (chat_logprobs(ctx, state.token_ids, state.logprobs, top_k)
                         if req.logprobs else None)
+            message, finish_reason = self._message(state, plan)
             choices.append(ChatCompletionResponseChoice(
-                index=j, message=ChatResponseMessage(content=state.text), logprobs=logprobs,
-                finish_reason=state.finish_reason, stop_reason=state.stop_reason))
+                index=j, message=message, logprobs=logprobs,
+                finish_reason=finish_reason, stop_reason=state.stop_reason))
         usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=num_gen,
                           total_tokens=len(prompt_ids) + num_gen)
         response = ChatCompletionResponse(
@@ -132,6 +194,29 @@ class OpenAIServingChat:
             prompt_logprobs=(prompt_logprobs_json(prompt_logprobs)
                              if req.prompt_logprobs is not None else None))
         return JSONResponse(response.model_dump(), headers={"X-Request-Id": request_id})
+
+    def _message(self, state: ChoiceState, plan: ToolPlan
+                 ) -> tuple[ChatResponseMessage, str | None]:
+        """The assistant message of a finished choice: reasoning split off, tool calls
+        parsed; finish_reason "tool_calls" when calls ended the turn."""
+        content: str | None = state.text
+        reasoning = None
+        if self.ctx.reasoning_parser is not None:
+            reasoning, content = self.ctx.reasoning_parser(self.ctx.tokenizer) \
+                .extract_reasoning(state.text)
+        finish_reason = state.finish_reason
+        calls: list[dict[str, Any]] = []
+        if plan.parser is not None and content is not None:
+            extracted = plan.parser.extract_tool_calls(content)
+            if extracted.tools_called:
+                calls = [c.to_openai() for c in extracted.tool_calls]
+                content = extracted.content
+                if finish_reason == "stop":
+                    finish_reason = plan.calls_finish_reason
+        if content is None and not calls and reasoning is None:
+            content = ""
+        return (ChatResponseMessage(content=content, reasoning_content=reasoning,
+                                    tool_calls=calls), finish_reason)
 
     async def _collect(self, req: ChatCompletionRequest,
                        merged: AsyncIterator[tuple[int, RequestOutput]]
@@ -148,11 +233,12 @@ class OpenAIServingChat:
     async def _stream(self, req: ChatCompletionRequest, num_prompt: int,
                       merged: AsyncIterator[tuple[int, RequestOutput]],
                       first: tuple[int, RequestOutput] | None, request_id: str, created: int,
-                      model: str) -> AsyncIterator[str]:
+                      model: str, plan: ToolPlan) -> AsyncIterator[str]:
         ctx = self.ctx
         top_k = req.top_logprobs or 0
         gen_tokens = [0] * req.n
         finished = [False] * req.n
+        splitters = [ChoiceSplitter.create(ctx, plan) for _ in range(req.n)]
 
         def chunk(choice: ChatCompletionResponseStreamChoice, idx: int) -> str:
             c = ChatCompletionStreamResponse(id=request_id, object="chat.completion.chunk",
@@ -177,11 +263,22 @@ class OpenAIServingChat:
                     gen_tokens[j] += len(out.token_ids)
                     logprobs = (chat_logprobs(ctx, list(out.token_ids), list(out.logprobs or []),
                                               top_k) if req.logprobs else None)
-                    if out.finish_reason is not None:
+                    finish_reason = out.finish_reason
+                    if finish_reason is not None:
                         finished[j] = True
+                    splitter = splitters[j]
+                    if splitter is None:
+                        delta = DeltaMessage(content=out.text)
+                    else:
+                        delta = splitter.feed(out.text, final=finish_reason is not None)
+                        if finish_reason == "stop" and splitter.tools_called:
+                            finish_reason = plan.calls_finish_reason
+                        if (delta is None and finish_reason is None and logprobs is None):
+                            continue
+                        delta = delta or DeltaMessage()
                     yield chunk(ChatCompletionResponseStreamChoice(
-                        index=j, delta=DeltaMessage(content=out.text), logprobs=logprobs,
-                        finish_reason=out.finish_reason, stop_reason=out.stop_reason), j)
+                        index=j, delta=delta, logprobs=logprobs,
+                        finish_reason=finish_reason, stop_reason=out.stop_reason), j)
             if req.include_usage:
                 total = sum(gen_tokens)
                 yield sse(ChatCompletionStreamResponse(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class ServingContext:
     max_logprobs: int = 20
     chat_template: str | None = None
     model_root: str | None = None
+    tool_parser: type | None = None               # --tool-call-parser's class
+    enable_auto_tool_choice: bool = False
+    reasoning_parser: type | None = None          # --reasoning-parser's class
     _decode_cache: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -71,13 +75,15 @@ class ServingContext:
     async def chat_prompt_ids(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
                               continue_final_message: bool, chat_template: str | None,
                               chat_template_kwargs: dict[str, Any] | None,
-                              add_special_tokens: bool) -> list[int]:
-        """Render the chat template and tokenize the text, both off the event loop."""
+                              add_special_tokens: bool,
+                              tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Render the chat template (with ``tools``, when given) and tokenize the text, both
+        off the event loop."""
         def work() -> list[int]:
             text = self.apply_chat_template(
                 messages, add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message, chat_template=chat_template,
-                chat_template_kwargs=chat_template_kwargs)
+                chat_template_kwargs=chat_template_kwargs, tools=tools)
             return self.tokenize(text, add_special_tokens)
 
         return await asyncio.to_thread(work)
@@ -99,8 +105,10 @@ class ServingContext:
 
     def apply_chat_template(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
                             continue_final_message: bool, chat_template: str | None,
-                            chat_template_kwargs: dict[str, Any] | None) -> str:
-        """Render the conversation with the model's (or the given) Jinja chat template."""
+                            chat_template_kwargs: dict[str, Any] | None,
+                            tools: list[dict[str, Any]] | None = None) -> str:
+        """Render the conversation with the model's (or the given) Jinja chat template; the
+        tools, when given, go to the template as ``tools`` (transformers' convention)."""
         conversation = [normalize_message(m, i) for i, m in enumerate(messages)]
         if not conversation:
             raise OpenAIServingError("messages must not be empty", 400, "messages")
@@ -113,6 +121,8 @@ class ServingContext:
             raise OpenAIServingError("add_generation_prompt and continue_final_message cannot "
                                      "both be true", 400, "continue_final_message")
         kwargs = dict(chat_template_kwargs or {})
+        if tools:
+            kwargs["tools"] = tools
         try:
             return self.tokenizer.apply_chat_template(
                 conversation, tokenize=False, add_generation_prompt=add_generation_prompt,
@@ -173,6 +183,17 @@ class ServingContext:
                 f"Requested {param} of {num}, which is greater than max allowed: "
                 f"{self.max_logprobs}", 400, param)
 
+    def check_structured_outputs(self, params: Any, param: str) -> None:
+        """Validate a request's constraint now (schema, backend support): 400 naming
+        ``param``. Engines without structured outputs (test doubles) skip the check."""
+        check = getattr(self.engine, "check_structured_outputs", None)
+        if params is None or check is None:
+            return
+        try:
+            check(params)
+        except ValueError as e:
+            raise OpenAIServingError(f"{param}: {e}", 400, param) from e
+
     def make_sampling_params(self, fields: dict[str, Any], request_fields: set[str]
                              ) -> SamplingParams:
         """SamplingParams through the engine; its ValueError becomes a 400 naming the field."""
@@ -225,9 +246,28 @@ def normalize_message(message: ChatMessage, index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": content or ""}
     if message.name is not None:
         out["name"] = message.name
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        out["tool_calls"] = [_template_tool_call(c) for c in message.tool_calls]
     for key, value in (message.model_extra or {}).items():
         out.setdefault(key, value)
     return out
+
+
+def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call as chat templates expect it: ``function.arguments`` as a mapping (they
+    render it with ``tojson``), the JSON string the client sent parsed."""
+    call = dict(call)
+    fn = dict(call.get("function") or {})
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            fn["arguments"] = json.loads(args) if args.strip() else {}
+        except ValueError:
+            pass
+    call["function"] = fn
+    return call
 
 
 def clamp_logprob(value: float) -> float:

@@ -33,6 +33,7 @@ from vllm_core.entrypoints.openai.serving_common import (
     prompt_logprobs_json,
     run_until_disconnected,
 )
+from vllm_core.entrypoints.openai.structured_request import structured_outputs_from_request
 from vllm_core.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 
 
@@ -125,6 +126,10 @@ class OpenAIServingCompletion:
                                      "prompt_logprobs")
         prompts = await self._prompts(req)
         fields = req.sampling_fields()
+        structured, structured_field = structured_outputs_from_request(req)
+        if structured is not None:
+            ctx.check_structured_outputs(structured, structured_field)
+            fields["structured_outputs"] = structured
         if req.logprobs is not None:
             fields["logprobs"] = req.logprobs
             if req.echo:

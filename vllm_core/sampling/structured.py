@@ -1,0 +1,96 @@
+"""Applying a grammar bitmask to logits, on the logits' device, without a host sync.
+
+The bitmask convention is ``vllm_core.structured_output.backend``'s: int32 words, bit ``t % 32``
+of word ``t // 32`` set iff token ``t`` is allowed. Disallowed logits become ``-inf``; tokens
+past the bitmask's width (a vocabulary padded beyond it) are disallowed.
+
+``apply_token_bitmask`` uses xgrammar's kernel when xgrammar is installed and the caller says
+the logits live where it serves them (``native``: host memory or CUDA; the runner knows, see
+``ModelRunner.native_bitmask_kernel``); otherwise a vectorised torch fallback (unpack the bits
+with shifts, ``masked_fill``) that runs on any device. Neither loops over the vocabulary in
+Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def _xgrammar_apply() -> Any | None:
+    try:
+        from xgrammar import apply_token_bitmask_inplace
+    except ImportError:  # pragma: no cover - xgrammar is a core dependency
+        return None
+    return apply_token_bitmask_inplace
+
+
+def apply_token_bitmask_torch(logits: torch.Tensor, bitmask: torch.Tensor,
+                              indices: torch.Tensor | None = None) -> None:
+    """In place: ``logits[indices[i]]`` keeps only the tokens allowed by ``bitmask[i]``
+    (``indices`` None: row i of both). Vectorised; works on any device."""
+    vocab = logits.shape[-1]
+    shifts = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1                    # [R, W, 32]
+    allowed = bits.reshape(bitmask.shape[0], -1).bool()
+    if allowed.shape[1] < vocab:
+        pad = torch.zeros(allowed.shape[0], vocab - allowed.shape[1], dtype=torch.bool,
+                          device=allowed.device)
+        allowed = torch.cat([allowed, pad], dim=1)
+    allowed = allowed[:, :vocab]
+    if indices is None:
+        logits.masked_fill_(~allowed, float("-inf"))
+    else:
+        logits[indices] = logits[indices].masked_fill(~allowed, float("-inf"))
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor,
+                        indices: Sequence[int] | None = None, *,
+                        use_xgrammar: bool = True) -> None:
+    """In place on ``logits`` ([B, V] float): row ``indices[i]`` (or row i) masked by
+    ``bitmask[i]`` ([R, ceil(V/32)] int32, on the logits' device). ``use_xgrammar``: the
+    logits' device is one xgrammar's kernel serves (host memory or CUDA)."""
+    apply = _xgrammar_apply() if use_xgrammar else None
+    if (apply is not None
+            and logits.dtype == torch.float32 and logits.is_contiguous()
+            and bitmask.shape[1] * 32 >= logits.shape[-1]):
+        if indices is not None and (len(indices) != logits.shape[0]
+                                    or list(indices) != list(range(logits.shape[0]))):
+            # xgrammar pairs bitmask row i with logits row i: scatter the rows first.
+            full = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=torch.int32,
+                              device=bitmask.device)
+            rows = list(indices)
+            full[torch.as_tensor(rows, dtype=torch.long, device=bitmask.device)] = bitmask
+            apply(logits, full, indices=rows)
+        else:
+            apply(logits, bitmask)
+        return
+    index_tensor = None
+    if indices is not None:
+        index_tensor = torch.as_tensor(list(indices), dtype=torch.long, device=logits.device)
+    apply_token_bitmask_torch(logits, bitmask, index_tensor)
+
+
+def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
+                          scheduler_output: Any, native: bool = True) -> None:
+    """The runner's hook, between ``compute_logits`` and the sampler: mask the rows of
+    ``logits`` (row ``i`` samples for request ``row_req_ids[i]``) that have a grammar row in
+    ``scheduler_output.grammar_bitmask``. No-op when the step has no bitmask."""
+    bitmask = getattr(scheduler_output, "grammar_bitmask", None)
+    if bitmask is None:
+        return
+    position = {req_id: i for i, req_id in enumerate(row_req_ids)}
+    rows: list[int] = []
+    keep: list[int] = []
+    for j, req_id in enumerate(scheduler_output.structured_output_req_ids):
+        i = position.get(req_id)
+        if i is not None:
+            rows.append(i)
+            keep.append(j)
+    if not rows:
+        return
+    host = torch.from_numpy(bitmask if len(keep) == len(bitmask) else bitmask[keep])
+    device_mask = host.to(logits.device, non_blocking=True)
+    apply_token_bitmask(logits, device_mask, rows, use_xgrammar=native)
