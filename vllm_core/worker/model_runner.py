@@ -339,12 +339,10 @@ class ModelRunner:
                          if params.seed is not None and not params.is_greedy else None)
             state = CachedRequestState(
                 req_id=new.req_id, prompt_token_ids=prompt, output_token_ids=outputs,
-                token_ids=prompt + outputs, sampling_params=params,
-                block_ids=list(new.block_ids), num_computed_tokens=new.num_computed_tokens,
-                generator=generator, lora_id=new.lora_id,
+                sampling_params=params, generator=generator,
                 sampling_state=RequestSamplingState(params, prompt, outputs, generator))
             requests[new.req_id] = state
-            table.add(new.req_id, state.token_ids, state.block_ids, new.num_computed_tokens,
+            table.add(new.req_id, prompt + outputs, new.block_ids, new.num_computed_tokens,
                       new.lora_id)
             if (params.repetition_penalty != 1.0 or params.presence_penalty
                     or params.frequency_penalty or params.min_tokens
@@ -357,9 +355,7 @@ class ModelRunner:
             slot = slot_of[cached.req_id]
             if cached.new_block_ids:
                 table.extend_blocks(slot, cached.new_block_ids)
-                requests[cached.req_id].block_ids.extend(cached.new_block_ids)
             table.num_computed[slot] = cached.num_computed_tokens
-            requests[cached.req_id].num_computed_tokens = cached.num_computed_tokens
 
     # ================================================================ the step
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:

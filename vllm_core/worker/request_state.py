@@ -14,28 +14,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(slots=True)
 class CachedRequestState:
-    """What a worker remembers of a request.
+    """What a worker remembers of a request besides its ``RequestTable`` row (token ids, block
+    table, computed count and adapter id live there, as arrays).
 
-    Invariants: ``token_ids == prompt_token_ids + output_token_ids`` (outputs appended by the
-    runner as it samples them); ``num_computed_tokens`` is the scheduler's count at the start of
-    the current step; ``block_ids`` is the full block table.
+    Invariant: ``output_token_ids`` is the live list of sampled tokens (appended by the runner
+    as it collects them) that ``sampling_state`` reads for penalties and ``min_tokens``.
     """
 
     req_id: str
     prompt_token_ids: list[int]
     output_token_ids: list[int]
-    token_ids: list[int]
     sampling_params: SamplingParams
-    block_ids: list[int]
-    num_computed_tokens: int
     generator: torch.Generator | None = None
-    lora_id: int = 0
     sampling_state: RequestSamplingState | None = None   # kept across steps (token cache)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
 
     def append_output(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
-        self.token_ids.append(token_id)
