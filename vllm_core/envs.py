@@ -67,3 +67,16 @@ def relevant_environment() -> dict[str, str]:
     """The environment variables a bug report needs (used by ``collect-env``)."""
     return {k: v for k, v in sorted(os.environ.items())
             if k.startswith(RELEVANT_PREFIXES) and "KEY" not in k and "TOKEN" not in k}
+
+
+def worker_step_timeout_s() -> float:
+    """VLLM_WORKER_STEP_TIMEOUT_S: how long the multiprocess executor waits for a worker's
+    reply to one step or call before it declares the worker hung and stops the engine
+    (default 300)."""
+    return float(get("VLLM_WORKER_STEP_TIMEOUT_S") or 300.0)
+
+
+def worker_start_timeout_s() -> float:
+    """VLLM_WORKER_START_TIMEOUT_S: how long worker processes may take to start and load the
+    model (default 1800)."""
+    return float(get("VLLM_WORKER_START_TIMEOUT_S") or 1800.0)

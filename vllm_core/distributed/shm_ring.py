@@ -124,7 +124,7 @@ class ShmRing:
             chunk = self._next
             base = self._base(chunk)
             if chunk >= self.num_slots:          # the slot held chunk - num_slots before
-                _wait(lambda: self._all_read(base), timeout_s, check,
+                _wait(lambda base=base: self._all_read(base), timeout_s, check,
                       "shared-memory ring: a worker did not read its message")
             n = min(self.slot_bytes, total - pos)
             more = pos + n < total
@@ -151,7 +151,7 @@ class ShmRing:
         while True:
             chunk = self._next
             base = self._base(chunk)
-            _wait(lambda: self._seq(base) == chunk + 1, timeout_s, check,
+            _wait(lambda base=base, chunk=chunk: self._seq(base) == chunk + 1, timeout_s, check,
                   "shared-memory ring: no message from the executor")
             buf = self.shm.buf
             _, n, more = _HDR.unpack_from(buf, base)

@@ -19,7 +19,7 @@ from typing import Any
 
 from vllm_core.config import EngineConfig
 from vllm_core.engine.arg_utils import EngineArgs
-from vllm_core.engine.executor import UniProcExecutor
+from vllm_core.engine.executor import create_executor
 from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
@@ -62,10 +62,14 @@ class LLMEngine:
         gen = model.generation_config
         self.generation_defaults: dict[str, Any] = (
             {} if gen == "vllm" else load_generation_defaults(model.model if gen == "auto" else gen))
-        self.executor = UniProcExecutor(config, platform)
-        num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
-        config.cache.num_blocks = num_blocks
-        self.executor.initialize_cache(num_blocks)
+        self.executor = create_executor(config, platform)
+        try:
+            num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
+            config.cache.num_blocks = num_blocks
+            self.executor.initialize_cache(num_blocks)
+        except BaseException:
+            self.executor.shutdown()          # no worker process outlives a failed start
+            raise
         self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len)
         self.input_processor = InputProcessor(config, self.tokenizer, self.generation_defaults)
         self.output_processor = OutputProcessor(self.tokenizer)

@@ -44,14 +44,14 @@ from vllm_core.attention.backend import AttentionBackend, CommonAttentionMetadat
 from vllm_core.config import EngineConfig
 from vllm_core.distributed.parallel_context import ParallelContext, single_rank_context
 from vllm_core.logger import init_logger
-from vllm_core.model_executor.layers.parallel_linear import kv_heads_per_rank
-from vllm_core.model_executor.models.interface import IntermediateTensors
 from vllm_core.messages import (
     EMPTY_MODEL_RUNNER_OUTPUT,
     Logprobs,
     ModelRunnerOutput,
     SchedulerOutput,
 )
+from vllm_core.model_executor.layers.parallel_linear import kv_heads_per_rank
+from vllm_core.model_executor.models.interface import IntermediateTensors
 from vllm_core.sampling.metadata import (
     RequestSamplingState,
     SamplingMetadata,
