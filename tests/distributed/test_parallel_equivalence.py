@@ -1,4 +1,5 @@
-"""Greedy outputs with tensor and pipeline parallelism (mp executor, gloo, 2 processes) equal
+"""Greedy outputs with tensor and pipeline parallelism (mp executor, gloo, 2 processes; 4 for
+TP=2 x PP=2) equal
 the single-rank engine's, on Llama / Qwen2 / Qwen3 shapes: GQA, one KV head replicated over the
 TP ranks, q/k/v biases, q/k norms, tied and untied LM heads, an odd vocabulary, chunked
 prefill, logprobs and prompt logprobs (gathered logits); shutdown leaves no process or
@@ -13,7 +14,7 @@ import torch
 from dist_utils import alive, build_model_folder, make_llm
 
 CASES = [("llama", 2, 1, True), ("llama", 1, 2, False), ("qwen2", 2, 1, False),
-         ("qwen3", 1, 2, True), ("qwen3", 2, 1, False)]
+         ("qwen3", 1, 2, True), ("qwen3", 2, 1, False), ("llama", 2, 2, False)]
 _REFERENCE: dict[str, list] = {}
 
 
