@@ -1,5 +1,7 @@
 """The platform's communicator class carries every collective (Platform.communicator_class,
-API 2.1), and the parallel layers over 2 gloo ranks compute the unsharded result: a
+API 2.1); each collective of the default one does what the interface says on gloo (reduce-
+scatter, all-gather, broadcast, send/recv); the parallel layers over 2 gloo ranks compute the
+unsharded result: a
 row-parallel linear all-reduces once, a vocab-parallel embedding returns the full rows, the LM
 head's logits are gathered on TP rank 0 only."""
 
@@ -60,7 +62,16 @@ def _rank(rank: int, port: int, queue) -> None:
     ids = torch.tensor([0, 3, 4, 6])
     rows = emb(ids)
     logits = compute_parallel_logits(x, emb, TorchLayerOps())
-    queue.put((rank, type(par.tp).__name__, list(CountingCommunicator.calls),
+    calls = list(CountingCommunicator.calls)
+    tp = par.tp
+    others = [tp.reduce_scatter(torch.arange(4.0) * (rank + 1)).tolist(),
+              tp.all_gather(torch.tensor([rank, 10 + rank]), dim=0).tolist(),
+              tp.broadcast(torch.tensor([rank + 5]), src=1).tolist()]
+    if rank == 0:
+        tp.send(torch.tensor([42.0, 43.0]), dst=1)
+    else:
+        others.append(tp.recv((2,), torch.float32, torch.device("cpu"), src=0).tolist())
+    queue.put((rank, type(tp).__name__, calls, others,
                torch.allclose(y, x @ w.T + bias, atol=1e-5), torch.equal(rows, table[ids]),
                None if logits is None else torch.allclose(logits, x @ table.T, atol=1e-5)))
     destroy_parallel_context()
@@ -79,8 +90,11 @@ def test_platform_communicator_carries_the_collectives():
     for p in procs:
         p.join(30)
     assert [p.exitcode for p in procs] == [0, 0]
-    for rank, cls, calls, row_ok, emb_ok, logits_ok in results:
+    for rank, cls, calls, others, row_ok, emb_ok, logits_ok in results:
         assert cls == "CountingCommunicator"
+        assert others[0] == [[0.0, 3.0], [6.0, 9.0]][rank]         # sum (x3), this rank's half
+        assert others[1] == [0, 10, 1, 11] and others[2] == [6]
+        assert others[3:] == ([] if rank == 0 else [[42.0, 43.0]])
         assert calls == ["all_reduce", "all_reduce", "gather"]   # row, embedding, LM head
         assert row_ok and emb_ok
         assert logits_ok is (True if rank == 0 else None)

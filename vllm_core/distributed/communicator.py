@@ -94,7 +94,16 @@ class SingleRankCommunicator(Communicator):
 
 
 class TorchDistributedCommunicator(Communicator):
-    """``torch.distributed`` collectives on ``group`` (any backend: gloo, nccl, xccl...)."""
+    """``torch.distributed`` collectives on ``group`` (any backend: gloo, nccl, xccl...).
+
+    Where a backend lacks a collective, it is composed of others: ``reduce_scatter`` as an
+    all-reduce keeping this rank's chunk when the native call is unsupported (gloo), ``gather``
+    as an all-gather when the native call is unsupported (nccl)."""
+
+    def __init__(self, group: Any, rank: int, ranks: list[int]) -> None:
+        super().__init__(group, rank, ranks)
+        self._native_reduce_scatter = True
+        self._native_gather = True
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
@@ -119,12 +128,14 @@ class TorchDistributedCommunicator(Communicator):
             return x
         import torch.distributed as dist
 
-        chunks = [c.contiguous() for c in x.chunk(self.world_size, dim=dim)]
-        out = torch.empty_like(chunks[self.rank])
-        if hasattr(dist, "reduce_scatter") and x.device.type != "cpu":
-            dist.reduce_scatter(out, chunks, group=self.group)
-            return out
-        # gloo has no reduce_scatter: all-reduce, keep our chunk
+        if self._native_reduce_scatter:
+            chunks = [c.contiguous() for c in x.chunk(self.world_size, dim=dim)]
+            out = torch.empty_like(chunks[self.rank])
+            try:
+                dist.reduce_scatter(out, chunks, group=self.group)
+                return out
+            except (RuntimeError, NotImplementedError):
+                self._native_reduce_scatter = False     # e.g. gloo: compose it
         dist.all_reduce(x, group=self.group)
         return x.chunk(self.world_size, dim=dim)[self.rank].contiguous()
 
@@ -134,13 +145,16 @@ class TorchDistributedCommunicator(Communicator):
         import torch.distributed as dist
 
         x = x.contiguous()
-        if x.device.type != "cpu":        # nccl has no gather: all-gather, keep on dst
-            out = self.all_gather(x, dim)
-            return out if self.rank == dst else None
-        parts = ([torch.empty_like(x) for _ in range(self.world_size)]
-                 if self.rank == dst else None)
-        dist.gather(x, parts, dst=self.ranks[dst], group=self.group)
-        return torch.cat(parts, dim=dim) if parts is not None else None
+        if self._native_gather:
+            parts = ([torch.empty_like(x) for _ in range(self.world_size)]
+                     if self.rank == dst else None)
+            try:
+                dist.gather(x, parts, dst=self.ranks[dst], group=self.group)
+                return torch.cat(parts, dim=dim) if parts is not None else None
+            except (RuntimeError, NotImplementedError):
+                self._native_gather = False             # compose it of an all-gather
+        out = self.all_gather(x, dim)
+        return out if self.rank == dst else None
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.world_size == 1:

@@ -113,6 +113,13 @@ class MultiprocExecutor:
         try:
             pids = [self._reply_of(r, -1, envs.worker_start_timeout_s())
                     for r in range(self.world_size)]
+        except WorkerFailure as e:
+            if "died with exit code 1" in str(e) and "Traceback" not in str(e):
+                raise WorkerFailure(
+                    f"{e} while starting, before reporting an error: workers are spawned, so a "
+                    "script that builds the engine needs an `if __name__ == \"__main__\":` "
+                    "guard") from None
+            raise
         except BaseException:
             self._abort()
             raise
