@@ -129,9 +129,13 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
               max_num_batched_tokens=args.max_num_batched_tokens,
               gpu_memory_utilization=args.gpu_memory_utilization,
               enforce_eager=args.enforce_eager, attention_backend=args.attention_backend,
-              async_scheduling=args.async_scheduling)
+              async_scheduling=args.async_scheduling,
+              tensor_parallel_size=args.tensor_parallel_size,
+              pipeline_parallel_size=args.pipeline_parallel_size)
     startup = time.perf_counter() - start
     engine = llm.llm_engine
+    if engine.config.parallel.world_size > 1:
+        return _run_vllm_core_parallel(llm, w, prompts, startup)
     worker = engine.executor.worker
     runner = worker.runner
     warm = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
@@ -167,6 +171,43 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": engine.config.scheduler.max_num_batched_tokens,
         **runner.kv_waste.as_dict(), **runner.timing.as_dict(), **_gpu_facts(),
+    }
+    if w.requests == 1:
+        m = outs[0].metrics
+        if m is not None and m.first_token_time and m.last_token_time:
+            res["ttft_s"] = round(m.first_token_time - m.arrival_time, 4)
+            decode = m.last_token_time - m.first_token_time
+            res["decode_tok_s"] = round((out_tokens - 1) / decode, 1)
+            res["tpot_ms"] = round(1e3 * decode / (out_tokens - 1), 3)
+    engine.shutdown()
+    return res
+
+
+def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
+                            startup: float) -> dict[str, Any]:
+    """The timed run with several ranks (mp executor: the runners live in the worker
+    processes, so only the engine-side figures are reported)."""
+    from vllm_core import SamplingParams
+
+    engine = llm.llm_engine
+    par = engine.config.parallel
+    warm = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
+    llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(w)], warm, use_tqdm=False)
+    params = SamplingParams(temperature=0.0, max_tokens=w.output_len, ignore_eos=True,
+                            detokenize=False)
+    t0 = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    res: dict[str, Any] = {
+        "tensor_parallel_size": par.tensor_parallel_size,
+        "pipeline_parallel_size": par.pipeline_parallel_size,
+        "output_tokens": out_tokens, "elapsed_s": round(elapsed, 3),
+        "output_tok_s": round(out_tokens / elapsed, 1),
+        "total_tok_s": round((out_tokens + w.requests * w.prompt_len) / elapsed, 1),
+        "startup_s": round(startup, 2), "kv_blocks": engine.config.cache.num_blocks,
+        "async_scheduling": engine.async_scheduling,
+        "graphs": bool(engine.config.graph_batch_sizes),
     }
     if w.requests == 1:
         m = outs[0].metrics
@@ -303,7 +344,9 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
            "--max-num-seqs", str(args.max_num_seqs),
            "--max-num-batched-tokens", str(args.max_num_batched_tokens),
            "--gpu-memory-utilization", str(args.gpu_memory_utilization),
-           "--hf-batch-size", str(args.hf_batch_size), "--seed", str(args.seed)]
+           "--hf-batch-size", str(args.hf_batch_size), "--seed", str(args.seed),
+           "--tensor-parallel-size", str(args.tensor_parallel_size),
+           "--pipeline-parallel-size", str(args.pipeline_parallel_size)]
     if workload:
         cmd += ["--workload", workload]
     if requests:
@@ -413,6 +456,10 @@ def main() -> None:
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="vllm-core: overlap steps (default: the platform's choice, on for CUDA)")
     p.add_argument("--hf-batch-size", type=int, default=64)
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="vllm-core: TP ranks (mp executor, one GPU each)")
+    p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
+                   help="vllm-core: pipeline stages (mp executor, one GPU each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")
     p.add_argument("--profile", default=None,

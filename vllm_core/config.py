@@ -127,7 +127,18 @@ class StructuredOutputsConfig:
 
 @dataclass(slots=True)
 class ParallelConfig:
+    """How the model is spread over ranks: ``tensor_parallel_size`` x
+    ``pipeline_parallel_size`` processes (rank = pp_rank * tp + tp_rank), driven by the
+    ``distributed_executor_backend`` ("uni": one rank in the engine process; "mp": one process
+    per rank on this host)."""
+
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str = "uni"
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
 @dataclass(slots=True)

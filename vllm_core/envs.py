@@ -77,3 +77,16 @@ def openai_base_url() -> str | None:
 def openai_api_key() -> str | None:
     """OPENAI_API_KEY: the API key sent to that server when no --api-key."""
     return get("OPENAI_API_KEY")
+
+
+def worker_step_timeout_s() -> float:
+    """VLLM_WORKER_STEP_TIMEOUT_S: how long the multiprocess executor waits for a worker's
+    reply to one step or call before it declares the worker hung and stops the engine
+    (default 300)."""
+    return float(get("VLLM_WORKER_STEP_TIMEOUT_S") or 300.0)
+
+
+def worker_start_timeout_s() -> float:
+    """VLLM_WORKER_START_TIMEOUT_S: how long worker processes may take to start and load the
+    model (default 1800)."""
+    return float(get("VLLM_WORKER_START_TIMEOUT_S") or 1800.0)

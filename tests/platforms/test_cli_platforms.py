@@ -81,6 +81,9 @@ def test_collect_env(run_python, plugin_site):
     assert "vllm-core-cpu" in dists
     assert data["environment"]["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert data["platform"]["isa"]             # from the real CPU plugin
+    assert "gloo" in data["distributed"]["backends_built"]
     text = cli(run_python, plugin_site, "collect-env", VLLM_PLUGINS="cpu").stdout
-    for header in ("OS:", "Python:", "torch:", "Platform:", "Plugin distributions:"):
+    for header in ("OS:", "Python:", "torch:", "Platform:", "Distributed:",
+                   "Plugin distributions:"):
         assert header in text
+    assert "communicator: vllm_core.distributed.communicator.TorchDistributedCommunicator" in text

@@ -37,6 +37,8 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     scheduling_policy: str = "fcfs"
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
     async_scheduling: bool | None = None      # None: the platform's default
@@ -79,7 +81,14 @@ class EngineArgs:
         g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
                        default=True)
         g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
-        g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+        g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                       help="ranks that split every layer (attention heads, MLP, vocabulary)")
+        g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
+                       help="pipeline stages the decoder layers are split over")
+        g.add_argument("--distributed-executor-backend", default=None,
+                       choices=["uni", "mp", "ray"],
+                       help="how ranks run: uni (one, in the engine process), mp (one "
+                            "process per rank on this host; the default for several ranks)")
         g.add_argument("--attention-backend", default=None)
         g.add_argument("--enforce-eager", action="store_true")
         g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
@@ -121,6 +130,15 @@ class EngineArgs:
             raise bad("block_size", "must be a power of two")
         if self.tensor_parallel_size < 1:
             raise bad("tensor_parallel_size", "must be >= 1")
+        if self.pipeline_parallel_size < 1:
+            raise bad("pipeline_parallel_size", "must be >= 1")
+        if self.distributed_executor_backend not in (None, "uni", "mp", "ray"):
+            raise bad("distributed_executor_backend", "must be one of uni, mp, ray")
+        if (self.distributed_executor_backend == "uni"
+                and self.tensor_parallel_size * self.pipeline_parallel_size > 1):
+            raise ValueError("distributed_executor_backend 'uni' runs one rank; "
+                             f"tensor_parallel_size={self.tensor_parallel_size} x "
+                             f"pipeline_parallel_size={self.pipeline_parallel_size} needs 'mp'")
         if self.max_logprobs < 0:
             raise bad("max_logprobs", "must be >= 0")
         if self.kv_cache_space_gib is not None and self.kv_cache_space_gib <= 0:
@@ -153,6 +171,13 @@ class EngineArgs:
 
             resolve_reasoning_parser(raw["reasoning_parser"])      # ValueError if unknown
         return StructuredOutputsConfig(**raw)
+
+    def _parallel_config(self, cls: type) -> Any:
+        world = self.tensor_parallel_size * self.pipeline_parallel_size
+        backend = self.distributed_executor_backend or ("uni" if world == 1 else "mp")
+        return cls(tensor_parallel_size=self.tensor_parallel_size,
+                   pipeline_parallel_size=self.pipeline_parallel_size,
+                   distributed_executor_backend=backend)
 
     def create_engine_config(self) -> tuple[Any, Any]:
         """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""
@@ -205,12 +230,28 @@ class EngineArgs:
                                       enable_chunked_prefill=self.enable_chunked_prefill,
                                       policy=self.scheduling_policy, max_model_len=max_len,
                                       async_scheduling=self.async_scheduling),
-            parallel=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
+            parallel=self._parallel_config(ParallelConfig),
             structured_outputs=structured,
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,
         )
+        _check_parallel_fits(config)
         platform.check_and_update_config(config)
         platform.verify_model(config)
         apply_config_hooks(config)
         return config, platform
+
+
+def _check_parallel_fits(config: Any) -> None:
+    """Refuse, before any process starts, a TP/PP layout the model cannot be split into (the
+    messages name the numbers)."""
+    from vllm_core.distributed.parallel_context import partition_layers
+    from vllm_core.model_executor.layers.parallel_linear import kv_heads_per_rank
+
+    arch, par = config.model.arch, config.parallel
+    tp = par.tensor_parallel_size
+    kv_heads_per_rank(arch.num_attention_heads, arch.num_key_value_heads, tp)
+    if arch.intermediate_size % tp:
+        raise ValueError(f"the model's intermediate_size ({arch.intermediate_size}) is not "
+                         f"divisible by tensor_parallel_size={tp}")
+    partition_layers(arch.num_hidden_layers, par.pipeline_parallel_size)

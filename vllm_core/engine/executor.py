@@ -1,7 +1,10 @@
-"""Executor: creates the platform's worker(s) and drives their lifecycle.
+"""Executors: create the platform's worker(s) and drive their lifecycle.
 
-Only the single-process executor exists today (tensor_parallel_size == 1); a multi-rank
-executor would fan ``execute_model`` out over ranks and return rank 0's output.
+``create_executor`` picks one from ``config.parallel.distributed_executor_backend``: ``uni``
+(one worker in this process, tensor_parallel_size = pipeline_parallel_size = 1) or ``mp`` (one
+spawned process per rank on this host; ``vllm_core.engine.mp_executor``). Every executor has
+the same contract: ``determine_num_blocks``, ``initialize_cache``, ``execute_model``,
+``execute_model_async``, ``shutdown``.
 """
 
 from __future__ import annotations
@@ -22,14 +25,35 @@ def _import_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+EXECUTOR_BACKENDS = ("uni", "mp", "ray")
+
+
+def create_executor(config: EngineConfig, platform: Any) -> Any:
+    """The executor ``config.parallel.distributed_executor_backend`` names."""
+    backend = config.parallel.distributed_executor_backend
+    if backend == "uni":
+        return UniProcExecutor(config, platform)
+    if backend == "mp":
+        from vllm_core.engine.mp_executor import MultiprocExecutor
+
+        return MultiprocExecutor(config, platform)
+    if backend == "ray":
+        raise ValueError("distributed_executor_backend='ray' is not implemented yet; use 'mp' "
+                         "(one host)")
+    raise ValueError(f"distributed_executor_backend must be one of "
+                     f"{', '.join(EXECUTOR_BACKENDS)}, got {backend!r}")
+
+
 class UniProcExecutor:
     """Runs one worker in this process."""
 
     def __init__(self, config: EngineConfig, platform: Any) -> None:
-        if config.parallel.tensor_parallel_size != 1:
+        if config.parallel.world_size != 1:
             raise ValueError(
-                f"tensor_parallel_size={config.parallel.tensor_parallel_size} is not supported "
-                f"by the {platform.name} platform yet; use 1")
+                f"the 'uni' executor runs one rank; tensor_parallel_size="
+                f"{config.parallel.tensor_parallel_size} x pipeline_parallel_size="
+                f"{config.parallel.pipeline_parallel_size} needs "
+                "--distributed-executor-backend mp")
         self.config = config
         worker_cls = _import_class(platform.worker_class())
         self.worker: Worker = worker_cls(config, 0, 0, platform=platform)

@@ -30,7 +30,7 @@ from typing import Any
 
 from vllm_core.config import EngineConfig
 from vllm_core.engine.arg_utils import EngineArgs
-from vllm_core.engine.executor import UniProcExecutor
+from vllm_core.engine.executor import create_executor
 from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
@@ -73,14 +73,18 @@ class LLMEngine:
         self.generation_defaults: dict[str, Any] = generation_defaults_for(
             model.model, model.generation_config)
         with phase("model load"):
-            self.executor = UniProcExecutor(config, platform)
+            self.executor = create_executor(config, platform)
         self.tokenizer = tokenizer.result()
         if template is not None:
             self.tokenizer.chat_template = template
-        num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
-        config.cache.num_blocks = num_blocks
-        with phase(f"KV cache allocation ({num_blocks} blocks) and warm-up"):
-            self.executor.initialize_cache(num_blocks)
+        try:
+            num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
+            config.cache.num_blocks = num_blocks
+            with phase(f"KV cache allocation ({num_blocks} blocks) and warm-up"):
+                self.executor.initialize_cache(num_blocks)
+        except BaseException:
+            self.executor.shutdown()          # no worker process outlives a failed start
+            raise
         self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len)
         from vllm_core.structured_output.manager import StructuredOutputManager
 

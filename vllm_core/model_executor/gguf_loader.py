@@ -174,29 +174,74 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
             .transpose(1, 2).reshape(w.shape))
 
 
-def iter_gguf_weights(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(HF name, float tensor)`` for every parameter tensor of the file."""
+def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:
+    """Yield ``(HF name, LazyTensor)``: a tensor is read (and dequantized) only when a layer
+    asks for it; rows of F32/F16 tensors that need no q/k un-permutation are sliced on the
+    memory map before they are copied."""
     from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+
+    from vllm_core.model_executor.weight_source import LazyTensor
 
     g = open_gguf(path)
     permuted = g.metadata.get("general.architecture") in _PERMUTED_QK
+    whole = dict(iter_gguf_tensor_readers(path, arch))
+    for t in g.tensors:
+        name = hf_tensor_name(t.name)
+        if name is None:
+            continue
+        full = whole[name]
+        plain_type = t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+        plain = plain_type and not (permuted and (".q_proj." in name or ".k_proj." in name))
+        shape = tuple(int(d) for d in t.data.shape)
+        if not plain_type:
+            from gguf.quants import quant_shape_from_byte_shape
+
+            shape = tuple(int(d) for d in quant_shape_from_byte_shape(shape, t.tensor_type))
+
+        def reader(dim: int | None, start: int, size: int, t: Any = t, full: Any = full,
+                   plain: bool = plain) -> torch.Tensor:
+            if dim == 0 and plain:
+                return torch.from_numpy(np.array(t.data[start:start + size]))
+            tensor = full()
+            return tensor if dim is None else tensor.narrow(dim, start, size)
+
+        yield name, LazyTensor(shape, reader)
+
+
+def iter_gguf_tensor_readers(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:
+    """``(HF name, zero-argument function returning the float tensor)`` per tensor."""
+    g = open_gguf(path)
     for t in g.tensors:
         name = hf_tensor_name(t.name)
         if name is None:
             if t.name == "rope_freqs.weight":
                 continue
             raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
-        try:
-            if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-                array = np.array(t.data)
-            else:
-                array = dequantize(np.asarray(t.data), t.tensor_type)
-        except Exception as e:
-            raise ValueError(f"GGUF file {path}: cannot read tensor {t.name!r}: {e!r}") from e
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if permuted and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
-            tensor = unpermute_qk(tensor, arch.num_attention_heads)
-        elif permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
-            tensor = unpermute_qk(tensor, arch.num_key_value_heads)
-        yield name, tensor
+        yield name, (lambda t=t, name=name: _read_gguf_tensor(path, arch, g, t, name))
+
+
+def _read_gguf_tensor(path: str, arch: ModelArchConfig, g: Any, t: Any,
+                      name: str) -> torch.Tensor:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    permuted = g.metadata.get("general.architecture") in _PERMUTED_QK
+    try:
+        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            array = np.array(t.data)
+        else:
+            array = dequantize(np.asarray(t.data), t.tensor_type)
+    except Exception as e:
+        raise ValueError(f"GGUF file {path}: cannot read tensor {t.name!r}: {e!r}") from e
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if permuted and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        tensor = unpermute_qk(tensor, arch.num_attention_heads)
+    elif permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        tensor = unpermute_qk(tensor, arch.num_key_value_heads)
+    return tensor
+
+
+def iter_gguf_weights(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(HF name, float tensor)`` for every parameter tensor of the file."""
+    for name, read in iter_gguf_tensor_readers(path, arch):
+        yield name, read()

@@ -26,17 +26,18 @@ from torch import nn
 
 from vllm_core.attention.backend import AttentionBackend
 from vllm_core.config import ModelArchConfig, ModelConfig
+from vllm_core.distributed.parallel_context import ParallelContext
 from vllm_core.logger import init_logger
 from vllm_core.model_executor.default_model import default_model_path
 from vllm_core.model_executor.gguf_loader import (
     gguf_arch_config,
     gguf_generation_defaults,
-    iter_gguf_weights,
+    iter_gguf_weights_lazy,
 )
 from vllm_core.model_executor.hf_config import arch_config_from_hf, read_config_json
 from vllm_core.model_executor.layers.ops import LayerOps, TorchLayerOps
 from vllm_core.model_executor.models.registry import resolve_model_cls
-from vllm_core.model_executor.safetensors_loader import iter_safetensors
+from vllm_core.model_executor.safetensors_loader import iter_safetensors_lazy
 from vllm_core.model_executor.tokenizer import get_tokenizer
 
 __all__ = ["resolve_model", "load_arch_config", "load_generation_defaults",
@@ -158,13 +159,15 @@ def generation_defaults_for(model_path: str, generation_config: str) -> dict[str
 
 
 def get_model(model_config: ModelConfig, attn_backend: type[AttentionBackend],
-              device: torch.device, ops: LayerOps | None = None) -> nn.Module:
+              device: torch.device, ops: LayerOps | None = None,
+              parallel: ParallelContext | None = None) -> nn.Module:
     """Build the model of ``model_config`` on ``device`` in ``model_config.dtype`` with its
     weights loaded (or random for ``load_format="dummy"``), in eval mode.
 
     ``model_config.arch`` is used when set, else read from the model files. Attention layers
     are built from ``attn_backend``; elementwise kernels come from ``ops`` (default
-    ``TorchLayerOps``). Raises ``ValueError`` for unknown architectures, missing or
+    ``TorchLayerOps``). ``parallel`` (this rank's ``ParallelContext``; None: one rank) shards
+    the model, and each rank reads only its slices of the checkpoint. Raises ``ValueError`` for unknown architectures, missing or
     mismatching tensors, and corrupted files; ``FileNotFoundError`` for missing files.
     """
     load_format = model_config.load_format
@@ -176,7 +179,7 @@ def get_model(model_config: ModelConfig, attn_backend: type[AttentionBackend],
         if arch is None:
             arch = load_arch_config(path, load_format)
     dtype = _torch_dtype(model_config.dtype, arch)
-    model = build_model(arch, attn_backend, torch.device(device), dtype, ops)
+    model = build_model(arch, attn_backend, torch.device(device), dtype, ops, parallel)
     if load_format == "dummy" or path is None:
         initialize_dummy_weights(model, model_config.seed)
     else:
@@ -185,13 +188,16 @@ def get_model(model_config: ModelConfig, attn_backend: type[AttentionBackend],
 
 
 def build_model(arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                device: torch.device, dtype: torch.dtype, ops: LayerOps | None = None
-                ) -> nn.Module:
+                device: torch.device, dtype: torch.dtype, ops: LayerOps | None = None,
+                parallel: ParallelContext | None = None) -> nn.Module:
     """Construct the registered class of ``arch.architecture`` on ``device`` with ``dtype`` as
-    the default dtype; its parameters are left uninitialised (``torch.empty``)."""
+    the default dtype; its parameters are left uninitialised (``torch.empty``). A sharded
+    ``parallel`` context is passed as ``parallel=`` (a single-rank build omits it, so model
+    classes written before API 2.1 keep working unsharded)."""
     cls = resolve_model_cls(arch.architecture)
+    kwargs = {} if parallel is None or parallel.world_size == 1 else {"parallel": parallel}
     with _default_dtype(dtype), device:
-        model = cls(arch, attn_backend, ops or TorchLayerOps())
+        model = cls(arch, attn_backend, ops or TorchLayerOps(), **kwargs)
     return model.requires_grad_(False)
 
 
@@ -211,13 +217,14 @@ def initialize_dummy_weights(model: nn.Module, seed: int = 0) -> None:
         param.uniform_(-DUMMY_RANGE, DUMMY_RANGE, generator=gen)
 
 
-def _weights_of(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def _weights_of(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:
+    """Lazy ``(name, LazyTensor)`` pairs: layers read only the slices their rank owns."""
     if path.endswith(".gguf"):
-        return iter_gguf_weights(path, arch)
+        return iter_gguf_weights_lazy(path, arch)
     if path.endswith(".json"):
         raise ValueError(f"{path} is a config file without weights; use load_format='dummy' "
                          "or pass the model folder")
-    return iter_safetensors(path)
+    return iter_safetensors_lazy(path)
 
 
 def _load_checkpoint(model: nn.Module, weights: Iterator[tuple[str, torch.Tensor]]) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
+from vllm_core.model_executor.weight_source import LazyTensor, safetensors_lazy
+
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
@@ -51,6 +53,18 @@ def safetensors_files(folder: str) -> list[str]:
             "safetensors first, e.g. `AutoModelForCausalLM.from_pretrained(folder)"
             ".save_pretrained(folder, safe_serialization=True)` with transformers.")
     raise FileNotFoundError(f"no *.safetensors weight files in {folder}")
+
+
+def iter_safetensors_lazy(folder: str) -> Iterator[tuple[str, LazyTensor]]:
+    """Yield ``(name, LazyTensor)`` for every tensor of every weight file of ``folder``; each
+    is readable (whole or sliced) until the next item is requested."""
+    for path in safetensors_files(folder):
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, safetensors_lazy(f, name)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise ValueError(f"corrupted safetensors file {path}: {e}") from e
 
 
 def iter_safetensors(folder: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.0"
+PLATFORM_API_VERSION = "2.1"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -38,6 +38,12 @@ is the context the worker runs in. One registry rule for models, attention backe
 quantization methods (``vllm_core.plugins.registry``). Platform-only environment variables are
 read by their plugins (``vllm_core_cpu.envs``, ``vllm_core_cuda.envs``). Requests enter through
 ``LLMEngine.add_request`` / ``process_inputs``.
+
+2.1: distributed inference. ``Platform.communicator_class()`` names the collectives class
+(``vllm_core.distributed.communicator.Communicator``) the TP/PP groups use, initialised on
+``dist_backend``; ``TorchWorker`` takes ``distributed_init_method`` (pass extra keyword
+arguments through in a subclass's ``__init__``); the model is built with a
+``ParallelContext`` (``cls(arch, attn_backend, ops, parallel=...)``).
 """
 
 
@@ -111,6 +117,14 @@ class Platform:
     def worker_class(cls) -> str:
         """Dotted path of this platform's Worker class (instantiated once per rank)."""
         return "vllm_core.worker.torch_worker.TorchWorker"
+
+    @classmethod
+    def communicator_class(cls) -> str:
+        """Dotted path (or class) of the ``Communicator`` subclass the TP / PP / world groups
+        use (API 2.1). The default calls ``torch.distributed`` on groups created with
+        ``dist_backend``; a vendor with its own collective library (HCCL-style, a custom
+        small-message all-reduce) returns its class. See ``vllm_core.distributed``."""
+        return "vllm_core.distributed.communicator.TorchDistributedCommunicator"
 
     @classmethod
     def supports_graph_capture(cls) -> bool:

@@ -44,6 +44,7 @@ import torch
 from vllm_core.attention.backend import AttentionBackend, CommonAttentionMetadata
 from vllm_core.config import EngineConfig
 from vllm_core.devices import HOST
+from vllm_core.distributed.parallel_context import ParallelContext, single_rank_context
 from vllm_core.logger import init_logger
 from vllm_core.messages import (
     EMPTY_MODEL_RUNNER_OUTPUT,
@@ -51,6 +52,8 @@ from vllm_core.messages import (
     ModelRunnerOutput,
     SchedulerOutput,
 )
+from vllm_core.model_executor.layers.parallel_linear import kv_heads_per_rank
+from vllm_core.model_executor.models.interface import IntermediateTensors
 from vllm_core.sampling.metadata import (
     RequestSamplingState,
     SamplingMetadata,
@@ -90,14 +93,17 @@ class StepInputs:
     logits_indices: torch.Tensor
     common: CommonAttentionMetadata
     inputs_embeds: torch.Tensor | None = None
+    intermediate: IntermediateTensors | None = None   # from the previous pipeline stage
 
 
 @dataclass(slots=True)
 class ForwardOutput:
-    """``hidden`` [T, H] (None when a graph replay keeps it internal); ``logits`` float32
-    [>= L, V] whose first ``L`` rows are the plan's logits rows (None when ``L == 0``)."""
+    """``hidden`` [T, H] (None when a graph replay keeps it internal; ``IntermediateTensors``
+    on a pipeline stage other than the last); ``logits`` float32 [>= L, V] whose first ``L``
+    rows are the plan's logits rows (None when ``L == 0``, and on every rank but the TP rank 0
+    of the last stage)."""
 
-    hidden: torch.Tensor | None
+    hidden: torch.Tensor | IntermediateTensors | None
     logits: torch.Tensor | None
 
 
@@ -137,7 +143,12 @@ class ModelRunner:
     """Owns the model, the KV cache tensors and the worker-side request state.
 
     ``device`` is the torch device; ``attn_backend`` the selected backend class; ``ops`` the
-    platform's LayerOps (None: the core's torch ops). ``config.graph_batch_sizes`` are the
+    platform's LayerOps (None: the core's torch ops); ``parallel`` this rank's
+    ``ParallelContext`` (None: one rank). Every rank of a TP x PP grid runs the same plan from
+    the same ``SchedulerOutput``: the first stage embeds, a later stage receives the previous
+    stage's ``IntermediateTensors`` (``recv_intermediate``), a stage other than the last sends
+    its own on; the sampling rank (last stage, TP rank 0) samples and broadcasts the ids to
+    every rank, so every request table holds the same tokens. ``config.graph_batch_sizes`` are the
     decode batch sizes to capture, honoured only when the backend declares
     ``supports_graph_capture`` and the platform implements ``capture_graphs``.
     """
@@ -149,8 +160,10 @@ class ModelRunner:
     native_bitmask_kernel: ClassVar[bool] = False
 
     def __init__(self, config: EngineConfig, device: torch.device,
-                 attn_backend: type[AttentionBackend], ops: Any | None = None) -> None:
+                 attn_backend: type[AttentionBackend], ops: Any | None = None,
+                 parallel: ParallelContext | None = None) -> None:
         self.config = config
+        self.parallel = parallel or single_rank_context()
         self.device = device
         self.attn_backend = attn_backend
         self.ops = ops
@@ -158,6 +171,10 @@ class ModelRunner:
         if arch is None:
             raise ValueError("ModelConfig.arch must be resolved before building the runner")
         self.arch = arch
+        start, end = self.parallel.layer_range(arch.num_hidden_layers)
+        self.num_local_layers = end - start
+        self.local_kv_heads = kv_heads_per_rank(arch.num_attention_heads,
+                                                arch.num_key_value_heads, self.parallel.tp_size)
         self.block_size = int(config.cache.block_size or attn_backend.preferred_block_size)
         self.dtype: torch.dtype = getattr(torch, config.model.dtype)
         self.model: torch.nn.Module | None = None
@@ -251,9 +268,11 @@ class ModelRunner:
         """Hook: the model forward over ``inputs`` and the logits of the logits rows. Default:
         eager, attention metadata built from ``inputs.common``."""
         attn_metadata = self.builder.build(inputs.common)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, attn_metadata)
+        extra = {} if inputs.intermediate is None else {"intermediate": inputs.intermediate}
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, attn_metadata,
+                            **extra)
         logits = None
-        if len(plan.logits_indices):
+        if len(plan.logits_indices) and self.parallel.is_last_stage:
             logits = self.model.compute_logits(hidden[inputs.logits_indices])
         return ForwardOutput(hidden=hidden, logits=logits)
 
@@ -262,11 +281,37 @@ class ModelRunner:
         seconds it took. Default: nothing to capture."""
         return 0.0
 
+    # ================================================================ parallel plumbing
+    def recv_intermediate(self, num_tokens: int) -> IntermediateTensors:
+        """The previous pipeline stage's hidden states and residual for ``num_tokens`` rows."""
+        pp = self.parallel.pp
+        shape = (num_tokens, self.arch.hidden_size)
+        src = pp.rank - 1
+        hidden = pp.recv(shape, self.dtype, self.device, src)
+        residual = pp.recv(shape, self.dtype, self.device, src)
+        return IntermediateTensors(hidden, residual)
+
+    def send_intermediate(self, tensors: IntermediateTensors) -> None:
+        """Hand this stage's output to the next stage (same row count as the step)."""
+        pp = self.parallel.pp
+        pp.send(tensors.hidden, pp.rank + 1)
+        pp.send(tensors.residual, pp.rank + 1)
+
+    def share_sampled_ids(self, token_ids: torch.Tensor | None, num: int) -> torch.Tensor:
+        """Broadcast the sampling rank's ids (int64, ``num`` rows) to every rank."""
+        par = self.parallel
+        if token_ids is None:
+            token_ids = torch.empty(num, dtype=torch.int64, device=self.sampling_device)
+        else:
+            token_ids = token_ids.to(torch.int64)
+        return par.world.broadcast(token_ids, src=par.sampling_rank)
+
     # ================================================================ model and cache
     def load_model(self) -> None:
         from vllm_core.model_executor.loader import get_model
 
-        self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops)
+        self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops,
+                               self.parallel)
 
     @property
     def kv_cache_dtype(self) -> torch.dtype:
@@ -274,18 +319,16 @@ class ModelRunner:
         return self.dtype if kv == "auto" else getattr(torch, kv)
 
     def kv_cache_bytes_per_block(self) -> int:
-        shape = self.attn_backend.get_kv_cache_shape(1, self.block_size,
-                                                     self.arch.num_key_value_heads,
+        shape = self.attn_backend.get_kv_cache_shape(1, self.block_size, self.local_kv_heads,
                                                      self.arch.head_dim)
         per_layer = int(np.prod(shape)) * torch.empty((), dtype=self.kv_cache_dtype).element_size()
-        return per_layer * self.arch.num_hidden_layers
+        return per_layer * self.num_local_layers
 
     def initialize_cache(self, num_blocks: int) -> None:
         shape = self.attn_backend.get_kv_cache_shape(num_blocks, self.block_size,
-                                                     self.arch.num_key_value_heads,
-                                                     self.arch.head_dim)
+                                                     self.local_kv_heads, self.arch.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
-                          for _ in range(self.arch.num_hidden_layers)]
+                          for _ in range(self.num_local_layers)]
 
     def profile_run(self) -> None:
         """The activation peak: a forward of ``max_num_batched_tokens`` tokens spread over
@@ -306,11 +349,20 @@ class ModelRunner:
             "query_start_loc", "seq_lens", "context_lens", "slot_mapping")},
             block_table=host.block_table.to(dev, self.attn_backend.block_table_dtype))
         input_ids = torch.zeros(num_tokens, dtype=torch.long, device=dev)
-        empty = [torch.empty(0, device=dev)] * self.arch.num_hidden_layers
+        empty = [torch.empty(0, device=dev)] * self.num_local_layers
+        extra = {}
+        if not self.parallel.is_first_stage:
+            zeros = torch.zeros(num_tokens, self.arch.hidden_size, dtype=self.dtype, device=dev)
+            extra["intermediate"] = IntermediateTensors(zeros, zeros.clone())
         hidden = self.model(input_ids, torch.from_numpy(plan.positions).to(dev), empty,
-                            self.builder.build(common))
+                            self.builder.build(common), **extra)
+        if not self.parallel.is_last_stage:
+            return
         rows = len(per_req)
-        logits = self.model.compute_logits(hidden[:rows]).float()
+        logits = self.model.compute_logits(hidden[:rows])
+        if logits is None:             # a TP rank that does not sample
+            return
+        logits = logits.float()
         sdev = self.sampling_device
         md = SamplingMetadata(
             temperature=torch.full((rows,), 0.7, device=sdev),
@@ -382,27 +434,36 @@ class ModelRunner:
         shape = self.padded_shape(plan)
         inputs = self._stage(plan, shape)
         sample_ids = plan.sampling_ids()
-        md = self._sampling_metadata(sample_ids) if sample_ids else None
+        par = self.parallel
+        samples = bool(sample_ids) and par.is_sampling_rank
+        md = self._sampling_metadata(sample_ids) if samples else None
+        if not par.is_first_stage:
+            inputs.intermediate = self.recv_intermediate(inputs.input_ids.shape[0])
         out = self.run_forward(plan, inputs, shape)
+        if not par.is_last_stage:
+            self.send_intermediate(out.hidden)
         if shape is None:
             self.num_eager_steps += 1
         else:
             self.num_graph_steps += 1
 
         prompt_logprobs: dict[str, list[Logprobs]] = {}
-        if out.hidden is not None and self._prompt_logprob_reqs:
+        if (out.hidden is not None and self._prompt_logprob_reqs and par.is_last_stage):
             prompt_logprobs = self.prompt_logprobs(plan, out.hidden)
 
         token_ids = logprobs = done = None
         parity = self._parity
         if sample_ids:
-            logits = out.logits[:len(sample_ids)].to(self.sampling_device)
-            if so.grammar_bitmask is not None:      # structured outputs, before sampling
-                apply_grammar_bitmask(logits, sample_ids, so,
-                                      native=self.native_bitmask_kernel
-                                      or self.sampling_device == HOST)
-            sampled = self.sampler(logits, md)
-            token_ids, logprobs = sampled.token_ids, sampled.logprobs
+            if samples:
+                logits = out.logits[:len(sample_ids)].to(self.sampling_device)
+                if so.grammar_bitmask is not None:      # structured outputs, before sampling
+                    apply_grammar_bitmask(logits, sample_ids, so,
+                                          native=self.native_bitmask_kernel
+                                          or self.sampling_device == HOST)
+                sampled = self.sampler(logits, md)
+                token_ids, logprobs = sampled.token_ids, sampled.logprobs
+            if par.world_size > 1:
+                token_ids = self.share_sampled_ids(token_ids, len(sample_ids))
             self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,
                                                                      non_blocking=True)
             done = self.new_step_event()
@@ -525,7 +586,10 @@ class ModelRunner:
             rows = hidden[row0: row0 + (last - start)]
             targets = torch.tensor(state.prompt_token_ids[start + 1: last + 1],
                                    dtype=torch.long, device=rows.device)
-            lp = compute_prompt_logprobs(self.prompt_logits(rows), targets,
+            logits = self.prompt_logits(rows)
+            if logits is None:                 # a TP rank that does not sample
+                continue
+            lp = compute_prompt_logprobs(logits, targets,
                                          state.sampling_params.prompt_logprobs)
             result[req_id] = lp.to_logprobs_list()
         return result

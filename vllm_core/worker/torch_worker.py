@@ -8,6 +8,11 @@ from typing import Any
 import torch
 
 from vllm_core.config import EngineConfig
+from vllm_core.distributed.parallel_context import (
+    ParallelContext,
+    destroy_parallel_context,
+    init_parallel_context,
+)
 from vllm_core.logger import init_logger
 from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 from vllm_core.worker.model_runner import ModelRunner
@@ -20,13 +25,17 @@ class TorchWorker(Worker):
     """Runs the model with plain torch on ``platform.device_type``.
 
     ``platform`` is the active Platform class (passed by the executor, never looked up deep
-    inside). Memory: the KV budget is ``cache.cache_space_bytes`` when set, else the
+    inside). ``distributed_init_method`` (a ``tcp://host:port`` the executor chose) is needed
+    when ``tensor_parallel_size * pipeline_parallel_size > 1``: ``init_device`` joins the
+    process groups and hands the runner its ``ParallelContext``. Memory: the KV budget is ``cache.cache_space_bytes`` when set, else the
     platform's free memory after a profiling forward times ``gpu_memory_utilization``.
     """
 
     def __init__(self, config: EngineConfig, rank: int = 0, local_rank: int = 0,
-                 platform: Any = None) -> None:
+                 platform: Any = None, distributed_init_method: str | None = None) -> None:
         super().__init__(config, rank, local_rank)
+        self.distributed_init_method = distributed_init_method
+        self.parallel: ParallelContext | None = None
         if platform is None:
             from vllm_core.platforms import current_platform
 
@@ -65,9 +74,15 @@ class TorchWorker(Worker):
         self.device = self.make_device()
         self.platform.set_device(self.local_rank)
         self.platform.seed_everything(self.config.model.seed)
+        par = self.config.parallel
+        self.parallel = init_parallel_context(
+            self.platform, par.tensor_parallel_size, par.pipeline_parallel_size, self.rank,
+            self.distributed_init_method)
         backend = self.select_attention_backend()
         logger.info("attention backend: %s", backend.name)
-        self.runner = self.runner_class()(self.config, self.device, backend, self.layer_ops())
+        extra = {} if self.parallel.world_size == 1 else {"parallel": self.parallel}
+        self.runner = self.runner_class()(self.config, self.device, backend, self.layer_ops(),
+                                          **extra)
 
     def load_model(self) -> None:
         self.runner.load_model()
@@ -118,3 +133,6 @@ class TorchWorker(Worker):
         if self.runner is not None:
             self.runner.kv_caches = []
             self.runner.model = None
+        if self.parallel is not None and self.parallel.world_size > 1:
+            destroy_parallel_context()
+            self.parallel = None

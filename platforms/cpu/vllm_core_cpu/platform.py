@@ -264,6 +264,9 @@ class CpuPlatform(Platform):
                 raise ValueError(f"VLLM_CPU_NUM_THREADS must be >= 1, got {threads}")
             config.num_threads = threads if threads is not None else (
                 len(bind) if bind else usable_cores())
+            world = config.parallel.world_size
+            if world > 1:        # one process per rank shares the cores
+                config.num_threads = max(1, config.num_threads // world)
         elif config.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {config.num_threads}")
         space_gib = envs.cpu_kvcache_space_gib()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from vllm_core.logger import init_logger
 from vllm_core.platforms.interface import (
     PLATFORM_API_VERSION,
     PRIORITY_ACCELERATOR,
@@ -18,6 +19,8 @@ from vllm_core.platforms.interface import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
+
+logger = init_logger(__name__)
 
 MAX_GRAPH_BATCH_SIZE = 512
 
@@ -129,10 +132,17 @@ class CudaPlatform(Platform):
     @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
         """Base rules, then: bfloat16 needs ``min_bf16_capability``; graph batch sizes unless
-        ``enforce_eager`` (user-given sizes are kept, sorted)."""
+        ``enforce_eager`` (user-given sizes are kept, sorted). Several ranks (TP / PP) run
+        eager for now: NCCL collectives inside a captured graph hung on the two-H200 host
+        (hardware-notes.md) and the graph replay does not carry pipeline intermediates."""
         super().check_and_update_config(config)
         cls._check_dtype(config.model.dtype)
-        if config.enforce_eager:
+        if config.parallel.world_size > 1:
+            if not config.enforce_eager:
+                logger.info("graphs off with %d ranks (tensor/pipeline parallel runs eager "
+                            "until the all-reduce is graph-safe)", config.parallel.world_size)
+            config.graph_batch_sizes = []
+        elif config.enforce_eager:
             config.graph_batch_sizes = []
         elif config.graph_batch_sizes:
             config.graph_batch_sizes = sorted(set(config.graph_batch_sizes))

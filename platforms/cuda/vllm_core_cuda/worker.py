@@ -35,8 +35,8 @@ class CudaWorker(TorchWorker):
     runner: CudaModelRunner | None
 
     def __init__(self, config: Any, rank: int = 0, local_rank: int = 0,
-                 platform: Any = None) -> None:
-        super().__init__(config, rank, local_rank, platform)
+                 platform: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, rank, local_rank, platform, **kwargs)
         self.memory_report: dict[str, float] = {}
 
     def make_device(self) -> torch.device:

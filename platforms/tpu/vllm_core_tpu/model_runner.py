@@ -25,7 +25,7 @@ platform (inputs are rebuilt per step, see ``TpuPlatform.check_and_update_config
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,8 +51,8 @@ class TpuModelRunner(ModelRunner):
 
     def __init__(self, config: EngineConfig, device: torch.device,
                  attn_backend: type[AttentionBackend], ops: LayerOps | None = None,
-                 buckets: Buckets | None = None) -> None:
-        super().__init__(config, device, attn_backend, ops)
+                 buckets: Buckets | None = None, **kwargs: Any) -> None:
+        super().__init__(config, device, attn_backend, ops, **kwargs)
         sched = config.scheduler
         self.buckets = buckets or Buckets.for_limits(int(sched.max_num_batched_tokens or 512),
                                                      sched.max_num_seqs)

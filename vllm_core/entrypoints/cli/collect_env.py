@@ -88,6 +88,36 @@ def _platform_info() -> dict[str, Any]:
     return info
 
 
+def _distributed_info(platform_info: dict[str, Any]) -> dict[str, Any]:
+    """The topology a TP / PP layout can use on this host: torch.distributed's backends, the
+    chosen platform's backend and communicator, and its device count."""
+    info: dict[str, Any] = {}
+    try:
+        import torch.distributed as dist
+
+        info["torch_distributed"] = dist.is_available()
+        info["backends_built"] = ", ".join(
+            b for b, ok in (("gloo", dist.is_gloo_available()), ("nccl", dist.is_nccl_available()),
+                            ("mpi", dist.is_mpi_available())) if ok) or "none"
+    except Exception as e:  # noqa: BLE001 - a report must still print
+        info["torch_distributed"] = f"unavailable: {e}"
+    chosen = platform_info.get("chosen")
+    if chosen:
+        from vllm_core.platforms import resolve_current_platform
+
+        try:
+            platform = resolve_current_platform()
+            info["platform_backend"] = platform.dist_backend
+            info["communicator"] = str(platform.communicator_class())
+        except Exception as e:  # noqa: BLE001
+            info["platform_backend"] = f"error: {e}"
+        devices = platform_info.get("devices", {}).get(chosen, {})
+        if isinstance(devices.get("count"), int):
+            info["devices_on_this_host"] = devices["count"]
+    info["executors"] = "uni, mp (one process per rank on this host)"
+    return info
+
+
 def collect() -> dict[str, Any]:
     from vllm_core import envs
     from vllm_core.platforms.interface import PLATFORM_API_VERSION
@@ -99,7 +129,8 @@ def collect() -> dict[str, Any]:
                "libc": " ".join(_platform.libc_ver()).strip()},
         "python": {"version": sys.version.replace("\n", " "), "executable": sys.executable},
         "torch": _torch_info(),
-        "platform": _platform_info(),
+        "platform": (platform := _platform_info()),
+        "distributed": _distributed_info(platform),
         "plugin_distributions": plugin_distributions(),
         "environment": envs.relevant_environment(),
     }
@@ -123,6 +154,7 @@ def format_report(data: dict[str, Any]) -> str:
     section("Python", data["python"])
     section("torch", data["torch"])
     section("Platform", data["platform"])
+    section("Distributed", data["distributed"])
     lines.append("Plugin distributions:")
     if not data["plugin_distributions"]:
         lines.append("  (none)")

@@ -7,8 +7,15 @@ before rope), explicit ``head_dim`` (Qwen3, may differ from hidden / heads), GQA
 
 Parameter names follow HF checkpoints, except that q/k/v are fused into ``qkv_proj`` (rows
 [q | k | v]) and gate/up into ``gate_up_proj`` (rows [gate | up]); ``load_weights`` fuses the
-separate checkpoint tensors at load time. With tied embeddings there is no ``lm_head``: the
-logits use ``embed_tokens.weight``.
+separate checkpoint tensors at load time. With tied embeddings there is no ``lm_head`` (the
+logits use ``embed_tokens.weight``), except on the last pipeline stage of a split model, whose
+``lm_head`` is loaded from ``model.embed_tokens.weight``.
+
+Parallelism (``ParallelContext``, passed at construction): attention heads, the MLP's
+intermediate features and the vocabulary are split over the TP ranks (column-parallel QKV and
+gate-up, row-parallel o/down, vocab-parallel embedding and LM head); each rank reads only its
+slices of the checkpoint. Decoder layers are split over the pipeline stages; a stage holds
+only its layers (``layers[i]`` is a ``MissingLayer`` elsewhere, names keep global indices).
 """
 
 from __future__ import annotations
@@ -21,43 +28,56 @@ from torch import nn
 
 from vllm_core.attention.backend import AttentionBackend
 from vllm_core.config import ModelArchConfig
+from vllm_core.distributed.parallel_context import ParallelContext, single_rank_context
 from vllm_core.model_executor.layers.attention import Attention
 from vllm_core.model_executor.layers.layernorm import RMSNorm
-from vllm_core.model_executor.layers.linear import Embedding, Linear
 from vllm_core.model_executor.layers.ops import LayerOps
+from vllm_core.model_executor.layers.parallel_linear import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    even_shard,
+    qkv_shards,
+)
 from vllm_core.model_executor.layers.rotary_embedding import RotaryEmbedding
-from vllm_core.model_executor.models.interface import CausalLM
+from vllm_core.model_executor.layers.vocab_parallel import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+    compute_parallel_logits,
+)
+from vllm_core.model_executor.models.interface import CausalLM, IntermediateTensors
+from vllm_core.model_executor.weight_source import WeightSource, read_full
 
 # checkpoint projection -> (fused parameter, shard)
 _FUSED = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
           "gate_proj": ("gate_up_proj", "gate"), "up_proj": ("gate_up_proj", "up")}
+_ROW_PARALLEL = ("o_proj", "down_proj")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class MissingLayer(nn.Module):
+    """Placeholder of a decoder layer that lives on another pipeline stage."""
 
 
 class DecoderAttention(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
-                 attn_backend: type[AttentionBackend], ops: LayerOps) -> None:
+                 attn_backend: type[AttentionBackend], ops: LayerOps,
+                 parallel: ParallelContext) -> None:
         super().__init__()
-        self.num_heads = arch.num_attention_heads
-        self.num_kv_heads = arch.num_key_value_heads
         self.head_dim = arch.head_dim
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(arch.hidden_size, self.q_size + 2 * self.kv_size,
-                               bias=arch.attention_bias, ops=ops)
+        q, k, v, self.num_heads, self.num_kv_heads = qkv_shards(
+            arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim, parallel.tp)
+        self.q_size, self.kv_size = q.local_size, k.local_size
+        self.qkv_proj = ColumnParallelLinear(arch.hidden_size, [q, k, v],
+                                             bias=arch.attention_bias, ops=ops)
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
         o_bias = arch.attention_bias and arch.model_type != "qwen2"
-        self.o_proj = Linear(self.q_size, arch.hidden_size, bias=o_bias, ops=ops)
+        self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
+                                        arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp)
         self.q_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.rotary_emb = rotary
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
                               self.num_kv_heads, attn_backend, arch.sliding_window)
-
-    def shard_slice(self, shard: str) -> slice:
-        """Rows of ``qkv_proj`` holding the q, k or v projection."""
-        start = {"q": 0, "k": self.q_size, "v": self.q_size + self.kv_size}[shard]
-        return slice(start, start + (self.q_size if shard == "q" else self.kv_size))
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 attn_metadata: Any) -> torch.Tensor:
@@ -77,30 +97,30 @@ class DecoderAttention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, ops: LayerOps) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, ops: LayerOps,
+                 parallel: ParallelContext) -> None:
         super().__init__()
-        self.intermediate_size = intermediate_size
-        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False, ops=ops)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False, ops=ops)
-        self.ops = ops
-
-    def shard_slice(self, shard: str) -> slice:
-        start = 0 if shard == "gate" else self.intermediate_size
-        return slice(start, start + self.intermediate_size)
+        tp = parallel.tp
+        what = "the model's intermediate_size"
+        gate = even_shard("gate", intermediate_size, tp, what)
+        up = even_shard("up", intermediate_size, tp, what)
+        self.gate_up_proj = ColumnParallelLinear(hidden_size, [gate, up], bias=False, ops=ops)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, ops=ops,
+                                           tp=tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        down = self.down_proj
-        return self.ops.silu_and_mul_linear(self.gate_up_proj(x), down.weight, down.bias)
+        return self.down_proj.forward_silu_and_mul(self.gate_up_proj(x))
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
-                 attn_backend: type[AttentionBackend], ops: LayerOps) -> None:
+                 attn_backend: type[AttentionBackend], ops: LayerOps,
+                 parallel: ParallelContext) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
-        self.self_attn = DecoderAttention(arch, rotary, attn_backend, ops)
+        self.self_attn = DecoderAttention(arch, rotary, attn_backend, ops, parallel)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
-        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, ops)
+        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, ops, parallel)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None, kv_cache: torch.Tensor, attn_metadata: Any
@@ -118,25 +138,46 @@ class DecoderLayer(nn.Module):
 
 class DecoderModel(nn.Module):
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps) -> None:
+                 ops: LayerOps, parallel: ParallelContext) -> None:
         super().__init__()
-        self.embed_tokens = Embedding(arch.vocab_size, arch.hidden_size)
+        self.parallel = parallel
+        self.start_layer, self.end_layer = parallel.layer_range(arch.num_hidden_layers)
+        self.embed_tokens = (VocabParallelEmbedding(arch.vocab_size, arch.hidden_size,
+                                                    parallel.tp)
+                             if parallel.is_first_stage else None)
         self.rotary_emb = RotaryEmbedding(arch.head_dim, arch.head_dim,
                                           arch.max_position_embeddings, arch.rope_theta,
                                           arch.rope_scaling, ops)
-        self.layers = nn.ModuleList(DecoderLayer(arch, self.rotary_emb, attn_backend, ops)
-                                    for _ in range(arch.num_hidden_layers))
-        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
+        self.layers = nn.ModuleList(
+            DecoderLayer(arch, self.rotary_emb, attn_backend, ops, parallel)
+            if self.start_layer <= i < self.end_layer else MissingLayer()
+            for i in range(arch.num_hidden_layers))
+        self.norm = (RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
+                     if parallel.is_last_stage else None)
+
+    @property
+    def num_local_layers(self) -> int:
+        return self.end_layer - self.start_layer
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[torch.Tensor], attn_metadata: Any) -> torch.Tensor:
-        if len(kv_caches) != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} kv_caches (one per layer), "
-                             f"got {len(kv_caches)}")
-        hidden = self.embed_tokens(input_ids)
-        residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+                kv_caches: list[torch.Tensor], attn_metadata: Any,
+                intermediate: IntermediateTensors | None = None
+                ) -> torch.Tensor | IntermediateTensors:
+        if len(kv_caches) != self.num_local_layers:
+            raise ValueError(f"expected {self.num_local_layers} kv_caches (one per layer of "
+                             f"this stage), got {len(kv_caches)}")
+        if self.embed_tokens is not None:
+            hidden, residual = self.embed_tokens(input_ids), None
+        else:
+            if intermediate is None:
+                raise ValueError("a pipeline stage after the first needs the previous "
+                                 "stage's IntermediateTensors")
+            hidden, residual = intermediate.hidden, intermediate.residual
+        layers = self.layers[self.start_layer:self.end_layer]
+        for layer, kv_cache in zip(layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, kv_cache, attn_metadata)
+        if self.norm is None:
+            return IntermediateTensors(hidden, residual)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -145,47 +186,86 @@ class DecoderForCausalLM(CausalLM):
     """The Llama-family causal LM; see the module docstring for the family switches."""
 
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps) -> None:
+                 ops: LayerOps, parallel: ParallelContext | None = None) -> None:
         super().__init__(arch, attn_backend, ops)
+        parallel = parallel or single_rank_context()
         self.arch = arch
         self.ops = ops
-        self.model = DecoderModel(arch, attn_backend, ops)
-        self.lm_head = (None if arch.tie_word_embeddings
-                        else Linear(arch.hidden_size, arch.vocab_size, bias=False, ops=ops))
+        self.parallel = parallel
+        self.model = DecoderModel(arch, attn_backend, ops, parallel)
+        own_head = parallel.is_last_stage and (not arch.tie_word_embeddings
+                                               or not parallel.is_first_stage)
+        self.lm_head = (ParallelLMHead(arch.vocab_size, arch.hidden_size, parallel.tp, ops)
+                        if own_head else None)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[torch.Tensor], attn_metadata: Any) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, attn_metadata)
+                kv_caches: list[torch.Tensor], attn_metadata: Any,
+                intermediate: IntermediateTensors | None = None
+                ) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate)
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        weight = (self.model.embed_tokens.weight if self.lm_head is None
-                  else self.lm_head.weight)
-        return self.ops.linear(hidden_states, weight).float()
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        table = self.model.embed_tokens if self.lm_head is None else self.lm_head
+        return compute_parallel_logits(hidden_states, table, self.ops)
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.named_parameters())
+    def load_weights(self, weights: Iterable[tuple[str, WeightSource]]) -> set[str]:
+        """Copy this rank's slices of HF-named checkpoint tensors; tensors of layers on other
+        pipeline stages are skipped unread."""
         loaded: set[str] = set()
-        for name, tensor in weights:
-            if name.endswith(_IGNORED_SUFFIXES):
+        params = dict(self.named_parameters())
+        tied_head = self.arch.tie_word_embeddings and self.lm_head is not None
+        for name, source in weights:
+            if name.endswith(_IGNORED_SUFFIXES) or not self._owned(name):
                 continue
-            if name == "lm_head.weight" and self.lm_head is None:
-                continue      # tied checkpoints may still carry a copy of the embedding
-            target, rows = self._locate(name)
-            param = params.get(target)
-            if param is None:
-                raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in "
-                                 f"{type(self).__name__}")
-            dest = param.data if rows is None else param.data[rows]
-            if tuple(dest.shape) != tuple(tensor.shape):
-                raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {tuple(dest.shape)} (config and weights disagree)")
-            dest.copy_(tensor)
-            loaded.add(target if rows is None else f"{target}[{name}]")
+            try:
+                self._load_one(name, source, params, tied_head, loaded)
+            except ValueError as e:
+                if str(e).startswith("checkpoint tensor"):
+                    raise
+                raise ValueError(f"checkpoint tensor {name!r} {e}") from e
         return loaded
 
+    def _load_one(self, name: str, source: WeightSource, params: dict[str, nn.Parameter],
+                  tied_head: bool, loaded: set[str]) -> None:
+        """One checkpoint tensor into this rank's parameters (its slice of it)."""
+        if name == "lm_head.weight":
+            if self.lm_head is not None and not tied_head:
+                self.lm_head.load(source)
+                loaded.add(name)
+            return        # tied checkpoints may still carry a copy of the embedding
+        if name == "model.embed_tokens.weight":
+            if self.model.embed_tokens is not None:
+                self.model.embed_tokens.load(source)
+                loaded.add(name)
+            if tied_head:
+                self.lm_head.load(source)
+                loaded.add("lm_head.weight")
+            return
+        owner, _, leaf = name.rpartition(".")
+        prefix, _, proj = owner.rpartition(".")
+        if proj in _FUSED:
+            fused, shard = _FUSED[proj]
+            module = self._module(f"{prefix}.{fused}", name)
+            module.load_shard(leaf, source, shard)
+            loaded.add(f"{prefix}.{fused}.{leaf}[{name}]")
+        elif proj in _ROW_PARALLEL:
+            self._module(owner, name).load(leaf, source)
+            loaded.add(name)
+        else:
+            param = params.get(name)
+            if param is None:
+                raise ValueError(f"checkpoint tensor {name!r} has no matching parameter "
+                                 f"in {type(self).__name__}")
+            tensor = read_full(source)
+            if tuple(param.shape) != tuple(tensor.shape):
+                raise ValueError(f"has shape {tuple(tensor.shape)}, expected "
+                                 f"{tuple(param.shape)} (config and weights disagree)")
+            param.data.copy_(tensor)
+            loaded.add(name)
+
     def expected_weight_keys(self) -> set[str]:
-        """The keys ``load_weights`` returns when every parameter was filled."""
+        """The keys ``load_weights`` returns when every parameter of this rank was filled."""
         keys: set[str] = set()
         for pname, _ in self.named_parameters():
             owner, _, leaf = pname.rpartition(".")
@@ -197,18 +277,19 @@ class DecoderForCausalLM(CausalLM):
                 keys.add(pname)
         return keys
 
-    def _locate(self, name: str) -> tuple[str, slice | None]:
-        """Checkpoint name -> (parameter name, rows of it) applying the q/k/v and gate/up
-        fusion."""
-        owner, _, leaf = name.rpartition(".")
-        prefix, _, proj = owner.rpartition(".")
-        if proj not in _FUSED:
-            return name, None
-        fused, shard = _FUSED[proj]
+    def _owned(self, name: str) -> bool:
+        """False for a tensor of a module on another pipeline stage (a decoder layer, or the
+        final norm)."""
+        if name.startswith("model.norm."):
+            return self.model.norm is not None
+        if not name.startswith("model.layers."):
+            return True
+        index = int(name.split(".")[2])
+        return self.model.start_layer <= index < self.model.end_layer
+
+    def _module(self, path: str, name: str) -> nn.Module:
         try:
-            module = self.get_submodule(prefix)
+            return self.get_submodule(path)
         except AttributeError:
-            return name, None
-        if not hasattr(module, "shard_slice"):
-            return name, None
-        return f"{prefix}.{fused}.{leaf}", module.shard_slice(shard)
+            raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in "
+                             f"{type(self).__name__}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,26 +21,43 @@ from vllm_core.config import ModelArchConfig
 from vllm_core.model_executor.layers.ops import LayerOps
 
 
+@dataclass(slots=True)
+class IntermediateTensors:
+    """What a non-last pipeline stage hands the next: the hidden states and the residual
+    stream, both ``[T, hidden]`` in the model dtype."""
+
+    hidden: torch.Tensor
+    residual: torch.Tensor
+
+
 class CausalLM(nn.Module, ABC):
     """A decoder-only LM over a flat token axis with a paged KV cache.
 
     ``forward(input_ids [T] long, positions [T] long, kv_caches (one tensor per layer, possibly
     empty while profiling), attn_metadata (the backend builder's output, shared by all layers))
     -> hidden_states [T, hidden]``; ``compute_logits(hidden [N, hidden]) -> [N, vocab] float32``.
+
+    Parallel (API 2.1): ``parallel`` is the rank's ``ParallelContext`` (TP=PP=1 when absent).
+    A pipeline stage other than the first takes ``intermediate`` (the previous stage's
+    ``IntermediateTensors``) instead of embedding ``input_ids``; a stage other than the last
+    returns ``IntermediateTensors``. ``kv_caches`` holds this stage's layers only.
+    ``compute_logits`` returns None on TP ranks other than 0 (the logits are gathered there).
     """
 
     @abstractmethod
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps) -> None:
+                 ops: LayerOps, parallel: Any = None) -> None:
         super().__init__()
 
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[torch.Tensor], attn_metadata: Any) -> torch.Tensor:
+                kv_caches: list[torch.Tensor], attn_metadata: Any,
+                intermediate: IntermediateTensors | None = None
+                ) -> torch.Tensor | IntermediateTensors:
         ...
 
     @abstractmethod
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         ...
 
     @abstractmethod
