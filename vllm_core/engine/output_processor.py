@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_core.engine.detokenizer import IncrementalDetokenizer, make_detokenizer
-from vllm_core.messages import EngineCoreOutput, Logprobs
 from vllm_core.engine.stats import FinishedRequestStats, IterationStats
+from vllm_core.messages import EngineCoreOutput, Logprobs
 from vllm_core.outputs import (
     CompletionOutput,
     Logprob,

@@ -55,6 +55,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from vllm_core.config import CacheConfig, SchedulerConfig
 from vllm_core.engine.kv_cache_manager import KVCacheManager, cdiv
+from vllm_core.engine.request import Request, RequestStatus
+from vllm_core.engine.stats import SchedulerStats
 from vllm_core.messages import (
     CachedRequestData,
     EngineCoreOutput,
@@ -63,8 +65,6 @@ from vllm_core.messages import (
     NewRequestData,
     SchedulerOutput,
 )
-from vllm_core.engine.request import Request, RequestStatus
-from vllm_core.engine.stats import SchedulerStats
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
