@@ -4,6 +4,8 @@
 FastAPI, our handlers, the CLI's argument handling) over the fake engine in
 ``fake_engine.py`` (fast); ``real`` is ``python -m vllm_core.entrypoints.cli.main serve`` with
 the real engine and the embedded default model. Both are started with an API key.
+Modules that use ``server`` must sort before ``test_openai_server.py``, whose last test stops
+the shared server with SIGTERM (hence the ``test_api_*`` names).
 """
 
 from __future__ import annotations

@@ -95,4 +95,4 @@ def test_generation_defaults_from_hf_folder(tmp_path):
         "repetition_penalty": 1.05, "eos_token_id": [7, 9], "max_new_tokens": 50}))
     assert load_generation_defaults(str(tmp_path)) == {
         "temperature": 0.6, "top_p": 0.9, "top_k": 20, "min_p": 0.0,
-        "repetition_penalty": 1.05, "eos_token_id": [7, 9]}
+        "repetition_penalty": 1.05, "eos_token_id": [7, 9], "max_tokens": 50}   # max_new_tokens

@@ -143,6 +143,8 @@ class AsyncLLMEngine:
         from vllm_core.pooling import Embedder
 
         await self.check_health()
+        if self._stop:
+            raise EngineDeadError("engine is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         embedder = Embedder(self.engine.executor.worker.runner,

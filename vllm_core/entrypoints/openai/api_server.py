@@ -4,9 +4,12 @@ Endpoints: POST /v1/completions, POST /v1/chat/completions, POST /v1/responses,
 POST /v1/embeddings, GET /v1/models, POST /tokenize,
 POST /detokenize, GET /tokenizer_info, GET /health, GET /version, GET /metrics.
 
-Middleware, outermost first: CORS (``--allowed-origins``), the API key (every path but
-/health, and /metrics unless ``--enable-metrics-auth``), in-flight counting / drain (503 while
-shutting down). The engine is stopped by the app's lifespan shutdown.
+Middleware, outermost first: CORS (``--allowed-origins``), the body size limit (413,
+``limits.py``), the API key (every path but /health, and /metrics unless
+``--enable-metrics-auth``), in-flight counting / drain (503 while shutting down; the drain
+deadline answers what is left, ``lifecycle.py``). Generation requests then pass ``admit``:
+content checks (``limits.check_request``) and the silent-no-op refusals
+(``unsupported.reject_silent_no_ops``). The engine is stopped by the app's lifespan shutdown.
 """
 
 from __future__ import annotations

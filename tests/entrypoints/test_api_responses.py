@@ -1,4 +1,5 @@
-"""/v1/responses (the non-stateful subset) with the openai SDK's ``client.responses.create``,
+"""(Named test_api_* to run before test_openai_server.py, whose last test stops the shared
+server.) /v1/responses (the non-stateful subset) with the openai SDK's ``client.responses.create``,
 streamed and not, against the real server process (fake and real engines)."""
 
 from __future__ import annotations
