@@ -68,3 +68,26 @@ def test_no_bitmask_is_a_no_op():
     before = logits.clone()
     apply_grammar_bitmask(logits, ["a"], so)
     assert torch.equal(logits, before)
+
+
+@pytest.mark.parametrize("use_xgrammar", [True, False])
+def test_rows_match_convention(use_xgrammar):
+    bitmask = torch.zeros(3, 1, dtype=torch.int32)
+    bitmask[0, 0], bitmask[2, 0] = 1 << 1, 1 << 4
+    logits = torch.randn(3, 32)
+    before = logits.clone()
+    apply_token_bitmask(logits, bitmask, [2, 0], use_xgrammar=use_xgrammar, rows_match=True)
+    assert logits.argmax(-1).tolist()[::2] == [1, 4]
+    assert torch.equal(logits[1], before[1])
+
+
+def test_apply_grammar_bitmask_when_every_row_is_constrained():
+    bitmask = np.zeros((3, 1), dtype=np.int32)
+    bitmask[:, 0] = [1 << 5, 1 << 6, 1 << 7]       # rows for "a", "b", "c" (sorted ids)
+    so = SchedulerOutput([], [], {"a": 1, "b": 1, "c": 1}, 3,
+                         sampling_req_ids=frozenset("abc"), grammar_bitmask=bitmask,
+                         structured_output_req_ids=["a", "b", "c"])
+    logits = torch.randn(3, 32)
+    apply_grammar_bitmask(logits, ["c", "a", "b"], so)
+    assert logits.argmax(-1).tolist() == [7, 5, 6]
+    assert (torch.isfinite(logits).sum(-1) == 1).all()

@@ -5,10 +5,10 @@ of word ``t // 32`` set iff token ``t`` is allowed. Disallowed logits become ``-
 past the bitmask's width (a vocabulary padded beyond it) are disallowed.
 
 ``apply_token_bitmask`` uses xgrammar's kernel when xgrammar is installed and the caller says
-the logits live where it serves them (``native``: host memory or CUDA; the runner knows, see
-``ModelRunner.native_bitmask_kernel``); otherwise a vectorised torch fallback (unpack the bits
-with shifts, ``masked_fill``) that runs on any device. Neither loops over the vocabulary in
-Python.
+the logits live where it serves them (``use_xgrammar``: host memory or CUDA; the runner knows,
+see ``ModelRunner.native_bitmask_kernel``); otherwise a vectorised torch fallback (unpack the
+bits with shifts, ``masked_fill``) that runs on any device. Neither loops over the vocabulary
+in Python.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -48,36 +49,40 @@ def apply_token_bitmask_torch(logits: torch.Tensor, bitmask: torch.Tensor,
 
 def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor,
                         indices: Sequence[int] | None = None, *,
-                        use_xgrammar: bool = True) -> None:
+                        use_xgrammar: bool = True, rows_match: bool = False) -> None:
     """In place on ``logits`` ([B, V] float): row ``indices[i]`` (or row i) masked by
-    ``bitmask[i]`` ([R, ceil(V/32)] int32, on the logits' device). ``use_xgrammar``: the
-    logits' device is one xgrammar's kernel serves (host memory or CUDA)."""
+    ``bitmask[i]`` ([R, ceil(V/32)] int32, on the logits' device). ``rows_match``: the mask
+    already has one row per logits row and ``indices`` only selects which rows to apply
+    (``bitmask[indices[i]]`` masks ``logits[indices[i]]``), xgrammar's own convention."""
     apply = _xgrammar_apply() if use_xgrammar else None
-    if (apply is not None
-            and logits.dtype == torch.float32 and logits.is_contiguous()
-            and bitmask.shape[1] * 32 >= logits.shape[-1]):
-        if indices is not None and (len(indices) != logits.shape[0]
-                                    or list(indices) != list(range(logits.shape[0]))):
+    eligible = (apply is not None and logits.dtype == torch.float32 and logits.is_contiguous()
+                and bitmask.shape[1] * 32 >= logits.shape[-1])
+    rows = list(indices) if indices is not None else None
+    if rows is not None and not rows_match and rows == list(range(logits.shape[0])):
+        rows = None                                  # every row, in order
+    if eligible:
+        if rows is not None and not rows_match:
             # xgrammar pairs bitmask row i with logits row i: scatter the rows first.
             full = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=torch.int32,
                               device=bitmask.device)
-            rows = list(indices)
             full[torch.as_tensor(rows, dtype=torch.long, device=bitmask.device)] = bitmask
-            apply(logits, full, indices=rows)
-        else:
-            apply(logits, bitmask)
+            bitmask = full
+        apply(logits, bitmask, indices=rows)
         return
-    index_tensor = None
-    if indices is not None:
-        index_tensor = torch.as_tensor(list(indices), dtype=torch.long, device=logits.device)
-    apply_token_bitmask_torch(logits, bitmask, index_tensor)
+    if rows is None:
+        apply_token_bitmask_torch(logits, bitmask)
+        return
+    index = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
+    apply_token_bitmask_torch(logits, bitmask[index.to(bitmask.device)] if rows_match
+                              else bitmask, index)
 
 
 def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
                           scheduler_output: Any, native: bool = True) -> None:
     """The runner's hook, between ``compute_logits`` and the sampler: mask the rows of
     ``logits`` (row ``i`` samples for request ``row_req_ids[i]``) that have a grammar row in
-    ``scheduler_output.grammar_bitmask``. No-op when the step has no bitmask."""
+    ``scheduler_output.grammar_bitmask``. No-op when the step has no bitmask. ``native``:
+    xgrammar's kernel serves the logits' device."""
     bitmask = getattr(scheduler_output, "grammar_bitmask", None)
     if bitmask is None:
         return
@@ -91,6 +96,14 @@ def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
             keep.append(j)
     if not rows:
         return
-    host = torch.from_numpy(bitmask if len(keep) == len(bitmask) else bitmask[keep])
-    device_mask = host.to(logits.device, non_blocking=True)
-    apply_token_bitmask(logits, device_mask, rows, use_xgrammar=native)
+    num_rows = logits.shape[0]
+    if len(rows) == num_rows:             # every row constrained: reorder, no indices
+        host = np.empty((num_rows, bitmask.shape[1]), dtype=np.int32)
+        host[rows] = bitmask[keep]
+        indices = None
+    else:                                 # row i of the mask <-> logits row i (host scatter)
+        host = np.full((num_rows, bitmask.shape[1]), -1, dtype=np.int32)
+        host[rows] = bitmask[keep]
+        indices = rows
+    device_mask = torch.from_numpy(host).to(logits.device, non_blocking=True)
+    apply_token_bitmask(logits, device_mask, indices, use_xgrammar=native, rows_match=True)
