@@ -78,7 +78,6 @@ def test_port_in_use_fails_before_the_model_loads():
 @pytest.mark.parametrize("flags,message", [
     (["--trust-remote-code"], "never runs code shipped with a model"),
     (["--quantization", "awq"], "--quantization 'awq'"),
-    (["--pipeline-parallel-size", "2"], "pipeline parallelism is not supported yet"),
     (["--data-parallel-size", "2"], "data parallelism is not supported yet"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--lora-modules", "a=/tmp/a"], "LoRA adapters are not supported yet"),

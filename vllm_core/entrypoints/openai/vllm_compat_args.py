@@ -7,7 +7,8 @@ logs request contents) are accepted and have nothing to do.
 
 The structured-output / tool-calling flags (``--enable-auto-tool-choice``,
 ``--tool-call-parser``, ``--structured-outputs-config``, ``--reasoning-parser``) are not here:
-issue 12 adds them with their implementation.
+they are implemented with structured outputs; ``--tensor-parallel-size`` and
+``--pipeline-parallel-size`` belong to the engine arguments (distributed execution).
 
 Import-light: argparse only.
 """
@@ -23,8 +24,6 @@ UNSUPPORTED: dict[str, tuple[Any, tuple[Any, ...], str]] = {
                           "are built from its own implementations (drop --trust-remote-code)"),
     "quantization": (None, ("gguf",), "only GGUF checkpoints are read (dequantized on load); "
                      "other --quantization methods are not supported yet"),
-    "pipeline_parallel_size": (1, (), "pipeline parallelism is not supported yet "
-                               "(use --tensor-parallel-size)"),
     "data_parallel_size": (1, (), "data parallelism is not supported yet (run one server per "
                            "replica behind a load balancer)"),
     "enable_lora": (False, (), "LoRA adapters are not supported yet"),
@@ -41,8 +40,6 @@ def add_vllm_compat_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="refused: vllm-core never runs code shipped with a model")
     g.add_argument("--quantization", "-q", default=None,
                    help="only 'gguf' (GGUF files are dequantized on load)")
-    g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
-                   help="only 1 (not supported yet)")
     g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="only 1 (not supported yet)")
     g.add_argument("--enable-lora", action="store_true", help="not supported yet")
