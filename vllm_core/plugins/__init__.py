@@ -81,16 +81,16 @@ def _register_quantization(name: str, class_path: str, override: bool = False) -
     register_quantization_method(name, class_path, override=override)
 
 
-def _register_tool_parser(name: str, class_path: str) -> None:
+def _register_tool_parser(name: str, class_path: str, override: bool = False) -> None:
     from vllm_core.entrypoints.openai.tool_parsers.registry import register_tool_parser
 
-    register_tool_parser(name, class_path)
+    register_tool_parser(name, class_path, override=override)
 
 
-def _register_reasoning_parser(name: str, class_path: str) -> None:
+def _register_reasoning_parser(name: str, class_path: str, override: bool = False) -> None:
     from vllm_core.reasoning.registry import register_reasoning_parser
 
-    register_reasoning_parser(name, class_path)
+    register_reasoning_parser(name, class_path, override=override)
 
 
 def create_plugin_manager(*, register_backend: RegisterFn | None = None,
