@@ -114,10 +114,29 @@ def check_request(request: BaseModel, limits: ServerLimits) -> None:
 # ---------------------------------------------------------------- body size
 
 
+DRAIN_LIMIT_FACTOR = 4
+
+
+async def _drain(receive: Any, limit: int) -> None:
+    """Read and drop what the client is still uploading (up to ``limit`` bytes) after an early
+    answer: closing a socket with unread data resets the connection, and a client still
+    sending then loses the answer it was about to read."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class BodySizeLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with a 413 in OpenAI's error shape.
 
-    A declared ``Content-Length`` over the limit is refused before the body is read; a body
+    A declared ``Content-Length`` over the limit is refused before the body is parsed (what the
+    client still sends is then read and dropped, up to ``DRAIN_LIMIT_FACTOR`` times the limit,
+    so the answer is not lost to a connection reset); a body
     without one (chunked) is counted as it arrives and refused once it passes the limit. Pure
     ASGI, so streaming responses are not buffered.
     """
@@ -145,6 +164,7 @@ class BodySizeLimitMiddleware:
         if declared is not None:
             if declared > self.max_bytes:
                 await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
+                await _drain(receive, DRAIN_LIMIT_FACTOR * self.max_bytes)
                 return
             await self.app(scope, receive, send)
             return
@@ -161,6 +181,8 @@ class BodySizeLimitMiddleware:
             total += len(chunk)
             if total > self.max_bytes:
                 await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
+                if message.get("more_body", False):
+                    await _drain(receive, DRAIN_LIMIT_FACTOR * self.max_bytes)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
