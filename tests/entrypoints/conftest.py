@@ -10,6 +10,8 @@ the shared server with SIGTERM (hence the ``test_api_*`` names).
 
 from __future__ import annotations
 
+import httpx
+import openai
 import pytest
 from server_utils import ServerProcess, start_server
 
@@ -27,3 +29,15 @@ def fake_server(tmp_path_factory) -> ServerProcess:
     srv = start_server("fake", tmp_path_factory.mktemp("srv-fake-nokey"), api_key=None)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> openai.OpenAI:
+    """The real openai client on the module's ``server`` (fake or real engine)."""
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0,
+                         timeout=120)
+
+
+@pytest.fixture
+def model(server: ServerProcess) -> str:
+    return httpx.get(f"{server.url}/v1/models", headers=server.headers()).json()["data"][0]["id"]

@@ -8,18 +8,6 @@ import math
 import httpx
 import openai
 import pytest
-from server_utils import ServerProcess
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0,
-                         timeout=120)
-
-
-@pytest.fixture
-def model(server: ServerProcess) -> str:
-    return httpx.get(f"{server.url}/v1/models", headers=server.headers()).json()["data"][0]["id"]
 
 
 def test_embeddings_sdk_base64_equals_float(server, client, model):

@@ -19,17 +19,6 @@ from server_utils import ServerProcess
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture
-def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0,
-                         timeout=120)
-
-
-@pytest.fixture
-def model(server: ServerProcess) -> str:
-    return httpx.get(f"{server.url}/v1/models", headers=server.headers()).json()["data"][0]["id"]
-
-
 def post_raw(server: ServerProcess, path: str, body: str | bytes,
              timeout: float = 120) -> httpx.Response:
     headers = {**server.headers(), "content-type": "application/json"}
