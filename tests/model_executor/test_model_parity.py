@@ -49,6 +49,7 @@ CASES = {
     "gemma3": ("gemma3_text", dict(num_hidden_layers=3, head_dim=32, num_key_value_heads=1,
                                    sliding_window=4, sliding_window_pattern=2,
                                    query_pre_attn_scalar=24, final_logit_softcapping=3.0,
+                                   rope_scaling={"rope_type": "linear", "factor": 4.0},
                                    hidden_activation="gelu_pytorch_tanh")),
 }
 
@@ -84,6 +85,15 @@ def test_arch_config_matches_case(pair):
         assert arch.qk_norm and arch.head_dim == 40
     if name == "mistral":
         assert arch.sliding_window == 5
+    if name.startswith("phi"):
+        assert arch.rope_scaling["rope_type"] == "longrope"
+        assert arch.rope_scaling["original_max_position_embeddings"] == 32
+        assert arch.partial_rotary_factor == (0.75 if name == "phi4-mini" else 1.0)
+    if name == "gemma3":
+        assert arch.layer_types == ("sliding_attention", "full_attention", "sliding_attention")
+        assert (arch.sliding_window, arch.local_rope_theta) == (4, 10000.0)
+        assert arch.rope_scaling == {"rope_type": "linear", "factor": 4.0}
+        assert arch.final_logit_softcapping == 3.0 and arch.query_pre_attn_scalar == 24
 
 
 def test_prefill_batch_matches_hf(pair):
