@@ -43,6 +43,8 @@ from vllm_core.model_executor.layers.vocab_parallel import (
     ParallelLMHead,
     VocabParallelEmbedding,
     compute_parallel_logits,
+    gather_logits,
+    local_logits,
 )
 from vllm_core.model_executor.models.interface import CausalLM, IntermediateTensors
 from vllm_core.model_executor.weight_source import WeightSource, read_full
@@ -205,8 +207,16 @@ class DecoderForCausalLM(CausalLM):
         return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        table = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return compute_parallel_logits(hidden_states, table, self.ops)
+        return compute_parallel_logits(hidden_states, self._logits_table(), self.ops)
+
+    def compute_local_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return local_logits(hidden_states, self._logits_table(), self.ops)
+
+    def gather_logits(self, local: torch.Tensor) -> torch.Tensor | None:
+        return gather_logits(local, self._logits_table())
+
+    def _logits_table(self) -> VocabParallelEmbedding:
+        return self.model.embed_tokens if self.lm_head is None else self.lm_head
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, WeightSource]]) -> set[str]:
