@@ -55,13 +55,13 @@ def _rank(rank: int, port: int, sizes: list[int], dtype_name: str, iters: int) -
     enabled = comm.enable_fast_all_reduce(device, dtype, capacity, envs.one_shot_max_bytes())
     for nbytes in sizes:
         x = torch.randn(nbytes // dtype.itemsize, device=device).to(dtype)
-        nccl = _time_us(lambda: dist.all_reduce(x), iters)
+        nccl = _time_us(lambda x=x: dist.all_reduce(x), iters)
         row = {"bench": "all_reduce", "bytes": nbytes, "dtype": dtype_name,
                "world_size": 2, "nccl_eager_us": round(nccl, 2), "fast_enabled": enabled}
         if enabled:
             route = comm.policy.choose(x.nbytes)
             row["route"] = route
-            fast = _time_us(lambda: comm.all_reduce(x), iters)
+            fast = _time_us(lambda x=x: comm.all_reduce(x), iters)
             row["fast_eager_us"] = round(fast, 2)
             if route != "nccl":
                 per_graph = 20
