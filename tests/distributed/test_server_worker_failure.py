@@ -53,7 +53,9 @@ def test_dead_worker_gives_503_and_the_server_exits_nonzero(tmp_path, model_root
     log_path = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "vllm_core.entrypoints.cli.main", "serve", folder,
            "--host", "127.0.0.1", "--port", str(port), "-tp", "2", "--dtype", "float32",
-           "--max-model-len", "256", "--max-num-seqs", "4", "--uvicorn-log-level", "warning"]
+           "--max-model-len", "256", "--max-num-seqs", "4", "--num-gpu-blocks-override", "64",
+           # the portable backend: no CPU kernel build at start (not what is tested here)
+           "--attention-backend", "reference", "--uvicorn-log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO),
                                                        os.environ.get("PYTHONPATH", "")]))
     with open(log_path, "wb") as log:
