@@ -69,6 +69,7 @@ class CudaPlatform(Platform):
     device_type: ClassVar[str] = "cuda"
     dist_backend: ClassVar[str] = "nccl"
     device_control_env_var: ClassVar[str] = "CUDA_VISIBLE_DEVICES"
+    ray_device_key: ClassVar[str] = "GPU"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
     supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
     default_block_size: ClassVar[int] = 16
