@@ -39,6 +39,10 @@ from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
 logger = init_logger(__name__)
 
+# Ray's own names for its built-in resources; any other key is a custom resource.
+_ACTOR_RESOURCES: dict[str, dict[str, Any]] = {
+    "CPU": {"num_cpus": 1}, "GPU": {"num_cpus": 0, "num_gpus": 1}}
+
 
 def import_ray() -> Any:
     try:
@@ -139,9 +143,7 @@ class RayExecutor:
                 raise WorkerFailure(
                     f"the Ray cluster cannot place {self.world_size} ranks of one {key} each "
                     f"within {start_timeout:.0f} s (it has {ray.cluster_resources()})")
-            resources = ({"num_cpus": 1} if key == "CPU" else
-                         {"num_cpus": 0, "num_gpus": 1} if key == "GPU" else
-                         {"num_cpus": 0, "resources": {key: 1.0}})
+            resources = _ACTOR_RESOURCES.get(key, {"num_cpus": 0, "resources": {key: 1.0}})
             actor_cls = ray.remote(RayWorkerActor)
             for rank in range(self.world_size):
                 strategy = PlacementGroupSchedulingStrategy(
