@@ -23,6 +23,7 @@ step() {   # name timeout_s command...  (the limit shrinks to what is left of th
     tail -n 25 "$D/$name.log"
     echo "=== ISSUE14 STEP $name: rc=$rc end $(date -u +%T)"
 }
+rm -rf /tmp/issue14-site
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/issue14-site \
     . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 || tail "$D/install.log"
 export PYTHONPATH=/tmp/issue14-site${PYTHONPATH:+:$PYTHONPATH}
