@@ -10,6 +10,9 @@ aborts it in the engine) and answered in-band: one that has sent nothing yet get
 ``ServiceUnavailableError``; a stream that has started gets an SSE error event followed by
 ``data: [DONE]``. No traceback is logged for these. SIGINT (Ctrl-C), or a second SIGTERM, exits
 at once as uvicorn does.
+
+When the engine dies (a worker process ended, a step failed), a watchdog (``make_server``) has
+the server answer 503 for a moment, then exit with status 1 (``run_server``'s return value).
 """
 
 from __future__ import annotations
