@@ -154,11 +154,15 @@ def make_server(config: Any, state: ServerState, shutdown_timeout: float,
                     watch.cancel()
 
         async def _watch_engine(self) -> None:
-            while not self.should_exit:
+            while True:
                 await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
+                if self.should_exit or state.draining:     # a normal shutdown stops the engine
+                    return
                 try:
                     await engine.check_health()
                 except Exception as e:  # noqa: BLE001 - any failure: the engine is gone
+                    if self.should_exit or state.draining:
+                        return
                     logger.error("the engine stopped (%s): answering 503, exiting with "
                                  "status 1", e)
                     self.exit_code = 1
