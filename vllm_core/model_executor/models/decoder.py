@@ -47,6 +47,8 @@ from vllm_core.model_executor.layers.vocab_parallel import (
     ParallelLMHead,
     VocabParallelEmbedding,
     compute_parallel_logits,
+    gather_logits,
+    local_logits,
 )
 from vllm_core.model_executor.models.interface import CausalLM, IntermediateTensors
 from vllm_core.model_executor.weight_source import (
@@ -255,12 +257,25 @@ class DecoderForCausalLM(CausalLM):
         return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        table = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        logits = compute_parallel_logits(hidden_states, table, self.ops)
+        return self._soft_cap(compute_parallel_logits(hidden_states, self._logits_table(),
+                                                      self.ops))
+
+    def compute_local_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._soft_cap(local_logits(hidden_states, self._logits_table(), self.ops))
+
+    def gather_logits(self, local: torch.Tensor) -> torch.Tensor | None:
+        return gather_logits(local, self._logits_table())
+
+    def _logits_table(self) -> VocabParallelEmbedding:
+        return self.model.embed_tokens if self.lm_head is None else self.lm_head
+
+    def _soft_cap(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """``cap * tanh(logits / cap)`` with ``arch.final_logit_softcapping`` (elementwise, so
+        the local logits of a vocab shard may be capped before they are gathered)."""
         cap = self.arch.final_logit_softcapping
-        if logits is not None and cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        if logits is None or not cap:
+            return logits
+        return torch.tanh(logits / cap) * cap
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, WeightSource]]) -> set[str]:
