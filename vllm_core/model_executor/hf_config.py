@@ -15,7 +15,9 @@ from vllm_core.config import ModelArchConfig
 from vllm_core.model_executor.layers.rotary_embedding import SUPPORTED_ROPE_TYPES
 
 _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                       "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+                       "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                       "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                       "qwen3_moe": "Qwen3MoeForCausalLM"}
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads")
 
@@ -69,8 +71,9 @@ def arch_config_from_hf(cfg: dict[str, Any]) -> ModelArchConfig:
         rope_scaling=scaling,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        attention_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-        qk_norm=model_type == "qwen3",
+        attention_bias=(model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+                        or (model_type == "qwen2_moe" and bool(cfg.get("qkv_bias", True)))),
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
         sliding_window=_sliding_window(cfg, model_type),
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_id=cfg.get("eos_token_id"),
@@ -95,10 +98,10 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 def _sliding_window(cfg: dict[str, Any], model_type: str) -> int | None:
     window = cfg.get("sliding_window")
-    if model_type in ("qwen2", "qwen3"):
+    if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         if cfg.get("use_sliding_window"):
             raise ValueError(f"{model_type} with use_sliding_window=true is not supported")
         return None
-    if model_type == "mistral" and window is not None:
+    if model_type in ("mistral", "mixtral") and window is not None:
         return int(window)
     return None

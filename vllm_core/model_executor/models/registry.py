@@ -20,6 +20,9 @@ _BUILTIN = {
     "MistralForCausalLM": "vllm_core.model_executor.models.families.MistralForCausalLM",
     "Qwen2ForCausalLM": "vllm_core.model_executor.models.families.Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "vllm_core.model_executor.models.families.Qwen3ForCausalLM",
+    "MixtralForCausalLM": "vllm_core.model_executor.models.moe.MixtralForCausalLM",
+    "Qwen2MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen3MoeForCausalLM",
 }
 
 register_model = MODELS.register
