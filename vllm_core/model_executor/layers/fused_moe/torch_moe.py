@@ -15,8 +15,12 @@ model dtype (HF order); the weighted sum over the k experts in float32.
 - ``padded``: the sorted rows scattered into an [E, M, H] tensor (M the largest expert
   count) and two ``bmm`` over all experts: no Python loop, but pays for the imbalance.
 
-``choose_torch_moe_form`` picks by batch size, with thresholds measured on the CPU by
-``benchmarks/moe_cpu_paths.py`` (docs/moe.md has the figures).
+``choose_torch_moe_form`` picks by measurement (``benchmarks/moe_cpu_paths.py`` on the
+2-vCPU AMD EPYC, AVX2; figures in docs/moe.md): ``sorted`` for decode-sized batches (at most
+``SORTED_MAX_ROWS`` rows: it reads only the used experts), ``padded`` above, unless the
+routing is so uneven that the padded product would be more than ``PADDED_MAX_WASTE`` times
+the real one (then ``sorted``). ``gather`` lost at every measured size on that CPU (its weight
+gather costs more than the GEMMs) and is kept for the measurement only.
 """
 
 from __future__ import annotations
@@ -28,13 +32,20 @@ import torch.nn.functional as F
 
 TorchMoEForm = Literal["gather", "sorted", "padded"]
 
-# rows (tokens * top_k) up to which ``gather`` is used; above it ``sorted``
-GATHER_MAX_ROWS = 32
+# rows (tokens * top_k) up to which ``sorted`` is used; above it ``padded``
+SORTED_MAX_ROWS = 32
+# ``padded`` only while experts * largest expert count <= this many times the rows
+PADDED_MAX_WASTE = 4
 
 
-def choose_torch_moe_form(num_rows: int) -> TorchMoEForm:
-    """The measured-fastest form for ``num_rows = T * top_k`` on the CPU."""
-    return "gather" if num_rows <= GATHER_MAX_ROWS else "sorted"
+def choose_torch_moe_form(topk_ids: torch.Tensor, num_experts: int) -> TorchMoEForm:
+    """The measured-fastest form for this routing on the CPU (module docstring)."""
+    rows = topk_ids.numel()
+    if rows <= SORTED_MAX_ROWS:
+        return "sorted"
+    flat = topk_ids.reshape(-1)
+    largest = int(torch.bincount(flat[flat >= 0], minlength=num_experts).max())
+    return "padded" if num_experts * largest <= PADDED_MAX_WASTE * rows else "sorted"
 
 
 def torch_fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
@@ -43,7 +54,7 @@ def torch_fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     """The module contract, by ``form`` (None: ``choose_torch_moe_form``)."""
     if x.shape[0] == 0:
         return x.new_zeros(x.shape)
-    form = form or choose_torch_moe_form(topk_ids.numel())
+    form = form or choose_torch_moe_form(topk_ids, w13.shape[0])
     if form == "gather":
         return _gather(x, w13, w2, topk_weights, topk_ids)
     if form == "sorted":
