@@ -71,3 +71,28 @@ def moe_config_from_arch(arch: ModelArchConfig) -> MoEConfig:
         decoder_sparse_step=1 if mixtral else int(cfg.get("decoder_sparse_step") or 1),
         mlp_only_layers=frozenset(int(i) for i in (cfg.get("mlp_only_layers") or [])),
     )
+
+
+def is_moe_arch(arch: ModelArchConfig) -> bool:
+    """True when the config declares routed experts."""
+    cfg = arch.hf_config
+    return bool(cfg.get("num_local_experts") or cfg.get("num_experts"))
+
+
+def check_moe_parallel(arch: ModelArchConfig, tp_size: int, expert_parallel: bool) -> None:
+    """Refuse, before any worker starts, a TP/EP layout the experts cannot be split into
+    (ValueError naming the numbers); ``--enable-expert-parallel`` on a dense model too."""
+    if not is_moe_arch(arch):
+        if expert_parallel:
+            raise ValueError(f"--enable-expert-parallel needs a mixture-of-experts model; "
+                             f"{arch.architecture} has no experts")
+        return
+    from vllm_core.model_executor.layers.fused_moe.layer import ExpertPlacement
+
+    moe = moe_config_from_arch(arch)
+    ExpertPlacement.for_rank(moe.num_experts, moe.expert_intermediate_size, tp_size, 0,
+                             expert_parallel)
+    if moe.shared_expert_intermediate_size % tp_size:
+        raise ValueError(f"the shared expert's intermediate size "
+                         f"({moe.shared_expert_intermediate_size}) is not divisible by "
+                         f"tensor_parallel_size={tp_size}")

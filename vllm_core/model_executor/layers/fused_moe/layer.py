@@ -85,7 +85,7 @@ class FusedMoE(nn.Module):
         self.hidden_size = hidden_size
         self.placement = ExpertPlacement.for_rank(
             num_experts, intermediate_size, parallel.tp_size, parallel.tp_rank,
-            getattr(parallel, "enable_expert_parallel", False))
+            parallel.enable_expert_parallel)
         p = self.placement
         self.method = method or UnquantizedMoEMethod()
         self.method.create_weights(self, p.num_local_experts, hidden_size, p.inter_local)
