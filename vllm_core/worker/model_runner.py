@@ -315,7 +315,7 @@ class ModelRunner:
 
         self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops,
                                self.parallel)
-        self.expert_load = ExpertLoadTracker.for_model(self.model)
+        self.expert_load = ExpertLoadTracker.for_model(self.model, self.pin_memory)
 
     @property
     def kv_cache_dtype(self) -> torch.dtype:

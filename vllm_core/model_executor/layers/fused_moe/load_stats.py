@@ -22,7 +22,7 @@ from vllm_core.model_executor.layers.fused_moe.layer import FusedMoE
 class ExpertLoadTracker:
     """Sums and snapshots the routed-pair counters of a model's ``FusedMoE`` layers."""
 
-    def __init__(self, layers: list[FusedMoE]) -> None:
+    def __init__(self, layers: list[FusedMoE], pin_memory: bool = False) -> None:
         if not layers:
             raise ValueError("ExpertLoadTracker needs at least one FusedMoE layer")
         p = layers[0].placement
@@ -31,13 +31,14 @@ class ExpertLoadTracker:
         device = layers[0].expert_counts.device
         self.rank_of_expert = torch.arange(p.num_experts, device=device) // (
             p.num_experts // self.num_ranks)
-        self._pin = device.type == "cuda"
+        self.pin_memory = pin_memory       # host snapshots in pinned memory (accelerators)
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> ExpertLoadTracker | None:
+    def for_model(cls, model: nn.Module, pin_memory: bool = False
+                  ) -> ExpertLoadTracker | None:
         """A tracker of ``model``'s MoE layers, None for a dense model."""
         layers = [m for m in model.modules() if isinstance(m, FusedMoE)]
-        return cls(layers) if layers else None
+        return cls(layers, pin_memory) if layers else None
 
     def snapshot(self) -> torch.Tensor:
         """Routed pairs per EP rank since the last snapshot: a host int64 tensor whose copy
@@ -49,7 +50,7 @@ class ExpertLoadTracker:
             layer.expert_counts.zero_()
         per_rank = torch.zeros(self.num_ranks, dtype=torch.int64, device=counts.device)
         per_rank.index_add_(0, self.rank_of_expert, counts)
-        host = torch.empty(self.num_ranks, dtype=torch.int64, pin_memory=self._pin)
+        host = torch.empty(self.num_ranks, dtype=torch.int64, pin_memory=self.pin_memory)
         return host.copy_(per_rank, non_blocking=True)
 
 
