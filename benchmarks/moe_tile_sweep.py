@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--tokens", default="1,16,64,256,1024,4096")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="fewer candidates")
+    ap.add_argument("--write", default=None,
+                    help="write the best configs as a VLLM_MOE_TILE_CONFIG file (updated after "
+                         "every batch size)")
     args = ap.parse_args()
     import torch
     from vllm_core_triton.kernels.fused_moe import fused_moe
@@ -88,6 +91,10 @@ def main() -> None:
                           "speedup_vs_default": round(base / best_ms, 3),
                           "expert_weight_gb_s": round(gbs, 1)}), flush=True)
         best_entries.append((t * k, best))
+        if args.write:
+            Path(args.write).write_text(json.dumps(
+                {f"{e},{h},{i},bfloat16": [[rows, asdict(cfg)] for rows, cfg in best_entries]},
+                indent=1))
     entry = [(rows, f"MoETileConfig(**{asdict(cfg)})") for rows, cfg in best_entries]
     print(json.dumps({"bench": "moe_tile_entry",
                       "key": [e, h, i, "bfloat16"], "entries": entry}), flush=True)

@@ -221,7 +221,8 @@ def driver(args: argparse.Namespace) -> None:
     for system in [s.strip() for s in args.systems.split(",") if s.strip()]:
         n = args.requests if system == "vllm-core" else min(args.requests,
                                                             args.peer_requests or args.requests)
-        res = {"system": system, **base, "requests": n, **spawn(args, system, n, args.timeout)}
+        limit = args.core_timeout if system == "vllm-core" else args.timeout
+        res = {"system": system, **base, "requests": n, **spawn(args, system, n, limit)}
         results[system] = res
         emit(res)
     summary: dict[str, Any] = {"kind": "summary", **base, "requests": args.requests}
@@ -265,7 +266,8 @@ def main() -> None:
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--enable-expert-parallel", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=None, help="seconds per system")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per HF peer")
+    p.add_argument("--core-timeout", type=float, default=None, help="seconds for vllm-core")
     p.add_argument("--output", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

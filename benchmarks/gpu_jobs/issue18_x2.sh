@@ -13,12 +13,12 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>&1 | tee "$o
 
 echo "=== issue18_x2: TP=2"
 timeout -k 10 200 python3 benchmarks/throughput_moe_gpu.py --systems vllm-core -tp 2 \
-    --timeout 190 --output "$out/throughput.jsonl" 2>&1 | tail -30 | tee "$out/tp2.log"
+    --core-timeout 190 --output "$out/throughput.jsonl" 2>&1 | tail -30 | tee "$out/tp2.log"
 echo "=== issue18_x2: TP=2 rc=${PIPESTATUS[0]}"
 
 echo "=== issue18_x2: EP=2"
 timeout -k 10 200 python3 benchmarks/throughput_moe_gpu.py --systems vllm-core -tp 2 \
-    --enable-expert-parallel --timeout 190 --output "$out/throughput.jsonl" 2>&1 | tail -30 \
+    --enable-expert-parallel --core-timeout 190 --output "$out/throughput.jsonl" 2>&1 | tail -30 \
     | tee "$out/ep2.log"
 echo "=== issue18_x2: EP=2 rc=${PIPESTATUS[0]}"
 

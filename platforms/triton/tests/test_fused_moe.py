@@ -89,3 +89,35 @@ def test_fused_moe_under_cuda_graph():
         dst.copy_(src)
     graph.replay()
     torch.testing.assert_close(out, fused_moe(x2, w13, w2, w_2, ids2), atol=0, rtol=0)
+
+
+def test_sweep_file_overrides_tiles(tmp_path, monkeypatch):
+    """A ``moe_tile_sweep.py --write`` file named by VLLM_MOE_TILE_CONFIG is used per shape
+    and batch size; the kernels still match the reference with its tiles."""
+    import json
+
+    from vllm_core_triton.kernels.fused_moe_configs import moe_tile_config
+
+    small = MoETileConfig(block_m=16, block_n_gate_up=16, block_n_down=16, block_k=16)
+    large = MoETileConfig(block_m=32, block_n_gate_up=32, block_n_down=32, block_k=32)
+    path = tmp_path / "tiles.json"
+    path.write_text(json.dumps({"6,40,24,float32": [[8, _fields(small)],
+                                                    [64, _fields(large)]]}))
+    monkeypatch.setenv("VLLM_MOE_TILE_CONFIG", str(path))
+    assert moe_tile_config(6, 6, 40, 24, torch.float32) == small
+    assert moe_tile_config(40, 6, 40, 24, torch.float32) == large
+    assert moe_tile_config(4000, 6, 40, 24, torch.float32) == large
+    assert moe_tile_config(6, 7, 40, 24, torch.float32) == default_config(6, 7)
+    args = _problem(5, 6, 3, 40, 24, torch.float32, seed=4)
+    torch.testing.assert_close(fused_moe(*args).cpu(),
+                               reference_fused_moe(*[a.cpu() for a in args]),
+                               atol=1e-4, rtol=1e-4)
+    monkeypatch.setenv("VLLM_MOE_TILE_CONFIG", str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="not a tile configuration file"):
+        moe_tile_config(6, 6, 40, 24, torch.float32)
+
+
+def _fields(cfg: MoETileConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)

@@ -4,14 +4,20 @@
 to ``[(max_rows, config), ...]`` sorted by ``max_rows``: the first entry whose ``max_rows`` is
 at least the batch's ``tokens * top_k`` rows applies (the last one beyond). Entries come from
 ``benchmarks/moe_tile_sweep.py`` on the GPU; a shape without entries gets ``default_config``:
-small ``BLOCK_M`` for decode (few rows per expert), larger for prefill.
+small ``BLOCK_M`` for decode (few rows per expert), larger for prefill. A sweep's output file
+(``--write``) named by ``VLLM_MOE_TILE_CONFIG`` is merged over the table on first use
+(``{"E,H,I,dtype": [[max_rows, {config fields}], ...]}``).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
 import torch
+
+from vllm_core_triton import envs
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,7 @@ def default_config(num_rows: int, num_experts: int) -> MoETileConfig:
 def moe_tile_config(num_rows: int, num_experts: int, hidden: int, intermediate: int,
                     dtype: torch.dtype) -> MoETileConfig:
     """The swept entry of this shape for ``num_rows`` rows, else ``default_config``."""
+    _merge_config_file(envs.moe_tile_config_file())
     entries = MOE_TILE_CONFIGS.get((num_experts, hidden, intermediate,
                                     str(dtype).removeprefix("torch.")))
     if not entries:
@@ -54,3 +61,28 @@ def moe_tile_config(num_rows: int, num_experts: int, hidden: int, intermediate: 
         if num_rows <= max_rows:
             return cfg
     return entries[-1][1]
+
+
+def parse_tile_configs(data: dict) -> dict[tuple[int, int, int, str], list[tuple[int,
+                                                                              MoETileConfig]]]:
+    """The table form of a sweep file's JSON object (format in the module docstring)."""
+    out = {}
+    for key, entries in data.items():
+        e, h, i, dtype = key.split(",")
+        out[(int(e), int(h), int(i), dtype)] = sorted(
+            (int(rows), MoETileConfig(**cfg)) for rows, cfg in entries)
+    return out
+
+
+@functools.cache
+def _merge_config_file(path: str | None) -> None:
+    """Merge the sweep file at ``path`` into ``MOE_TILE_CONFIGS`` (once per path); ValueError
+    naming the file when it cannot be read."""
+    if path is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            MOE_TILE_CONFIGS.update(parse_tile_configs(json.load(f)))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"VLLM_MOE_TILE_CONFIG={path}: not a tile configuration file: "
+                         f"{e}") from e
