@@ -69,9 +69,17 @@ def test_moe_two_ranks_match_single_rank(model_root, name, ep):
 
 
 def test_expert_layouts_that_do_not_split_are_refused(model_root):
+    import argparse
+
     from vllm_core.engine.arg_utils import EngineArgs
 
     folder = _folder(model_root, "qwen2_moe")          # 6 experts
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    parser.add_argument("--model")
+    args = EngineArgs.from_cli_args(parser.parse_args(
+        ["--model", folder, "-tp", "2", "--enable-expert-parallel"]))
+    config, _ = args.create_engine_config()
+    assert config.parallel.enable_expert_parallel and config.parallel.world_size == 2
     with pytest.raises(ValueError, match="6 experts are not divisible"):
         EngineArgs(model=folder, tensor_parallel_size=4,
                    enable_expert_parallel=True).create_engine_config()
