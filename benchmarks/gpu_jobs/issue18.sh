@@ -19,7 +19,7 @@ python3 -c "import torch, triton, transformers, vllm_core, vllm_core_triton; pri
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>&1 | tee -a "$out/env.txt"
 
 echo "=== issue18: fused-MoE kernel tests (GPU)"
-timeout -k 10 70 python3 -m pytest -q -p no:cacheprovider platforms/triton/tests/test_fused_moe.py \
+timeout -k 10 70 python3 -m pytest -q -p no:cacheprovider platforms/triton/tests/test_fused_moe_kernels.py \
     2>&1 | tail -40 | tee "$out/tests.log"
 echo "=== issue18: kernel tests rc=${PIPESTATUS[0]}"
 
