@@ -223,6 +223,12 @@ def driver(args: argparse.Namespace) -> None:
                                                             args.peer_requests or args.requests)
         limit = args.core_timeout if system == "vllm-core" else args.timeout
         res = {"system": system, **base, "requests": n, **spawn(args, system, n, limit)}
+        if system == "vllm-core" and "error" in res and not args.enforce_eager:
+            emit(res)                    # a failure with graphs: say so, then try eager
+            args.enforce_eager = True
+            res = {"system": system, **base, "requests": n, "retry": "enforce_eager",
+                   **spawn(args, system, n, limit)}
+            args.enforce_eager = False
         results[system] = res
         emit(res)
     summary: dict[str, Any] = {"kind": "summary", **base, "requests": args.requests}
