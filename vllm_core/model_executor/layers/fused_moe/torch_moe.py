@@ -16,7 +16,7 @@ model dtype (HF order); the weighted sum over the k experts in float32.
   count) and two ``bmm`` over all experts: no Python loop, but pays for the imbalance.
 
 ``choose_torch_moe_form`` picks by measurement (``benchmarks/moe_cpu_paths.py`` on the
-2-vCPU AMD EPYC, AVX2; figures in docs/moe.md): ``sorted`` for decode-sized batches (at most
+2-vCPU AMD EPYC, AVX2; figures in docs/moe.md): ``sorted`` for the smallest batches (at most
 ``SORTED_MAX_ROWS`` rows: it reads only the used experts), ``padded`` above, unless the
 routing is so uneven that the padded product would be more than ``PADDED_MAX_WASTE`` times
 the real one (then ``sorted``). ``gather`` lost at every measured size on that CPU (its weight
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 TorchMoEForm = Literal["gather", "sorted", "padded"]
 
 # rows (tokens * top_k) up to which ``sorted`` is used; above it ``padded``
-SORTED_MAX_ROWS = 32
+SORTED_MAX_ROWS = 16
 # ``padded`` only while experts * largest expert count <= this many times the rows
 PADDED_MAX_WASTE = 4
 
