@@ -288,9 +288,10 @@ class LLMEngine:
         it.step_time = step_time
         it.num_generation_tokens = sum(len(o.new_token_ids) for o in core_outputs)
         sampled = {o.req_id for o in core_outputs if o.new_token_ids}
+        drafts = scheduler_output.scheduled_spec_decode_tokens
         it.num_prompt_tokens = sum(
             n for r, n in scheduler_output.num_scheduled_tokens.items()
-            if n > 1 or r not in sampled)
+            if n - len(drafts.get(r, ())) > 1 or r not in sampled)
         stats: SchedulerStats = self.scheduler.make_stats()
         for stat_logger in self.stat_loggers:
             stat_logger.record(stats, it)
