@@ -117,3 +117,21 @@ def test_drafter_caps_and_auto_off():
     so = s.schedule()
     s.update_from_output(so, ModelRunnerOutput({"a": [8], "b": [1]}))
     assert drafter.propose(s.running, s.max_seq_len) == 0     # 2 running > 1: off
+
+
+def test_prometheus_spec_metrics():
+    from vllm_core.engine.stats import IterationStats, SchedulerStats, SpecDecodingStats
+    from vllm_core.entrypoints.openai.metrics import PrometheusStatLogger
+
+    logger = PrometheusStatLogger()
+    logger.bind("m", 128)
+    logger.record(SchedulerStats(spec_decoding=SpecDecodingStats(2, 8, 6)), IterationStats())
+    logger.record(SchedulerStats(spec_decoding=SpecDecodingStats(1, 4, 0)), IterationStats())
+    text = logger.exposition().decode()
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("vllm:spec_decode")}
+    assert values["vllm:spec_decode_num_drafts_total"] == 3
+    assert values["vllm:spec_decode_num_draft_tokens_total"] == 12
+    assert values["vllm:spec_decode_num_accepted_tokens_total"] == 6
+    assert values["vllm:spec_decode_acceptance_rate"] == 0.5
+    assert values["vllm:spec_decode_mean_accepted_length"] == 3.0
