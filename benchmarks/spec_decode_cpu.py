@@ -89,9 +89,10 @@ def main() -> None:
     ap.add_argument("--lookup-max", type=int, default=4)
     ap.add_argument("--lookup-min", type=int, default=2)
     ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--num-prompts", type=int, default=None, help="the first N prompts only")
     ap.add_argument("--output", default=None, help="append the JSON lines to this file")
     args = ap.parse_args()
-    prompts = json.loads(PROMPTS.read_text())
+    prompts = json.loads(PROMPTS.read_text())[:args.num_prompts]
     spec = {"method": "ngram", "num_speculative_tokens": args.k,
             "prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min}
     base, base_tokens = run("vllm-core", None, prompts, args.max_tokens, args.max_model_len)

@@ -80,9 +80,12 @@ def make_engine(args: argparse.Namespace, max_model_len: int, max_batch: int | N
             "prompt_lookup_min": 2}
     if max_batch is not None:
         spec["disable_by_batch_size"] = max_batch
-    llm = LLM(str(ensure_model_dir(Path(args.model_dir))), dtype="bfloat16",
-              load_format="dummy", max_model_len=max_model_len, max_num_seqs=256,
-              gpu_memory_utilization=0.9, speculative_config=spec)
+    folder = Path(args.model_dir)
+    if folder == DEFAULT_MODEL_DIR:
+        ensure_model_dir(folder)
+    llm = LLM(str(folder), dtype=args.dtype, load_format="dummy", max_model_len=max_model_len,
+              max_num_seqs=256, gpu_memory_utilization=0.9, speculative_config=spec,
+              enable_prefix_caching=False)     # runs repeat prompts: no cache hits across
     totals = SpecTotals()
     llm.llm_engine.stat_loggers.append(totals)
     llm._spec_totals = totals
@@ -105,7 +108,8 @@ def timed(llm: Any, prompts: list[list[int]], output_len: int, proposer: Propose
     totals.__init__()
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True,
                             detokenize=False)
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     elapsed = time.perf_counter() - t0
@@ -117,7 +121,7 @@ def timed(llm: Any, prompts: list[list[int]], output_len: int, proposer: Propose
             "draft_tokens": totals.draft_tokens, "accepted_tokens": totals.accepted,
             "acceptance_rate": round(totals.accepted / max(totals.draft_tokens, 1), 3),
             "mean_accepted_length": round(1 + totals.accepted / max(totals.drafts, 1), 3),
-            "gpu": torch.cuda.get_device_name(0)}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
     return line, tokens
 
 
@@ -132,12 +136,11 @@ def emit(line: dict[str, Any], out: Path | None, base: dict[str, Any] | None = N
             f.write(text + "\n")
 
 
-def random_prompts(num: int, length: int, seed: int, vocab: int = 128256) -> list[list[int]]:
+def random_prompts(num: int, length: int, seed: int, vocab: int) -> list[list[int]]:
     return np.random.default_rng(seed).integers(0, vocab, size=(num, length)).tolist()
 
 
-def repetitive_prompts(num: int, length: int, seed: int, vocab: int = 128256
-                       ) -> list[list[int]]:
+def repetitive_prompts(num: int, length: int, seed: int, vocab: int) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(num):
@@ -162,7 +165,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=["b1", "sweep", "b256"], required=True)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    ap.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
+                    help="default: the 8B shape (created); a small HF folder for a dry run")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply request counts and lengths (a CPU dry run: 0.1)")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
     out = Path(args.output) if args.output else None
@@ -170,25 +177,34 @@ def main() -> None:
     replay = ("replay", lambda p, t: ReplayProposer(p, t))
     replay_half = ("replay-corrupt-2", lambda p, t: ReplayProposer(p, t, corrupt_every=2))
     ngram = ("ngram", lambda p, t: NgramProposer(2, 4))
+    def sz(n: int) -> int:
+        return max(1, int(n * args.scale))
+
     if args.part == "b1":                     # gpu-8b-b1: 1 request, 128 / 512
-        llm = make_engine(args, 128 + 512 + k + 1, max_batch=0)
-        warm = random_prompts(1, 128, 99)
-        timed(llm, warm, 16, None, {})
+        p_len, o_len = sz(128), sz(512)
+        llm = make_engine(args, p_len + o_len + k + 1, max_batch=0)
+        vocab = llm.llm_engine.config.model.arch.vocab_size
+        timed(llm, random_prompts(1, p_len, 99, vocab), 16, None, {})
         label = {"workload": "gpu-8b-b1", "k": k}
-        ab(llm, random_prompts(1, 128, 0), 512, label, [replay, replay_half, ngram], out)
-        ab(llm, repetitive_prompts(1, 128, 1), 512, {**label, "prompts": "repetitive"},
-           [ngram], out)
+        ab(llm, random_prompts(1, p_len, 0, vocab), o_len, label,
+           [replay, replay_half, ngram], out)
+        ab(llm, repetitive_prompts(1, p_len, 1, vocab), o_len,
+           {**label, "prompts": "repetitive"}, [ngram], out)
     elif args.part == "sweep":                # speed-up against batch size, forced on
-        llm = make_engine(args, 512 + 128 + k + 1, max_batch=0)
-        timed(llm, random_prompts(2, 512, 99), 16, None, {})
+        p_len, o_len = sz(512), sz(128)
+        llm = make_engine(args, p_len + o_len + k + 1, max_batch=0)
+        vocab = llm.llm_engine.config.model.arch.vocab_size
+        timed(llm, random_prompts(2, p_len, 99, vocab), 16, None, {})
         for batch in (1, 16, 64, 256):
-            ab(llm, random_prompts(batch, 512, batch), 128,
-               {"workload": f"sweep-b{batch}", "k": k, "disable_by_batch_size": 0},
+            ab(llm, random_prompts(sz(batch), p_len, batch, vocab), o_len,
+               {"workload": f"sweep-b{sz(batch)}", "k": k, "disable_by_batch_size": 0},
                [replay_half], out)
     else:                                     # gpu-8b with the default auto-off threshold
-        llm = make_engine(args, 512 + 256 + k + 1, max_batch=None)
-        timed(llm, random_prompts(2, 512, 99), 16, None, {})
-        ab(llm, random_prompts(256, 512, 0), 256,
+        p_len, o_len = sz(512), sz(256)
+        llm = make_engine(args, p_len + o_len + k + 1, max_batch=None)
+        vocab = llm.llm_engine.config.model.arch.vocab_size
+        timed(llm, random_prompts(2, p_len, 99, vocab), 16, None, {})
+        ab(llm, random_prompts(sz(256), p_len, 0, vocab), o_len,
            {"workload": "gpu-8b", "k": k,
             "disable_by_batch_size": llm.llm_engine.config.speculative.max_batch_size},
            [replay_half, ngram], out)
