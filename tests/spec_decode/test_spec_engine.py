@@ -223,3 +223,25 @@ def test_seeded_sampling_reproducible_with_penalties(folder):
         runs.append(generate(llm, params, prompts()[:2]))
     assert runs[0] == runs[1]
     assert all(len(c[0]) == 25 for r in runs[0] for c in r)
+
+
+def test_stop_string_inside_an_accepted_run(folder):
+    """A stop string completed in the middle of a verified run ends the output at that token,
+    exactly as without speculation (the run's later tokens are dropped)."""
+    from vllm_core import SamplingParams
+
+    ref, _ = make_llm(folder)
+    p = prompts()[0]
+    plain = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    base = ref.generate([{"prompt_token_ids": p}], plain, use_tqdm=False)[0].outputs[0]
+    stop = base.text.split()[13]
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, stop=[stop],
+                            logprobs=1)
+    want = ref.generate([{"prompt_token_ids": p}], params, use_tqdm=False)[0].outputs[0]
+    llm, counter = make_llm(folder, NGRAM)
+    llm.llm_engine.drafter.proposer = TableProposer({tuple(p): base.token_ids})
+    got = llm.generate([{"prompt_token_ids": p}], params, use_tqdm=False)[0].outputs[0]
+    assert (got.token_ids, got.text, got.finish_reason, got.stop_reason) == (
+        want.token_ids, want.text, "stop", stop)
+    assert len(got.logprobs) == len(got.token_ids) < 30
+    assert counter.accepted > 0
