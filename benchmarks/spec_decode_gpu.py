@@ -44,12 +44,13 @@ class ReplayProposer(Proposer):
 
     def __init__(self, prompts: list[list[int]], outputs: list[list[int]],
                  corrupt_every: int = 0) -> None:
-        self.table = {tuple(p[:KEY]): (len(p), o) for p, o in zip(prompts, outputs)}
+        self.key_len = min([KEY] + [len(p) for p in prompts])
+        self.table = {tuple(p[:self.key_len]): (len(p), o) for p, o in zip(prompts, outputs)}
         self.corrupt_every = corrupt_every
         self.calls = 0
 
     def propose(self, token_ids: np.ndarray, max_tokens: int) -> np.ndarray:
-        entry = self.table.get(tuple(token_ids[:KEY].tolist()))
+        entry = self.table.get(tuple(token_ids[:self.key_len].tolist()))
         if entry is None:
             return token_ids[:0]
         prompt_len, out = entry
@@ -57,7 +58,8 @@ class ReplayProposer(Proposer):
         drafts = np.asarray(out[done:done + max_tokens], dtype=np.int64)
         self.calls += 1
         if self.corrupt_every and len(drafts) and self.calls % self.corrupt_every == 0:
-            drafts[len(drafts) // 2] += 1
+            i = len(drafts) // 2
+            drafts[i] = drafts[i] - 1 if drafts[i] > 0 else 1     # stays in the vocabulary
         return drafts
 
 

@@ -18,8 +18,8 @@ from vllm_core.spec_decode.config import SpeculativeConfig
 
 
 class Proposer(ABC):
-    """Drafts for one request. Contract: the result holds at most ``max_tokens`` ids (an empty
-    array means "no proposal"), depends only on ``token_ids`` (so a request's drafts, and hence
+    """Drafts for one request. Contract: the result holds at most ``max_tokens`` ids of the
+    target's vocabulary (an empty array means "no proposal"), depends only on ``token_ids`` (so a request's drafts, and hence
     its seeded samples, are reproducible), and the call never mutates ``token_ids``."""
 
     @abstractmethod
