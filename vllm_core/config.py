@@ -8,7 +8,10 @@ Nothing here imports torch: dtypes are carried as strings ("bfloat16", "float16"
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm_core.spec_decode.config import SpeculativeConfig
 
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "half": "float16", "fp16": "float16", "float": "float32",
@@ -159,6 +162,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+    speculative: SpeculativeConfig | None = None  # --speculative-config; None: no speculation
     attention_backend: str | None = None          # user's choice, else the platform's
     enforce_eager: bool = False
     graph_batch_sizes: list[int] = field(default_factory=list)

@@ -46,6 +46,7 @@ class EngineArgs:
     disable_log_stats: bool = False
     structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
     reasoning_parser: str | None = None
+    speculative_config: dict[str, Any] | str | None = None   # JSON text or a dict
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -107,6 +108,9 @@ class EngineArgs:
         g.add_argument("--reasoning-parser", default=None,
                        help="split <think> reasoning into reasoning_content (deepseek_r1, "
                             "qwen3, or a plugin's); grammars apply after the reasoning ends")
+        g.add_argument("--speculative-config", default=None,
+                       help='JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
+                            '"prompt_lookup_max": 4}\' (see docs/speculative-decoding.md)')
         return parser
 
     @classmethod
@@ -204,6 +208,9 @@ class EngineArgs:
         self._validate()
         load_general_plugins()
         structured = self.structured_outputs()
+        from vllm_core.spec_decode.config import parse_speculative_config
+
+        speculative = parse_speculative_config(self.speculative_config)
         platform = resolve_current_platform()
         path = resolve_model(locate_model(self.model, self.revision, self.download_dir))
         tokenizer = locate_model(self.tokenizer, self.revision, self.download_dir)
@@ -238,6 +245,7 @@ class EngineArgs:
                                       async_scheduling=self.async_scheduling),
             parallel=self._parallel_config(ParallelConfig),
             structured_outputs=structured,
+            speculative=speculative,
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,
         )

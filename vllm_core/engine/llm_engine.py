@@ -99,6 +99,11 @@ class LLMEngine:
         self._children: dict[str, list[str]] = {}
         self.async_scheduling = bool(config.scheduler.async_scheduling)
         self._in_flight: tuple[Any, Any, float] | None = None   # (SchedulerOutput, pending, t0)
+        self.drafter = None                    # speculative decoding's proposer hook
+        if config.speculative is not None:
+            from vllm_core.spec_decode.drafter import Drafter
+
+            self.drafter = Drafter(config.speculative)
         self.startup_time = time.perf_counter() - start
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
                     "(%d tokens), max_model_len %d%s", self.startup_time, platform.describe(),
@@ -204,11 +209,12 @@ class LLMEngine:
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
+        outputs = self._propose_drafts() if self.drafter is not None else []
         scheduler_output = self.scheduler.schedule()
-        outputs = self._failed_outputs()
+        outputs += self._failed_outputs()
         if scheduler_output.is_empty and self._in_flight is None:
             self._wait_for_grammars()
-        if not self.async_scheduling:
+        if not self.async_scheduling or scheduler_output.scheduled_spec_decode_tokens:
             self._attach_bitmask(scheduler_output)
             return outputs + self._finish_step(
                 scheduler_output, self.executor.execute_model(scheduler_output), t0)
@@ -227,6 +233,21 @@ class LLMEngine:
             return outputs
         prev_output, pending, prev_t0 = previous
         return outputs + self._finish_step(prev_output, pending.result(), prev_t0)
+
+    def _propose_drafts(self) -> list[RequestOutput]:
+        """Speculative decoding: give running decodes their drafts before ``schedule()``.
+        Drafts follow the last known token, so a step in flight is collected first: steps
+        that speculate do not overlap host and device work (async scheduling continues for
+        the steps where speculation is off, e.g. above ``disable_by_batch_size``)."""
+        if not self.drafter.active(self.scheduler.num_running):
+            return []
+        outputs: list[RequestOutput] = []
+        if self._in_flight is not None:
+            prev_output, pending, prev_t0 = self._in_flight
+            self._in_flight = None
+            outputs = self._finish_step(prev_output, pending.result(), prev_t0)
+        self.drafter.propose(self.scheduler.running, self.scheduler.max_seq_len)
+        return outputs
 
     def _attach_bitmask(self, scheduler_output: Any) -> None:
         if scheduler_output.sampling_req_ids:
@@ -268,9 +289,10 @@ class LLMEngine:
         it.expert_load = getattr(runner_output, "expert_load", None)
         it.num_generation_tokens = sum(len(o.new_token_ids) for o in core_outputs)
         sampled = {o.req_id for o in core_outputs if o.new_token_ids}
+        drafts = scheduler_output.scheduled_spec_decode_tokens
         it.num_prompt_tokens = sum(
             n for r, n in scheduler_output.num_scheduled_tokens.items()
-            if n > 1 or r not in sampled)
+            if n - len(drafts.get(r, ())) > 1 or r not in sampled)
         stats: SchedulerStats = self.scheduler.make_stats()
         for stat_logger in self.stat_loggers:
             stat_logger.record(stats, it)

@@ -63,6 +63,7 @@ from vllm_core.sampling.metadata import (
 )
 from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
 from vllm_core.sampling.structured import apply_grammar_bitmask
+from vllm_core.spec_decode import verifier
 from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.request_table import RequestTable
 from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
@@ -124,6 +125,7 @@ class PendingStep:
     done: Any                        # event recorded after the ids' copy, or None
     output: ModelRunnerOutput | None = None
     expert_load: torch.Tensor | None = None   # MoE load snapshot (host), valid after ``done``
+    row_start: np.ndarray | None = None  # verification step: first row of each row's request
 
     def result(self) -> ModelRunnerOutput:
         if self.output is None:
@@ -431,16 +433,22 @@ class ModelRunner:
             return ReadyOutput(EMPTY_MODEL_RUNNER_OUTPUT)
         prev = self._in_flight
         dynamic = self._sampling.dynamic
-        if prev is not None and dynamic and any(
-                r in prev.row_of for r in dynamic.intersection(so.num_scheduled_tokens)):
+        drafts = so.scheduled_spec_decode_tokens
+        if prev is not None and (drafts or prev.row_start is not None or dynamic and any(
+                r in prev.row_of for r in dynamic.intersection(so.num_scheduled_tokens))):
             prev.result()        # their sampling metadata needs the token in flight on the host
-        plan = plan_step(so, self.table, self.block_size)
+        plan = plan_step(so, self.table, self.block_size,
+                         verifier.stage_drafts(self.table, drafts) if drafts else None)
         shape = self.padded_shape(plan)
         inputs = self._stage(plan, shape)
         sample_ids = plan.sampling_ids()
         par = self.parallel
         samples = bool(sample_ids) and par.is_sampling_rank
-        md = self._sampling_metadata(sample_ids) if samples else None
+        starts = verifier.row_starts(sample_ids) if drafts else None
+        md = None
+        if samples:
+            md = (verifier.verify_metadata(self, sample_ids, starts, drafts) if drafts
+                  else self._sampling_metadata(sample_ids))
         if not par.is_first_stage:
             inputs.intermediate = self.recv_intermediate(inputs.input_ids.shape[0])
         out = self.run_forward(plan, inputs, shape)
@@ -464,7 +472,8 @@ class ModelRunner:
                     apply_grammar_bitmask(logits, sample_ids, so,
                                           native=self.native_bitmask_kernel
                                           or self.sampling_device == HOST)
-                sampled = self.sampler(logits, md)
+                sampled = (verifier.sample(logits, md, verifier.draft_row_ids(
+                    sample_ids, starts, drafts), starts) if drafts else self.sampler(logits, md))
                 token_ids, logprobs = sampled.token_ids, sampled.logprobs
             if par.world_size > 1:
                 token_ids = self.share_sampled_ids(token_ids, len(sample_ids))
@@ -480,7 +489,7 @@ class ModelRunner:
             sample_slots=plan.slots[plan.logits_request],
             row_of={r: i for i, r in enumerate(sample_ids)}, token_ids=token_ids,
             logprobs=logprobs, prompt_logprobs=prompt_logprobs, parity=parity, done=done,
-            expert_load=expert_load)
+            expert_load=expert_load, row_start=starts)
         self._in_flight = step if sample_ids else None
         return step
 
@@ -538,6 +547,8 @@ class ModelRunner:
         finished or preempted since was dropped from the state; its sample is discarded)."""
         if self._in_flight is step:
             self._in_flight = None
+        if step.row_start is not None:
+            return verifier.collect_verified(self, step)
         sampled: dict[str, list[int]] = {r: [] for r in step.order}
         logprobs: dict[str, list[Logprobs]] = {}
         num = len(step.sample_ids)

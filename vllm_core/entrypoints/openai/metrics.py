@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from vllm_core.engine.stats import IterationStats, SchedulerStats
+from vllm_core.engine.stats import IterationStats, SchedulerStats, SpecDecodingStats
 from vllm_core.logger import init_logger
 
 if TYPE_CHECKING:
@@ -137,6 +137,19 @@ class PrometheusStatLogger:
                 "vllm:moe_expert_load_imbalance",
                 "MoE models: max over mean of the routed tokens per expert-parallel rank in "
                 "the last step (1 = balanced).")
+            self.spec_drafts = counter("vllm:spec_decode_num_drafts",
+                                       "Number of spec decoding drafts (verified runs).")
+            self.spec_draft_tokens = counter("vllm:spec_decode_num_draft_tokens",
+                                             "Number of draft tokens.")
+            self.spec_accepted_tokens = counter("vllm:spec_decode_num_accepted_tokens",
+                                                "Number of accepted tokens.")
+            self.spec_acceptance_rate = gauge(
+                "vllm:spec_decode_acceptance_rate",
+                "Accepted over draft tokens since start (0 before any draft).")
+            self.spec_mean_accepted_length = gauge(
+                "vllm:spec_decode_mean_accepted_length",
+                "Tokens emitted per verified draft since start: 1 + accepted / drafts.")
+            self._spec_totals = SpecDecodingStats()
             self.model_name = model_name
             self._bound = True
 
@@ -160,6 +173,8 @@ class PrometheusStatLogger:
             self.prefix_hits.inc(s.prefix_cache_hits)
         if s.num_preemptions:
             self.preemptions.inc(s.num_preemptions)
+        if s.spec_decoding is not None:
+            self._record_spec(s.spec_decoding)
         if it.num_prompt_tokens:
             self.prompt_tokens.inc(it.num_prompt_tokens)
         if it.num_generation_tokens:
@@ -187,6 +202,17 @@ class PrometheusStatLogger:
             self.req_gen_tokens.observe(fin.num_generation_tokens)
             if fin.num_generation_tokens > 1:
                 self.tpot.observe(fin.decode_time / (fin.num_generation_tokens - 1))
+
+    def _record_spec(self, spec: SpecDecodingStats) -> None:
+        self.spec_drafts.inc(spec.num_drafts)
+        self.spec_draft_tokens.inc(spec.num_draft_tokens)
+        self.spec_accepted_tokens.inc(spec.num_accepted_tokens)
+        total = self._spec_totals
+        total.num_drafts += spec.num_drafts
+        total.num_draft_tokens += spec.num_draft_tokens
+        total.num_accepted_tokens += spec.num_accepted_tokens
+        self.spec_acceptance_rate.set(total.acceptance_rate or 0.0)
+        self.spec_mean_accepted_length.set(total.mean_accepted_length or 0.0)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (what ``GET /metrics`` returns)."""
