@@ -165,9 +165,11 @@ class StructuredOutputManager:
         with self._lock:
             backend = self._backends.get(name)
             if backend is None:
+                options = ({"fill_threads": self.config.fill_threads}
+                           if name == "xgrammar" else {})
                 backend = backend_class(name)(
                     self.tokenizer, self.vocab_size, self.eos_token_ids,
-                    self.config.disable_any_whitespace)
+                    self.config.disable_any_whitespace, **options)
                 self._backends[name] = backend
             return backend
 

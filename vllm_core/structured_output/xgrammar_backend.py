@@ -95,7 +95,8 @@ class XgrammarBackend(StructuredOutputBackend):
     name = "xgrammar"
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
-                 disable_any_whitespace: bool = False, max_threads: int = 2) -> None:
+                 disable_any_whitespace: bool = False, max_threads: int = 2,
+                 fill_threads: int = 0) -> None:
         super().__init__(tokenizer, vocab_size, eos_token_ids, disable_any_whitespace)
         import xgrammar as xgr
 
@@ -103,7 +104,8 @@ class XgrammarBackend(StructuredOutputBackend):
                                                   stop_token_ids=eos_token_ids or None)
         self._xgr = xgr
         self.compiler = xgr.GrammarCompiler(info, max_threads=max_threads)
-        self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
+        # xgrammar's own threads, GIL released ("auto": half the hardware threads)
+        self._batch = xgr.BatchGrammarMatcher(max_threads=fill_threads or "auto")
 
     @staticmethod
     def check(kind: str, spec: str) -> None:
