@@ -265,6 +265,9 @@ class LLMEngine:
 
     def _finish_step(self, scheduler_output: Any, runner_output: Any,
                      t0: float) -> list[RequestOutput]:
+        if scheduler_output.structured_output_req_ids:       # matchers advance in a batch
+            self.structured_output_manager.advance(
+                scheduler_output, runner_output.sampled_token_ids, self.scheduler.requests)
         core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         processed = self._process(core_outputs, return_processed=True)
         if self.stat_loggers:

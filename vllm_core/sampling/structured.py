@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -103,17 +104,16 @@ class BitmaskStaging:
         return buf[:num_rows]
 
 
-def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
-                          scheduler_output: Any, native: bool = True,
-                          staging: BitmaskStaging | None = None) -> None:
-    """The runner's hook, between ``compute_logits`` and the sampler: mask the rows of
-    ``logits`` (row ``i`` samples for request ``row_req_ids[i]``) that have a grammar row in
-    ``scheduler_output.grammar_bitmask``. No-op when the step has no bitmask. ``native``:
-    xgrammar's kernel serves the logits' device. ``staging``: reused host memory for the
-    rows in logits order (None: a fresh array)."""
+def stage_grammar_bitmask(row_req_ids: Sequence[str], scheduler_output: Any,
+                          staging: BitmaskStaging | None = None
+                          ) -> tuple[torch.Tensor, list[int] | None] | None:
+    """The step's grammar rows in logits-row order on the host: ``(mask, indices)`` where
+    ``mask[i]`` masks logits row ``i`` (row ``i`` samples for ``row_req_ids[i]``) and
+    ``indices`` lists the constrained rows (None: all of them; the others are -1). None when
+    no row is constrained. ``staging``: reused host memory (None: a fresh tensor)."""
     bitmask = getattr(scheduler_output, "grammar_bitmask", None)
     if bitmask is None:
-        return
+        return None
     position = {req_id: i for i, req_id in enumerate(row_req_ids)}
     rows: list[int] = []
     keep: list[int] = []
@@ -123,8 +123,8 @@ def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
             rows.append(i)
             keep.append(j)
     if not rows:
-        return
-    num_rows, width = logits.shape[0], bitmask.shape[1]
+        return None
+    num_rows, width = len(row_req_ids), bitmask.shape[1]
     if staging is not None and staging.width == width:
         host_t = staging.take(num_rows)
     else:
@@ -133,12 +133,27 @@ def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
     if len(rows) == num_rows:             # every row constrained: reorder, no indices
         if rows == keep:
             host[:] = bitmask
-        else:
-            host[rows] = bitmask[keep]
-        indices = None
-    else:                                 # row i of the mask <-> logits row i (host scatter)
-        host.fill(-1)
-        host[rows] = bitmask[keep]
-        indices = rows
+        else:                             # one gather straight into the staging rows
+            perm = np.empty(num_rows, dtype=np.intp)
+            perm[rows] = keep
+            np.take(bitmask, perm, axis=0, out=host)
+        return host_t, None
+    host.fill(-1)                         # row i of the mask <-> logits row i (host scatter)
+    host[rows] = bitmask[keep]
+    return host_t, rows
+
+
+def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
+                          scheduler_output: Any, native: bool = True,
+                          staging: BitmaskStaging | None = None) -> None:
+    """The runner's hook, between ``compute_logits`` and the sampler: mask the rows of
+    ``logits`` (row ``i`` samples for request ``row_req_ids[i]``) that have a grammar row in
+    ``scheduler_output.grammar_bitmask``. No-op when the step has no bitmask. ``native``:
+    xgrammar's kernel serves the logits' device. ``staging``: reused host memory for the
+    rows in logits order (pinned: the upload does not wait for the device)."""
+    staged = stage_grammar_bitmask(row_req_ids[:logits.shape[0]], scheduler_output, staging)
+    if staged is None:
+        return
+    host_t, indices = staged
     device_mask = host_t.to(logits.device, non_blocking=True)
     apply_token_bitmask(logits, device_mask, indices, use_xgrammar=native, rows_match=True)

@@ -63,6 +63,9 @@ class StructuredOutputRequest:
     grammar: StructuredOutputGrammar | None = None
     error: str | None = None
     num_rejected: int = 0
+    # (token, accepted): the next output token, already fed to the matcher by a batch
+    # (``StructuredOutputManager.advance``); ``accept`` of that token only reads the result
+    preaccepted: tuple[int, bool] | None = None
 
     def is_ready(self) -> bool:
         """True once the grammar compiled (matcher built) or failed (``error`` set)."""
@@ -88,7 +91,12 @@ class StructuredOutputRequest:
         if self.gate is not None and not self.gate.ended:
             self.gate.feed(token)           # the tag's own tokens are not the grammar's
             return True
-        if self.grammar.accept_tokens([token]):
+        pre, self.preaccepted = self.preaccepted, None
+        if pre is not None and pre[0] == token:
+            accepted = pre[1]
+        else:
+            accepted = self.grammar.accept_tokens([token])
+        if accepted:
             return True
         self.num_rejected += 1
         return False
