@@ -4,6 +4,8 @@ forward, the engine collects step N and builds N+1's bitmask meanwhile, then the
 A tiny random Llama with the default model's real tokenizer (a grammar needs text tokens): the
 answers of the two-phase engine equal the synchronous engine's and the old collect-first path's
 (greedy), every constrained answer matches its constraint, and the two-phase path really ran.
+Beam search applies a grammar too: every beam follows it (each step's request carries the
+beam's tokens as the grammar's prefix).
 """
 
 from __future__ import annotations
@@ -54,11 +56,10 @@ def answers(llm) -> list[tuple[str, str]]:
     from vllm_core import SamplingParams
     from vllm_core.structured_output import StructuredOutputsParams as SO
 
-    prompts = [f"Question {i}: " + "tell me something " * (3 * i + 1) for i in range(6)]
+    prompts = [f"Question {i}: " + "tell me something " * (3 * i + 1) for i in range(5)]
     constraints = [SO(regex=REGEX), SO(choice=CHOICES),
-                   SO(json=SCHEMA, disable_any_whitespace=True), None,
-                   SO(regex=REGEX), SO(json=SCHEMA, disable_any_whitespace=True)]
-    params = [SamplingParams(temperature=0.0, max_tokens=48, structured_outputs=c,
+                   SO(json=SCHEMA, disable_any_whitespace=True), None, SO(regex=REGEX)]
+    params = [SamplingParams(temperature=0.0, max_tokens=40, structured_outputs=c,
                              ignore_eos=c is None) for c in constraints]
     outs = llm.generate(prompts, params, use_tqdm=False)
     result = [(o.outputs[0].text, o.outputs[0].finish_reason) for o in outs]
@@ -89,3 +90,23 @@ def test_two_phase_matches_sync_and_collect_first(folder):
     old = make_llm(folder, async_scheduling=True, overlap=False)
     assert answers(old) == reference
     assert old.llm_engine.num_two_phase_steps == 0
+
+
+def test_beam_search_follows_the_grammar(folder):
+    from vllm_core.sampling.beam_search import BeamSearchParams
+
+    llm = make_llm(folder, async_scheduling=False)
+    prompts = ["Pick a city:", "Another one, please:"]
+    free = llm.beam_search(prompts, BeamSearchParams(beam_width=3, max_tokens=6))
+    assert any(s.text not in CHOICES for out in free for s in out.sequences)
+    for kind, ok in ((dict(choice=CHOICES), lambda t: t in CHOICES),
+                     (dict(regex=REGEX), lambda t: re.fullmatch(REGEX, t))):
+        outs = llm.beam_search(prompts, BeamSearchParams(beam_width=3, max_tokens=16,
+                                                         structured_outputs=kind))
+        for out in outs:
+            assert len(out.sequences) == 3
+            for seq in out.sequences:
+                assert seq.finish_reason == "stop" and ok(seq.text), seq.text
+    with pytest.raises(ValueError, match="not a valid JSON schema"):
+        llm.beam_search(prompts, BeamSearchParams(
+            beam_width=2, max_tokens=4, structured_outputs={"json": {"type": 3}}))

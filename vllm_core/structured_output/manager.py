@@ -158,7 +158,8 @@ class StructuredOutputManager:
             gate = ReasoningGate.for_prompt(prompt_token_ids, start_tag, end_tag,
                                             self._decode, window)
         return StructuredOutputRequest(key=key, future=future,
-                                       make_grammar=self._backend(name).make_grammar, gate=gate)
+                                       make_grammar=self._backend(name).make_grammar, gate=gate,
+                                       prefix=tuple(params.prefix_token_ids or ()))
 
     def _decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=False)

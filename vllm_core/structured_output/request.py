@@ -60,6 +60,7 @@ class StructuredOutputRequest:
     future: Future
     make_grammar: Callable[[Any], StructuredOutputGrammar]
     gate: ReasoningGate | None = None
+    prefix: tuple[int, ...] = ()          # output tokens the matcher starts after
     grammar: StructuredOutputGrammar | None = None
     error: str | None = None
     num_rejected: int = 0
@@ -77,6 +78,12 @@ class StructuredOutputRequest:
             self.grammar = self.make_grammar(self.future.result())
         except Exception as e:  # noqa: BLE001 - reported to the client as the finish reason
             self.error = f"grammar compilation failed: {e}"
+            return True
+        for i, token in enumerate(self.prefix):
+            if not self.accept(token):
+                self.error = (f"the grammar rejects token {token} at position {i} of "
+                              f"structured_outputs.prefix_token_ids")
+                break
         return True
 
     @property
