@@ -44,6 +44,11 @@ read by their plugins (``vllm_core_cpu.envs``, ``vllm_core_cuda.envs``). Request
 ``dist_backend``; ``TorchWorker`` takes ``distributed_init_method`` (pass extra keyword
 arguments through in a subclass's ``__init__``); the model is built with a
 ``ParallelContext`` (``cls(arch, attn_backend, ops, parallel=...)``).
+
+2.1, also (backward compatible): the two-phase step for structured outputs. A step launched
+with ``SchedulerOutput.defer_sampling`` stops before sampling (``execute_model_async`` returns
+None) and ``Worker.sample_tokens(scheduler_output)`` finishes it; ``TorchWorker`` sets
+``supports_deferred_sampling`` and the core runner does both (no new runner hook).
 """
 
 
