@@ -9,7 +9,9 @@ sampling (on the device); build (or reuse) the sampling metadata *before* launch
 forward, so its small copies never wait for the device; run the forward (eager or a replayed
 graph), sample on the device, and copy the sampled ids into a pinned buffer. The returned
 ``PendingStep`` is collected later (``result()``): the engine schedules and launches step
-N+1 before it collects step N (async scheduling). ``execute_model`` does both at once.
+N+1 before it collects step N (async scheduling). ``execute_model`` does both at once. A step
+launched with ``SchedulerOutput.defer_sampling`` stops after the forward (returns None) and
+``sample_tokens`` finishes it once the engine has attached the grammar bitmask (two-phase step).
 
 Platform hooks (API 2.0, the only methods a plugin overrides; see
 ``docs/plugin-author-guide.md``):
