@@ -119,6 +119,9 @@ class StructuredOutputsConfig:
     models otherwise tend to loop on it). ``reasoning_parser``: the grammar of a request starts
     only after the model's reasoning section ends (its end tag is found in the output), unless
     ``enable_in_reasoning``. ``compile_threads``: threads compiling grammars off the step loop.
+    ``overlap_bitmask``: under async scheduling, build a step's bitmask while the device runs
+    its forward (two-phase step; off: collect the step in flight first, the old path).
+    ``fill_threads``: xgrammar's threads filling a large batch's bitmask (0: half the cores).
     """
 
     backend: str = "auto"
@@ -126,6 +129,8 @@ class StructuredOutputsConfig:
     reasoning_parser: str | None = None
     enable_in_reasoning: bool = False
     compile_threads: int = 2
+    overlap_bitmask: bool = True
+    fill_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in STRUCTURED_OUTPUT_BACKENDS:
@@ -134,6 +139,12 @@ class StructuredOutputsConfig:
         if not isinstance(self.compile_threads, int) or self.compile_threads < 1:
             raise ValueError(f"structured_outputs_config.compile_threads must be an integer "
                              f">= 1, got {self.compile_threads!r}")
+        if not isinstance(self.fill_threads, int) or self.fill_threads < 0:
+            raise ValueError(f"structured_outputs_config.fill_threads must be an integer "
+                             f">= 0, got {self.fill_threads!r}")
+        if not isinstance(self.overlap_bitmask, bool):
+            raise ValueError(f"structured_outputs_config.overlap_bitmask must be true or "
+                             f"false, got {self.overlap_bitmask!r}")
 
 
 @dataclass(slots=True)

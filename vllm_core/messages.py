@@ -67,8 +67,12 @@ class SchedulerOutput:
     which is in ``sampling_req_ids``; bit ``t % 32`` of word ``t // 32`` is 1 iff token ``t`` is
     allowed. The runner applies it to those requests' logit rows before sampling
     (``vllm_core.sampling.structured.apply_grammar_bitmask``). It is built after all earlier
-    steps' tokens are known, even under async scheduling (the engine collects the step in flight
-    first when this step has structured-output requests).
+    steps' tokens are known, even under async scheduling: there the engine launches the step
+    with ``defer_sampling`` (the runner runs the forward and stops before sampling), collects
+    the step in flight (advancing the matchers), attaches the bitmask while the device runs the
+    forward, then calls the executor's ``sample_tokens`` to finish the step. An executor
+    without that second phase gets the bitmask before the launch (the step in flight collected
+    first).
 
     Speculative decoding: ``scheduled_spec_decode_tokens[req_id]`` are the ``k`` draft tokens
     scheduled after the request's last known token (they are the last ``k`` of its
@@ -87,6 +91,7 @@ class SchedulerOutput:
     grammar_bitmask: np.ndarray | None = None
     structured_output_req_ids: list[str] = field(default_factory=list)
     scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
+    defer_sampling: bool = False
 
     @property
     def is_empty(self) -> bool:

@@ -105,7 +105,11 @@ class EngineArgs:
         g.add_argument("--structured-outputs-config", default=None,
                        help='JSON, e.g. \'{"backend": "guidance", "disable_any_whitespace": '
                             'true}\'; backend: auto (default), xgrammar, guidance, outlines')
+        from vllm_core.plugins.registry import argparse_name_type
+        from vllm_core.reasoning.registry import PARSERS as REASONING_PARSERS
+
         g.add_argument("--reasoning-parser", default=None,
+                       type=argparse_name_type(REASONING_PARSERS),
                        help="split <think> reasoning into reasoning_content (deepseek_r1, "
                             "qwen3, or a plugin's); grammars apply after the reasoning ends")
         g.add_argument("--speculative-config", default=None,

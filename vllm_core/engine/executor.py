@@ -4,7 +4,8 @@
 (one worker in this process, tensor_parallel_size = pipeline_parallel_size = 1) or ``mp`` (one
 spawned process per rank on this host; ``vllm_core.engine.mp_executor``). Every executor has
 the same contract: ``determine_num_blocks``, ``initialize_cache``, ``execute_model``,
-``execute_model_async``, ``shutdown``.
+``execute_model_async``, ``shutdown``; one that sets ``supports_deferred_sampling`` also has
+``sample_tokens`` (the second phase of a step launched with ``defer_sampling``).
 """
 
 from __future__ import annotations
@@ -77,8 +78,15 @@ class UniProcExecutor:
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.worker.execute_model(scheduler_output)
 
-    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput | None:
         return self.worker.execute_model_async(scheduler_output)
+
+    @property
+    def supports_deferred_sampling(self) -> bool:
+        return bool(getattr(self.worker, "supports_deferred_sampling", False))
+
+    def sample_tokens(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        return self.worker.sample_tokens(scheduler_output)
 
     def shutdown(self) -> None:
         self.worker.shutdown()

@@ -15,11 +15,13 @@ Structured outputs: ``add_request`` starts compiling a request's grammar (the sc
 request until it is ready); after ``schedule`` the engine attaches the step's grammar bitmask
 (``StructuredOutputManager.attach_bitmask``). The bitmask of a step depends on every earlier
 token of its requests, so under async scheduling, when the new step has a structured-output
-request that samples and that also samples in the step in flight, the engine collects that step
-first
-(advancing the matchers), then builds the bitmask and launches: such steps do not overlap host
-and device work, the others keep overlapping. When a step schedules nothing because every
-waiting request is still compiling, ``step`` waits briefly on the compiles instead of spinning.
+request that samples and that also samples in the step in flight, the step runs in two phases
+(when the executor ``supports_deferred_sampling``): launch N+1 with ``defer_sampling`` (forward
+only), collect and process step N (the matchers advance), build N+1's bitmask while the device
+runs its forward, then ``sample_tokens``. Host grammar work overlaps the forward; only the
+sampling waits for it. An executor without the second phase collects step N before launching
+N+1 (no overlap for such steps). When a step schedules nothing because every waiting request
+is still compiling, ``step`` waits briefly on the compiles instead of spinning.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class LLMEngine:
             from vllm_core.spec_decode.drafter import Drafter
 
             self.drafter = Drafter(config.speculative)
+        self._deferred_sampling = (self.async_scheduling and config.structured_outputs.overlap_bitmask
+                                   and getattr(self.executor, "supports_deferred_sampling",
+                                               False))
+        self.num_two_phase_steps = 0
         self.startup_time = time.perf_counter() - start
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
                     "(%d tokens), max_model_len %d%s", self.startup_time, platform.describe(),
@@ -221,6 +227,8 @@ class LLMEngine:
         previous, self._in_flight = self._in_flight, None
         if previous is not None and self.structured_output_manager.depends_on_step(
                 scheduler_output, self.scheduler.requests, previous[0]):
+            if self._deferred_sampling:
+                return outputs + self._two_phase_step(scheduler_output, previous, t0)
             outputs += self._finish_step(previous[0], previous[1].result(), previous[2])
             previous = None                 # matchers advanced: the bitmask can be built
         self._attach_bitmask(scheduler_output)
@@ -249,6 +257,19 @@ class LLMEngine:
         self.drafter.propose(self.scheduler.running, self.scheduler.max_seq_len)
         return outputs
 
+    def _two_phase_step(self, scheduler_output: Any, previous: tuple[Any, Any, float],
+                        t0: float) -> list[RequestOutput]:
+        """Launch ``scheduler_output``'s forward, finish the step in flight (its tokens advance
+        the matchers), build the bitmask while the device computes, then sample."""
+        scheduler_output.defer_sampling = True
+        self.num_two_phase_steps += 1
+        self.executor.execute_model_async(scheduler_output)
+        prev_output, pending, prev_t0 = previous
+        outputs = self._finish_step(prev_output, pending.result(), prev_t0)
+        self._attach_bitmask(scheduler_output)
+        self._in_flight = (scheduler_output, self.executor.sample_tokens(scheduler_output), t0)
+        return outputs
+
     def _attach_bitmask(self, scheduler_output: Any) -> None:
         if scheduler_output.sampling_req_ids:
             self.structured_output_manager.attach_bitmask(scheduler_output,
@@ -265,6 +286,9 @@ class LLMEngine:
 
     def _finish_step(self, scheduler_output: Any, runner_output: Any,
                      t0: float) -> list[RequestOutput]:
+        if scheduler_output.structured_output_req_ids:       # matchers advance in a batch
+            self.structured_output_manager.advance(
+                scheduler_output, runner_output.sampled_token_ids, self.scheduler.requests)
         core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         processed = self._process(core_outputs, return_processed=True)
         if self.stat_loggers:

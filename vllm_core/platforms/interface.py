@@ -46,7 +46,11 @@ arguments through in a subclass's ``__init__``); the model is built with a
 ``ParallelContext`` (``cls(arch, attn_backend, ops, parallel=...)``).
 Additions within 2.1 (defaults keep existing plugins working): ``Platform.ray_device_key``
 (the Ray resource one rank of the ``ray`` executor holds: ``"CPU"`` by default, ``"GPU"`` on
-CUDA); the CUDA plugin's communicator adds ``enable_fast_all_reduce`` / ``graph_safe``.
+CUDA); the CUDA plugin's communicator adds ``enable_fast_all_reduce`` / ``graph_safe``; the
+two-phase step for structured outputs (``Worker.supports_deferred_sampling``, default False):
+a step launched with ``SchedulerOutput.defer_sampling`` stops before sampling
+(``execute_model_async`` returns None) and ``Worker.sample_tokens(scheduler_output)`` finishes
+it; ``TorchWorker`` sets ``supports_deferred_sampling`` and the core runner does both.
 """
 
 

@@ -9,7 +9,9 @@ sampling (on the device); build (or reuse) the sampling metadata *before* launch
 forward, so its small copies never wait for the device; run the forward (eager or a replayed
 graph), sample on the device, and copy the sampled ids into a pinned buffer. The returned
 ``PendingStep`` is collected later (``result()``): the engine schedules and launches step
-N+1 before it collects step N (async scheduling). ``execute_model`` does both at once.
+N+1 before it collects step N (async scheduling). ``execute_model`` does both at once. A step
+launched with ``SchedulerOutput.defer_sampling`` stops after the forward (returns None) and
+``sample_tokens`` finishes it once the engine has attached the grammar bitmask (two-phase step).
 
 Platform hooks (API 2.0, the only methods a plugin overrides; see
 ``docs/plugin-author-guide.md``):
@@ -62,8 +64,9 @@ from vllm_core.sampling.metadata import (
     make_generator,
 )
 from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
-from vllm_core.sampling.structured import apply_grammar_bitmask
+from vllm_core.sampling.structured import BitmaskStaging, apply_grammar_bitmask
 from vllm_core.spec_decode import verifier
+from vllm_core.structured_output.backend import bitmask_width
 from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.request_table import RequestTable
 from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
@@ -131,6 +134,21 @@ class PendingStep:
         if self.output is None:
             self.output = self.runner.collect(self)
         return self.output
+
+
+@dataclass(slots=True, eq=False)
+class _Forwarded:
+    """A step whose forward ran (or is queued on the device) and that has not sampled yet:
+    what ``ModelRunner._sample`` needs. ``samples``: this rank samples (``logits`` set)."""
+
+    plan: StepPlan
+    sample_ids: list[str]
+    samples: bool
+    metadata: SamplingMetadata | None
+    logits: torch.Tensor | None
+    prompt_logprobs: dict[str, list[Logprobs]]
+    drafts: dict[str, list[int]]                 # speculative decoding: this step's drafts
+    row_start: np.ndarray | None                 # verification step: see ``PendingStep``
 
 
 @dataclass(slots=True)
@@ -209,6 +227,9 @@ class ModelRunner:
         self._upload_done = self.new_step_event()
         self._upload_recorded = False
         self._in_flight: PendingStep | None = None
+        self._forwarded: _Forwarded | None = None     # a step launched with defer_sampling
+        self._bitmask_staging = BitmaskStaging(bitmask_width(arch.vocab_size),
+                                               self.max_num_reqs, self.pin_memory)
         self._parity = 0
         self.kv_waste = KVWasteStats()
         self.timing = StepTiming()
@@ -419,7 +440,8 @@ class ModelRunner:
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
         return self.execute_model_async(so).result()
 
-    def execute_model_async(self, so: SchedulerOutput) -> PendingOutput:
+    def execute_model_async(self, so: SchedulerOutput) -> PendingOutput | None:
+        """Launch the step; None when ``so.defer_sampling`` (then ``sample_tokens``)."""
         start = time.perf_counter()
         try:
             return self._launch(so)
@@ -427,7 +449,7 @@ class ModelRunner:
             self.timing.steps += 1
             self.timing.execute_s += time.perf_counter() - start
 
-    def _launch(self, so: SchedulerOutput) -> PendingOutput:
+    def _launch(self, so: SchedulerOutput) -> PendingOutput | None:
         self.update_states(so)
         if so.total_num_scheduled_tokens == 0:
             return ReadyOutput(EMPTY_MODEL_RUNNER_OUTPUT)
@@ -462,16 +484,41 @@ class ModelRunner:
         prompt_logprobs: dict[str, list[Logprobs]] = {}
         if (out.hidden is not None and self._prompt_logprob_reqs and par.is_last_stage):
             prompt_logprobs = self.prompt_logprobs(plan, out.hidden)
+        forwarded = _Forwarded(plan, sample_ids, samples, md, out.logits, prompt_logprobs,
+                               drafts, starts)
+        if so.defer_sampling:                 # the engine builds the bitmask meanwhile
+            self._forwarded = forwarded
+            return None
+        return self._sample(forwarded, so)
 
+    def sample_tokens(self, so: SchedulerOutput) -> PendingOutput:
+        """Second phase of a step launched with ``so.defer_sampling``: mask the logits with
+        ``so.grammar_bitmask`` (attached since the launch) and sample. Returns the step's
+        ``PendingStep``, as ``execute_model_async`` does for an undeferred step."""
+        forwarded, self._forwarded = self._forwarded, None
+        if forwarded is None:
+            raise RuntimeError("sample_tokens without a step launched with defer_sampling")
+        start = time.perf_counter()
+        try:
+            return self._sample(forwarded, so)
+        finally:
+            self.timing.execute_s += time.perf_counter() - start
+
+    def _sample(self, fwd: _Forwarded, so: SchedulerOutput) -> PendingStep:
+        """Mask (structured outputs), sample and start the sampled ids' copy to the host."""
+        plan, sample_ids, par = fwd.plan, fwd.sample_ids, self.parallel
+        drafts, starts = fwd.drafts, fwd.row_start
         token_ids = logprobs = done = expert_load = None
         parity = self._parity
         if sample_ids:
-            if samples:
-                logits = out.logits[:len(sample_ids)].to(self.sampling_device)
+            if fwd.samples:
+                logits = fwd.logits[:len(sample_ids)].to(self.sampling_device)
                 if so.grammar_bitmask is not None:      # structured outputs, before sampling
                     apply_grammar_bitmask(logits, sample_ids, so,
                                           native=self.native_bitmask_kernel
-                                          or self.sampling_device == HOST)
+                                          or self.sampling_device == HOST,
+                                          staging=self._bitmask_staging)
+                md = fwd.metadata
                 sampled = (verifier.sample(logits, md, verifier.draft_row_ids(
                     sample_ids, starts, drafts), starts) if drafts else self.sampler(logits, md))
                 token_ids, logprobs = sampled.token_ids, sampled.logprobs
@@ -488,7 +535,7 @@ class ModelRunner:
             runner=self, order=plan.order, sample_ids=sample_ids,
             sample_slots=plan.slots[plan.logits_request],
             row_of={r: i for i, r in enumerate(sample_ids)}, token_ids=token_ids,
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs, parity=parity, done=done,
+            logprobs=logprobs, prompt_logprobs=fwd.prompt_logprobs, parity=parity, done=done,
             expert_load=expert_load, row_start=starts)
         self._in_flight = step if sample_ids else None
         return step

@@ -129,6 +129,13 @@ class TorchWorker(Worker):
         with self.platform.inference_mode():
             return self.runner.execute_model_async(scheduler_output)
 
+    supports_deferred_sampling = True
+
+    def sample_tokens(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        """The sampling phase of a step launched with ``defer_sampling``."""
+        with self.platform.inference_mode():
+            return self.runner.sample_tokens(scheduler_output)
+
     def shutdown(self) -> None:
         if self.runner is not None:
             self.runner.kv_caches = []

@@ -324,6 +324,7 @@ def run_server(args: argparse.Namespace, engine_factory: Any = None) -> int:
 
     check_vllm_compat_args(args)
     ServerLimits.from_args(args)                     # bad limits fail before the load
+    parser_options(args)                             # so do unknown parser names
     host = args.host if args.host is not None else "0.0.0.0"
     sock = bind_socket(host, args.port)
     try:

@@ -57,7 +57,10 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='allow tool_choice "auto": tool calls are parsed from the output with '
                         "--tool-call-parser")
-    g.add_argument("--tool-call-parser", default=None,
+    from vllm_core.entrypoints.openai.tool_parsers.registry import PARSERS
+    from vllm_core.plugins.registry import argparse_name_type
+
+    g.add_argument("--tool-call-parser", default=None, type=argparse_name_type(PARSERS),
                    help="hermes, llama3_json, mistral, pythonic (or a plugin's parser)")
     g.add_argument("--config", default=None,
                    help="YAML file of flags (command-line flags override it)")
