@@ -53,6 +53,21 @@ class WNA16Method(QuantizedLinearMethod):
         order = ", act-order" if self.act_order else ""
         return f"{self.name} int{self.bits} {gs} {sym}{order}"
 
+    def load_rows(self, layer: nn.Module, param_name: str, rows: slice | None,
+                  tensor: torch.Tensor) -> None:
+        """As the base, except that the act-order ``g_idx`` of a fused layer is read once per
+        part (q, k, v) and must be the same for all (it follows the shared input)."""
+        if param_name in G_IDX_NAMES:
+            seen = layer.__dict__.setdefault("_g_idx_loaded", set())
+            if seen:
+                if not torch.equal(getattr(layer, param_name).data, tensor.to(torch.int32)):
+                    raise ValueError("differs from the g_idx of the other projections fused "
+                                     "with it (act-order with different column orders for "
+                                     "q/k/v or gate/up is not supported)")
+                return
+            seen.add(param_name)
+        super().load_rows(layer, param_name, rows, tensor)
+
     @torch.no_grad()
     def process_after_loading(self, layer: nn.Module) -> None:
         qw = self.to_wna16(layer)
