@@ -27,7 +27,7 @@ class Fp8Config(QuantizationConfig):
     name: ClassVar[str] = "fp8"
     capabilities: ClassVar[tuple[str, ...]] = ("fp8-e4m3", "per-tensor", "per-channel",
                                                "block scales", "static or dynamic "
-                                               "activations", "online")
+                                               "activations")
     online: ClassVar[bool] = True
     how_to_make: ClassVar[str] = "llm-compressor (scheme FP8 / FP8_DYNAMIC, written as " \
                                  "compressed-tensors) or --quantization fp8 at load"

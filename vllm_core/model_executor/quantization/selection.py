@@ -114,7 +114,7 @@ def describe_methods(platform: str, dtype: str) -> list[str]:
         except ImportError as e:
             lines.append(f"{name}: cannot be imported ({e})")
             continue
-        plats = ", ".join(cls.platforms)
+        plats = "any" if "*" in cls.platforms else ", ".join(cls.platforms)
         if "*" not in cls.platforms and platform not in cls.platforms:
             verdict = f"not on {platform}"
         elif dtype not in cls.activation_dtypes:
