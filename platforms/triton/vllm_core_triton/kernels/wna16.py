@@ -13,7 +13,8 @@ Two kernels:
 - ``_wna16_gemv_kernel`` (a few rows: decode): the layer is a stream of packed weights.
   Program ``(n block, k split, row)`` reads a ``[BLOCK_K / p, BLOCK_N]`` tile of ``qweight``
   per step (each int32 word holds ``p`` consecutive K values of one output: the tile is
-  coalesced along N), unpacks it, and reduces it against the row of ``x``. K is split over
+  coalesced along N, each word loaded once), unpacks it to ``[BLOCK_K / p, p, BLOCK_N]``, and
+  reduces it against the row of ``x``. K is split over
   ``SPLIT_K`` programs so that a decode step fills the GPU; partial sums go to a float32
   ``[SPLIT_K, M, N]`` buffer summed afterwards in a fixed order (deterministic, no atomics,
   and row ``i`` of the result depends only on row ``i`` of ``x``).
@@ -67,20 +68,47 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
                        ROW_SCALES: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr):
+    """Each packed word is loaded once and unpacked into a ``[words, PACK, BLOCK_N]`` tile
+    (``k = word * PACK + j``), so the weight stream costs one load per 32 bits."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BLOCK_KW: tl.constexpr = BLOCK_K // PACK
     pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_w = tl.arange(0, BLOCK_KW)
+    offs_j = tl.arange(0, PACK)
+    shifts = (offs_j * BITS)[None, :, None]
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
     for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
-        kk = k0 + offs_k
+        wrow = k0 // PACK + offs_w                                   # [BKW]
+        kk = wrow[:, None] * PACK + offs_j[None, :]                  # [BKW, PACK]
         mask_k = kk < K
-        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, g_ptr, kk, offs_n, mask_k, mask_n, stride_q,
-                          stride_s, stride_z, k0, BITS, GROUP, HAS_GIDX, ROW_SCALES)
-        x = tl.load(x_ptr + row * stride_x + kk, mask=mask_k, other=0.0)
+        mask_w = wrow * PACK < K
+        words = tl.load(qw_ptr + wrow.to(tl.int64)[:, None] * stride_q + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
+        q = ((words[:, None, :] >> shifts) & MASK).to(tl.float32)    # [BKW, PACK, BN]
+        if HAS_GIDX:
+            g = tl.load(g_ptr + kk, mask=mask_k, other=0).to(tl.int64)[:, :, None]
+            m3 = mask_k[:, :, None] & mask_n[None, None, :]
+            sc = tl.load(s_ptr + g * stride_s + offs_n[None, None, :], mask=m3, other=0.0)
+            zp = tl.load(z_ptr + g * stride_z + offs_n[None, None, :], mask=m3, other=0.0)
+            w = (q - zp.to(tl.float32)) * sc.to(tl.float32)
+        elif ROW_SCALES:
+            g0 = k0 // GROUP
+            sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=mask_n, other=0.0)
+            zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=mask_n, other=0.0)
+            w = (q - zp.to(tl.float32)[None, None, :]) * sc.to(tl.float32)[None, None, :]
+        else:
+            g = (kk // GROUP).to(tl.int64)[:, :, None]
+            m3 = mask_k[:, :, None] & mask_n[None, None, :]
+            sc = tl.load(s_ptr + g * stride_s + offs_n[None, None, :], mask=m3, other=0.0)
+            zp = tl.load(z_ptr + g * stride_z + offs_n[None, None, :], mask=m3, other=0.0)
+            w = (q - zp.to(tl.float32)) * sc.to(tl.float32)
+        x = tl.load(x_ptr + row * stride_x + kk, mask=mask_k, other=0.0)   # [BKW, PACK]
         w = w.to(x.dtype).to(tl.float32)          # the reference's rounding of W
-        acc += tl.sum(w * x.to(tl.float32)[:, None], axis=0)
+        acc += tl.sum(tl.sum(w * x.to(tl.float32)[:, :, None], axis=0), axis=0)
     tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
 
 
