@@ -14,16 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 from model_test_utils import hf_logits, new_kv_caches, run_step
-from quant_checkpoints import (
-    fake_quantize_inputs,
-    hf_with_weights,
-    read_tensors,
-    tiny_llama,
-    write_awq,
-    write_compressed_tensors,
-    write_fp8,
-    write_gptq,
-)
 
 from vllm_core.attention.backends.reference import ReferenceAttentionBackend
 from vllm_core.config import ModelConfig
@@ -34,6 +24,16 @@ from vllm_core.model_executor.quantization.quantized_weights import (
     WNA16Weight,
     dequantize_fp8,
     dequantize_wna16,
+)
+from vllm_core.model_executor.quantization.testing import (
+    fake_quantize_inputs,
+    hf_with_weights,
+    read_tensors,
+    tiny_llama,
+    write_awq,
+    write_compressed_tensors,
+    write_fp8,
+    write_gptq,
 )
 
 # name -> (writer, kwargs, activation quantization emulated in the oracle)

@@ -9,13 +9,6 @@ from typing import ClassVar
 import pytest
 import torch
 from model_test_utils import hf_logits, new_kv_caches, run_step
-from quant_checkpoints import (
-    fake_quantize_inputs,
-    hf_with_weights,
-    linear_names,
-    tiny_llama,
-    write_gptq,
-)
 
 from vllm_core.attention.backends.reference import ReferenceAttentionBackend
 from vllm_core.config import ModelConfig
@@ -30,6 +23,13 @@ from vllm_core.model_executor.quantization.registry import (
 from vllm_core.model_executor.quantization.selection import (
     describe_methods,
     select_quantization,
+)
+from vllm_core.model_executor.quantization.testing import (
+    fake_quantize_inputs,
+    hf_with_weights,
+    linear_names,
+    tiny_llama,
+    write_gptq,
 )
 from vllm_core.model_executor.testing import write_wordlevel_tokenizer
 

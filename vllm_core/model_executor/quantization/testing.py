@@ -1,5 +1,6 @@
 """Quantized checkpoints of a tiny random Llama, written as the real tools write them, with the
-de-quantized weights of an independent reference next to each.
+de-quantized weights of an independent reference next to each (for the core's and the
+platform plugins' tests; imports transformers / compressed-tensors lazily).
 
 - compressed-tensors: the ``compressed-tensors`` package itself quantizes and packs
   (``calculate_qparams`` + its format compressors, which llm-compressor calls when it saves)
@@ -31,8 +32,9 @@ TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_lay
             rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 
-def tiny_llama(seed: int = 0):
-    return random_hf_causal_lm("llama", TINY, seed, weight_scale=0.15)
+def tiny_llama(seed: int = 0, **overrides: Any):
+    """``TINY`` (head_dim 16) with ``overrides``; GPU attention kernels need head_dim >= 32."""
+    return random_hf_causal_lm("llama", {**TINY, **overrides}, seed, weight_scale=0.15)
 
 
 def linear_names(hf) -> list[str]:
