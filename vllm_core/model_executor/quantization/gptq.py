@@ -8,7 +8,9 @@ Layout of one linear layer ``[N outputs, K inputs]`` (``p = 32 // bits`` values 
   ``[bits * (k % p), ...)`` of ``qweight[k // p, n]``, least significant first, unsigned;
 - ``qzeros``  int32 ``[G, N / p]``: the zero point of group ``g``, output ``n`` packed the same
   way along the output dimension. ``checkpoint_format`` "gptq" (v1, the default) stores
-  ``zero - 1``, "gptq_v2" the zero itself. Symmetric checkpoints store ``2 ** (bits - 1)``;
+  ``zero - 1`` (read back as ``stored + 1``, unmasked, as GPTQModel's v1 -> v2 conversion
+  does: a zero of 0 is not representable in v1), "gptq_v2" the zero itself. Symmetric
+  checkpoints hold ``2 ** (bits - 1)``;
 - ``scales``  float16 ``[G, N]``;
 - ``g_idx``   int32 ``[K]``: the group of input ``k``. With ``desc_act`` (act-order) the
   groups follow the order in which GPTQ quantized the columns, so ``g_idx`` is a permutation

@@ -162,6 +162,10 @@ def write_gptq(folder: str, hf, bits: int = 4, group_size: int = 32, desc_act: b
             g_idx = (torch.arange(k) // gs).to(torch.int32)
         wg = torch.stack([w[:, g_idx == g] for g in range(groups)], 1)   # [N, G, gs]
         scale, zero = _minmax_qparams(wg, bits, sym)                       # [N, G]
+        if checkpoint_format == "gptq":
+            # v1 stores zero - 1 in `bits` bits: a zero of 0 cannot be written (it reads back
+            # as 2**bits in every v1 reader), so v1 writers' groups never have one
+            zero = zero.clamp(min=1)
         scales, zeros = scale.t().contiguous(), zero.t().contiguous()      # [G, N]
         s_k, z_k = scales[g_idx.long()].float(), zeros[g_idx.long()]       # [K, N]
         q = torch.clamp(torch.round(w.t() / s_k) + z_k, 0, maxq).to(torch.int64)  # [K, N]
