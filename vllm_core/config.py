@@ -49,6 +49,14 @@ class ModelArchConfig:
     attention_bias: bool = False       # q/k/v projection biases (Qwen2)
     qk_norm: bool = False              # per-head RMSNorm on q and k (Qwen3)
     sliding_window: int | None = None
+    # per-family switches (issue 19); the defaults are the Llama decoder's
+    hidden_act: str = "silu"                      # or "gelu_pytorch_tanh" (Gemma 3)
+    partial_rotary_factor: float = 1.0            # rotary_dim = head_dim * this (Phi-4-mini)
+    layer_types: tuple[str, ...] | None = None    # "sliding_attention" / "full_attention" per
+    #   layer (Gemma 3); None: every layer uses ``sliding_window`` (None: full attention)
+    local_rope_theta: float | None = None         # rope base of the sliding layers (Gemma 3)
+    query_pre_attn_scalar: float | None = None    # attention scale = this ** -0.5 (Gemma)
+    final_logit_softcapping: float | None = None  # logits = cap * tanh(logits / cap)
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     hf_config: dict[str, Any] = field(default_factory=dict)  # the raw config.json, if any

@@ -77,8 +77,20 @@ class AsyncLLMEngine:
         return self._error is not None
 
     async def check_health(self) -> None:
+        """Raise ``EngineDeadError`` when the engine cannot serve: its thread failed or ended,
+        or the executor's own probe (``executor.check_health``: a worker process that ended)
+        fails, which also fails every request in flight. Cheap: called per request and by the
+        server's watchdog."""
+        if self._error is None and not self._stop and self._thread.is_alive():
+            probe = getattr(getattr(self.engine, "executor", None), "check_health", None)
+            if probe is not None:
+                try:
+                    probe()
+                except Exception as e:  # noqa: BLE001 - the engine cannot serve any more
+                    logger.error("engine health check failed: %s", e)
+                    self._die(e)
         if self._error is not None:
-            raise EngineDeadError(f"engine thread died: {self._error!r}")
+            raise EngineDeadError(f"the engine stopped: {self._error}")
         if not self._thread.is_alive():
             raise EngineDeadError("engine thread is not running")
 
@@ -117,6 +129,10 @@ class AsyncLLMEngine:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
+        if self._error is not None:       # died after the check: _die may not have seen us
+            with self._streams_lock:
+                self._streams.pop(request_id, None)
+            raise EngineDeadError(f"the engine stopped: {self._error}")
         self._commands.put(("add", request_id, processed, priority, time.time()))
         self._wakeup.set()
         finished = False
@@ -200,9 +216,21 @@ class AsyncLLMEngine:
             else:
                 self.engine.abort_request(cmd[1])
 
+    def _die(self, error: BaseException) -> None:
+        """Record the fatal ``error`` (first one wins) and fail every request in flight with
+        ``EngineDeadError``; the engine thread stops at its next iteration. Any thread."""
+        if self._error is None:
+            self._error = error
+        dead = EngineDeadError(f"the engine stopped: {self._error}")
+        with self._streams_lock:
+            ids = list(self._streams)
+        for request_id in ids:
+            self._deliver(request_id, dead)
+        self._wakeup.set()
+
     def _run(self) -> None:
         engine = self.engine
-        while not self._stop:
+        while not self._stop and self._error is None:
             self._drain_commands()
             if not engine.has_unfinished_requests():
                 self._snapshot = engine.scheduler_snapshot()
@@ -213,12 +241,7 @@ class AsyncLLMEngine:
                 outputs = engine.step()
             except BaseException as e:  # noqa: BLE001 - any failure here kills the engine
                 logger.exception("engine step failed; failing all requests")
-                self._error = e
-                dead = EngineDeadError(f"engine failed: {e!r}")
-                with self._streams_lock:
-                    ids = list(self._streams)
-                for request_id in ids:
-                    self._deliver(request_id, dead)
+                self._die(e)
                 return
             self._snapshot = engine.scheduler_snapshot()
             for out in outputs:

@@ -38,8 +38,9 @@ def create_executor(config: EngineConfig, platform: Any) -> Any:
 
         return MultiprocExecutor(config, platform)
     if backend == "ray":
-        raise ValueError("distributed_executor_backend='ray' is not implemented yet; use 'mp' "
-                         "(one host)")
+        from vllm_core.engine.ray_executor import RayExecutor
+
+        return RayExecutor(config, platform)
     raise ValueError(f"distributed_executor_backend must be one of "
                      f"{', '.join(EXECUTOR_BACKENDS)}, got {backend!r}")
 

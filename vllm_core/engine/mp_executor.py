@@ -201,6 +201,19 @@ class MultiprocExecutor:
         return "; ".join(f"worker rank {r} (pid {p.pid}) died with exit code {p.exitcode}"
                          for r, p in enumerate(self.procs) if not p.is_alive())
 
+    def check_health(self) -> None:
+        """Raise ``WorkerFailure`` when the executor has failed or a worker process has ended.
+        Read-only (it polls the process sentinels and reaps nothing), so another thread may
+        call it while a step runs: the server's health probe does."""
+        if self._failed is not None:
+            raise WorkerFailure(self._failed)
+        ended = wait([p.sentinel for p in self.procs], timeout=0)
+        if ended:
+            ranks = [r for r, p in enumerate(self.procs) if p.sentinel in ended]
+            raise WorkerFailure(
+                "distributed engine stopped: " + "; ".join(
+                    f"worker rank {r} (pid {self.procs[r].pid}) exited" for r in ranks))
+
     def _abort(self) -> None:
         _stop_processes(self.procs, self.ring, grace_s=0.0)
 

@@ -44,6 +44,9 @@ read by their plugins (``vllm_core_cpu.envs``, ``vllm_core_cuda.envs``). Request
 ``dist_backend``; ``TorchWorker`` takes ``distributed_init_method`` (pass extra keyword
 arguments through in a subclass's ``__init__``); the model is built with a
 ``ParallelContext`` (``cls(arch, attn_backend, ops, parallel=...)``).
+Additions within 2.1 (defaults keep existing plugins working): ``Platform.ray_device_key``
+(the Ray resource one rank of the ``ray`` executor holds: ``"CPU"`` by default, ``"GPU"`` on
+CUDA); the CUDA plugin's communicator adds ``enable_fast_all_reduce`` / ``graph_safe``.
 """
 
 
@@ -83,6 +86,7 @@ class Platform:
     device_type: ClassVar[str] = "cpu"           # torch device type
     dist_backend: ClassVar[str] = "gloo"
     device_control_env_var: ClassVar[str] = ""   # e.g. CUDA_VISIBLE_DEVICES
+    ray_device_key: ClassVar[str] = "CPU"        # the Ray resource one rank holds (GPU...)
     supported_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
     default_block_size: ClassVar[int] = 16

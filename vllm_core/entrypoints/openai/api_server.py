@@ -345,12 +345,12 @@ def run_server(args: argparse.Namespace, engine_factory: Any = None) -> int:
                                 log_level=args.uvicorn_log_level,
                                 access_log=not args.disable_uvicorn_access_log,
                                 timeout_graceful_shutdown=2, timeout_keep_alive=5)
-        server = make_server(config, app.state.server_state, args.shutdown_timeout)
+        server = make_server(config, app.state.server_state, args.shutdown_timeout, engine)
         logger.info("serving %s on http://%s:%d", app.state.ctx.model_name, host, args.port)
         server.run(sockets=[sock])
     finally:
         sock.close()
-    return 0
+    return server.exit_code         # 1 when the engine died
 
 
 def _shutdown_sync(engine: Any) -> None:

@@ -20,6 +20,8 @@ _BUILTIN = {
     "MistralForCausalLM": "vllm_core.model_executor.models.families.MistralForCausalLM",
     "Qwen2ForCausalLM": "vllm_core.model_executor.models.families.Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "vllm_core.model_executor.models.families.Qwen3ForCausalLM",
+    "Phi3ForCausalLM": "vllm_core.model_executor.models.families.Phi3ForCausalLM",
+    "Gemma3ForCausalLM": "vllm_core.model_executor.models.gemma3.Gemma3ForCausalLM",
 }
 
 register_model = MODELS.register
