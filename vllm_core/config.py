@@ -145,6 +145,7 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str = "uni"
+    enable_expert_parallel: bool = False      # MoE experts sharded over the TP ranks (EP = TP)
 
     @property
     def world_size(self) -> int:

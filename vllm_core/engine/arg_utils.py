@@ -39,6 +39,7 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    enable_expert_parallel: bool = False
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
@@ -91,6 +92,10 @@ class EngineArgs:
                        help="ranks that split every layer (attention heads, MLP, vocabulary)")
         g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                        help="pipeline stages the decoder layers are split over")
+        g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
+                       help="mixture-of-experts models: shard whole experts over the TP ranks "
+                            "(expert parallelism, EP size = TP size) instead of splitting "
+                            "every expert's intermediate dimension")
         g.add_argument("--distributed-executor-backend", default=None,
                        choices=["uni", "mp", "ray"],
                        help="how ranks run: uni (one, in the engine process), mp (one "
@@ -183,7 +188,8 @@ class EngineArgs:
         backend = self.distributed_executor_backend or ("uni" if world == 1 else "mp")
         return cls(tensor_parallel_size=self.tensor_parallel_size,
                    pipeline_parallel_size=self.pipeline_parallel_size,
-                   distributed_executor_backend=backend)
+                   distributed_executor_backend=backend,
+                   enable_expert_parallel=self.enable_expert_parallel)
 
     def create_engine_config(self) -> tuple[Any, Any]:
         """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""
@@ -274,3 +280,6 @@ def _check_parallel_fits(config: Any) -> None:
         raise ValueError(f"the model's intermediate_size ({arch.intermediate_size}) is not "
                          f"divisible by tensor_parallel_size={tp}")
     partition_layers(arch.num_hidden_layers, par.pipeline_parallel_size)
+    from vllm_core.model_executor.layers.fused_moe.config import check_moe_parallel
+
+    check_moe_parallel(arch, tp, par.enable_expert_parallel)

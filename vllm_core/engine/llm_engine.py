@@ -248,7 +248,7 @@ class LLMEngine:
         processed = self._process(core_outputs, return_processed=True)
         if self.stat_loggers:
             self._record_stats(scheduler_output, core_outputs, processed,
-                               time.perf_counter() - t0)
+                               time.perf_counter() - t0, runner_output)
         return processed.request_outputs
 
     def _process(self, core_outputs: list, return_processed: bool = False) -> Any:
@@ -262,9 +262,10 @@ class LLMEngine:
         return processed if return_processed else processed.request_outputs
 
     def _record_stats(self, scheduler_output: Any, core_outputs: list, processed: Any,
-                      step_time: float) -> None:
+                      step_time: float, runner_output: Any = None) -> None:
         it: IterationStats = getattr(processed, "iteration_stats", None) or IterationStats()
         it.step_time = step_time
+        it.expert_load = getattr(runner_output, "expert_load", None)
         it.num_generation_tokens = sum(len(o.new_token_ids) for o in core_outputs)
         sampled = {o.req_id for o in core_outputs if o.new_token_ids}
         it.num_prompt_tokens = sum(

@@ -41,6 +41,7 @@ class IterationStats:
     inter_token_latencies: list[float] = field(default_factory=list)
     finished_requests: list[FinishedRequestStats] = field(default_factory=list)
     step_time: float = 0.0
+    expert_load: list[int] | None = None  # MoE: routed (token, expert) pairs per EP rank
 
 
 class StatLogger(Protocol):

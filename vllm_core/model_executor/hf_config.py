@@ -23,7 +23,9 @@ from vllm_core.model_executor.layers.rotary_embedding import SUPPORTED_ROPE_TYPE
 
 _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                        "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                       "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+                       "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+                       "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                       "qwen3_moe": "Qwen3MoeForCausalLM"}
 _GEMMA3 = ("gemma3_text", "gemma3")
 _GEMMA_ACTS = ("gelu_pytorch_tanh", "gelu_tanh")
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -82,8 +84,9 @@ def arch_config_from_hf(cfg: dict[str, Any]) -> ModelArchConfig:
         rope_scaling=scaling,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", gemma)),
-        attention_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-        qk_norm=model_type == "qwen3" or gemma,
+        attention_bias=(model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+                        or (model_type == "qwen2_moe" and bool(cfg.get("qkv_bias", True)))),
+        qk_norm=model_type in ("qwen3", "qwen3_moe") or gemma,
         sliding_window=_sliding_window(cfg, model_type),
         hidden_act="gelu_pytorch_tanh" if act in _GEMMA_ACTS else "silu",
         partial_rotary_factor=float((cfg.get("rope_parameters") or {}).get(
@@ -178,10 +181,10 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 def _sliding_window(cfg: dict[str, Any], model_type: str) -> int | None:
     window = cfg.get("sliding_window")
-    if model_type in ("qwen2", "qwen3"):
+    if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         if cfg.get("use_sliding_window"):
             raise ValueError(f"{model_type} with use_sliding_window=true is not supported")
         return None
-    if model_type in ("mistral", "phi3", *_GEMMA3) and window is not None:
+    if model_type in ("mistral", "mixtral", "phi3", *_GEMMA3) and window is not None:
         return int(window)
     return None

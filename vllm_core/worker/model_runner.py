@@ -52,6 +52,7 @@ from vllm_core.messages import (
     ModelRunnerOutput,
     SchedulerOutput,
 )
+from vllm_core.model_executor.layers.fused_moe.load_stats import ExpertLoadTracker
 from vllm_core.model_executor.layers.parallel_linear import kv_heads_per_rank
 from vllm_core.model_executor.models.interface import IntermediateTensors
 from vllm_core.sampling.metadata import (
@@ -122,6 +123,7 @@ class PendingStep:
     parity: int                      # which pinned buffer receives the ids
     done: Any                        # event recorded after the ids' copy, or None
     output: ModelRunnerOutput | None = None
+    expert_load: torch.Tensor | None = None   # MoE load snapshot (host), valid after ``done``
 
     def result(self) -> ModelRunnerOutput:
         if self.output is None:
@@ -178,6 +180,7 @@ class ModelRunner:
         self.block_size = int(config.cache.block_size or attn_backend.preferred_block_size)
         self.dtype: torch.dtype = getattr(torch, config.model.dtype)
         self.model: torch.nn.Module | None = None
+        self.expert_load: ExpertLoadTracker | None = None      # MoE models: per-step load
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler()
         self.builder = attn_backend.get_builder_cls()(self.block_size, device)
@@ -312,6 +315,7 @@ class ModelRunner:
 
         self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops,
                                self.parallel)
+        self.expert_load = ExpertLoadTracker.for_model(self.model, self.pin_memory)
 
     @property
     def kv_cache_dtype(self) -> torch.dtype:
@@ -452,7 +456,7 @@ class ModelRunner:
         if (out.hidden is not None and self._prompt_logprob_reqs and par.is_last_stage):
             prompt_logprobs = self.prompt_logprobs(plan, out.hidden)
 
-        token_ids = logprobs = done = None
+        token_ids = logprobs = done = expert_load = None
         parity = self._parity
         if sample_ids:
             if samples:
@@ -467,6 +471,7 @@ class ModelRunner:
                 token_ids = self.share_sampled_ids(token_ids, len(sample_ids))
             self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,
                                                                      non_blocking=True)
+            expert_load = self.expert_load.snapshot() if self.expert_load else None
             done = self.new_step_event()
             if done is not None:
                 done.record()
@@ -475,7 +480,8 @@ class ModelRunner:
             runner=self, order=plan.order, sample_ids=sample_ids,
             sample_slots=plan.slots[plan.logits_request],
             row_of={r: i for i, r in enumerate(sample_ids)}, token_ids=token_ids,
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs, parity=parity, done=done)
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs, parity=parity, done=done,
+            expert_load=expert_load)
         self._in_flight = step if sample_ids else None
         return step
 
@@ -557,8 +563,9 @@ class ModelRunner:
                 tensors = step.logprobs if len(alive) == num else _rows(step.logprobs, alive)
                 self.record_logprobs([requests[step.sample_ids[i]] for i in alive], tensors,
                                      logprobs)
-        return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
-                                 prompt_logprobs=step.prompt_logprobs)
+        return ModelRunnerOutput(
+            sampled_token_ids=sampled, logprobs=logprobs, prompt_logprobs=step.prompt_logprobs,
+            expert_load=None if step.expert_load is None else step.expert_load.tolist())
 
     @staticmethod
     def record_logprobs(states: list[CachedRequestState], tensors: Any,

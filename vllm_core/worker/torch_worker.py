@@ -77,7 +77,7 @@ class TorchWorker(Worker):
         par = self.config.parallel
         self.parallel = init_parallel_context(
             self.platform, par.tensor_parallel_size, par.pipeline_parallel_size, self.rank,
-            self.distributed_init_method)
+            self.distributed_init_method, enable_expert_parallel=par.enable_expert_parallel)
         backend = self.select_attention_backend()
         logger.info("attention backend: %s", backend.name)
         extra = {} if self.parallel.world_size == 1 else {"parallel": self.parallel}

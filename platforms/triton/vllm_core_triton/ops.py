@@ -77,6 +77,14 @@ class TritonLayerOps(LayerOps):
 
         return silu_and_mul(x)
 
+    def fused_moe(self, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Two grouped-GEMM launches (gate-up with SiLU-and-mul, down with the routing
+        weights) over rows sorted by expert (``kernels/fused_moe.py``)."""
+        from vllm_core_triton.kernels.fused_moe import fused_moe
+
+        return fused_moe(x, w13, w2, topk_weights, topk_ids)
+
     # ------------------------------------------------------------------ quantized linears
     def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,
                      bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -133,6 +133,10 @@ class PrometheusStatLogger:
             self.req_gen_tokens = histogram("vllm:request_generation_tokens",
                                             "Number of generation tokens processed.",
                                             token_buckets)
+            self.moe_imbalance = gauge(
+                "vllm:moe_expert_load_imbalance",
+                "MoE models: max over mean of the routed tokens per expert-parallel rank in "
+                "the last step (1 = balanced).")
             self.model_name = model_name
             self._bound = True
 
@@ -160,6 +164,10 @@ class PrometheusStatLogger:
             self.prompt_tokens.inc(it.num_prompt_tokens)
         if it.num_generation_tokens:
             self.generation_tokens.inc(it.num_generation_tokens)
+        if it.expert_load:
+            from vllm_core.model_executor.layers.fused_moe.load_stats import load_imbalance
+
+            self.moe_imbalance.set(load_imbalance(it.expert_load))
         for ttft in it.time_to_first_tokens:
             self.ttft.observe(ttft)
         for itl in it.inter_token_latencies:

@@ -68,6 +68,16 @@ class LayerOps:
         projection, x [T, 2 * d] -> [T, out]. A platform may fuse the two."""
         return self.linear(self.silu_and_mul(x), weight, bias)
 
+    def fused_moe(self, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """The experts of a sparse MLP block: x [T, H], w13 [E, 2I, H] (rows [gate | up]),
+        w2 [E, H, I], topk_weights [T, k] float32, topk_ids [T, k] (local expert ids, -1:
+        not on this rank) -> sum over k of weight * expert(x), [T, H] in x.dtype (full
+        contract in ``layers/fused_moe/torch_moe.py``). Default: the vectorised torch forms."""
+        from vllm_core.model_executor.layers.fused_moe.torch_moe import torch_fused_moe
+
+        return torch_fused_moe(x, w13, w2, topk_weights, topk_ids)
+
     # quantized linears (layouts: ``model_executor/quantization/quantized_weights.py``); the
     # defaults are the de-quantize-then-matmul references, correct on any device.
     def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,

@@ -24,7 +24,7 @@ only its layers (``layers[i]`` is a ``MissingLayer`` elsewhere, names keep globa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -121,7 +121,7 @@ class DecoderAttention(nn.Module):
                                              bias=arch.attention_bias, ops=ops,
                                              method=_linear_method(quant, f"{prefix}.qkv_proj"))
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
-        o_bias = arch.attention_bias and arch.model_type != "qwen2"
+        o_bias = arch.attention_bias and arch.model_type not in ("qwen2", "qwen2_moe")
         self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
                                         arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp,
                                         method=_linear_method(quant, f"{prefix}.o_proj"))
@@ -171,14 +171,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
                  parallel: ParallelContext, sliding_window: int | None = None,
-                 prefix: str = "", quant: Any = None) -> None:
+                 mlp: nn.Module | None = None, prefix: str = "", quant: Any = None
+                 ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
         self.self_attn = DecoderAttention(arch, rotary, attn_backend, ops, parallel,
                                           sliding_window, f"{prefix}.self_attn", quant)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
-        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, ops, parallel,
-                            f"{prefix}.mlp", quant)
+        self.mlp = mlp if mlp is not None else GatedMLP(
+            arch.hidden_size, arch.intermediate_size, ops, parallel, f"{prefix}.mlp", quant)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None, kv_cache: torch.Tensor, attn_metadata: Any
@@ -196,7 +197,9 @@ class DecoderLayer(nn.Module):
 
 class DecoderModel(nn.Module):
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps, parallel: ParallelContext, quant: Any = None) -> None:
+                 ops: LayerOps, parallel: ParallelContext,
+                 make_mlp: Callable[[int], nn.Module | None] | None = None,
+                 quant: Any = None) -> None:
         super().__init__()
         self.parallel = parallel
         self.start_layer, self.end_layer = parallel.layer_range(arch.num_hidden_layers)
@@ -208,7 +211,9 @@ class DecoderModel(nn.Module):
                                           arch.rope_scaling, ops)
         self.layers = nn.ModuleList(
             DecoderLayer(arch, self.rotary_emb, attn_backend, ops, parallel,
-                         layer_sliding_window(arch, i), f"model.layers.{i}", quant)
+                         layer_sliding_window(arch, i),
+                         make_mlp(i) if make_mlp is not None else None,
+                         f"model.layers.{i}", quant)
             if self.start_layer <= i < self.end_layer else MissingLayer()
             for i in range(arch.num_hidden_layers))
         self.norm = (RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
@@ -265,8 +270,13 @@ class DecoderForCausalLM(CausalLM):
         """The decoder stack (``.embed_tokens``, ``.layers``, ``.norm``, ``.start_layer``,
         ``.end_layer``); families with a different block override this. The decoder's linear
         layers take their weight methods from ``self.quant_config`` (None: float)."""
-        return DecoderModel(arch, attn_backend, ops, parallel,
+        return DecoderModel(arch, attn_backend, ops, parallel, self.make_mlp,
                             getattr(self, "quant_config", None))
+
+    def make_mlp(self, layer_idx: int) -> nn.Module | None:
+        """The MLP of decoder layer ``layer_idx`` (None: the dense ``GatedMLP``); mixture-of-
+        experts families override it (``models/moe.py``)."""
+        return None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], attn_metadata: Any,

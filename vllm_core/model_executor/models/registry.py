@@ -22,6 +22,9 @@ _BUILTIN = {
     "Qwen3ForCausalLM": "vllm_core.model_executor.models.families.Qwen3ForCausalLM",
     "Phi3ForCausalLM": "vllm_core.model_executor.models.families.Phi3ForCausalLM",
     "Gemma3ForCausalLM": "vllm_core.model_executor.models.gemma3.Gemma3ForCausalLM",
+    "MixtralForCausalLM": "vllm_core.model_executor.models.moe.MixtralForCausalLM",
+    "Qwen2MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen3MoeForCausalLM",
 }
 
 register_model = MODELS.register
