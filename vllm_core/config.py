@@ -80,6 +80,8 @@ class ModelConfig:
     served_model_name: str | None = None
     max_logprobs: int = 20
     arch: ModelArchConfig | None = None          # filled by create_engine_config
+    quantization: str | None = None              # --quantization (None: the checkpoint's)
+    quant_config: Any = None                     # the selected QuantizationConfig, if any
 
 
 @dataclass(slots=True)

@@ -77,7 +77,7 @@ def test_port_in_use_fails_before_the_model_loads():
 
 @pytest.mark.parametrize("flags,message", [
     (["--trust-remote-code"], "never runs code shipped with a model"),
-    (["--quantization", "awq"], "--quantization 'awq'"),
+    (["--quantization", "awq"], "--quantization awq: this is a GGUF file"),
     (["--data-parallel-size", "2"], "data parallelism is not supported yet"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--lora-modules", "a=/tmp/a"], "LoRA adapters are not supported yet"),

@@ -22,6 +22,7 @@ class EngineArgs:
     max_model_len: int | None = None
     seed: int = 0
     load_format: str = "auto"
+    quantization: str | None = None          # None: the checkpoint's quantization_config
     generation_config: str = "auto"
     chat_template: str | None = None
     served_model_name: str | None = None
@@ -64,6 +65,11 @@ class EngineArgs:
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--load-format", default="auto",
                        choices=["auto", "safetensors", "gguf", "dummy"])
+        g.add_argument("--quantization", "-q", default=None,
+                       help="weight quantization: read from the checkpoint's "
+                            "quantization_config (gptq, awq, compressed-tensors, fp8) when "
+                            "unset; 'fp8' quantizes a float checkpoint at load; 'gguf' for "
+                            ".gguf files (de-quantized at load). See docs/quantization.md")
         g.add_argument("--generation-config", default="auto",
                        help="'auto' (model's generation_config.json), 'vllm' (ignore it), or a folder")
         g.add_argument("--chat-template", default=None, help="a Jinja template file or string")
@@ -255,9 +261,22 @@ class EngineArgs:
         )
         _check_parallel_fits(config)
         platform.check_and_update_config(config)
+        _select_quantization(config, self.quantization)
         platform.verify_model(config)
         apply_config_hooks(config)
         return config, platform
+
+
+def _select_quantization(config: Any, requested: str | None) -> None:
+    """Fill ``config.model.quant_config`` (ValueError in words when the method cannot load
+    this checkpoint or run on this platform with this dtype)."""
+    from vllm_core.model_executor.quantization.selection import select_quantization
+
+    model = config.model
+    model.quantization = requested
+    model.quant_config = select_quantization(
+        model.arch.hf_config, requested, is_gguf=model.model.endswith(".gguf"),
+        platform=config.platform_name, dtype=model.dtype)
 
 
 def _check_parallel_fits(config: Any) -> None:

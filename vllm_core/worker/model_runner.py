@@ -342,8 +342,9 @@ class ModelRunner:
 
     @property
     def kv_cache_dtype(self) -> torch.dtype:
-        kv = self.config.cache.kv_cache_dtype
-        return self.dtype if kv == "auto" else getattr(torch, kv)
+        from vllm_core.attention.kv_cache_dtype import kv_cache_torch_dtype
+
+        return kv_cache_torch_dtype(self.config.cache.kv_cache_dtype, self.dtype)
 
     def kv_cache_bytes_per_block(self) -> int:
         shape = self.attn_backend.get_kv_cache_shape(1, self.block_size, self.local_kv_heads,

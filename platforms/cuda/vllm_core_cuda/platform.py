@@ -71,7 +71,8 @@ class CudaPlatform(Platform):
     device_control_env_var: ClassVar[str] = "CUDA_VISIBLE_DEVICES"
     ray_device_key: ClassVar[str] = "GPU"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
-    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto", "fp8", "fp8_e4m3",
+                                                             "fp8_e5m2")
     default_block_size: ClassVar[int] = 16
     min_bf16_capability: ClassVar[tuple[int, int]] = (8, 0)
 

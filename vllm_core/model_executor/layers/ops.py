@@ -13,6 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vllm_core.model_executor.quantization.quantized_weights import (
+    Fp8Weight,
+    Int8Weight,
+    WNA16Weight,
+    fp8_linear_reference,
+    int8_linear_reference,
+    wna16_linear_reference,
+)
+
 
 class LayerOps:
     """The contract of the elementwise kernels. Subclass and override any method.
@@ -68,6 +77,31 @@ class LayerOps:
         from vllm_core.model_executor.layers.fused_moe.torch_moe import torch_fused_moe
 
         return torch_fused_moe(x, w13, w2, topk_weights, topk_ids)
+
+    # quantized linears (layouts: ``model_executor/quantization/quantized_weights.py``); the
+    # defaults are the de-quantize-then-matmul references, correct on any device.
+    def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ dequantize(w).T + bias`` for int4 / int8 weights with group scales and zero
+        points (x [T, K] float, result in ``x.dtype``)."""
+        return wna16_linear_reference(x, w, bias)
+
+    def int8_linear(self, x: torch.Tensor, w: Int8Weight,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+        """W8A8 INT8: ``x`` quantized per token (or with the static scale), integer matmul,
+        scaled back to ``x.dtype``."""
+        return int8_linear_reference(x, w, bias)
+
+    def fp8_linear(self, x: torch.Tensor, w: Fp8Weight,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """FP8 weights (per-channel / per-tensor scales: W8A8 with float8 activations;
+        block scales: activations stay in ``x.dtype``)."""
+        return fp8_linear_reference(x, w, bias)
+
+    def quant_kernel_name(self, kind: str, w: object) -> str:
+        """The kernel ``wna16_linear`` / ``int8_linear`` / ``fp8_linear`` (``kind`` "wna16",
+        "int8", "fp8") runs for weight ``w``, for the start-up log."""
+        return "torch reference (de-quantize + matmul)"
 
 
 class TorchLayerOps(LayerOps):

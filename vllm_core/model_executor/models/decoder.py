@@ -72,6 +72,11 @@ class MissingLayer(nn.Module):
     """Placeholder of a decoder layer that lives on another pipeline stage."""
 
 
+def _linear_method(quant: Any, prefix: str) -> Any:
+    """The quantization config's weight method for linear layer ``prefix`` (None: float)."""
+    return None if quant is None else quant.linear_method(prefix)
+
+
 def layer_sliding_window(arch: ModelArchConfig, index: int) -> int | None:
     """The attention window of layer ``index``: ``arch.sliding_window`` on every layer, unless
     ``arch.layer_types`` marks the layer ``full_attention`` (Gemma 3's global layers)."""
@@ -105,18 +110,21 @@ def row_part(source: WeightSource, start: int, size: int) -> LazyTensor:
 class DecoderAttention(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
-                 parallel: ParallelContext, sliding_window: int | None = None) -> None:
+                 parallel: ParallelContext, sliding_window: int | None = None,
+                 prefix: str = "", quant: Any = None) -> None:
         super().__init__()
         self.head_dim = arch.head_dim
         q, k, v, self.num_heads, self.num_kv_heads = qkv_shards(
             arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim, parallel.tp)
         self.q_size, self.kv_size = q.local_size, k.local_size
         self.qkv_proj = ColumnParallelLinear(arch.hidden_size, [q, k, v],
-                                             bias=arch.attention_bias, ops=ops)
+                                             bias=arch.attention_bias, ops=ops,
+                                             method=_linear_method(quant, f"{prefix}.qkv_proj"))
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
         o_bias = arch.attention_bias and arch.model_type not in ("qwen2", "qwen2_moe")
         self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
-                                        arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp)
+                                        arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp,
+                                        method=_linear_method(quant, f"{prefix}.o_proj"))
         self.q_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.rotary_emb = rotary
@@ -142,15 +150,18 @@ class DecoderAttention(nn.Module):
 
 class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, ops: LayerOps,
-                 parallel: ParallelContext) -> None:
+                 parallel: ParallelContext, prefix: str = "", quant: Any = None) -> None:
         super().__init__()
         tp = parallel.tp
         what = "the model's intermediate_size"
         gate = even_shard("gate", intermediate_size, tp, what)
         up = even_shard("up", intermediate_size, tp, what)
-        self.gate_up_proj = ColumnParallelLinear(hidden_size, [gate, up], bias=False, ops=ops)
+        self.gate_up_proj = ColumnParallelLinear(
+            hidden_size, [gate, up], bias=False, ops=ops,
+            method=_linear_method(quant, f"{prefix}.gate_up_proj"))
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, ops=ops,
-                                           tp=tp)
+                                           tp=tp,
+                                           method=_linear_method(quant, f"{prefix}.down_proj"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj.forward_silu_and_mul(self.gate_up_proj(x))
@@ -160,14 +171,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
                  parallel: ParallelContext, sliding_window: int | None = None,
-                 mlp: nn.Module | None = None) -> None:
+                 mlp: nn.Module | None = None, prefix: str = "", quant: Any = None
+                 ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
         self.self_attn = DecoderAttention(arch, rotary, attn_backend, ops, parallel,
-                                          sliding_window)
+                                          sliding_window, f"{prefix}.self_attn", quant)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
-        self.mlp = mlp if mlp is not None else GatedMLP(arch.hidden_size,
-                                                        arch.intermediate_size, ops, parallel)
+        self.mlp = mlp if mlp is not None else GatedMLP(
+            arch.hidden_size, arch.intermediate_size, ops, parallel, f"{prefix}.mlp", quant)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None, kv_cache: torch.Tensor, attn_metadata: Any
@@ -186,7 +198,8 @@ class DecoderLayer(nn.Module):
 class DecoderModel(nn.Module):
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
                  ops: LayerOps, parallel: ParallelContext,
-                 make_mlp: Callable[[int], nn.Module | None] | None = None) -> None:
+                 make_mlp: Callable[[int], nn.Module | None] | None = None,
+                 quant: Any = None) -> None:
         super().__init__()
         self.parallel = parallel
         self.start_layer, self.end_layer = parallel.layer_range(arch.num_hidden_layers)
@@ -199,7 +212,8 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(arch, self.rotary_emb, attn_backend, ops, parallel,
                          layer_sliding_window(arch, i),
-                         make_mlp(i) if make_mlp is not None else None)
+                         make_mlp(i) if make_mlp is not None else None,
+                         f"model.layers.{i}", quant)
             if self.start_layer <= i < self.end_layer else MissingLayer()
             for i in range(arch.num_hidden_layers))
         self.norm = (RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
@@ -233,15 +247,18 @@ class DecoderModel(nn.Module):
 
 
 class DecoderForCausalLM(CausalLM):
-    """The Llama-family causal LM; see the module docstring for the family switches."""
+    """The Llama-family causal LM; see the module docstring for the family switches.
+    ``quant_config`` (a ``QuantizationConfig``) gives each linear layer its weight method."""
 
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps, parallel: ParallelContext | None = None) -> None:
+                 ops: LayerOps, parallel: ParallelContext | None = None,
+                 quant_config: Any = None) -> None:
         super().__init__(arch, attn_backend, ops)
         parallel = parallel or single_rank_context()
         self.arch = arch
         self.ops = ops
         self.parallel = parallel
+        self.quant_config = quant_config     # read by build_model
         self.model = self.build_model(arch, attn_backend, ops, parallel)
         own_head = parallel.is_last_stage and (not arch.tie_word_embeddings
                                                or not parallel.is_first_stage)
@@ -251,8 +268,10 @@ class DecoderForCausalLM(CausalLM):
     def build_model(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
                     ops: LayerOps, parallel: ParallelContext) -> nn.Module:
         """The decoder stack (``.embed_tokens``, ``.layers``, ``.norm``, ``.start_layer``,
-        ``.end_layer``); families with a different block override this."""
-        return DecoderModel(arch, attn_backend, ops, parallel, self.make_mlp)
+        ``.end_layer``); families with a different block override this. The decoder's linear
+        layers take their weight methods from ``self.quant_config`` (None: float)."""
+        return DecoderModel(arch, attn_backend, ops, parallel, self.make_mlp,
+                            getattr(self, "quant_config", None))
 
     def make_mlp(self, layer_idx: int) -> nn.Module | None:
         """The MLP of decoder layer ``layer_idx`` (None: the dense ``GatedMLP``); mixture-of-
@@ -360,7 +379,7 @@ class DecoderForCausalLM(CausalLM):
         for pname, _ in self.named_parameters():
             owner, _, leaf = pname.rpartition(".")
             fused = [ck for ck, (fp, _) in _FUSED.items() if owner.endswith(fp)]
-            if fused and leaf in ("weight", "bias"):
+            if fused:
                 prefix = owner.rpartition(".")[0]
                 keys.update(f"{pname}[{prefix}.{ck}.{leaf}]" for ck in fused)
             else:
