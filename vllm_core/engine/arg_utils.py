@@ -45,6 +45,10 @@ class EngineArgs:
     disable_log_stats: bool = False
     structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
     reasoning_parser: str | None = None
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -102,6 +106,13 @@ class EngineArgs:
         g.add_argument("--reasoning-parser", default=None,
                        help="split <think> reasoning into reasoning_content (deepseek_r1, "
                             "qwen3, or a plugin's); grammars apply after the reasoning ends")
+        g.add_argument("--enable-lora", action="store_true",
+                       help="serve PEFT LoRA adapters (docs/lora.md)")
+        g.add_argument("--max-loras", type=int, default=1,
+                       help="LoRA adapters resident on the device (and running) at once")
+        g.add_argument("--max-lora-rank", type=int, default=16, help="largest LoRA rank")
+        g.add_argument("--max-cpu-loras", type=int, default=None,
+                       help="loaded LoRA adapters kept in host memory (default: --max-loras)")
         return parser
 
     @classmethod
@@ -172,6 +183,14 @@ class EngineArgs:
             resolve_reasoning_parser(raw["reasoning_parser"])      # ValueError if unknown
         return StructuredOutputsConfig(**raw)
 
+    def _lora_config(self) -> Any:
+        from vllm_core.config import LoRAConfig
+
+        if not self.enable_lora:
+            return None
+        return LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                          max_cpu_loras=self.max_cpu_loras)
+
     def _parallel_config(self, cls: type) -> Any:
         world = self.tensor_parallel_size * self.pipeline_parallel_size
         backend = self.distributed_executor_backend or ("uni" if world == 1 else "mp")
@@ -234,6 +253,7 @@ class EngineArgs:
             structured_outputs=structured,
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,
+            lora=self._lora_config(),
         )
         _check_parallel_fits(config)
         platform.check_and_update_config(config)

@@ -184,7 +184,8 @@ class Scheduler:
     """
 
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
-                 max_model_len: int, log_stats: bool = True) -> None:
+                 max_model_len: int, log_stats: bool = True, max_loras: int | None = None
+                 ) -> None:
         if cache_config.num_blocks is None or cache_config.block_size is None:
             raise ValueError("cache_config.num_blocks and cache_config.block_size must be set "
                              f"before the scheduler starts, got num_blocks="
@@ -217,6 +218,7 @@ class Scheduler:
         self.policy = scheduler_config.policy
         self.log_stats = log_stats
         self.block_size = cache_config.block_size
+        self.max_loras = max_loras      # distinct LoRA adapters among running requests
 
         self.kv_cache_manager = KVCacheManager(
             cache_config.num_blocks, cache_config.block_size,
@@ -471,6 +473,7 @@ class Scheduler:
         kv = self.kv_cache_manager
         skipped: list[Request] = []
         deferred: list[Request] = []
+        loras = {r.lora_id for r in self.running if r.lora_id} if self.max_loras else set()
         while len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting.peek()
             if self._is_gated_sibling(request):
@@ -484,6 +487,10 @@ class Scheduler:
             if request.structured_output is not None and request.structured_output.error:
                 self.waiting.pop()
                 self._fail(request, request.structured_output.error)
+                continue
+            if (request.lora_id and self.max_loras and request.lora_id not in loras
+                    and len(loras) >= self.max_loras):       # its adapter has no slot now
+                skipped.append(self.waiting.pop())
                 continue
             group = _group(request)
             if share is not None and groups[group] >= share:
@@ -508,6 +515,8 @@ class Scheduler:
             scheduled_new.append(request)
             num_scheduled[request.request_id] = num_new
             groups[group] += 1
+            if request.lora_id:
+                loras.add(request.lora_id)
             budget -= num_new
         for request in reversed(skipped):
             self.waiting.push_front(request)
