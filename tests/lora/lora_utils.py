@@ -43,15 +43,37 @@ def make_peft_adapter(hf_model, folder: str, seed: int, r: int = 8, alpha: float
     return folder
 
 
-@torch.no_grad()
-def peft_greedy(hf_model, adapter: str | None, prompt: list[int], max_tokens: int) -> list[int]:
-    """Greedy tokens of the base HF model with the PEFT adapter ``adapter`` (None: base)."""
-    import copy
+class PeftOracle:
+    """Greedy tokens of ``hf_model`` with each PEFT adapter folder (one ``PeftModel`` holding
+    them all; ``None`` runs the base model with the adapters disabled), memoised."""
 
-    from peft import PeftModel
+    def __init__(self, hf_model, adapters: list[str]) -> None:
+        import copy
 
-    model = hf_model if adapter is None else PeftModel.from_pretrained(
-        copy.deepcopy(hf_model), adapter).eval()
+        from peft import PeftModel
+
+        self.names = {path: f"a{i}" for i, path in enumerate(adapters)}
+        model = PeftModel.from_pretrained(copy.deepcopy(hf_model), adapters[0],
+                                          adapter_name="a0")
+        for path, name in list(self.names.items())[1:]:
+            model.load_adapter(path, adapter_name=name)
+        self.model = model.eval()
+        self._memo: dict[tuple, list[int]] = {}
+
+    @torch.no_grad()
+    def greedy(self, adapter: str | None, prompt: list[int], max_tokens: int) -> list[int]:
+        key = (adapter, tuple(prompt), max_tokens)
+        if key not in self._memo:
+            if adapter is None:
+                with self.model.disable_adapter():
+                    self._memo[key] = _greedy(self.model, prompt, max_tokens)
+            else:
+                self.model.set_adapter(self.names[adapter])
+                self._memo[key] = _greedy(self.model, prompt, max_tokens)
+        return self._memo[key]
+
+
+def _greedy(model, prompt: list[int], max_tokens: int) -> list[int]:
     ids = torch.tensor([prompt])
     for _ in range(max_tokens):
         nxt = model(input_ids=ids).logits[0, -1].argmax()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lora_utils import make_peft_adapter, peft_greedy, tiny_model_folder
+from lora_utils import PeftOracle, make_peft_adapter, tiny_model_folder
 
 from vllm_core import LLM, LoRARequest, SamplingParams
 
@@ -26,7 +26,7 @@ def llama(tmp_path_factory):
              dict(r=8, alpha=16, targets=["o_proj", "gate_proj", "down_proj"])]
     adapters = [make_peft_adapter(hf, f"{root}/a{i}", seed=i + 1, **spec)
                 for i, spec in enumerate(specs)]
-    return folder, hf, adapters
+    return folder, PeftOracle(hf, adapters), adapters
 
 
 def _prompts():
@@ -48,12 +48,11 @@ def _engine(folder, **kw):
 
 
 def test_mixed_batch_of_four_adapters_and_base_matches_peft_and_runs_alone(llama):
-    folder, hf, adapters = llama
+    folder, oracle, adapters = llama
     prompts = _prompts()
     loras = [None] + [LoRARequest(f"a{i}", i + 1, p) for i, p in enumerate(adapters)]
-    expected = [peft_greedy(hf, None if r is None else r.lora_path, p, MAX_TOKENS)
-                for p, r in zip(prompts, loras)]
-    base = [peft_greedy(hf, None, p, MAX_TOKENS) for p in prompts]
+    expected = [oracle.greedy(r and r.lora_path, p, MAX_TOKENS) for p, r in zip(prompts, loras)]
+    base = [oracle.greedy(None, p, MAX_TOKENS) for p in prompts]
     assert sum(e != b for e, b in zip(expected[1:], base[1:])) >= 3   # adapters matter
 
     llm = _engine(folder, max_loras=4)
@@ -62,15 +61,15 @@ def test_mixed_batch_of_four_adapters_and_base_matches_peft_and_runs_alone(llama
         assert _tokens(llm, [p], [r]) == [e]
     # the same prompt under every adapter (prefix caching must keep their KV apart)
     same = [prompts[1]] * 5
-    assert _tokens(llm, same, loras) == [peft_greedy(hf, None if r is None else r.lora_path,
-                                                     prompts[1], MAX_TOKENS) for r in loras]
+    assert _tokens(llm, same, loras) == [oracle.greedy(r and r.lora_path, prompts[1],
+                                                       MAX_TOKENS) for r in loras]
 
 
 def test_fewer_slots_than_adapters_swaps_between_steps(llama):
-    folder, hf, adapters = llama
+    folder, oracle, adapters = llama
     prompts = _prompts()[:4] * 2
     loras = [LoRARequest(f"a{i}", i + 1, p) for i, p in enumerate(adapters)] * 2
-    expected = [peft_greedy(hf, r.lora_path, p, MAX_TOKENS) for p, r in zip(prompts, loras)]
+    expected = [oracle.greedy(r.lora_path, p, MAX_TOKENS) for p, r in zip(prompts, loras)]
     llm = _engine(folder, max_loras=2, max_cpu_loras=2)
     assert _tokens(llm, prompts, loras) == expected
     manager = llm.llm_engine.executor.worker.runner.lora
@@ -84,10 +83,11 @@ def test_qwen2_with_attention_bias_matches_peft(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     adapter = make_peft_adapter(hf, str(tmp_path / "q"), seed=7, r=8, alpha=16,
                                 use_rslora=True)
+    oracle = PeftOracle(hf, [adapter])
     prompts = _prompts()[:3]
     lora = LoRARequest("q", 1, adapter)
     llm = _engine(folder, max_loras=1)
     got = _tokens(llm, prompts, [lora, None, lora])
-    assert got == [peft_greedy(hf, adapter, prompts[0], MAX_TOKENS),
-                   peft_greedy(hf, None, prompts[1], MAX_TOKENS),
-                   peft_greedy(hf, adapter, prompts[2], MAX_TOKENS)]
+    assert got == [oracle.greedy(adapter, prompts[0], MAX_TOKENS),
+                   oracle.greedy(None, prompts[1], MAX_TOKENS),
+                   oracle.greedy(adapter, prompts[2], MAX_TOKENS)]

@@ -100,6 +100,9 @@ class LoRAManager:
         if len(ids) > len(self.slot_ids):
             raise RuntimeError(f"a step uses {len(ids)} LoRA adapters, more than max_loras="
                                f"{len(self.slot_ids)} (the scheduler must bound them)")
+        for lora_id in ids:                 # the step's adapters are the most recent ones
+            if lora_id in self.host:
+                self.host.move_to_end(lora_id)
         for lora_id in ids:
             self._ensure_resident(lora_id, ids)
         if ids:
