@@ -13,10 +13,10 @@ ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pro
 
 
 def tiny_model_folder(root: str, model_type: str = "llama", **overrides) -> str:
-    config = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=344,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=None,
-                  eos_token_id=None, pad_token_id=None, **overrides)
+    config = {**dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=344,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=512, tie_word_embeddings=False,
+                     bos_token_id=None, eos_token_id=None, pad_token_id=None), **overrides}
     path = os.path.join(root, model_type)
     random_hf_causal_lm(model_type, config, seed=0, weight_scale=0.08).save_pretrained(path)
     write_wordlevel_tokenizer(path, VOCAB)
