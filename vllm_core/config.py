@@ -148,12 +148,15 @@ class LoRAConfig:
     ``max_loras``: adapters resident on the device at once (slots; also the most distinct
     adapters among the running requests); ``max_lora_rank``: the largest rank accepted (every
     slot is sized for it); ``max_cpu_loras``: loaded adapters kept in host memory (LRU; at
-    least ``max_loras``).
+    least ``max_loras``); ``kernel``: how the batched product runs ("auto": the platform's
+    LoRA kernels, else "segment" on host devices and "dense" on accelerators; see
+    ``vllm_core.lora.batch``).
     """
 
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_loras < 1:
@@ -165,6 +168,9 @@ class LoRAConfig:
         if self.max_cpu_loras < self.max_loras:
             raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras "
                              f"({self.max_loras})")
+        if self.kernel not in ("auto", "segment", "dense", "sgmv"):
+            raise ValueError(f"lora kernel must be auto, segment, dense or sgmv, got "
+                             f"{self.kernel!r}")
 
 
 @dataclass(slots=True)

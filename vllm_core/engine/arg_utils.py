@@ -49,6 +49,7 @@ class EngineArgs:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    lora_kernel: str = "auto"
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -113,6 +114,9 @@ class EngineArgs:
         g.add_argument("--max-lora-rank", type=int, default=16, help="largest LoRA rank")
         g.add_argument("--max-cpu-loras", type=int, default=None,
                        help="loaded LoRA adapters kept in host memory (default: --max-loras)")
+        g.add_argument("--lora-kernel", default="auto",
+                       choices=["auto", "segment", "dense", "sgmv"],
+                       help="batched LoRA product: auto (the platform's kernels, else torch)")
         return parser
 
     @classmethod
@@ -189,7 +193,7 @@ class EngineArgs:
         if not self.enable_lora:
             return None
         return LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
-                          max_cpu_loras=self.max_cpu_loras)
+                          max_cpu_loras=self.max_cpu_loras, kernel=self.lora_kernel)
 
     def _parallel_config(self, cls: type) -> Any:
         world = self.tensor_parallel_size * self.pipeline_parallel_size

@@ -9,10 +9,15 @@ model); padding tokens are -1. Two ways to apply ``y[t] += B[s] @ (A[s] @ x[t])`
 * ``segment`` (host devices): per adapter present in the step, gather its tokens (a slice when
   they are contiguous, as one request's are) and run two small matmuls; the cost follows the
   tokens that use an adapter, nothing is done for a base-only step.
-* ``dense`` (accelerators; CUDA-graph safe): one shrink against every slot's ``A`` at once,
-  the result masked to each token's own slot (``mask`` [T, S], a persistent buffer rewritten
-  each step), then one expand over all slots. Fixed shapes, no host sync, no data-dependent
-  control flow, so a captured graph replays it with the current step's mask.
+* ``dense`` (accelerators without LoRA kernels; CUDA-graph safe): one shrink against every
+  slot's ``A`` at once, the result masked to each token's own slot (``mask`` [T, S], a
+  persistent buffer rewritten each step), then one expand over all slots. Fixed shapes, no
+  host sync, no data-dependent control flow, so a captured graph replays it with the current
+  step's mask. Its cost grows with the number of slots, used or not.
+* ``sgmv`` (a platform's ``LoRAKernels``, e.g. the Triton plugin's): tokens grouped by slot
+  once per step (``sorted_idx``, ``seg_start``, ``seg_len``: persistent device buffers), then
+  one shrink and one expand per shard launch over (token tile, output tile, slot); the
+  kernels read the segment lengths on the device, so graphs replay them too.
 
 Layout of a layer's stacked weights (``S`` slots, rank capacity ``R``, ``n`` output shards):
 ``a`` [S, n * R, in] (shard ``i``'s A in rows ``i*R .. i*R + r``, zero beyond the adapter's
@@ -22,11 +27,26 @@ rank), ``b`` [out, S, R] (row ``o`` of shard ``i`` uses shrink columns ``i*R .. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-MODES = ("segment", "dense")
+MODES = ("segment", "dense", "sgmv")
+
+
+class LoRAKernels(Protocol):
+    """What a platform supplies for the ``sgmv`` mode (``LayerOps.lora_kernels()``)."""
+
+    def shrink(self, x: torch.Tensor, a: torch.Tensor, out: torch.Tensor,
+               sorted_idx: torch.Tensor, seg_start: torch.Tensor,
+               seg_len: torch.Tensor) -> None:
+        """``out[t] = a[s_t] @ x[t]`` (float32 ``out`` [T, n*R]) for the listed tokens."""
+
+    def expand(self, y: torch.Tensor, xa: torch.Tensor, b: torch.Tensor, rows: slice,
+               col0: int, rank: int, sorted_idx: torch.Tensor, seg_start: torch.Tensor,
+               seg_len: torch.Tensor) -> None:
+        """``y[t, rows] += b[rows, s_t] @ xa[t, col0:col0 + rank]`` for the listed tokens."""
 
 
 @dataclass(eq=False)
@@ -39,11 +59,22 @@ class LoRABatch:
     dtype: torch.dtype
     mode: str = "segment"
     pin_memory: bool = False
+    kernels: Any = None                       # LoRAKernels, for the "sgmv" mode
     groups: list[tuple[int, slice | torch.Tensor]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"LoRA mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "sgmv" and self.kernels is None:
+            raise ValueError("the sgmv LoRA mode needs the platform's LoRA kernels")
+        s, dev = self.num_slots, self.device
+        # sgmv: tokens grouped by slot; host staging (3 rows) and device buffers
+        self._seg_cpu = torch.zeros(self.max_tokens + 2 * s, dtype=torch.int64,
+                                    pin_memory=self.pin_memory)
+        self._seg = torch.zeros(self.max_tokens + 2 * s, dtype=torch.int64, device=dev)
+        self.sorted_idx = self._seg[:self.max_tokens]
+        self.seg_start = self._seg[self.max_tokens:self.max_tokens + s]
+        self.seg_len = self._seg[self.max_tokens + s:]
         self.token_slots_cpu = torch.full((self.max_tokens,), -1, dtype=torch.int64,
                                           pin_memory=self.pin_memory)
         self.token_slots = torch.full((self.max_tokens,), -1, dtype=torch.int64,
@@ -63,6 +94,9 @@ class LoRABatch:
         if self.mode == "segment":
             self.groups = _groups(token_slots, self.device)
             return
+        if self.mode == "sgmv":
+            self._set_segments(np.asarray(token_slots, dtype=np.int64))
+            return
         host = self.token_slots_cpu
         host[:n] = torch.from_numpy(np.asarray(token_slots, dtype=np.int64))
         host[n:total] = -1
@@ -71,6 +105,19 @@ class LoRABatch:
             torch.eq(self.token_slots[:total, None], self._slot_ids[None, :],
                      out=self._is_slot[:total])
             self.mask[:total].copy_(self._is_slot[:total])
+
+    def _set_segments(self, token_slots: np.ndarray) -> None:
+        s, m = self.num_slots, self.max_tokens
+        used = token_slots >= 0
+        order = np.argsort(token_slots, kind="stable")[int((~used).sum()):]
+        counts = np.bincount(token_slots[used], minlength=s)[:s]
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        host = self._seg_cpu.numpy()
+        host[:len(order)] = order
+        host[m:m + s] = starts
+        host[m + s:m + 2 * s] = counts
+        self._seg[:len(order)].copy_(self._seg_cpu[:len(order)], non_blocking=True)
+        self._seg[m:].copy_(self._seg_cpu[m:], non_blocking=True)
 
     def add_lora(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                  shards: list[tuple[slice, int]], rank: int) -> torch.Tensor:
@@ -87,6 +134,16 @@ class LoRABatch:
                         y[rows, out_rows] = y[rows, out_rows] + delta
             return y
         t = x.shape[0]
+        if self.mode == "sgmv":
+            if x.stride(-1) != 1:
+                x = x.contiguous()
+            xa = torch.zeros(t, a.shape[1], dtype=torch.float32, device=x.device)
+            k = self.kernels
+            k.shrink(x, a, xa, self.sorted_idx, self.seg_start, self.seg_len)
+            for out_rows, i in shards:
+                k.expand(y, xa, b, out_rows, i * rank, rank, self.sorted_idx, self.seg_start,
+                         self.seg_len)
+            return y
         s = self.num_slots
         xa = (x @ a.reshape(s * a.shape[1], a.shape[2]).t()).view(t, s, a.shape[1])
         xa = xa * self.mask[:t, :, None]

@@ -52,9 +52,10 @@ class LoRAManager:
     @classmethod
     def for_model(cls, model: nn.Module, config: LoRAConfig, arch: ModelArchConfig,
                   dtype: torch.dtype, device: torch.device, max_tokens: int, mode: str,
-                  pin_memory: bool = False) -> LoRAManager:
+                  pin_memory: bool = False, kernels: object = None) -> LoRAManager:
         """Wrap ``model``'s projections and return their manager."""
-        batch = LoRABatch(config.max_loras, max_tokens, device, dtype, mode, pin_memory)
+        batch = LoRABatch(config.max_loras, max_tokens, device, dtype, mode, pin_memory,
+                          kernels)
         layers = wrap_with_lora(model, batch, config.max_lora_rank)
 
         def loader(lora_id: int, path: str) -> LoRAAdapter:

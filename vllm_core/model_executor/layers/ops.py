@@ -10,6 +10,8 @@ that logits match HF bit-for-bit in float32 and closely in bfloat16.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -58,6 +60,11 @@ class LayerOps:
         """``linear(silu_and_mul(x), weight, bias)``: a gated MLP's activation and down
         projection, x [T, 2 * d] -> [T, out]. A platform may fuse the two."""
         return self.linear(self.silu_and_mul(x), weight, bias)
+
+    def lora_kernels(self) -> Any | None:
+        """The batched LoRA shrink/expand kernels of this platform (``vllm_core.lora.batch.
+        LoRAKernels``), or None to use the core's torch paths (API 2.2)."""
+        return None
 
 
 class TorchLayerOps(LayerOps):
