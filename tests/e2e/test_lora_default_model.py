@@ -22,7 +22,7 @@ def _adapter(hf, folder: str, seed: int, r: int, targets: list[str]) -> str:
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_" in name:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
     peft.save_pretrained(folder)
     return folder
 
