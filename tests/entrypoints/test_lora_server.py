@@ -1,7 +1,7 @@
 """LoRA adapters through a real server and the real openai client: ``--lora-modules`` adapters
 listed in /v1/models with their base as ``parent`` and selected by ``model=<name>`` (tokens
 equal PEFT's), ``/v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` behind the API key,
-unknown names 404, a bad adapter 400 while the server keeps serving."""
+unknown names 404, a bad adapter 400 while the server keeps serving, per-adapter metrics."""
 
 from __future__ import annotations
 
@@ -95,3 +95,6 @@ def test_adapters_are_models_selected_by_name(setup):
     assert httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "chat"},
                       headers=headers).status_code == 404
     assert _text(client, "sql") == sql                          # still serving
+    metrics = httpx.get(f"{url}/metrics").text                  # per-adapter labels
+    assert 'vllm:lora_num_requests_running{engine="0",lora_name="sql",model_name="base"} 0.0' \
+        in metrics, [ln for ln in metrics.splitlines() if "lora" in ln]

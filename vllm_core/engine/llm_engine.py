@@ -301,6 +301,7 @@ class LLMEngine:
             n for r, n in scheduler_output.num_scheduled_tokens.items()
             if n > 1 or r not in sampled)
         stats: SchedulerStats = self.scheduler.make_stats()
+        self._add_lora_stats(stats)
         for stat_logger in self.stat_loggers:
             stat_logger.record(stats, it)
 
@@ -311,6 +312,16 @@ class LLMEngine:
     def scheduler_snapshot(self) -> SchedulerStats:
         """Running / waiting / KV usage now, without consuming the per-step counters."""
         s = self.scheduler
-        return SchedulerStats(num_running_reqs=s.num_running, num_waiting_reqs=s.num_waiting,
-                              kv_cache_usage=s.kv_cache_usage,
-                              num_total_blocks=self.config.cache.num_blocks or 0)
+        return self._add_lora_stats(SchedulerStats(
+            num_running_reqs=s.num_running, num_waiting_reqs=s.num_waiting,
+            kv_cache_usage=s.kv_cache_usage, num_total_blocks=self.config.cache.num_blocks or 0))
+
+    def _add_lora_stats(self, stats: SchedulerStats | None) -> SchedulerStats | None:
+        """Per-adapter running / waiting counts, by adapter name (every loaded adapter)."""
+        if stats is None or not len(self.loras):
+            return stats
+        running, waiting = self.scheduler.lora_counts()
+        for lora in self.loras:
+            stats.lora_running[lora.lora_name] = running.get(lora.lora_int_id, 0)
+            stats.lora_waiting[lora.lora_name] = waiting.get(lora.lora_int_id, 0)
+        return stats

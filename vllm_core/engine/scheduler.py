@@ -348,6 +348,11 @@ class Scheduler:
                               num_preemptions=preemptions,
                               num_total_blocks=self.kv_cache_manager.block_pool.num_blocks)
 
+    def lora_counts(self) -> tuple[Counter[int], Counter[int]]:
+        """(running, waiting) request counts per LoRA adapter id (the base model excluded)."""
+        return (Counter(r.lora_id for r in self.running if r.lora_id),
+                Counter(r.lora_id for r in self.waiting if r.lora_id))
+
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache_manager.reset_prefix_cache()
 

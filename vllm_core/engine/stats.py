@@ -20,6 +20,8 @@ class SchedulerStats:
     prefix_cache_hits: int = 0           # of which hits (this step)
     num_preemptions: int = 0             # preemptions in this step
     num_total_blocks: int = 0
+    lora_running: dict[str, int] = field(default_factory=dict)   # adapter name -> requests
+    lora_waiting: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
