@@ -22,6 +22,9 @@ Step policy (``schedule``):
 3. ``n > 1`` children (same ``parent_id``): only the first child added is admitted until its
    prompt is fully computed and its full blocks cached; the others are then admitted and hit
    the prefix cache (skipping them does not block the queue). Only when prefix caching is on.
+4. LoRA (``max_loras``): a waiting request whose adapter is not among the running requests'
+   is skipped (it keeps its place) while ``max_loras`` distinct adapters run, so a step never
+   needs more adapters than the workers have device slots.
 
 Sampling rule (the runner infers it, the scheduler relies on it): a request samples a token in a
 step iff ``num_computed_tokens + num_scheduled_tokens`` reaches its full length
