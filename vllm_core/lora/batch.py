@@ -15,9 +15,11 @@ model); padding tokens are -1. Two ways to apply ``y[t] += B[s] @ (A[s] @ x[t])`
   host sync, no data-dependent control flow, so a captured graph replays it with the current
   step's mask. Its cost grows with the number of slots, used or not.
 * ``sgmv`` (a platform's ``LoRAKernels``, e.g. the Triton plugin's): tokens grouped by slot
-  once per step (``sorted_idx``, ``seg_start``, ``seg_len``: persistent device buffers), then
-  one shrink and one expand per shard launch over (token tile, output tile, slot); the
-  kernels read the segment lengths on the device, so graphs replay them too.
+  once per step and cut into tiles of at most ``kernels.block_m`` tokens of one slot
+  (``sorted_idx``; ``tile_slot`` / ``tile_row0`` / ``tile_end``: persistent device buffers,
+  ``cdiv(max_tokens, block_m) + S`` tiles, the unused ones empty), then one shrink and one
+  expand per shard launch over (tile, output tile); the kernels read the tiles on the device,
+  so graphs replay them too.
 
 Layout of a layer's stacked weights (``S`` slots, rank capacity ``R``, ``n`` output shards):
 ``a`` [S, n * R, in] (shard ``i``'s A in rows ``i*R .. i*R + r``, zero beyond the adapter's
@@ -38,15 +40,18 @@ MODES = ("segment", "dense", "sgmv")
 class LoRAKernels(Protocol):
     """What a platform supplies for the ``sgmv`` mode (``LayerOps.lora_kernels()``)."""
 
+    block_m: int            # the most tokens of one tile
+
     def shrink(self, x: torch.Tensor, a: torch.Tensor, out: torch.Tensor,
-               sorted_idx: torch.Tensor, seg_start: torch.Tensor,
-               seg_len: torch.Tensor) -> None:
-        """``out[t] = a[s_t] @ x[t]`` (float32 ``out`` [T, n*R]) for the listed tokens."""
+               sorted_idx: torch.Tensor, tile_slot: torch.Tensor, tile_row0: torch.Tensor,
+               tile_end: torch.Tensor) -> None:
+        """``out[t] = a[s_t] @ x[t]`` (float32 ``out`` [T, n*R], zeroed) for the tokens
+        ``sorted_idx[tile_row0[i]:tile_end[i]]`` of every tile ``i`` (slot ``tile_slot[i]``)."""
 
     def expand(self, y: torch.Tensor, xa: torch.Tensor, b: torch.Tensor, rows: slice,
-               col0: int, rank: int, sorted_idx: torch.Tensor, seg_start: torch.Tensor,
-               seg_len: torch.Tensor) -> None:
-        """``y[t, rows] += b[rows, s_t] @ xa[t, col0:col0 + rank]`` for the listed tokens."""
+               col0: int, rank: int, sorted_idx: torch.Tensor, tile_slot: torch.Tensor,
+               tile_row0: torch.Tensor, tile_end: torch.Tensor) -> None:
+        """``y[t, rows] += b[rows, s_t] @ xa[t, col0:col0 + rank]`` for the tiles' tokens."""
 
 
 @dataclass(eq=False)
@@ -67,14 +72,19 @@ class LoRABatch:
             raise ValueError(f"LoRA mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "sgmv" and self.kernels is None:
             raise ValueError("the sgmv LoRA mode needs the platform's LoRA kernels")
-        s, dev = self.num_slots, self.device
-        # sgmv: tokens grouped by slot; host staging (3 rows) and device buffers
-        self._seg_cpu = torch.zeros(self.max_tokens + 2 * s, dtype=torch.int64,
-                                    pin_memory=self.pin_memory)
-        self._seg = torch.zeros(self.max_tokens + 2 * s, dtype=torch.int64, device=dev)
-        self.sorted_idx = self._seg[:self.max_tokens]
-        self.seg_start = self._seg[self.max_tokens:self.max_tokens + s]
-        self.seg_len = self._seg[self.max_tokens + s:]
+        s, dev, m = self.num_slots, self.device, self.max_tokens
+        # sgmv: tokens grouped by slot, then tiles; one host staging buffer, one device buffer
+        bm = self.kernels.block_m if self.kernels is not None else 1
+        self._block_m = bm
+        self.max_tiles = -(-m // bm) + s
+        size = m + 3 * self.max_tiles
+        self._seg_cpu = torch.zeros(size, dtype=torch.int64, pin_memory=self.pin_memory)
+        self._seg = torch.zeros(size, dtype=torch.int64, device=dev)
+        nt = self.max_tiles
+        self.sorted_idx = self._seg[:m]
+        self.tile_slot = self._seg[m:m + nt]
+        self.tile_row0 = self._seg[m + nt:m + 2 * nt]
+        self.tile_end = self._seg[m + 2 * nt:]
         self.token_slots_cpu = torch.full((self.max_tokens,), -1, dtype=torch.int64,
                                           pin_memory=self.pin_memory)
         self.token_slots = torch.full((self.max_tokens,), -1, dtype=torch.int64,
@@ -107,15 +117,23 @@ class LoRABatch:
             self.mask[:total].copy_(self._is_slot[:total])
 
     def _set_segments(self, token_slots: np.ndarray) -> None:
-        s, m = self.num_slots, self.max_tokens
+        s, m, nt, bm = self.num_slots, self.max_tokens, self.max_tiles, self._block_m
         used = token_slots >= 0
         order = np.argsort(token_slots, kind="stable")[int((~used).sum()):]
         counts = np.bincount(token_slots[used], minlength=s)[:s]
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        starts = np.cumsum(counts) - counts
+        per = -(-counts // bm)                              # tiles of each slot
+        n = int(per.sum())
+        first = np.repeat(np.cumsum(per) - per, per)
         host = self._seg_cpu.numpy()
         host[:len(order)] = order
-        host[m:m + s] = starts
-        host[m + s:m + 2 * s] = counts
+        host[m:m + nt] = 0
+        host[m:m + n] = np.repeat(np.arange(s), per)                        # tile_slot
+        host[m + nt:m + 2 * nt] = 0
+        host[m + nt:m + nt + n] = (np.repeat(starts, per)
+                                   + (np.arange(n) - first) * bm)           # tile_row0
+        host[m + 2 * nt:] = 0
+        host[m + 2 * nt:m + 2 * nt + n] = np.repeat(starts + counts, per)   # tile_end
         self._seg[:len(order)].copy_(self._seg_cpu[:len(order)], non_blocking=True)
         self._seg[m:].copy_(self._seg_cpu[m:], non_blocking=True)
 
@@ -139,10 +157,10 @@ class LoRABatch:
                 x = x.contiguous()
             xa = torch.zeros(t, a.shape[1], dtype=torch.float32, device=x.device)
             k = self.kernels
-            k.shrink(x, a, xa, self.sorted_idx, self.seg_start, self.seg_len)
+            tiles = (self.sorted_idx, self.tile_slot, self.tile_row0, self.tile_end)
+            k.shrink(x, a, xa, *tiles)
             for out_rows, i in shards:
-                k.expand(y, xa, b, out_rows, i * rank, rank, self.sorted_idx, self.seg_start,
-                         self.seg_len)
+                k.expand(y, xa, b, out_rows, i * rank, rank, *tiles)
             return y
         s = self.num_slots
         xa = (x @ a.reshape(s * a.shape[1], a.shape[2]).t()).view(t, s, a.shape[1])
