@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 RESULT = "LORA_RESULT "
 
 SHAPES = {   # requests, prompt_len, output_len, resident adapters, swap adapters, swap slots
-    "cpu-small": dict(requests=32, prompt_len=64, output_len=32, adapters=4, swap_adapters=8,
+    "cpu-small": dict(requests=16, prompt_len=32, output_len=16, adapters=4, swap_adapters=8,
                       swap_slots=2, rank=16, dtype="float32"),
     "gpu-8b": dict(requests=256, prompt_len=512, output_len=256, adapters=8, swap_adapters=16,
                    swap_slots=4, rank=16, dtype="bfloat16"),
