@@ -72,7 +72,11 @@ def install_lora_routes(app: Any, engine: Any, responses: dict) -> None:
     adapter that does not load; 404 for unloading an unknown name)."""
     from fastapi.responses import PlainTextResponse
 
-    @app.post("/v1/load_lora_adapter", responses=responses)
+    responses = {200: {"description": "The adapter was loaded / unloaded",
+                       "content": {"text/plain": {"schema": {"type": "string"}}}},
+                 **responses}
+
+    @app.post("/v1/load_lora_adapter", responses=responses, response_class=PlainTextResponse)
     async def load_lora_adapter(request: LoadLoRAAdapterRequest) -> PlainTextResponse:
         loras = getattr(engine, "loras", None)
         if loras is None or not hasattr(engine, "add_lora"):
@@ -86,7 +90,8 @@ def install_lora_routes(app: Any, engine: Any, responses: dict) -> None:
         return PlainTextResponse(f"Success: LoRA adapter '{request.lora_name}' added "
                                  f"successfully.")
 
-    @app.post("/v1/unload_lora_adapter", responses=responses)
+    @app.post("/v1/unload_lora_adapter", responses=responses,
+              response_class=PlainTextResponse)
     async def unload_lora_adapter(request: UnloadLoRAAdapterRequest) -> PlainTextResponse:
         loras = getattr(engine, "loras", None)
         if loras is None or loras.get(request.lora_name) is None:
