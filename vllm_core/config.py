@@ -167,6 +167,38 @@ class ParallelConfig:
 
 
 @dataclass(slots=True)
+class LoRAConfig:
+    """Multi-LoRA serving (``--enable-lora``; see docs/lora.md).
+
+    ``max_loras``: adapters resident on the device at once (slots; also the most distinct
+    adapters among the running requests); ``max_lora_rank``: the largest rank accepted (every
+    slot is sized for it); ``max_cpu_loras``: loaded adapters kept in host memory (LRU; at
+    least ``max_loras``); ``kernel``: how the batched product runs ("auto": the platform's
+    LoRA kernels, else "segment" on host devices and "dense" on accelerators; see
+    ``vllm_core.lora.batch``).
+    """
+
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
+        if self.max_lora_rank < 1:
+            raise ValueError(f"max_lora_rank must be >= 1, got {self.max_lora_rank}")
+        if self.max_cpu_loras is None:
+            self.max_cpu_loras = self.max_loras
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras "
+                             f"({self.max_loras})")
+        if self.kernel not in ("auto", "segment", "dense", "sgmv"):
+            raise ValueError(f"lora kernel must be auto, segment, dense or sgmv, got "
+                             f"{self.kernel!r}")
+
+
+@dataclass(slots=True)
 class EngineConfig:
     """The whole configuration handed to the platform, the scheduler and the workers."""
 
@@ -176,6 +208,7 @@ class EngineConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative: SpeculativeConfig | None = None  # --speculative-config; None: no speculation
+    lora: LoRAConfig | None = None                # None: LoRA adapters disabled
     attention_backend: str | None = None          # user's choice, else the platform's
     enforce_eager: bool = False
     graph_batch_sizes: list[int] = field(default_factory=list)

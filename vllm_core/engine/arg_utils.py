@@ -48,6 +48,11 @@ class EngineArgs:
     structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
     reasoning_parser: str | None = None
     speculative_config: dict[str, Any] | str | None = None   # JSON text or a dict
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    lora_kernel: str = "auto"
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -121,6 +126,16 @@ class EngineArgs:
         g.add_argument("--speculative-config", default=None,
                        help='JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
                             '"prompt_lookup_max": 4}\' (see docs/speculative-decoding.md)')
+        g.add_argument("--enable-lora", action="store_true",
+                       help="serve PEFT LoRA adapters (docs/lora.md)")
+        g.add_argument("--max-loras", type=int, default=1,
+                       help="LoRA adapters resident on the device (and running) at once")
+        g.add_argument("--max-lora-rank", type=int, default=16, help="largest LoRA rank")
+        g.add_argument("--max-cpu-loras", type=int, default=None,
+                       help="loaded LoRA adapters kept in host memory (default: --max-loras)")
+        g.add_argument("--lora-kernel", default="auto",
+                       choices=["auto", "segment", "dense", "sgmv"],
+                       help="batched LoRA product: auto (the platform's kernels, else torch)")
         return parser
 
     @classmethod
@@ -191,6 +206,14 @@ class EngineArgs:
             resolve_reasoning_parser(raw["reasoning_parser"])      # ValueError if unknown
         return StructuredOutputsConfig(**raw)
 
+    def _lora_config(self) -> Any:
+        from vllm_core.config import LoRAConfig
+
+        if not self.enable_lora:
+            return None
+        return LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                          max_cpu_loras=self.max_cpu_loras, kernel=self.lora_kernel)
+
     def _parallel_config(self, cls: type) -> Any:
         world = self.tensor_parallel_size * self.pipeline_parallel_size
         backend = self.distributed_executor_backend or ("uni" if world == 1 else "mp")
@@ -258,6 +281,7 @@ class EngineArgs:
             speculative=speculative,
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,
+            lora=self._lora_config(),
         )
         _check_parallel_fits(config)
         platform.check_and_update_config(config)

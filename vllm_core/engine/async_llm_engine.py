@@ -107,8 +107,38 @@ class AsyncLLMEngine:
         self.engine.structured_output_manager.prepare(params)
 
     # ------------------------------------------------------------------ requests
+    @property
+    def loras(self) -> Any:
+        """The engine's ``LoRARegistry`` (read-only use off the engine thread)."""
+        return self.engine.loras
+
+    async def add_lora(self, lora_request: Any) -> bool:
+        """Load an adapter on the engine thread (see ``LLMEngine.add_lora``)."""
+        return await self._on_engine_thread(self.engine.add_lora, lora_request)
+
+    async def remove_lora(self, name: str) -> None:
+        """Unload an adapter on the engine thread (see ``LLMEngine.remove_lora``)."""
+        await self._on_engine_thread(self.engine.remove_lora, name)
+
+    async def _on_engine_thread(self, fn: Any, *args: Any) -> Any:
+        await self.check_health()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def work() -> None:
+            try:
+                result: Any = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                result = e
+            loop.call_soon_threadsafe(_settle, future, result)
+
+        self._commands.put(("call", work))
+        self._wakeup.set()
+        return await future
+
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
-                       request_id: str, priority: int = 0) -> AsyncIterator[RequestOutput]:
+                       request_id: str, priority: int = 0, lora_request: Any = None
+                       ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; the last has ``finished=True``. Raises ValueError for
         bad input before the first output. Cancelling the consumer aborts the request."""
         await self.check_health()
@@ -133,7 +163,8 @@ class AsyncLLMEngine:
             with self._streams_lock:
                 self._streams.pop(request_id, None)
             raise EngineDeadError(f"the engine stopped: {self._error}")
-        self._commands.put(("add", request_id, processed, priority, time.time()))
+        self._commands.put(("add", request_id, processed, priority, time.time(),
+                            lora_request))
         self._wakeup.set()
         finished = False
         try:
@@ -201,14 +232,14 @@ class AsyncLLMEngine:
             except queue.Empty:
                 return
             if cmd[0] == "add":
-                _, request_id, processed, priority, arrival = cmd
+                _, request_id, processed, priority, arrival, lora_request = cmd
                 with self._streams_lock:
                     alive = request_id in self._streams
                 if not alive:          # the client went away before we got here
                     continue
                 try:
                     self.engine.add_request(request_id, processed, arrival_time=arrival,
-                                            priority=priority)
+                                            priority=priority, lora_request=lora_request)
                 except ValueError as e:
                     self._deliver(request_id, e)
             elif cmd[0] == "call":

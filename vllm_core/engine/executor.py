@@ -88,5 +88,12 @@ class UniProcExecutor:
     def sample_tokens(self, scheduler_output: SchedulerOutput) -> PendingOutput:
         return self.worker.sample_tokens(scheduler_output)
 
+    def add_lora(self, lora_id: int, path: str) -> None:
+        """Load a LoRA adapter in the worker (ValueError when it does not fit)."""
+        self.worker.add_lora(lora_id, path)
+
+    def remove_lora(self, lora_id: int) -> None:
+        self.worker.remove_lora(lora_id)
+
     def shutdown(self) -> None:
         self.worker.shutdown()

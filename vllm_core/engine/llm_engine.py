@@ -87,7 +87,11 @@ class LLMEngine:
         except BaseException:
             self.executor.shutdown()          # no worker process outlives a failed start
             raise
-        self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len)
+        self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len,
+                                   max_loras=config.lora.max_loras if config.lora else None)
+        from vllm_core.lora.registry import LoRARegistry
+
+        self.loras = LoRARegistry()
         from vllm_core.structured_output.manager import StructuredOutputManager
 
         eos_ids = InputProcessor.model_eos_token_ids(config, self.tokenizer,
@@ -156,14 +160,19 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: PromptType | ProcessedPrompt,
                     params: SamplingParams | None = None, arrival_time: float | None = None,
-                    priority: int = 0) -> None:
+                    priority: int = 0, lora_request: Any = None) -> None:
         """The one way a request enters the engine (``LLM``, ``AsyncLLMEngine``, beam search
         and the server all call it). ``prompt`` is raw (string, token ids, dict), processed
         here with ``params``, or a ``ProcessedPrompt`` from ``process_inputs`` (``params`` must
         then be None). Raises ValueError, with nothing queued, on bad input or a reused id.
-        n > 1 fans out into child requests ``"{i}_{request_id}"`` (seed + i)."""
+        n > 1 fans out into child requests ``"{i}_{request_id}"`` (seed + i).
+        ``lora_request`` (a ``LoRARequest``) runs it with that adapter, loaded on first use."""
         if request_id in self._children or self.output_processor.has_request(request_id):
             raise ValueError(f"request id {request_id!r} is already in use")
+        lora_id = 0
+        if lora_request is not None:
+            self.add_lora(lora_request)
+            lora_id = lora_request.lora_int_id
         if isinstance(prompt, ProcessedPrompt):
             if params is not None:
                 raise ValueError("pass params to process_inputs, not with a ProcessedPrompt")
@@ -189,7 +198,8 @@ class LLMEngine:
             requests.append(Request(
                 request_id=child_id, prompt_token_ids=processed.prompt_token_ids,
                 sampling_params=child_params, arrival_time=arrival, priority=priority,
-                parent_id=request_id if n > 1 else None, structured_output=grammar))
+                lora_id=lora_id, parent_id=request_id if n > 1 else None,
+                structured_output=grammar))
         for i, req in enumerate(requests):           # scheduler first: it may refuse
             self.scheduler.add_request(req)
             self.output_processor.add_request(
@@ -197,6 +207,26 @@ class LLMEngine:
                 req.sampling_params, arrival, parent_id=request_id if n > 1 else None,
                 child_index=i, num_children=n)
         self._children[request_id] = child_ids
+
+    # ------------------------------------------------------------------ LoRA adapters
+    def add_lora(self, lora_request: Any) -> bool:
+        """Load a PEFT adapter (``LoRARequest``) on the workers and register its name. False
+        when it is already loaded; ValueError when LoRA is off, the name or id is taken, or
+        the adapter does not fit the model."""
+        if self.config.lora is None:
+            raise ValueError("LoRA adapters need an engine started with enable_lora=True "
+                             "(--enable-lora)")
+        return self.loras.add(lora_request, self.executor.add_lora)
+
+    def remove_lora(self, name: str) -> None:
+        """Unload the adapter ``name``; ValueError when unknown or still used by a request."""
+        request = self.loras.get(name)
+        if request is None:
+            raise ValueError(f"no LoRA adapter named {name!r} is loaded")
+        if any(r.lora_id == request.lora_int_id for r in self.scheduler.requests.values()):
+            raise ValueError(f"LoRA adapter {name!r} is in use by unfinished requests")
+        self.executor.remove_lora(request.lora_int_id)
+        self.loras.remove(name)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
@@ -318,6 +348,7 @@ class LLMEngine:
             n for r, n in scheduler_output.num_scheduled_tokens.items()
             if n - len(drafts.get(r, ())) > 1 or r not in sampled)
         stats: SchedulerStats = self.scheduler.make_stats()
+        self._add_lora_stats(stats)
         for stat_logger in self.stat_loggers:
             stat_logger.record(stats, it)
 
@@ -328,6 +359,16 @@ class LLMEngine:
     def scheduler_snapshot(self) -> SchedulerStats:
         """Running / waiting / KV usage now, without consuming the per-step counters."""
         s = self.scheduler
-        return SchedulerStats(num_running_reqs=s.num_running, num_waiting_reqs=s.num_waiting,
-                              kv_cache_usage=s.kv_cache_usage,
-                              num_total_blocks=self.config.cache.num_blocks or 0)
+        return self._add_lora_stats(SchedulerStats(
+            num_running_reqs=s.num_running, num_waiting_reqs=s.num_waiting,
+            kv_cache_usage=s.kv_cache_usage, num_total_blocks=self.config.cache.num_blocks or 0))
+
+    def _add_lora_stats(self, stats: SchedulerStats | None) -> SchedulerStats | None:
+        """Per-adapter running / waiting counts, by adapter name (every loaded adapter)."""
+        if stats is None or not len(self.loras):
+            return stats
+        running, waiting = self.scheduler.lora_counts()
+        for lora in self.loras:
+            stats.lora_running[lora.lora_name] = running.get(lora.lora_int_id, 0)
+            stats.lora_waiting[lora.lora_name] = waiting.get(lora.lora_int_id, 0)
+        return stats

@@ -237,6 +237,20 @@ class MultiprocExecutor:
     def execute_model_async(self, scheduler_output: SchedulerOutput) -> _PendingReply:
         return _PendingReply(self, self._broadcast("execute_model", scheduler_output))
 
+    def add_lora(self, lora_id: int, path: str) -> None:
+        """Check the adapter here first (a worker's error would stop the engine), then load
+        it on every rank."""
+        from vllm_core.lora.peft_adapter import load_peft_adapter
+
+        lora = self.config.lora
+        if lora is None:
+            raise ValueError("LoRA adapters need an engine started with enable_lora")
+        load_peft_adapter(lora_id, path, self.config.model.arch, lora.max_lora_rank)
+        self.collective_rpc("add_lora", lora_id, path)
+
+    def remove_lora(self, lora_id: int) -> None:
+        self.collective_rpc("remove_lora", lora_id)
+
     def shutdown(self) -> None:
         """Stop every worker and unlink the shared memory (idempotent)."""
         if not self._finalizer.alive:

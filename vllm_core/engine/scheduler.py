@@ -22,6 +22,9 @@ Step policy (``schedule``):
 3. ``n > 1`` children (same ``parent_id``): only the first child added is admitted until its
    prompt is fully computed and its full blocks cached; the others are then admitted and hit
    the prefix cache (skipping them does not block the queue). Only when prefix caching is on.
+4. LoRA (``max_loras``): a waiting request whose adapter is not among the running requests'
+   is skipped (it keeps its place) while ``max_loras`` distinct adapters run, so a step never
+   needs more adapters than the workers have device slots.
 
 Sampling rule (the runner infers it, the scheduler relies on it): a request samples a token in a
 step iff ``num_computed_tokens + num_scheduled_tokens`` reaches its full length
@@ -194,7 +197,8 @@ class Scheduler:
     """
 
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
-                 max_model_len: int, log_stats: bool = True) -> None:
+                 max_model_len: int, log_stats: bool = True, max_loras: int | None = None
+                 ) -> None:
         if cache_config.num_blocks is None or cache_config.block_size is None:
             raise ValueError("cache_config.num_blocks and cache_config.block_size must be set "
                              f"before the scheduler starts, got num_blocks="
@@ -227,6 +231,7 @@ class Scheduler:
         self.policy = scheduler_config.policy
         self.log_stats = log_stats
         self.block_size = cache_config.block_size
+        self.max_loras = max_loras      # distinct LoRA adapters among running requests
 
         self.kv_cache_manager = KVCacheManager(
             cache_config.num_blocks, cache_config.block_size,
@@ -358,6 +363,11 @@ class Scheduler:
                               num_preemptions=preemptions,
                               num_total_blocks=self.kv_cache_manager.block_pool.num_blocks,
                               spec_decoding=spec if spec.num_drafts else None)
+
+    def lora_counts(self) -> tuple[Counter[int], Counter[int]]:
+        """(running, waiting) request counts per LoRA adapter id (the base model excluded)."""
+        return (Counter(r.lora_id for r in self.running if r.lora_id),
+                Counter(r.lora_id for r in self.waiting if r.lora_id))
 
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache_manager.reset_prefix_cache()
@@ -496,6 +506,7 @@ class Scheduler:
         kv = self.kv_cache_manager
         skipped: list[Request] = []
         deferred: list[Request] = []
+        loras = {r.lora_id for r in self.running if r.lora_id} if self.max_loras else set()
         while len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting.peek()
             if self._is_gated_sibling(request):
@@ -509,6 +520,10 @@ class Scheduler:
             if request.structured_output is not None and request.structured_output.error:
                 self.waiting.pop()
                 self._fail(request, request.structured_output.error)
+                continue
+            if (request.lora_id and self.max_loras and request.lora_id not in loras
+                    and len(loras) >= self.max_loras):       # its adapter has no slot now
+                skipped.append(self.waiting.pop())
                 continue
             group = _group(request)
             if share is not None and groups[group] >= share:
@@ -533,6 +548,8 @@ class Scheduler:
             scheduled_new.append(request)
             num_scheduled[request.request_id] = num_new
             groups[group] += 1
+            if request.lora_id:
+                loras.add(request.lora_id)
             budget -= num_new
         for request in reversed(skipped):
             self.waiting.push_front(request)

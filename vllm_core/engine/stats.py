@@ -52,6 +52,8 @@ class SchedulerStats:
     num_preemptions: int = 0             # preemptions in this step
     num_total_blocks: int = 0
     spec_decoding: SpecDecodingStats | None = None   # this step's, when drafts were verified
+    lora_running: dict[str, int] = field(default_factory=dict)   # adapter name -> requests
+    lora_waiting: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

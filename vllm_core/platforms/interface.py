@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.1"
+PLATFORM_API_VERSION = "2.2"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -51,6 +51,15 @@ two-phase step for structured outputs (``Worker.supports_deferred_sampling``, de
 a step launched with ``SchedulerOutput.defer_sampling`` stops before sampling
 (``execute_model_async`` returns None) and ``Worker.sample_tokens(scheduler_output)`` finishes
 it; ``TorchWorker`` sets ``supports_deferred_sampling`` and the core runner does both.
+
+2.2 (additive; every new hook has a default, so 2.1 plugins keep working): kernel hooks on
+``LayerOps`` for the wave-2 features: ``fused_moe`` (mixture-of-experts blocks), the quantized
+linears ``wna16_linear`` / ``int8_linear`` / ``fp8_linear`` with ``quant_kernel_name`` (defaults:
+de-quantize-then-matmul references), and ``lora_kernels()`` (batched LoRA shrink/expand; default
+None: the core's torch paths). ``TorchWorker.add_lora`` / ``remove_lora`` are implemented.
+``SchedulerOutput.scheduled_spec_decode_tokens`` carries speculative-decoding drafts (the core
+runner verifies them; a platform runner that overrides only the documented hooks needs nothing).
+Quantization methods are ``QuantizationConfig`` classes registered by name.
 """
 
 

@@ -201,6 +201,7 @@ class ModelRunner:
         self.dtype: torch.dtype = getattr(torch, config.model.dtype)
         self.model: torch.nn.Module | None = None
         self.expert_load: ExpertLoadTracker | None = None      # MoE models: per-step load
+        self.lora: Any = None                 # LoRAManager when config.lora is set
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler()
         self.builder = attn_backend.get_builder_cls()(self.block_size, device)
@@ -339,6 +340,10 @@ class ModelRunner:
         self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops,
                                self.parallel)
         self.expert_load = ExpertLoadTracker.for_model(self.model, self.pin_memory)
+        if self.config.lora is not None:
+            from vllm_core.lora.worker import lora_manager_for_runner
+
+            self.lora = lora_manager_for_runner(self)
 
     @property
     def kv_cache_dtype(self) -> torch.dtype:
@@ -547,6 +552,9 @@ class ModelRunner:
         if self._upload_recorded:            # staging memory still being read by the device?
             self._upload_done.synchronize()
         b.stage(plan, self.table)
+        if self.lora is not None:            # per-token adapter slots (inside the upload window)
+            self.lora.prepare_step(plan.token_lora_ids(self.table),
+                                   shape.num_tokens if shape is not None else None)
         if shape is not None:
             self.pad_inputs(plan, shape)
         inputs = self.upload_inputs(plan, shape)

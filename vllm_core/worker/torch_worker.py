@@ -136,6 +136,17 @@ class TorchWorker(Worker):
         with self.platform.inference_mode():
             return self.runner.sample_tokens(scheduler_output)
 
+    def add_lora(self, lora_id: int, path: str) -> None:
+        """Load a PEFT adapter into host memory (ValueError when it does not fit)."""
+        if self.runner is None or self.runner.lora is None:
+            raise ValueError("LoRA adapters need an engine started with enable_lora")
+        self.runner.lora.add(lora_id, path)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        if self.runner is None or self.runner.lora is None:
+            return False
+        return self.runner.lora.remove(lora_id)
+
     def shutdown(self) -> None:
         if self.runner is not None:
             self.runner.kv_caches = []

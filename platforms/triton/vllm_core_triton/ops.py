@@ -49,6 +49,12 @@ class TritonLayerOps(LayerOps):
             return gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias, silu_mul=True)
         return self.linear(self.silu_and_mul(x), weight, bias)
 
+    def lora_kernels(self) -> object:
+        """The SGMV shrink/expand kernels (``kernels/lora.py``) for multi-LoRA batches."""
+        from vllm_core_triton.kernels.lora import TritonLoRAKernels
+
+        return TritonLoRAKernels()
+
     def _use_gemv(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         rows = x.shape[0] if x.dim() == 2 else -1
         return 0 < rows <= self.gemv_max_rows and weight.dtype in (torch.bfloat16,

@@ -35,6 +35,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     """The server's own flags (names as in ``vllm serve``)."""
     g = parser.add_argument_group("server")
     g.add_argument("--host", default=None, help="host to bind (default: all interfaces)")
+    g.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME=PATH",
+                   help="LoRA adapters to serve (with --enable-lora), each selected by "
+                        "model=NAME; also JSON {\"name\": ..., \"path\": ...}")
     g.add_argument("--port", type=int, default=DEFAULT_PORT)
     g.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer <key>' (or set VLLM_API_KEY)")

@@ -93,6 +93,15 @@ class PrometheusStatLogger:
                                      "Number of requests waiting to be processed.")
             self.kv_usage = gauge("vllm:kv_cache_usage_perc",
                                   "KV-cache usage. 1 means 100 percent usage.")
+            lora_names = [*names, "lora_name"]
+            self._lora_labels = labels
+            self.lora_running = Gauge("vllm:lora_num_requests_running",
+                                      "Running requests per LoRA adapter.", lora_names,
+                                      registry=reg, multiprocess_mode="mostrecent")
+            self.lora_waiting = Gauge("vllm:lora_num_requests_waiting",
+                                      "Waiting requests per LoRA adapter.", lora_names,
+                                      registry=reg, multiprocess_mode="mostrecent")
+            self._lora_seen: set[str] = set()
             self.prefix_queries = counter(
                 "vllm:prefix_cache_queries",
                 "Prefix cache queries, in terms of number of queried tokens.")
@@ -161,6 +170,16 @@ class PrometheusStatLogger:
         self.num_running.set(s.num_running_reqs)
         self.num_waiting.set(s.num_waiting_reqs)
         self.kv_usage.set(s.kv_cache_usage)
+        self._set_lora_gauges(s)
+
+    def _set_lora_gauges(self, s: SchedulerStats) -> None:
+        """One series per loaded adapter (an unloaded one drops to 0)."""
+        names = set(s.lora_running) | set(s.lora_waiting)
+        for name in names | self._lora_seen:
+            labels = {**self._lora_labels, "lora_name": name}
+            self.lora_running.labels(**labels).set(s.lora_running.get(name, 0))
+            self.lora_waiting.labels(**labels).set(s.lora_waiting.get(name, 0))
+        self._lora_seen |= names
 
     def record(self, scheduler_stats: SchedulerStats, iteration_stats: IterationStats) -> None:
         if not self._bound:

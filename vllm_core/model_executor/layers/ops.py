@@ -10,6 +10,8 @@ that logits match HF bit-for-bit in float32 and closely in bfloat16.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -102,6 +104,11 @@ class LayerOps:
         """The kernel ``wna16_linear`` / ``int8_linear`` / ``fp8_linear`` (``kind`` "wna16",
         "int8", "fp8") runs for weight ``w``, for the start-up log."""
         return "torch reference (de-quantize + matmul)"
+
+    def lora_kernels(self) -> Any | None:
+        """The batched LoRA shrink/expand kernels of this platform (``vllm_core.lora.batch.
+        LoRAKernels``), or None to use the core's torch paths (API 2.2)."""
+        return None
 
 
 class TorchLayerOps(LayerOps):
