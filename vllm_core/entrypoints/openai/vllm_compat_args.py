@@ -24,7 +24,6 @@ UNSUPPORTED: dict[str, tuple[Any, tuple[Any, ...], str]] = {
                           "are built from its own implementations (drop --trust-remote-code)"),
     "data_parallel_size": (1, (), "data parallelism is not supported yet (run one server per "
                            "replica behind a load balancer)"),
-    "speculative_config": (None, (), "speculative decoding is not supported yet"),
 }
 
 
@@ -36,7 +35,6 @@ def add_vllm_compat_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="refused: vllm-core never runs code shipped with a model")
     g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="only 1 (not supported yet)")
-    g.add_argument("--speculative-config", default=None, help="not supported yet")
     g.add_argument("--disable-log-requests", action="store_true",
                    help="accepted; request contents are never logged")
     return parser
