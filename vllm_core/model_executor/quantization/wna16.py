@@ -60,7 +60,8 @@ class WNA16Method(QuantizedLinearMethod):
         if param_name in G_IDX_NAMES:
             seen = layer.__dict__.setdefault("_g_idx_loaded", set())
             if seen:
-                if not torch.equal(getattr(layer, param_name).data, tensor.to(torch.int32)):
+                param = getattr(layer, param_name).data
+                if not torch.equal(param, tensor.to(device=param.device, dtype=torch.int32)):
                     raise ValueError("differs from the g_idx of the other projections fused "
                                      "with it (act-order with different column orders for "
                                      "q/k/v or gate/up is not supported)")
