@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from vllm_core.entrypoints.openai.errors import OpenAIServingError
@@ -70,8 +71,6 @@ def lora_cards(engine: Any, parent: str, card: Any) -> list[Any]:
 def install_lora_routes(app: Any, engine: Any, responses: dict) -> None:
     """POST /v1/load_lora_adapter and /v1/unload_lora_adapter (400 with the reason for an
     adapter that does not load; 404 for unloading an unknown name)."""
-    from fastapi.responses import PlainTextResponse
-
     responses = {200: {"description": "The adapter was loaded / unloaded",
                        "content": {"text/plain": {"schema": {"type": "string"}}}},
                  **responses}
