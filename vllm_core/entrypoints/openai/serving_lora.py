@@ -75,7 +75,7 @@ def install_lora_routes(app: Any, engine: Any, responses: dict) -> None:
                        "content": {"text/plain": {"schema": {"type": "string"}}}},
                  **responses}
 
-    @app.post("/v1/load_lora_adapter", responses=responses, response_class=PlainTextResponse)
+    @app.post("/v1/load_lora_adapter", responses=responses)
     async def load_lora_adapter(request: LoadLoRAAdapterRequest) -> PlainTextResponse:
         loras = getattr(engine, "loras", None)
         if loras is None or not hasattr(engine, "add_lora"):
@@ -89,8 +89,7 @@ def install_lora_routes(app: Any, engine: Any, responses: dict) -> None:
         return PlainTextResponse(f"Success: LoRA adapter '{request.lora_name}' added "
                                  f"successfully.")
 
-    @app.post("/v1/unload_lora_adapter", responses=responses,
-              response_class=PlainTextResponse)
+    @app.post("/v1/unload_lora_adapter", responses=responses)
     async def unload_lora_adapter(request: UnloadLoRAAdapterRequest) -> PlainTextResponse:
         loras = getattr(engine, "loras", None)
         if loras is None or loras.get(request.lora_name) is None:
