@@ -29,6 +29,7 @@ from vllm_core import envs
 from vllm_core.config import EngineConfig
 from vllm_core.distributed.parallel_context import sampling_rank
 from vllm_core.distributed.shm_ring import ShmRing
+from vllm_core.engine.ranked_executor import RankedExecutor
 from vllm_core.logger import init_logger
 from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
@@ -78,7 +79,7 @@ class _PendingReply:
         return self.output
 
 
-class MultiprocExecutor:
+class MultiprocExecutor(RankedExecutor):
     """Drives ``tensor_parallel_size * pipeline_parallel_size`` worker processes."""
 
     def __init__(self, config: EngineConfig, platform: Any) -> None:
@@ -223,33 +224,8 @@ class MultiprocExecutor:
         return [self._reply_of(r, seq) for r in range(self.world_size)]
 
     # ------------------------------------------------------------------ executor contract
-    def determine_num_blocks(self) -> int:
-        """The fewest KV blocks any rank's memory holds (every rank allocates that many)."""
-        return min(self.collective_rpc("num_blocks"))
-
-    def initialize_cache(self, num_blocks: int) -> None:
-        self.collective_rpc("initialize_cache", num_blocks)
-        self.collective_rpc("compile_or_warm_up_model")
-
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.execute_model_async(scheduler_output).result()
-
     def execute_model_async(self, scheduler_output: SchedulerOutput) -> _PendingReply:
         return _PendingReply(self, self._broadcast("execute_model", scheduler_output))
-
-    def add_lora(self, lora_id: int, path: str) -> None:
-        """Check the adapter here first (a worker's error would stop the engine), then load
-        it on every rank."""
-        from vllm_core.lora.peft_adapter import load_peft_adapter
-
-        lora = self.config.lora
-        if lora is None:
-            raise ValueError("LoRA adapters need an engine started with enable_lora")
-        load_peft_adapter(lora_id, path, self.config.model.arch, lora.max_lora_rank)
-        self.collective_rpc("add_lora", lora_id, path)
-
-    def remove_lora(self, lora_id: int) -> None:
-        self.collective_rpc("remove_lora", lora_id)
 
     def shutdown(self) -> None:
         """Stop every worker and unlink the shared memory (idempotent)."""

@@ -34,6 +34,7 @@ from vllm_core import envs
 from vllm_core.config import EngineConfig
 from vllm_core.distributed.parallel_context import sampling_rank
 from vllm_core.engine.mp_executor import WorkerFailure
+from vllm_core.engine.ranked_executor import RankedExecutor
 from vllm_core.logger import init_logger
 from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
@@ -115,7 +116,7 @@ class _PendingStep:
         return self.output
 
 
-class RayExecutor:
+class RayExecutor(RankedExecutor):
     """Drives ``tensor_parallel_size * pipeline_parallel_size`` Ray actors (module docstring)."""
 
     def __init__(self, config: EngineConfig, platform: Any) -> None:
@@ -228,17 +229,6 @@ class RayExecutor:
         """Call ``method(*args)`` on every rank's worker; their results in rank order."""
         return self._wait([a.call.remote(method, *args) for a in self.actors],
                           self.step_timeout_s)
-
-    def determine_num_blocks(self) -> int:
-        """The fewest KV blocks any rank's memory holds (every rank allocates that many)."""
-        return min(self.collective_rpc("num_blocks"))
-
-    def initialize_cache(self, num_blocks: int) -> None:
-        self.collective_rpc("initialize_cache", num_blocks)
-        self.collective_rpc("compile_or_warm_up_model")
-
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.execute_model_async(scheduler_output).result()
 
     def execute_model_async(self, scheduler_output: SchedulerOutput) -> _PendingStep:
         import ray
