@@ -179,6 +179,21 @@ LLAMA_3_1_8B: dict[str, Any] = {
 }
 
 
+LLAMA_3_1_70B: dict[str, Any] = {
+    **LLAMA_3_1_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+    "num_attention_heads": 64, "num_key_value_heads": 8,
+}
+
+SHAPES: dict[str, dict[str, Any]] = {"8b": LLAMA_3_1_8B, "70b": LLAMA_3_1_70B}
+
+
+def scaled(ceilings: Ceilings, num_gpus: int) -> Ceilings:
+    """The ceilings of ``num_gpus`` such devices working together (bandwidth and matmul rate
+    add up: the roofline of a model sharded over them with no communication cost)."""
+    return Ceilings(ceilings.bandwidth_bytes_s * num_gpus, ceilings.matmul_flops_s * num_gpus,
+                    f"{num_gpus} x {ceilings.device}" if num_gpus > 1 else ceilings.device)
+
+
 def main() -> None:
     ceilings = measure_ceilings()
     shape = ModelShape.from_hf_config(LLAMA_3_1_8B)

@@ -10,7 +10,9 @@ with the ratios and the fraction of the roofline::
 
 Method (design section 6):
 
-- Model: the Llama-3.1-8B shape (``roofline.LLAMA_3_1_8B``) with random weights in bf16.
+- Model: the Llama-3.1-8B shape (``roofline.LLAMA_3_1_8B``) with random weights in bf16;
+  the ``gpu-70b*`` workloads use the Llama-3.1-70B shape (``--num-layers`` keeps fewer of its
+  layers, for a host where the whole model does not fit).
   vllm-core loads it with ``load_format="dummy"`` from a folder holding only ``config.json``
   and a synthetic WordLevel tokenizer (one word per id); HF builds the same config with its own
   random initialisation, on the GPU. Weights' values do not change the work done.
@@ -26,7 +28,11 @@ Method (design section 6):
 - Roofline: ``roofline.measure_ceilings`` (device copy bandwidth, bf16 matmul rate) in a
   subprocess of the same run, then ``roofline.roofline`` for the workload with vllm-core's
   ``max_num_seqs``; ``fraction_of_roofline`` = measured output tok/s over roofline tok/s
-  (batch 1: decode tok/s over the decode roofline; the roofline assumes bf16 weights).
+  (batch 1: decode tok/s over the decode roofline; the roofline assumes bf16 weights). The
+  shape is read from the model folder's config.json; with ``tp x pp`` GPUs the ceilings of one
+  GPU are multiplied by their number (``roofline.scaled``), so the fraction is of the whole set.
+- Several GPUs: vllm-core with ``-tp`` / ``-pp``; HF with ``device_map="auto"`` over every
+  visible GPU (accelerate's layer split) when more than one GPU is visible.
 - ``--quantization`` (vllm-core only): ``fp8`` quantizes the random bf16 weights at load;
   ``gptq`` / ``awq`` / ``compressed-tensors`` (W4A16, group 128) load random packed weights
   through a copy of the model folder whose config.json declares that checkpoint format
@@ -49,11 +55,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from roofline import LLAMA_3_1_8B, Ceilings, ModelShape, roofline  # noqa: E402
+from roofline import SHAPES, Ceilings, ModelShape, roofline, scaled  # noqa: E402
 
 RESULT_PREFIX = "BENCH_RESULT "
 SYSTEMS = ("vllm-core", "hf-batch", "hf-static")
-DEFAULT_MODEL_DIR = REPO / ".bench" / "models" / "llama-3.1-8b-shape"
+MODELS_DIR = REPO / ".bench" / "models"
+DEFAULT_MODEL_DIR = MODELS_DIR / "llama-3.1-8b-shape"
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,13 +69,21 @@ class Workload:
     requests: int
     prompt_len: int
     output_len: int
+    shape: str = "8b"
 
 
 WORKLOADS = {
     "gpu-8b": Workload("gpu-8b", 256, 512, 256),
     "gpu-8b-long": Workload("gpu-8b-long", 1000, 1024, 1024),
     "gpu-8b-b1": Workload("gpu-8b-b1", 1, 128, 512),
+    "gpu-70b": Workload("gpu-70b", 256, 512, 256, "70b"),
+    "gpu-70b-b1": Workload("gpu-70b-b1", 1, 128, 512, "70b"),
 }
+
+
+def default_model_dir(shape: str, num_layers: int | None) -> Path:
+    suffix = f"-{num_layers}l" if num_layers else ""
+    return MODELS_DIR / f"llama-3.1-{shape}-shape{suffix}"
 
 
 # ---- model folder and prompts ------------------------------------------------------------------
@@ -104,15 +119,18 @@ def quantized_model_dir(folder: Path, method: str | None) -> Path:
     return target
 
 
-def ensure_model_dir(folder: Path) -> Path:
-    """config.json of the 8B shape plus a WordLevel tokenizer covering its vocabulary."""
+def ensure_model_dir(folder: Path, shape: str = "8b", num_layers: int | None = None) -> Path:
+    """config.json of the shape (8B unless named; ``num_layers`` keeps that many of its
+    layers) plus a WordLevel tokenizer covering its vocabulary."""
     if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
         return folder
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = dict(LLAMA_3_1_8B)
+    cfg = dict(SHAPES[shape])
+    if num_layers:
+        cfg["num_hidden_layers"] = num_layers
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     vocab = {f"t{i}": i for i in range(cfg["vocab_size"])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
@@ -131,7 +149,7 @@ def warmup_prompts(w: Workload) -> list[list[int]]:
 
     rng = np.random.default_rng(10_000 + w.prompt_len)
     count = 1 if w.requests == 1 else 2
-    return rng.integers(0, LLAMA_3_1_8B["vocab_size"], size=(count, w.prompt_len)).tolist()
+    return rng.integers(0, SHAPES[w.shape]["vocab_size"], size=(count, w.prompt_len)).tolist()
 
 
 def make_prompts(w: Workload, vocab_size: int, seed: int = 0) -> list[list[int]]:
@@ -271,7 +289,7 @@ def _profile_steps(llm: Any, prompts: list[list[int]], params: Any, path: str) -
 
     rng = np.random.default_rng(20_000)
     batch = [{"prompt_token_ids": p} for p in
-             rng.integers(0, LLAMA_3_1_8B["vocab_size"], size=(len(prompts), len(prompts[0])))
+             rng.integers(0, max(map(max, prompts)) + 1, size=(len(prompts), len(prompts[0])))
              .tolist()]
     llm.generate(batch, short, use_tqdm=False)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -288,12 +306,40 @@ def _hf_model(args: argparse.Namespace) -> Any:
 
     cfg = AutoConfig.from_pretrained(str(args.model_dir))
     cfg.eos_token_id = None
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    if torch.cuda.device_count() > 1:
+        model = _hf_model_split(cfg)
+    else:
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model
+
+
+def _hf_model_split(cfg: Any) -> Any:
+    """The model's layers spread over every visible GPU by accelerate (``device_map="auto"``),
+    each weight initialised at random directly on its GPU (normal, std 0.02); buffers
+    (rotary tables) are computed as usual and moved by ``dispatch_model``."""
+    import torch
+    from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    n = torch.cuda.device_count()
+    free = {i: int(torch.cuda.mem_get_info(i)[0] * 0.85) for i in range(n)}
+    device_map = infer_auto_device_map(model, max_memory=free,
+                                       no_split_module_classes=model._no_split_modules)
+    for name, p in model.named_parameters():   # buffers (rotary tables) stay real, on the CPU
+        prefix = name
+        while prefix and prefix not in device_map:
+            prefix = prefix.rpartition(".")[0]
+        dev = device_map.get(prefix, device_map.get("", 0))
+        value = torch.empty(p.shape, dtype=p.dtype, device=dev).normal_(0.0, 0.02)
+        set_module_tensor_to_device(model, name, dev, value=value)
+    return dispatch_model(model, device_map=device_map)
 
 
 def run_hf_batch(args: argparse.Namespace, w: Workload, prompts: list[list[int]]
@@ -336,7 +382,7 @@ def run_hf_static(args: argparse.Namespace, w: Workload, prompts: list[list[int]
     bs = args.hf_batch_size
 
     def gen(batch: list[list[int]], n: int) -> int:
-        ids = torch.tensor(batch, device="cuda")
+        ids = torch.tensor(batch, device=model.device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=n, min_new_tokens=n, do_sample=False,
                              eos_token_id=None, pad_token_id=0)
@@ -367,7 +413,7 @@ def worker_main(args: argparse.Namespace) -> None:
         w = WORKLOADS[args.workload]
         if args.requests:
             w = Workload(w.name, args.requests, w.prompt_len, w.output_len)
-        prompts = make_prompts(w, LLAMA_3_1_8B["vocab_size"], args.seed)
+        prompts = make_prompts(w, SHAPES[w.shape]["vocab_size"], args.seed)
         fn = {"vllm-core": run_vllm_core, "hf-batch": run_hf_batch,
               "hf-static": run_hf_static}[args.worker]
         res = fn(args, w, prompts)
@@ -416,8 +462,15 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
 
 
 def driver(args: argparse.Namespace) -> None:
-    args.model_dir = ensure_model_dir(Path(args.model_dir))
-    names = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
+    names = ([n for n, w in WORKLOADS.items() if w.shape == "8b"] if args.workload == "all"
+             else args.workload.split(","))
+    shapes = {WORKLOADS[n].shape for n in names}
+    if len(shapes) > 1:
+        raise SystemExit("--workload: one model shape per run (8B and 70B workloads apart)")
+    shape_name = shapes.pop()
+    if args.model_dir is None:
+        args.model_dir = default_model_dir(shape_name, args.num_layers)
+    args.model_dir = ensure_model_dir(Path(args.model_dir), shape_name, args.num_layers)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in systems:
         if s not in SYSTEMS:
@@ -426,7 +479,8 @@ def driver(args: argparse.Namespace) -> None:
     if "error" in c:
         raise SystemExit(f"could not measure the ceilings: {c['error']}")
     ceilings = Ceilings(c["bandwidth_bytes_s"], c["matmul_flops_s"], c["device"])
-    shape = ModelShape.from_hf_config(LLAMA_3_1_8B)
+    num_gpus = args.tensor_parallel_size * args.pipeline_parallel_size
+    shape = ModelShape.from_hf_config(json.loads((args.model_dir / "config.json").read_text()))
     out = open(args.output, "a") if args.output else None
 
     def emit(obj: dict[str, Any]) -> None:
@@ -439,6 +493,7 @@ def driver(args: argparse.Namespace) -> None:
     emit({"kind": "ceilings", "gpu": ceilings.device,
           "bandwidth_tb_s": round(ceilings.bandwidth_bytes_s / 1e12, 3),
           "matmul_tflop_s": round(ceilings.matmul_flops_s / 1e12, 1)})
+    ceilings = scaled(ceilings, num_gpus)
     for name in names:
         w = WORKLOADS[name]
         roof = roofline(shape, ceilings, requests=w.requests, prompt_len=w.prompt_len,
@@ -446,7 +501,7 @@ def driver(args: argparse.Namespace) -> None:
         results: dict[str, dict[str, Any]] = {}
         for system in systems:
             peer = system != "vllm-core"
-            if peer and name == "gpu-8b-b1" and system == "hf-batch":
+            if peer and w.requests == 1 and system == "hf-batch":
                 continue
             n = w.requests
             if peer and args.peer_requests is not None:
@@ -463,6 +518,7 @@ def driver(args: argparse.Namespace) -> None:
             emit(res)
         core = results.get("vllm-core", {})
         summary: dict[str, Any] = {"kind": "summary", "workload": name, "gpu": ceilings.device,
+                                   "num_gpus": num_gpus, "num_layers": shape.num_layers,
                                    "quantization": args.quantization or "none",
                                    "kv_cache_dtype": args.kv_cache_dtype,
                                    **{k: round(v, 2) if isinstance(v, float) else v
@@ -488,11 +544,15 @@ def driver(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", default="gpu-8b",
-                   help="gpu-8b, gpu-8b-long, gpu-8b-b1, a comma list, or all")
+                   help="gpu-8b, gpu-8b-long, gpu-8b-b1, gpu-70b, gpu-70b-b1, a comma list of "
+                        "one shape's workloads, or all (the 8B ones)")
     p.add_argument("--systems", default="vllm-core,hf-batch,hf-static")
     p.add_argument("--peer-requests", type=int, default=None,
                    help="run the HF peers on the first N requests only (0: skip them)")
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--model-dir", default=None,
+                   help="a model folder (default: the workload's shape under .bench/models)")
+    p.add_argument("--num-layers", type=int, default=None,
+                   help="keep this many of the shape's layers (a 70B shape that fits fewer GPUs)")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
