@@ -1,10 +1,16 @@
 """AsyncLLMEngine: the engine loop on a background thread, each request an async generator.
 
-Thread model: only the engine thread touches the scheduler, the workers and the output
-processor. Callers (the asyncio loop of the server) validate and tokenize their request on
-their own thread, then hand it over through a command queue; outputs come back through
-``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``. Torch releases the GIL
-while it computes, so the event loop stays responsive during a step.
+Thread model: only the engine thread touches the engine core (or its client), the workers and
+the output processor. Callers (the asyncio loop of the server) validate and tokenize their
+request on their own thread, then hand it over through a command queue; outputs come back
+through ``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``. Torch releases the
+GIL while it computes, so the event loop stays responsive during a step.
+
+With the engine core in its own process (``engine_core_process``), the engine thread only
+sends requests and aborts to it, waits for its per-step output batches and detokenizes them;
+it is woken (``LLMEngine.notify``) whenever a command is queued. A core process that dies
+fails every request in flight with ``EngineDeadError`` and makes ``check_health`` raise within
+about a second, busy or idle.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm_core.engine.arg_utils import EngineArgs
+from vllm_core.engine.errors import EngineDeadError
 from vllm_core.engine.input_processor import PromptType
 from vllm_core.engine.llm_engine import LLMEngine
 from vllm_core.engine.stats import SchedulerStats, StatLogger
@@ -35,10 +42,6 @@ def _settle(future: asyncio.Future, result: Any) -> None:
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-class EngineDeadError(RuntimeError):
-    """The engine thread stopped after an internal error; the server must restart."""
 
 
 @dataclass(slots=True)
@@ -65,8 +68,16 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs,
-                         stat_loggers: list[StatLogger] | None = None) -> AsyncLLMEngine:
-        return cls(LLMEngine.from_engine_args(engine_args, stat_loggers))
+                         stat_loggers: list[StatLogger] | None = None,
+                         engine_core_process: bool | None = None) -> AsyncLLMEngine:
+        """``engine_core_process``: the engine core in its own process (None: the platform's
+        default)."""
+        return cls(LLMEngine.from_engine_args(engine_args, stat_loggers,
+                                              engine_core_process=engine_core_process))
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self.engine.notify()
 
     # ------------------------------------------------------------------ state
     def is_ready(self) -> bool:
@@ -118,7 +129,7 @@ class AsyncLLMEngine:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
         self._commands.put(("add", request_id, processed, priority, time.time()))
-        self._wakeup.set()
+        self._wake()
         finished = False
         try:
             while True:
@@ -134,7 +145,7 @@ class AsyncLLMEngine:
                 self._streams.pop(request_id, None)
             if not finished:
                 self._commands.put(("abort", request_id))
-                self._wakeup.set()
+                self._wake()
 
     async def embed(self, prompts: list[list[int]], pooling: str = "last",
                     normalize: bool = True) -> list[list[float]]:
@@ -145,6 +156,9 @@ class AsyncLLMEngine:
         await self.check_health()
         if self._stop:
             raise EngineDeadError("engine is shutting down")
+        if not self.engine.in_process:
+            raise ValueError("embeddings need the engine core in the server's process; start "
+                             "the server with --no-engine-core-process")
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         embedder = Embedder(self.engine.executor.worker.runner,
@@ -158,16 +172,16 @@ class AsyncLLMEngine:
             loop.call_soon_threadsafe(_settle, future, result)
 
         self._commands.put(("call", work))
-        self._wakeup.set()
+        self._wake()
         return await future
 
     async def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
-        self._wakeup.set()
+        self._wake()
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         self._stop = True
-        self._wakeup.set()
+        self._wake()
         await asyncio.to_thread(self._thread.join, timeout)
         self.engine.shutdown()
 
@@ -177,6 +191,19 @@ class AsyncLLMEngine:
             stream = self._streams.get(request_id)
         if stream is not None:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _fail(self, e: BaseException) -> None:
+        if isinstance(e, EngineDeadError):
+            logger.error("%s; failing all requests", e)
+            dead = e
+        else:
+            logger.exception("engine step failed; failing all requests")
+            dead = EngineDeadError(f"engine failed: {e!r}")
+        self._error = e
+        with self._streams_lock:
+            ids = list(self._streams)
+        for request_id in ids:
+            self._deliver(request_id, dead)
 
     def _drain_commands(self) -> None:
         while True:
@@ -203,22 +230,17 @@ class AsyncLLMEngine:
     def _run(self) -> None:
         engine = self.engine
         while not self._stop:
-            self._drain_commands()
-            if not engine.has_unfinished_requests():
-                self._snapshot = engine.scheduler_snapshot()
-                self._wakeup.wait(timeout=1.0)
-                self._wakeup.clear()
-                continue
             try:
+                self._drain_commands()
+                if not engine.has_unfinished_requests():
+                    self._snapshot = engine.scheduler_snapshot()
+                    if not self._wakeup.wait(timeout=1.0):
+                        engine.check_core()
+                    self._wakeup.clear()
+                    continue
                 outputs = engine.step()
             except BaseException as e:  # noqa: BLE001 - any failure here kills the engine
-                logger.exception("engine step failed; failing all requests")
-                self._error = e
-                dead = EngineDeadError(f"engine failed: {e!r}")
-                with self._streams_lock:
-                    ids = list(self._streams)
-                for request_id in ids:
-                    self._deliver(request_id, dead)
+                self._fail(e)
                 return
             self._snapshot = engine.scheduler_snapshot()
             for out in outputs:

@@ -143,6 +143,15 @@ class Platform:
         asynchronously to the host."""
         return False
 
+    @classmethod
+    def default_engine_core_process(cls) -> bool:
+        """Whether the server runs the engine core in its own process by default (the front
+        end's HTTP, tokenization and detokenization then have a CPU core of their own; see
+        ``vllm_core.engine.core_client``). Worth it where the engine loop keeps a host core
+        busy and there are cores to spare; not on a small CPU-only host, where the two
+        processes compete for the cores that compute."""
+        return False
+
     # lifecycle hooks -----------------------------------------------------------------------
     @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:

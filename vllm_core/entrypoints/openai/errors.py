@@ -103,6 +103,11 @@ def exception_to_error(exc: BaseException, fields: set[str] | None = None) -> Op
         return exc
     if isinstance(exc, ValueError):
         return from_value_error(exc, fields)
+    from vllm_core.engine.errors import EngineDeadError
+
+    if isinstance(exc, EngineDeadError):      # the engine is gone: retry elsewhere / later
+        logger.error("request failed: %s", exc)
+        return OpenAIServingError(f"The engine is not running: {exc}", 503)
     logger.exception("internal error while serving a request", exc_info=exc)
     return OpenAIServingError(f"Internal server error: {exc.__class__.__name__}: {exc}", 500)
 

@@ -10,6 +10,11 @@ aborts it in the engine) and answered in-band: one that has sent nothing yet get
 ``ServiceUnavailableError``; a stream that has started gets an SSE error event followed by
 ``data: [DONE]``. No traceback is logged for these. SIGINT (Ctrl-C), or a second SIGTERM, exits
 at once as uvicorn does.
+
+When the engine dies (``engine_dead()`` turns true: its thread failed or its engine core
+process exited), requests in flight have already been failed by the engine; the server keeps
+answering for ``DEAD_ENGINE_EXIT_DELAY_S`` (new requests get 503, /health 503), then exits with
+status 1 so that a supervisor restarts it. It never hangs on a dead engine.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ logger = init_logger(__name__)
 # Paths that neither count as in-flight work nor are refused while draining.
 UNCOUNTED_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
 
+
+DEAD_ENGINE_EXIT_DELAY_S = 2.0
+DEAD_ENGINE_POLL_S = 0.5
 
 SHUTDOWN_MESSAGE = ("The server is shutting down: the request did not finish within "
                     "--shutdown-timeout and was cancelled")
@@ -120,16 +128,40 @@ class InflightMiddleware:
             self.state.inflight -= 1
 
 
-def make_server(config: Any, state: ServerState, shutdown_timeout: float) -> Any:
-    """A ``uvicorn.Server`` whose first SIGTERM drains in-flight requests before exiting."""
+def make_server(config: Any, state: ServerState, shutdown_timeout: float,
+                engine_dead: Any = None) -> Any:
+    """A ``uvicorn.Server`` whose first SIGTERM drains in-flight requests before exiting, and
+    which exits with ``exit_code`` 1 once ``engine_dead()`` (polled) is true."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         _loop: asyncio.AbstractEventLoop | None = None
+        exit_code = 0
 
         async def serve(self, sockets: Any = None) -> None:
             self._loop = asyncio.get_running_loop()
-            await super().serve(sockets)
+            watchdog = None
+            if engine_dead is not None:
+                watchdog = self._loop.create_task(self._watch_engine())
+            try:
+                await super().serve(sockets)
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+
+        async def _watch_engine(self) -> None:
+            while not self.should_exit:
+                await asyncio.sleep(DEAD_ENGINE_POLL_S)
+                if engine_dead():
+                    break
+            else:
+                return
+            logger.error("the engine died: answering 503 for %.0f s, then exiting with "
+                         "status 1", DEAD_ENGINE_EXIT_DELAY_S)
+            self.exit_code = 1
+            await asyncio.sleep(DEAD_ENGINE_EXIT_DELAY_S)
+            state.expire()
+            self.should_exit = True
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             loop = self._loop

@@ -181,10 +181,20 @@ class PrometheusStatLogger:
                 self.tpot.observe(fin.decode_time / (fin.num_generation_tokens - 1))
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus text format (what ``GET /metrics`` returns)."""
-        from prometheus_client import generate_latest
+        """The registry in Prometheus text format (what ``GET /metrics`` returns). In
+        prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, several API
+        server processes) the values of every process, summed (gauges: the most recent)."""
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry)
+        from vllm_core import envs
+
+        if envs.prometheus_multiproc_dir() is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
 
 
 class LoggingStatLogger:

@@ -1,0 +1,199 @@
+"""EngineCore: the schedule -> execute -> update loop, without input or output processing.
+
+The core owns the executor (workers, KV cache), the scheduler and the structured-output
+grammars. It takes ready-made ``Request`` objects (tokenized, params final, n > 1 already fanned
+out into children) and returns, per step, the scheduler's ``EngineCoreOutput`` list: token ids,
+finish reasons, logprobs. It never detokenizes: stop strings are found by the front end, which
+finishes the request here with ``finish_requests(ids, FINISHED_STOPPED)``.
+
+The same class runs in-process (``LLMEngine`` holds one) or in its own process
+(``vllm_core.engine.core_proc`` drives one over ZeroMQ).
+
+Async scheduling (``SchedulerConfig.async_scheduling``): ``step`` schedules and launches step
+N+1 first, then waits for step N's sampled ids and returns them, so host work overlaps the
+device. At most one step is in flight; ``has_unfinished_requests`` stays true until it has been
+collected. Structured outputs: the bitmask of a step depends on every earlier token of its
+requests, so when the new step has a structured-output request that also samples in the step in
+flight, that step is collected first (the matchers advance), then the bitmask is built and the
+new step launched. When a step schedules nothing because every waiting request is still
+compiling its grammar, ``step`` waits briefly on the compiles instead of spinning.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm_core.config import EngineConfig
+from vllm_core.engine.executor import create_executor
+from vllm_core.engine.request import Request, RequestStatus
+from vllm_core.engine.scheduler import Scheduler
+from vllm_core.engine.startup import phase
+from vllm_core.engine.stats import SchedulerStats
+from vllm_core.logger import init_logger
+from vllm_core.messages import EngineCoreOutput
+
+logger = init_logger(__name__)
+
+
+@dataclass(slots=True)
+class CoreStepStats:
+    """What one collected step did: the scheduler's stats after it (None when the scheduler does
+    not log stats), the prompt tokens it computed and its wall time (schedule to collect)."""
+
+    scheduler_stats: SchedulerStats | None
+    num_prompt_tokens: int
+    step_time: float
+
+
+@dataclass(slots=True)
+class CoreStep:
+    """``outputs`` of the requests with news (one ``EngineCoreOutput`` each); ``stats`` of the
+    step collected, None when only scheduler-side failures (grammar errors) are reported."""
+
+    outputs: list[EngineCoreOutput] = field(default_factory=list)
+    stats: CoreStepStats | None = None
+
+
+class EngineCore:
+    """Workers + scheduler + grammars; see the module docstring. Not thread-safe: one thread
+    calls every method."""
+
+    def __init__(self, config: EngineConfig, platform: Any, tokenizer: Any) -> None:
+        """Load the model, size and allocate the KV cache, warm up. ``tokenizer`` (the grammar
+        compiler needs it) may be a ``Future`` still loading: it is joined after the weights."""
+        from vllm_core.engine.input_processor import InputProcessor
+        from vllm_core.model_executor.loader import generation_defaults_for
+        from vllm_core.structured_output.manager import StructuredOutputManager
+
+        self.config = config
+        with phase("model load"):
+            self.executor = create_executor(config, platform)
+        try:
+            num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
+            config.cache.num_blocks = num_blocks
+            with phase(f"KV cache allocation ({num_blocks} blocks) and warm-up"):
+                self.executor.initialize_cache(num_blocks)
+        except BaseException:
+            self.executor.shutdown()          # no worker process outlives a failed start
+            raise
+        self.num_blocks = num_blocks
+        self.scheduler = Scheduler(config.scheduler, config.cache, config.model.max_model_len)
+        if isinstance(tokenizer, Future):
+            tokenizer = tokenizer.result()
+        model = config.model
+        eos_ids = InputProcessor.model_eos_token_ids(
+            config, tokenizer, generation_defaults_for(model.model, model.generation_config))
+        self.structured_output_manager = StructuredOutputManager(
+            config.structured_outputs, tokenizer, model.arch.vocab_size, eos_ids)
+        self.async_scheduling = bool(config.scheduler.async_scheduling)
+        self._in_flight: tuple[Any, Any, float] | None = None   # (SchedulerOutput, pending, t0)
+
+    def _check_num_blocks(self, num_blocks: int) -> int:
+        bs = self.config.cache.block_size
+        need = -(-self.config.model.max_model_len // bs) + 1      # + the null block
+        if num_blocks < need:
+            raise ValueError(
+                f"the KV cache holds {max(num_blocks - 1, 0) * bs} tokens, fewer than one "
+                f"request of max_model_len={self.config.model.max_model_len} needs; lower "
+                f"--max-model-len or give the cache more memory (--gpu-memory-utilization, "
+                f"VLLM_CPU_KVCACHE_SPACE / --kv-cache-space-gib)")
+        return num_blocks
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, request: Request) -> None:
+        """Queue ``request`` (its grammar, if any, starts compiling). Raises ValueError with
+        nothing queued when the scheduler refuses it."""
+        params = request.sampling_params
+        if params.structured_outputs is not None and request.structured_output is None:
+            request.structured_output = self.structured_output_manager.submit(
+                params.structured_outputs, request.prompt_token_ids)
+        self.scheduler.add_request(request)
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
+        """Finish requests from outside: aborts, and stop strings found by the front end.
+        Unknown (already finished) ids are ignored."""
+        if request_ids:
+            self.scheduler.finish_requests(request_ids, status)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> CoreStep:
+        """Run one step (see the module docstring); the outputs of the step collected."""
+        t0 = time.perf_counter()
+        scheduler_output = self.scheduler.schedule()
+        result = CoreStep(outputs=self.scheduler.pop_failed_outputs())
+        if scheduler_output.is_empty and self._in_flight is None:
+            self._wait_for_grammars()
+        if not self.async_scheduling:
+            self._attach_bitmask(scheduler_output)
+            self._collect(result, scheduler_output,
+                          self.executor.execute_model(scheduler_output), t0)
+            return result
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and self.structured_output_manager.depends_on_step(
+                scheduler_output, self.scheduler.requests, previous[0]):
+            self._collect(result, previous[0], previous[1].result(), previous[2])
+            previous = None                 # matchers advanced: the bitmask can be built
+        self._attach_bitmask(scheduler_output)
+        if scheduler_output.is_empty:       # nothing to overlap: deliver finished ids now
+            self.executor.execute_model(scheduler_output)
+        else:
+            self._in_flight = (scheduler_output,
+                               self.executor.execute_model_async(scheduler_output), t0)
+        if previous is not None:
+            self._collect(result, previous[0], previous[1].result(), previous[2])
+        return result
+
+    def _collect(self, result: CoreStep, scheduler_output: Any, runner_output: Any,
+                 t0: float) -> None:
+        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        result.outputs.extend(outputs)
+        sampled = {o.req_id for o in outputs if o.new_token_ids}
+        num_prompt = sum(n for r, n in scheduler_output.num_scheduled_tokens.items()
+                         if n > 1 or r not in sampled)
+        stats = CoreStepStats(self.scheduler.make_stats(), num_prompt,
+                              time.perf_counter() - t0)
+        if result.stats is None:
+            result.stats = stats
+        else:                               # two steps collected at once: add them up
+            result.stats.num_prompt_tokens += stats.num_prompt_tokens
+            result.stats.step_time += stats.step_time
+            result.stats.scheduler_stats = _merge(result.stats.scheduler_stats,
+                                                  stats.scheduler_stats)
+
+    def _attach_bitmask(self, scheduler_output: Any) -> None:
+        if scheduler_output.sampling_req_ids:
+            self.structured_output_manager.attach_bitmask(scheduler_output,
+                                                          self.scheduler.requests)
+
+    def _wait_for_grammars(self, timeout: float = 0.05) -> None:
+        futures = self.scheduler.grammar_futures()
+        if futures:
+            wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+
+    # ------------------------------------------------------------------ state
+    def scheduler_snapshot(self) -> SchedulerStats:
+        """Running / waiting / KV usage now, without consuming the per-step counters."""
+        s = self.scheduler
+        return SchedulerStats(num_running_reqs=s.num_running, num_waiting_reqs=s.num_waiting,
+                              kv_cache_usage=s.kv_cache_usage,
+                              num_total_blocks=self.config.cache.num_blocks or 0)
+
+    def shutdown(self) -> None:
+        self.structured_output_manager.shutdown()
+        self.executor.shutdown()
+
+
+def _merge(a: SchedulerStats | None, b: SchedulerStats | None) -> SchedulerStats | None:
+    """``b``'s state with the per-step counters of both."""
+    if a is None or b is None:
+        return b or a
+    b.prefix_cache_queries += a.prefix_cache_queries
+    b.prefix_cache_hits += a.prefix_cache_hits
+    b.num_preemptions += a.num_preemptions
+    return b
