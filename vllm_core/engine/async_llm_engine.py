@@ -92,6 +92,7 @@ class AsyncLLMEngine:
             raise EngineDeadError(f"engine thread died: {self._error!r}")
         if not self._thread.is_alive():
             raise EngineDeadError("engine thread is not running")
+        self.engine.check_core()
 
     def get_scheduler_stats(self) -> SchedulerStats:
         """Running / waiting / KV usage after the latest step (a copy, safe to read)."""
@@ -232,12 +233,13 @@ class AsyncLLMEngine:
         while not self._stop:
             try:
                 self._drain_commands()
-                if not engine.has_unfinished_requests():
+                if engine.in_process and not engine.has_unfinished_requests():
                     self._snapshot = engine.scheduler_snapshot()
-                    if not self._wakeup.wait(timeout=1.0):
-                        engine.check_core()
+                    self._wakeup.wait(timeout=1.0)
                     self._wakeup.clear()
                     continue
+                # With a core process, step() also waits while idle (for the core's state
+                # messages, a notify, or a second: then it checks that the core lives).
                 outputs = engine.step()
             except BaseException as e:  # noqa: BLE001 - any failure here kills the engine
                 self._fail(e)

@@ -8,7 +8,8 @@ core (model load, KV cache, warm-up), binds its input socket, and loops:
    (a refusal becomes an output with finish_reason "abort"); ``FinishRequests`` finishes
    requests (aborts, stop strings); ``Shutdown`` ends the loop;
 2. run one step when there is work, and send each front end one ``StepOutputs`` with its
-   requests' outputs (front end 0 gets one every step: it carries the step's counters).
+   requests' outputs (front end 0 gets one every step: it carries the step's counters);
+   when the core falls idle, every front end gets an empty one with the scheduler's state.
 
 Exits with status 0 after ``Shutdown``; on any error it sends ``CoreFailed`` to every front end
 and exits with status 1. It also exits when its parent process is gone (checked every second),
@@ -143,13 +144,21 @@ class _CoreLoop:
     # ------------------------------------------------------------------ the loop
     def loop(self) -> None:
         core = self.core
+        was_busy = False
         while not self.stopping:
             busy = core.has_unfinished_requests()
+            if was_busy and not busy:
+                self._send_snapshots()     # idle now (finished or aborted): say so once
+            was_busy = busy
             self._read(block=not busy)
             if self.stopping or not core.has_unfinished_requests():
                 continue
             step = core.step()
             self._route(step)
+
+    def _send_snapshots(self) -> None:
+        for client in self.outputs:
+            self._send(client, [], None)
 
     def _route(self, step: Any) -> None:
         by_client: dict[int, list[Any]] = {}
