@@ -55,6 +55,8 @@ def run_multi_server(args: argparse.Namespace, host: str, count: int) -> int:
     from vllm_core.engine.core_client import send_shutdown, start_core_process
     from vllm_core.entrypoints.openai.api_server import engine_args_from
 
+    # The children get the flags by pickle: drop what the CLI attached (its handler).
+    args = argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)})
     metrics_dir = tempfile.mkdtemp(prefix="vllm-core-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir      # inherited by the children
     probe = reuseport_socket(host, args.port)                 # the port is ours, or fail now
