@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Issue 11 GPU job (H200, no network): the serving split and FlashInfer, same run.
+#
+#   OUT=/some/dir bash benchmarks/gpu_jobs/issue11.sh      (from the repository root)
+#
+# Needs carried: the wheels in .whl3/ (flashinfer-python 0.7.4 and the small dependencies it
+# imports: apache-tvm-ffi, ninja, nvidia-ml-py, einops, tabulate, click, cuda-python,
+# cuda-bindings, cuda-pathfinder); without them the FlashInfer steps report the failure and the
+# rest runs. Writes everything under "$OUT/issue11/" (JSON lines in *.jsonl, logs in *.log).
+# Each step has its own timeout and a failed step never stops the next; a step that would
+# start late is skipped (marked SKIP): the worst case stays under 9.5 minutes, the expected
+# run is about 6.
+#
+# Steps:
+#  1. offline gpu-8b (vllm-core only): the peer figure for the serving ratio; on a fresh
+#     machine its startup_s is the fresh start-up (kernels compile inside it).
+#  2. `vllm-core bench serve`, 1000 prompts 512/256 at an unlimited rate, the 8B shape:
+#     in-process server vs engine core process (startup_s of each: the warm start-up, after
+#     step 1 filled the compile caches); ratio vs step 1 (issue target >= 0.95).
+#  3. the engine core process at 32 req/s (median / p99 TPOT; issue target <= 14 / 20 ms).
+#  4. FlashInfer: install the wheels into /tmp/fi, its parity test, then gpu-8b-b1 and gpu-8b
+#     with --attention-backend flashinfer vs triton.
+set -x
+OUT=${OUT:-/tmp/out}
+D="$OUT/issue11"
+mkdir -p "$D"
+cd "$(dirname "$0")/../.." || exit 1
+ROOT=$(pwd)
+mark() { echo "=== ISSUE11 $* ($(date +%T), ${SECONDS}s)" | tee -a "$D/marks.log"; }
+# A step starts only while this much of the budget is left (the job must end within 10 min).
+budget() { if [ "$SECONDS" -gt "$1" ]; then mark "SKIP $2: ${SECONDS}s used"; return 1; fi; }
+
+mark "0 install"
+python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/vc11 \
+    . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 \
+    || mark "0 install FAILED (see install.log)"
+export PYTHONPATH=/tmp/vc11
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > "$D/gpu.txt" 2>&1
+MODEL=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from throughput_gpu import \
+DEFAULT_MODEL_DIR, ensure_model_dir; print(ensure_model_dir(DEFAULT_MODEL_DIR))" 2>>"$D/install.log")
+echo "model dir: $MODEL"
+
+mark "1 offline gpu-8b"
+timeout 100 python3 benchmarks/throughput_gpu.py --workload gpu-8b --systems vllm-core \
+    --output "$D/offline.jsonl" > "$D/offline.log" 2>&1 || mark "1 offline FAILED rc=$?"
+OFFLINE=$(python3 -c "
+import json
+for line in open('$D/offline.jsonl'):
+    d = json.loads(line)
+    if d.get('system') == 'vllm-core' and 'output_tok_s' in d:
+        print(d['output_tok_s'])
+" 2>/dev/null | tail -1)
+echo "offline gpu-8b output tok/s: ${OFFLINE:-unknown}"
+OFFARG=()
+[ -n "$OFFLINE" ] && OFFARG=(--offline-tok-s "$OFFLINE")
+
+SERVE="$MODEL --load-format dummy --dtype bfloat16 --max-model-len 1024 \
+--max-num-batched-tokens 8192 --max-num-seqs 256 --disable-log-stats --shutdown-timeout 5"
+mark "2 bench serve inf: in-process vs core-process"
+budget 200 "2 serve inf" && timeout 170 python3 benchmarks/serve_split.py --modes in-process,core-process \
+    --serve-args "$SERVE" --num-prompts 1000 --input-len 512 --output-len 256 \
+    --request-rate inf "${OFFARG[@]}" --startup-timeout 60 --bench-timeout 60 \
+    --log-dir "$D/serve-inf" --output "$D/serve.jsonl" > "$D/serve-inf.log" 2>&1 \
+    || mark "2 serve inf FAILED rc=$?"
+
+mark "3 bench serve 32 req/s: core-process"
+budget 330 "3 serve 32" && timeout 75 python3 benchmarks/serve_split.py --modes core-process --serve-args "$SERVE" \
+    --num-prompts 1000 --input-len 512 --output-len 256 --request-rate 32 \
+    --startup-timeout 40 --bench-timeout 40 --log-dir "$D/serve-32" \
+    --output "$D/serve.jsonl" > "$D/serve-32.log" 2>&1 || mark "3 serve 32 FAILED rc=$?"
+
+mark "4 flashinfer install"
+if ls "$ROOT"/.whl3/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/fi "$ROOT"/.whl3/*.whl \
+        > "$D/fi-install.log" 2>&1 || mark "4 flashinfer install FAILED"
+else
+    mark "4 no wheels in .whl3: flashinfer steps will report it missing"
+fi
+export PYTHONPATH=/tmp/vc11:/tmp/fi
+export PATH="/tmp/fi/bin:$PATH"
+export FLASHINFER_WORKSPACE_BASE="$D/fi-cache"      # its JIT cache (nvcc builds) lives here
+python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" \
+    > "$D/fi-import.log" 2>&1 || mark "4 flashinfer import FAILED (fi-import.log)"
+mark "4a flashinfer parity test"
+budget 420 "4a flashinfer tests" && timeout 90 python3 -m pytest -q -x -p no:cacheprovider \
+    platforms/cuda/tests/test_gpu_engine.py -k "flashinfer or selection_explains" \
+    > "$D/fi-tests.log" 2>&1 || mark "4a flashinfer tests FAILED rc=$?"
+tail -3 "$D/fi-tests.log"
+mark "4b gpu-8b-b1 and gpu-8b: flashinfer vs triton"
+for backend in triton flashinfer; do
+    budget 500 "4b $backend" || continue
+    timeout 70 python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1,gpu-8b \
+        --systems vllm-core --attention-backend "$backend" --timeout 60 \
+        --output "$D/backends.jsonl" > "$D/backend-$backend.log" 2>&1 \
+        || mark "4b $backend FAILED rc=$?"
+done
+mark "done"
+grep -h '^{' "$D"/*.jsonl 2>/dev/null
