@@ -44,6 +44,9 @@ read by their plugins (``vllm_core_cpu.envs``, ``vllm_core_cuda.envs``). Request
 ``dist_backend``; ``TorchWorker`` takes ``distributed_init_method`` (pass extra keyword
 arguments through in a subclass's ``__init__``); the model is built with a
 ``ParallelContext`` (``cls(arch, attn_backend, ops, parallel=...)``).
+
+2.1, added with a default (no plugin change needed): ``Platform.default_engine_core_process``
+(whether the server runs the engine core in its own process by default; CUDA: yes).
 """
 
 
