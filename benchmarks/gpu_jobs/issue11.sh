@@ -3,7 +3,9 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_jobs/issue11.sh      (from the repository root)
 #
-# Needs carried: the wheels in .whl3/ (flashinfer-python 0.7.4 and the small dependencies it
+# Needs carried: the wheels in .whl3/, or .whl3a/ and .whl3b/ (the same, split to fit the
+# 64 MiB carry limit: carry .whl3a in one call, .whl3b in the next, then run this) --
+# flashinfer-python 0.7.4 and the small dependencies it
 # imports: apache-tvm-ffi, ninja, nvidia-ml-py, einops, tabulate, click, cuda-python,
 # cuda-bindings, cuda-pathfinder); without them the FlashInfer steps report the failure and the
 # rest runs. Writes everything under "$OUT/issue11/" (JSON lines in *.jsonl, logs in *.log).
@@ -70,8 +72,16 @@ budget 330 "3 serve 32" && timeout 75 python3 benchmarks/serve_split.py --modes 
     --output "$D/serve.jsonl" > "$D/serve-32.log" 2>&1 || mark "3 serve 32 FAILED rc=$?"
 
 mark "4 flashinfer install"
-if ls "$ROOT"/.whl3/*.whl > /dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/fi "$ROOT"/.whl3/*.whl \
+# The wheels come in .whl3/ or, split under the 64 MiB carry limit, in .whl3a/ + .whl3b/ (each
+# carried by its own call; the flashinfer wheel is cut in two parts, joined here).
+WHL=/tmp/whl3; mkdir -p "$WHL"
+cp "$ROOT"/.whl3/*.whl "$ROOT"/.whl3a/*.whl "$ROOT"/.whl3b/*.whl "$WHL"/ 2>/dev/null
+if ls "$ROOT"/.whl3a/*.part.* "$ROOT"/.whl3b/*.part.* > /dev/null 2>&1; then
+    cat "$ROOT"/.whl3a/flashinfer_python-*.whl.part.aa "$ROOT"/.whl3b/flashinfer_python-*.whl.part.ab \
+        > "$WHL/flashinfer_python-0.7.4-py3-none-any.whl"
+fi
+if ls "$WHL"/flashinfer_python-*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/fi "$WHL"/*.whl \
         > "$D/fi-install.log" 2>&1 || mark "4 flashinfer install FAILED"
 else
     mark "4 no wheels in .whl3: flashinfer steps will report it missing"
