@@ -22,13 +22,8 @@ from typing import Any
 UNSUPPORTED: dict[str, tuple[Any, tuple[Any, ...], str]] = {
     "trust_remote_code": (False, (), "vllm-core never runs code shipped with a model; models "
                           "are built from its own implementations (drop --trust-remote-code)"),
-    "quantization": (None, ("gguf",), "only GGUF checkpoints are read (dequantized on load); "
-                     "other --quantization methods are not supported yet"),
     "data_parallel_size": (1, (), "data parallelism is not supported yet (run one server per "
                            "replica behind a load balancer)"),
-    "enable_lora": (False, (), "LoRA adapters are not supported yet"),
-    "lora_modules": (None, (), "LoRA adapters are not supported yet"),
-    "speculative_config": (None, (), "speculative decoding is not supported yet"),
 }
 
 
@@ -38,13 +33,8 @@ def add_vllm_compat_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                                   "refused with the reason)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="refused: vllm-core never runs code shipped with a model")
-    g.add_argument("--quantization", "-q", default=None,
-                   help="only 'gguf' (GGUF files are dequantized on load)")
     g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="only 1 (not supported yet)")
-    g.add_argument("--enable-lora", action="store_true", help="not supported yet")
-    g.add_argument("--lora-modules", nargs="+", default=None, help="not supported yet")
-    g.add_argument("--speculative-config", default=None, help="not supported yet")
     g.add_argument("--disable-log-requests", action="store_true",
                    help="accepted; request contents are never logged")
     return parser
