@@ -43,6 +43,7 @@ class EngineArgs:
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
+    warmup: bool = False                      # LLM: off; `serve` and the CLI: --warmup (on)
     async_scheduling: bool | None = None      # None: the platform's default
     disable_log_stats: bool = False
     structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
@@ -108,6 +109,10 @@ class EngineArgs:
                             "process per rank on this host; the default for several ranks)")
         g.add_argument("--attention-backend", default=None)
         g.add_argument("--enforce-eager", action="store_true")
+        g.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                       help="before serving, run steps that compile every kernel a request "
+                            "can hit (prefill, mixed and decode shapes, each sampling "
+                            "variant); compiled kernels persist under VLLM_CACHE_ROOT")
         g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
                        default=None,
                        help="schedule and launch step N+1 while the device runs step N "
@@ -280,7 +285,7 @@ class EngineArgs:
             structured_outputs=structured,
             speculative=speculative,
             attention_backend=self.attention_backend or envs.attention_backend(),
-            enforce_eager=self.enforce_eager,
+            enforce_eager=self.enforce_eager, warmup=self.warmup,
             lora=self._lora_config(),
         )
         _check_parallel_fits(config)
