@@ -90,3 +90,9 @@ def worker_start_timeout_s() -> float:
     """VLLM_WORKER_START_TIMEOUT_S: how long worker processes may take to start and load the
     model (default 1800)."""
     return float(get("VLLM_WORKER_START_TIMEOUT_S") or 1800.0)
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode (metrics written to
+    files in this folder and summed at scrape time); set by ``--api-server-count`` > 1."""
+    return get("PROMETHEUS_MULTIPROC_DIR")

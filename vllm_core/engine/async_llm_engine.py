@@ -1,10 +1,16 @@
 """AsyncLLMEngine: the engine loop on a background thread, each request an async generator.
 
-Thread model: only the engine thread touches the scheduler, the workers and the output
-processor. Callers (the asyncio loop of the server) validate and tokenize their request on
-their own thread, then hand it over through a command queue; outputs come back through
-``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``. Torch releases the GIL
-while it computes, so the event loop stays responsive during a step.
+Thread model: only the engine thread touches the engine core (or its client), the workers and
+the output processor. Callers (the asyncio loop of the server) validate and tokenize their
+request on their own thread, then hand it over through a command queue; outputs come back
+through ``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``. Torch releases the
+GIL while it computes, so the event loop stays responsive during a step.
+
+With the engine core in its own process (``engine_core_process``), the engine thread only
+sends requests and aborts to it, waits for its per-step output batches and detokenizes them;
+it is woken (``LLMEngine.notify``) whenever a command is queued. A core process that dies
+fails every request in flight with ``EngineDeadError`` and makes ``check_health`` raise within
+about a second, busy or idle.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm_core.engine.arg_utils import EngineArgs
+from vllm_core.engine.errors import EngineDeadError
 from vllm_core.engine.input_processor import PromptType
 from vllm_core.engine.llm_engine import LLMEngine
 from vllm_core.engine.stats import SchedulerStats, StatLogger
@@ -35,10 +42,6 @@ def _settle(future: asyncio.Future, result: Any) -> None:
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-class EngineDeadError(RuntimeError):
-    """The engine thread stopped after an internal error; the server must restart."""
 
 
 @dataclass(slots=True)
@@ -65,8 +68,16 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs,
-                         stat_loggers: list[StatLogger] | None = None) -> AsyncLLMEngine:
-        return cls(LLMEngine.from_engine_args(engine_args, stat_loggers))
+                         stat_loggers: list[StatLogger] | None = None,
+                         engine_core_process: bool | None = None) -> AsyncLLMEngine:
+        """``engine_core_process``: the engine core in its own process (None: the platform's
+        default)."""
+        return cls(LLMEngine.from_engine_args(engine_args, stat_loggers,
+                                              engine_core_process=engine_core_process))
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self.engine.notify()
 
     # ------------------------------------------------------------------ state
     def is_ready(self) -> bool:
@@ -82,13 +93,11 @@ class AsyncLLMEngine:
         fails, which also fails every request in flight. Cheap: called per request and by the
         server's watchdog."""
         if self._error is None and not self._stop and self._thread.is_alive():
-            probe = getattr(getattr(self.engine, "executor", None), "check_health", None)
-            if probe is not None:
-                try:
-                    probe()
-                except Exception as e:  # noqa: BLE001 - the engine cannot serve any more
-                    logger.error("engine health check failed: %s", e)
-                    self._die(e)
+            try:
+                self.engine.check_health()
+            except Exception as e:  # noqa: BLE001 - the engine cannot serve any more
+                logger.error("engine health check failed: %s", e)
+                self._die(e)
         if self._error is not None:
             raise EngineDeadError(f"the engine stopped: {self._error}")
         if not self._thread.is_alive():
@@ -133,7 +142,7 @@ class AsyncLLMEngine:
             loop.call_soon_threadsafe(_settle, future, result)
 
         self._commands.put(("call", work))
-        self._wakeup.set()
+        self._wake()
         return await future
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
@@ -165,7 +174,7 @@ class AsyncLLMEngine:
             raise EngineDeadError(f"the engine stopped: {self._error}")
         self._commands.put(("add", request_id, processed, priority, time.time(),
                             lora_request))
-        self._wakeup.set()
+        self._wake()
         finished = False
         try:
             while True:
@@ -181,7 +190,7 @@ class AsyncLLMEngine:
                 self._streams.pop(request_id, None)
             if not finished:
                 self._commands.put(("abort", request_id))
-                self._wakeup.set()
+                self._wake()
 
     async def embed(self, prompts: list[list[int]], pooling: str = "last",
                     normalize: bool = True) -> list[list[float]]:
@@ -192,6 +201,9 @@ class AsyncLLMEngine:
         await self.check_health()
         if self._stop:
             raise EngineDeadError("engine is shutting down")
+        if not self.engine.in_process:
+            raise ValueError("embeddings need the engine core in the server's process; start "
+                             "the server with --no-engine-core-process")
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         embedder = Embedder(self.engine.executor.worker.runner,
@@ -205,16 +217,16 @@ class AsyncLLMEngine:
             loop.call_soon_threadsafe(_settle, future, result)
 
         self._commands.put(("call", work))
-        self._wakeup.set()
+        self._wake()
         return await future
 
     async def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
-        self._wakeup.set()
+        self._wake()
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         self._stop = True
-        self._wakeup.set()
+        self._wake()
         await asyncio.to_thread(self._thread.join, timeout)
         self.engine.shutdown()
 
@@ -251,27 +263,32 @@ class AsyncLLMEngine:
         """Record the fatal ``error`` (first one wins) and fail every request in flight with
         ``EngineDeadError``; the engine thread stops at its next iteration. Any thread."""
         if self._error is None:
+            if isinstance(error, EngineDeadError):     # the core process: its reason says it
+                logger.error("%s; failing all requests", error)
+            else:
+                logger.error("the engine failed; failing all requests", exc_info=error)
             self._error = error
         dead = EngineDeadError(f"the engine stopped: {self._error}")
         with self._streams_lock:
             ids = list(self._streams)
         for request_id in ids:
             self._deliver(request_id, dead)
-        self._wakeup.set()
+        self._wake()
 
     def _run(self) -> None:
         engine = self.engine
         while not self._stop and self._error is None:
-            self._drain_commands()
-            if not engine.has_unfinished_requests():
-                self._snapshot = engine.scheduler_snapshot()
-                self._wakeup.wait(timeout=1.0)
-                self._wakeup.clear()
-                continue
             try:
+                self._drain_commands()
+                if engine.in_process and not engine.has_unfinished_requests():
+                    self._snapshot = engine.scheduler_snapshot()
+                    self._wakeup.wait(timeout=1.0)
+                    self._wakeup.clear()
+                    continue
+                # With a core process, step() also waits while idle (for the core's state
+                # messages, a notify, or a second: then it checks that the core lives).
                 outputs = engine.step()
             except BaseException as e:  # noqa: BLE001 - any failure here kills the engine
-                logger.exception("engine step failed; failing all requests")
                 self._die(e)
                 return
             self._snapshot = engine.scheduler_snapshot()

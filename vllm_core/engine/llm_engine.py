@@ -1,43 +1,35 @@
 """LLMEngine: the synchronous engine loop (add_request / step / abort).
 
-One ``step`` = ``Scheduler.schedule`` -> ``Executor.execute_model`` ->
-``Scheduler.update_from_output`` -> ``OutputProcessor.process_outputs``. Stop strings found
-by the detokenizer finish the request in the scheduler in the same step. n > 1 requests fan out
-into child requests ``"{i}_{request_id}"`` that share the prompt's KV blocks.
+The engine is a front end around an engine core. The front end does input processing
+(tokenize, validate, complete SamplingParams; n > 1 fans out into child requests
+``"{i}_{request_id}"`` that share the prompt's KV blocks) and output processing (incremental
+detokenization, stop strings, logprobs, ``RequestOutput``). The core
+(``vllm_core.engine.core.EngineCore``: scheduler, workers, grammars; async scheduling) runs
+in this process, or in its own process behind ``vllm_core.engine.core_client.EngineCoreClient``
+(same interface). One ``step`` = one core step (schedule -> execute -> update) ->
+``OutputProcessor.process_outputs``. A stop string found by the detokenizer finishes the
+request in the core with ``FINISHED_STOPPED`` (in-process: before the next step is scheduled;
+with the core in another process: when the message arrives, so the core may have computed a
+few tokens more, which are dropped here). Speculative decoding, the two-phase structured-output
+step and the MoE expert load live in the core (``EngineCore``), so both layouts have them.
 
-With async scheduling (``SchedulerConfig.async_scheduling``) a step schedules and launches step
-N+1 first, then waits for step N's sampled ids and processes them, so the host work of one step
-(scheduling, input preparation, output processing) overlaps the device running the other. Each
-``step()`` then returns the outputs of the step before; at most one step is in flight, and
-``has_unfinished_requests()`` stays true until it has been collected.
-
-Structured outputs: ``add_request`` starts compiling a request's grammar (the scheduler holds the
-request until it is ready); after ``schedule`` the engine attaches the step's grammar bitmask
-(``StructuredOutputManager.attach_bitmask``). The bitmask of a step depends on every earlier
-token of its requests, so under async scheduling, when the new step has a structured-output
-request that samples and that also samples in the step in flight, the step runs in two phases
-(when the executor ``supports_deferred_sampling``): launch N+1 with ``defer_sampling`` (forward
-only), collect and process step N (the matchers advance), build N+1's bitmask while the device
-runs its forward, then ``sample_tokens``. Host grammar work overlaps the forward; only the
-sampling waits for it. An executor without the second phase collects step N before launching
-N+1 (no overlap for such steps). When a step schedules nothing because every waiting request
-is still compiling, ``step`` waits briefly on the compiles instead of spinning.
+LoRA: the front end keeps the adapter names (``LoRARegistry``: the server resolves
+``model=<name>`` through it); the core loads adapters by id (``core.add_lora``).
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
 from vllm_core.config import EngineConfig
 from vllm_core.engine.arg_utils import EngineArgs
-from vllm_core.engine.executor import create_executor
+from vllm_core.engine.core import CoreStep, EngineCore
 from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
-from vllm_core.engine.startup import in_background, phase
+from vllm_core.engine.startup import describe_phases, in_background
 from vllm_core.engine.stats import IterationStats, SchedulerStats, StatLogger
 from vllm_core.logger import init_logger
 from vllm_core.outputs import RequestOutput
@@ -61,8 +53,15 @@ def load_chat_template(value: str | None) -> str | None:
 
 
 class LLMEngine:
+    """Input processing + an engine core + output processing (see the module docstring).
+
+    ``core`` is an in-process ``EngineCore`` (built here when None) or any object with its
+    request/step interface, such as ``vllm_core.engine.core_client.EngineCoreClient`` for an
+    engine core in its own process.
+    """
+
     def __init__(self, config: EngineConfig, platform: Any,
-                 stat_loggers: list[StatLogger] | None = None) -> None:
+                 stat_loggers: list[StatLogger] | None = None, core: Any = None) -> None:
         from vllm_core.model_executor.loader import generation_defaults_for, get_tokenizer
 
         start = time.perf_counter()
@@ -74,69 +73,109 @@ class LLMEngine:
         template = load_chat_template(model.chat_template)
         self.generation_defaults: dict[str, Any] = generation_defaults_for(
             model.model, model.generation_config)
-        with phase("model load"):
-            self.executor = create_executor(config, platform)
+        if core is None:
+            core = EngineCore(config, platform, tokenizer)
+        else:
+            core.wait_ready()
+        self.core = core
         self.tokenizer = tokenizer.result()
         if template is not None:
             self.tokenizer.chat_template = template
-        try:
-            num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
-            config.cache.num_blocks = num_blocks
-            with phase(f"KV cache allocation ({num_blocks} blocks) and warm-up"):
-                self.executor.initialize_cache(num_blocks)
-        except BaseException:
-            self.executor.shutdown()          # no worker process outlives a failed start
-            raise
-        self.scheduler = Scheduler(config.scheduler, config.cache, model.max_model_len,
-                                   max_loras=config.lora.max_loras if config.lora else None)
-        from vllm_core.lora.registry import LoRARegistry
-
-        self.loras = LoRARegistry()
-        from vllm_core.structured_output.manager import StructuredOutputManager
-
         eos_ids = InputProcessor.model_eos_token_ids(config, self.tokenizer,
                                                      self.generation_defaults)
-        self.structured_output_manager = StructuredOutputManager(
-            config.structured_outputs, self.tokenizer, model.arch.vocab_size, eos_ids)
+        num_blocks = config.cache.num_blocks = core.num_blocks
+        from vllm_core.structured_output.manager import StructuredOutputManager
+
+        # The front end's manager only validates constraints and picks their backend
+        # (``prepare``); the core's compiles them. In-process they are the same object.
+        self.structured_output_manager = getattr(core, "structured_output_manager", None) \
+            or StructuredOutputManager(config.structured_outputs, self.tokenizer,
+                                       model.arch.vocab_size, eos_ids)
         self.input_processor = InputProcessor(config, self.tokenizer, self.generation_defaults,
                                               self.structured_output_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.stat_loggers: list[StatLogger] = list(stat_loggers or [])
         self._children: dict[str, list[str]] = {}
-        self.async_scheduling = bool(config.scheduler.async_scheduling)
-        self._in_flight: tuple[Any, Any, float] | None = None   # (SchedulerOutput, pending, t0)
-        self.drafter = None                    # speculative decoding's proposer hook
-        if config.speculative is not None:
-            from vllm_core.spec_decode.drafter import Drafter
+        from vllm_core.lora.registry import LoRARegistry
 
-            self.drafter = Drafter(config.speculative)
-        self._deferred_sampling = (self.async_scheduling and config.structured_outputs.overlap_bitmask
-                                   and getattr(self.executor, "supports_deferred_sampling",
-                                               False))
-        self.num_two_phase_steps = 0
+        self.loras = LoRARegistry()
+        self.async_scheduling = bool(config.scheduler.async_scheduling)
         self.startup_time = time.perf_counter() - start
+        self.startup_phases: dict[str, float] = dict(core.startup_phases)
+        self.startup_phases["total"] = self.startup_time
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
-                    "(%d tokens), max_model_len %d%s", self.startup_time, platform.describe(),
+                    "(%d tokens), max_model_len %d%s%s", self.startup_time, platform.describe(),
                     model.dtype, num_blocks, config.cache.block_size,
                     (num_blocks - 1) * config.cache.block_size, model.max_model_len,
-                    ", async scheduling" if self.async_scheduling else "")
+                    ", async scheduling" if self.async_scheduling else "",
+                    "" if self.in_process else ", engine core in its own process")
+        logger.info("start-up phases: %s", describe_phases(self.startup_phases))
 
-    def _check_num_blocks(self, num_blocks: int) -> int:
-        bs = self.config.cache.block_size
-        need = -(-self.config.model.max_model_len // bs) + 1      # + the null block
-        if num_blocks < need:
-            raise ValueError(
-                f"the KV cache holds {max(num_blocks - 1, 0) * bs} tokens, fewer than one "
-                f"request of max_model_len={self.config.model.max_model_len} needs; lower "
-                f"--max-model-len or give the cache more memory (--gpu-memory-utilization, "
-                f"VLLM_CPU_KVCACHE_SPACE / --kv-cache-space-gib)")
-        return num_blocks
+    # The in-process core's parts (tests and benchmarks reach the workers through these).
+    @property
+    def executor(self) -> Any:
+        return self._in_process_core().executor
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._in_process_core().scheduler
+
+    @property
+    def drafter(self) -> Any:
+        """Speculative decoding's drafter (None when off); in-process core only."""
+        return self._in_process_core().drafter
+
+    @property
+    def num_two_phase_steps(self) -> int:
+        """Steps run in two phases (structured outputs); in-process core only."""
+        return self._in_process_core().num_two_phase_steps
+
+    def _in_process_core(self) -> EngineCore:
+        if not isinstance(self.core, EngineCore):
+            raise RuntimeError("the engine core runs in another process; its executor and "
+                               "scheduler are not reachable from here")
+        return self.core
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs,
-                         stat_loggers: list[StatLogger] | None = None) -> LLMEngine:
+                         stat_loggers: list[StatLogger] | None = None,
+                         engine_core_process: bool | None = False) -> LLMEngine:
+        """``engine_core_process``: run the engine core in its own process (None: the
+        platform's default, ``Platform.default_engine_core_process``)."""
         config, platform = engine_args.create_engine_config()
-        return cls(config, platform, stat_loggers)
+        if engine_core_process is None:
+            engine_core_process = platform.default_engine_core_process()
+        core = None
+        if engine_core_process:
+            from vllm_core.engine.core_client import EngineCoreClient
+
+            core = EngineCoreClient.start(config, platform)
+        try:
+            return cls(config, platform, stat_loggers, core=core)
+        except BaseException:
+            if core is not None:
+                core.shutdown(timeout_s=0.0)
+            raise
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the engine core runs in this process."""
+        return isinstance(self.core, EngineCore)
+
+    def check_health(self) -> None:
+        """Raise when the engine cannot serve: the executor's probe fails (a worker process
+        ended) or, with the core in its own process, ``EngineDeadError`` when that process has
+        exited or failed (the core probes its own executor). Cheap; any thread."""
+        if self.in_process:
+            self.core.check_health()
+        else:
+            self.core.check_alive()
+
+    def notify(self) -> None:
+        """Wake a ``step`` that waits for the engine core process (thread-safe; no-op when
+        the core is in this process)."""
+        if not self.in_process:
+            self.core.notify()
 
     # ------------------------------------------------------------------ requests
     def get_tokenizer(self) -> Any:
@@ -191,17 +230,12 @@ class LLMEngine:
                 child_params.n = 1
                 if params.seed is not None:
                     child_params.seed = params.seed + i
-            grammar = None
-            if child_params.structured_outputs is not None:
-                grammar = self.structured_output_manager.submit(
-                    child_params.structured_outputs, processed.prompt_token_ids)
             requests.append(Request(
                 request_id=child_id, prompt_token_ids=processed.prompt_token_ids,
                 sampling_params=child_params, arrival_time=arrival, priority=priority,
-                lora_id=lora_id, parent_id=request_id if n > 1 else None,
-                structured_output=grammar))
-        for i, req in enumerate(requests):           # scheduler first: it may refuse
-            self.scheduler.add_request(req)
+                lora_id=lora_id, parent_id=request_id if n > 1 else None))
+        for i, req in enumerate(requests):           # the core first: it may refuse
+            self.core.add_request(req)
             self.output_processor.add_request(
                 req.request_id, processed.prompt, processed.prompt_token_ids,
                 req.sampling_params, arrival, parent_id=request_id if n > 1 else None,
@@ -210,165 +244,70 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ LoRA adapters
     def add_lora(self, lora_request: Any) -> bool:
-        """Load a PEFT adapter (``LoRARequest``) on the workers and register its name. False
+        """Load a PEFT adapter (``LoRARequest``) in the core and register its name. False
         when it is already loaded; ValueError when LoRA is off, the name or id is taken, or
         the adapter does not fit the model."""
         if self.config.lora is None:
             raise ValueError("LoRA adapters need an engine started with enable_lora=True "
                              "(--enable-lora)")
-        return self.loras.add(lora_request, self.executor.add_lora)
+        return self.loras.add(lora_request, lambda lora_id, path: self.core.add_lora(
+            lora_id, lora_request.lora_name, path))
 
     def remove_lora(self, name: str) -> None:
         """Unload the adapter ``name``; ValueError when unknown or still used by a request."""
         request = self.loras.get(name)
         if request is None:
             raise ValueError(f"no LoRA adapter named {name!r} is loaded")
-        if any(r.lora_id == request.lora_int_id for r in self.scheduler.requests.values()):
-            raise ValueError(f"LoRA adapter {name!r} is in use by unfinished requests")
-        self.executor.remove_lora(request.lora_int_id)
+        self.core.remove_lora(request.lora_int_id)
         self.loras.remove(name)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         children = [c for r in ids for c in self._children.pop(r, [])]
         if children:
-            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED)
+            self.core.finish_requests(children, RequestStatus.FINISHED_ABORTED)
             for child in children:
                 self.output_processor.abort_request(child)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+        return self.core.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
         return len(self._children)
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[RequestOutput]:
-        t0 = time.perf_counter()
-        outputs = self._propose_drafts() if self.drafter is not None else []
-        scheduler_output = self.scheduler.schedule()
-        outputs += self._failed_outputs()
-        if scheduler_output.is_empty and self._in_flight is None:
-            self._wait_for_grammars()
-        if not self.async_scheduling or scheduler_output.scheduled_spec_decode_tokens:
-            self._attach_bitmask(scheduler_output)
-            return outputs + self._finish_step(
-                scheduler_output, self.executor.execute_model(scheduler_output), t0)
-        previous, self._in_flight = self._in_flight, None
-        if previous is not None and self.structured_output_manager.depends_on_step(
-                scheduler_output, self.scheduler.requests, previous[0]):
-            if self._deferred_sampling:
-                return outputs + self._two_phase_step(scheduler_output, previous, t0)
-            outputs += self._finish_step(previous[0], previous[1].result(), previous[2])
-            previous = None                 # matchers advanced: the bitmask can be built
-        self._attach_bitmask(scheduler_output)
-        if scheduler_output.is_empty:       # nothing to overlap: deliver finished ids now
-            self.executor.execute_model(scheduler_output)
-        else:
-            self._in_flight = (scheduler_output,
-                               self.executor.execute_model_async(scheduler_output), t0)
-        if previous is None:
-            return outputs
-        prev_output, pending, prev_t0 = previous
-        return outputs + self._finish_step(prev_output, pending.result(), prev_t0)
-
-    def _propose_drafts(self) -> list[RequestOutput]:
-        """Speculative decoding: give running decodes their drafts before ``schedule()``.
-        Drafts follow the last known token, so a step in flight is collected first: steps
-        that speculate do not overlap host and device work (async scheduling continues for
-        the steps where speculation is off, e.g. above ``disable_by_batch_size``)."""
-        if not self.drafter.active(self.scheduler.num_running):
+        """One core step (see ``EngineCore.step``; with the core in another process: the next
+        batch of outputs it sent, or none after a short wait), detokenized."""
+        core_step = self.core.step()
+        if not core_step.outputs and core_step.stats is None:
             return []
-        outputs: list[RequestOutput] = []
-        if self._in_flight is not None:
-            prev_output, pending, prev_t0 = self._in_flight
-            self._in_flight = None
-            outputs = self._finish_step(prev_output, pending.result(), prev_t0)
-        self.drafter.propose(self.scheduler.running, self.scheduler.max_seq_len)
-        return outputs
-
-    def _two_phase_step(self, scheduler_output: Any, previous: tuple[Any, Any, float],
-                        t0: float) -> list[RequestOutput]:
-        """Launch ``scheduler_output``'s forward, finish the step in flight (its tokens advance
-        the matchers), build the bitmask while the device computes, then sample."""
-        scheduler_output.defer_sampling = True
-        self.num_two_phase_steps += 1
-        self.executor.execute_model_async(scheduler_output)
-        prev_output, pending, prev_t0 = previous
-        outputs = self._finish_step(prev_output, pending.result(), prev_t0)
-        self._attach_bitmask(scheduler_output)
-        self._in_flight = (scheduler_output, self.executor.sample_tokens(scheduler_output), t0)
-        return outputs
-
-    def _attach_bitmask(self, scheduler_output: Any) -> None:
-        if scheduler_output.sampling_req_ids:
-            self.structured_output_manager.attach_bitmask(scheduler_output,
-                                                          self.scheduler.requests)
-
-    def _wait_for_grammars(self, timeout: float = 0.05) -> None:
-        futures = self.scheduler.grammar_futures()
-        if futures:
-            wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
-
-    def _failed_outputs(self) -> list[RequestOutput]:
-        failed = self.scheduler.pop_failed_outputs()
-        return self._process(failed) if failed else []
-
-    def _finish_step(self, scheduler_output: Any, runner_output: Any,
-                     t0: float) -> list[RequestOutput]:
-        if scheduler_output.structured_output_req_ids:       # matchers advance in a batch
-            self.structured_output_manager.advance(
-                scheduler_output, runner_output.sampled_token_ids, self.scheduler.requests)
-        core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
-        processed = self._process(core_outputs, return_processed=True)
-        if self.stat_loggers:
-            self._record_stats(scheduler_output, core_outputs, processed,
-                               time.perf_counter() - t0, runner_output)
-        return processed.request_outputs
-
-    def _process(self, core_outputs: list, return_processed: bool = False) -> Any:
-        processed = self.output_processor.process_outputs(core_outputs, time.time())
+        processed = self.output_processor.process_outputs(core_step.outputs, time.time())
         if processed.reqs_to_abort:
-            self.scheduler.finish_requests(processed.reqs_to_abort,
-                                           RequestStatus.FINISHED_STOPPED)
+            self.core.finish_requests(processed.reqs_to_abort, RequestStatus.FINISHED_STOPPED)
         for out in processed.request_outputs:
             if out.finished:
                 self._children.pop(out.request_id, None)
-        return processed if return_processed else processed.request_outputs
+        if self.stat_loggers and core_step.stats is not None:
+            self._record_stats(core_step, processed)
+        return processed.request_outputs
 
-    def _record_stats(self, scheduler_output: Any, core_outputs: list, processed: Any,
-                      step_time: float, runner_output: Any = None) -> None:
-        it: IterationStats = getattr(processed, "iteration_stats", None) or IterationStats()
-        it.step_time = step_time
-        it.expert_load = getattr(runner_output, "expert_load", None)
-        it.num_generation_tokens = sum(len(o.new_token_ids) for o in core_outputs)
-        sampled = {o.req_id for o in core_outputs if o.new_token_ids}
-        drafts = scheduler_output.scheduled_spec_decode_tokens
-        it.num_prompt_tokens = sum(
-            n for r, n in scheduler_output.num_scheduled_tokens.items()
-            if n - len(drafts.get(r, ())) > 1 or r not in sampled)
-        stats: SchedulerStats = self.scheduler.make_stats()
-        self._add_lora_stats(stats)
+    def _record_stats(self, core_step: CoreStep, processed: Any) -> None:
+        it: IterationStats = processed.iteration_stats or IterationStats()
+        it.step_time = core_step.stats.step_time
+        it.expert_load = core_step.stats.expert_load
+        it.num_generation_tokens = sum(len(o.new_token_ids) for o in core_step.outputs)
+        it.num_prompt_tokens = core_step.stats.num_prompt_tokens
+        stats = core_step.stats.scheduler_stats
         for stat_logger in self.stat_loggers:
             stat_logger.record(stats, it)
 
     def shutdown(self) -> None:
-        self.structured_output_manager.shutdown()
-        self.executor.shutdown()
+        if self.structured_output_manager is not getattr(self.core, "structured_output_manager",
+                                                         None):
+            self.structured_output_manager.shutdown()
+        self.core.shutdown()
 
     def scheduler_snapshot(self) -> SchedulerStats:
         """Running / waiting / KV usage now, without consuming the per-step counters."""
-        s = self.scheduler
-        return self._add_lora_stats(SchedulerStats(
-            num_running_reqs=s.num_running, num_waiting_reqs=s.num_waiting,
-            kv_cache_usage=s.kv_cache_usage, num_total_blocks=self.config.cache.num_blocks or 0))
-
-    def _add_lora_stats(self, stats: SchedulerStats | None) -> SchedulerStats | None:
-        """Per-adapter running / waiting counts, by adapter name (every loaded adapter)."""
-        if stats is None or not len(self.loras):
-            return stats
-        running, waiting = self.scheduler.lora_counts()
-        for lora in self.loras:
-            stats.lora_running[lora.lora_name] = running.get(lora.lora_int_id, 0)
-            stats.lora_waiting[lora.lora_name] = waiting.get(lora.lora_int_id, 0)
-        return stats
+        return self.core.scheduler_snapshot()

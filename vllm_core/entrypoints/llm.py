@@ -29,16 +29,24 @@ class LLM:
     ``model=None`` uses the embedded default model (SmolLM2-135M-Instruct). Other keyword
     arguments are EngineArgs fields (dtype, max_model_len, max_num_seqs, ...);
     ``max_num_batched_tokens`` defaults to ``OFFLINE_MAX_NUM_BATCHED_TOKENS``.
+    ``engine_core_process=True`` runs the engine core in its own (spawned) process, as the
+    server can (a script doing so needs an ``if __name__ == "__main__":`` guard); call
+    ``shutdown()`` (or let the interpreter exit) to stop it.
     """
 
     def __init__(self, model: str | None = None, *, tokenizer: str | None = None,
                  dtype: str = "auto", max_model_len: int | None = None, seed: int = 0,
-                 **engine_kwargs: Any) -> None:
+                 engine_core_process: bool = False, **engine_kwargs: Any) -> None:
         engine_kwargs.setdefault("max_num_batched_tokens", OFFLINE_MAX_NUM_BATCHED_TOKENS)
         args = EngineArgs(model=model, tokenizer=tokenizer, dtype=dtype,
                           max_model_len=max_model_len, seed=seed, **engine_kwargs)
-        self.llm_engine = LLMEngine.from_engine_args(args)
+        self.llm_engine = LLMEngine.from_engine_args(args,
+                                                     engine_core_process=engine_core_process)
         self._counter = itertools.count()
+
+    def shutdown(self) -> None:
+        """Stop the engine (its workers, and its engine core process if it has one)."""
+        self.llm_engine.shutdown()
 
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.2"
+PLATFORM_API_VERSION = "2.3"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -60,6 +60,9 @@ None: the core's torch paths). ``TorchWorker.add_lora`` / ``remove_lora`` are im
 ``SchedulerOutput.scheduled_spec_decode_tokens`` carries speculative-decoding drafts (the core
 runner verifies them; a platform runner that overrides only the documented hooks needs nothing).
 Quantization methods are ``QuantizationConfig`` classes registered by name.
+
+2.3 (additive; the default keeps 2.2 plugins working): ``Platform.default_engine_core_process``
+(whether the server runs the engine core in its own process by default; base: no, CUDA: yes).
 """
 
 
@@ -158,6 +161,15 @@ class Platform:
         """Whether steps overlap by default (the worker launches a step and returns before it
         ends; see ``Worker.execute_model_async``). Worth it where the device runs
         asynchronously to the host."""
+        return False
+
+    @classmethod
+    def default_engine_core_process(cls) -> bool:
+        """Whether the server runs the engine core in its own process by default (the front
+        end's HTTP, tokenization and detokenization then have a CPU core of their own; see
+        ``vllm_core.engine.core_client``). Worth it where the engine loop keeps a host core
+        busy and there are cores to spare; not on a small CPU-only host, where the two
+        processes compete for the cores that compute."""
         return False
 
     # lifecycle hooks -----------------------------------------------------------------------

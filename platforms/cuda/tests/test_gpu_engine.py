@@ -230,3 +230,25 @@ def test_attention_backend_selection_explains_refusal(models):
         assert runner_of(llm).attn_backend.name == "triton" and runner_of(llm).graphs is None
     finally:
         free(llm)
+
+
+def test_flashinfer_bf16_parity_within_top_k(models):
+    """The flashinfer backend (mixed prefill chunks and decodes in one paged-prefill run) on
+    the real engine: HF's greedy tokens, or ours within HF's top-5 at the first divergence.
+    Needs the ``flashinfer-python`` package (benchmarks/gpu_jobs/issue11.sh installs it)."""
+    pytest.importorskip("flashinfer", reason="flashinfer-python is not installed")
+    folder, hf = models["llama"]
+    hf16 = hf.to("cuda", dtype=torch.bfloat16)
+    prompts = random_prompts([12, 40, 7, 100, 3], hf.config.vocab_size, seed=5)
+    # A small token budget forces chunked prefill next to decodes in the same step.
+    llm = make_llm(folder, dtype="bfloat16", attention_backend="flashinfer",
+                   max_num_batched_tokens=48)
+    try:
+        assert runner_of(llm).attn_backend.name == "flashinfer"
+        ours = generate(llm, prompts)
+    finally:
+        free(llm)
+    for prompt, got in zip(prompts, ours):
+        ref, tops = hf_greedy(hf16, prompt, MAX_TOKENS)
+        assert_parity(got, ref, tops)
+    hf.to("cpu", dtype=torch.float32)

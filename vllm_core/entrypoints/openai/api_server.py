@@ -325,51 +325,80 @@ def bind_socket(host: str, port: int) -> Any:
 
 def run_server(args: argparse.Namespace, engine_factory: Any = None) -> int:
     """Check the flags, bind the port, load the engine, serve until SIGTERM / SIGINT, stop the
-    engine. Blocks.
+    engine. Blocks. Returns the exit status: 0 after a clean shutdown, 1 when the engine died.
 
     ``engine_factory(engine_args, stat_loggers=...)`` defaults to
-    ``AsyncLLMEngine.from_engine_args`` (tests pass a fake engine's).
+    ``AsyncLLMEngine.from_engine_args`` (tests pass a fake engine's). ``--api-server-count``
+    above 1 hands over to ``vllm_core.entrypoints.openai.multi_server``.
     """
-    import uvicorn
-
-    from vllm_core.entrypoints.openai.lifecycle import make_server
     from vllm_core.entrypoints.openai.vllm_compat_args import check_vllm_compat_args
 
     check_vllm_compat_args(args)
-    lora_modules = check_lora_args(args)
+    check_lora_args(args)                            # bad --lora-modules fail early
     ServerLimits.from_args(args)                     # bad limits fail before the load
     parser_options(args)                             # so do unknown parser names
+    count = int(_opt(args, "api_server_count", 1))
+    if count < 1:
+        raise ValueError(f"--api-server-count must be >= 1, got {count}")
     host = args.host if args.host is not None else "0.0.0.0"
+    if count > 1:
+        if engine_factory is not None or _opt(args, "engine_core_process") is False:
+            raise ValueError("--api-server-count > 1 needs the engine core in its own process "
+                             "(drop --no-engine-core-process)")
+        from vllm_core.entrypoints.openai.multi_server import run_multi_server
+
+        return run_multi_server(args, host, count)
     sock = bind_socket(host, args.port)
     try:
         if engine_factory is None:
             from vllm_core.engine.async_llm_engine import AsyncLLMEngine
 
-            engine_factory = AsyncLLMEngine.from_engine_args
+            def engine_factory(engine_args: Any, stat_loggers: Any = None) -> Any:
+                return AsyncLLMEngine.from_engine_args(
+                    engine_args, stat_loggers,
+                    engine_core_process=_opt(args, "engine_core_process"))
         prometheus = PrometheusStatLogger()
-        loggers: list[Any] = [prometheus]
-        if not _opt(args, "disable_log_stats", False):
-            loggers.append(LoggingStatLogger(interval=_opt(args, "log_stats_interval", 5.0)))
+        loggers = stat_loggers_for(args, prometheus)
         engine = engine_factory(engine_args_from(args), stat_loggers=loggers)
-        try:
-            if lora_modules:
-                import asyncio
-
-                asyncio.run(load_lora_modules(engine, lora_modules))
-            app = build_app(engine, args, prometheus)
-        except BaseException:
-            _shutdown_sync(engine)
-            raise
-        config = uvicorn.Config(app, host=host, port=args.port,
-                                log_level=args.uvicorn_log_level,
-                                access_log=not args.disable_uvicorn_access_log,
-                                timeout_graceful_shutdown=2, timeout_keep_alive=5)
-        server = make_server(config, app.state.server_state, args.shutdown_timeout, engine)
-        logger.info("serving %s on http://%s:%d", app.state.ctx.model_name, host, args.port)
-        server.run(sockets=[sock])
+        return serve_engine(engine, args, sock, host, prometheus)
     finally:
         sock.close()
-    return server.exit_code         # 1 when the engine died
+
+
+def stat_loggers_for(args: Any, prometheus: PrometheusStatLogger) -> list[Any]:
+    """The engine's stat loggers: Prometheus, plus the periodic log line unless disabled."""
+    loggers: list[Any] = [prometheus]
+    if not _opt(args, "disable_log_stats", False):
+        loggers.append(LoggingStatLogger(interval=_opt(args, "log_stats_interval", 5.0)))
+    return loggers
+
+
+def serve_engine(engine: Any, args: Any, sock: Any, host: str,
+                 prometheus: PrometheusStatLogger) -> int:
+    """Serve ``engine`` on the bound socket ``sock`` until shut down; the exit status (1 when
+    the engine died: the server then stops by itself, see ``lifecycle.make_server``)."""
+    import uvicorn
+
+    from vllm_core.entrypoints.openai.lifecycle import make_server
+
+    try:
+        lora_modules = check_lora_args(args)
+        if lora_modules:
+            import asyncio
+
+            asyncio.run(load_lora_modules(engine, lora_modules))
+        app = build_app(engine, args, prometheus)
+    except BaseException:
+        _shutdown_sync(engine)
+        raise
+    config = uvicorn.Config(app, host=host, port=args.port,
+                            log_level=args.uvicorn_log_level,
+                            access_log=not args.disable_uvicorn_access_log,
+                            timeout_graceful_shutdown=2, timeout_keep_alive=5)
+    server = make_server(config, app.state.server_state, args.shutdown_timeout, engine)
+    logger.info("serving %s on http://%s:%d", app.state.ctx.model_name, host, args.port)
+    server.run(sockets=[sock])
+    return server.exit_code
 
 
 def _shutdown_sync(engine: Any) -> None:

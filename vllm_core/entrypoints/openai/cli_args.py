@@ -73,6 +73,14 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="largest request body accepted; bigger ones get 413 (default 16 MiB)")
     g.add_argument("--max-n", type=int, default=None,
                    help="most choices (n) one request may ask for (default 128)")
+    g.add_argument("--engine-core-process", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="run the engine core (scheduler, workers) in its own process, the "
+                        "HTTP front end talking to it over ZeroMQ (default: the platform's "
+                        "choice: on for CUDA, off for CPU; see docs/serving.md)")
+    g.add_argument("--api-server-count", type=int, default=1,
+                   help="front-end (HTTP) processes sharing one engine core and the port "
+                        "(implies --engine-core-process)")
     return parser
 
 

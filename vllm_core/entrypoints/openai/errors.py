@@ -113,7 +113,7 @@ def exception_to_error(exc: BaseException, fields: set[str] | None = None) -> Op
 
 def _is_engine_dead(exc: BaseException) -> bool:
     """The engine stopped (a worker died, a step failed): the server answers 503 and exits."""
-    from vllm_core.engine.async_llm_engine import EngineDeadError
+    from vllm_core.engine.errors import EngineDeadError
 
     return isinstance(exc, EngineDeadError)
 

@@ -11,7 +11,8 @@ aborts it in the engine) and answered in-band: one that has sent nothing yet get
 ``data: [DONE]``. No traceback is logged for these. SIGINT (Ctrl-C), or a second SIGTERM, exits
 at once as uvicorn does.
 
-When the engine dies (a worker process ended, a step failed), a watchdog (``make_server``) has
+When the engine dies (a worker process ended, a step failed, the engine core process exited),
+a watchdog (``make_server``) has
 the server answer 503 for a moment, then exit with status 1 (``run_server``'s return value).
 """
 
@@ -33,7 +34,6 @@ logger = init_logger(__name__)
 
 # Paths that neither count as in-flight work nor are refused while draining.
 UNCOUNTED_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
-
 
 SHUTDOWN_MESSAGE = ("The server is shutting down: the request did not finish within "
                     "--shutdown-timeout and was cancelled")

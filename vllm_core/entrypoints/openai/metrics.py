@@ -234,10 +234,20 @@ class PrometheusStatLogger:
         self.spec_mean_accepted_length.set(total.mean_accepted_length or 0.0)
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus text format (what ``GET /metrics`` returns)."""
-        from prometheus_client import generate_latest
+        """The registry in Prometheus text format (what ``GET /metrics`` returns). In
+        prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, several API
+        server processes) the values of every process, summed (gauges: the most recent)."""
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry)
+        from vllm_core import envs
+
+        if envs.prometheus_multiproc_dir() is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
 
 
 class LoggingStatLogger:

@@ -5,7 +5,9 @@ new K/V are written by our Triton ``reshape_and_cache`` and the whole mixed batc
 ``BatchPrefillWithPagedKVCacheWrapper`` run (decodes are prefills of one token) over the cache
 halves ``kv_cache[0]`` / ``kv_cache[1]``, each ``[num_blocks, block_size, num_kv_heads,
 head_size]`` (flashinfer's "NHD" layout). The wrapper is planned once per step, at the first
-layer, from the block table in flashinfer's CSR form. Not exercised by this repository's tests
+layer, from the block table in flashinfer's CSR form. Wrappers live as long as the metadata
+builder (one per head configuration and dtype) and are re-planned each step: constructing one
+allocates its device and pinned host workspaces, too slow to do every step. Not exercised by this repository's tests
 (the package is not installed here).
 """
 
@@ -36,13 +38,15 @@ class FlashInferMetadata:
     num_tokens: int
     block_size: int
     workspace: torch.Tensor
-    planned: dict[tuple, Any] = field(default_factory=dict)
+    wrappers: dict[tuple, Any]                        # the builder's, kept across steps
+    planned: set[tuple] = field(default_factory=set)  # keys planned for this step
 
 
 class FlashInferMetadataBuilder(AttentionMetadataBuilder):
     def __init__(self, block_size: int, device: torch.device) -> None:
         super().__init__(block_size, device)
         self._workspace: torch.Tensor | None = None
+        self._wrappers: dict[tuple, Any] = {}
 
     def build(self, common: CommonAttentionMetadata) -> FlashInferMetadata:
         if self._workspace is None:
@@ -59,7 +63,7 @@ class FlashInferMetadataBuilder(AttentionMetadataBuilder):
             kv_indices=common.block_table[used].to(torch.int32),
             kv_last_page_len=(seq - (pages - 1) * common.block_size).to(torch.int32),
             slot_mapping=common.slot_mapping, num_tokens=common.num_tokens,
-            block_size=common.block_size, workspace=self._workspace)
+            block_size=common.block_size, workspace=self._workspace, wrappers=self._wrappers)
 
 
 class FlashInferImpl(AttentionImpl):
@@ -72,22 +76,25 @@ class FlashInferImpl(AttentionImpl):
         self._window_left = -1 if sliding_window is None else sliding_window - 1
 
     def _wrapper(self, md: FlashInferMetadata, dtype: torch.dtype, profiling: bool) -> Any:
-        key = (self.num_heads, self.num_kv_heads, self.head_size, dtype, profiling)
-        wrapper = md.planned.get(key)
-        if wrapper is not None:
+        key = (self.num_heads, self.num_kv_heads, self.head_size, dtype, profiling,
+               self._window_left)
+        wrapper = md.wrappers.get(key)
+        if wrapper is None:
+            cls = (self._fi.BatchPrefillWithRaggedKVCacheWrapper if profiling
+                   else self._fi.BatchPrefillWithPagedKVCacheWrapper)
+            wrapper = md.wrappers[key] = cls(md.workspace, "NHD")
+        if key in md.planned:
             return wrapper
         common = dict(causal=True, sm_scale=self.scale, window_left=self._window_left,
                       q_data_type=dtype)
         if profiling:
-            wrapper = self._fi.BatchPrefillWithRaggedKVCacheWrapper(md.workspace, "NHD")
             wrapper.plan(md.qo_indptr, md.qo_indptr, self.num_heads, self.num_kv_heads,
                          self.head_size, **common)
         else:
-            wrapper = self._fi.BatchPrefillWithPagedKVCacheWrapper(md.workspace, "NHD")
             wrapper.plan(md.qo_indptr, md.kv_indptr, md.kv_indices, md.kv_last_page_len,
                          self.num_heads, self.num_kv_heads, self.head_size, md.block_size,
                          kv_data_type=dtype, **common)
-        md.planned[key] = wrapper
+        md.planned.add(key)
         return wrapper
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
