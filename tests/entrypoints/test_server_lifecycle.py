@@ -78,7 +78,7 @@ def test_port_in_use_fails_before_the_model_loads():
 @pytest.mark.parametrize("flags,message", [
     (["--trust-remote-code"], "never runs code shipped with a model"),
     (["--quantization", "awq"], "--quantization 'awq'"),
-    (["--data-parallel-size", "2"], "data parallelism is not supported yet"),
+    (["--data-parallel-size", "0"], "data_parallel_size must be >= 1, got 0"),
     (["--enable-lora"], "LoRA adapters are not supported yet"),
     (["--lora-modules", "a=/tmp/a"], "LoRA adapters are not supported yet"),
     (["--speculative-config", '{"num_speculative_tokens": 3}'],

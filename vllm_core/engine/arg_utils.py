@@ -38,6 +38,7 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1              # engine cores behind one front end
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
@@ -85,6 +86,9 @@ class EngineArgs:
                        help="ranks that split every layer (attention heads, MLP, vocabulary)")
         g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                        help="pipeline stages the decoder layers are split over")
+        g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                       help="engine cores (each of TP x PP ranks, with its own KV cache) "
+                            "serving requests side by side behind one front end")
         g.add_argument("--distributed-executor-backend", default=None,
                        choices=["uni", "mp", "ray"],
                        help="how ranks run: uni (one, in the engine process), mp (one "
@@ -132,6 +136,8 @@ class EngineArgs:
             raise bad("tensor_parallel_size", "must be >= 1")
         if self.pipeline_parallel_size < 1:
             raise bad("pipeline_parallel_size", "must be >= 1")
+        if self.data_parallel_size < 1:
+            raise bad("data_parallel_size", "must be >= 1")
         if self.distributed_executor_backend not in (None, "uni", "mp", "ray"):
             raise bad("distributed_executor_backend", "must be one of uni, mp, ray")
         if (self.distributed_executor_backend == "uni"
@@ -177,7 +183,8 @@ class EngineArgs:
         backend = self.distributed_executor_backend or ("uni" if world == 1 else "mp")
         return cls(tensor_parallel_size=self.tensor_parallel_size,
                    pipeline_parallel_size=self.pipeline_parallel_size,
-                   distributed_executor_backend=backend)
+                   distributed_executor_backend=backend,
+                   data_parallel_size=self.data_parallel_size)
 
     def create_engine_config(self) -> tuple[Any, Any]:
         """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""

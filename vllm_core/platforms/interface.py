@@ -47,6 +47,10 @@ arguments through in a subclass's ``__init__``); the model is built with a
 
 2.1, added with a default (no plugin change needed): ``Platform.default_engine_core_process``
 (whether the server runs the engine core in its own process by default; CUDA: yes).
+
+2.1, added with a default (no plugin change needed): ``Platform.data_parallel_env`` (the
+environment of data-parallel engine core ``r``: which devices it sees; the CPU needs nothing,
+CUDA sets ``CUDA_VISIBLE_DEVICES``).
 """
 
 
@@ -154,6 +158,18 @@ class Platform:
         busy and there are cores to spare; not on a small CPU-only host, where the two
         processes compete for the cores that compute."""
         return False
+
+    @classmethod
+    def data_parallel_env(cls, dp_rank: int, world_size: int) -> dict[str, str]:
+        """Environment variables of data-parallel engine core ``dp_rank`` whose engine has
+        ``world_size`` (TP x PP) ranks: typically the device-control variable naming its
+        devices, ranks ``[dp_rank * world_size, (dp_rank + 1) * world_size)`` of the devices
+        this process sees. Called in the front end before each core process is spawned (so it
+        may query devices); the core process applies the result before it touches a device,
+        and its worker processes inherit it. Raise ``ValueError`` saying how many devices are
+        needed when there are too few. Default: nothing (devices not partitioned, e.g. the
+        CPU, whose cores share the host)."""
+        return {}
 
     # lifecycle hooks -----------------------------------------------------------------------
     @classmethod

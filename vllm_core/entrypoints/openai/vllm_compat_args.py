@@ -7,8 +7,9 @@ logs request contents) are accepted and have nothing to do.
 
 The structured-output / tool-calling flags (``--enable-auto-tool-choice``,
 ``--tool-call-parser``, ``--structured-outputs-config``, ``--reasoning-parser``) are not here:
-they are implemented with structured outputs; ``--tensor-parallel-size`` and
-``--pipeline-parallel-size`` belong to the engine arguments (distributed execution).
+they are implemented with structured outputs; ``--tensor-parallel-size``,
+``--pipeline-parallel-size`` and ``--data-parallel-size`` belong to the engine arguments
+(distributed execution).
 
 Import-light: argparse only.
 """
@@ -24,8 +25,6 @@ UNSUPPORTED: dict[str, tuple[Any, tuple[Any, ...], str]] = {
                           "are built from its own implementations (drop --trust-remote-code)"),
     "quantization": (None, ("gguf",), "only GGUF checkpoints are read (dequantized on load); "
                      "other --quantization methods are not supported yet"),
-    "data_parallel_size": (1, (), "data parallelism is not supported yet (run one server per "
-                           "replica behind a load balancer)"),
     "enable_lora": (False, (), "LoRA adapters are not supported yet"),
     "lora_modules": (None, (), "LoRA adapters are not supported yet"),
     "speculative_config": (None, (), "speculative decoding is not supported yet"),
@@ -40,8 +39,6 @@ def add_vllm_compat_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="refused: vllm-core never runs code shipped with a model")
     g.add_argument("--quantization", "-q", default=None,
                    help="only 'gguf' (GGUF files are dequantized on load)")
-    g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
-                   help="only 1 (not supported yet)")
     g.add_argument("--enable-lora", action="store_true", help="not supported yet")
     g.add_argument("--lora-modules", nargs="+", default=None, help="not supported yet")
     g.add_argument("--speculative-config", default=None, help="not supported yet")
