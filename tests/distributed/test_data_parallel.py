@@ -169,8 +169,9 @@ def test_busy_core_gets_fewer_new_requests_and_aborts_reach_its_core(dp_llm):
     assert (snap.num_running_reqs, snap.num_waiting_reqs) == (0, 0)
 
 
-def test_killed_core_fails_the_engine_in_bounded_time(llama):
-    llm = make_llm(llama, dp=2)
+def test_killed_core_fails_the_engine_in_bounded_time(dp_llm):
+    """Last: it ends the module's engine."""
+    llm = dp_llm
     client = llm.llm_engine.core
     pids = list(client.core_pids)
     try:

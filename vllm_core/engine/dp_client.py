@@ -20,8 +20,9 @@ The client has ``EngineCoreClient``'s interface, so ``LLMEngine`` (and through i
   (``aggregate_snapshots``: running and waiting summed, KV usage over all blocks, the per-step
   counters summed), so the Prometheus metrics and the log line describe the whole engine;
 - a core that exits or reports a failure makes every later call raise ``EngineDeadError``
-  naming the core (the liveness check runs whenever a wait times out, about once a second),
-  exactly as with one core: the server answers 503 and exits 1; nothing waits forever.
+  naming the core (every core is checked at least once a second, also while the others keep
+  sending outputs), exactly as with one core: the server answers 503 and exits 1; nothing
+  waits forever.
 
 Start: all cores are spawned first and load in parallel; ``wait_ready`` waits for all (one
 that fails stops the others). ``num_blocks`` is the smallest core's, so a request the front
@@ -115,6 +116,7 @@ class DPEngineCoreClient:
         self._closed = False
         self._finalizer: Any = None
         self._ready = False
+        self._last_liveness_check = time.monotonic()
         self.num_blocks = 0
 
     @classmethod
@@ -225,12 +227,18 @@ class DPEngineCoreClient:
                 pass
         result = CoreStep()
         stats: list[CoreStepStats] = []
+        now = time.monotonic()
+        if not events or now - self._last_liveness_check >= STEP_WAIT_S:
+            # A busy core's outputs must not hide a dead one: every core is looked at (and its
+            # process checked when it sent nothing) at least once a second.
+            self._last_liveness_check = now
+            events = {}
         for rank, client in enumerate(self.clients):
             if events and client._output not in events:
                 continue
             try:
-                # Nothing waits here: the poll above did. With no event at all, every core's
-                # process is checked (``EngineCoreClient.step`` does when its poll is empty).
+                # Nothing waits here: the poll above did. A core whose socket has nothing has
+                # its process checked (``EngineCoreClient.step`` does when its poll is empty).
                 part = client.step(wait_s=0.0)
             except EngineDeadError as e:
                 self._dead = f"data-parallel engine core {rank}: {e}"
