@@ -62,9 +62,9 @@ def test_data_parallel_devices_slices_the_visible_devices():
 
 
 def test_cpu_platform_needs_no_device_environment():
-    from vllm_core.platforms import resolve_current_platform
+    from vllm_core_cpu.platform import CpuPlatform
 
-    assert resolve_current_platform().data_parallel_env(1, 2) == {}
+    assert CpuPlatform.data_parallel_env(1, 2) == {}
 
 
 def test_aggregate_snapshots_sums_requests_and_weights_kv_usage_by_blocks():
