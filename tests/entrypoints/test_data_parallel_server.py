@@ -1,8 +1,9 @@
 """The server with ``--data-parallel-size 2`` (two engine-core processes behind one API
 server), end to end with the real openai client: greedy completions equal the single
 in-process engine's, both cores serve at once, /metrics stays valid with the token counters
-summed over the cores, and killing one core gives 503s and exit status 1, never a hang; the
-flags it does not combine with fail fast."""
+summed over the cores, and killing one core gives 503s and exit status 1, never a hang;
+``--api-server-count 2`` puts two front ends over the two cores; ``--no-engine-core-process``
+fails fast."""
 
 from __future__ import annotations
 
@@ -137,14 +138,64 @@ def test_dp2_server_parity_metrics_both_cores_and_a_dead_core(tiny_model, tmp_pa
             Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
 
 
-@pytest.mark.parametrize("flags", [["--no-engine-core-process"], ["--api-server-count", "2"]])
-def test_flags_that_do_not_combine_with_data_parallelism_fail_fast(flags, tmp_path):
+def test_no_engine_core_process_with_data_parallelism_fails_fast():
     import subprocess
 
     done = subprocess.run(
         [sys.executable, "-m", "vllm_core.entrypoints.cli.main", "serve", "--port",
-         str(free_port()), "--data-parallel-size", "2", *flags],
+         str(free_port()), "--data-parallel-size", "2", "--no-engine-core-process"],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "--data-parallel-size > 1 runs every engine core in its own process" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent and fields[0] != "Z":
+                out.append(int(entry))
+                todo.append(int(entry))
+    return out
+
+
+@pytest.mark.slow
+def test_two_api_servers_over_two_cores(tiny_model, tmp_path):
+    """Each API server is a front end of both cores: requests on many connections are served,
+    metrics are summed over the servers, and SIGTERM stops every process with status 0."""
+    srv: ServerProcess = start_server(
+        "real", tmp_path, api_key=None, startup_timeout=300,
+        extra=["--model", tiny_model, "--dtype", "float32", "--max-model-len", str(MAX_LEN),
+               "--num-gpu-blocks-override", "200", "--max-num-seqs", "1",
+               "--disable-log-stats", "--data-parallel-size", "2", "--api-server-count", "2"])
+    try:
+        deadline = time.monotonic() + 120
+        while len(_core_pids(srv.proc.pid)) < 4:              # 2 cores + 2 API servers
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        tree = _descendants(srv.proc.pid)
+        tokens = 0
+        for i in range(6):                  # a new connection each: spread by the kernel
+            with httpx.Client(timeout=60) as c:
+                model = c.get(f"{srv.url}/v1/models").json()["data"][0]["id"]
+                r = c.post(f"{srv.url}/v1/completions",
+                           json={"model": model, "prompt": PROMPTS[i], "max_tokens": 5,
+                                 "ignore_eos": True})
+                assert r.status_code == 200, r.text
+                tokens += r.json()["usage"]["completion_tokens"]
+        assert _metrics(srv.url)["vllm:generation_tokens_total"] == tokens
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=60) == 0
+    finally:
+        srv.stop()
+    time.sleep(1)
+    assert not [p for p in tree if os.path.exists(f"/proc/{p}/cmdline") and
+                Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"]

@@ -25,7 +25,8 @@ The client has ``EngineCoreClient``'s interface, so ``LLMEngine`` (and through i
   waits forever.
 
 Start: all cores are spawned first and load in parallel; ``wait_ready`` waits for all (one
-that fails stops the others). ``num_blocks`` is the smallest core's, so a request the front
+that fails stops the others). With ``--api-server-count M`` the supervisor spawns the cores
+and each API server attaches with ``connect`` as front end ``i`` of every core. ``num_blocks`` is the smallest core's, so a request the front
 end admits fits any core. Shutdown asks every core to stop first, then joins them.
 
 Thread safety: one thread calls everything except ``notify``.
@@ -149,6 +150,23 @@ class DPEngineCoreClient:
         client._finalizer = Finalize(client, _stop_all, args=(procs, addresses, 5.0),
                                      exitpriority=10)
         return client
+
+    @classmethod
+    def connect(cls, config: Any, input_addresses: list[str],
+                client_index: int) -> DPEngineCoreClient:
+        """Attach front end ``client_index`` to running cores (started by someone else with
+        ``start_dp_core_process``, in data-parallel rank order); call ``wait_ready`` next.
+        Each front end routes by the counts every core reports, so several balance together;
+        only front end 0 receives the per-step counters (see ``core_messages``)."""
+        clients: list[EngineCoreClient] = []
+        try:
+            for address in input_addresses:
+                clients.append(EngineCoreClient.connect(config, address, client_index))
+            return cls(config, clients, list(input_addresses))
+        except BaseException:
+            for c in clients:
+                c._close_sockets()
+            raise
 
     # ------------------------------------------------------------------ readiness
     def wait_ready(self, timeout_s: float | None = None) -> None:
