@@ -90,7 +90,8 @@ def build_llm(args: argparse.Namespace, prompt_len: int, output_len: int) -> Any
     common: dict[str, Any] = dict(
         max_model_len=prompt_len + output_len, enable_prefix_caching=False,
         async_scheduling=args.async_scheduling,
-        structured_outputs_config={"backend": args.backend})
+        structured_outputs_config={"backend": args.backend,
+                                   "overlap_bitmask": args.overlap_bitmask})
     if args.workload == "gpu-8b":
         model, tokenizer = gpu_model_dir()
         return LLM(model, tokenizer=tokenizer, dtype="bfloat16", load_format="dummy",
@@ -118,6 +119,8 @@ def run_mode(llm: Any, prompts: list[list[int]], output_len: int, constrained: b
                                      detokenize=False, structured_outputs=so))
     stats = llm.llm_engine.structured_output_manager.stats
     compiled0, compile_s0 = stats.num_compiled, stats.compile_seconds
+    engine = llm.llm_engine
+    two_phase0 = engine.num_two_phase_steps
     start, cpu_start = time.perf_counter(), time.process_time()
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     elapsed = time.perf_counter() - start
@@ -133,6 +136,7 @@ def run_mode(llm: Any, prompts: list[list[int]], output_len: int, constrained: b
         bad = [o.outputs[0].token_ids for o in outputs
                if len(o.outputs[0].token_ids) != output_len]
         line["finished_early"] = len(bad)
+        line["two_phase_steps"] = engine.num_two_phase_steps - two_phase0
     return line
 
 
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--kv-cache-space-gib", type=float, default=4.0)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--overlap-bitmask", action=argparse.BooleanOptionalAction, default=True,
+                   help="async scheduling: build the bitmask during the forward (two-phase "
+                        "step); --no-overlap-bitmask: the old collect-first path")
     p.add_argument("--output", type=Path, default=None, help="append the JSON lines here")
     args = p.parse_args(argv)
     requests, prompt_len, output_len = WORKLOADS[args.workload]
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {"benchmark": "structured_outputs", "workload": args.workload,
             "backend": args.backend, "schema": args.schema, "prompt_len": prompt_len,
             "output_len": output_len, "async_scheduling": engine.async_scheduling,
+            "overlap_bitmask": args.overlap_bitmask,
             "platform": engine.platform.describe(), "startup_s": round(startup, 1)}
     if args.workload.startswith("cpu"):
         base.update(cpu_facts())

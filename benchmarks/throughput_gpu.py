@@ -26,7 +26,11 @@ Method (design section 6):
 - Roofline: ``roofline.measure_ceilings`` (device copy bandwidth, bf16 matmul rate) in a
   subprocess of the same run, then ``roofline.roofline`` for the workload with vllm-core's
   ``max_num_seqs``; ``fraction_of_roofline`` = measured output tok/s over roofline tok/s
-  (batch 1: decode tok/s over the decode roofline).
+  (batch 1: decode tok/s over the decode roofline; the roofline assumes bf16 weights).
+- ``--quantization`` (vllm-core only): ``fp8`` quantizes the random bf16 weights at load;
+  ``gptq`` / ``awq`` / ``compressed-tensors`` (W4A16, group 128) load random packed weights
+  through a copy of the model folder whose config.json declares that checkpoint format
+  (``QUANT_CONFIGS``). ``--kv-cache-dtype`` is passed through. Lines carry both fields.
 """
 
 from __future__ import annotations
@@ -68,6 +72,37 @@ WORKLOADS = {
 
 
 # ---- model folder and prompts ------------------------------------------------------------------
+
+# a checkpoint format's quantization_config for the random-weight model (W4A16, group 128)
+QUANT_CONFIGS: dict[str, dict[str, Any]] = {
+    "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+             "sym": True, "checkpoint_format": "gptq"},
+    "awq": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+            "version": "gemm"},
+    "compressed-tensors": {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                           "config_groups": {"group_0": {
+                               "targets": ["Linear"], "input_activations": None,
+                               "weights": {"num_bits": 4, "type": "int", "symmetric": True,
+                                           "strategy": "group", "group_size": 128}}},
+                           "ignore": ["lm_head"]},
+}
+
+
+def quantized_model_dir(folder: Path, method: str | None) -> Path:
+    """``folder`` itself, or for a checkpoint format of ``QUANT_CONFIGS`` a sibling folder
+    with the same files whose config.json declares it (weights stay random: dummy load)."""
+    if method not in QUANT_CONFIGS:
+        return folder
+    target = folder.parent / f"{folder.name}-{method}"
+    target.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (target / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = QUANT_CONFIGS[method]
+    (target / "config.json").write_text(json.dumps(cfg, indent=1))
+    return target
+
 
 def ensure_model_dir(folder: Path) -> Path:
     """config.json of the 8B shape plus a WordLevel tokenizer covering its vocabulary."""
@@ -124,7 +159,10 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
     from vllm_core import LLM, SamplingParams
 
     start = time.perf_counter()
-    llm = LLM(str(args.model_dir), dtype="bfloat16", load_format="dummy",
+    model_dir = quantized_model_dir(Path(args.model_dir), args.quantization)
+    quant = None if args.quantization in QUANT_CONFIGS else args.quantization
+    llm = LLM(str(model_dir), dtype="bfloat16", load_format="dummy", quantization=quant,
+              kv_cache_dtype=args.kv_cache_dtype,
               max_model_len=w.prompt_len + w.output_len, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens,
               gpu_memory_utilization=args.gpu_memory_utilization,
@@ -349,7 +387,10 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
            "--hf-batch-size", str(args.hf_batch_size), "--seed", str(args.seed),
            "--tensor-parallel-size", str(args.tensor_parallel_size),
            "--pipeline-parallel-size", str(args.pipeline_parallel_size),
-           "--data-parallel-size", str(args.data_parallel_size)]
+           "--data-parallel-size", str(args.data_parallel_size),
+           "--kv-cache-dtype", args.kv_cache_dtype]
+    if args.quantization:
+        cmd += ["--quantization", args.quantization]
     if workload:
         cmd += ["--workload", workload]
     if requests:
@@ -418,11 +459,15 @@ def driver(args: argparse.Namespace) -> None:
             res = spawn(args, system, name, n if n != w.requests else None,
                         timeout=args.timeout)
             res = {"system": system, "workload": name, "requests": n,
-                   "prompt_len": w.prompt_len, "output_len": w.output_len, **res}
+                   "prompt_len": w.prompt_len, "output_len": w.output_len,
+                   **({"quantization": args.quantization or "none",
+                       "kv_cache_dtype": args.kv_cache_dtype} if not peer else {}), **res}
             results[system] = res
             emit(res)
         core = results.get("vllm-core", {})
         summary: dict[str, Any] = {"kind": "summary", "workload": name, "gpu": ceilings.device,
+                                   "quantization": args.quantization or "none",
+                                   "kv_cache_dtype": args.kv_cache_dtype,
                                    **{k: round(v, 2) if isinstance(v, float) else v
                                       for k, v in roof.items()}}
         if "output_tok_s" in core:
@@ -459,6 +504,10 @@ def main() -> None:
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="vllm-core: overlap steps (default: the platform's choice, on for CUDA)")
     p.add_argument("--hf-batch-size", type=int, default=64)
+    p.add_argument("--quantization", default=None,
+                   help="vllm-core: fp8 (online), or gptq / awq / compressed-tensors (random "
+                        "W4A16 weights in that checkpoint layout)")
+    p.add_argument("--kv-cache-dtype", default="auto", help="vllm-core: auto, fp8, fp8_e5m2")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
                    help="vllm-core: TP ranks (mp executor, one GPU each)")
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from vllm_core.version import __version__
 
 __all__ = ["__version__", "LLM", "SamplingParams", "LLMEngine", "AsyncLLMEngine",
-           "RequestOutput", "CompletionOutput", "EngineArgs"]
+           "RequestOutput", "CompletionOutput", "EngineArgs", "LoRARequest"]
 
 _LAZY = {
     "LLM": "vllm_core.entrypoints.llm",
@@ -19,6 +19,7 @@ _LAZY = {
     "RequestOutput": "vllm_core.outputs",
     "CompletionOutput": "vllm_core.outputs",
     "EngineArgs": "vllm_core.engine.arg_utils",
+    "LoRARequest": "vllm_core.lora.request",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.engine.async_llm_engine import AsyncLLMEngine
     from vllm_core.engine.llm_engine import LLMEngine
     from vllm_core.entrypoints.llm import LLM
+    from vllm_core.lora.request import LoRARequest
     from vllm_core.outputs import CompletionOutput, RequestOutput
     from vllm_core.sampling.params import SamplingParams
 

@@ -8,7 +8,10 @@ Nothing here imports torch: dtypes are carried as strings ("bfloat16", "float16"
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm_core.spec_decode.config import SpeculativeConfig
 
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "half": "float16", "fp16": "float16", "float": "float32",
@@ -49,6 +52,14 @@ class ModelArchConfig:
     attention_bias: bool = False       # q/k/v projection biases (Qwen2)
     qk_norm: bool = False              # per-head RMSNorm on q and k (Qwen3)
     sliding_window: int | None = None
+    # per-family switches (issue 19); the defaults are the Llama decoder's
+    hidden_act: str = "silu"                      # or "gelu_pytorch_tanh" (Gemma 3)
+    partial_rotary_factor: float = 1.0            # rotary_dim = head_dim * this (Phi-4-mini)
+    layer_types: tuple[str, ...] | None = None    # "sliding_attention" / "full_attention" per
+    #   layer (Gemma 3); None: every layer uses ``sliding_window`` (None: full attention)
+    local_rope_theta: float | None = None         # rope base of the sliding layers (Gemma 3)
+    query_pre_attn_scalar: float | None = None    # attention scale = this ** -0.5 (Gemma)
+    final_logit_softcapping: float | None = None  # logits = cap * tanh(logits / cap)
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     hf_config: dict[str, Any] = field(default_factory=dict)  # the raw config.json, if any
@@ -69,6 +80,8 @@ class ModelConfig:
     served_model_name: str | None = None
     max_logprobs: int = 20
     arch: ModelArchConfig | None = None          # filled by create_engine_config
+    quantization: str | None = None              # --quantization (None: the checkpoint's)
+    quant_config: Any = None                     # the selected QuantizationConfig, if any
 
 
 @dataclass(slots=True)
@@ -108,6 +121,9 @@ class StructuredOutputsConfig:
     models otherwise tend to loop on it). ``reasoning_parser``: the grammar of a request starts
     only after the model's reasoning section ends (its end tag is found in the output), unless
     ``enable_in_reasoning``. ``compile_threads``: threads compiling grammars off the step loop.
+    ``overlap_bitmask``: under async scheduling, build a step's bitmask while the device runs
+    its forward (two-phase step; off: collect the step in flight first, the old path).
+    ``fill_threads``: xgrammar's threads filling a large batch's bitmask (0: half the cores).
     """
 
     backend: str = "auto"
@@ -115,6 +131,8 @@ class StructuredOutputsConfig:
     reasoning_parser: str | None = None
     enable_in_reasoning: bool = False
     compile_threads: int = 2
+    overlap_bitmask: bool = True
+    fill_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in STRUCTURED_OUTPUT_BACKENDS:
@@ -123,6 +141,12 @@ class StructuredOutputsConfig:
         if not isinstance(self.compile_threads, int) or self.compile_threads < 1:
             raise ValueError(f"structured_outputs_config.compile_threads must be an integer "
                              f">= 1, got {self.compile_threads!r}")
+        if not isinstance(self.fill_threads, int) or self.fill_threads < 0:
+            raise ValueError(f"structured_outputs_config.fill_threads must be an integer "
+                             f">= 0, got {self.fill_threads!r}")
+        if not isinstance(self.overlap_bitmask, bool):
+            raise ValueError(f"structured_outputs_config.overlap_bitmask must be true or "
+                             f"false, got {self.overlap_bitmask!r}")
 
 
 @dataclass(slots=True)
@@ -137,10 +161,43 @@ class ParallelConfig:
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str = "uni"
     data_parallel_size: int = 1
+    enable_expert_parallel: bool = False      # MoE experts sharded over the TP ranks (EP = TP)
 
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass(slots=True)
+class LoRAConfig:
+    """Multi-LoRA serving (``--enable-lora``; see docs/lora.md).
+
+    ``max_loras``: adapters resident on the device at once (slots; also the most distinct
+    adapters among the running requests); ``max_lora_rank``: the largest rank accepted (every
+    slot is sized for it); ``max_cpu_loras``: loaded adapters kept in host memory (LRU; at
+    least ``max_loras``); ``kernel``: how the batched product runs ("auto": the platform's
+    LoRA kernels, else "segment" on host devices and "dense" on accelerators; see
+    ``vllm_core.lora.batch``).
+    """
+
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
+        if self.max_lora_rank < 1:
+            raise ValueError(f"max_lora_rank must be >= 1, got {self.max_lora_rank}")
+        if self.max_cpu_loras is None:
+            self.max_cpu_loras = self.max_loras
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras "
+                             f"({self.max_loras})")
+        if self.kernel not in ("auto", "segment", "dense", "sgmv"):
+            raise ValueError(f"lora kernel must be auto, segment, dense or sgmv, got "
+                             f"{self.kernel!r}")
 
 
 @dataclass(slots=True)
@@ -152,6 +209,8 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+    speculative: SpeculativeConfig | None = None  # --speculative-config; None: no speculation
+    lora: LoRAConfig | None = None                # None: LoRA adapters disabled
     attention_backend: str | None = None          # user's choice, else the platform's
     enforce_eager: bool = False
     graph_batch_sizes: list[int] = field(default_factory=list)

@@ -67,8 +67,18 @@ class SchedulerOutput:
     which is in ``sampling_req_ids``; bit ``t % 32`` of word ``t // 32`` is 1 iff token ``t`` is
     allowed. The runner applies it to those requests' logit rows before sampling
     (``vllm_core.sampling.structured.apply_grammar_bitmask``). It is built after all earlier
-    steps' tokens are known, even under async scheduling (the engine collects the step in flight
-    first when this step has structured-output requests).
+    steps' tokens are known, even under async scheduling: there the engine launches the step
+    with ``defer_sampling`` (the runner runs the forward and stops before sampling), collects
+    the step in flight (advancing the matchers), attaches the bitmask while the device runs the
+    forward, then calls the executor's ``sample_tokens`` to finish the step. An executor
+    without that second phase gets the bitmask before the launch (the step in flight collected
+    first).
+
+    Speculative decoding: ``scheduled_spec_decode_tokens[req_id]`` are the ``k`` draft tokens
+    scheduled after the request's last known token (they are the last ``k`` of its
+    ``num_scheduled_tokens``); such a request is in ``sampling_req_ids`` and the runner
+    returns 1 to ``k + 1`` tokens for it: the accepted prefix of the drafts, then one token
+    sampled by the target. A step with drafts is never scheduled while a step is in flight.
     """
 
     scheduled_new_reqs: list[NewRequestData]
@@ -80,6 +90,8 @@ class SchedulerOutput:
     sampling_req_ids: frozenset[str] = frozenset()
     grammar_bitmask: np.ndarray | None = None
     structured_output_req_ids: list[str] = field(default_factory=list)
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
+    defer_sampling: bool = False
 
     @property
     def is_empty(self) -> bool:
@@ -99,7 +111,8 @@ class Logprobs:
 class ModelRunnerOutput:
     """What the workers return for one step.
 
-    ``sampled_token_ids[req_id]`` is empty for a request that only advanced a prefill chunk;
+    ``sampled_token_ids[req_id]`` is empty for a request that only advanced a prefill chunk,
+    one token for a plain decode, 1 to ``k + 1`` for a request that verified ``k`` drafts;
     ``logprobs[req_id]`` has one entry per sampled token when the request asked for logprobs;
     ``prompt_logprobs[req_id]`` holds entries for the prompt positions scored this step (the
     first prompt token has none, so the first chunk starts at position 1).
@@ -108,6 +121,7 @@ class ModelRunnerOutput:
     sampled_token_ids: dict[str, list[int]]
     logprobs: dict[str, list[Logprobs]] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[Logprobs]] = field(default_factory=dict)
+    expert_load: list[int] | None = None   # MoE: routed (token, expert) pairs per EP rank
 
 
 EMPTY_MODEL_RUNNER_OUTPUT = ModelRunnerOutput(sampled_token_ids={})

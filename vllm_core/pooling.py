@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 PoolingMethod = Literal["last", "mean"]
@@ -70,6 +71,8 @@ class Embedder:
         metadata = runner.builder.build(common)
         ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long,
                            device=runner.device)
+        if getattr(runner, "lora", None) is not None:     # the base model: no adapter
+            runner.lora.prepare_step(np.zeros(len(ids), dtype=np.int64))
         hidden = runner.model(ids, layout.positions.to(runner.device), scratch, metadata)
         return list(hidden.split(lens))
 

@@ -34,13 +34,14 @@ def build_model_folder(root: str, name: str) -> str:
     return path
 
 
-def make_llm(folder: str, tp: int = 1, pp: int = 1, async_scheduling: bool = False):
+def make_llm(folder: str, tp: int = 1, pp: int = 1, async_scheduling: bool = False,
+             **extra):
     from vllm_core import LLM
 
     return LLM(folder, dtype="float32", max_model_len=128, num_gpu_blocks_override=48,
                max_num_seqs=8, max_num_batched_tokens=48, seed=0, enforce_eager=True,
                tensor_parallel_size=tp, pipeline_parallel_size=pp,
-               async_scheduling=async_scheduling)
+               async_scheduling=async_scheduling, **extra)
 
 
 def alive(pid: int) -> bool:

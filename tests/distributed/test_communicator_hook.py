@@ -45,6 +45,8 @@ def _rank(rank: int, port: int, queue) -> None:
     from vllm_core.model_executor.layers.vocab_parallel import (
         VocabParallelEmbedding,
         compute_parallel_logits,
+        gather_logits,
+        local_logits,
     )
 
     torch.set_num_threads(1)
@@ -63,6 +65,11 @@ def _rank(rank: int, port: int, queue) -> None:
     rows = emb(ids)
     logits = compute_parallel_logits(x, emb, TorchLayerOps())
     calls = list(CountingCommunicator.calls)
+    # what a captured TP decode graph holds (no communication), gathered after the replay
+    local = local_logits(x, emb, TorchLayerOps())
+    split = gather_logits(local, emb)
+    split_ok = (local.shape == (3, 4) and (split is None) == (logits is None)
+                and (split is None or torch.equal(split, logits)))
     tp = par.tp
     others = [tp.reduce_scatter(torch.arange(4.0) * (rank + 1)).tolist(),
               tp.all_gather(torch.tensor([rank, 10 + rank]), dim=0).tolist(),
@@ -73,7 +80,8 @@ def _rank(rank: int, port: int, queue) -> None:
         others.append(tp.recv((2,), torch.float32, torch.device("cpu"), src=0).tolist())
     queue.put((rank, type(tp).__name__, calls, others,
                torch.allclose(y, x @ w.T + bias, atol=1e-5), torch.equal(rows, table[ids]),
-               None if logits is None else torch.allclose(logits, x @ table.T, atol=1e-5)))
+               None if logits is None else torch.allclose(logits, x @ table.T, atol=1e-5),
+               split_ok))
     destroy_parallel_context()
 
 
@@ -90,7 +98,7 @@ def test_platform_communicator_carries_the_collectives():
     for p in procs:
         p.join(30)
     assert [p.exitcode for p in procs] == [0, 0]
-    for rank, cls, calls, others, row_ok, emb_ok, logits_ok in results:
+    for rank, cls, calls, others, row_ok, emb_ok, logits_ok, split_ok in results:
         assert cls == "CountingCommunicator"
         assert others[0] == [[0.0, 3.0], [6.0, 9.0]][rank]         # sum (x3), this rank's half
         assert others[1] == [0, 10, 1, 11] and others[2] == [6]
@@ -98,3 +106,4 @@ def test_platform_communicator_carries_the_collectives():
         assert calls == ["all_reduce", "all_reduce", "gather"]   # row, embedding, LM head
         assert row_ok and emb_ok
         assert logits_ok is (True if rank == 0 else None)
+        assert split_ok          # local logits + gather == compute_parallel_logits

@@ -4,7 +4,9 @@
   and numbers), answered in one batch: every answer parses and validates with ``jsonschema``.
 - Regex and choice constraints under random sampling (n > 1, seeds): every answer matches.
 - The same under async scheduling with chunked prefill (a 32-token budget splits the prompts),
-  where each step's bitmask needs the tokens of the step in flight.
+  where each step's bitmask needs the tokens of the step in flight (the two-phase step).
+The two long ones are marked ``slow`` (CI runs them); the fast check of the two-phase step on
+a tiny model is ``tests/engine/test_two_phase_grammar.py``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def test_generated_schemas_cover_the_features():
     assert any(len(s["required"]) < len(s["properties"]) for s in SCHEMAS)
 
 
+@pytest.mark.slow          # 50 answers of up to 256 tokens from the real model (minutes on 2 CPUs)
 def test_fifty_json_schemas_all_valid(llm_fp32):
     prompts = [chat_prompt(llm_fp32, f"Fill in this JSON object about item {i}.")
                for i in range(len(SCHEMAS))]
@@ -124,6 +127,7 @@ def llm_async_chunked():
     return llm
 
 
+@pytest.mark.slow          # a 32-token budget: many small steps with the real model
 def test_async_scheduling_with_chunked_prefill(llm_async_chunked):
     llm = llm_async_chunked
     check_regex_and_choice(llm, n=2)

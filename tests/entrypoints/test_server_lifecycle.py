@@ -77,12 +77,12 @@ def test_port_in_use_fails_before_the_model_loads():
 
 @pytest.mark.parametrize("flags,message", [
     (["--trust-remote-code"], "never runs code shipped with a model"),
-    (["--quantization", "awq"], "--quantization 'awq'"),
+    (["--quantization", "awq"], "--quantization awq: this is a GGUF file"),
     (["--data-parallel-size", "0"], "data_parallel_size must be >= 1, got 0"),
-    (["--enable-lora"], "LoRA adapters are not supported yet"),
-    (["--lora-modules", "a=/tmp/a"], "LoRA adapters are not supported yet"),
-    (["--speculative-config", '{"num_speculative_tokens": 3}'],
-     "speculative decoding is not supported yet"),
+    (["--lora-modules", "a=/tmp/a"], "--lora-modules needs --enable-lora"),
+    (["--enable-lora", "--lora-modules", "a"], "--lora-modules 'a': expected name=path"),
+    (["--speculative-config", '{"method": "eagle", "model": "x"}'],
+     "speculative_config.method 'eagle' is not supported yet"),
 ])
 def test_unsupported_vllm_flags_fail_fast_with_the_reason(flags, message):
     done = _serve("--port", str(free_port()), *flags)

@@ -152,3 +152,24 @@ def test_plugin_registers_a_parser_through_the_hook():
 
     assert resolve_tool_parser("plugin_hermes").name == "hermes"
     assert resolve_reasoning_parser("plugin_r1").name == "deepseek_r1"
+
+
+def test_pythonic_streams_arguments_before_the_call_closes():
+    stream = parser_for("pythonic").stream()
+    sent = ""
+    for cut in ("[get_weather(city='Par", "is, \"FR\"', days=[1,", " 2], unit=\"°\\",
+                "u00b0"):
+        _, deltas = stream.feed(cut)
+        sent += "".join(d.arguments for d in deltas)
+    assert sent == '{"city": "Paris, \\"FR\\"", "days": [1, 2], "unit": "°°'
+    _, deltas = stream.feed('"), get_time(tz="UTC")]')
+    assert "".join(d.arguments for d in deltas if d.index == 0) == '"}'
+
+
+def test_pythonic_partial_escape_is_held_back():
+    stream = parser_for("pythonic").stream()
+    _, deltas = stream.feed('[f(a="x\\')
+    assert "".join(d.arguments for d in deltas) == '{"a": "x'
+    _, deltas = stream.feed('n")]')
+    _, more = stream.finish()
+    assert "".join(d.arguments for d in deltas + more) == '\\n"}'

@@ -17,6 +17,9 @@ from vllm_core.model_executor.loader import get_model, load_arch_config
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
 
+PHI3_ROPE = {"type": "longrope", "long_factor": [1.0, 1.1, 1.4, 2.0, 3.0, 5.0, 8.0, 9.0],
+             "short_factor": [1.0, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0]}
+
 CASES = {
     # head_dim 40, 6 q heads / 2 kv heads, llama3 rope scaling that bites at these lengths
     "llama3": ("llama", dict(hidden_size=240, num_attention_heads=6, num_key_value_heads=2,
@@ -30,6 +33,24 @@ CASES = {
                                  tie_word_embeddings=True)),
     # explicit head_dim 40 != 64 / 6; q/k norm
     "qwen3": ("qwen3", dict(head_dim=40, num_attention_heads=6, num_key_value_heads=2)),
+    # fused qkv / gate_up in the checkpoint, LongRoPE (short factors: prompts < 32 tokens),
+    # a sliding window shorter than the prompts
+    "phi3": ("phi3", dict(rope_scaling=PHI3_ROPE, original_max_position_embeddings=32,
+                          pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                          sliding_window=6)),
+    # Phi-4-mini shape: partial rotary (3/4 of each head), tied embeddings
+    "phi4-mini": ("phi3", dict(partial_rotary_factor=0.75, tie_word_embeddings=True,
+                               pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                               rope_scaling={**PHI3_ROPE, "long_factor": [1.5] * 6,
+                                             "short_factor": [1.0, 1.2, 1.5, 2.0, 3.0, 4.0]},
+                               original_max_position_embeddings=32)),
+    # interleaved sliding (window 4) and global layers, per-type rope bases, (1 + w) norms,
+    # q/k norms, GELU-tanh, embedding scaling, final logit soft-capping
+    "gemma3": ("gemma3_text", dict(num_hidden_layers=3, head_dim=32, num_key_value_heads=1,
+                                   sliding_window=4, sliding_window_pattern=2,
+                                   query_pre_attn_scalar=24, final_logit_softcapping=3.0,
+                                   rope_scaling={"rope_type": "linear", "factor": 4.0},
+                                   hidden_activation="gelu_pytorch_tanh")),
 }
 
 
@@ -64,6 +85,15 @@ def test_arch_config_matches_case(pair):
         assert arch.qk_norm and arch.head_dim == 40
     if name == "mistral":
         assert arch.sliding_window == 5
+    if name.startswith("phi"):
+        assert arch.rope_scaling["rope_type"] == "longrope"
+        assert arch.rope_scaling["original_max_position_embeddings"] == 32
+        assert arch.partial_rotary_factor == (0.75 if name == "phi4-mini" else 1.0)
+    if name == "gemma3":
+        assert arch.layer_types == ("sliding_attention", "full_attention", "sliding_attention")
+        assert (arch.sliding_window, arch.local_rope_theta) == (4, 10000.0)
+        assert arch.rope_scaling == {"rope_type": "linear", "factor": 4.0}
+        assert arch.final_logit_softcapping == 3.0 and arch.query_pre_attn_scalar == 24
 
 
 def test_prefill_batch_matches_hf(pair):

@@ -33,6 +33,7 @@ class ParallelContext:
     tp: Communicator
     pp: Communicator
     world: Communicator
+    enable_expert_parallel: bool = False   # MoE experts sharded over the TP group (EP = TP)
 
     @property
     def world_size(self) -> int:
@@ -94,8 +95,8 @@ def partition_layers(num_layers: int, pp_size: int) -> list[tuple[int, int]]:
 
 
 def init_parallel_context(platform: Any, tp_size: int, pp_size: int, rank: int,
-                          init_method: str | None, timeout_s: float = 600.0
-                          ) -> ParallelContext:
+                          init_method: str | None, timeout_s: float = 600.0,
+                          enable_expert_parallel: bool = False) -> ParallelContext:
     """Join the world (``torch.distributed`` with ``platform.dist_backend``) and create the TP,
     PP and world groups; every rank calls it with the same sizes. World size 1 needs no
     ``init_method`` and starts nothing. Collectives come from ``platform.communicator_class()``.
@@ -128,7 +129,8 @@ def init_parallel_context(platform: Any, tp_size: int, pp_size: int, rank: int,
     logger.info("rank %d of %d: tp %d/%d, pp %d/%d, backend %s, %s", rank, world_size,
                 tp_rank, tp_size, pp_rank, pp_size, platform.dist_backend, comm_cls.__name__)
     return ParallelContext(tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank,
-                           tp=tp_comm, pp=pp_comm, world=world)
+                           tp=tp_comm, pp=pp_comm, world=world,
+                           enable_expert_parallel=enable_expert_parallel)
 
 
 def destroy_parallel_context() -> None:

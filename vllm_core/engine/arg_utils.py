@@ -22,6 +22,7 @@ class EngineArgs:
     max_model_len: int | None = None
     seed: int = 0
     load_format: str = "auto"
+    quantization: str | None = None          # None: the checkpoint's quantization_config
     generation_config: str = "auto"
     chat_template: str | None = None
     served_model_name: str | None = None
@@ -39,6 +40,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1              # engine cores behind one front end
+    enable_expert_parallel: bool = False
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
@@ -46,6 +48,12 @@ class EngineArgs:
     disable_log_stats: bool = False
     structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
     reasoning_parser: str | None = None
+    speculative_config: dict[str, Any] | str | None = None   # JSON text or a dict
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    lora_kernel: str = "auto"
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -63,6 +71,11 @@ class EngineArgs:
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--load-format", default="auto",
                        choices=["auto", "safetensors", "gguf", "dummy"])
+        g.add_argument("--quantization", "-q", default=None,
+                       help="weight quantization: read from the checkpoint's "
+                            "quantization_config (gptq, awq, compressed-tensors, fp8) when "
+                            "unset; 'fp8' quantizes a float checkpoint at load; 'gguf' for "
+                            ".gguf files (de-quantized at load). See docs/quantization.md")
         g.add_argument("--generation-config", default="auto",
                        help="'auto' (model's generation_config.json), 'vllm' (ignore it), or a folder")
         g.add_argument("--chat-template", default=None, help="a Jinja template file or string")
@@ -89,6 +102,10 @@ class EngineArgs:
         g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                        help="engine cores (each of TP x PP ranks, with its own KV cache) "
                             "serving requests side by side behind one front end")
+        g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
+                       help="mixture-of-experts models: shard whole experts over the TP ranks "
+                            "(expert parallelism, EP size = TP size) instead of splitting "
+                            "every expert's intermediate dimension")
         g.add_argument("--distributed-executor-backend", default=None,
                        choices=["uni", "mp", "ray"],
                        help="how ranks run: uni (one, in the engine process), mp (one "
@@ -103,9 +120,26 @@ class EngineArgs:
         g.add_argument("--structured-outputs-config", default=None,
                        help='JSON, e.g. \'{"backend": "guidance", "disable_any_whitespace": '
                             'true}\'; backend: auto (default), xgrammar, guidance, outlines')
+        from vllm_core.plugins.registry import argparse_name_type
+        from vllm_core.reasoning.registry import PARSERS as REASONING_PARSERS
+
         g.add_argument("--reasoning-parser", default=None,
+                       type=argparse_name_type(REASONING_PARSERS),
                        help="split <think> reasoning into reasoning_content (deepseek_r1, "
                             "qwen3, or a plugin's); grammars apply after the reasoning ends")
+        g.add_argument("--speculative-config", default=None,
+                       help='JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
+                            '"prompt_lookup_max": 4}\' (see docs/speculative-decoding.md)')
+        g.add_argument("--enable-lora", action="store_true",
+                       help="serve PEFT LoRA adapters (docs/lora.md)")
+        g.add_argument("--max-loras", type=int, default=1,
+                       help="LoRA adapters resident on the device (and running) at once")
+        g.add_argument("--max-lora-rank", type=int, default=16, help="largest LoRA rank")
+        g.add_argument("--max-cpu-loras", type=int, default=None,
+                       help="loaded LoRA adapters kept in host memory (default: --max-loras)")
+        g.add_argument("--lora-kernel", default="auto",
+                       choices=["auto", "segment", "dense", "sgmv"],
+                       help="batched LoRA product: auto (the platform's kernels, else torch)")
         return parser
 
     @classmethod
@@ -178,13 +212,22 @@ class EngineArgs:
             resolve_reasoning_parser(raw["reasoning_parser"])      # ValueError if unknown
         return StructuredOutputsConfig(**raw)
 
+    def _lora_config(self) -> Any:
+        from vllm_core.config import LoRAConfig
+
+        if not self.enable_lora:
+            return None
+        return LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                          max_cpu_loras=self.max_cpu_loras, kernel=self.lora_kernel)
+
     def _parallel_config(self, cls: type) -> Any:
         world = self.tensor_parallel_size * self.pipeline_parallel_size
         backend = self.distributed_executor_backend or ("uni" if world == 1 else "mp")
         return cls(tensor_parallel_size=self.tensor_parallel_size,
                    pipeline_parallel_size=self.pipeline_parallel_size,
                    distributed_executor_backend=backend,
-                   data_parallel_size=self.data_parallel_size)
+                   data_parallel_size=self.data_parallel_size,
+                   enable_expert_parallel=self.enable_expert_parallel)
 
     def create_engine_config(self) -> tuple[Any, Any]:
         """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""
@@ -205,6 +248,9 @@ class EngineArgs:
         self._validate()
         load_general_plugins()
         structured = self.structured_outputs()
+        from vllm_core.spec_decode.config import parse_speculative_config
+
+        speculative = parse_speculative_config(self.speculative_config)
         platform = resolve_current_platform()
         path = resolve_model(locate_model(self.model, self.revision, self.download_dir))
         tokenizer = locate_model(self.tokenizer, self.revision, self.download_dir)
@@ -239,14 +285,29 @@ class EngineArgs:
                                       async_scheduling=self.async_scheduling),
             parallel=self._parallel_config(ParallelConfig),
             structured_outputs=structured,
+            speculative=speculative,
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,
+            lora=self._lora_config(),
         )
         _check_parallel_fits(config)
         platform.check_and_update_config(config)
+        _select_quantization(config, self.quantization)
         platform.verify_model(config)
         apply_config_hooks(config)
         return config, platform
+
+
+def _select_quantization(config: Any, requested: str | None) -> None:
+    """Fill ``config.model.quant_config`` (ValueError in words when the method cannot load
+    this checkpoint or run on this platform with this dtype)."""
+    from vllm_core.model_executor.quantization.selection import select_quantization
+
+    model = config.model
+    model.quantization = requested
+    model.quant_config = select_quantization(
+        model.arch.hf_config, requested, is_gguf=model.model.endswith(".gguf"),
+        platform=config.platform_name, dtype=model.dtype)
 
 
 def _check_parallel_fits(config: Any) -> None:
@@ -262,3 +323,6 @@ def _check_parallel_fits(config: Any) -> None:
         raise ValueError(f"the model's intermediate_size ({arch.intermediate_size}) is not "
                          f"divisible by tensor_parallel_size={tp}")
     partition_layers(arch.num_hidden_layers, par.pipeline_parallel_size)
+    from vllm_core.model_executor.layers.fused_moe.config import check_moe_parallel
+
+    check_moe_parallel(arch, tp, par.enable_expert_parallel)

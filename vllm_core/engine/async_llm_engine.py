@@ -88,11 +88,20 @@ class AsyncLLMEngine:
         return self._error is not None
 
     async def check_health(self) -> None:
+        """Raise ``EngineDeadError`` when the engine cannot serve: its thread failed or ended,
+        or the executor's own probe (``executor.check_health``: a worker process that ended)
+        fails, which also fails every request in flight. Cheap: called per request and by the
+        server's watchdog."""
+        if self._error is None and not self._stop and self._thread.is_alive():
+            try:
+                self.engine.check_health()
+            except Exception as e:  # noqa: BLE001 - the engine cannot serve any more
+                logger.error("engine health check failed: %s", e)
+                self._die(e)
         if self._error is not None:
-            raise EngineDeadError(f"engine thread died: {self._error!r}")
+            raise EngineDeadError(f"the engine stopped: {self._error}")
         if not self._thread.is_alive():
             raise EngineDeadError("engine thread is not running")
-        self.engine.check_core()
 
     def get_scheduler_stats(self) -> SchedulerStats:
         """Running / waiting / KV usage after the latest step (a copy, safe to read)."""
@@ -107,8 +116,38 @@ class AsyncLLMEngine:
         self.engine.structured_output_manager.prepare(params)
 
     # ------------------------------------------------------------------ requests
+    @property
+    def loras(self) -> Any:
+        """The engine's ``LoRARegistry`` (read-only use off the engine thread)."""
+        return self.engine.loras
+
+    async def add_lora(self, lora_request: Any) -> bool:
+        """Load an adapter on the engine thread (see ``LLMEngine.add_lora``)."""
+        return await self._on_engine_thread(self.engine.add_lora, lora_request)
+
+    async def remove_lora(self, name: str) -> None:
+        """Unload an adapter on the engine thread (see ``LLMEngine.remove_lora``)."""
+        await self._on_engine_thread(self.engine.remove_lora, name)
+
+    async def _on_engine_thread(self, fn: Any, *args: Any) -> Any:
+        await self.check_health()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def work() -> None:
+            try:
+                result: Any = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                result = e
+            loop.call_soon_threadsafe(_settle, future, result)
+
+        self._commands.put(("call", work))
+        self._wake()
+        return await future
+
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
-                       request_id: str, priority: int = 0) -> AsyncIterator[RequestOutput]:
+                       request_id: str, priority: int = 0, lora_request: Any = None
+                       ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; the last has ``finished=True``. Raises ValueError for
         bad input before the first output. Cancelling the consumer aborts the request."""
         await self.check_health()
@@ -129,7 +168,12 @@ class AsyncLLMEngine:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
-        self._commands.put(("add", request_id, processed, priority, time.time()))
+        if self._error is not None:       # died after the check: _die may not have seen us
+            with self._streams_lock:
+                self._streams.pop(request_id, None)
+            raise EngineDeadError(f"the engine stopped: {self._error}")
+        self._commands.put(("add", request_id, processed, priority, time.time(),
+                            lora_request))
         self._wake()
         finished = False
         try:
@@ -193,19 +237,6 @@ class AsyncLLMEngine:
         if stream is not None:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
 
-    def _fail(self, e: BaseException) -> None:
-        if isinstance(e, EngineDeadError):
-            logger.error("%s; failing all requests", e)
-            dead = e
-        else:
-            logger.exception("engine step failed; failing all requests")
-            dead = EngineDeadError(f"engine failed: {e!r}")
-        self._error = e
-        with self._streams_lock:
-            ids = list(self._streams)
-        for request_id in ids:
-            self._deliver(request_id, dead)
-
     def _drain_commands(self) -> None:
         while True:
             try:
@@ -213,14 +244,14 @@ class AsyncLLMEngine:
             except queue.Empty:
                 return
             if cmd[0] == "add":
-                _, request_id, processed, priority, arrival = cmd
+                _, request_id, processed, priority, arrival, lora_request = cmd
                 with self._streams_lock:
                     alive = request_id in self._streams
                 if not alive:          # the client went away before we got here
                     continue
                 try:
                     self.engine.add_request(request_id, processed, arrival_time=arrival,
-                                            priority=priority)
+                                            priority=priority, lora_request=lora_request)
                 except ValueError as e:
                     self._deliver(request_id, e)
             elif cmd[0] == "call":
@@ -228,9 +259,25 @@ class AsyncLLMEngine:
             else:
                 self.engine.abort_request(cmd[1])
 
+    def _die(self, error: BaseException) -> None:
+        """Record the fatal ``error`` (first one wins) and fail every request in flight with
+        ``EngineDeadError``; the engine thread stops at its next iteration. Any thread."""
+        if self._error is None:
+            if isinstance(error, EngineDeadError):     # the core process: its reason says it
+                logger.error("%s; failing all requests", error)
+            else:
+                logger.error("the engine failed; failing all requests", exc_info=error)
+            self._error = error
+        dead = EngineDeadError(f"the engine stopped: {self._error}")
+        with self._streams_lock:
+            ids = list(self._streams)
+        for request_id in ids:
+            self._deliver(request_id, dead)
+        self._wake()
+
     def _run(self) -> None:
         engine = self.engine
-        while not self._stop:
+        while not self._stop and self._error is None:
             try:
                 self._drain_commands()
                 if engine.in_process and not engine.has_unfinished_requests():
@@ -242,7 +289,7 @@ class AsyncLLMEngine:
                 # messages, a notify, or a second: then it checks that the core lives).
                 outputs = engine.step()
             except BaseException as e:  # noqa: BLE001 - any failure here kills the engine
-                self._fail(e)
+                self._die(e)
                 return
             self._snapshot = engine.scheduler_snapshot()
             for out in outputs:

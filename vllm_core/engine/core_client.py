@@ -1,10 +1,13 @@
 """EngineCoreClient: the front end's handle on an engine core in its own process.
 
 It has ``EngineCore``'s interface (``add_request``, ``finish_requests``,
-``has_unfinished_requests``, ``step``, ``scheduler_snapshot``, ``shutdown``, ``num_blocks``),
+``has_unfinished_requests``, ``step``, ``add_lora``, ``remove_lora``, ``scheduler_snapshot``,
+``shutdown``, ``num_blocks``),
 so ``LLMEngine`` runs over either. ``step`` does not compute: it waits (up to
 ``STEP_WAIT_S``, or until ``notify`` is called from another thread) for the core's next
 ``StepOutputs`` messages and returns everything that has arrived as one ``CoreStep``.
+``add_lora`` / ``remove_lora`` block until the core answers (outputs that arrive meanwhile are
+kept for the next ``step``).
 
 Processes: ``EngineCoreClient.start`` spawns the core (``core_proc.run_engine_core``) and
 connects to it as front end 0; ``EngineCoreClient.connect`` attaches another front end (index
@@ -80,6 +83,8 @@ class EngineCoreClient:
         self.num_blocks = 0
         self.core_pid: int | None = None
         self._ready = False
+        self._next_call_id = 0
+        self._pending = CoreStep()       # outputs that arrived while a call waited
         self._send(m.Hello(client_index, self._output_address))
 
     # ------------------------------------------------------------------ construction
@@ -150,7 +155,8 @@ class EngineCoreClient:
         self._refuse_impossible(request)
         self._send(m.AddRequest(self.client_index, request.request_id,
                                 request.prompt_token_ids, request.sampling_params,
-                                request.arrival_time, request.priority, request.parent_id))
+                                request.arrival_time, request.priority, request.parent_id,
+                                request.lora_id))
         self._live.add(request.request_id)
 
     def _refuse_impossible(self, request: Request) -> None:
@@ -183,6 +189,31 @@ class EngineCoreClient:
     def has_unfinished_requests(self) -> bool:
         return bool(self._live)
 
+    # ------------------------------------------------------------------ LoRA adapters
+    def add_lora(self, lora_id: int, name: str, path: str) -> None:
+        """Load an adapter in the core (see ``EngineCore.add_lora``); ValueError if refused."""
+        self._call("add", lora_id, name, path)
+
+    def remove_lora(self, lora_id: int) -> None:
+        """Unload an adapter in the core (see ``EngineCore.remove_lora``)."""
+        self._call("remove", lora_id)
+
+    def _call(self, op: str, lora_id: int, name: str = "", path: str = "") -> None:
+        self._check()
+        self._next_call_id += 1
+        call_id = self._next_call_id
+        self._send(m.LoRACall(self.client_index, call_id, op, lora_id, name, path))
+        while True:
+            if not self._output.poll(int(STEP_WAIT_S * 1000)):
+                self._check_process()
+                continue
+            msg = self._decoder.decode(self._output.recv())
+            if isinstance(msg, m.CallDone) and msg.call_id == call_id:
+                if msg.error is not None:
+                    raise ValueError(msg.error)
+                return
+            self._take(self._pending, msg)
+
     # ------------------------------------------------------------------ outputs
     def notify(self) -> None:
         """Wake a ``step`` waiting on another thread (new commands to send). Thread-safe."""
@@ -196,6 +227,8 @@ class EngineCoreClient:
         nothing came within ``wait_s`` or ``notify`` was called). Raises EngineDeadError."""
         self._check()
         zmq = self.zmq
+        if self._pending.outputs or self._pending.stats is not None:
+            wait_s = 0.0                          # a call left outputs: no waiting
         events = dict(self._poller.poll(int(wait_s * 1000)))
         if self._wake_r in events:
             try:
@@ -203,7 +236,7 @@ class EngineCoreClient:
                     pass
             except BlockingIOError:
                 pass
-        result = CoreStep()
+        result, self._pending = self._pending, CoreStep()
         if self._output not in events:
             if not events:
                 self._check_process()
@@ -213,13 +246,15 @@ class EngineCoreClient:
                 raw = self._output.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            msg = self._decoder.decode(raw.buffer)
-            if isinstance(msg, m.StepOutputs):
-                self._absorb(result, msg)
-            elif isinstance(msg, m.CoreFailed):
-                self._dead = f"the engine core failed: {msg.message}"
-                raise EngineDeadError(self._dead)
+            self._take(result, self._decoder.decode(raw.buffer))
         return result
+
+    def _take(self, result: CoreStep, msg: Any) -> None:
+        if isinstance(msg, m.StepOutputs):
+            self._absorb(result, msg)
+        elif isinstance(msg, m.CoreFailed):
+            self._dead = f"the engine core failed: {msg.message}"
+            raise EngineDeadError(self._dead)
 
     def _absorb(self, result: CoreStep, msg: m.StepOutputs) -> None:
         self._snapshot = msg.snapshot
@@ -231,16 +266,14 @@ class EngineCoreClient:
                 self._live.discard(out.req_id)
         if msg.stats is not None:
             s = msg.stats
+            stats = CoreStepStats(s.scheduler_stats, s.num_prompt_tokens, s.step_time,
+                                  s.expert_load)
             if result.stats is None:
-                result.stats = CoreStepStats(s.scheduler_stats, s.num_prompt_tokens,
-                                             s.step_time)
+                result.stats = stats
             else:
-                from vllm_core.engine.core import _merge
+                from vllm_core.engine.core import _accumulate
 
-                result.stats.num_prompt_tokens += s.num_prompt_tokens
-                result.stats.step_time += s.step_time
-                result.stats.scheduler_stats = _merge(result.stats.scheduler_stats,
-                                                      s.scheduler_stats)
+                _accumulate(result.stats, stats)
         elif result.stats is None and msg.outputs and self.client_index != 0:
             result.stats = CoreStepStats(self._snapshot_without_counters(), 0, 0.0)
 

@@ -1,10 +1,11 @@
 """The messages between front ends and an engine core in its own process (ZeroMQ, msgspec).
 
 Front end -> core (one PULL socket the core binds; every front end connects a PUSH):
-``Hello`` once per front end (where to send its outputs), then ``AddRequest`` and
-``FinishRequests``, and ``Shutdown``. Core -> front end (one PUSH socket per front end, to the
-address its ``Hello`` named): ``Ready`` once, then one ``StepOutputs`` per step that has news
-for it, and ``CoreFailed`` before the core exits on an error.
+``Hello`` once per front end (where to send its outputs), then ``AddRequest``,
+``FinishRequests`` and ``LoRACall`` (load / unload an adapter; answered by one ``CallDone``
+with the same ``call_id``), and ``Shutdown``. Core -> front end (one PUSH socket per front end,
+to the address its ``Hello`` named): ``Ready`` once, then one ``StepOutputs`` per step that has
+news for it, ``CallDone`` per call, and ``CoreFailed`` before the core exits on an error.
 
 Invariants: a front end's ``AddRequest`` ids are unique among its unfinished requests (the
 engine core keys its routing on them); ``StepOutputs.outputs`` are in step order and one
@@ -39,11 +40,30 @@ class AddRequest(msgspec.Struct, tag="add", array_like=True):
     arrival_time: float
     priority: int = 0
     parent_id: str | None = None
+    lora_id: int = 0
 
 
 class FinishRequests(msgspec.Struct, tag="finish", array_like=True):
     request_ids: list[str]
     status: int                       # a RequestStatus value (FINISHED_STOPPED / _ABORTED)
+
+
+class LoRACall(msgspec.Struct, tag="lora", array_like=True):
+    """``op`` "add" (load ``path`` as ``lora_id`` named ``name``) or "remove" (``lora_id``)."""
+
+    client_index: int
+    call_id: int
+    op: str
+    lora_id: int
+    name: str = ""
+    path: str = ""
+
+
+class CallDone(msgspec.Struct, tag="done", array_like=True):
+    """The answer to call ``call_id``: ``error`` is the ValueError's message, None on success."""
+
+    call_id: int
+    error: str | None = None
 
 
 class Shutdown(msgspec.Struct, tag="shutdown", array_like=True):
@@ -59,6 +79,7 @@ class StepStats(msgspec.Struct, array_like=True):
     scheduler_stats: SchedulerStats | None
     num_prompt_tokens: int
     step_time: float
+    expert_load: list[int] | None = None
 
 
 class StepOutputs(msgspec.Struct, tag="step", array_like=True):
@@ -71,8 +92,8 @@ class CoreFailed(msgspec.Struct, tag="failed", array_like=True):
     message: str
 
 
-ToCore = Hello | AddRequest | FinishRequests | Shutdown
-FromCore = Ready | StepOutputs | CoreFailed
+ToCore = Hello | AddRequest | FinishRequests | LoRACall | Shutdown
+FromCore = Ready | StepOutputs | CallDone | CoreFailed
 
 
 def encoder() -> msgspec.msgpack.Encoder:

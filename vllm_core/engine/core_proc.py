@@ -6,14 +6,16 @@ core (model load, KV cache, warm-up), binds its input socket, and loops:
 1. read every message waiting (block while the core has nothing to do): ``Hello`` connects
    an output socket to that front end and answers ``Ready``; ``AddRequest`` queues a request
    (a refusal becomes an output with finish_reason "abort"); ``FinishRequests`` finishes
-   requests (aborts, stop strings); ``Shutdown`` ends the loop;
+   requests (aborts, stop strings); ``LoRACall`` loads / unloads an adapter and answers
+   ``CallDone`` (with the ValueError's message when refused); ``Shutdown`` ends the loop;
 2. run one step when there is work, and send each front end one ``StepOutputs`` with its
    requests' outputs (front end 0 gets one every step: it carries the step's counters);
    when the core falls idle, every front end gets an empty one with the scheduler's state.
 
 Exits with status 0 after ``Shutdown``; on any error it sends ``CoreFailed`` to every front end
-and exits with status 1. It also exits when its parent process is gone (checked every second),
-so no core outlives the server that started it.
+and exits with status 1. While idle it checks every second that its parent process lives (it
+exits when the server that started it is gone) and probes its executor (``check_health``: a
+worker process that ended makes the core fail as above).
 """
 
 from __future__ import annotations
@@ -103,10 +105,27 @@ class _CoreLoop:
             for rid in msg.request_ids:
                 self.owner.pop(rid, None)
             self.core.finish_requests(msg.request_ids, RequestStatus(msg.status))
+        elif isinstance(msg, m.LoRACall):
+            self._lora(msg)
         elif isinstance(msg, m.Hello):
             self._hello(msg)
         elif isinstance(msg, m.Shutdown):
             self.stopping = True
+
+    def _lora(self, msg: Any) -> None:
+        error = None
+        try:
+            if msg.op == "add":
+                self.core.add_lora(msg.lora_id, msg.name, msg.path)
+            elif msg.op == "remove":
+                self.core.remove_lora(msg.lora_id)
+            else:
+                error = f"unknown LoRA call {msg.op!r}"
+        except ValueError as e:
+            error = str(e)
+        sock = self.outputs.get(msg.client_index)
+        if sock is not None:
+            sock.send(self.encoder.encode(self.m.CallDone(msg.call_id, error)))
 
     def _add(self, msg: Any) -> None:
         from vllm_core.engine.request import Request
@@ -114,7 +133,8 @@ class _CoreLoop:
 
         request = Request(request_id=msg.request_id, prompt_token_ids=msg.prompt_token_ids,
                           sampling_params=msg.sampling_params, arrival_time=msg.arrival_time,
-                          priority=msg.priority, parent_id=msg.parent_id)
+                          priority=msg.priority, parent_id=msg.parent_id,
+                          lora_id=msg.lora_id)
         try:
             self.core.add_request(request)
         except ValueError as e:     # the front end checks first; this is a race or a bug
@@ -128,6 +148,7 @@ class _CoreLoop:
         zmq = self.zmq
         if block and not self.input.poll(POLL_MS):
             self._check_parent()
+            self.core.check_health()           # raises: reported as CoreFailed, exit 1
             return
         while True:
             try:
@@ -172,7 +193,8 @@ class _CoreLoop:
         stats = None
         if step.stats is not None:
             s = step.stats
-            stats = self.m.StepStats(s.scheduler_stats, s.num_prompt_tokens, s.step_time)
+            stats = self.m.StepStats(s.scheduler_stats, s.num_prompt_tokens, s.step_time,
+                                     s.expert_load)
             by_client.setdefault(0, [])
         for client, outputs in by_client.items():
             self._send(client, outputs, stats if client == 0 else None)

@@ -19,6 +19,7 @@ The client has ``EngineCoreClient``'s interface, so ``LLMEngine`` (and through i
   at once and returns what all of them sent as one ``CoreStep``; its stats add up the cores
   (``aggregate_snapshots``: running and waiting summed, KV usage over all blocks, the per-step
   counters summed), so the Prometheus metrics and the log line describe the whole engine;
+- LoRA adapters are loaded in (and removed from) every core;
 - a core that exits or reports a failure makes every later call raise ``EngineDeadError``
   naming the core (every core is checked at least once a second, also while the others keep
   sending outputs), exactly as with one core: the server answers 503 and exits 1; nothing
@@ -34,6 +35,7 @@ Thread safety: one thread calls everything except ``notify``.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Any
@@ -81,18 +83,28 @@ def start_dp_core_process(config: Any, platform: Any, dp_rank: int,
 
 
 def aggregate_snapshots(snapshots: list[SchedulerStats]) -> SchedulerStats:
-    """The engine-wide state: requests summed, KV usage as the fraction of all cores' blocks
-    in use, the per-step counters summed."""
+    """The engine-wide state: requests summed (per LoRA adapter too), KV usage as the fraction
+    of all cores' blocks in use, the per-step counters summed (``core._merge``)."""
+    from vllm_core.engine.core import _merge
+
     total_blocks = sum(s.num_total_blocks for s in snapshots)
     used = sum(s.kv_cache_usage * s.num_total_blocks for s in snapshots)
-    return SchedulerStats(
+    engine = SchedulerStats(
         num_running_reqs=sum(s.num_running_reqs for s in snapshots),
         num_waiting_reqs=sum(s.num_waiting_reqs for s in snapshots),
         kv_cache_usage=used / total_blocks if total_blocks else 0.0,
-        prefix_cache_queries=sum(s.prefix_cache_queries for s in snapshots),
-        prefix_cache_hits=sum(s.prefix_cache_hits for s in snapshots),
-        num_preemptions=sum(s.num_preemptions for s in snapshots),
         num_total_blocks=total_blocks)
+    for s in snapshots:
+        counters = SchedulerStats(prefix_cache_queries=s.prefix_cache_queries,
+                                  prefix_cache_hits=s.prefix_cache_hits,
+                                  num_preemptions=s.num_preemptions,
+                                  spec_decoding=copy.copy(s.spec_decoding))
+        _merge(counters, engine)
+        for name, n in s.lora_running.items():
+            engine.lora_running[name] = engine.lora_running.get(name, 0) + n
+        for name, n in s.lora_waiting.items():
+            engine.lora_waiting[name] = engine.lora_waiting.get(name, 0) + n
+    return engine
 
 
 class DPEngineCoreClient:
@@ -224,6 +236,32 @@ class DPEngineCoreClient:
     def has_unfinished_requests(self) -> bool:
         return any(c.has_unfinished_requests() for c in self.clients)
 
+    # ------------------------------------------------------------------ LoRA adapters
+    def add_lora(self, lora_id: int, name: str, path: str) -> None:
+        """Load an adapter in every core (a request using it may go to any); ValueError, with
+        the adapter unloaded again where it was loaded, if a core refuses it."""
+        self._check()
+        loaded: list[EngineCoreClient] = []
+        try:
+            for client in self.clients:
+                client.add_lora(lora_id, name, path)
+                loaded.append(client)
+        except ValueError:
+            for client in loaded:
+                client.remove_lora(lora_id)
+            raise
+        finally:
+            self._last_liveness_check = 0.0    # outputs kept during the calls: next step
+
+    def remove_lora(self, lora_id: int) -> None:
+        """Unload an adapter from every core."""
+        self._check()
+        try:
+            for client in self.clients:
+                client.remove_lora(lora_id)
+        finally:
+            self._last_liveness_check = 0.0
+
     # ------------------------------------------------------------------ outputs
     def notify(self) -> None:
         """Wake a ``step`` waiting on another thread. Thread-safe."""
@@ -268,17 +306,30 @@ class DPEngineCoreClient:
             if part.stats is not None:
                 stats.append(part.stats)
         if stats:
-            counters = [s.scheduler_stats for s in stats if s.scheduler_stats is not None]
-            engine = aggregate_snapshots([c.scheduler_snapshot() for c in self.clients])
-            for s in counters:
-                engine.prefix_cache_queries += s.prefix_cache_queries
-                engine.prefix_cache_hits += s.prefix_cache_hits
-                engine.num_preemptions += s.num_preemptions
-            result.stats = CoreStepStats(
-                engine if counters else None,
-                sum(s.num_prompt_tokens for s in stats),
-                max(s.step_time for s in stats))
+            result.stats = self._engine_stats(stats)
         return result
+
+    def _engine_stats(self, stats: list[CoreStepStats]) -> CoreStepStats:
+        """The cores' step stats as one engine's: the gauges of every core's latest state, the
+        counters (prefix cache, preemptions, speculative decoding, prompt tokens, expert load)
+        summed, the step time the longest (the cores run side by side)."""
+        from vllm_core.engine.core import _accumulate
+
+        merged = CoreStepStats(None, 0, 0.0)
+        for s in stats:
+            step_time = max(merged.step_time, s.step_time)
+            _accumulate(merged, CoreStepStats(copy.copy(s.scheduler_stats), s.num_prompt_tokens,
+                                              s.step_time, s.expert_load))
+            merged.step_time = step_time
+        if merged.scheduler_stats is not None:
+            counters = merged.scheduler_stats
+            engine = aggregate_snapshots([c.scheduler_snapshot() for c in self.clients])
+            engine.prefix_cache_queries = counters.prefix_cache_queries
+            engine.prefix_cache_hits = counters.prefix_cache_hits
+            engine.num_preemptions = counters.num_preemptions
+            engine.spec_decoding = counters.spec_decoding
+            merged.scheduler_stats = engine
+        return merged
 
     def scheduler_snapshot(self) -> SchedulerStats:
         """The engine-wide state after the latest steps (``aggregate_snapshots``)."""

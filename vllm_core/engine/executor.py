@@ -4,7 +4,8 @@
 (one worker in this process, tensor_parallel_size = pipeline_parallel_size = 1) or ``mp`` (one
 spawned process per rank on this host; ``vllm_core.engine.mp_executor``). Every executor has
 the same contract: ``determine_num_blocks``, ``initialize_cache``, ``execute_model``,
-``execute_model_async``, ``shutdown``.
+``execute_model_async``, ``shutdown``; one that sets ``supports_deferred_sampling`` also has
+``sample_tokens`` (the second phase of a step launched with ``defer_sampling``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def create_executor(config: EngineConfig, platform: Any) -> Any:
 
         return MultiprocExecutor(config, platform)
     if backend == "ray":
-        raise ValueError("distributed_executor_backend='ray' is not implemented yet; use 'mp' "
-                         "(one host)")
+        from vllm_core.engine.ray_executor import RayExecutor
+
+        return RayExecutor(config, platform)
     raise ValueError(f"distributed_executor_backend must be one of "
                      f"{', '.join(EXECUTOR_BACKENDS)}, got {backend!r}")
 
@@ -76,8 +78,22 @@ class UniProcExecutor:
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.worker.execute_model(scheduler_output)
 
-    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> PendingOutput | None:
         return self.worker.execute_model_async(scheduler_output)
+
+    @property
+    def supports_deferred_sampling(self) -> bool:
+        return bool(getattr(self.worker, "supports_deferred_sampling", False))
+
+    def sample_tokens(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        return self.worker.sample_tokens(scheduler_output)
+
+    def add_lora(self, lora_id: int, path: str) -> None:
+        """Load a LoRA adapter in the worker (ValueError when it does not fit)."""
+        self.worker.add_lora(lora_id, path)
+
+    def remove_lora(self, lora_id: int) -> None:
+        self.worker.remove_lora(lora_id)
 
     def shutdown(self) -> None:
         self.worker.shutdown()

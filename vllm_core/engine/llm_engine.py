@@ -10,7 +10,11 @@ in this process, or in its own process behind ``vllm_core.engine.core_client.Eng
 ``OutputProcessor.process_outputs``. A stop string found by the detokenizer finishes the
 request in the core with ``FINISHED_STOPPED`` (in-process: before the next step is scheduled;
 with the core in another process: when the message arrives, so the core may have computed a
-few tokens more, which are dropped here).
+few tokens more, which are dropped here). Speculative decoding, the two-phase structured-output
+step and the MoE expert load live in the core (``EngineCore``), so both layouts have them.
+
+LoRA: the front end keeps the adapter names (``LoRARegistry``: the server resolves
+``model=<name>`` through it); the core loads adapters by id (``core.add_lora``).
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer)
         self.stat_loggers: list[StatLogger] = list(stat_loggers or [])
         self._children: dict[str, list[str]] = {}
+        from vllm_core.lora.registry import LoRARegistry
+
+        self.loras = LoRARegistry()
         self.async_scheduling = bool(config.scheduler.async_scheduling)
         self.startup_time = time.perf_counter() - start
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
@@ -109,6 +116,16 @@ class LLMEngine:
     @property
     def scheduler(self) -> Scheduler:
         return self._in_process_core().scheduler
+
+    @property
+    def drafter(self) -> Any:
+        """Speculative decoding's drafter (None when off); in-process core only."""
+        return self._in_process_core().drafter
+
+    @property
+    def num_two_phase_steps(self) -> int:
+        """Steps run in two phases (structured outputs); in-process core only."""
+        return self._in_process_core().num_two_phase_steps
 
     def _in_process_core(self) -> EngineCore:
         if not isinstance(self.core, EngineCore):
@@ -148,9 +165,13 @@ class LLMEngine:
         """Whether the engine core runs in this process."""
         return isinstance(self.core, EngineCore)
 
-    def check_core(self) -> None:
-        """Raise ``EngineDeadError`` when an engine core process has exited or failed."""
-        if not self.in_process:
+    def check_health(self) -> None:
+        """Raise when the engine cannot serve: the executor's probe fails (a worker process
+        ended) or, with the core in its own process, ``EngineDeadError`` when that process has
+        exited or failed (the core probes its own executor). Cheap; any thread."""
+        if self.in_process:
+            self.core.check_health()
+        else:
             self.core.check_alive()
 
     def notify(self) -> None:
@@ -181,14 +202,19 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: PromptType | ProcessedPrompt,
                     params: SamplingParams | None = None, arrival_time: float | None = None,
-                    priority: int = 0) -> None:
+                    priority: int = 0, lora_request: Any = None) -> None:
         """The one way a request enters the engine (``LLM``, ``AsyncLLMEngine``, beam search
         and the server all call it). ``prompt`` is raw (string, token ids, dict), processed
         here with ``params``, or a ``ProcessedPrompt`` from ``process_inputs`` (``params`` must
         then be None). Raises ValueError, with nothing queued, on bad input or a reused id.
-        n > 1 fans out into child requests ``"{i}_{request_id}"`` (seed + i)."""
+        n > 1 fans out into child requests ``"{i}_{request_id}"`` (seed + i).
+        ``lora_request`` (a ``LoRARequest``) runs it with that adapter, loaded on first use."""
         if request_id in self._children or self.output_processor.has_request(request_id):
             raise ValueError(f"request id {request_id!r} is already in use")
+        lora_id = 0
+        if lora_request is not None:
+            self.add_lora(lora_request)
+            lora_id = lora_request.lora_int_id
         if isinstance(prompt, ProcessedPrompt):
             if params is not None:
                 raise ValueError("pass params to process_inputs, not with a ProcessedPrompt")
@@ -210,7 +236,7 @@ class LLMEngine:
             requests.append(Request(
                 request_id=child_id, prompt_token_ids=processed.prompt_token_ids,
                 sampling_params=child_params, arrival_time=arrival, priority=priority,
-                parent_id=request_id if n > 1 else None))
+                lora_id=lora_id, parent_id=request_id if n > 1 else None))
         for i, req in enumerate(requests):           # the core first: it may refuse
             self.core.add_request(req)
             self.output_processor.add_request(
@@ -218,6 +244,25 @@ class LLMEngine:
                 req.sampling_params, arrival, parent_id=request_id if n > 1 else None,
                 child_index=i, num_children=n)
         self._children[request_id] = child_ids
+
+    # ------------------------------------------------------------------ LoRA adapters
+    def add_lora(self, lora_request: Any) -> bool:
+        """Load a PEFT adapter (``LoRARequest``) in the core and register its name. False
+        when it is already loaded; ValueError when LoRA is off, the name or id is taken, or
+        the adapter does not fit the model."""
+        if self.config.lora is None:
+            raise ValueError("LoRA adapters need an engine started with enable_lora=True "
+                             "(--enable-lora)")
+        return self.loras.add(lora_request, lambda lora_id, path: self.core.add_lora(
+            lora_id, lora_request.lora_name, path))
+
+    def remove_lora(self, name: str) -> None:
+        """Unload the adapter ``name``; ValueError when unknown or still used by a request."""
+        request = self.loras.get(name)
+        if request is None:
+            raise ValueError(f"no LoRA adapter named {name!r} is loaded")
+        self.core.remove_lora(request.lora_int_id)
+        self.loras.remove(name)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
@@ -253,6 +298,7 @@ class LLMEngine:
     def _record_stats(self, core_step: CoreStep, processed: Any) -> None:
         it: IterationStats = processed.iteration_stats or IterationStats()
         it.step_time = core_step.stats.step_time
+        it.expert_load = core_step.stats.expert_load
         it.num_generation_tokens = sum(len(o.new_token_ids) for o in core_step.outputs)
         it.num_prompt_tokens = core_step.stats.num_prompt_tokens
         stats = core_step.stats.scheduler_stats

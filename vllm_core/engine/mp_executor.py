@@ -29,6 +29,7 @@ from vllm_core import envs
 from vllm_core.config import EngineConfig
 from vllm_core.distributed.parallel_context import sampling_rank
 from vllm_core.distributed.shm_ring import ShmRing
+from vllm_core.engine.ranked_executor import RankedExecutor
 from vllm_core.logger import init_logger
 from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
@@ -78,7 +79,7 @@ class _PendingReply:
         return self.output
 
 
-class MultiprocExecutor:
+class MultiprocExecutor(RankedExecutor):
     """Drives ``tensor_parallel_size * pipeline_parallel_size`` worker processes."""
 
     def __init__(self, config: EngineConfig, platform: Any) -> None:
@@ -201,6 +202,19 @@ class MultiprocExecutor:
         return "; ".join(f"worker rank {r} (pid {p.pid}) died with exit code {p.exitcode}"
                          for r, p in enumerate(self.procs) if not p.is_alive())
 
+    def check_health(self) -> None:
+        """Raise ``WorkerFailure`` when the executor has failed or a worker process has ended.
+        Read-only (it polls the process sentinels and reaps nothing), so another thread may
+        call it while a step runs: the server's health probe does."""
+        if self._failed is not None:
+            raise WorkerFailure(self._failed)
+        ended = wait([p.sentinel for p in self.procs], timeout=0)
+        if ended:
+            ranks = [r for r, p in enumerate(self.procs) if p.sentinel in ended]
+            raise WorkerFailure(
+                "distributed engine stopped: " + "; ".join(
+                    f"worker rank {r} (pid {self.procs[r].pid}) exited" for r in ranks))
+
     def _abort(self) -> None:
         _stop_processes(self.procs, self.ring, grace_s=0.0)
 
@@ -210,17 +224,6 @@ class MultiprocExecutor:
         return [self._reply_of(r, seq) for r in range(self.world_size)]
 
     # ------------------------------------------------------------------ executor contract
-    def determine_num_blocks(self) -> int:
-        """The fewest KV blocks any rank's memory holds (every rank allocates that many)."""
-        return min(self.collective_rpc("num_blocks"))
-
-    def initialize_cache(self, num_blocks: int) -> None:
-        self.collective_rpc("initialize_cache", num_blocks)
-        self.collective_rpc("compile_or_warm_up_model")
-
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.execute_model_async(scheduler_output).result()
-
     def execute_model_async(self, scheduler_output: SchedulerOutput) -> _PendingReply:
         return _PendingReply(self, self._broadcast("execute_model", scheduler_output))
 

@@ -222,17 +222,21 @@ class OutputProcessor:
                     self._convert(lp, child.params.prompt_logprobs, child.params.detokenize)
                     for lp in eco.new_prompt_logprobs)
         new_ids = eco.new_token_ids
+        # finish "stop" from the engine means the last token is eos / a stop token id.
+        stop_terminated = eco.finish_reason == "stop" and not isinstance(eco.stop_reason, str)
+        run = len(new_ids) > 1 and bool(child.detokenizer.stop)
+        if run:       # a speculative run: stop strings are found token by token, as without
+            new_ids, stop_str = _update_run(child.detokenizer, new_ids, stop_terminated)
         if new_ids:
             self._record_token_times(child, len(new_ids), now, stats)
             child.token_ids.extend(new_ids)
             if child.logprobs is not None and eco.new_logprobs:
-                for lp in eco.new_logprobs:
+                for lp in eco.new_logprobs[:len(new_ids)]:
                     child.logprobs.append(
                         self._convert(lp, child.params.logprobs, child.params.detokenize))
                     child.cumulative_logprob += lp.logprobs[0]
-        # finish "stop" from the engine means the last token is eos / a stop token id.
-        stop_terminated = eco.finish_reason == "stop" and not isinstance(eco.stop_reason, str)
-        stop_str = child.detokenizer.update(new_ids, stop_terminated=stop_terminated)
+        if not run:
+            stop_str = child.detokenizer.update(new_ids, stop_terminated=stop_terminated)
         if stop_str is not None:
             self._finish(child, "stop", stop_str, now)
             if not eco.finished:
@@ -348,3 +352,16 @@ class OutputProcessor:
                                                 clean_up_tokenization_spaces=False)
             self._token_text.update(zip(missing, texts, strict=True))
         return [self._token_text[t] for t in ids]
+
+
+def _update_run(detokenizer: Any, ids: list[int], stop_terminated: bool
+                ) -> tuple[list[int], str | None]:
+    """Feed several new tokens (a verified speculative run) one at a time; on a stop string,
+    the tokens after the one that completed it are dropped (they would not have been
+    generated without speculation). Returns (the tokens kept, the stop string or None)."""
+    last = len(ids) - 1
+    for i, token in enumerate(ids):
+        hit = detokenizer.update([token], stop_terminated=stop_terminated and i == last)
+        if hit is not None:
+            return ids[:i + 1], hit
+    return ids, None

@@ -96,6 +96,8 @@ class Request:
     sent_first_output: bool = field(default=False, init=False)
     arrival_seq: int = field(default=0, init=False)          # tie-break, set by the scheduler
     num_output_placeholders: int = field(default=0, init=False)  # sampled, not yet received
+    # draft tokens proposed for the next step (speculative decoding); consumed by schedule()
+    spec_token_ids: list[int] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if not self.request_id:

@@ -22,6 +22,9 @@ Step policy (``schedule``):
 3. ``n > 1`` children (same ``parent_id``): only the first child added is admitted until its
    prompt is fully computed and its full blocks cached; the others are then admitted and hit
    the prefix cache (skipping them does not block the queue). Only when prefix caching is on.
+4. LoRA (``max_loras``): a waiting request whose adapter is not among the running requests'
+   is skipped (it keeps its place) while ``max_loras`` distinct adapters run, so a step never
+   needs more adapters than the workers have device slots.
 
 Sampling rule (the runner infers it, the scheduler relies on it): a request samples a token in a
 step iff ``num_computed_tokens + num_scheduled_tokens`` reaches its full length
@@ -43,6 +46,16 @@ with "abort" (``pop_failed_outputs``). ``update_from_output`` advances the reque
 and a request whose grammar terminated finishes with "stop". The batch bitmask is built outside
 the scheduler (``StructuredOutputManager.attach_bitmask``), which stays torch-free.
 
+Speculative decoding: a running decode may carry draft tokens (``Request.spec_token_ids``, set
+by the engine's proposer before ``schedule()``, only while no step is in flight). They are
+scheduled after its last token, as many as the token budget leaves room for, and count as
+scheduled tokens (KV slots are allocated for them); the request samples in that step and
+``num_computed_tokens`` advances over them. ``update_from_output`` gets the accepted prefix plus
+one token and rolls ``num_computed_tokens`` back over the rejected drafts. Drafts never enter
+``all_token_ids`` before they are accepted, so the prefix cache only ever holds accepted tokens;
+stop checks run token by token over the accepted run, so nothing after a stop (or past
+``max_tokens``) is emitted. Drafts that are not scheduled in a step are dropped.
+
 Stop checks (``update_from_output``, after each appended token): a token in
 ``sampling_params.all_stop_token_ids`` finishes the request with "stop" once
 ``len(output) >= min_tokens`` (``stop_reason`` is the token id when it came from
@@ -62,7 +75,7 @@ from collections.abc import Callable, Iterable, Iterator
 from vllm_core.config import CacheConfig, SchedulerConfig
 from vllm_core.engine.kv_cache_manager import KVCacheManager, cdiv
 from vllm_core.engine.request import Request, RequestStatus
-from vllm_core.engine.stats import SchedulerStats
+from vllm_core.engine.stats import SchedulerStats, SpecDecodingStats
 from vllm_core.logger import init_logger
 from vllm_core.messages import (
     CachedRequestData,
@@ -184,7 +197,8 @@ class Scheduler:
     """
 
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
-                 max_model_len: int, log_stats: bool = True) -> None:
+                 max_model_len: int, log_stats: bool = True, max_loras: int | None = None
+                 ) -> None:
         if cache_config.num_blocks is None or cache_config.block_size is None:
             raise ValueError("cache_config.num_blocks and cache_config.block_size must be set "
                              f"before the scheduler starts, got num_blocks="
@@ -217,6 +231,7 @@ class Scheduler:
         self.policy = scheduler_config.policy
         self.log_stats = log_stats
         self.block_size = cache_config.block_size
+        self.max_loras = max_loras      # distinct LoRA adapters among running requests
 
         self.kv_cache_manager = KVCacheManager(
             cache_config.num_blocks, cache_config.block_size,
@@ -234,6 +249,7 @@ class Scheduler:
         self._arrival_seq = itertools.count()
         self._num_preemptions = 0                     # since the last make_stats()
         self._failed: list[EngineCoreOutput] = []     # grammar failures, reported next update
+        self._spec_stats = SpecDecodingStats()        # since the last make_stats()
 
     # ------------------------------------------------------------------ requests in
     def add_request(self, request: Request) -> None:
@@ -338,13 +354,20 @@ class Scheduler:
             return None
         prefix = self.kv_cache_manager.take_prefix_cache_stats()
         preemptions, self._num_preemptions = self._num_preemptions, 0
+        spec = self._spec_stats.take()
         return SchedulerStats(num_running_reqs=len(self.running),
                               num_waiting_reqs=len(self.waiting),
                               kv_cache_usage=self.kv_cache_manager.usage,
                               prefix_cache_queries=prefix.queries,
                               prefix_cache_hits=prefix.hits,
                               num_preemptions=preemptions,
-                              num_total_blocks=self.kv_cache_manager.block_pool.num_blocks)
+                              num_total_blocks=self.kv_cache_manager.block_pool.num_blocks,
+                              spec_decoding=spec if spec.num_drafts else None)
+
+    def lora_counts(self) -> tuple[Counter[int], Counter[int]]:
+        """(running, waiting) request counts per LoRA adapter id (the base model excluded)."""
+        return (Counter(r.lora_id for r in self.running if r.lora_id),
+                Counter(r.lora_id for r in self.waiting if r.lora_id))
 
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache_manager.reset_prefix_cache()
@@ -360,6 +383,7 @@ class Scheduler:
         scheduled_running: list[Request] = []
         scheduled_new: list[Request] = []
         preempted: list[Request] = []
+        spec_tokens: dict[str, list[int]] = {}        # drafts scheduled this step
         kv = self.kv_cache_manager
 
         # 1. Running requests: decodes, then unfinished prefill chunks, each in policy order.
@@ -379,6 +403,9 @@ class Scheduler:
             remaining = len(request.all_token_ids) + placeholders - request.num_computed_tokens
             if remaining <= 0 or (placeholders and self._finishes_by_length(request)):
                 continue
+            # drafts ride after the last token, as many as the budget leaves room for
+            num_spec = min(len(request.spec_token_ids), max(budget - remaining, 0))
+            remaining += num_spec
             if remaining > budget and not self.enable_chunked_prefill:
                 continue
             num_new = min(remaining, budget)
@@ -392,6 +419,7 @@ class Scheduler:
                 if victim.request_id in num_scheduled:        # unschedule it
                     budget += num_scheduled.pop(victim.request_id)
                     del new_block_ids[victim.request_id]
+                    spec_tokens.pop(victim.request_id, None)
                     scheduled_running.remove(victim)
                 if victim is request:
                     break
@@ -400,6 +428,8 @@ class Scheduler:
             scheduled_running.append(request)
             num_scheduled[request.request_id] = num_new
             new_block_ids[request.request_id] = ids
+            if num_spec:
+                spec_tokens[request.request_id] = request.spec_token_ids[:num_spec]
             budget -= num_new
 
         # 2. Waiting requests (not in a step that had to preempt).
@@ -422,12 +452,16 @@ class Scheduler:
         for request in itertools.chain(scheduled_new, scheduled_running):
             request.num_computed_tokens += num_scheduled[request.request_id]
             known = len(request.all_token_ids)
-            if request.num_computed_tokens >= known + request.num_output_placeholders:
+            num_spec = len(spec_tokens.get(request.request_id, ()))
+            if request.num_computed_tokens >= known + request.num_output_placeholders + num_spec:
                 request.num_output_placeholders += 1
                 sampling.add(request.request_id)
             kv.cache_blocks(request, min(request.num_computed_tokens, known))
             self._maybe_open_sibling_gate(request)
 
+        for request in self.running:                  # unscheduled drafts are dropped
+            if request.spec_token_ids:
+                request.spec_token_ids = []
         finished = self.finished_req_ids | {r.request_id for r in preempted}
         self.finished_req_ids = set()
         self._num_preemptions += len(preempted)
@@ -435,7 +469,8 @@ class Scheduler:
                                num_scheduled_tokens=num_scheduled,
                                total_num_scheduled_tokens=sum(num_scheduled.values()),
                                finished_req_ids=finished, num_preempted=len(preempted),
-                               sampling_req_ids=frozenset(sampling))
+                               sampling_req_ids=frozenset(sampling),
+                               scheduled_spec_decode_tokens=spec_tokens)
 
     def _finishes_by_length(self, request: Request) -> bool:
         """Whether the tokens in flight already end ``request`` by length (async scheduling)."""
@@ -471,6 +506,7 @@ class Scheduler:
         kv = self.kv_cache_manager
         skipped: list[Request] = []
         deferred: list[Request] = []
+        loras = {r.lora_id for r in self.running if r.lora_id} if self.max_loras else set()
         while len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting.peek()
             if self._is_gated_sibling(request):
@@ -484,6 +520,10 @@ class Scheduler:
             if request.structured_output is not None and request.structured_output.error:
                 self.waiting.pop()
                 self._fail(request, request.structured_output.error)
+                continue
+            if (request.lora_id and self.max_loras and request.lora_id not in loras
+                    and len(loras) >= self.max_loras):       # its adapter has no slot now
+                skipped.append(self.waiting.pop())
                 continue
             group = _group(request)
             if share is not None and groups[group] >= share:
@@ -508,6 +548,8 @@ class Scheduler:
             scheduled_new.append(request)
             num_scheduled[request.request_id] = num_new
             groups[group] += 1
+            if request.lora_id:
+                loras.add(request.lora_id)
             budget -= num_new
         for request in reversed(skipped):
             self.waiting.push_front(request)
@@ -520,6 +562,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_output_placeholders = 0           # a token in flight is dropped
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.waiting.push_front(request)
 
@@ -551,6 +594,7 @@ class Scheduler:
         all_logprobs = model_runner_output.logprobs
         all_prompt_logprobs = model_runner_output.prompt_logprobs
         sampling_ids = scheduler_output.sampling_req_ids
+        spec_tokens = scheduler_output.scheduled_spec_decode_tokens
         running = RequestStatus.RUNNING
         for req_id, n in scheduler_output.num_scheduled_tokens.items():
             request = requests.get(req_id)
@@ -565,6 +609,9 @@ class Scheduler:
                     f"({request.num_computed_tokens} of {request.num_tokens} tokens computed)")
             if should_sample and request.num_output_placeholders > 0:
                 request.num_output_placeholders -= 1
+            drafts = spec_tokens.get(req_id)
+            if drafts:
+                self._roll_back_rejected(request, len(drafts), len(sampled))
             new_tokens: list[int] = []
             status: RequestStatus | None = None
             grammar = request.structured_output
@@ -599,6 +646,19 @@ class Scheduler:
                 self._release(request)
             self.running = [r for r in self.running if r not in finished]
         return outputs
+
+    def _roll_back_rejected(self, request: Request, num_drafts: int, num_sampled: int) -> None:
+        """Verification returned the accepted prefix of ``num_drafts`` drafts plus one token:
+        the rejected drafts' KV positions are not computed after all (their slots are written
+        again by the next step; blocks stay with the request, and only blocks full of known
+        tokens ever enter the prefix cache)."""
+        num_accepted = num_sampled - 1
+        if not 0 <= num_accepted <= num_drafts:
+            raise RuntimeError(f"request {request.request_id!r}: the runner returned "
+                               f"{num_sampled} tokens for {num_drafts} drafts (expected 1 to "
+                               f"{num_drafts + 1})")
+        request.num_computed_tokens -= num_drafts - num_accepted
+        self._spec_stats.record(num_drafts, num_accepted)
 
     def _check_stop(self, request: Request) -> RequestStatus | None:
         num_output = len(request.output_token_ids)

@@ -12,6 +12,37 @@ from typing import Protocol
 
 
 @dataclass(slots=True)
+class SpecDecodingStats:
+    """Speculative decoding counters: ``num_drafts`` draft runs verified (one per request per
+    step that had drafts), ``num_draft_tokens`` tokens in them, ``num_accepted_tokens`` of
+    which the target accepted. Acceptance rate = accepted / draft tokens; mean accepted
+    length (tokens emitted per verifying step of a request) = 1 + accepted / drafts."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+
+    def record(self, num_draft_tokens: int, num_accepted_tokens: int) -> None:
+        self.num_drafts += 1
+        self.num_draft_tokens += num_draft_tokens
+        self.num_accepted_tokens += num_accepted_tokens
+
+    def take(self) -> SpecDecodingStats:
+        """The counters so far (then reset)."""
+        out = SpecDecodingStats(self.num_drafts, self.num_draft_tokens, self.num_accepted_tokens)
+        self.num_drafts = self.num_draft_tokens = self.num_accepted_tokens = 0
+        return out
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else None
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        return 1 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else None
+
+
+@dataclass(slots=True)
 class SchedulerStats:
     num_running_reqs: int = 0
     num_waiting_reqs: int = 0
@@ -20,6 +51,9 @@ class SchedulerStats:
     prefix_cache_hits: int = 0           # of which hits (this step)
     num_preemptions: int = 0             # preemptions in this step
     num_total_blocks: int = 0
+    spec_decoding: SpecDecodingStats | None = None   # this step's, when drafts were verified
+    lora_running: dict[str, int] = field(default_factory=dict)   # adapter name -> requests
+    lora_waiting: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -41,6 +75,7 @@ class IterationStats:
     inter_token_latencies: list[float] = field(default_factory=list)
     finished_requests: list[FinishedRequestStats] = field(default_factory=list)
     step_time: float = 0.0
+    expert_load: list[int] | None = None  # MoE: routed (token, expert) pairs per EP rank
 
 
 class StatLogger(Protocol):

@@ -4,10 +4,17 @@ Each round submits, for every live beam of every prompt, a greedy one-token requ
 ``prompt + beam.tokens`` asking for ``2 * beam_width`` logprobs; prefix caching makes the shared
 prompt and beam prefixes free to recompute. The pure bookkeeping lives in
 ``vllm_core.sampling.beam_search``.
+
+With ``params.structured_outputs`` each step request carries the grammar with the beam's tokens
+as ``prefix_token_ids`` (its matcher starts after them), so the grammar bitmask masks that
+beam's next-token logits: its top logprobs are over the allowed tokens only (renormalised;
+the disallowed ones, -inf, are dropped from the candidates).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -39,6 +46,18 @@ def run_beam_search(llm: LLM, prompts: list[Any], params: BeamSearchParams,
                              f"exceeds max_model_len={max_len}")
     step_params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=params.num_logprobs,
                                  ignore_eos=True, detokenize=False)
+    grammar = params.structured_outputs
+    if grammar is not None:
+        engine.structured_output_manager.prepare(grammar)     # ValueError naming the field
+
+    def step_params_for(beam: BeamSearchSequence) -> SamplingParams:
+        if grammar is None:
+            return step_params
+        beam_params = step_params.clone()
+        beam_params.structured_outputs = dataclasses.replace(
+            grammar, prefix_token_ids=list(beam.tokens))
+        return beam_params
+
     live: list[list[BeamSearchSequence]] = [[BeamSearchSequence()] for _ in prompts]
     done: list[list[BeamSearchSequence]] = [[] for _ in prompts]
     active = set(range(len(prompts)))
@@ -46,10 +65,16 @@ def run_beam_search(llm: LLM, prompts: list[Any], params: BeamSearchParams,
     while active:
         order = [(i, b) for i in sorted(active) for b in range(len(live[i]))]
         requests = [{"prompt_token_ids": prompt_ids[i] + live[i][b].tokens} for i, b in order]
-        outputs = llm.generate(requests, step_params, use_tqdm=False)
+        outputs = llm.generate(requests, [step_params_for(live[i][b]) for i, b in order],
+                               use_tqdm=False)
         tops: dict[int, list[dict]] = {i: [] for i in active}
         for (i, _), out in zip(order, outputs):
-            tops[i].append(out.outputs[0].logprobs[0])
+            if not out.outputs[0].logprobs:            # the grammar refused the beam's prefix
+                raise RuntimeError(f"beam search step failed: {out.outputs[0].finish_reason}")
+            top = out.outputs[0].logprobs[0]
+            if grammar is not None:
+                top = {t: lp for t, lp in top.items() if lp.logprob > -math.inf}
+            tops[i].append(top)
         for i in list(active):
             step = beam_search_step(live[i], tops[i], params, eos)
             done[i].extend(step.completed)

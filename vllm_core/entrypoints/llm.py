@@ -57,12 +57,14 @@ class LLM:
     # ------------------------------------------------------------------ generate
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool = True, priority: list[int] | None = None
-                 ) -> list[RequestOutput]:
+                 use_tqdm: bool = True, priority: list[int] | None = None,
+                 lora_request: Any = None) -> list[RequestOutput]:
         """Generate for one prompt or a list (text, token ids, or {"prompt_token_ids": ...}).
 
         All prompts are validated before any is queued: one bad prompt raises ValueError and
-        nothing runs. Outputs come back in the order of ``prompts``.
+        nothing runs. Outputs come back in the order of ``prompts``. ``lora_request``: one
+        ``LoRARequest`` for every prompt, or a list (None: the base model) per prompt; the
+        engine must be built with ``enable_lora=True``.
         """
         if isinstance(prompts, (str, dict)) or (
                 isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
@@ -79,16 +81,25 @@ class LLM:
                                  f"{len(prompts)} prompts")
         if priority is not None and len(priority) != len(prompts):
             raise ValueError(f"got {len(priority)} priorities for {len(prompts)} prompts")
+        if isinstance(lora_request, (list, tuple)):
+            loras = list(lora_request)
+            if len(loras) != len(prompts):
+                raise ValueError(f"got {len(loras)} lora_requests for {len(prompts)} prompts")
+        else:
+            loras = [lora_request] * len(prompts)
         engine = self.llm_engine
         processed = [engine.process_inputs(p, sp) for p, sp in zip(prompts, params_list)]
-        return self._run(processed, priority, use_tqdm)
+        for lora in dict.fromkeys(r for r in loras if r is not None):
+            engine.add_lora(lora)                   # a bad adapter fails before any runs
+        return self._run(processed, priority, use_tqdm, loras)
 
     def _run(self, processed: list[Any], priority: list[int] | None,
-             use_tqdm: bool) -> list[RequestOutput]:
+             use_tqdm: bool, loras: list[Any] | None = None) -> list[RequestOutput]:
         engine = self.llm_engine
         ids = [str(next(self._counter)) for _ in processed]
         for i, (req_id, proc) in enumerate(zip(ids, processed)):
-            engine.add_request(req_id, proc, priority=priority[i] if priority else 0)
+            engine.add_request(req_id, proc, priority=priority[i] if priority else 0,
+                               lora_request=loras[i] if loras else None)
         results: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
                    disable=not use_tqdm)

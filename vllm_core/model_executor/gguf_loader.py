@@ -7,6 +7,13 @@ converter permutes the rows of the q and k projections of ``llama`` models so th
 interleaved (GPT-J style) rope can be used; ``iter_gguf_weights`` undoes that permutation, so the
 tensors match the HF checkpoint and our neox-style rope. Opened files are cached by (path,
 mtime, size).
+
+Gemma 3 (``gemma3``): llama.cpp stores every RMSNorm weight as ``1 + w`` (its norm multiplies by
+the weight), so 1 is subtracted back on load; the sandwich norms have their own names
+(``post_attention_norm``, ``ffn_norm`` = pre-feed-forward, ``post_ffw_norm``); the layer pattern
+(every 6th layer global), the local rope base (10000) and the query scale (head_dim, or
+hidden / heads for the 62-layer 27B) are fixed by llama.cpp rather than stored, and are set the
+same way here.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from vllm_core.model_executor.gguf_fast_reader import GGUFTensor, read_gguf
 # GGUF architecture -> (HF architecture, HF model_type)
 GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", "llama"),
                       "qwen2": ("Qwen2ForCausalLM", "qwen2"),
-                      "qwen3": ("Qwen3ForCausalLM", "qwen3")}
+                      "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+                      "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
 # architectures whose q/k rows llama.cpp permuted for interleaved rope
 _PERMUTED_QK = ("llama",)
 
@@ -37,6 +45,14 @@ _BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
                 "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
                 "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm",
                 "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+# per-architecture block names that differ from the above
+_ARCH_BLOCK_NAMES = {"gemma3": {"ffn_norm": "pre_feedforward_layernorm",
+                                "post_attention_norm": "post_attention_layernorm",
+                                "post_ffw_norm": "post_feedforward_layernorm"}}
+# architectures whose norm weights llama.cpp stored as 1 + w
+_NORM_PLUS_ONE = ("gemma3",)
+GEMMA3_SLIDING_PATTERN = 6          # llama.cpp's fixed Gemma 3 layout: every 6th layer global
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
 _SAMPLING_KEYS = {"general.sampling.temp": "temperature", "general.sampling.top_p": "top_p",
                   "general.sampling.top_k": "top_k", "general.sampling.min_p": "min_p",
                   "general.sampling.penalty_repeat": "repetition_penalty"}
@@ -119,11 +135,25 @@ def gguf_arch_config(path: str) -> ModelArchConfig:
         qk_norm="blk.0.attn_q_norm.weight" in names,
         sliding_window=(int(key("attention.sliding_window"))
                         if key("attention.sliding_window") is not None else None),
+        **(_gemma3_fields(key, hidden, num_heads, head_dim) if arch_name == "gemma3" else {}),
         bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=eos,
         hf_config={"gguf_architecture": arch_name, "gguf_file": path,
                    "dtype": "float32"},
     )
+
+
+def _gemma3_fields(key: Any, hidden: int, num_heads: int, head_dim: int) -> dict[str, Any]:
+    """The Gemma 3 switches of ``ModelArchConfig`` (see the module docstring)."""
+    n = int(key("block_count"))
+    pattern = int(key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN))
+    cap = key("final_logit_softcapping")
+    return dict(hidden_act="gelu_pytorch_tanh",
+                layer_types=tuple("sliding_attention" if (i + 1) % pattern else "full_attention"
+                                  for i in range(n)),
+                local_rope_theta=GEMMA3_LOCAL_ROPE_THETA,
+                query_pre_attn_scalar=float(hidden // num_heads if n == 62 else head_dim),
+                final_logit_softcapping=float(cap) if cap else None)
 
 
 def _gguf_rope_scaling(g: GGUFFile, arch_name: str) -> dict[str, Any] | None:
@@ -155,14 +185,15 @@ def gguf_chat_template(path: str) -> str | None:
     return open_gguf(path).metadata.get("tokenizer.chat_template")
 
 
-def hf_tensor_name(gguf_name: str) -> str | None:
+def hf_tensor_name(gguf_name: str, arch_name: str | None = None) -> str | None:
     """llama.cpp tensor name -> HF name (None for tensors with no parameter, e.g. rope_freqs)."""
     stem, _, leaf = gguf_name.rpartition(".")
     if stem in _TOP_LEVEL_NAMES:
         return f"{_TOP_LEVEL_NAMES[stem]}.{leaf}"
     parts = stem.split(".")
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
-        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{leaf}"
+    names = {**_BLOCK_NAMES, **_ARCH_BLOCK_NAMES.get(arch_name or "", {})}
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in names:
+        return f"model.layers.{parts[1]}.{names[parts[2]]}.{leaf}"
     return None
 
 
@@ -183,15 +214,17 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig) -> Iterator[tuple[s
     from vllm_core.model_executor.weight_source import LazyTensor
 
     g = open_gguf(path)
-    permuted = g.metadata.get("general.architecture") in _PERMUTED_QK
+    arch_name = g.metadata.get("general.architecture")
+    permuted = arch_name in _PERMUTED_QK
     whole = dict(iter_gguf_tensor_readers(path, arch))
     for t in g.tensors:
-        name = hf_tensor_name(t.name)
+        name = hf_tensor_name(t.name, arch_name)
         if name is None:
             continue
         full = whole[name]
         plain_type = t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
-        plain = plain_type and not (permuted and (".q_proj." in name or ".k_proj." in name))
+        plain = plain_type and not (permuted and (".q_proj." in name or ".k_proj." in name)) \
+            and not (arch_name in _NORM_PLUS_ONE and name.endswith("norm.weight"))
         shape = tuple(int(d) for d in t.data.shape)
         if not plain_type:
             from gguf.quants import quant_shape_from_byte_shape
@@ -211,8 +244,9 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig) -> Iterator[tuple[s
 def iter_gguf_tensor_readers(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:
     """``(HF name, zero-argument function returning the float tensor)`` per tensor."""
     g = open_gguf(path)
+    arch_name = g.metadata.get("general.architecture")
     for t in g.tensors:
-        name = hf_tensor_name(t.name)
+        name = hf_tensor_name(t.name, arch_name)
         if name is None:
             if t.name == "rope_freqs.weight":
                 continue
@@ -238,6 +272,8 @@ def _read_gguf_tensor(path: str, arch: ModelArchConfig, g: Any, t: Any,
         tensor = unpermute_qk(tensor, arch.num_attention_heads)
     elif permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
         tensor = unpermute_qk(tensor, arch.num_key_value_heads)
+    elif g.metadata.get("general.architecture") in _NORM_PLUS_ONE and name.endswith("norm.weight"):
+        tensor = tensor.float() - 1.0
     return tensor
 
 

@@ -36,7 +36,10 @@ from vllm_core.model_executor.gguf_loader import (
 )
 from vllm_core.model_executor.hf_config import arch_config_from_hf, read_config_json
 from vllm_core.model_executor.layers.ops import LayerOps, TorchLayerOps
+from vllm_core.model_executor.layers.weight_method import LinearMethod
 from vllm_core.model_executor.models.registry import resolve_model_cls
+from vllm_core.model_executor.quantization.base import QuantizationConfig
+from vllm_core.model_executor.quantization.selection import select_quantization
 from vllm_core.model_executor.safetensors_loader import iter_safetensors_lazy
 from vllm_core.model_executor.tokenizer import get_tokenizer
 
@@ -179,23 +182,32 @@ def get_model(model_config: ModelConfig, attn_backend: type[AttentionBackend],
         if arch is None:
             arch = load_arch_config(path, load_format)
     dtype = _torch_dtype(model_config.dtype, arch)
-    model = build_model(arch, attn_backend, torch.device(device), dtype, ops, parallel)
+    quant = model_config.quant_config
+    if quant is None:
+        quant = select_quantization(arch.hf_config, model_config.quantization,
+                                    is_gguf=bool(path and path.endswith(".gguf")))
+    model = build_model(arch, attn_backend, torch.device(device), dtype, ops, parallel, quant)
     if load_format == "dummy" or path is None:
         initialize_dummy_weights(model, model_config.seed)
     else:
         _load_checkpoint(model, _weights_of(path, arch))
+    process_weights_after_loading(model, quant)
     return model.eval()
 
 
 def build_model(arch: ModelArchConfig, attn_backend: type[AttentionBackend],
                 device: torch.device, dtype: torch.dtype, ops: LayerOps | None = None,
-                parallel: ParallelContext | None = None) -> nn.Module:
+                parallel: ParallelContext | None = None,
+                quant_config: QuantizationConfig | None = None) -> nn.Module:
     """Construct the registered class of ``arch.architecture`` on ``device`` with ``dtype`` as
     the default dtype; its parameters are left uninitialised (``torch.empty``). A sharded
-    ``parallel`` context is passed as ``parallel=`` (a single-rank build omits it, so model
-    classes written before API 2.1 keep working unsharded)."""
+    ``parallel`` context is passed as ``parallel=``, a quantization config as
+    ``quant_config=`` (each only when set, so model classes written before keep working)."""
     cls = resolve_model_cls(arch.architecture)
-    kwargs = {} if parallel is None or parallel.world_size == 1 else {"parallel": parallel}
+    kwargs: dict[str, Any] = ({} if parallel is None or parallel.world_size == 1
+                              else {"parallel": parallel})
+    if quant_config is not None:
+        kwargs["quant_config"] = quant_config
     with _default_dtype(dtype), device:
         model = cls(arch, attn_backend, ops or TorchLayerOps(), **kwargs)
     return model.requires_grad_(False)
@@ -204,9 +216,22 @@ def build_model(arch: ModelArchConfig, attn_backend: type[AttentionBackend],
 @torch.no_grad()
 def initialize_dummy_weights(model: nn.Module, seed: int = 0) -> None:
     """Fill every parameter in place on its device: norm weights 1, everything else uniform in
-    [-DUMMY_RANGE, DUMMY_RANGE] from a generator seeded with ``seed`` (fast on GPUs)."""
+    [-DUMMY_RANGE, DUMMY_RANGE] from a generator seeded with ``seed`` (fast on GPUs). Layers
+    whose weight method fills its own (quantized) parameters
+    (``LinearMethod.initialize_dummy``) are left to it."""
     generators: dict[torch.device, torch.Generator] = {}
+    done: set[str] = set()
+    for mname, module in model.named_modules():
+        method = getattr(module, "method", None)
+        if isinstance(method, LinearMethod):
+            dev = next(module.parameters()).device
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(seed)
+            if method.initialize_dummy(module, gen):
+                done.update(f"{mname}.{p}" for p, _ in module.named_parameters(recurse=False))
     for name, param in model.named_parameters():
+        if name in done:
+            continue
         if name.rpartition(".")[0].endswith("norm") and param.dim() == 1:
             param.fill_(1.0)
             continue
@@ -215,6 +240,24 @@ def initialize_dummy_weights(model: nn.Module, seed: int = 0) -> None:
             gen = generators[param.device] = torch.Generator(device=param.device)
             gen.manual_seed(seed)
         param.uniform_(-DUMMY_RANGE, DUMMY_RANGE, generator=gen)
+
+
+def process_weights_after_loading(model: nn.Module,
+                                  quant_config: QuantizationConfig | None = None) -> None:
+    """Let every linear layer's weight method repack what was loaded
+    (``LinearMethod.process_after_loading``), then log the quantization method and kernel
+    of each distinct layer kind when the model is quantized."""
+    described: dict[str, str] = {}
+    for name, module in model.named_modules():
+        method = getattr(module, "method", None)
+        if isinstance(method, LinearMethod):
+            method.process_after_loading(module)
+            if quant_config is not None:
+                kind = name.rsplit(".", 1)[-1]
+                described.setdefault(kind, method.describe(module))
+    if quant_config is not None:
+        logger.info("quantization: %s; %s", quant_config.summary(),
+                    "; ".join(f"{k}: {v}" for k, v in described.items()))
 
 
 def _weights_of(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.1"
+PLATFORM_API_VERSION = "2.4"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -44,13 +44,29 @@ read by their plugins (``vllm_core_cpu.envs``, ``vllm_core_cuda.envs``). Request
 ``dist_backend``; ``TorchWorker`` takes ``distributed_init_method`` (pass extra keyword
 arguments through in a subclass's ``__init__``); the model is built with a
 ``ParallelContext`` (``cls(arch, attn_backend, ops, parallel=...)``).
+Additions within 2.1 (defaults keep existing plugins working): ``Platform.ray_device_key``
+(the Ray resource one rank of the ``ray`` executor holds: ``"CPU"`` by default, ``"GPU"`` on
+CUDA); the CUDA plugin's communicator adds ``enable_fast_all_reduce`` / ``graph_safe``; the
+two-phase step for structured outputs (``Worker.supports_deferred_sampling``, default False):
+a step launched with ``SchedulerOutput.defer_sampling`` stops before sampling
+(``execute_model_async`` returns None) and ``Worker.sample_tokens(scheduler_output)`` finishes
+it; ``TorchWorker`` sets ``supports_deferred_sampling`` and the core runner does both.
 
-2.1, added with a default (no plugin change needed): ``Platform.default_engine_core_process``
-(whether the server runs the engine core in its own process by default; CUDA: yes).
+2.2 (additive; every new hook has a default, so 2.1 plugins keep working): kernel hooks on
+``LayerOps`` for the wave-2 features: ``fused_moe`` (mixture-of-experts blocks), the quantized
+linears ``wna16_linear`` / ``int8_linear`` / ``fp8_linear`` with ``quant_kernel_name`` (defaults:
+de-quantize-then-matmul references), and ``lora_kernels()`` (batched LoRA shrink/expand; default
+None: the core's torch paths). ``TorchWorker.add_lora`` / ``remove_lora`` are implemented.
+``SchedulerOutput.scheduled_spec_decode_tokens`` carries speculative-decoding drafts (the core
+runner verifies them; a platform runner that overrides only the documented hooks needs nothing).
+Quantization methods are ``QuantizationConfig`` classes registered by name.
 
-2.1, added with a default (no plugin change needed): ``Platform.data_parallel_env`` (the
-environment of data-parallel engine core ``r``: which devices it sees; the CPU needs nothing,
-CUDA sets ``CUDA_VISIBLE_DEVICES``).
+2.3 (additive; the default keeps 2.2 plugins working): ``Platform.default_engine_core_process``
+(whether the server runs the engine core in its own process by default; base: no, CUDA: yes).
+
+2.4 (additive; the default keeps 2.3 plugins working): ``Platform.data_parallel_env`` (the
+environment of data-parallel engine core ``r``: which devices it sees; base: nothing, e.g. the
+CPU; CUDA: ``CUDA_VISIBLE_DEVICES``).
 """
 
 
@@ -90,6 +106,7 @@ class Platform:
     device_type: ClassVar[str] = "cpu"           # torch device type
     dist_backend: ClassVar[str] = "gloo"
     device_control_env_var: ClassVar[str] = ""   # e.g. CUDA_VISIBLE_DEVICES
+    ray_device_key: ClassVar[str] = "CPU"        # the Ray resource one rank holds (GPU...)
     supported_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
     default_block_size: ClassVar[int] = 16

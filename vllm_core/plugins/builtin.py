@@ -11,3 +11,19 @@ REFERENCE_BACKEND = "vllm_core.attention.backends.reference.ReferenceAttentionBa
 def register_attention_backends(register: RegisterFn) -> None:
     # The portable torch backend every platform may fall back to.
     register("reference", REFERENCE_BACKEND)
+
+
+_QUANT = "vllm_core.model_executor.quantization"
+QUANTIZATION_METHODS = {
+    "gptq": f"{_QUANT}.gptq.GPTQConfig",
+    "awq": f"{_QUANT}.awq.AWQConfig",
+    "compressed-tensors": f"{_QUANT}.compressed_tensors.CompressedTensorsConfig",
+    "fp8": f"{_QUANT}.fp8.Fp8Config",
+}
+
+
+@hookimpl
+def register_quantization_methods(register: RegisterFn) -> None:
+    # Each name maps to a QuantizationConfig subclass (model_executor/quantization/base.py).
+    for name, path in QUANTIZATION_METHODS.items():
+        register(name, path)

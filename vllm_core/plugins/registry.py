@@ -70,3 +70,19 @@ def _load_plugins() -> None:
     from vllm_core.plugins import load_general_plugins
 
     load_general_plugins()
+
+
+def argparse_name_type(registry: Registry) -> Any:
+    """An argparse ``type=`` that accepts only names registered in ``registry`` (plugins
+    loaded): a bad flag fails at argument parsing, naming the known entries."""
+    import argparse
+
+    def check(name: str) -> str:
+        known = registry.items()
+        if name not in known:
+            raise argparse.ArgumentTypeError(
+                f"unknown {registry.kind} {name!r}; available: {', '.join(known) or 'none'}")
+        return name
+
+    check.__name__ = registry.kind.replace(" ", "_")
+    return check

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from vllm_core.messages import Logprobs
 from vllm_core.outputs import Logprob
@@ -28,6 +29,9 @@ class BeamSearchParams:
     ignore_eos: bool = False
     temperature: float = 0.0
     length_penalty: float = 1.0
+    # a grammar every beam must follow (a StructuredOutputsParams or its fields as a dict):
+    # each step's candidates are the tokens it allows after the beam's tokens
+    structured_outputs: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.beam_width, int) or self.beam_width < 1:
@@ -36,6 +40,10 @@ class BeamSearchParams:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if self.temperature < 0.0:
             raise ValueError(f"temperature must be non-negative, got {self.temperature!r}")
+        if isinstance(self.structured_outputs, dict):
+            from vllm_core.structured_output.params import StructuredOutputsParams
+
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
 
     @property
     def num_logprobs(self) -> int:

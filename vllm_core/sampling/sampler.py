@@ -301,12 +301,19 @@ class Sampler:
             greedy = first_argmax(logits, md.on_host)
             if md.all_greedy:
                 return greedy
+        sampled = sample_from_probs(Sampler.probs(logits, md), md.generators, md.on_host)
+        if greedy is None:
+            return sampled
+        return torch.where(md.greedy_mask, greedy, sampled)
+
+    @staticmethod
+    def probs(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        """The distribution random rows sample from, given masked and penalised ``logits``:
+        divide by temperature, then min-p, top-k, top-p, softmax (the speculative verifier
+        uses the same function, so both paths sample one distribution)."""
         logits = logits / md.temperature.unsqueeze(1)
         if md.min_p is not None:
             logits = apply_min_p(logits, md.min_p)
         logits = apply_top_k_top_p(logits, md.top_k, md.max_top_k, md.top_p,
                                    md.top_p_within_top_k, md.on_host)
-        sampled = sample_from_probs(logits.softmax(dim=-1), md.generators, md.on_host)
-        if greedy is None:
-            return sampled
-        return torch.where(md.greedy_mask, greedy, sampled)
+        return logits.softmax(dim=-1)

@@ -77,15 +77,43 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor,
                               else bitmask, index)
 
 
-def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
-                          scheduler_output: Any, native: bool = True) -> None:
-    """The runner's hook, between ``compute_logits`` and the sampler: mask the rows of
-    ``logits`` (row ``i`` samples for request ``row_req_ids[i]``) that have a grammar row in
-    ``scheduler_output.grammar_bitmask``. No-op when the step has no bitmask. ``native``:
-    xgrammar's kernel serves the logits' device."""
+class BitmaskStaging:
+    """Reused host memory for the per-step grammar bitmask in logits-row order (pinned on an
+    accelerator, so the upload does not wait for the device to reach it).
+
+    Two buffers of ``[max_rows, width]`` int32, allocated on first use, taken in turn: the one
+    handed out for step N is next written for step N+2, and by then step N has been collected
+    (at most one step is in flight), so its upload has finished."""
+
+    def __init__(self, width: int, max_rows: int, pin_memory: bool) -> None:
+        self.width = width
+        self.max_rows = max_rows
+        self.pin_memory = pin_memory
+        self._buffers: list[torch.Tensor] = []
+        self._next = 0
+
+    def take(self, num_rows: int) -> torch.Tensor:
+        """A ``[num_rows, width]`` host tensor whose contents are undefined."""
+        if num_rows > self.max_rows:
+            return torch.empty((num_rows, self.width), dtype=torch.int32)
+        if not self._buffers:
+            self._buffers = [torch.empty((self.max_rows, self.width), dtype=torch.int32,
+                                         pin_memory=self.pin_memory) for _ in range(2)]
+        buf = self._buffers[self._next]
+        self._next ^= 1
+        return buf[:num_rows]
+
+
+def stage_grammar_bitmask(row_req_ids: Sequence[str], scheduler_output: Any,
+                          staging: BitmaskStaging | None = None
+                          ) -> tuple[torch.Tensor, list[int] | None] | None:
+    """The step's grammar rows in logits-row order on the host: ``(mask, indices)`` where
+    ``mask[i]`` masks logits row ``i`` (row ``i`` samples for ``row_req_ids[i]``) and
+    ``indices`` lists the constrained rows (None: all of them; the others are -1). None when
+    no row is constrained. ``staging``: reused host memory (None: a fresh tensor)."""
     bitmask = getattr(scheduler_output, "grammar_bitmask", None)
     if bitmask is None:
-        return
+        return None
     position = {req_id: i for i, req_id in enumerate(row_req_ids)}
     rows: list[int] = []
     keep: list[int] = []
@@ -95,15 +123,37 @@ def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
             rows.append(i)
             keep.append(j)
     if not rows:
-        return
-    num_rows = logits.shape[0]
+        return None
+    num_rows, width = len(row_req_ids), bitmask.shape[1]
+    if staging is not None and staging.width == width:
+        host_t = staging.take(num_rows)
+    else:
+        host_t = torch.empty((num_rows, width), dtype=torch.int32)
+    host = host_t.numpy()
     if len(rows) == num_rows:             # every row constrained: reorder, no indices
-        host = np.empty((num_rows, bitmask.shape[1]), dtype=np.int32)
-        host[rows] = bitmask[keep]
-        indices = None
-    else:                                 # row i of the mask <-> logits row i (host scatter)
-        host = np.full((num_rows, bitmask.shape[1]), -1, dtype=np.int32)
-        host[rows] = bitmask[keep]
-        indices = rows
-    device_mask = torch.from_numpy(host).to(logits.device, non_blocking=True)
+        if rows == keep:
+            host[:] = bitmask
+        else:                             # one gather straight into the staging rows
+            perm = np.empty(num_rows, dtype=np.intp)
+            perm[rows] = keep
+            np.take(bitmask, perm, axis=0, out=host)
+        return host_t, None
+    host.fill(-1)                         # row i of the mask <-> logits row i (host scatter)
+    host[rows] = bitmask[keep]
+    return host_t, rows
+
+
+def apply_grammar_bitmask(logits: torch.Tensor, row_req_ids: Sequence[str],
+                          scheduler_output: Any, native: bool = True,
+                          staging: BitmaskStaging | None = None) -> None:
+    """The runner's hook, between ``compute_logits`` and the sampler: mask the rows of
+    ``logits`` (row ``i`` samples for request ``row_req_ids[i]``) that have a grammar row in
+    ``scheduler_output.grammar_bitmask``. No-op when the step has no bitmask. ``native``:
+    xgrammar's kernel serves the logits' device. ``staging``: reused host memory for the
+    rows in logits order (pinned: the upload does not wait for the device)."""
+    staged = stage_grammar_bitmask(row_req_ids[:logits.shape[0]], scheduler_output, staging)
+    if staged is None:
+        return
+    host_t, indices = staged
+    device_mask = host_t.to(logits.device, non_blocking=True)
     apply_token_bitmask(logits, device_mask, indices, use_xgrammar=native, rows_match=True)

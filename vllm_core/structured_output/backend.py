@@ -69,6 +69,9 @@ class StructuredOutputBackend(ABC):
     """A grammar library bound to one tokenizer. ``name`` is what the config selects."""
 
     name: str = ""
+    # fill_bitmask writes every word of the row (else the manager sets the row to -1 first:
+    # words past the backend's own vocabulary stay "allowed", as before)
+    fills_whole_row: bool = False
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
                  disable_any_whitespace: bool = False) -> None:
@@ -91,6 +94,12 @@ class StructuredOutputBackend(ABC):
     @abstractmethod
     def make_grammar(self, compiled: Any) -> StructuredOutputGrammar:
         """A fresh matcher at the start state of ``compiled``."""
+
+    def accept_batch(self, grammars: list[StructuredOutputGrammar],
+                     tokens: list[int]) -> list[bool]:
+        """``grammars[i].accept_tokens([tokens[i]])`` for all i; a backend may do it in
+        parallel (xgrammar's batch accept on threads, GIL released)."""
+        return [g.accept_tokens([t]) for g, t in zip(grammars, tokens)]
 
     def fill_bitmasks(self, grammars: list[StructuredOutputGrammar], bitmask: torch.Tensor,
                       rows: list[int]) -> None:

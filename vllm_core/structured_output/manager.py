@@ -95,6 +95,8 @@ class StructuredOutputManager:
         self._pool = ThreadPoolExecutor(config.compile_threads,
                                         thread_name_prefix="grammar-compile")
         self._reasoning_tags: tuple[str, str, int] | None = None
+        self._bitmask_buffers: list[torch.Tensor] = []
+        self._bitmask_turn = 0
         if config.reasoning_parser and not config.enable_in_reasoning:
             from vllm_core.reasoning.registry import resolve_reasoning_parser
 
@@ -156,7 +158,8 @@ class StructuredOutputManager:
             gate = ReasoningGate.for_prompt(prompt_token_ids, start_tag, end_tag,
                                             self._decode, window)
         return StructuredOutputRequest(key=key, future=future,
-                                       make_grammar=self._backend(name).make_grammar, gate=gate)
+                                       make_grammar=self._backend(name).make_grammar, gate=gate,
+                                       prefix=tuple(params.prefix_token_ids or ()))
 
     def _decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=False)
@@ -165,9 +168,11 @@ class StructuredOutputManager:
         with self._lock:
             backend = self._backends.get(name)
             if backend is None:
+                options = ({"fill_threads": self.config.fill_threads}
+                           if name == "xgrammar" else {})
                 backend = backend_class(name)(
                     self.tokenizer, self.vocab_size, self.eos_token_ids,
-                    self.config.disable_any_whitespace)
+                    self.config.disable_any_whitespace, **options)
                 self._backends[name] = backend
             return backend
 
@@ -198,18 +203,62 @@ class StructuredOutputManager:
             scheduler_output.structured_output_req_ids = []
             return
         ids.sort()
-        bitmask = torch.full((len(ids), self.width), -1, dtype=torch.int32)
+        bitmask = self._next_bitmask(len(ids))
         groups: dict[str, tuple[list, list[int]]] = {}
         for row, req_id in enumerate(ids):
             so = requests[req_id].structured_output
-            if not so.grammar.is_terminated():       # (its output is dropped anyway)
+            if so.grammar.is_terminated():       # (its output is dropped anyway)
+                bitmask[row] = -1
+            else:
                 grammars, rows = groups.setdefault(so.key[0], ([], []))
                 grammars.append(so.grammar)
                 rows.append(row)
         for name, (grammars, rows) in groups.items():
-            self._backend(name).fill_bitmasks(grammars, bitmask, rows)
+            backend = self._backend(name)
+            if not backend.fills_whole_row:
+                bitmask[rows] = -1
+            backend.fill_bitmasks(grammars, bitmask, rows)
         scheduler_output.grammar_bitmask = bitmask.numpy()
         scheduler_output.structured_output_req_ids = ids
+
+    def _next_bitmask(self, num_rows: int) -> torch.Tensor:
+        """``[num_rows, width]`` int32 rows to overwrite: two reused buffers taken in turn
+        (grown when a batch is larger). A step's bitmask is read by the runner before the
+        bitmask of the step after next is built (at most one step is in flight), so the buffer
+        handed out two calls earlier is free."""
+        buffers = self._bitmask_buffers
+        if not buffers or buffers[0].shape[0] < num_rows:
+            rows = max(num_rows, 2 * buffers[0].shape[0] if buffers else 64)
+            buffers[:] = [torch.empty((rows, self.width), dtype=torch.int32) for _ in range(2)]
+        self._bitmask_turn ^= 1
+        return buffers[self._bitmask_turn][:num_rows]
+
+    def advance(self, scheduler_output: Any, sampled_token_ids: Mapping[str, list[int]],
+                requests: Mapping[str, Any]) -> None:
+        """Feed a step's sampled tokens to the matchers of its running constrained requests in
+        one batch per backend (parallel for xgrammar), before ``Scheduler.update_from_output``
+        appends them: each request's ``accept`` of that token then only reads the result.
+        Requests not RUNNING are left alone (the scheduler drops their token)."""
+        from vllm_core.engine.request import RequestStatus
+
+        groups: dict[str, tuple[list, list[int], list]] = {}
+        for req_id in scheduler_output.structured_output_req_ids:
+            tokens = sampled_token_ids.get(req_id)
+            request = requests.get(req_id)
+            if not tokens or len(tokens) != 1 or request is None \
+                    or request.status != RequestStatus.RUNNING:
+                continue
+            so = request.structured_output
+            if so is None or not so.active or so.grammar.is_terminated():
+                continue
+            grammars, toks, states = groups.setdefault(so.key[0], ([], [], []))
+            grammars.append(so.grammar)
+            toks.append(tokens[0])
+            states.append(so)
+        for name, (grammars, toks, states) in groups.items():
+            results = self._backend(name).accept_batch(grammars, toks)
+            for so, token, ok in zip(states, toks, results):
+                so.preaccepted = (token, ok)
 
     def depends_on_step(self, scheduler_output: Any, requests: Mapping[str, Any],
                         in_flight: Any) -> bool:

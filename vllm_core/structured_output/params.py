@@ -5,6 +5,9 @@ Exactly one of ``json``, ``regex``, ``choice``, ``grammar``, ``json_object`` and
 ``kind_and_spec()`` turns it into the (kind, text) pair that keys the compiled-grammar cache.
 ``backend`` is filled by the engine's input processing with the backend that will serve the
 request (the configured one, or what ``auto`` picked); users leave it None.
+``prefix_token_ids``: output tokens already generated under this constraint that end the
+request's prompt (beam search's one-token step requests): the matcher starts after them, and a
+prefix the grammar rejects fails the request.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class StructuredOutputsParams:
     structural_tag: str | dict[str, Any] | None = None
     disable_any_whitespace: bool = False         # compact JSON: no free whitespace
     backend: str | None = field(default=None, repr=False)   # set by the engine
+    prefix_token_ids: list[int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         set_fields = [k for k in KINDS if getattr(self, k) not in (None, False)]
@@ -52,6 +56,10 @@ class StructuredOutputsParams:
                 raise ValueError("structured_outputs.choice must be a non-empty list of strings")
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
             raise ValueError("structured_outputs.grammar must be a non-empty string")
+        if self.prefix_token_ids is not None and (
+                not isinstance(self.prefix_token_ids, list)
+                or not all(isinstance(t, int) and t >= 0 for t in self.prefix_token_ids)):
+            raise ValueError("structured_outputs.prefix_token_ids must be a list of token ids")
 
     @property
     def kind(self) -> str:

@@ -60,9 +60,13 @@ class StructuredOutputRequest:
     future: Future
     make_grammar: Callable[[Any], StructuredOutputGrammar]
     gate: ReasoningGate | None = None
+    prefix: tuple[int, ...] = ()          # output tokens the matcher starts after
     grammar: StructuredOutputGrammar | None = None
     error: str | None = None
     num_rejected: int = 0
+    # (token, accepted): the next output token, already fed to the matcher by a batch
+    # (``StructuredOutputManager.advance``); ``accept`` of that token only reads the result
+    preaccepted: tuple[int, bool] | None = None
 
     def is_ready(self) -> bool:
         """True once the grammar compiled (matcher built) or failed (``error`` set)."""
@@ -74,6 +78,12 @@ class StructuredOutputRequest:
             self.grammar = self.make_grammar(self.future.result())
         except Exception as e:  # noqa: BLE001 - reported to the client as the finish reason
             self.error = f"grammar compilation failed: {e}"
+            return True
+        for i, token in enumerate(self.prefix):
+            if not self.accept(token):
+                self.error = (f"the grammar rejects token {token} at position {i} of "
+                              f"structured_outputs.prefix_token_ids")
+                break
         return True
 
     @property
@@ -88,7 +98,12 @@ class StructuredOutputRequest:
         if self.gate is not None and not self.gate.ended:
             self.gate.feed(token)           # the tag's own tokens are not the grammar's
             return True
-        if self.grammar.accept_tokens([token]):
+        pre, self.preaccepted = self.preaccepted, None
+        if pre is not None and pre[0] == token:
+            accepted = pre[1]
+        else:
+            accepted = self.grammar.accept_tokens([token])
+        if accepted:
             return True
         self.num_rejected += 1
         return False

@@ -7,6 +7,8 @@ xgrammar silently ignores a few JSON-schema keywords; ``check`` refuses schemas 
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -93,9 +95,11 @@ class XgrammarGrammar(StructuredOutputGrammar):
 
 class XgrammarBackend(StructuredOutputBackend):
     name = "xgrammar"
+    fills_whole_row = True          # its TokenizerInfo has the model's full vocab_size
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
-                 disable_any_whitespace: bool = False, max_threads: int = 2) -> None:
+                 disable_any_whitespace: bool = False, max_threads: int = 2,
+                 fill_threads: int = 0) -> None:
         super().__init__(tokenizer, vocab_size, eos_token_ids, disable_any_whitespace)
         import xgrammar as xgr
 
@@ -103,7 +107,10 @@ class XgrammarBackend(StructuredOutputBackend):
                                                   stop_token_ids=eos_token_ids or None)
         self._xgr = xgr
         self.compiler = xgr.GrammarCompiler(info, max_threads=max_threads)
-        self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
+        # xgrammar's own threads, GIL released ("auto": half the hardware threads)
+        self._batch = xgr.BatchGrammarMatcher(max_threads=fill_threads or "auto")
+        self._accept_threads = fill_threads or max(1, (os.cpu_count() or 2) // 2)
+        self._accept_pool: ThreadPoolExecutor | None = None
 
     @staticmethod
     def check(kind: str, spec: str) -> None:
@@ -160,6 +167,32 @@ class XgrammarBackend(StructuredOutputBackend):
             return
         self._batch.batch_fill_next_token_bitmask([g.matcher for g in grammars], bitmask,
                                                   indices=list(rows))
+
+
+    def accept_batch(self, grammars: list[StructuredOutputGrammar],
+                     tokens: list[int]) -> list[bool]:
+        """xgrammar's batch accept, split in chunks over threads (each call releases the GIL;
+        a matcher is touched by one thread). A rejected token leaves its matcher as it was."""
+        if len(grammars) < BATCH_FILL_MIN_ROWS:
+            return super().accept_batch(grammars, tokens)
+        accept = self._xgr.BatchGrammarMatcher.batch_accept_token
+        matchers = [g.matcher for g in grammars]
+        tokens = [int(t) for t in tokens]
+        chunks = min(self._accept_threads, len(matchers) // BATCH_FILL_MIN_ROWS)
+        if chunks <= 1:
+            results = list(accept(matchers, tokens))
+        else:
+            if self._accept_pool is None:
+                self._accept_pool = ThreadPoolExecutor(self._accept_threads,
+                                                       thread_name_prefix="grammar-accept")
+            bounds = [len(matchers) * k // chunks for k in range(chunks + 1)]
+            futures = [self._accept_pool.submit(accept, matchers[a:b], tokens[a:b])
+                       for a, b in zip(bounds, bounds[1:])]
+            results = [ok for f in futures for ok in f.result()]
+        for g, ok in zip(grammars, results):
+            if ok:
+                g.num_accepted += 1
+        return results
 
 
 def _grammar_from_text(xgr: Any, text: str) -> Any:

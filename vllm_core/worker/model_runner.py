@@ -9,7 +9,9 @@ sampling (on the device); build (or reuse) the sampling metadata *before* launch
 forward, so its small copies never wait for the device; run the forward (eager or a replayed
 graph), sample on the device, and copy the sampled ids into a pinned buffer. The returned
 ``PendingStep`` is collected later (``result()``): the engine schedules and launches step
-N+1 before it collects step N (async scheduling). ``execute_model`` does both at once.
+N+1 before it collects step N (async scheduling). ``execute_model`` does both at once. A step
+launched with ``SchedulerOutput.defer_sampling`` stops after the forward (returns None) and
+``sample_tokens`` finishes it once the engine has attached the grammar bitmask (two-phase step).
 
 Platform hooks (API 2.0, the only methods a plugin overrides; see
 ``docs/plugin-author-guide.md``):
@@ -52,6 +54,7 @@ from vllm_core.messages import (
     ModelRunnerOutput,
     SchedulerOutput,
 )
+from vllm_core.model_executor.layers.fused_moe.load_stats import ExpertLoadTracker
 from vllm_core.model_executor.layers.parallel_linear import kv_heads_per_rank
 from vllm_core.model_executor.models.interface import IntermediateTensors
 from vllm_core.sampling.metadata import (
@@ -61,7 +64,9 @@ from vllm_core.sampling.metadata import (
     make_generator,
 )
 from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
-from vllm_core.sampling.structured import apply_grammar_bitmask
+from vllm_core.sampling.structured import BitmaskStaging, apply_grammar_bitmask
+from vllm_core.spec_decode import verifier
+from vllm_core.structured_output.backend import bitmask_width
 from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.request_table import RequestTable
 from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
@@ -122,11 +127,28 @@ class PendingStep:
     parity: int                      # which pinned buffer receives the ids
     done: Any                        # event recorded after the ids' copy, or None
     output: ModelRunnerOutput | None = None
+    expert_load: torch.Tensor | None = None   # MoE load snapshot (host), valid after ``done``
+    row_start: np.ndarray | None = None  # verification step: first row of each row's request
 
     def result(self) -> ModelRunnerOutput:
         if self.output is None:
             self.output = self.runner.collect(self)
         return self.output
+
+
+@dataclass(slots=True, eq=False)
+class _Forwarded:
+    """A step whose forward ran (or is queued on the device) and that has not sampled yet:
+    what ``ModelRunner._sample`` needs. ``samples``: this rank samples (``logits`` set)."""
+
+    plan: StepPlan
+    sample_ids: list[str]
+    samples: bool
+    metadata: SamplingMetadata | None
+    logits: torch.Tensor | None
+    prompt_logprobs: dict[str, list[Logprobs]]
+    drafts: dict[str, list[int]]                 # speculative decoding: this step's drafts
+    row_start: np.ndarray | None                 # verification step: see ``PendingStep``
 
 
 @dataclass(slots=True)
@@ -178,6 +200,8 @@ class ModelRunner:
         self.block_size = int(config.cache.block_size or attn_backend.preferred_block_size)
         self.dtype: torch.dtype = getattr(torch, config.model.dtype)
         self.model: torch.nn.Module | None = None
+        self.expert_load: ExpertLoadTracker | None = None      # MoE models: per-step load
+        self.lora: Any = None                 # LoRAManager when config.lora is set
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler()
         self.builder = attn_backend.get_builder_cls()(self.block_size, device)
@@ -204,6 +228,9 @@ class ModelRunner:
         self._upload_done = self.new_step_event()
         self._upload_recorded = False
         self._in_flight: PendingStep | None = None
+        self._forwarded: _Forwarded | None = None     # a step launched with defer_sampling
+        self._bitmask_staging = BitmaskStaging(bitmask_width(arch.vocab_size),
+                                               self.max_num_reqs, self.pin_memory)
         self._parity = 0
         self.kv_waste = KVWasteStats()
         self.timing = StepTiming()
@@ -312,11 +339,17 @@ class ModelRunner:
 
         self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops,
                                self.parallel)
+        self.expert_load = ExpertLoadTracker.for_model(self.model, self.pin_memory)
+        if self.config.lora is not None:
+            from vllm_core.lora.worker import lora_manager_for_runner
+
+            self.lora = lora_manager_for_runner(self)
 
     @property
     def kv_cache_dtype(self) -> torch.dtype:
-        kv = self.config.cache.kv_cache_dtype
-        return self.dtype if kv == "auto" else getattr(torch, kv)
+        from vllm_core.attention.kv_cache_dtype import kv_cache_torch_dtype
+
+        return kv_cache_torch_dtype(self.config.cache.kv_cache_dtype, self.dtype)
 
     def kv_cache_bytes_per_block(self) -> int:
         shape = self.attn_backend.get_kv_cache_shape(1, self.block_size, self.local_kv_heads,
@@ -413,7 +446,8 @@ class ModelRunner:
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
         return self.execute_model_async(so).result()
 
-    def execute_model_async(self, so: SchedulerOutput) -> PendingOutput:
+    def execute_model_async(self, so: SchedulerOutput) -> PendingOutput | None:
+        """Launch the step; None when ``so.defer_sampling`` (then ``sample_tokens``)."""
         start = time.perf_counter()
         try:
             return self._launch(so)
@@ -421,22 +455,28 @@ class ModelRunner:
             self.timing.steps += 1
             self.timing.execute_s += time.perf_counter() - start
 
-    def _launch(self, so: SchedulerOutput) -> PendingOutput:
+    def _launch(self, so: SchedulerOutput) -> PendingOutput | None:
         self.update_states(so)
         if so.total_num_scheduled_tokens == 0:
             return ReadyOutput(EMPTY_MODEL_RUNNER_OUTPUT)
         prev = self._in_flight
         dynamic = self._sampling.dynamic
-        if prev is not None and dynamic and any(
-                r in prev.row_of for r in dynamic.intersection(so.num_scheduled_tokens)):
+        drafts = so.scheduled_spec_decode_tokens
+        if prev is not None and (drafts or prev.row_start is not None or dynamic and any(
+                r in prev.row_of for r in dynamic.intersection(so.num_scheduled_tokens))):
             prev.result()        # their sampling metadata needs the token in flight on the host
-        plan = plan_step(so, self.table, self.block_size)
+        plan = plan_step(so, self.table, self.block_size,
+                         verifier.stage_drafts(self.table, drafts) if drafts else None)
         shape = self.padded_shape(plan)
         inputs = self._stage(plan, shape)
         sample_ids = plan.sampling_ids()
         par = self.parallel
         samples = bool(sample_ids) and par.is_sampling_rank
-        md = self._sampling_metadata(sample_ids) if samples else None
+        starts = verifier.row_starts(sample_ids) if drafts else None
+        md = None
+        if samples:
+            md = (verifier.verify_metadata(self, sample_ids, starts, drafts) if drafts
+                  else self._sampling_metadata(sample_ids))
         if not par.is_first_stage:
             inputs.intermediate = self.recv_intermediate(inputs.input_ids.shape[0])
         out = self.run_forward(plan, inputs, shape)
@@ -450,22 +490,49 @@ class ModelRunner:
         prompt_logprobs: dict[str, list[Logprobs]] = {}
         if (out.hidden is not None and self._prompt_logprob_reqs and par.is_last_stage):
             prompt_logprobs = self.prompt_logprobs(plan, out.hidden)
+        forwarded = _Forwarded(plan, sample_ids, samples, md, out.logits, prompt_logprobs,
+                               drafts, starts)
+        if so.defer_sampling:                 # the engine builds the bitmask meanwhile
+            self._forwarded = forwarded
+            return None
+        return self._sample(forwarded, so)
 
-        token_ids = logprobs = done = None
+    def sample_tokens(self, so: SchedulerOutput) -> PendingOutput:
+        """Second phase of a step launched with ``so.defer_sampling``: mask the logits with
+        ``so.grammar_bitmask`` (attached since the launch) and sample. Returns the step's
+        ``PendingStep``, as ``execute_model_async`` does for an undeferred step."""
+        forwarded, self._forwarded = self._forwarded, None
+        if forwarded is None:
+            raise RuntimeError("sample_tokens without a step launched with defer_sampling")
+        start = time.perf_counter()
+        try:
+            return self._sample(forwarded, so)
+        finally:
+            self.timing.execute_s += time.perf_counter() - start
+
+    def _sample(self, fwd: _Forwarded, so: SchedulerOutput) -> PendingStep:
+        """Mask (structured outputs), sample and start the sampled ids' copy to the host."""
+        plan, sample_ids, par = fwd.plan, fwd.sample_ids, self.parallel
+        drafts, starts = fwd.drafts, fwd.row_start
+        token_ids = logprobs = done = expert_load = None
         parity = self._parity
         if sample_ids:
-            if samples:
-                logits = out.logits[:len(sample_ids)].to(self.sampling_device)
+            if fwd.samples:
+                logits = fwd.logits[:len(sample_ids)].to(self.sampling_device)
                 if so.grammar_bitmask is not None:      # structured outputs, before sampling
                     apply_grammar_bitmask(logits, sample_ids, so,
                                           native=self.native_bitmask_kernel
-                                          or self.sampling_device == HOST)
-                sampled = self.sampler(logits, md)
+                                          or self.sampling_device == HOST,
+                                          staging=self._bitmask_staging)
+                md = fwd.metadata
+                sampled = (verifier.sample(logits, md, verifier.draft_row_ids(
+                    sample_ids, starts, drafts), starts) if drafts else self.sampler(logits, md))
                 token_ids, logprobs = sampled.token_ids, sampled.logprobs
             if par.world_size > 1:
                 token_ids = self.share_sampled_ids(token_ids, len(sample_ids))
             self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,
                                                                      non_blocking=True)
+            expert_load = self.expert_load.snapshot() if self.expert_load else None
             done = self.new_step_event()
             if done is not None:
                 done.record()
@@ -474,7 +541,8 @@ class ModelRunner:
             runner=self, order=plan.order, sample_ids=sample_ids,
             sample_slots=plan.slots[plan.logits_request],
             row_of={r: i for i, r in enumerate(sample_ids)}, token_ids=token_ids,
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs, parity=parity, done=done)
+            logprobs=logprobs, prompt_logprobs=fwd.prompt_logprobs, parity=parity, done=done,
+            expert_load=expert_load, row_start=starts)
         self._in_flight = step if sample_ids else None
         return step
 
@@ -484,6 +552,9 @@ class ModelRunner:
         if self._upload_recorded:            # staging memory still being read by the device?
             self._upload_done.synchronize()
         b.stage(plan, self.table)
+        if self.lora is not None:            # per-token adapter slots (inside the upload window)
+            self.lora.prepare_step(plan.token_lora_ids(self.table),
+                                   shape.num_tokens if shape is not None else None)
         if shape is not None:
             self.pad_inputs(plan, shape)
         inputs = self.upload_inputs(plan, shape)
@@ -532,6 +603,8 @@ class ModelRunner:
         finished or preempted since was dropped from the state; its sample is discarded)."""
         if self._in_flight is step:
             self._in_flight = None
+        if step.row_start is not None:
+            return verifier.collect_verified(self, step)
         sampled: dict[str, list[int]] = {r: [] for r in step.order}
         logprobs: dict[str, list[Logprobs]] = {}
         num = len(step.sample_ids)
@@ -556,8 +629,9 @@ class ModelRunner:
                 tensors = step.logprobs if len(alive) == num else _rows(step.logprobs, alive)
                 self.record_logprobs([requests[step.sample_ids[i]] for i in alive], tensors,
                                      logprobs)
-        return ModelRunnerOutput(sampled_token_ids=sampled, logprobs=logprobs,
-                                 prompt_logprobs=step.prompt_logprobs)
+        return ModelRunnerOutput(
+            sampled_token_ids=sampled, logprobs=logprobs, prompt_logprobs=step.prompt_logprobs,
+            expert_load=None if step.expert_load is None else step.expert_load.tolist())
 
     @staticmethod
     def record_logprobs(states: list[CachedRequestState], tensors: Any,

@@ -90,3 +90,10 @@ class RequestTable:
         ok = pos < self.max_len
         self.token_ids[slots[ok], pos[ok]] = token_ids[ok]
         self.num_tokens[slots] += 1
+
+    def append_run(self, slot: int, token_ids: np.ndarray) -> None:
+        """Append several tokens to one slot (a verified speculative run)."""
+        pos = int(self.num_tokens[slot])
+        end = min(pos + len(token_ids), self.max_len)
+        self.token_ids[slot, pos:end] = token_ids[:end - pos]
+        self.num_tokens[slot] += len(token_ids)

@@ -18,8 +18,9 @@ from vllm_core.worker.step_plan import StepPlan
 
 
 class StepBuffers:
-    """``max_tokens`` tokens, ``max_reqs`` requests (and logits rows), block tables of
-    ``max_blocks`` columns in ``block_table_dtype`` (the attention backend's choice).
+    """``max_tokens`` tokens, ``max_reqs`` requests, ``max(max_tokens, max_reqs)`` logits rows
+    (speculative verification has several per request), block tables of ``max_blocks``
+    columns in ``block_table_dtype`` (the attention backend's choice).
 
     Per step: ``stage(plan, table)`` writes the used prefix on the host, the runner may pad
     (``pad_decode_batch``), then ``upload(T, R, L)`` issues one non-blocking copy per buffer.
@@ -32,9 +33,10 @@ class StepBuffers:
                  pin_memory: bool, block_table_dtype: torch.dtype = torch.int64) -> None:
         self.max_tokens = max_tokens
         self.max_reqs = max_reqs
+        self.max_logits = max_logits = max(max_tokens, max_reqs)
         self.shared = device == HOST and not pin_memory
         shapes = {"input_ids": (max_tokens,), "positions": (max_tokens,),
-                  "slot_mapping": (max_tokens,), "logits_indices": (max_reqs,),
+                  "slot_mapping": (max_tokens,), "logits_indices": (max_logits,),
                   "query_start_loc": (max_reqs + 1,), "seq_lens": (max_reqs,),
                   "context_lens": (max_reqs,), "block_table": (max_reqs, max_blocks),
                   "feed_src": (max_reqs,), "feed_dst": (max_reqs,)}
@@ -47,7 +49,7 @@ class StepBuffers:
             setattr(self, name + "_np", host.numpy())
         # sampled ids come back here, alternating by step so that a step in flight never
         # overwrites ids the host has not read yet
-        self.sampled_cpu = [torch.zeros(max_reqs, dtype=torch.int64, pin_memory=pin_memory)
+        self.sampled_cpu = [torch.zeros(max_logits, dtype=torch.int64, pin_memory=pin_memory)
                             for _ in range(2)]
         self.sampled_np = [t.numpy() for t in self.sampled_cpu]
 
@@ -55,7 +57,7 @@ class StepBuffers:
         """Write ``plan``'s inputs into the host staging arrays (token ids gathered from the
         table; a token still in flight is fed on the device afterwards)."""
         t, n, num_logits = plan.num_tokens, plan.num_reqs, len(plan.logits_indices)
-        if t > self.max_tokens or n > self.max_reqs or num_logits > self.max_reqs:
+        if t > self.max_tokens or n > self.max_reqs or num_logits > self.max_logits:
             raise ValueError(f"step of {t} tokens / {n} requests / {num_logits} logits rows "
                              f"exceeds the runner's buffers ({self.max_tokens} / "
                              f"{self.max_reqs})")

@@ -77,7 +77,7 @@ class TorchWorker(Worker):
         par = self.config.parallel
         self.parallel = init_parallel_context(
             self.platform, par.tensor_parallel_size, par.pipeline_parallel_size, self.rank,
-            self.distributed_init_method)
+            self.distributed_init_method, enable_expert_parallel=par.enable_expert_parallel)
         backend = self.select_attention_backend()
         logger.info("attention backend: %s", backend.name)
         extra = {} if self.parallel.world_size == 1 else {"parallel": self.parallel}
@@ -128,6 +128,24 @@ class TorchWorker(Worker):
         """Launch the step; the runner feeds tokens still in flight (async scheduling)."""
         with self.platform.inference_mode():
             return self.runner.execute_model_async(scheduler_output)
+
+    supports_deferred_sampling = True
+
+    def sample_tokens(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        """The sampling phase of a step launched with ``defer_sampling``."""
+        with self.platform.inference_mode():
+            return self.runner.sample_tokens(scheduler_output)
+
+    def add_lora(self, lora_id: int, path: str) -> None:
+        """Load a PEFT adapter into host memory (ValueError when it does not fit)."""
+        if self.runner is None or self.runner.lora is None:
+            raise ValueError("LoRA adapters need an engine started with enable_lora")
+        self.runner.lora.add(lora_id, path)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        if self.runner is None or self.runner.lora is None:
+            return False
+        return self.runner.lora.remove(lora_id)
 
     def shutdown(self) -> None:
         if self.runner is not None:

@@ -77,6 +77,14 @@ class Worker(ABC):
         overlap: the next step's inputs are already in the worker's request state."""
         return ReadyOutput(self.execute_model(scheduler_output))
 
+    def sample_tokens(self, scheduler_output: SchedulerOutput) -> PendingOutput:
+        """Finish a step launched with ``scheduler_output.defer_sampling`` (its
+        ``execute_model_async`` returned None): apply the grammar bitmask attached since and
+        sample. Only called when ``supports_deferred_sampling``."""
+        raise NotImplementedError("this worker does not split a step into forward and sampling")
+
+    supports_deferred_sampling: bool = False
+
     def add_lora(self, lora_id: int, path: str) -> None:
         raise NotImplementedError("LoRA adapters are not supported by this worker")
 

@@ -12,8 +12,9 @@ from vllm_core.attention.backend import CommonAttentionMetadata
 from vllm_core_cpu.attention import CpuPagedAttentionBackend
 
 
-def oracle(q, k_full, v_full, ctx_len, scale):
-    """q [n, H, D]; k/v_full [ctx_len + n, Hkv, D] -> [n, H*D], causal with offset."""
+def oracle(q, k_full, v_full, ctx_len, scale, window=None):
+    """q [n, H, D]; k/v_full [ctx_len + n, Hkv, D] -> [n, H*D], causal with offset (and keys
+    ``> position - window`` only, with a sliding window)."""
     n, h, d = q.shape
     g = h // k_full.shape[1]
     k = k_full.repeat_interleave(g, dim=1).transpose(0, 1)
@@ -22,6 +23,8 @@ def oracle(q, k_full, v_full, ctx_len, scale):
     qpos = torch.arange(n)[:, None] + ctx_len
     kpos = torch.arange(k_full.shape[0])[None, :]
     scores = scores.masked_fill(kpos > qpos, float("-inf"))
+    if window is not None:
+        scores = scores.masked_fill(kpos <= qpos - window, float("-inf"))
     return (F.softmax(scores, -1) @ v.float()).transpose(0, 1).reshape(n, h * d)
 
 
@@ -122,3 +125,32 @@ def test_sdpa_fallback_matches_kernel():
     impl.use_kernel = False
     fallback = impl.forward(q, k, v, cache.clone(), builder.build(common))
     torch.testing.assert_close(with_kernel, fallback, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("q_lens,ctx_lens", [
+    ([1, 1, 9, 4], [3, 30, 0, 0]),             # decodes + first chunks longer than the window
+    ([1, 6, 13], [20, 16, 5]),                 # chunks with earlier context
+])
+# the kernel (64, 256) and the SDPA path (40)
+@pytest.mark.parametrize("h,hkv,d", [(6, 2, 64), (6, 2, 40), (4, 1, 256)])
+@pytest.mark.parametrize("window", [1, 5])
+def test_sliding_window_matches_oracle(q_lens, ctx_lens, h, hkv, d, window):
+    """A layer built with a sliding window sees only keys (position - window, position]."""
+    common, cache, q, new_k, new_v, qs, full_k, full_v = build_case(q_lens, ctx_lens, h, hkv, d,
+                                                                    8, torch.float32)
+    scale = d ** -0.5
+    builder = CpuPagedAttentionBackend.get_builder_cls()(8, torch.device("cpu"))
+    impl = CpuPagedAttentionBackend.get_impl_cls()(h, d, scale, hkv, window)
+    assert impl.use_kernel == (d != 40)
+    md = builder.build(common)
+    out = impl.forward(q, new_k, new_v, cache, md)
+    # a global layer of the same step (same metadata) still sees every key
+    full = CpuPagedAttentionBackend.get_impl_cls()(h, d, scale, hkv).forward(
+        q, new_k, new_v, cache, md)
+    start = 0
+    for r, n in enumerate(q_lens):
+        ref = oracle(qs[r], full_k[r], full_v[r], ctx_lens[r], scale, window)
+        torch.testing.assert_close(out[start:start + n], ref, atol=1e-4, rtol=1e-4)
+        ref_full = oracle(qs[r], full_k[r], full_v[r], ctx_lens[r], scale)
+        torch.testing.assert_close(full[start:start + n], ref_full, atol=1e-4, rtol=1e-4)
+        start += n

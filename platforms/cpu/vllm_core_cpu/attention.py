@@ -2,8 +2,10 @@
 
 KV cache per layer: (2, num_blocks, block_size, num_kv_heads, head_size). New K/V are written
 with one ``index_copy_`` over the flat slot axis, then every query attends to its request's keys
-[0, position]. The kernel (``csrc/paged_attention.cpp``, built once with torch's JIT extension
-builder) handles head sizes 32/64/128 and up to 8 query heads per KV head: one code path for
+[0, position], or with a sliding window ``w`` (per layer: Gemma 3 interleaves windowed and
+global layers) to keys ``(position - w, position]``. The kernel (``csrc/paged_attention.cpp``,
+built once with torch's JIT extension builder) handles head sizes 32/64/128/256 and up to 8
+query heads per KV head: one code path for
 decodes and prefill chunks, so a row's result never depends on the batch. Elsewhere (or when no
 compiler is available) keys are gathered by block and the batch splits in two groups, each one
 SDPA call (no Python loop over tokens or requests):
@@ -21,7 +23,7 @@ with or without a cached prefix, next to any other requests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -35,7 +37,7 @@ from vllm_core.attention.backend import (
 )
 
 KEY_ALIGN = 16   # key-length padding granularity (tokens)
-KERNEL_HEAD_SIZES = (32, 64, 128)   # what csrc/paged_attention.cpp is instantiated for
+KERNEL_HEAD_SIZES = (32, 64, 128, 256)   # what csrc/paged_attention.cpp is instantiated for
 KERNEL_MAX_GROUP = 8                # query heads per KV head it supports
 
 
@@ -51,6 +53,28 @@ class SdpaMetadata:
     prefill_max_q: int
     prefill_blocks: torch.Tensor | None      # [Np, nb]
     prefill_mask: torch.Tensor | None        # [Np, 1, maxq, nb*bs] causal with offset
+    decode_q_pos: torch.Tensor | None = None     # [Nd, 1, 1, 1] position of each decode query
+    prefill_q_pos: torch.Tensor | None = None    # [Np, 1, maxq, 1] position of each query row
+    _windowed: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = field(
+        default_factory=dict)
+
+    def masks(self, window: int | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(decode mask, prefill mask) for a layer with sliding ``window`` (None: the causal
+        masks): key ``j`` of query position ``p`` stays visible iff ``j > p - window``. Built
+        once per window per step (layers with the same window share it)."""
+        if window is None:
+            return self.decode_mask, self.prefill_mask
+        if window not in self._windowed:
+            dec = pre = None
+            if self.decode_mask is not None:
+                keys = torch.arange(self.decode_mask.shape[-1], device=self.decode_mask.device)
+                dec = self.decode_mask & (keys > self.decode_q_pos - window)
+            if self.prefill_mask is not None:
+                keys = torch.arange(self.prefill_mask.shape[-1], device=self.prefill_mask.device)
+                pre = self.prefill_mask & (keys > self.prefill_q_pos - window)
+                pre[..., 0] |= self.prefill_mask[..., 0] & ~pre.any(-1)   # padded rows
+            self._windowed[window] = (dec, pre)
+        return self._windowed[window]
 
 
 @dataclass(slots=True)
@@ -107,11 +131,12 @@ class CpuAttentionMetadataBuilder(AttentionMetadataBuilder):
         bs, dev = self.block_size, self.device
         nd = common.num_decodes
         qsl, seq = common.query_start_loc_cpu, common.seq_lens_cpu
-        decode_blocks = decode_mask = None
+        decode_blocks = decode_mask = decode_q_pos = prefill_q_pos = None
         if nd:
             decode_blocks = _block_window(common.block_table[:nd], int(seq[:nd].max()), bs)
             keys = torch.arange(decode_blocks.shape[1] * bs)
             decode_mask = (keys[None, :] < seq[:nd, None])[:, None, None, :].to(dev)
+            decode_q_pos = (seq[:nd] - 1).view(nd, 1, 1, 1).to(dev)
         np_ = common.num_reqs - nd
         q_index = prefill_blocks = prefill_mask = None
         max_q = 0
@@ -130,10 +155,12 @@ class CpuAttentionMetadataBuilder(AttentionMetadataBuilder):
             # padded query rows attend to key 0 only, so their softmax stays finite
             mask[:, :, 0] |= (q_pos[None, :] >= q_lens[:, None])
             prefill_mask = mask[:, None].to(dev)
+            prefill_q_pos = (ctx[:, None] + q_pos[None, :]).view(np_, 1, max_q, 1).to(dev)
         return SdpaMetadata(
             num_decodes=nd, decode_blocks=decode_blocks,
             decode_mask=decode_mask, num_prefills=np_, prefill_q_index=q_index,
-            prefill_max_q=max_q, prefill_blocks=prefill_blocks, prefill_mask=prefill_mask)
+            prefill_max_q=max_q, prefill_blocks=prefill_blocks, prefill_mask=prefill_mask,
+            decode_q_pos=decode_q_pos, prefill_q_pos=prefill_q_pos)
 
 
 class CpuPagedAttentionImpl(AttentionImpl):
@@ -160,14 +187,15 @@ class CpuPagedAttentionImpl(AttentionImpl):
             return torch.ops.vllm_core_cpu.paged_attention(
                 query.contiguous(), k_cache, v_cache, attn_metadata.block_table,
                 attn_metadata.token_request, attn_metadata.token_position,
-                self.scale).view(num_tokens, h * d)
+                self.scale, self.sliding_window or 0).view(num_tokens, h * d)
         md = attn_metadata.sdpa()
+        decode_mask, prefill_mask = md.masks(self.sliding_window)
 
         nd = md.num_decodes
         if nd:
             o = F.scaled_dot_product_attention(
                 query[:nd].view(nd, hkv, g, d), self._gather(k_cache, md.decode_blocks),
-                self._gather(v_cache, md.decode_blocks), attn_mask=md.decode_mask,
+                self._gather(v_cache, md.decode_blocks), attn_mask=decode_mask,
                 scale=self.scale)
             out[:nd] = o.reshape(nd, h, d)
         if md.num_prefills:
@@ -175,7 +203,7 @@ class CpuPagedAttentionImpl(AttentionImpl):
             o = F.scaled_dot_product_attention(
                 self._pad(query[nd:], md.prefill_q_index, npr, mq),
                 self._gather(k_cache, md.prefill_blocks), self._gather(v_cache, md.prefill_blocks),
-                attn_mask=md.prefill_mask, scale=self.scale, enable_gqa=g > 1)
+                attn_mask=prefill_mask, scale=self.scale, enable_gqa=g > 1)
             out[nd:] = o.transpose(1, 2).reshape(npr * mq, h, d)[md.prefill_q_index]
         return out.view(num_tokens, h * d)
 
@@ -217,6 +245,7 @@ class CpuPagedAttentionBackend(AttentionBackend):
     name: ClassVar[str] = "cpu_paged"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
     preferred_block_size: ClassVar[int] = 16
+    supports_sliding_window: ClassVar[bool] = True   # per layer (the impl's sliding_window)
 
     @staticmethod
     def get_builder_cls() -> type[AttentionMetadataBuilder]:

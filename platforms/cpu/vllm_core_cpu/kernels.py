@@ -1,11 +1,13 @@
 """Build (once, cached) and load the CPU plugin's C++ kernels.
 
 The sources in ``csrc/`` are compiled on first use with torch's JIT extension builder into
-``envs.cache_root()/torch_extensions/<torch version>_<ISA key>`` (``-march=native`` code, so the
-folder is keyed by the CPU's instruction-set flags: a cache shared between machines never
-loads code built for another processor) and registered as ``torch.ops.vllm_core_cpu.*``. When no
-compiler is available the build fails, ``load_kernels`` returns False with the reason logged, and
-the backend falls back to its SDPA path.
+``envs.cache_root()/torch_extensions/<torch version>_<ISA key>_<sources key>`` (``-march=native``
+code, so the folder is keyed by the CPU's instruction-set flags: a cache shared between machines
+never loads code built for another processor; and by a hash of the sources, so checkouts of
+different versions sharing a cache do not rebuild over each other) and registered as
+``torch.ops.vllm_core_cpu.*``. When no compiler is available the build fails,
+``load_kernels`` returns False with the reason logged, and the backend falls back to its SDPA
+path.
 
 Concurrent builds (several engines starting at once) are serialised by an ``fcntl`` lock that
 the kernel releases when its holder dies. torch's own build lock is a plain file that a killed
@@ -33,8 +35,10 @@ def load_kernels() -> bool:
     from torch.utils import cpp_extension
 
     here = os.path.join(os.path.dirname(__file__), "csrc")
+    sources = [os.path.join(here, s) for s in _SOURCES]
     build_dir = os.path.join(envs.cache_root(), "torch_extensions",
-                             f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{isa_key()}")
+                             f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{isa_key()}"
+                             f"_{sources_key(sources)}")
     os.makedirs(build_dir, exist_ok=True)
     try:
         with open(os.path.join(build_dir, "build.flock"), "w") as guard:
@@ -45,13 +49,23 @@ def load_kernels() -> bool:
                                stale)
                 os.remove(stale)
             cpp_extension.load(
-                name="vllm_core_cpu_kernels", sources=[os.path.join(here, s) for s in _SOURCES],
+                name="vllm_core_cpu_kernels", sources=sources,
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                 build_directory=build_dir, is_python_module=False, verbose=False)
     except Exception as e:  # noqa: BLE001 - any build failure means "use the fallback"
         logger.warning("CPU paged-attention kernel unavailable (%s); using the SDPA path", e)
         return False
     return hasattr(torch.ops.vllm_core_cpu, "paged_attention")
+
+
+def sources_key(paths: list[str]) -> str:
+    """A short hash of the kernel sources: checkouts with different sources sharing one cache
+    root build into different folders instead of rebuilding over each other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:10]
 
 
 def isa_key() -> str:

@@ -20,3 +20,42 @@ def cuda_gemv_max_rows() -> int:
     if not 0 <= value <= 8:
         raise ValueError(f"VLLM_CUDA_GEMV_MAX_ROWS must be an integer 0..8, got {raw!r}")
     return value
+
+
+def _bytes(name: str, default: int) -> int:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ValueError(f"{name} must be a number of bytes (an integer >= 0), got {raw!r}") from e
+    if value < 0:
+        raise ValueError(f"{name} must be a number of bytes (an integer >= 0), got {raw!r}")
+    return value
+
+
+def fast_all_reduce() -> bool:
+    """VLLM_CUDA_FAST_ALL_REDUCE: ``1`` (default) lets tensor-parallel ranks all-reduce small
+    messages through torch's symmetric memory (one-shot / two-shot kernels over peer memory,
+    capturable in CUDA graphs); ``0`` keeps NCCL for everything (and eager with TP > 1)."""
+    raw = get("VLLM_CUDA_FAST_ALL_REDUCE")
+    if raw is None:
+        return True
+    if raw not in ("0", "1"):
+        raise ValueError(f"VLLM_CUDA_FAST_ALL_REDUCE must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def one_shot_max_bytes() -> int:
+    """VLLM_CUDA_ONE_SHOT_MAX_BYTES: all-reduces up to this size use the one-shot kernel (each
+    rank reads every peer's whole message); default 1 MiB."""
+    return _bytes("VLLM_CUDA_ONE_SHOT_MAX_BYTES", 2**20)
+
+
+def symm_mem_buffer_bytes() -> int:
+    """VLLM_CUDA_SYMM_MEM_BYTES: the symmetric buffer per rank; all-reduces above the one-shot
+    limit and up to this size use the two-shot kernel (reduce-scatter + all-gather over peer
+    memory), larger ones NCCL. Default 8 MiB; the worker grows it to hold the largest captured
+    decode batch, so every graph's all-reduce fits."""
+    return _bytes("VLLM_CUDA_SYMM_MEM_BYTES", 8 * 2**20)

@@ -55,7 +55,7 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self, prepare: Callable[[int], None], forward: Callable[[int], torch.Tensor],
-                warmup_runs: int = 2) -> float:
+                warmup_runs: int = 2, capture_error_mode: str = "global") -> float:
         """Capture one graph per size, largest first, into the shared pool.
 
         ``prepare(G)`` fills the persistent input buffers for a dummy decode batch of ``G``
@@ -63,7 +63,9 @@ class DecodeGraphs:
         (a replay must read exactly what the runner put in the buffers for that step, including
         tokens it wrote there on the device). ``forward(G)`` returns the logits ``[G, vocab]``
         from those buffers; it is run ``warmup_runs`` times eagerly first (Triton JIT, cuBLAS
-        handles), then once under capture. Returns seconds.
+        handles), then once under capture. ``capture_error_mode`` is
+        ``torch.cuda.graph``'s: with several ranks the runner passes ``"thread_local"``, so the
+        CUDA calls of NCCL's watchdog thread cannot invalidate the capture. Returns seconds.
         """
         start = time.perf_counter()
         self.pool = torch.cuda.graph_pool_handle()
@@ -73,7 +75,8 @@ class DecodeGraphs:
                 forward(size)
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool,
+                                  capture_error_mode=capture_error_mode):
                 out = forward(size)
                 self.logits[:size].copy_(out)
             del out

@@ -10,6 +10,9 @@ this subclass fills the platform hooks (API 2.0):
   samples replay a CUDA graph (``graphs.DecodeGraphs``) of the smallest captured batch size
   that holds them, padded by the core's ``pad_inputs``. Graphs are captured only for a backend
   that declares ``supports_graph_capture``; its ``build_for_capture`` fixes the launch plan.
+  With tensor parallelism a graph holds the forward (its all-reduces are the TP group's
+  graph-safe ones, ``CudaCommunicator``) and this rank's vocabulary range of the logits; the
+  logits are gathered on TP rank 0 after the replay (``model.gather_logits``, NCCL, eager).
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ class CudaModelRunner(ModelRunner):
                     shape: StepShape | None) -> ForwardOutput:
         if shape is None:
             return super().run_forward(plan, inputs, shape)
-        return ForwardOutput(hidden=None, logits=self.graphs.replay(shape.num_reqs))
+        logits = self.graphs.replay(shape.num_reqs)
+        if self.parallel.tp_size > 1:      # the graph holds this rank's vocabulary range only
+            logits = self.model.gather_logits(logits)
+        return ForwardOutput(hidden=None, logits=logits)
 
     def capture_graphs(self) -> float:
         """Capture the decode graphs (no-op without sizes). Returns the capture seconds."""
@@ -54,7 +60,12 @@ class CudaModelRunner(ModelRunner):
             return 0.0
         if not self.kv_caches:
             raise RuntimeError("initialize_cache must run before capture_graphs")
-        self.graphs = DecodeGraphs(self.graph_sizes, self.arch.vocab_size, self.device)
+        width = self.arch.vocab_size
+        if self.parallel.tp_size > 1:      # graphs hold the local logits; gathered after replay
+            probe = torch.zeros(1, self.arch.hidden_size, dtype=self.dtype, device=self.device)
+            with torch.inference_mode():
+                width = self.model.compute_local_logits(probe).shape[-1]
+        self.graphs = DecodeGraphs(self.graph_sizes, width, self.device)
         max_len = int(self.config.model.max_model_len)
         metadata: dict[int, Any] = {}      # keeps the captured launch plans alive
         b = self.buffers
@@ -71,9 +82,10 @@ class CudaModelRunner(ModelRunner):
                 md = metadata[size] = self.builder.build_for_capture(
                     self._graph_common(size, max_len), max_len)
             hidden = self.model(b.input_ids[:size], b.positions[:size], self.kv_caches, md)
-            return self.model.compute_logits(hidden)
+            return self.model.compute_local_logits(hidden)
 
-        seconds = self.graphs.capture(prepare, forward)
+        mode = "thread_local" if self.parallel.world_size > 1 else "global"
+        seconds = self.graphs.capture(prepare, forward, capture_error_mode=mode)
         self._graph_metadata = metadata
         return seconds
 

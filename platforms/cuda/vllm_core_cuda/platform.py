@@ -69,8 +69,10 @@ class CudaPlatform(Platform):
     device_type: ClassVar[str] = "cuda"
     dist_backend: ClassVar[str] = "nccl"
     device_control_env_var: ClassVar[str] = "CUDA_VISIBLE_DEVICES"
+    ray_device_key: ClassVar[str] = "GPU"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
-    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto", "fp8", "fp8_e4m3",
+                                                             "fp8_e5m2")
     default_block_size: ClassVar[int] = 16
     min_bf16_capability: ClassVar[tuple[int, int]] = (8, 0)
 
@@ -120,6 +122,11 @@ class CudaPlatform(Platform):
         return True
 
     @classmethod
+    def communicator_class(cls) -> str:
+        """NCCL, plus a graph-capturable symmetric-memory all-reduce for small messages."""
+        return "vllm_core_cuda.communicator.CudaCommunicator"
+
+    @classmethod
     def data_parallel_env(cls, dp_rank: int, world_size: int) -> dict[str, str]:
         """``CUDA_VISIBLE_DEVICES`` = this core's GPUs (``data_parallel_devices``)."""
         import os
@@ -151,15 +158,17 @@ class CudaPlatform(Platform):
     @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
         """Base rules, then: bfloat16 needs ``min_bf16_capability``; graph batch sizes unless
-        ``enforce_eager`` (user-given sizes are kept, sorted). Several ranks (TP / PP) run
-        eager for now: NCCL collectives inside a captured graph hung on the two-H200 host
-        (hardware-notes.md) and the graph replay does not carry pipeline intermediates."""
+        ``enforce_eager`` (user-given sizes are kept, sorted). Pipeline parallelism runs eager
+        (a graph replay does not carry pipeline intermediates). Tensor parallelism keeps its
+        graph sizes: the worker captures them only when the TP group's all-reduce is graph-safe
+        (``CudaCommunicator.enable_fast_all_reduce``; NCCL inside a captured graph hung on the
+        two-H200 host, hardware-notes.md), else it runs eager."""
         super().check_and_update_config(config)
         cls._check_dtype(config.model.dtype)
-        if config.parallel.world_size > 1:
+        if config.parallel.pipeline_parallel_size > 1:
             if not config.enforce_eager:
-                logger.info("graphs off with %d ranks (tensor/pipeline parallel runs eager "
-                            "until the all-reduce is graph-safe)", config.parallel.world_size)
+                logger.info("graphs off with pipeline parallelism (%d stages)",
+                            config.parallel.pipeline_parallel_size)
             config.graph_batch_sizes = []
         elif config.enforce_eager:
             config.graph_batch_sizes = []

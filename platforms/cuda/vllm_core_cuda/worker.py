@@ -42,6 +42,32 @@ class CudaWorker(TorchWorker):
     def make_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank)
 
+    def init_device(self) -> None:
+        """The core's set-up, then, with tensor parallelism, the TP group's graph-safe
+        all-reduce (``CudaCommunicator.enable_fast_all_reduce``), its buffer large enough for
+        the all-reduces of the largest captured decode batch. Without it the TP ranks run
+        eager (no decode graphs): NCCL inside a captured graph is not safe."""
+        super().init_device()
+        tp = self.parallel.tp
+        if self.parallel.tp_size == 1 or not hasattr(tp, "enable_fast_all_reduce"):
+            return
+        from vllm_core_cuda import envs
+
+        runner = self.runner
+        if not envs.fast_all_reduce():
+            safe = False
+            logger.info("VLLM_CUDA_FAST_ALL_REDUCE=0: tensor parallelism all-reduces through "
+                        "NCCL")
+        else:
+            per_token = self.config.model.arch.hidden_size * runner.dtype.itemsize
+            capacity = max(envs.symm_mem_buffer_bytes(),
+                           max(runner.graph_sizes, default=0) * per_token)
+            safe = tp.enable_fast_all_reduce(self.device, runner.dtype, capacity,
+                                             envs.one_shot_max_bytes())
+        if not safe and runner.graph_sizes:
+            logger.info("decode graphs off: the TP all-reduce is not graph-safe")
+            runner.graph_sizes = []
+
     def layer_ops(self) -> Any:
         from vllm_core_triton.ops import TritonLayerOps
 
@@ -106,6 +132,15 @@ class CudaWorker(TorchWorker):
         super().initialize_cache(num_blocks)
         self.memory_report["kv_cache_gib"] = (
             num_blocks * self.runner.kv_cache_bytes_per_block() / GIB)
+
+    def graph_report(self) -> dict[str, Any]:
+        """How this rank ran its steps (for tests and benchmarks, through the executor's
+        ``collective_rpc``): graph sizes, graph / eager step counts, the TP all-reduce path."""
+        runner = self.runner
+        policy = getattr(self.parallel.tp, "policy", None) if self.parallel else None
+        return {"rank": self.rank, "graph_sizes": list(runner.graph_sizes),
+                "graph_steps": runner.num_graph_steps, "eager_steps": runner.num_eager_steps,
+                "fast_all_reduce": sorted(policy.algorithms) if policy is not None else []}
 
     def shutdown(self) -> None:
         if self.runner is not None and self.runner.graphs is not None:

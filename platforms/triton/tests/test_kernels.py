@@ -301,9 +301,12 @@ def test_triton_backend_declares_and_refuses():
                                                     sliding_window=4096)
     assert ok == []
     bad = TritonAttentionBackend.unsupported_reasons(head_size=48, dtype="bfloat16",
-                                                     kv_cache_dtype="fp8", block_size=8,
+                                                     kv_cache_dtype="int8", block_size=8,
                                                      sliding_window=None)
-    assert len(bad) == 3 and any("fp8" in r for r in bad) and any("48" in r for r in bad)
+    assert len(bad) == 3 and any("int8" in r for r in bad) and any("48" in r for r in bad)
+    assert TritonAttentionBackend.unsupported_reasons(    # FP8 KV cache (issue 15)
+        head_size=128, dtype="bfloat16", kv_cache_dtype="fp8", block_size=16,
+        sliding_window=None) == []
     assert TritonAttentionBackend.get_kv_cache_shape(10, 16, 8, 128) == (2, 10, 16, 8, 128)
 
 
@@ -504,3 +507,69 @@ def test_triton_layer_ops_match_torch_layer_ops():
     q_out, k_out = ours.rotary(pos.to(DEVICE), q.to(DEVICE), k.to(DEVICE), cache.to(DEVICE), 32)
     torch.testing.assert_close(q_out.cpu(), q_ref)
     torch.testing.assert_close(k_out.cpu(), k_ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_paged_attention_reads_an_fp8_cache(kv_dtype: torch.dtype):
+    """``--kv-cache-dtype fp8``: the kernel widens the float8 cache to the query dtype; the
+    result is that of the same cache values held in bf16."""
+    gen = torch.Generator().manual_seed(5)
+    head_size, block_size, gqa = HEAD_SIZES[0], BLOCK_SIZES[0], 4
+    q_lens, ctx_lens = MIXED
+    num_blocks = 2 + sum(math.ceil((q + c) / block_size) for q, c in zip(q_lens, ctx_lens, strict=True))
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    query = torch.randn(sum(q_lens), NUM_KV_HEADS * gqa, head_size, generator=gen)
+    query = query.to(torch.bfloat16)
+    kv8 = torch.randn(2, num_blocks, block_size, NUM_KV_HEADS, head_size,
+                      generator=gen).to(kv_dtype)
+    kv16 = kv8.to(torch.bfloat16)
+    bd = _dev(b)
+    launch = plan_launch(num_tokens=sum(q_lens), num_reqs=len(q_lens), max_query_len=max(q_lens),
+                         max_seq_len=max(q + c for q, c in zip(q_lens, ctx_lens, strict=True)),
+                         num_kv_heads=NUM_KV_HEADS, num_queries_per_kv=gqa,
+                         head_size=head_size, num_compute_units=132)
+    outs = [paged_attention(query.to(DEVICE), kv[0], kv[1], query_start_loc=bd["query_start_loc"],
+                            seq_lens=bd["seq_lens"], block_table=bd["block_table"],
+                            scale=head_size ** -0.5, launch=launch)
+            for kv in (kv8.to(DEVICE), kv16.to(DEVICE))]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-2, rtol=1e-2)
+    # and reshape_and_cache writes new tokens into the fp8 cache (cast on write)
+    key = torch.randn(3, NUM_KV_HEADS, head_size, device=DEVICE, dtype=torch.bfloat16)
+    slots = torch.tensor([0, 1, block_size + 2], device=DEVICE)
+    cache = torch.zeros(2, num_blocks, block_size, NUM_KV_HEADS, head_size, device=DEVICE,
+                        dtype=kv_dtype)
+    reshape_and_cache(key, key, cache, slots)
+    flat = cache[0].view(-1, NUM_KV_HEADS, head_size)
+    assert torch.equal(flat[slots].float(), key.to(kv_dtype).float())
+
+
+# ------------------------------------------------------------------------ LoRA (SGMV)
+@pytest.mark.parametrize("dtype,n_in", [(torch.float32, 48), (LOW, 48), (torch.float32, 1100)])
+def test_lora_sgmv_matches_a_per_token_loop(dtype, n_in):
+    """The core's ``sgmv`` LoRA mode with these kernels equals a per-token loop: prefill
+    segments, interleaved decode rows, base-model tokens and padding rows."""
+    import numpy as np
+    from vllm_core_triton.kernels.lora import TritonLoRAKernels
+
+    from vllm_core.lora.batch import LoRABatch
+
+    gen = torch.Generator().manual_seed(0)
+    slots, rank, outs = 3, 8, [40, 24, 24]           # n_in 1100: the split-K shrink
+    a = (0.3 * torch.randn(slots, 3 * rank, n_in, generator=gen)).to(DEVICE, dtype)
+    b = (0.3 * torch.randn(sum(outs), slots, rank, generator=gen)).to(DEVICE, dtype)
+    shards = [(slice(0, 40), 0), (slice(40, 64), 1), (slice(64, 88), 2)]
+    token_slots = np.array([2, -1, 0, 1, 2] + [0] * 19 + [-1] * 3 + [1] * 5, dtype=np.int64)
+    x = torch.randn(len(token_slots), n_in, generator=gen).to(DEVICE, dtype)
+    y0 = torch.randn(len(token_slots), sum(outs), generator=gen).to(DEVICE, dtype)
+    expected = y0.float().clone()
+    for t, s in enumerate(token_slots.tolist()):
+        if s >= 0:
+            xa = a[s].float() @ x[t].float()
+            for rows, i in shards:
+                expected[t, rows] += b[rows, s].float() @ xa[i * rank:(i + 1) * rank]
+    batch = LoRABatch(slots, 64, DEVICE, dtype, "sgmv", kernels=TritonLoRAKernels())
+    batch.set_step(token_slots, num_padded=40)
+    got = batch.add_lora(y0.clone(), x, a, b, shards, rank)
+    tol = TOL[dtype] * 10 if dtype != torch.float32 else TOL[dtype]
+    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)

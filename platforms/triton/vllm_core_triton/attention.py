@@ -165,7 +165,9 @@ class TritonAttentionBackend(AttentionBackend):
 
     name: ClassVar[str] = "triton"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
-    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    # fp8: the cache holds float8 (per-tensor scale 1.0), widened to the query dtype on read
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto", "fp8", "fp8_e4m3",
+                                                             "fp8_e5m2")
     supported_head_sizes: ClassVar[tuple[int, ...] | None] = (
         32, 64, 80, 96, 112, 128, 160, 192, 256)
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = (16, 32, 64, 128)

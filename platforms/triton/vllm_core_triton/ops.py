@@ -12,6 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from vllm_core.model_executor.layers.ops import LayerOps
+from vllm_core.model_executor.quantization.quantized_weights import (
+    FP8_MAX,
+    INT8_MAX,
+    Fp8Weight,
+    Int8Weight,
+    WNA16Weight,
+    quantize_per_token,
+)
 
 
 class TritonLayerOps(LayerOps):
@@ -41,6 +49,12 @@ class TritonLayerOps(LayerOps):
             return gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias, silu_mul=True)
         return self.linear(self.silu_and_mul(x), weight, bias)
 
+    def lora_kernels(self) -> object:
+        """The SGMV shrink/expand kernels (``kernels/lora.py``) for multi-LoRA batches."""
+        from vllm_core_triton.kernels.lora import TritonLoRAKernels
+
+        return TritonLoRAKernels()
+
     def _use_gemv(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         rows = x.shape[0] if x.dim() == 2 else -1
         return 0 < rows <= self.gemv_max_rows and weight.dtype in (torch.bfloat16,
@@ -68,3 +82,74 @@ class TritonLayerOps(LayerOps):
         from vllm_core_triton.kernels.activation import silu_and_mul
 
         return silu_and_mul(x)
+
+    def fused_moe(self, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Two grouped-GEMM launches (gate-up with SiLU-and-mul, down with the routing
+        weights) over rows sorted by expert (``kernels/fused_moe.py``)."""
+        from vllm_core_triton.kernels.fused_moe import fused_moe
+
+        return fused_moe(x, w13, w2, topk_weights, topk_ids)
+
+    # ------------------------------------------------------------------ quantized linears
+    def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Our Triton kernel (``kernels/wna16.py``): de-quantization fused into the GEMV /
+        GEMM."""
+        from vllm_core_triton.kernels.wna16 import wna16_linear
+
+        return wna16_linear(x, w.qweight, w.scales, w.zeros, w.g_idx, w.bits, w.group_size,
+                            bias)
+
+    def fp8_linear(self, x: torch.Tensor, w: Fp8Weight,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``torch._scaled_mm`` on the FP8 tensor cores (row-wise scales: per token for the
+        activations, per channel for the weight) where the GPU has them (compute capability
+        >= 8.9) and the model runs in bfloat16; the reference otherwise."""
+        if not _scaled_mm_usable(x, w):
+            return super().fp8_linear(x, w, bias)
+        xq, sx = quantize_per_token(x, FP8_MAX, w.input_scale, torch.float8_e4m3fn)
+        if sx.dim() == 0 or sx.numel() == 1:
+            sx = sx.reshape(1, 1).expand(x.shape[0], 1).contiguous()
+        y = torch._scaled_mm(xq, w.weight.t(), scale_a=sx, scale_b=w.weight_scale.view(1, -1),
+                             bias=bias, out_dtype=torch.bfloat16)
+        return y
+
+    def int8_linear(self, x: torch.Tensor, w: Int8Weight,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``torch._int_mm`` (int8 tensor cores, int32 accumulation) on CUDA; rows are
+        padded to 32 when fewer than 17 (its minimum), then both scales applied."""
+        if x.device.type != "cuda" or x.shape[-1] % 8 or w.weight.shape[0] % 8:
+            return super().int8_linear(x, w, bias)
+        xq, sx = quantize_per_token(x, INT8_MAX, w.input_scale, torch.int8)
+        m = xq.shape[0]
+        if m <= 16:
+            xq = torch.cat([xq, xq.new_zeros(32 - m, xq.shape[1])])
+        acc = torch._int_mm(xq, w.weight.t())[:m]
+        y = acc.float() * sx * w.weight_scale.view(1, -1)
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
+
+    def quant_kernel_name(self, kind: str, w: object) -> str:
+        if kind == "wna16":
+            return "triton wna16 (fused de-quantization GEMV/GEMM)"
+        if kind == "fp8" and isinstance(w, Fp8Weight) and _scaled_mm_usable(None, w):
+            return "torch._scaled_mm (FP8 tensor cores, row-wise scales)"
+        if kind == "int8" and isinstance(w, Int8Weight) and w.weight.device.type == "cuda":
+            return "torch._int_mm (INT8 tensor cores)"
+        return super().quant_kernel_name(kind, w)
+
+
+def _scaled_mm_usable(x: torch.Tensor | None, w: Fp8Weight) -> bool:
+    """FP8 tensor cores (sm 8.9+), per-channel / per-tensor scales, bf16 activations, K and N
+    multiples of 16."""
+    dev = w.weight.device
+    if dev.type != "cuda" or w.block_scale is not None or w.weight_scale is None:
+        return False
+    if torch.cuda.get_device_capability(dev) < (8, 9):
+        return False
+    n, k = w.weight.shape
+    if n % 16 or k % 16:
+        return False
+    return x is None or x.dtype == torch.bfloat16

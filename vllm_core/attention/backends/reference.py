@@ -146,7 +146,8 @@ class ReferenceAttentionBackend(AttentionBackend):
 
     name = "reference"
     supported_dtypes = ("float32", "bfloat16", "float16")
-    supported_kv_cache_dtypes = ("auto", "float32", "bfloat16", "float16")
+    supported_kv_cache_dtypes = ("auto", "float32", "bfloat16", "float16", "fp8", "fp8_e4m3",
+                                 "fp8_e5m2")
     supports_sliding_window = True
     preferred_block_size = 16
 

@@ -3,7 +3,8 @@
 Shows for each entry point of ``vllm.platform_plugins``: distribution and version, status and
 reason (with the fix for skipped plugins), declared API version and priority; then the chosen
 platform and why (or the selection error), the CPU's ISA line, the general plugins and the
-registered attention backends. Exit status 0 when a platform was chosen, 1 otherwise.
+registered attention backends and quantization methods (whether each runs on the chosen
+platform in its default dtype, and what it supports). Exit status 0 when a platform was chosen, 1 otherwise.
 Importing this module does not import torch.
 """
 
@@ -66,7 +67,18 @@ def collect() -> dict[str, Any]:
         data["error"] = str(e)
     data["general_plugins"] = _general_plugins()
     data["attention_backends"] = _attention_backends()
+    chosen = next((r.platform_cls for r in reports if r.name == data["chosen"]), None)
+    data["quantization_methods"] = _quantization_methods(chosen)
     return data
+
+
+def _quantization_methods(platform_cls: Any) -> list[str]:
+    """One line per registered method, judged for the chosen platform and its default dtype."""
+    from vllm_core.model_executor.quantization.selection import describe_methods
+
+    if platform_cls is None:
+        return describe_methods("(none)", "(none)")
+    return describe_methods(platform_cls.name, platform_cls.default_dtype())
 
 
 def _general_plugins() -> list[dict[str, str]]:
@@ -128,6 +140,9 @@ def format_report(data: dict[str, Any]) -> str:
                      f"[{g['status']}]{tail}")
     lines.append("")
     lines.append("Attention backends: " + (", ".join(data["attention_backends"]) or "none"))
+    lines.append("")
+    lines.append("Quantization methods (--quantization; on the chosen platform, default dtype):")
+    lines.extend(f"  {line}" for line in data.get("quantization_methods", []))
     return "\n".join(lines)
 
 

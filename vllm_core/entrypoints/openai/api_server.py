@@ -60,6 +60,12 @@ from vllm_core.entrypoints.openai.serving_embedding import (
     EmbeddingRequest,
     OpenAIServingEmbedding,
 )
+from vllm_core.entrypoints.openai.serving_lora import (
+    check_lora_args,
+    install_lora_routes,
+    load_lora_modules,
+    lora_cards,
+)
 from vllm_core.entrypoints.openai.serving_responses import (
     OpenAIServingResponses,
     ResponsesRequest,
@@ -203,17 +209,24 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
             logger.debug("could not read the engine's scheduler stats", exc_info=True)
         return Response(prometheus.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    def model_card(name: str) -> ModelCard:
-        return ModelCard(id=name, root=ctx.model_root, max_model_len=max_model_len)
+    def model_card(name: str, parent: str | None = None, root: str | None = None) -> ModelCard:
+        return ModelCard(id=name, root=root or ctx.model_root, parent=parent,
+                         max_model_len=max_model_len)
+
+    def all_cards() -> list[ModelCard]:
+        return [model_card(n) for n in names] + lora_cards(engine, names[0], model_card)
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        return JSONResponse(ModelList(data=[model_card(n) for n in names]).model_dump())
+        return JSONResponse(ModelList(data=all_cards()).model_dump())
 
     @app.get("/v1/models/{model:path}", responses=NOT_FOUND_RESPONSES)
     async def get_model(model: str) -> JSONResponse:
         ctx.check_model(model)
-        return JSONResponse(model_card(model).model_dump())
+        card = next(c for c in all_cards() if c.id == model)
+        return JSONResponse(card.model_dump())
+
+    install_lora_routes(app, engine, ERROR_RESPONSES)
 
     @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def create_completion(request: CompletionRequest, raw_request: Request):
@@ -321,7 +334,9 @@ def run_server(args: argparse.Namespace, engine_factory: Any = None) -> int:
     from vllm_core.entrypoints.openai.vllm_compat_args import check_vllm_compat_args
 
     check_vllm_compat_args(args)
+    check_lora_args(args)                            # bad --lora-modules fail early
     ServerLimits.from_args(args)                     # bad limits fail before the load
+    parser_options(args)                             # so do unknown parser names
     count = int(_opt(args, "api_server_count", 1))
     if count < 1:
         raise ValueError(f"--api-server-count must be >= 1, got {count}")
@@ -371,6 +386,11 @@ def serve_engine(engine: Any, args: Any, sock: Any, host: str,
     from vllm_core.entrypoints.openai.lifecycle import make_server
 
     try:
+        lora_modules = check_lora_args(args)
+        if lora_modules:
+            import asyncio
+
+            asyncio.run(load_lora_modules(engine, lora_modules))
         app = build_app(engine, args, prometheus)
     except BaseException:
         _shutdown_sync(engine)
@@ -379,8 +399,7 @@ def serve_engine(engine: Any, args: Any, sock: Any, host: str,
                             log_level=args.uvicorn_log_level,
                             access_log=not args.disable_uvicorn_access_log,
                             timeout_graceful_shutdown=2, timeout_keep_alive=5)
-    server = make_server(config, app.state.server_state, args.shutdown_timeout,
-                         engine_dead=lambda: bool(engine.errored))
+    server = make_server(config, app.state.server_state, args.shutdown_timeout, engine)
     logger.info("serving %s on http://%s:%d", app.state.ctx.model_name, host, args.port)
     server.run(sockets=[sock])
     return server.exit_code

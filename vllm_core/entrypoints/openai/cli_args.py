@@ -35,6 +35,9 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     """The server's own flags (names as in ``vllm serve``)."""
     g = parser.add_argument_group("server")
     g.add_argument("--host", default=None, help="host to bind (default: all interfaces)")
+    g.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME=PATH",
+                   help="LoRA adapters to serve (with --enable-lora), each selected by "
+                        "model=NAME; also JSON {\"name\": ..., \"path\": ...}")
     g.add_argument("--port", type=int, default=DEFAULT_PORT)
     g.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer <key>' (or set VLLM_API_KEY)")
@@ -57,7 +60,10 @@ def add_frontend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='allow tool_choice "auto": tool calls are parsed from the output with '
                         "--tool-call-parser")
-    g.add_argument("--tool-call-parser", default=None,
+    from vllm_core.entrypoints.openai.tool_parsers.registry import PARSERS
+    from vllm_core.plugins.registry import argparse_name_type
+
+    g.add_argument("--tool-call-parser", default=None, type=argparse_name_type(PARSERS),
                    help="hermes, llama3_json, mistral, pythonic (or a plugin's parser)")
     g.add_argument("--config", default=None,
                    help="YAML file of flags (command-line flags override it)")

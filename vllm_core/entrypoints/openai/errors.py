@@ -6,6 +6,8 @@ Invariants (clients and the tests depend on them):
 - a ``ValueError`` raised while preparing or running a request (SamplingParams validation,
   prompt too long, ...) is a 400 whose ``param`` names the field when the message starts with
   one (SamplingParams messages do: ``"temperature must be non-negative, got -1"``);
+- the engine having stopped (``EngineDeadError``: a worker died, a step failed) is a 503
+  ``ServiceUnavailableError`` naming the cause (the server then exits non-zero);
 - anything else is a 500 ``InternalServerError``; bad input never produces a 500;
 - an error after an SSE stream has started is sent as ``data: {"error": {...}}`` followed by
   ``data: [DONE]`` (see ``sse_error``).
@@ -103,13 +105,17 @@ def exception_to_error(exc: BaseException, fields: set[str] | None = None) -> Op
         return exc
     if isinstance(exc, ValueError):
         return from_value_error(exc, fields)
-    from vllm_core.engine.errors import EngineDeadError
-
-    if isinstance(exc, EngineDeadError):      # the engine is gone: retry elsewhere / later
-        logger.error("request failed: %s", exc)
-        return OpenAIServingError(f"The engine is not running: {exc}", 503)
+    if _is_engine_dead(exc):
+        return OpenAIServingError(f"Service unavailable: {exc}", 503)
     logger.exception("internal error while serving a request", exc_info=exc)
     return OpenAIServingError(f"Internal server error: {exc.__class__.__name__}: {exc}", 500)
+
+
+def _is_engine_dead(exc: BaseException) -> bool:
+    """The engine stopped (a worker died, a step failed): the server answers 503 and exits."""
+    from vllm_core.engine.errors import EngineDeadError
+
+    return isinstance(exc, EngineDeadError)
 
 
 MAX_ECHO_CHARS = 120

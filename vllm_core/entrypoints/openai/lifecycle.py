@@ -11,10 +11,9 @@ aborts it in the engine) and answered in-band: one that has sent nothing yet get
 ``data: [DONE]``. No traceback is logged for these. SIGINT (Ctrl-C), or a second SIGTERM, exits
 at once as uvicorn does.
 
-When the engine dies (``engine_dead()`` turns true: its thread failed or its engine core
-process exited), requests in flight have already been failed by the engine; the server keeps
-answering for ``DEAD_ENGINE_EXIT_DELAY_S`` (new requests get 503, /health 503), then exits with
-status 1 so that a supervisor restarts it. It never hangs on a dead engine.
+When the engine dies (a worker process ended, a step failed, the engine core process exited),
+a watchdog (``make_server``) has
+the server answer 503 for a moment, then exit with status 1 (``run_server``'s return value).
 """
 
 from __future__ import annotations
@@ -35,10 +34,6 @@ logger = init_logger(__name__)
 
 # Paths that neither count as in-flight work nor are refused while draining.
 UNCOUNTED_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
-
-
-DEAD_ENGINE_EXIT_DELAY_S = 2.0
-DEAD_ENGINE_POLL_S = 0.5
 
 SHUTDOWN_MESSAGE = ("The server is shutting down: the request did not finish within "
                     "--shutdown-timeout and was cancelled")
@@ -128,40 +123,55 @@ class InflightMiddleware:
             self.state.inflight -= 1
 
 
+ENGINE_WATCH_INTERVAL_S = 0.5
+ENGINE_DEAD_GRACE_S = 5.0       # at most this long for the requests in flight to be answered
+ENGINE_DEAD_LINGER_S = 2.0      # at least this long answering 503 (health probes see it)
+
+
 def make_server(config: Any, state: ServerState, shutdown_timeout: float,
-                engine_dead: Any = None) -> Any:
-    """A ``uvicorn.Server`` whose first SIGTERM drains in-flight requests before exiting, and
-    which exits with ``exit_code`` 1 once ``engine_dead()`` (polled) is true."""
+                engine: Any = None) -> Any:
+    """A ``uvicorn.Server`` whose first SIGTERM drains in-flight requests before exiting.
+
+    With ``engine``, a watchdog awaits ``engine.check_health()`` every
+    ``ENGINE_WATCH_INTERVAL_S``; once it fails (a worker process died, the engine thread
+    failed) the server lets the requests in flight receive their 503 (up to
+    ``ENGINE_DEAD_GRACE_S``) and answers new ones and ``/health`` 503 (at least
+    ``ENGINE_DEAD_LINGER_S``), then exits with ``exit_code`` 1 instead of hanging or serving
+    errors forever."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         _loop: asyncio.AbstractEventLoop | None = None
-        exit_code = 0
+        exit_code: int = 0
 
         async def serve(self, sockets: Any = None) -> None:
             self._loop = asyncio.get_running_loop()
-            watchdog = None
-            if engine_dead is not None:
-                watchdog = self._loop.create_task(self._watch_engine())
+            watch = asyncio.create_task(self._watch_engine()) if engine is not None else None
             try:
                 await super().serve(sockets)
             finally:
-                if watchdog is not None:
-                    watchdog.cancel()
+                if watch is not None:
+                    watch.cancel()
 
         async def _watch_engine(self) -> None:
-            while not self.should_exit:
-                await asyncio.sleep(DEAD_ENGINE_POLL_S)
-                if engine_dead():
-                    break
-            else:
-                return
-            logger.error("the engine died: answering 503 for %.0f s, then exiting with "
-                         "status 1", DEAD_ENGINE_EXIT_DELAY_S)
-            self.exit_code = 1
-            await asyncio.sleep(DEAD_ENGINE_EXIT_DELAY_S)
-            state.expire()
-            self.should_exit = True
+            while True:
+                await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
+                if self.should_exit or state.draining:     # a normal shutdown stops the engine
+                    return
+                try:
+                    await engine.check_health()
+                except Exception as e:  # noqa: BLE001 - any failure: the engine is gone
+                    if self.should_exit or state.draining:
+                        return
+                    logger.error("the engine stopped (%s): answering 503, exiting with "
+                                 "status 1", e)
+                    self.exit_code = 1
+                    start = time.monotonic()
+                    while ((state.inflight > 0 and time.monotonic() < start + ENGINE_DEAD_GRACE_S)
+                           or time.monotonic() < start + ENGINE_DEAD_LINGER_S):
+                        await asyncio.sleep(0.05)
+                    self.should_exit = True
+                    return
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             loop = self._loop

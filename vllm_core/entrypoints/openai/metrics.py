@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from vllm_core.engine.stats import IterationStats, SchedulerStats
+from vllm_core.engine.stats import IterationStats, SchedulerStats, SpecDecodingStats
 from vllm_core.logger import init_logger
 
 if TYPE_CHECKING:
@@ -93,6 +93,15 @@ class PrometheusStatLogger:
                                      "Number of requests waiting to be processed.")
             self.kv_usage = gauge("vllm:kv_cache_usage_perc",
                                   "KV-cache usage. 1 means 100 percent usage.")
+            lora_names = [*names, "lora_name"]
+            self._lora_labels = labels
+            self.lora_running = Gauge("vllm:lora_num_requests_running",
+                                      "Running requests per LoRA adapter.", lora_names,
+                                      registry=reg, multiprocess_mode="mostrecent")
+            self.lora_waiting = Gauge("vllm:lora_num_requests_waiting",
+                                      "Waiting requests per LoRA adapter.", lora_names,
+                                      registry=reg, multiprocess_mode="mostrecent")
+            self._lora_seen: set[str] = set()
             self.prefix_queries = counter(
                 "vllm:prefix_cache_queries",
                 "Prefix cache queries, in terms of number of queried tokens.")
@@ -133,6 +142,23 @@ class PrometheusStatLogger:
             self.req_gen_tokens = histogram("vllm:request_generation_tokens",
                                             "Number of generation tokens processed.",
                                             token_buckets)
+            self.moe_imbalance = gauge(
+                "vllm:moe_expert_load_imbalance",
+                "MoE models: max over mean of the routed tokens per expert-parallel rank in "
+                "the last step (1 = balanced).")
+            self.spec_drafts = counter("vllm:spec_decode_num_drafts",
+                                       "Number of spec decoding drafts (verified runs).")
+            self.spec_draft_tokens = counter("vllm:spec_decode_num_draft_tokens",
+                                             "Number of draft tokens.")
+            self.spec_accepted_tokens = counter("vllm:spec_decode_num_accepted_tokens",
+                                                "Number of accepted tokens.")
+            self.spec_acceptance_rate = gauge(
+                "vllm:spec_decode_acceptance_rate",
+                "Accepted over draft tokens since start (0 before any draft).")
+            self.spec_mean_accepted_length = gauge(
+                "vllm:spec_decode_mean_accepted_length",
+                "Tokens emitted per verified draft since start: 1 + accepted / drafts.")
+            self._spec_totals = SpecDecodingStats()
             self.model_name = model_name
             self._bound = True
 
@@ -144,6 +170,16 @@ class PrometheusStatLogger:
         self.num_running.set(s.num_running_reqs)
         self.num_waiting.set(s.num_waiting_reqs)
         self.kv_usage.set(s.kv_cache_usage)
+        self._set_lora_gauges(s)
+
+    def _set_lora_gauges(self, s: SchedulerStats) -> None:
+        """One series per loaded adapter (an unloaded one drops to 0)."""
+        names = set(s.lora_running) | set(s.lora_waiting)
+        for name in names | self._lora_seen:
+            labels = {**self._lora_labels, "lora_name": name}
+            self.lora_running.labels(**labels).set(s.lora_running.get(name, 0))
+            self.lora_waiting.labels(**labels).set(s.lora_waiting.get(name, 0))
+        self._lora_seen |= names
 
     def record(self, scheduler_stats: SchedulerStats, iteration_stats: IterationStats) -> None:
         if not self._bound:
@@ -156,10 +192,16 @@ class PrometheusStatLogger:
             self.prefix_hits.inc(s.prefix_cache_hits)
         if s.num_preemptions:
             self.preemptions.inc(s.num_preemptions)
+        if s.spec_decoding is not None:
+            self._record_spec(s.spec_decoding)
         if it.num_prompt_tokens:
             self.prompt_tokens.inc(it.num_prompt_tokens)
         if it.num_generation_tokens:
             self.generation_tokens.inc(it.num_generation_tokens)
+        if it.expert_load:
+            from vllm_core.model_executor.layers.fused_moe.load_stats import load_imbalance
+
+            self.moe_imbalance.set(load_imbalance(it.expert_load))
         for ttft in it.time_to_first_tokens:
             self.ttft.observe(ttft)
         for itl in it.inter_token_latencies:
@@ -179,6 +221,17 @@ class PrometheusStatLogger:
             self.req_gen_tokens.observe(fin.num_generation_tokens)
             if fin.num_generation_tokens > 1:
                 self.tpot.observe(fin.decode_time / (fin.num_generation_tokens - 1))
+
+    def _record_spec(self, spec: SpecDecodingStats) -> None:
+        self.spec_drafts.inc(spec.num_drafts)
+        self.spec_draft_tokens.inc(spec.num_draft_tokens)
+        self.spec_accepted_tokens.inc(spec.num_accepted_tokens)
+        total = self._spec_totals
+        total.num_drafts += spec.num_drafts
+        total.num_draft_tokens += spec.num_draft_tokens
+        total.num_accepted_tokens += spec.num_accepted_tokens
+        self.spec_acceptance_rate.set(total.acceptance_rate or 0.0)
+        self.spec_mean_accepted_length.set(total.mean_accepted_length or 0.0)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (what ``GET /metrics`` returns). In

@@ -160,7 +160,8 @@ class OpenAIServingChat:
             explicit=bool({"max_tokens", "max_completion_tokens"} & request_fields))
         params = ctx.make_sampling_params(fields, request_fields)
         request_id = random_id("chatcmpl")
-        generator = ctx.engine.generate(prompt_ids, params, request_id, priority=req.priority)
+        generator = ctx.engine.generate(prompt_ids, params, request_id, priority=req.priority,
+                                        **ctx.generate_kwargs(model))
         merged = merge_async_iterators(generator)
         created = int(time.time())
         if req.stream:

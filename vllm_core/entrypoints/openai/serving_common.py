@@ -57,10 +57,23 @@ class ServingContext:
         return self.served_model_names[0]
 
     def check_model(self, model: str | None) -> str:
-        """The name to answer with; 404 ``NotFoundError`` for a model this server lacks."""
+        """The name to answer with; 404 ``NotFoundError`` for a model this server lacks (a
+        loaded LoRA adapter's name is a model)."""
         if model is None or model in self.served_model_names:
             return model or self.model_name
+        if self.lora_request(model) is not None:
+            return model
         raise OpenAIServingError(f"The model `{model}` does not exist.", 404, "model")
+
+    def lora_request(self, model: str | None) -> Any:
+        """The ``LoRARequest`` the model name selects (None: the base model)."""
+        loras = getattr(self.engine, "loras", None)
+        return None if loras is None or model is None else loras.get(model)
+
+    def generate_kwargs(self, model: str | None) -> dict[str, Any]:
+        """Extra ``engine.generate`` arguments for the requested model (its adapter)."""
+        lora = self.lora_request(model)
+        return {} if lora is None else {"lora_request": lora}
 
     # ------------------------------------------------------------ tokens
 

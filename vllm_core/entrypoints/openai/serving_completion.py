@@ -147,7 +147,8 @@ class OpenAIServingCompletion:
             params = ctx.make_sampling_params({**fields, "max_tokens": max_tokens},
                                               request_fields)
             generators.append(ctx.engine.generate(prompt.token_ids, params, f"{request_id}-{i}",
-                                                  priority=req.priority))
+                                                  priority=req.priority,
+                                                  **ctx.generate_kwargs(model)))
         created = int(time.time())
         merged = merge_async_iterators(*generators)
         if req.stream:

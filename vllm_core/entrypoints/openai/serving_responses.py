@@ -119,7 +119,8 @@ class OpenAIServingResponses:
             explicit=req.max_output_tokens is not None)
         params = ctx.make_sampling_params(fields, set(req.model_fields_set))
         response_id = random_id("resp")
-        merged = merge_async_iterators(ctx.engine.generate(prompt_ids, params, response_id))
+        merged = merge_async_iterators(ctx.engine.generate(prompt_ids, params, response_id,
+                                                           **ctx.generate_kwargs(model)))
         shell = self._shell(req, response_id, model)
         if req.stream:
             return StreamingResponse(self._stream(merged, shell, len(prompt_ids)),

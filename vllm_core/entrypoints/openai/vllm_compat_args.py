@@ -23,11 +23,6 @@ from typing import Any
 UNSUPPORTED: dict[str, tuple[Any, tuple[Any, ...], str]] = {
     "trust_remote_code": (False, (), "vllm-core never runs code shipped with a model; models "
                           "are built from its own implementations (drop --trust-remote-code)"),
-    "quantization": (None, ("gguf",), "only GGUF checkpoints are read (dequantized on load); "
-                     "other --quantization methods are not supported yet"),
-    "enable_lora": (False, (), "LoRA adapters are not supported yet"),
-    "lora_modules": (None, (), "LoRA adapters are not supported yet"),
-    "speculative_config": (None, (), "speculative decoding is not supported yet"),
 }
 
 
@@ -37,11 +32,6 @@ def add_vllm_compat_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                                   "refused with the reason)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="refused: vllm-core never runs code shipped with a model")
-    g.add_argument("--quantization", "-q", default=None,
-                   help="only 'gguf' (GGUF files are dequantized on load)")
-    g.add_argument("--enable-lora", action="store_true", help="not supported yet")
-    g.add_argument("--lora-modules", nargs="+", default=None, help="not supported yet")
-    g.add_argument("--speculative-config", default=None, help="not supported yet")
     g.add_argument("--disable-log-requests", action="store_true",
                    help="accepted; request contents are never logged")
     return parser

@@ -10,8 +10,19 @@ that logits match HF bit-for-bit in float32 and closely in bfloat16.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from vllm_core.model_executor.quantization.quantized_weights import (
+    Fp8Weight,
+    Int8Weight,
+    WNA16Weight,
+    fp8_linear_reference,
+    int8_linear_reference,
+    wna16_linear_reference,
+)
 
 
 class LayerOps:
@@ -58,6 +69,46 @@ class LayerOps:
         """``linear(silu_and_mul(x), weight, bias)``: a gated MLP's activation and down
         projection, x [T, 2 * d] -> [T, out]. A platform may fuse the two."""
         return self.linear(self.silu_and_mul(x), weight, bias)
+
+    def fused_moe(self, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """The experts of a sparse MLP block: x [T, H], w13 [E, 2I, H] (rows [gate | up]),
+        w2 [E, H, I], topk_weights [T, k] float32, topk_ids [T, k] (local expert ids, -1:
+        not on this rank) -> sum over k of weight * expert(x), [T, H] in x.dtype (full
+        contract in ``layers/fused_moe/torch_moe.py``). Default: the vectorised torch forms."""
+        from vllm_core.model_executor.layers.fused_moe.torch_moe import torch_fused_moe
+
+        return torch_fused_moe(x, w13, w2, topk_weights, topk_ids)
+
+    # quantized linears (layouts: ``model_executor/quantization/quantized_weights.py``); the
+    # defaults are the de-quantize-then-matmul references, correct on any device.
+    def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ dequantize(w).T + bias`` for int4 / int8 weights with group scales and zero
+        points (x [T, K] float, result in ``x.dtype``)."""
+        return wna16_linear_reference(x, w, bias)
+
+    def int8_linear(self, x: torch.Tensor, w: Int8Weight,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+        """W8A8 INT8: ``x`` quantized per token (or with the static scale), integer matmul,
+        scaled back to ``x.dtype``."""
+        return int8_linear_reference(x, w, bias)
+
+    def fp8_linear(self, x: torch.Tensor, w: Fp8Weight,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """FP8 weights (per-channel / per-tensor scales: W8A8 with float8 activations;
+        block scales: activations stay in ``x.dtype``)."""
+        return fp8_linear_reference(x, w, bias)
+
+    def quant_kernel_name(self, kind: str, w: object) -> str:
+        """The kernel ``wna16_linear`` / ``int8_linear`` / ``fp8_linear`` (``kind`` "wna16",
+        "int8", "fp8") runs for weight ``w``, for the start-up log."""
+        return "torch reference (de-quantize + matmul)"
+
+    def lora_kernels(self) -> Any | None:
+        """The batched LoRA shrink/expand kernels of this platform (``vllm_core.lora.batch.
+        LoRAKernels``), or None to use the core's torch paths (API 2.2)."""
+        return None
 
 
 class TorchLayerOps(LayerOps):

@@ -3,9 +3,11 @@ row-parallel (inputs split, outputs all-reduced).
 
 Sharding is described by ``OutputShard``: a logical part of the output (``q``, ``k``, ``v``,
 ``gate``, ``up``, or the whole output) with its rank-local size and the rows of the checkpoint
-tensor this rank reads. The layer owns the sharding; its ``LinearMethod`` (unquantized today)
-creates, loads and applies the rank-local weight. With one rank every layer is the plain
-linear it replaces (same parameters, same numbers).
+tensor this rank reads. The layer owns the sharding; its ``LinearMethod`` (unquantized or a
+quantization method) creates, loads and applies the rank-local weight, and its ``ParamSpec``
+per parameter says which dimension holds output / input features and how many one element
+covers, so packed and grouped formats shard too. With one rank every layer is the plain linear
+it replaces (same parameters, same numbers).
 
 Invariants: ``weight`` is ``[sum(local sizes), in_features / tp]`` (row-parallel) or
 ``[sum(local sizes), in_features]`` (column-parallel); the rows of shard *i* follow those of
@@ -22,7 +24,12 @@ from torch import nn
 from vllm_core.distributed.communicator import Communicator, SingleRankCommunicator
 from vllm_core.model_executor.layers.ops import LayerOps, TorchLayerOps
 from vllm_core.model_executor.layers.weight_method import LinearMethod, UnquantizedLinearMethod
-from vllm_core.model_executor.weight_source import WeightSource, read_slice, source_shape
+from vllm_core.model_executor.weight_source import (
+    WeightSource,
+    read_full,
+    read_slice,
+    source_shape,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +122,32 @@ class ColumnParallelLinear(nn.Module):
         return self._rows[name]
 
     def load_shard(self, param_name: str, source: WeightSource, name: str) -> None:
-        """Read this rank's rows of shard ``name`` from a checkpoint tensor (weight or bias)
-        into ``param_name``. ValueError when the checkpoint's size is not the shard's."""
+        """Read this rank's part of shard ``name`` from a checkpoint tensor into
+        ``param_name`` (cut along the dimension the method's ``ParamSpec`` names as the output
+        one, in packed units). ValueError when the checkpoint's size is not the shard's."""
         s = self.shards[name]
-        if source_shape(source)[0] != s.full_size:
-            raise ValueError(f"has shape {source_shape(source)}, expected {s.full_size} rows "
-                             f"for the {name} projection (config and weights disagree)")
-        self.method.load_rows(self, param_name, self._rows[name],
-                              read_slice(source, 0, s.source_start, s.local_size))
+        spec = self.method.param_spec(self, param_name)
+        if spec.output_dim is None:      # not split by output (g_idx): every shard the same
+            self.method.load_rows(self, param_name, None, read_full(source))
+            return
+        if spec.broadcast:               # one value for the whole shard
+            rows = self._rows[name]
+            self.method.load_rows(self, param_name, rows, read_full(source))
+            return
+        dim, pack = spec.output_dim, spec.output_pack
+        shape = source_shape(source)
+        if len(shape) <= dim or shape[dim] * pack != s.full_size:
+            raise ValueError(f"has shape {shape}, expected {s.full_size} output features "
+                             f"(in dim {dim}, {pack} per element) for the {name} projection "
+                             f"(config and weights disagree)")
+        if s.source_start % pack or s.local_size % pack:
+            raise ValueError(f"cannot be split: the {name} projection's rank-local part "
+                             f"({s.local_size} outputs from {s.source_start}) is not a "
+                             f"multiple of the {pack} outputs packed per element")
+        rows = self._rows[name]
+        self.method.load_rows(self, param_name, slice(rows.start // pack, rows.stop // pack),
+                              read_slice(source, dim, s.source_start // pack,
+                                         s.local_size // pack))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x, self.bias)
@@ -149,17 +174,31 @@ class RowParallelLinear(nn.Module):
         self.method.create_weights(self, self.local_in, out_features, bias)
 
     def load(self, param_name: str, source: WeightSource) -> None:
-        """Read this rank's columns of the weight (the bias is not split)."""
-        if param_name == "bias":
-            self.method.load_rows(self, "bias", None, read_slice(source, 0, 0,
-                                                                 source_shape(source)[0]))
-            return
+        """Read this rank's input columns of a checkpoint tensor (cut along the method's
+        ``ParamSpec.input_dim`` in packed units; a tensor without one, such as the bias or a
+        per-channel scale, is read whole)."""
+        spec = self.method.param_spec(self, param_name)
         shape = source_shape(source)
-        if len(shape) != 2 or shape[1] != self.in_features:
+        if spec.input_dim is None:
+            self.method.load_rows(self, param_name, None, read_full(source))
+            return
+        dim, pack = spec.input_dim, spec.input_pack
+        if len(shape) <= dim or shape[dim] * pack < self.in_features or \
+                (shape[dim] - 1) * pack >= self.in_features:
             raise ValueError(f"has shape {shape}, expected {self.in_features} input features "
-                             f"(config and weights disagree)")
-        self.method.load_rows(self, "weight", None,
-                              read_slice(source, 1, self.in_start, self.local_in))
+                             f"(in dim {dim}, {pack} per element) (config and weights "
+                             f"disagree)")
+        if self.tp.world_size == 1:
+            self.method.load_rows(self, param_name, None, read_full(source))
+            return
+        if self.in_start % pack or self.local_in % pack:
+            raise ValueError(f"cannot be split over tensor_parallel_size="
+                             f"{self.tp.world_size}: each rank's {self.local_in} input "
+                             f"features are not a multiple of the {pack} per element "
+                             f"(quantization group or packing)")
+        self.method.load_rows(self, param_name, None,
+                              read_slice(source, dim, self.in_start // pack,
+                                         self.local_in // pack))
 
     def _reduce(self, y: torch.Tensor) -> torch.Tensor:
         if self.tp.world_size > 1:

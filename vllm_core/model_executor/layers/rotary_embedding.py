@@ -2,7 +2,9 @@
 
 Supported ``rope_scaling["rope_type"]``: absent/``default``, ``linear`` (positions divided by
 ``factor``), ``llama3`` (Llama 3.1 frequency-dependent scaling) and ``freq_factors`` (explicit
-per-frequency divisors, as GGUF files store Llama 3 scaling in a ``rope_freqs`` tensor).
+per-frequency divisors, as GGUF files store Llama 3 scaling in a ``rope_freqs`` tensor) and
+``longrope`` (Phi-3 / Phi-4-mini "su" scaling: per-frequency ``short_factor`` / ``long_factor``
+divisors and an attention factor multiplying cos and sin, see ``longrope_cos_sin``).
 Anything else raises ``ValueError`` at construction.
 """
 
@@ -16,7 +18,7 @@ from torch import nn
 
 from vllm_core.model_executor.layers.ops import LayerOps
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "freq_factors")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "freq_factors", "longrope")
 
 
 def rope_inv_freq(rotary_dim: int, base: float,
@@ -38,8 +40,51 @@ def rope_inv_freq(rotary_dim: int, base: float,
             raise ValueError(f"rope freq_factors has {factors.numel()} entries, expected "
                              f"{inv_freq.numel()}")
         return inv_freq / factors
+    if rope_type == "longrope":
+        return inv_freq / _longrope_factors(cfg, "short_factor", inv_freq.numel())
     raise ValueError(f"rope_scaling rope_type {rope_type!r} is not supported; supported: "
                      f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+
+
+def _longrope_factors(cfg: dict[str, Any], key: str, n: int) -> torch.Tensor:
+    factors = torch.tensor(cfg[key], dtype=torch.float32, device="cpu")
+    if factors.shape != (n,):
+        raise ValueError(f"longrope {key} has {factors.numel()} entries, expected {n} "
+                         "(rotary_dim / 2)")
+    return factors
+
+
+def longrope_cos_sin(rotary_dim: int, base: float, cfg: dict[str, Any],
+                     max_position: int) -> torch.Tensor:
+    """The LongRoPE cos/sin cache [max_position, rotary_dim] (float32, CPU).
+
+    Rows ``p < original_max_position_embeddings`` use ``short_factor``, the rows beyond use
+    ``long_factor`` (inverse frequencies ``1 / (factor_i * base^(2i / rotary_dim))``); every row
+    is multiplied by ``attention_factor`` (default ``sqrt(1 + ln(s) / ln(original))`` with
+    ``s = max_position_embeddings / original``, 1 when ``s <= 1``).
+
+    HF transformers picks one factor set for a whole forward call (long once the longest
+    position of the call reaches ``original``). Choosing per position instead keeps a row's
+    rotation independent of the batch, of chunking and of the request's later length; the two
+    agree exactly on every sequence up to ``original`` tokens (for Phi-3-128k and Phi-4-mini:
+    4096), and differ only in the early positions of longer sequences.
+    """
+    original = int(cfg["original_max_position_embeddings"])
+    factor = cfg.get("factor")
+    if factor is None:
+        factor = float(cfg.get("max_position_embeddings", max_position)) / original
+    attention = cfg.get("attention_factor")
+    if attention is None:
+        attention = (1.0 if factor <= 1.0
+                     else math.sqrt(1 + math.log(factor) / math.log(original)))
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float()
+    base_freq = base ** (exponents / rotary_dim)
+    n = base_freq.numel()
+    positions = torch.arange(max_position, dtype=torch.float32, device="cpu")
+    short = torch.outer(positions, 1.0 / (_longrope_factors(cfg, "short_factor", n) * base_freq))
+    long = torch.outer(positions, 1.0 / (_longrope_factors(cfg, "long_factor", n) * base_freq))
+    freqs = torch.where((positions < original)[:, None], short, long)
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1) * float(attention)
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
@@ -74,10 +119,14 @@ class RotaryEmbedding(nn.Module):
         self.ops = ops
         # computed on the current default device (the loader builds under the target device)
         positions = torch.arange(max_position, dtype=torch.float32)
-        freqs = torch.outer(positions, rope_inv_freq(rotary_dim, base, rope_scaling)
-                            .to(positions.device))
-        self.register_buffer("cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), dim=-1),
-                             persistent=False)
+        if (rope_scaling or {}).get("rope_type") == "longrope":
+            cache = longrope_cos_sin(rotary_dim, base, rope_scaling, max_position)
+            cache = cache.to(positions.device)
+        else:
+            freqs = torch.outer(positions, rope_inv_freq(rotary_dim, base, rope_scaling)
+                                .to(positions.device))
+            cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+        self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,7 +67,19 @@ def compute_parallel_logits(hidden: torch.Tensor, table: VocabParallelEmbedding,
                             ops: LayerOps) -> torch.Tensor | None:
     """Float32 logits ``[N, vocab]`` of ``hidden [N, hidden]`` against a vocab-parallel
     ``table`` on TP rank 0; None on the other TP ranks (each computes and sends its range)."""
-    local = ops.linear(hidden, table.weight).float()
+    return gather_logits(local_logits(hidden, table, ops), table)
+
+
+def local_logits(hidden: torch.Tensor, table: VocabParallelEmbedding,
+                 ops: LayerOps) -> torch.Tensor:
+    """This rank's float32 logits ``[N, ceil(vocab / tp)]`` (its vocabulary range, padding
+    columns included): no communication, so a device graph can capture it."""
+    return ops.linear(hidden, table.weight).float()
+
+
+def gather_logits(local: torch.Tensor, table: VocabParallelEmbedding) -> torch.Tensor | None:
+    """Every rank's ``local_logits`` gathered on TP rank 0 as ``[N, vocab]`` (padding
+    dropped); None on the other TP ranks; the identity with one rank."""
     tp = table.tp
     if tp.world_size == 1:
         return local

@@ -1,13 +1,17 @@
-"""The shared pre-norm decoder of the Llama family (Llama, Mistral, Qwen2, Qwen3).
+"""The shared pre-norm decoder of the Llama family (Llama, Mistral, Qwen2, Qwen3, Phi-3).
 
 Differences between the families are fields of ``ModelArchConfig``, not subclasses:
 ``attention_bias`` (Qwen2: biases on q/k/v), ``qk_norm`` (Qwen3: per-head RMSNorm on q and k
 before rope), explicit ``head_dim`` (Qwen3, may differ from hidden / heads), GQA
-(``num_key_value_heads``), ``tie_word_embeddings``, ``rope_scaling`` and ``sliding_window``.
+(``num_key_value_heads``), ``tie_word_embeddings``, ``rope_scaling``, ``sliding_window``,
+``partial_rotary_factor`` (Phi-4-mini rotates the first 3/4 of each head) and
+``final_logit_softcapping``.
 
 Parameter names follow HF checkpoints, except that q/k/v are fused into ``qkv_proj`` (rows
 [q | k | v]) and gate/up into ``gate_up_proj`` (rows [gate | up]); ``load_weights`` fuses the
-separate checkpoint tensors at load time. With tied embeddings there is no ``lm_head`` (the
+separate checkpoint tensors at load time. Checkpoints that already hold them fused (Phi-3's
+``qkv_proj`` / ``gate_up_proj``) are split into their parts by rows, so each TP rank still
+reads only its slices. With tied embeddings there is no ``lm_head`` (the
 logits use ``embed_tokens.weight``), except on the last pipeline stage of a split model, whose
 ``lm_head`` is loaded from ``model.embed_tokens.weight``.
 
@@ -20,7 +24,7 @@ only its layers (``layers[i]`` is a ``MissingLayer`` elsewhere, names keep globa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -43,13 +47,23 @@ from vllm_core.model_executor.layers.vocab_parallel import (
     ParallelLMHead,
     VocabParallelEmbedding,
     compute_parallel_logits,
+    gather_logits,
+    local_logits,
 )
 from vllm_core.model_executor.models.interface import CausalLM, IntermediateTensors
-from vllm_core.model_executor.weight_source import WeightSource, read_full
+from vllm_core.model_executor.weight_source import (
+    LazyTensor,
+    WeightSource,
+    read_full,
+    read_slice,
+    source_shape,
+)
 
 # checkpoint projection -> (fused parameter, shard)
 _FUSED = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
           "gate_proj": ("gate_up_proj", "gate"), "up_proj": ("gate_up_proj", "up")}
+# checkpoint tensors that are already fused (Phi-3) -> their parts, in row order
+_PREFUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _ROW_PARALLEL = ("o_proj", "down_proj")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -58,26 +72,64 @@ class MissingLayer(nn.Module):
     """Placeholder of a decoder layer that lives on another pipeline stage."""
 
 
+def _linear_method(quant: Any, prefix: str) -> Any:
+    """The quantization config's weight method for linear layer ``prefix`` (None: float)."""
+    return None if quant is None else quant.linear_method(prefix)
+
+
+def layer_sliding_window(arch: ModelArchConfig, index: int) -> int | None:
+    """The attention window of layer ``index``: ``arch.sliding_window`` on every layer, unless
+    ``arch.layer_types`` marks the layer ``full_attention`` (Gemma 3's global layers)."""
+    if arch.layer_types is not None and arch.layer_types[index] != "sliding_attention":
+        return None
+    return arch.sliding_window
+
+
+def rotary_dim_of(arch: ModelArchConfig) -> int:
+    """The rotated channels of each head (``head_dim * partial_rotary_factor``)."""
+    return int(arch.head_dim * arch.partial_rotary_factor)
+
+
+def row_part(source: WeightSource, start: int, size: int) -> LazyTensor:
+    """Rows ``[start, start + size)`` of ``source`` as a lazily read tensor (sliced again by
+    the layer that loads it, so a TP rank reads only its rows of a fused checkpoint tensor)."""
+    shape = source_shape(source)
+    if start + size > shape[0]:
+        raise ValueError(f"has shape {shape}, too few rows for its fused parts")
+
+    def reader(dim: int | None, begin: int, length: int) -> torch.Tensor:
+        if dim is None:
+            return read_slice(source, 0, start, size)
+        if dim == 0:
+            return read_slice(source, 0, start + begin, length)
+        return read_slice(source, 0, start, size).narrow(1, begin, length)
+
+    return LazyTensor((size, *shape[1:]), reader)
+
+
 class DecoderAttention(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
-                 parallel: ParallelContext) -> None:
+                 parallel: ParallelContext, sliding_window: int | None = None,
+                 prefix: str = "", quant: Any = None) -> None:
         super().__init__()
         self.head_dim = arch.head_dim
         q, k, v, self.num_heads, self.num_kv_heads = qkv_shards(
             arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim, parallel.tp)
         self.q_size, self.kv_size = q.local_size, k.local_size
         self.qkv_proj = ColumnParallelLinear(arch.hidden_size, [q, k, v],
-                                             bias=arch.attention_bias, ops=ops)
+                                             bias=arch.attention_bias, ops=ops,
+                                             method=_linear_method(quant, f"{prefix}.qkv_proj"))
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
-        o_bias = arch.attention_bias and arch.model_type != "qwen2"
+        o_bias = arch.attention_bias and arch.model_type not in ("qwen2", "qwen2_moe")
         self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
-                                        arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp)
+                                        arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp,
+                                        method=_linear_method(quant, f"{prefix}.o_proj"))
         self.q_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.rotary_emb = rotary
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
-                              self.num_kv_heads, attn_backend, arch.sliding_window)
+                              self.num_kv_heads, attn_backend, sliding_window)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 attn_metadata: Any) -> torch.Tensor:
@@ -98,15 +150,18 @@ class DecoderAttention(nn.Module):
 
 class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, ops: LayerOps,
-                 parallel: ParallelContext) -> None:
+                 parallel: ParallelContext, prefix: str = "", quant: Any = None) -> None:
         super().__init__()
         tp = parallel.tp
         what = "the model's intermediate_size"
         gate = even_shard("gate", intermediate_size, tp, what)
         up = even_shard("up", intermediate_size, tp, what)
-        self.gate_up_proj = ColumnParallelLinear(hidden_size, [gate, up], bias=False, ops=ops)
+        self.gate_up_proj = ColumnParallelLinear(
+            hidden_size, [gate, up], bias=False, ops=ops,
+            method=_linear_method(quant, f"{prefix}.gate_up_proj"))
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, ops=ops,
-                                           tp=tp)
+                                           tp=tp,
+                                           method=_linear_method(quant, f"{prefix}.down_proj"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj.forward_silu_and_mul(self.gate_up_proj(x))
@@ -115,12 +170,16 @@ class GatedMLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
-                 parallel: ParallelContext) -> None:
+                 parallel: ParallelContext, sliding_window: int | None = None,
+                 mlp: nn.Module | None = None, prefix: str = "", quant: Any = None
+                 ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
-        self.self_attn = DecoderAttention(arch, rotary, attn_backend, ops, parallel)
+        self.self_attn = DecoderAttention(arch, rotary, attn_backend, ops, parallel,
+                                          sliding_window, f"{prefix}.self_attn", quant)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
-        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, ops, parallel)
+        self.mlp = mlp if mlp is not None else GatedMLP(
+            arch.hidden_size, arch.intermediate_size, ops, parallel, f"{prefix}.mlp", quant)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None, kv_cache: torch.Tensor, attn_metadata: Any
@@ -138,18 +197,23 @@ class DecoderLayer(nn.Module):
 
 class DecoderModel(nn.Module):
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps, parallel: ParallelContext) -> None:
+                 ops: LayerOps, parallel: ParallelContext,
+                 make_mlp: Callable[[int], nn.Module | None] | None = None,
+                 quant: Any = None) -> None:
         super().__init__()
         self.parallel = parallel
         self.start_layer, self.end_layer = parallel.layer_range(arch.num_hidden_layers)
         self.embed_tokens = (VocabParallelEmbedding(arch.vocab_size, arch.hidden_size,
                                                     parallel.tp)
                              if parallel.is_first_stage else None)
-        self.rotary_emb = RotaryEmbedding(arch.head_dim, arch.head_dim,
+        self.rotary_emb = RotaryEmbedding(arch.head_dim, rotary_dim_of(arch),
                                           arch.max_position_embeddings, arch.rope_theta,
                                           arch.rope_scaling, ops)
         self.layers = nn.ModuleList(
-            DecoderLayer(arch, self.rotary_emb, attn_backend, ops, parallel)
+            DecoderLayer(arch, self.rotary_emb, attn_backend, ops, parallel,
+                         layer_sliding_window(arch, i),
+                         make_mlp(i) if make_mlp is not None else None,
+                         f"model.layers.{i}", quant)
             if self.start_layer <= i < self.end_layer else MissingLayer()
             for i in range(arch.num_hidden_layers))
         self.norm = (RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
@@ -183,20 +247,36 @@ class DecoderModel(nn.Module):
 
 
 class DecoderForCausalLM(CausalLM):
-    """The Llama-family causal LM; see the module docstring for the family switches."""
+    """The Llama-family causal LM; see the module docstring for the family switches.
+    ``quant_config`` (a ``QuantizationConfig``) gives each linear layer its weight method."""
 
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps, parallel: ParallelContext | None = None) -> None:
+                 ops: LayerOps, parallel: ParallelContext | None = None,
+                 quant_config: Any = None) -> None:
         super().__init__(arch, attn_backend, ops)
         parallel = parallel or single_rank_context()
         self.arch = arch
         self.ops = ops
         self.parallel = parallel
-        self.model = DecoderModel(arch, attn_backend, ops, parallel)
+        self.quant_config = quant_config     # read by build_model
+        self.model = self.build_model(arch, attn_backend, ops, parallel)
         own_head = parallel.is_last_stage and (not arch.tie_word_embeddings
                                                or not parallel.is_first_stage)
         self.lm_head = (ParallelLMHead(arch.vocab_size, arch.hidden_size, parallel.tp, ops)
                         if own_head else None)
+
+    def build_model(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
+                    ops: LayerOps, parallel: ParallelContext) -> nn.Module:
+        """The decoder stack (``.embed_tokens``, ``.layers``, ``.norm``, ``.start_layer``,
+        ``.end_layer``); families with a different block override this. The decoder's linear
+        layers take their weight methods from ``self.quant_config`` (None: float)."""
+        return DecoderModel(arch, attn_backend, ops, parallel, self.make_mlp,
+                            getattr(self, "quant_config", None))
+
+    def make_mlp(self, layer_idx: int) -> nn.Module | None:
+        """The MLP of decoder layer ``layer_idx`` (None: the dense ``GatedMLP``); mixture-of-
+        experts families override it (``models/moe.py``)."""
+        return None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], attn_metadata: Any,
@@ -205,8 +285,25 @@ class DecoderForCausalLM(CausalLM):
         return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        table = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return compute_parallel_logits(hidden_states, table, self.ops)
+        return self._soft_cap(compute_parallel_logits(hidden_states, self._logits_table(),
+                                                      self.ops))
+
+    def compute_local_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._soft_cap(local_logits(hidden_states, self._logits_table(), self.ops))
+
+    def gather_logits(self, local: torch.Tensor) -> torch.Tensor | None:
+        return gather_logits(local, self._logits_table())
+
+    def _logits_table(self) -> VocabParallelEmbedding:
+        return self.model.embed_tokens if self.lm_head is None else self.lm_head
+
+    def _soft_cap(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """``cap * tanh(logits / cap)`` with ``arch.final_logit_softcapping`` (elementwise, so
+        the local logits of a vocab shard may be capped before they are gathered)."""
+        cap = self.arch.final_logit_softcapping
+        if logits is None or not cap:
+            return logits
+        return torch.tanh(logits / cap) * cap
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, WeightSource]]) -> set[str]:
@@ -244,7 +341,19 @@ class DecoderForCausalLM(CausalLM):
             return
         owner, _, leaf = name.rpartition(".")
         prefix, _, proj = owner.rpartition(".")
-        if proj in _FUSED:
+        if proj in _PREFUSED:
+            module = self._module(owner, name)
+            start = 0
+            for part in _PREFUSED[proj]:
+                shard = _FUSED[part][1]
+                size = module.shards[shard].full_size
+                module.load_shard(leaf, row_part(source, start, size), shard)
+                loaded.add(f"{owner}.{leaf}[{prefix}.{part}.{leaf}]")
+                start += size
+            if start != source_shape(source)[0]:
+                raise ValueError(f"has {source_shape(source)[0]} rows, expected {start} "
+                                 f"(the sum of its fused parts)")
+        elif proj in _FUSED:
             fused, shard = _FUSED[proj]
             module = self._module(f"{prefix}.{fused}", name)
             module.load_shard(leaf, source, shard)
@@ -270,7 +379,7 @@ class DecoderForCausalLM(CausalLM):
         for pname, _ in self.named_parameters():
             owner, _, leaf = pname.rpartition(".")
             fused = [ck for ck, (fp, _) in _FUSED.items() if owner.endswith(fp)]
-            if fused and leaf in ("weight", "bias"):
+            if fused:
                 prefix = owner.rpartition(".")[0]
                 keys.update(f"{pname}[{prefix}.{ck}.{leaf}]" for ck in fused)
             else:

@@ -1,4 +1,4 @@
-"""The registered Llama-family architectures: one shared decoder under four HF names.
+"""The registered Llama-family architectures: one shared decoder under five HF names.
 
 Their differences are carried by ``ModelArchConfig`` (see ``decoder.py``); the subclasses exist
 so that each HF architecture name resolves to a class of the same name.
@@ -23,3 +23,8 @@ class Qwen2ForCausalLM(DecoderForCausalLM):
 
 class Qwen3ForCausalLM(DecoderForCausalLM):
     """Qwen3 (dense): per-head RMSNorm on q and k, explicit head_dim."""
+
+
+class Phi3ForCausalLM(DecoderForCausalLM):
+    """Phi-3 / Phi-3.5-mini / Phi-4-mini: q/k/v and gate/up stored fused in the checkpoint,
+    LongRoPE ("su") scaling, partial rotary (Phi-4-mini), optional sliding window."""

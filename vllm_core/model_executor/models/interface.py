@@ -60,6 +60,16 @@ class CausalLM(nn.Module, ABC):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         ...
 
+    def compute_local_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """This TP rank's logits, before any communication (what a device graph captures; a
+        graph must not hold the gather). Default: ``compute_logits`` (one rank)."""
+        return self.compute_logits(hidden_states)
+
+    def gather_logits(self, local: torch.Tensor) -> torch.Tensor | None:
+        """``compute_local_logits``' output gathered like ``compute_logits``' (None on TP ranks
+        other than 0). Default: the identity."""
+        return local
+
     @abstractmethod
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy HF-named tensors into the parameters (fusing split projections); return the

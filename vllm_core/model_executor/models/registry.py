@@ -20,6 +20,11 @@ _BUILTIN = {
     "MistralForCausalLM": "vllm_core.model_executor.models.families.MistralForCausalLM",
     "Qwen2ForCausalLM": "vllm_core.model_executor.models.families.Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "vllm_core.model_executor.models.families.Qwen3ForCausalLM",
+    "Phi3ForCausalLM": "vllm_core.model_executor.models.families.Phi3ForCausalLM",
+    "Gemma3ForCausalLM": "vllm_core.model_executor.models.gemma3.Gemma3ForCausalLM",
+    "MixtralForCausalLM": "vllm_core.model_executor.models.moe.MixtralForCausalLM",
+    "Qwen2MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen3MoeForCausalLM",
 }
 
 register_model = MODELS.register

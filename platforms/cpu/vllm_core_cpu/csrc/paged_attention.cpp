@@ -1,5 +1,6 @@
 // Paged attention for the CPU plugin: every query row attends to its request's keys
-// [0, position] read straight from the paged KV cache through the block table.
+// [0, position] (with a sliding window w > 0: [max(0, position - w + 1), position]) read
+// straight from the paged KV cache through the block table.
 //
 // One code path for decodes and prefill chunks, keys visited in order with fp32 accumulation
 // and an exact two-pass softmax: a row's result does not depend on the batch, on padding, or on
@@ -117,15 +118,17 @@ inline float exp_and_sum(float* scores, int64_t n, float m) {
 // query and accumulator vectors live in registers.
 template <typename T, int G, int NV>
 inline void attend_fixed(const T* q_row, const T* kc, const T* vc, const int64_t* blocks,
-                         int64_t num_keys, int shift, int64_t mask, int64_t row_stride,
-                         int64_t head_off, float scale, float* scores, T* out_row) {
+                         int64_t first, int64_t num_keys, int shift, int64_t mask,
+                         int64_t row_stride, int64_t head_off, float scale, float* scores,
+                         T* out_row) {
   vf16 qv[G][NV];
   for (int g = 0; g < G; ++g)
     for (int i = 0; i < NV; ++i) qv[g][i] = load16(q_row + (g * NV + i) * kLanes) * scale;
   float m[G];
   for (int g = 0; g < G; ++g) m[g] = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < num_keys; ++j) {
-    const T* k = kc + (((blocks[j >> shift] << shift) | (j & mask)) * row_stride) + head_off;
+    const int64_t key = first + j;
+    const T* k = kc + (((blocks[key >> shift] << shift) | (key & mask)) * row_stride) + head_off;
     vf16 kv[NV];
     for (int i = 0; i < NV; ++i) kv[i] = load16(k + i * kLanes);
     for (int g = 0; g < G; ++g) {
@@ -140,7 +143,8 @@ inline void attend_fixed(const T* q_row, const T* kc, const T* vc, const int64_t
   for (int g = 0; g < G; ++g) inv[g] = 1.0f / exp_and_sum(scores + g * num_keys, num_keys, m[g]);
   vf16 acc[G][NV] = {};
   for (int64_t j = 0; j < num_keys; ++j) {
-    const T* v = vc + (((blocks[j >> shift] << shift) | (j & mask)) * row_stride) + head_off;
+    const int64_t key = first + j;
+    const T* v = vc + (((blocks[key >> shift] << shift) | (key & mask)) * row_stride) + head_off;
     for (int i = 0; i < NV; ++i) {
       const vf16 vv = load16(v + i * kLanes);
       for (int g = 0; g < G; ++g) acc[g][i] += scores[g * num_keys + j] * vv;
@@ -155,8 +159,8 @@ inline void attend_fixed(const T* q_row, const T* kc, const T* vc, const int64_t
 }
 
 template <typename T, int NV>
-using AttendFn = void (*)(const T*, const T*, const T*, const int64_t*, int64_t, int, int64_t,
-                          int64_t, int64_t, float, float*, T*);
+using AttendFn = void (*)(const T*, const T*, const T*, const int64_t*, int64_t, int64_t, int,
+                          int64_t, int64_t, int64_t, float, float*, T*);
 
 template <typename T, int NV>
 AttendFn<T, NV> pick_group(int64_t group) {
@@ -177,7 +181,7 @@ template <typename T, int NV>
 void paged_attention_kernel(const at::Tensor& query, const at::Tensor& key_cache,
                             const at::Tensor& value_cache, const at::Tensor& block_table,
                             const at::Tensor& token_request, const at::Tensor& token_position,
-                            at::Tensor& out, double scale) {
+                            at::Tensor& out, double scale, int64_t window) {
   const int64_t num_tokens = query.size(0);
   const int64_t num_heads = query.size(1);
   const int64_t head_size = query.size(2);
@@ -204,11 +208,13 @@ void paged_attention_kernel(const at::Tensor& query, const at::Tensor& key_cache
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / num_kv_heads;
       const int64_t h = task % num_kv_heads;
-      const int64_t num_keys = pos[t] + 1;
+      // keys [first, pos]: all of them, or the last `window` with a sliding window
+      const int64_t first = (window > 0 && pos[t] >= window) ? pos[t] - window + 1 : 0;
+      const int64_t num_keys = pos[t] + 1 - first;
       scores.resize(group * num_keys);
       const int64_t row = (t * num_heads + h * group) * head_size;
-      attend(q + row, kc, vc, bt + req[t] * bt_stride, num_keys, shift, mask, row_stride,
-             h * head_size, fscale, scores.data(), o + row);
+      attend(q + row, kc, vc, bt + req[t] * bt_stride, first, num_keys, shift, mask,
+             row_stride, h * head_size, fscale, scores.data(), o + row);
     }
   });
 }
@@ -217,22 +223,28 @@ template <typename T>
 void dispatch_head_size(const at::Tensor& query, const at::Tensor& key_cache,
                         const at::Tensor& value_cache, const at::Tensor& block_table,
                         const at::Tensor& token_request, const at::Tensor& token_position,
-                        at::Tensor& out, double scale) {
+                        at::Tensor& out, double scale, int64_t window) {
   switch (query.size(2)) {
     case 64: return paged_attention_kernel<T, 4>(query, key_cache, value_cache, block_table,
-                                                 token_request, token_position, out, scale);
+                                                 token_request, token_position, out, scale,
+                                                 window);
     case 128: return paged_attention_kernel<T, 8>(query, key_cache, value_cache, block_table,
-                                                  token_request, token_position, out, scale);
+                                                  token_request, token_position, out, scale,
+                                                  window);
     case 32: return paged_attention_kernel<T, 2>(query, key_cache, value_cache, block_table,
-                                                 token_request, token_position, out, scale);
-    default: TORCH_CHECK(false, "paged_attention: head size must be 32, 64 or 128");
+                                                 token_request, token_position, out, scale,
+                                                 window);
+    case 256: return paged_attention_kernel<T, 16>(query, key_cache, value_cache, block_table,
+                                                   token_request, token_position, out, scale,
+                                                   window);
+    default: TORCH_CHECK(false, "paged_attention: head size must be 32, 64, 128 or 256");
   }
 }
 
 at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& value_cache, const at::Tensor& block_table,
                            const at::Tensor& token_request, const at::Tensor& token_position,
-                           double scale) {
+                           double scale, int64_t window) {
   TORCH_CHECK(query.is_contiguous() && key_cache.is_contiguous() && value_cache.is_contiguous(),
               "paged_attention: query and caches must be contiguous");
   TORCH_CHECK(block_table.scalar_type() == at::kLong && token_request.scalar_type() == at::kLong
@@ -242,15 +254,15 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
   switch (query.scalar_type()) {
     case at::kFloat:
       dispatch_head_size<float>(query, key_cache, value_cache, bt, token_request,
-                                    token_position, out, scale);
+                                    token_position, out, scale, window);
       break;
     case at::kBFloat16:
       dispatch_head_size<c10::BFloat16>(query, key_cache, value_cache, bt, token_request,
-                                            token_position, out, scale);
+                                            token_position, out, scale, window);
       break;
     case at::kHalf:
       dispatch_head_size<c10::Half>(query, key_cache, value_cache, bt, token_request,
-                                        token_position, out, scale);
+                                        token_position, out, scale, window);
       break;
     default:
       TORCH_CHECK(false, "paged_attention: unsupported dtype ", query.scalar_type());
@@ -262,7 +274,7 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
 
 TORCH_LIBRARY(vllm_core_cpu, m) {
   m.def("paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
-        "Tensor token_request, Tensor token_position, float scale) -> Tensor");
+        "Tensor token_request, Tensor token_position, float scale, int window=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("paged_attention", &paged_attention); }

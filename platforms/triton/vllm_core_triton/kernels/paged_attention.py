@@ -139,7 +139,7 @@ def _paged_attention_kernel(
             v_off = page[:, None] * stride_vb + in_page * stride_vt
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_ptr + k_off + kv_head * stride_kh + offs_d[None, :], mask=kv_mask,
-                    other=0.0)
+                    other=0.0).to(q.dtype)          # an fp8 cache is widened here
         if IEEE_DOT:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -154,7 +154,7 @@ def _paged_attention_kernel(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + v_off + kv_head * stride_vh + offs_d[None, :], mask=kv_mask,
-                    other=0.0)
+                    other=0.0).to(q.dtype)
         if IEEE_DOT:
             pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:

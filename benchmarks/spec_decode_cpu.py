@@ -1,0 +1,113 @@
+"""Speculative decoding on the CPU: n-gram lookup against no speculation, same run.
+
+The default model (SmolLM2-135M-Instruct GGUF), batch 1 (each prompt generated alone, as a
+chat turn), greedy, on the shipped input-grounded prompts (``spec_decode_prompts.json``:
+quote / edit / summarise a given passage, where the answer copies the input). Both engines run
+in this process one after the other (never concurrently), each after a warm-up request. Prints
+one JSON line per system; the n-gram line carries ``speedup`` (its output tokens/s over the
+baseline's), the acceptance figures and whether its tokens equal the baseline's::
+
+    python benchmarks/spec_decode_cpu.py --max-tokens 128 --k 4
+
+Absolute times on a shared machine are indicative: the line also records ``uptime``'s load
+average and the CPU. Quote the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+PROMPTS = Path(__file__).resolve().parent / "spec_decode_prompts.json"
+
+
+class SpecTotals:
+    """A stat logger summing the engine's speculative-decoding counters."""
+
+    def __init__(self) -> None:
+        self.drafts = self.draft_tokens = self.accepted = 0
+
+    def record(self, scheduler_stats, iteration_stats) -> None:
+        spec = scheduler_stats.spec_decoding
+        if spec is not None:
+            self.drafts += spec.num_drafts
+            self.draft_tokens += spec.num_draft_tokens
+            self.accepted += spec.num_accepted_tokens
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run(system: str, spec: dict | None, prompts: list[dict], max_tokens: int,
+        max_model_len: int) -> tuple[dict, list[list[int]]]:
+    from vllm_core import LLM, SamplingParams
+
+    llm = LLM(max_model_len=max_model_len, kv_cache_space_gib=0.25, max_num_seqs=4,
+              speculative_config=spec)
+    totals = SpecTotals()
+    llm.llm_engine.stat_loggers.append(totals)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    llm.chat([{"role": "user", "content": "Say hello."}],
+             SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)      # warm-up
+    totals.__init__()
+    tokens: list[list[int]] = []
+    elapsed = 0.0
+    for item in prompts:
+        start = time.perf_counter()
+        out = llm.chat([{"role": "user", "content": item["prompt"]}], params, use_tqdm=False)
+        elapsed += time.perf_counter() - start
+        tokens.append(list(out[0].outputs[0].token_ids))
+    num_out = sum(len(t) for t in tokens)
+    line = {"bench": "spec_decode_cpu", "system": system, "requests": len(prompts),
+            "batch": 1, "max_tokens": max_tokens, "output_tokens": num_out,
+            "elapsed_s": round(elapsed, 3), "output_tok_s": round(num_out / elapsed, 2)}
+    if spec is not None:
+        line.update(k=spec["num_speculative_tokens"], drafts=totals.drafts,
+                    draft_tokens=totals.draft_tokens, accepted_tokens=totals.accepted,
+                    acceptance_rate=round(totals.accepted / max(totals.draft_tokens, 1), 3),
+                    mean_accepted_length=round(1 + totals.accepted / max(totals.drafts, 1), 3))
+    del llm
+    return line, tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    ap.add_argument("--lookup-max", type=int, default=4)
+    ap.add_argument("--lookup-min", type=int, default=2)
+    ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--num-prompts", type=int, default=None, help="the first N prompts only")
+    ap.add_argument("--output", default=None, help="append the JSON lines to this file")
+    args = ap.parse_args()
+    prompts = json.loads(PROMPTS.read_text())[:args.num_prompts]
+    spec = {"method": "ngram", "num_speculative_tokens": args.k,
+            "prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min}
+    base, base_tokens = run("vllm-core", None, prompts, args.max_tokens, args.max_model_len)
+    ngram, ngram_tokens = run("vllm-core+ngram", spec, prompts, args.max_tokens,
+                              args.max_model_len)
+    ngram["speedup"] = round(ngram["output_tok_s"] / base["output_tok_s"], 3)
+    ngram["identical_to_baseline"] = ngram_tokens == base_tokens
+    env = {"cpu": cpu_name(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    lines = [json.dumps({**base, **env}), json.dumps({**ngram, **env})]
+    for line in lines:
+        print(line, flush=True)
+    if args.output:
+        with open(args.output, "a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Quantized linear kernels against the core's de-quantize-then-matmul references.
+
+The Triton W4A16 / W8A16 kernels run under ``TRITON_INTERPRET=1`` on small shapes without a
+GPU (conftest.py) and on larger ones, bf16 included, with one. ``TritonLayerOps``' FP8
+(``torch._scaled_mm``) and INT8 (``torch._int_mm``) paths need a CUDA GPU (``gpu`` marker).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vllm_core_triton.kernels.wna16 import wna16_linear
+from vllm_core_triton.ops import TritonLayerOps
+
+from vllm_core.model_executor.quantization.quantized_weights import (
+    FP8_MAX,
+    Fp8Weight,
+    Int8Weight,
+    WNA16Weight,
+    fp8_linear_reference,
+    int8_linear_reference,
+    pack_int32,
+    wna16_linear_reference,
+)
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+K, N = (256, 96) if not ON_GPU else (1024, 544)
+
+
+def random_wna16(k: int, n: int, bits: int, group_size: int, act_order: bool,
+                 dtype: torch.dtype, seed: int = 0) -> WNA16Weight:
+    gen = torch.Generator().manual_seed(seed)
+    gs = k if group_size == -1 else group_size
+    groups = k // gs
+    q = torch.randint(0, 2 ** bits, (k, n), generator=gen)
+    scales = (torch.rand(groups, n, generator=gen) * 0.02 + 0.005).to(dtype)
+    zeros = torch.randint(0, 2 ** bits, (groups, n), generator=gen).to(dtype)
+    g_idx = None
+    if act_order:
+        g_idx = (torch.arange(k) // gs)[torch.randperm(k, generator=gen)].to(torch.int32)
+    return WNA16Weight(pack_int32(q, bits, 0).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE),
+                       None if g_idx is None else g_idx.to(DEVICE), bits, gs, k, n)
+
+
+def _run(w: WNA16Weight, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return wna16_linear(x, w.qweight, w.scales, w.zeros, w.g_idx, w.bits, w.group_size, bias)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 20])
+@pytest.mark.parametrize("bits,group_size,act_order", [(4, 128, False), (4, 32, True),
+                                                       (4, -1, False), (8, 64, False),
+                                                       (8, 128, True)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wna16_matches_dequantize_then_matmul(rows, bits, group_size, act_order, dtype):
+    w = random_wna16(K, N, bits, group_size, act_order, dtype)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, K, generator=gen).to(DEVICE, dtype)
+    bias = torch.randn(N, generator=gen).to(DEVICE, dtype) if rows == 3 else None
+    got = _run(w, x, bias)
+    want = wna16_linear_reference(x.float(), w, None if bias is None else bias.float())
+    assert got.dtype == dtype and got.shape == (rows, N)
+    torch.testing.assert_close(got.float(), want, atol=TOL[dtype] * want.abs().max().item(),
+                               rtol=TOL[dtype])
+
+
+def test_wna16_rows_are_independent_of_the_batch():
+    """Decode rows (GEMV path) give the same result alone or together."""
+    w = random_wna16(K, N, 4, 64, False, torch.float32, seed=3)
+    x = torch.randn(4, K, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    together = _run(w, x, None)
+    for i in range(4):
+        torch.testing.assert_close(_run(w, x[i:i + 1], None)[0], together[i], atol=0, rtol=0)
+
+
+def test_layer_ops_route_wna16_to_the_kernel():
+    w = random_wna16(K, N, 4, 64, True, torch.float32, seed=5)
+    x = torch.randn(2, K, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    ops = TritonLayerOps()
+    torch.testing.assert_close(ops.wna16_linear(x, w), wna16_linear_reference(x, w),
+                               atol=1e-4, rtol=1e-4)
+    assert "triton" in ops.quant_kernel_name("wna16", w)
+
+
+# ------------------------------------------------------------------------------- GPU only
+def _fp8_weight(n: int, k: int, static: bool) -> Fp8Weight:
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(n, k, generator=gen) * 0.05
+    scale = w.abs().amax(1) / FP8_MAX
+    q = (w / scale[:, None]).to(torch.float8_e4m3fn)
+    input_scale = torch.tensor(0.02) if static else None
+    return Fp8Weight(q.cuda(), scale.cuda(), None, None,
+                     None if input_scale is None else input_scale.cuda())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("static", [False, True])
+def test_fp8_scaled_mm_matches_reference(rows, static):
+    w = _fp8_weight(512, 1024, static)
+    x = (torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8)) * 2).cuda()
+    x = x.to(torch.bfloat16)
+    ops = TritonLayerOps()
+    assert "scaled_mm" in ops.quant_kernel_name("fp8", w)
+    got = ops.fp8_linear(x, w)
+    want = fp8_linear_reference(x, w)
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2 * want.abs().max().item(),
+                               rtol=3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 40])
+def test_int8_int_mm_matches_reference(rows):
+    gen = torch.Generator().manual_seed(9)
+    w = torch.randint(-127, 128, (512, 1024), generator=gen, dtype=torch.int8)
+    qw = Int8Weight(w.cuda(), (torch.rand(512, generator=gen) * 1e-3).cuda(), None)
+    x = torch.randn(rows, 1024, generator=gen).cuda().to(torch.bfloat16)
+    ops = TritonLayerOps()
+    assert "_int_mm" in ops.quant_kernel_name("int8", qw)
+    got, want = ops.int8_linear(x, qw), int8_linear_reference(x, qw)
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2 * want.abs().max().item(),
+                               rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_wna16_8b_shapes_and_cuda_graph_capture():
+    """The 8B model's projections at decode (1 row) and prefill (512 rows) in bf16, and a
+    captured-then-replayed decode call gives the eager result."""
+    for k, n in ((4096, 6144), (4096, 28672), (14336, 4096)):
+        w = random_wna16(k, n, 4, 128, False, torch.bfloat16, seed=k)
+        for rows in (1, 512):
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            want = wna16_linear_reference(x, w)
+            torch.testing.assert_close(_run(w, x, None).float(), want.float(),
+                                       atol=2e-2 * want.abs().max().item(), rtol=2e-2)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    w = random_wna16(4096, 6144, 4, 128, False, torch.bfloat16, seed=11)
+    eager = _run(w, x, None)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        _run(w, x, None)                       # warm up (compiles) outside the capture
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            out = _run(w, x, None)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, eager, atol=0, rtol=0)

@@ -1,0 +1,191 @@
+"""W4A16 / W8A16 linear layers with the de-quantization fused into the matmul.
+
+Weights are the core's ``WNA16Weight`` layout (``vllm_core.model_executor.quantization.
+quantized_weights``): ``qweight`` int32 ``[K / p, N]`` packed along K (``p = 32 / bits``,
+least significant first), ``scales`` / ``zeros`` ``[G, N]`` in the activation dtype, optional
+``g_idx`` ``[K]`` (act-order). Every weight element is de-quantized in registers as
+``(q - zero[g(k), n]) * scale[g(k), n]`` in float32, rounded once to the activation dtype
+(exactly the rounding of the reference, which de-quantizes to ``x.dtype`` and then calls
+``F.linear``), and multiplied with float32 accumulation.
+
+Two kernels:
+
+- ``_wna16_gemv_kernel`` (a few rows: decode): the layer is a stream of packed weights.
+  Program ``(n block, k split, row)`` reads a ``[BLOCK_K / p, BLOCK_N]`` tile of ``qweight``
+  per step (each int32 word holds ``p`` consecutive K values of one output: the tile is
+  coalesced along N, each word loaded once), unpacks it to ``[BLOCK_K / p, p, BLOCK_N]``, and
+  reduces it against the row of ``x``. K is split over
+  ``SPLIT_K`` programs so that a decode step fills the GPU; partial sums go to a float32
+  ``[SPLIT_K, M, N]`` buffer summed afterwards in a fixed order (deterministic, no atomics,
+  and row ``i`` of the result depends only on row ``i`` of ``x``).
+- ``_wna16_gemm_kernel`` (prefill): ``[BLOCK_M, BLOCK_N]`` output tiles, the de-quantized
+  ``[BLOCK_K, BLOCK_N]`` weight tile fed to ``tl.dot``.
+
+Without ``g_idx`` and with ``BLOCK_K`` dividing the group size, one scale / zero row serves a
+whole K step (loaded once per tile); with ``g_idx`` they are gathered per K row.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+GEMV_MAX_ROWS = 4
+
+
+@triton.jit
+def _dequant_tile(qw_ptr, s_ptr, z_ptr, g_ptr, kk, offs_n, mask_k, mask_n, stride_q,
+                  stride_s, stride_z, k0, BITS: tl.constexpr, GROUP: tl.constexpr,
+                  HAS_GIDX: tl.constexpr, ROW_SCALES: tl.constexpr):
+    """The float32 weight tile ``W.T[kk, offs_n]`` ([BLOCK_K, BLOCK_N])."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    mask = mask_k[:, None] & mask_n[None, :]
+    words = tl.load(qw_ptr + (kk // PACK).to(tl.int64)[:, None] * stride_q + offs_n[None, :],
+                    mask=mask, other=0)
+    q = ((words >> ((kk % PACK) * BITS)[:, None]) & MASK).to(tl.float32)
+    if HAS_GIDX:
+        g = tl.load(g_ptr + kk, mask=mask_k, other=0).to(tl.int64)
+        s = tl.load(s_ptr + g[:, None] * stride_s + offs_n[None, :], mask=mask, other=0.0)
+        z = tl.load(z_ptr + g[:, None] * stride_z + offs_n[None, :], mask=mask, other=0.0)
+        return (q - z.to(tl.float32)) * s.to(tl.float32)
+    elif ROW_SCALES:
+        g0 = k0 // GROUP
+        s = tl.load(s_ptr + g0 * stride_s + offs_n, mask=mask_n, other=0.0)
+        z = tl.load(z_ptr + g0 * stride_z + offs_n, mask=mask_n, other=0.0)
+        return (q - z.to(tl.float32)[None, :]) * s.to(tl.float32)[None, :]
+    else:
+        g = (kk // GROUP).to(tl.int64)
+        s = tl.load(s_ptr + g[:, None] * stride_s + offs_n[None, :], mask=mask, other=0.0)
+        z = tl.load(z_ptr + g[:, None] * stride_z + offs_n[None, :], mask=mask, other=0.0)
+        return (q - z.to(tl.float32)) * s.to(tl.float32)
+
+
+@triton.jit
+def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_PER_SPLIT,
+                       stride_x, stride_q, stride_s, stride_z,
+                       BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
+                       ROW_SCALES: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """Each packed word is loaded once and unpacked into a ``[words, PACK, BLOCK_N]`` tile
+    (``k = word * PACK + j``), so the weight stream costs one load per 32 bits."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BLOCK_KW: tl.constexpr = BLOCK_K // PACK
+    pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_w = tl.arange(0, BLOCK_KW)
+    offs_j = tl.arange(0, PACK)
+    shifts = (offs_j * BITS)[None, :, None]
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    k_start = pid_k * K_PER_SPLIT
+    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
+        wrow = k0 // PACK + offs_w                                   # [BKW]
+        kk = wrow[:, None] * PACK + offs_j[None, :]                  # [BKW, PACK]
+        mask_k = kk < K
+        mask_w = wrow * PACK < K
+        words = tl.load(qw_ptr + wrow.to(tl.int64)[:, None] * stride_q + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
+        q = ((words[:, None, :] >> shifts) & MASK).to(tl.float32)    # [BKW, PACK, BN]
+        if HAS_GIDX:
+            g = tl.load(g_ptr + kk, mask=mask_k, other=0).to(tl.int64)[:, :, None]
+            m3 = mask_k[:, :, None] & mask_n[None, None, :]
+            sc = tl.load(s_ptr + g * stride_s + offs_n[None, None, :], mask=m3, other=0.0)
+            zp = tl.load(z_ptr + g * stride_z + offs_n[None, None, :], mask=m3, other=0.0)
+            w = (q - zp.to(tl.float32)) * sc.to(tl.float32)
+        elif ROW_SCALES:
+            g0 = k0 // GROUP
+            sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=mask_n, other=0.0)
+            zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=mask_n, other=0.0)
+            w = (q - zp.to(tl.float32)[None, None, :]) * sc.to(tl.float32)[None, None, :]
+        else:
+            g = (kk // GROUP).to(tl.int64)[:, :, None]
+            m3 = mask_k[:, :, None] & mask_n[None, None, :]
+            sc = tl.load(s_ptr + g * stride_s + offs_n[None, None, :], mask=m3, other=0.0)
+            zp = tl.load(z_ptr + g * stride_z + offs_n[None, None, :], mask=m3, other=0.0)
+            w = (q - zp.to(tl.float32)) * sc.to(tl.float32)
+        x = tl.load(x_ptr + row * stride_x + kk, mask=mask_k, other=0.0)   # [BKW, PACK]
+        w = w.to(x.dtype).to(tl.float32)          # the reference's rounding of W
+        acc += tl.sum(tl.sum(w * x.to(tl.float32)[:, :, None], axis=0), axis=0)
+    tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
+
+
+@triton.jit
+def _wna16_gemm_kernel(y_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, M, N, K,
+                       stride_x, stride_q, stride_s, stride_z, stride_y,
+                       BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
+                       ROW_SCALES: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m, mask_n = offs_m < M, offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        mask_k = kk < K
+        x = tl.load(x_ptr + offs_m.to(tl.int64)[:, None] * stride_x + kk[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, g_ptr, kk, offs_n, mask_k, mask_n, stride_q,
+                          stride_s, stride_z, k0, BITS, GROUP, HAS_GIDX, ROW_SCALES)
+        if FP32:
+            acc += tl.dot(x, w, input_precision="ieee")
+        else:
+            acc += tl.dot(x, w.to(x.dtype))
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_y + offs_n[None, :],
+             acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int, group_size: int,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ dequantize(W).T (+ bias)`` for ``x`` [M, K] (any float dtype, last dim
+    contiguous); the result in ``x.dtype``."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    n = qweight.shape[1]
+    if qweight.shape[0] * (32 // bits) != k:
+        raise ValueError(f"qweight packs {qweight.shape[0] * (32 // bits)} inputs, x has {k}")
+    g_ptr = g_idx if g_idx is not None else qweight          # unused when HAS_GIDX is False
+    if m <= GEMV_MAX_ROWS:
+        block_n, block_k = 64, 128
+        row_scales = g_idx is None and group_size % block_k == 0
+        n_blocks, k_steps = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
+        split = max(1, min(k_steps, triton.cdiv(2 * _num_sms(x.device), n_blocks * m)))
+        steps_per_split = triton.cdiv(k_steps, split)
+        split = triton.cdiv(k_steps, steps_per_split)
+        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        _wna16_gemv_kernel[(n_blocks, split, m)](
+            part, x, qweight, scales, zeros, g_ptr, m, n, k, steps_per_split * block_k,
+            x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0),
+            BITS=bits, GROUP=group_size, HAS_GIDX=g_idx is not None, ROW_SCALES=row_scales,
+            BLOCK_N=block_n, BLOCK_K=block_k)
+        y = part.sum(0) if split > 1 else part[0]
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
+    block_m = 16 if m <= 16 else (32 if m <= 64 else 64)
+    block_n, block_k = 64, 64
+    row_scales = g_idx is None and group_size % block_k == 0
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    _wna16_gemm_kernel[grid](
+        y, x, qweight, scales, zeros, g_ptr, bias if bias is not None else y, m, n, k,
+        x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0), y.stride(0),
+        BITS=bits, GROUP=group_size, HAS_GIDX=g_idx is not None, ROW_SCALES=row_scales,
+        HAS_BIAS=bias is not None, FP32=x.dtype == torch.float32, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_K=block_k)
+    return y

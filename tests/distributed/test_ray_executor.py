@@ -1,0 +1,51 @@
+"""The Ray executor (``distributed_executor_backend="ray"``) on a private local Ray instance:
+greedy tokens and logprobs with TP=2 (two actors in one placement group, gloo) equal the
+single-rank engine's; a killed actor stops the engine with ``WorkerFailure`` naming the rank;
+shutdown stops the actors and the Ray instance the executor started."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from dist_utils import build_model_folder, make_llm
+from test_parallel_equivalence import run
+
+# starts a Ray instance (~10-20 s on two cores); the portable attention backend: no CPU
+# kernel build at start (not what is tested here)
+pytestmark = pytest.mark.slow
+
+
+def test_ray_tp2_equals_one_rank_and_fails_loudly(model_root):
+    import ray
+
+    from vllm_core.engine.mp_executor import WorkerFailure
+
+    folder = os.path.join(model_root, "llama")
+    if not os.path.isdir(folder):
+        folder = build_model_folder(model_root, "llama")
+    reference = make_llm(folder, attention_backend="reference")
+    try:
+        want = run(reference)
+    finally:
+        reference.llm_engine.shutdown()
+    llm = make_llm(folder, tp=2, distributed_executor_backend="ray",
+                   attention_backend="reference")
+    try:
+        executor = llm.llm_engine.executor
+        assert type(executor).__name__ == "RayExecutor" and len(executor.pids) == 2
+        got = run(llm)
+        assert [g[0] for g in got] == [w[0] for w in want]        # greedy tokens
+        for g, w in zip(got, want, strict=True):                  # logprobs
+            for gd, wd in zip(g[1], w[1], strict=True):
+                assert gd.keys() == wd.keys()
+                assert all(abs(gd[t] - wd[t]) < 1e-4 for t in gd)
+        os.kill(executor.pids[1], signal.SIGKILL)
+        with pytest.raises(WorkerFailure, match=r"worker rank.* 1"):
+            run(llm)
+        with pytest.raises(WorkerFailure):               # and it stays failed
+            run(llm)
+    finally:
+        llm.llm_engine.shutdown()
+    assert not ray.is_initialized()

@@ -1,0 +1,254 @@
+"""RayExecutor: one Ray actor per rank (``--distributed-executor-backend ray``).
+
+The same worker code as the ``mp`` executor (``platform.worker_class()``, the same
+``init_device`` / ``load_model`` / ``execute_model`` calls, the same process groups over
+``torch.distributed``); Ray only places and runs the ranks:
+
+* **Cluster**: joins the Ray instance this process is already connected to, else
+  ``ray.init()``, which connects to ``RAY_ADDRESS`` when it is set (``RAY_ADDRESS=auto`` for a
+  cluster started with ``ray start --head`` on this host) or starts a private local instance
+  (stopped again at ``shutdown``).
+* **Placement**: a placement group of ``world_size`` bundles of one ``platform.ray_device_key``
+  each (``CPU`` for the CPU plugin, ``GPU`` for CUDA), strategy ``PACK`` (ranks on as few nodes
+  as possible); actor ``r`` runs in bundle ``r``. A cluster without the resources fails within
+  ``VLLM_WORKER_START_TIMEOUT_S`` with what it has. Rank 0's node address and a free port
+  there are the ``torch.distributed`` rendezvous.
+* **Steps**: the ``SchedulerOutput`` is put once in Ray's object store and every actor
+  receives the same reference (a broadcast, not one pickle per rank); the sampling rank's
+  ``ModelRunnerOutput`` is the step's result. Calls to one actor run in submission order, so
+  ``execute_model_async`` lets the engine schedule the next step while the actors compute.
+* **Faults**: waiting watches every rank's reply; an actor that dies or raises stops the
+  engine at once with ``WorkerFailure`` naming the rank and the cause, one that replies
+  nothing for ``VLLM_WORKER_STEP_TIMEOUT_S`` is declared hung; the actors are then killed and
+  later calls raise the same error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from vllm_core import envs
+from vllm_core.config import EngineConfig
+from vllm_core.distributed.parallel_context import sampling_rank
+from vllm_core.engine.mp_executor import WorkerFailure
+from vllm_core.engine.ranked_executor import RankedExecutor
+from vllm_core.logger import init_logger
+from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
+
+logger = init_logger(__name__)
+
+# Ray's own names for its built-in resources; any other key is a custom resource.
+_ACTOR_RESOURCES: dict[str, dict[str, Any]] = {
+    "CPU": {"num_cpus": 1}, "GPU": {"num_cpus": 0, "num_gpus": 1}}
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("distributed_executor_backend='ray' needs Ray: "
+                          "pip install 'vllm-core[ray]'") from e
+    return ray
+
+
+class RayWorkerActor:
+    """One rank inside a Ray actor (wrapped with ``ray.remote`` by the executor)."""
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+
+    def node_address(self) -> tuple[str, int]:
+        """This node's IP address and a free TCP port on it (rank 0's: the rendezvous)."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def start(self, config: EngineConfig, platform: Any, worker_cls_path: str, rank: int,
+              init_method: str) -> int:
+        """Build this rank's worker, join the process groups, load its shard; returns the
+        actor's pid. Ray gives an actor holding one GPU that GPU alone (its
+        ``CUDA_VISIBLE_DEVICES``), so its local device index is 0; on the CPU it is ``rank``."""
+        import ray
+
+        from vllm_core.engine.executor import _import_class
+        from vllm_core.plugins import load_general_plugins
+
+        load_general_plugins()
+        local_rank = 0 if ray.get_gpu_ids() else rank
+        worker_cls = _import_class(worker_cls_path)
+        self.worker = worker_cls(config, rank, local_rank, platform=platform,
+                                 distributed_init_method=init_method)
+        self.worker.init_device()
+        self.worker.load_model()
+        return os.getpid()
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.worker.execute_model(scheduler_output)
+
+    def call(self, method: str, *args: Any) -> Any:
+        if method == "num_blocks":
+            from vllm_core.worker.worker_process import _num_blocks
+
+            return _num_blocks(self.worker)
+        return getattr(self.worker, method)(*args)
+
+
+class _PendingStep:
+    """``execute_model_async``'s handle: every rank's reply, the sampling rank's output."""
+
+    __slots__ = ("executor", "refs", "output")
+
+    def __init__(self, executor: RayExecutor, refs: list[Any]) -> None:
+        self.executor = executor
+        self.refs = refs
+        self.output: ModelRunnerOutput | None = None
+
+    def result(self) -> ModelRunnerOutput:
+        if self.output is None:
+            replies = self.executor._wait(self.refs, self.executor.step_timeout_s)
+            self.output = replies[self.executor.output_rank]
+        return self.output
+
+
+class RayExecutor(RankedExecutor):
+    """Drives ``tensor_parallel_size * pipeline_parallel_size`` Ray actors (module docstring)."""
+
+    def __init__(self, config: EngineConfig, platform: Any) -> None:
+        ray = import_ray()
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        par = config.parallel
+        self.config = config
+        self.world_size = par.world_size
+        self.output_rank = sampling_rank(par.tensor_parallel_size, par.pipeline_parallel_size)
+        self.step_timeout_s = envs.worker_step_timeout_s()
+        self._failed: str | None = None
+        self.actors: list[Any] = []
+        self.placement: Any = None
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(include_dashboard=False, log_to_driver=True)
+        key = getattr(platform, "ray_device_key", "CPU")
+        start_timeout = envs.worker_start_timeout_s()
+        try:
+            self.placement = placement_group([{key: 1.0}] * self.world_size, strategy="PACK")
+            ready, _ = ray.wait([self.placement.ready()], timeout=start_timeout)
+            if not ready:
+                raise WorkerFailure(
+                    f"the Ray cluster cannot place {self.world_size} ranks of one {key} each "
+                    f"within {start_timeout:.0f} s (it has {ray.cluster_resources()})")
+            resources = _ACTOR_RESOURCES.get(key, {"num_cpus": 0, "resources": {key: 1.0}})
+            actor_cls = ray.remote(RayWorkerActor)
+            for rank in range(self.world_size):
+                strategy = PlacementGroupSchedulingStrategy(
+                    placement_group=self.placement, placement_group_bundle_index=rank)
+                self.actors.append(actor_cls.options(
+                    name=None, scheduling_strategy=strategy, **resources).remote())
+            host, port = ray.get(self.actors[0].node_address.remote(), timeout=start_timeout)
+            config_ref = ray.put(config)
+            self.pids = self._wait(
+                [a.start.remote(config_ref, platform, platform.worker_class(), rank,
+                                f"tcp://{host}:{port}")
+                 for rank, a in enumerate(self.actors)], start_timeout)
+        except BaseException:
+            self._abort()
+            raise
+        logger.info("ray executor: %d actors ready (pids %s), tp=%d pp=%d, %s per rank",
+                    self.world_size, self.pids, par.tensor_parallel_size,
+                    par.pipeline_parallel_size, key)
+
+    # ------------------------------------------------------------------ waiting
+    def _wait(self, refs: list[Any], timeout_s: float) -> list[Any]:
+        """Every reply of ``refs`` (one per rank, in rank order). The first rank to fail
+        stops the engine at once (``WorkerFailure``), not when the others time out."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        if self._failed is not None:
+            raise WorkerFailure(self._failed)
+        rank_of = {ref: r for r, ref in enumerate(refs)}
+        values: dict[int, Any] = {}
+        pending = list(refs)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                hung = sorted(rank_of[r] for r in pending)
+                self._fail(f"no reply from worker rank(s) {hung} for {timeout_s:.0f} s: a "
+                           "worker hung (set VLLM_WORKER_STEP_TIMEOUT_S to wait longer)")
+            ready, pending = ray.wait(pending, num_returns=1, timeout=min(left, 1.0))
+            for ref in ready:
+                rank = rank_of[ref]
+                try:
+                    values[rank] = ray.get(ref)
+                except RayActorError as e:
+                    self._fail(f"worker rank {rank} (Ray actor) died: {e}")
+                except RayError as e:
+                    self._fail(f"worker failed: rank {rank}: {e}")
+        return [values[r] for r in range(len(refs))]
+
+    def _fail(self, why: str) -> None:
+        self._failed = f"distributed engine stopped: {why}"
+        logger.error("%s", self._failed)
+        self._abort()
+        raise WorkerFailure(self._failed)
+
+    def _abort(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors = []
+        if self.placement is not None:
+            try:
+                remove_placement_group(self.placement)
+            except Exception:  # noqa: BLE001
+                pass
+            self.placement = None
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+    # ------------------------------------------------------------------ executor contract
+    def check_health(self) -> None:
+        """Raise ``WorkerFailure`` once the executor has failed (a rank died, hung or raised)."""
+        if self._failed is not None:
+            raise WorkerFailure(self._failed)
+
+    def collective_rpc(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method(*args)`` on every rank's worker; their results in rank order."""
+        return self._wait([a.call.remote(method, *args) for a in self.actors],
+                          self.step_timeout_s)
+
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> _PendingStep:
+        import ray
+
+        if self._failed is not None:
+            raise WorkerFailure(self._failed)
+        ref = ray.put(scheduler_output)           # once, every rank reads the same object
+        return _PendingStep(self, [a.execute_model.remote(ref) for a in self.actors])
+
+    def shutdown(self) -> None:
+        """Stop every actor, free the placement group, and stop a Ray instance this executor
+        started (idempotent)."""
+        if not self.actors:
+            return
+        if self._failed is None:
+            try:
+                self._wait([a.call.remote("shutdown") for a in self.actors], 10.0)
+            except Exception as e:  # noqa: BLE001 - stopping them anyway
+                logger.warning("workers did not shut down cleanly: %s", e)
+        self._abort()
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(world_size={self.world_size})"

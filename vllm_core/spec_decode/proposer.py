@@ -1,0 +1,58 @@
+"""Proposers: where draft tokens come from. Torch-free (they run in the engine process).
+
+A ``Proposer`` sees one request's known tokens (prompt + output) and returns up to ``k`` draft
+tokens to verify next step. ``NgramProposer`` is prompt lookup: the longest suffix n-gram
+(``prompt_lookup_max`` down to ``prompt_lookup_min`` tokens) that occurred earlier in the
+sequence proposes the tokens that followed its latest earlier occurrence. Vectorised with
+numpy: one comparison over a sliding-window view per n, no Python loop over tokens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from vllm_core.spec_decode.config import SpeculativeConfig
+
+
+class Proposer(ABC):
+    """Drafts for one request. Contract: the result holds at most ``max_tokens`` ids of the
+    target's vocabulary (an empty array means "no proposal"), depends only on ``token_ids`` (so a request's drafts, and hence
+    its seeded samples, are reproducible), and the call never mutates ``token_ids``."""
+
+    @abstractmethod
+    def propose(self, token_ids: np.ndarray, max_tokens: int) -> np.ndarray: ...
+
+
+class NgramProposer(Proposer):
+    def __init__(self, min_n: int, max_n: int) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"need 1 <= prompt_lookup_min ({min_n}) <= prompt_lookup_max "
+                             f"({max_n})")
+        self.min_n = min_n
+        self.max_n = max_n
+
+    def propose(self, token_ids: np.ndarray, max_tokens: int) -> np.ndarray:
+        """The tokens after the latest earlier occurrence of the longest matching suffix."""
+        length = len(token_ids)
+        empty = token_ids[:0]
+        if max_tokens <= 0:
+            return empty
+        for n in range(min(self.max_n, length - 1), self.min_n - 1, -1):
+            # windows start at 0 .. length - n - 1: each is followed by at least one token,
+            # and the suffix itself (start length - n) is excluded
+            windows = sliding_window_view(token_ids[:length - 1], n)
+            hits = np.flatnonzero((windows == token_ids[length - n:]).all(axis=1))
+            if hits.size:
+                start = int(hits[-1]) + n
+                return token_ids[start:start + max_tokens]
+        return empty
+
+
+def make_proposer(config: SpeculativeConfig) -> Proposer:
+    """The proposer ``config.method`` names (the config has validated it)."""
+    if config.method == "ngram":
+        return NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+    raise ValueError(f"no proposer for speculative method {config.method!r}")
