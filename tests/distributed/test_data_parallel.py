@@ -182,7 +182,7 @@ def test_killed_core_fails_the_engine_in_bounded_time(dp_llm):
                                                    ignore_eos=True), use_tqdm=False)
         assert time.monotonic() - t0 < 15
         with pytest.raises(EngineDeadError):
-            llm.llm_engine.check_core()
+            llm.llm_engine.check_health()
     finally:
         llm.shutdown()
     for pid in pids:
