@@ -79,6 +79,8 @@ def test_aggregate_snapshots_sums_requests_and_weights_kv_usage_by_blocks():
 
 
 # ---------------------------------------------------------------------- engines
+# Marked slow: they share one DP=2 engine whose start (two spawned core processes) takes
+# 60-70 s on the loaded 2-core machine (the three tests run in ~25 s after it).
 def make_llm(folder: str, dp: int):
     from vllm_core import LLM
 
@@ -122,6 +124,7 @@ def dp_llm(llama):
     llm.shutdown()
 
 
+@pytest.mark.slow
 def test_dp2_matches_one_engine_and_both_cores_work(llama, dp_llm):
     one = make_llm(llama, dp=1)
     try:
@@ -141,6 +144,7 @@ def test_dp2_matches_one_engine_and_both_cores_work(llama, dp_llm):
     assert not client.has_unfinished_requests()
 
 
+@pytest.mark.slow
 def test_busy_core_gets_fewer_new_requests_and_aborts_reach_its_core(dp_llm):
     engine = dp_llm.llm_engine
     client = engine.core
@@ -169,6 +173,7 @@ def test_busy_core_gets_fewer_new_requests_and_aborts_reach_its_core(dp_llm):
     assert (snap.num_running_reqs, snap.num_waiting_reqs) == (0, 0)
 
 
+@pytest.mark.slow
 def test_killed_core_fails_the_engine_in_bounded_time(dp_llm):
     """Last: it ends the module's engine."""
     llm = dp_llm
