@@ -5,7 +5,8 @@ run, same prompts, one JSON line per layout and a summary line with the ratio.
 
 Layouts, each in its own subprocess, one after another: ``dp1`` (the default in-process
 engine), ``dp1-core-process`` (one engine core process: the DP=1 peer with the same process
-layout as DP=2), ``dp2`` (two engine core processes, each with half of the CPU threads). Model:
+layout as DP=2), ``dp2`` (two engine core processes, each with half of the CPU threads),
+``dp1-1thread`` (in-process, one thread: separates DP from the thread count). Model:
 the embedded default (SmolLM2-135M-Instruct GGUF), float32. ``elapsed_s`` times ``generate``
 after a warm-up request. Every line carries the CPU model, its ISA flags of interest and the
 load average at the end of the run: on a shared machine, quote the ratios. DP=2 cannot beat
@@ -24,7 +25,9 @@ import time
 from typing import Any
 
 PREFIX = "DP_RESULT "
-LAYOUTS = {"dp1": (1, False), "dp1-core-process": (1, True), "dp2": (2, False)}
+LAYOUTS = {"dp1": (1, False), "dp1-core-process": (1, True), "dp2": (2, False),
+           "dp1-1thread": (1, False)}
+THREADS = {"dp1-1thread": "1"}      # VLLM_CPU_NUM_THREADS of a layout (else the plugin's)
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -72,7 +75,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=32)
-    p.add_argument("--layouts", default=",".join(LAYOUTS))
+    p.add_argument("--layouts", default="dp1,dp1-core-process,dp2")
     p.add_argument("--kv-cache-space-gib", type=float, default=0.25,
                    help="KV cache per engine core (the CPU default, 4 GiB, times two cores "
                         "is a lot on a small host)")
@@ -88,7 +91,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", layout, "--requests", str(args.requests),
                "--prompt-len", str(args.prompt_len), "--output-len", str(args.output_len),
                "--kv-cache-space-gib", str(args.kv_cache_space_gib)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if layout in THREADS:
+            env["VLLM_CPU_NUM_THREADS"] = THREADS[layout]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         res: dict[str, Any] = {"error": (proc.stderr or proc.stdout)[-500:]}
         for line in proc.stdout.splitlines():
             if line.startswith(PREFIX):
@@ -103,7 +109,7 @@ def main() -> None:
     summary: dict[str, Any] = {"bench": "dp_cpu", "kind": "summary",
                                "loadavg": [round(x, 2) for x in os.getloadavg()]}
     dp2 = results.get("dp2", {}).get("output_tok_s")
-    for peer in ("dp1", "dp1-core-process"):
+    for peer in ("dp1", "dp1-core-process", "dp1-1thread"):
         base = results.get(peer, {}).get("output_tok_s")
         if dp2 and base:
             summary[f"ratio_dp2_vs_{peer}"] = round(dp2 / base, 3)
