@@ -213,6 +213,7 @@ class EngineConfig:
     lora: LoRAConfig | None = None                # None: LoRA adapters disabled
     attention_backend: str | None = None          # user's choice, else the platform's
     enforce_eager: bool = False
+    warmup: bool = False                          # start-up warm-up (vllm_core.engine.warmup)
     graph_batch_sizes: list[int] = field(default_factory=list)
     num_threads: int | None = None                # CPU platforms: torch intra-op threads
     platform_name: str = ""

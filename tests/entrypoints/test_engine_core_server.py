@@ -79,7 +79,7 @@ def _metric(url: str, name: str, **labels: str) -> float:
 
 
 def _client(srv: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +131,10 @@ def test_sigterm_drains_then_exits_0(tiny_model, tmp_path):
     core_pid = _spawned(srv.proc.pid)[0]
     try:
         result: dict = {}
-
-        def run():
-            result["r"] = _client(srv).completions.create(
-                model="any", prompt="t1", max_tokens=300, extra_body={"ignore_eos": True})
-
         with httpx.Client(timeout=60) as c:
             model = c.get(f"{srv.url}/v1/models").json()["data"][0]["id"]
-        result.clear()
         thread = threading.Thread(target=lambda: result.__setitem__(
-            "r", _client(srv).completions.create(model=model, prompt="t1", max_tokens=300,
+            "r", _client(srv).completions.create(model=model, prompt="t1", max_tokens=150,
                                                  extra_body={"ignore_eos": True})))
         thread.start()
         deadline = time.monotonic() + 30
@@ -148,9 +142,9 @@ def test_sigterm_drains_then_exits_0(tiny_model, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         srv.proc.send_signal(signal.SIGTERM)
-        thread.join(timeout=120)
+        thread.join(timeout=240)       # generous: a loaded 2-core machine is slow
         assert result["r"].choices[0].finish_reason == "length"
-        assert result["r"].usage.completion_tokens == 300
+        assert result["r"].usage.completion_tokens == 150
         assert srv.proc.wait(timeout=60) == 0
         assert not os.path.exists(f"/proc/{core_pid}") or core_pid not in _children(
             srv.proc.pid)

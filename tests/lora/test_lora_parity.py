@@ -91,3 +91,26 @@ def test_qwen2_with_attention_bias_matches_peft(tmp_path):
     assert got == [oracle.greedy(adapter, prompts[0], MAX_TOKENS),
                    oracle.greedy(None, prompts[1], MAX_TOKENS),
                    oracle.greedy(adapter, prompts[2], MAX_TOKENS)]
+
+
+def test_engine_core_process_serves_adapters(llama, tmp_path):
+    """The core in its own process: adapters load there (``LoRACall`` messages), a mixed batch
+    matches PEFT, a refused adapter is a ValueError with the core's reason and the engine keeps
+    serving, and unloading works."""
+    folder, oracle, adapters = llama
+    prompts = _prompts()[:3]
+    loras = [None, LoRARequest("a0", 1, adapters[0]), LoRARequest("a1", 2, adapters[1])]
+    expected = [oracle.greedy(r and r.lora_path, p, MAX_TOKENS) for p, r in zip(prompts, loras)]
+    llm = _engine(folder, max_loras=2, engine_core_process=True)
+    try:
+        engine = llm.llm_engine
+        assert not engine.in_process
+        assert _tokens(llm, prompts, loras) == expected
+        with pytest.raises(ValueError):
+            engine.add_lora(LoRARequest("bad", 7, str(tmp_path / "no-such-adapter")))
+        assert engine.loras.get("bad") is None
+        engine.remove_lora("a1")
+        assert [r.lora_name for r in engine.loras] == ["a0"]
+        assert _tokens(llm, prompts[:2], loras[:2]) == expected[:2]
+    finally:
+        llm.shutdown()

@@ -44,6 +44,7 @@ class EngineArgs:
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
+    warmup: bool | None = None                # None: on for accelerators, off on CPU
     async_scheduling: bool | None = None      # None: the platform's default
     disable_log_stats: bool = False
     structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
@@ -112,6 +113,11 @@ class EngineArgs:
                             "process per rank on this host; the default for several ranks)")
         g.add_argument("--attention-backend", default=None)
         g.add_argument("--enforce-eager", action="store_true")
+        g.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                       help="before serving, run steps that compile every kernel a request "
+                            "can hit (prefill, mixed and decode shapes, each sampling "
+                            "variant); compiled kernels persist under VLLM_CACHE_ROOT "
+                            "(default: on for accelerators, off on CPU)")
         g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
                        default=None,
                        help="schedule and launch step N+1 while the device runs step N "
@@ -243,6 +249,7 @@ class EngineArgs:
         from vllm_core.model_executor.hub import locate_model
         from vllm_core.model_executor.loader import load_arch_config, resolve_model
         from vllm_core.platforms import resolve_current_platform
+        from vllm_core.platforms.interface import PlatformKind
         from vllm_core.plugins import apply_config_hooks, load_general_plugins
 
         self._validate()
@@ -288,6 +295,8 @@ class EngineArgs:
             speculative=speculative,
             attention_backend=self.attention_backend or envs.attention_backend(),
             enforce_eager=self.enforce_eager,
+            warmup=(platform.kind is not PlatformKind.CPU if self.warmup is None
+                    else self.warmup),
             lora=self._lora_config(),
         )
         _check_parallel_fits(config)

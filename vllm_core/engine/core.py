@@ -27,6 +27,9 @@ Speculative decoding (``config.speculative``): before ``schedule`` the drafter g
 decodes their drafts; drafts follow the last known token, so a step in flight is collected first
 and a step that verifies drafts runs synchronously.
 
+Start-up: model load, KV cache allocation and graph capture, then (``config.warmup``) the
+warm-up steps of ``vllm_core.engine.warmup``; each phase's seconds are in ``startup_phases``.
+
 LoRA: the front end names adapters (``vllm_core.lora.registry.LoRARegistry``); the core loads
 them by id on the workers (``add_lora`` / ``remove_lora``) and counts running / waiting requests
 per adapter name in its stats.
@@ -39,12 +42,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from vllm_core import envs
 from vllm_core.config import EngineConfig
 from vllm_core.engine.executor import create_executor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
-from vllm_core.engine.startup import phase
+from vllm_core.engine.startup import persist_compile_caches, phase
 from vllm_core.engine.stats import SchedulerStats
+from vllm_core.engine.warmup import WarmUpReport, run_warmup
 from vllm_core.logger import init_logger
 from vllm_core.messages import EngineCoreOutput
 
@@ -84,12 +89,15 @@ class EngineCore:
         from vllm_core.structured_output.manager import StructuredOutputManager
 
         self.config = config
-        with phase("model load"):
+        self.startup_phases: dict[str, float] = {}   # phase -> seconds, in order
+        self.warmup_report: WarmUpReport | None = None
+        persist_compile_caches(envs.cache_root())
+        with phase("model load", record=self.startup_phases):
             self.executor = create_executor(config, platform)
         try:
             num_blocks = self._check_num_blocks(self.executor.determine_num_blocks())
             config.cache.num_blocks = num_blocks
-            with phase(f"KV cache allocation ({num_blocks} blocks) and warm-up"):
+            with phase("KV cache allocation and graph capture", record=self.startup_phases):
                 self.executor.initialize_cache(num_blocks)
         except BaseException:
             self.executor.shutdown()          # no worker process outlives a failed start
@@ -117,6 +125,13 @@ class EngineCore:
                                    and getattr(self.executor, "supports_deferred_sampling",
                                                False))
         self.num_two_phase_steps = 0
+        if config.warmup:
+            try:
+                with phase("warm-up", record=self.startup_phases):
+                    self.warmup_report = run_warmup(self)
+            except BaseException:
+                self.shutdown()
+                raise
 
     def _check_num_blocks(self, num_blocks: int) -> int:
         bs = self.config.cache.block_size

@@ -82,6 +82,7 @@ class EngineCoreClient:
         self._finalizer: Any = None
         self.num_blocks = 0
         self.core_pid: int | None = None
+        self.startup_phases: dict[str, float] = {}
         self._ready = False
         self._next_call_id = 0
         self._pending = CoreStep()       # outputs that arrived while a call waited
@@ -139,6 +140,7 @@ class EngineCoreClient:
                 if isinstance(msg, m.Ready):
                     self.num_blocks = msg.num_blocks
                     self.core_pid = msg.pid
+                    self.startup_phases = dict(msg.startup_phases)
                     return
                 if isinstance(msg, m.CoreFailed):
                     raise RuntimeError(f"the engine core failed to start: {msg.message}")

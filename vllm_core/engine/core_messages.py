@@ -73,6 +73,7 @@ class Shutdown(msgspec.Struct, tag="shutdown", array_like=True):
 class Ready(msgspec.Struct, tag="ready", array_like=True):
     num_blocks: int
     pid: int
+    startup_phases: dict[str, float] = {}     # the core's start-up phases, seconds
 
 
 class StepStats(msgspec.Struct, array_like=True):

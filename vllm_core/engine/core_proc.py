@@ -92,7 +92,8 @@ class _CoreLoop:
         sock.setsockopt(self.zmq.LINGER, 1000)
         sock.connect(msg.output_address)
         self.outputs[msg.client_index] = sock
-        sock.send(self.encoder.encode(self.m.Ready(self.core.num_blocks, os.getpid())))
+        sock.send(self.encoder.encode(self.m.Ready(self.core.num_blocks, os.getpid(),
+                                                    self.core.startup_phases)))
         logger.info("engine core: front end %d connected", msg.client_index)
 
     def _handle(self, msg: Any) -> None:

@@ -29,7 +29,7 @@ from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, Pr
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
-from vllm_core.engine.startup import in_background
+from vllm_core.engine.startup import describe_phases, in_background
 from vllm_core.engine.stats import IterationStats, SchedulerStats, StatLogger
 from vllm_core.logger import init_logger
 from vllm_core.outputs import RequestOutput
@@ -101,12 +101,15 @@ class LLMEngine:
         self.loras = LoRARegistry()
         self.async_scheduling = bool(config.scheduler.async_scheduling)
         self.startup_time = time.perf_counter() - start
+        self.startup_phases: dict[str, float] = dict(core.startup_phases)
+        self.startup_phases["total"] = self.startup_time
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
                     "(%d tokens), max_model_len %d%s%s", self.startup_time, platform.describe(),
                     model.dtype, num_blocks, config.cache.block_size,
                     (num_blocks - 1) * config.cache.block_size, model.max_model_len,
                     ", async scheduling" if self.async_scheduling else "",
                     "" if self.in_process else ", engine core in its own process")
+        logger.info("start-up phases: %s", describe_phases(self.startup_phases))
 
     # The in-process core's parts (tests and benchmarks reach the workers through these).
     @property
