@@ -131,6 +131,7 @@ class DPEngineCoreClient:
         self._ready = False
         self._last_liveness_check = time.monotonic()
         self.num_blocks = 0
+        self.startup_phases: dict[str, float] = {}      # per phase, the slowest core's
 
     @classmethod
     def start(cls, config: Any, platform: Any) -> DPEngineCoreClient:
@@ -196,6 +197,11 @@ class DPEngineCoreClient:
             self.shutdown(timeout_s=0.0)
             raise
         self.num_blocks = min(c.num_blocks for c in self.clients)
+        phases: dict[str, float] = {}
+        for c in self.clients:                  # the cores start side by side: the slowest
+            for name, seconds in c.startup_phases.items():
+                phases[name] = max(phases.get(name, 0.0), seconds)
+        self.startup_phases = phases
         self._ready = True
         logger.info("data parallelism: %d engine cores ready (pids %s), %d KV blocks each "
                     "(smallest)", len(self.clients), self.core_pids, self.num_blocks)
