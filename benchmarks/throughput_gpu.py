@@ -187,10 +187,11 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
               enforce_eager=args.enforce_eager, attention_backend=args.attention_backend,
               async_scheduling=args.async_scheduling,
               tensor_parallel_size=args.tensor_parallel_size,
-              pipeline_parallel_size=args.pipeline_parallel_size)
+              pipeline_parallel_size=args.pipeline_parallel_size,
+              data_parallel_size=args.data_parallel_size)
     startup = time.perf_counter() - start
     engine = llm.llm_engine
-    if engine.config.parallel.world_size > 1:
+    if engine.config.parallel.world_size > 1 or not engine.in_process:
         return _run_vllm_core_parallel(llm, w, prompts, startup)
     worker = engine.executor.worker
     runner = worker.runner
@@ -241,8 +242,8 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
 
 def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
                             startup: float) -> dict[str, Any]:
-    """The timed run with several ranks (mp executor: the runners live in the worker
-    processes, so only the engine-side figures are reported)."""
+    """The timed run with several ranks (mp executor) or engine cores (data parallelism): the
+    runners live in other processes, so only the engine-side figures are reported."""
     from vllm_core import SamplingParams
 
     engine = llm.llm_engine
@@ -258,6 +259,7 @@ def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
     res: dict[str, Any] = {
         "tensor_parallel_size": par.tensor_parallel_size,
         "pipeline_parallel_size": par.pipeline_parallel_size,
+        "data_parallel_size": par.data_parallel_size,
         "output_tokens": out_tokens, "elapsed_s": round(elapsed, 3),
         "output_tok_s": round(out_tokens / elapsed, 1),
         "total_tok_s": round((out_tokens + w.requests * w.prompt_len) / elapsed, 1),
@@ -431,6 +433,7 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
            "--hf-batch-size", str(args.hf_batch_size), "--seed", str(args.seed),
            "--tensor-parallel-size", str(args.tensor_parallel_size),
            "--pipeline-parallel-size", str(args.pipeline_parallel_size),
+           "--data-parallel-size", str(args.data_parallel_size),
            "--kv-cache-dtype", args.kv_cache_dtype]
     if args.quantization:
         cmd += ["--quantization", args.quantization]
@@ -569,6 +572,8 @@ def main() -> None:
                    help="vllm-core: TP ranks (mp executor, one GPU each)")
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                    help="vllm-core: pipeline stages (mp executor, one GPU each)")
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                   help="vllm-core: engine cores, each on its own TP x PP GPUs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")
     p.add_argument("--profile", default=None,

@@ -154,11 +154,13 @@ class ParallelConfig:
     """How the model is spread over ranks: ``tensor_parallel_size`` x
     ``pipeline_parallel_size`` processes (rank = pp_rank * tp + tp_rank), driven by the
     ``distributed_executor_backend`` ("uni": one rank in the engine process; "mp": one process
-    per rank on this host)."""
+    per rank on this host). ``data_parallel_size`` such engines (engine cores), each of
+    ``world_size`` ranks, serve requests side by side (``vllm_core.engine.dp_client``)."""
 
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str = "uni"
+    data_parallel_size: int = 1
     enable_expert_parallel: bool = False      # MoE experts sharded over the TP ranks (EP = TP)
 
     @property

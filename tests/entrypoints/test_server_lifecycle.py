@@ -78,7 +78,7 @@ def test_port_in_use_fails_before_the_model_loads():
 @pytest.mark.parametrize("flags,message", [
     (["--trust-remote-code"], "never runs code shipped with a model"),
     (["--quantization", "awq"], "--quantization awq: this is a GGUF file"),
-    (["--data-parallel-size", "2"], "data parallelism is not supported yet"),
+    (["--data-parallel-size", "0"], "data_parallel_size must be >= 1, got 0"),
     (["--lora-modules", "a=/tmp/a"], "--lora-modules needs --enable-lora"),
     (["--enable-lora", "--lora-modules", "a"], "--lora-modules 'a': expected name=path"),
     (["--speculative-config", '{"method": "eagle", "model": "x"}'],

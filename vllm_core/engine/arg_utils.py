@@ -39,6 +39,7 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1              # engine cores behind one front end
     enable_expert_parallel: bool = False
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
@@ -99,6 +100,9 @@ class EngineArgs:
                        help="ranks that split every layer (attention heads, MLP, vocabulary)")
         g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                        help="pipeline stages the decoder layers are split over")
+        g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                       help="engine cores (each of TP x PP ranks, with its own KV cache) "
+                            "serving requests side by side behind one front end")
         g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
                        help="mixture-of-experts models: shard whole experts over the TP ranks "
                             "(expert parallelism, EP size = TP size) instead of splitting "
@@ -172,6 +176,8 @@ class EngineArgs:
             raise bad("tensor_parallel_size", "must be >= 1")
         if self.pipeline_parallel_size < 1:
             raise bad("pipeline_parallel_size", "must be >= 1")
+        if self.data_parallel_size < 1:
+            raise bad("data_parallel_size", "must be >= 1")
         if self.distributed_executor_backend not in (None, "uni", "mp", "ray"):
             raise bad("distributed_executor_backend", "must be one of uni, mp, ray")
         if (self.distributed_executor_backend == "uni"
@@ -226,6 +232,7 @@ class EngineArgs:
         return cls(tensor_parallel_size=self.tensor_parallel_size,
                    pipeline_parallel_size=self.pipeline_parallel_size,
                    distributed_executor_backend=backend,
+                   data_parallel_size=self.data_parallel_size,
                    enable_expert_parallel=self.enable_expert_parallel)
 
     def create_engine_config(self) -> tuple[Any, Any]:

@@ -141,12 +141,18 @@ class LLMEngine:
                          stat_loggers: list[StatLogger] | None = None,
                          engine_core_process: bool | None = False) -> LLMEngine:
         """``engine_core_process``: run the engine core in its own process (None: the
-        platform's default, ``Platform.default_engine_core_process``)."""
+        platform's default, ``Platform.default_engine_core_process``). With
+        ``data_parallel_size`` > 1 every engine core runs in its own process
+        (``vllm_core.engine.dp_client``)."""
         config, platform = engine_args.create_engine_config()
         if engine_core_process is None:
             engine_core_process = platform.default_engine_core_process()
         core = None
-        if engine_core_process:
+        if config.parallel.data_parallel_size > 1:     # always engine core processes
+            from vllm_core.engine.dp_client import DPEngineCoreClient
+
+            core = DPEngineCoreClient.start(config, platform)
+        elif engine_core_process:
             from vllm_core.engine.core_client import EngineCoreClient
 
             core = EngineCoreClient.start(config, platform)

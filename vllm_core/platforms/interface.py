@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.3"
+PLATFORM_API_VERSION = "2.4"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -63,6 +63,10 @@ Quantization methods are ``QuantizationConfig`` classes registered by name.
 
 2.3 (additive; the default keeps 2.2 plugins working): ``Platform.default_engine_core_process``
 (whether the server runs the engine core in its own process by default; base: no, CUDA: yes).
+
+2.4 (additive; the default keeps 2.3 plugins working): ``Platform.data_parallel_env`` (the
+environment of data-parallel engine core ``r``: which devices it sees; base: nothing, e.g. the
+CPU; CUDA: ``CUDA_VISIBLE_DEVICES``).
 """
 
 
@@ -171,6 +175,18 @@ class Platform:
         busy and there are cores to spare; not on a small CPU-only host, where the two
         processes compete for the cores that compute."""
         return False
+
+    @classmethod
+    def data_parallel_env(cls, dp_rank: int, world_size: int) -> dict[str, str]:
+        """Environment variables of data-parallel engine core ``dp_rank`` whose engine has
+        ``world_size`` (TP x PP) ranks: typically the device-control variable naming its
+        devices, ranks ``[dp_rank * world_size, (dp_rank + 1) * world_size)`` of the devices
+        this process sees. Called in the front end before each core process is spawned (so it
+        may query devices); the core process applies the result before it touches a device,
+        and its worker processes inherit it. Raise ``ValueError`` saying how many devices are
+        needed when there are too few. Default: nothing (devices not partitioned, e.g. the
+        CPU, whose cores share the host)."""
+        return {}
 
     # lifecycle hooks -----------------------------------------------------------------------
     @classmethod

@@ -264,8 +264,9 @@ class CpuPlatform(Platform):
                 raise ValueError(f"VLLM_CPU_NUM_THREADS must be >= 1, got {threads}")
             config.num_threads = threads if threads is not None else (
                 len(bind) if bind else usable_cores())
-            world = config.parallel.world_size
-            if world > 1:        # one process per rank shares the cores
+            # one process per rank (and per data-parallel engine core) shares the cores
+            world = config.parallel.world_size * config.parallel.data_parallel_size
+            if world > 1:
                 config.num_threads = max(1, config.num_threads // world)
         elif config.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {config.num_threads}")

@@ -127,6 +127,19 @@ class CudaPlatform(Platform):
         return "vllm_core_cuda.communicator.CudaCommunicator"
 
     @classmethod
+    def data_parallel_env(cls, dp_rank: int, world_size: int) -> dict[str, str]:
+        """``CUDA_VISIBLE_DEVICES`` = this core's GPUs (``data_parallel_devices``)."""
+        import os
+
+        from vllm_core.distributed.data_parallel import data_parallel_devices
+
+        var = cls.device_control_env_var
+        visible = os.environ.get(var)
+        count = 0 if visible else device_count()
+        ids = data_parallel_devices(visible, count, dp_rank, world_size, var)
+        return {var: ",".join(ids)}
+
+    @classmethod
     def default_async_scheduling(cls) -> bool:
         """The GPU runs a step while the host schedules and prepares the next one."""
         return True

@@ -341,6 +341,10 @@ def run_server(args: argparse.Namespace, engine_factory: Any = None) -> int:
     if count < 1:
         raise ValueError(f"--api-server-count must be >= 1, got {count}")
     host = args.host if args.host is not None else "0.0.0.0"
+    if int(_opt(args, "data_parallel_size", 1)) > 1 and \
+            _opt(args, "engine_core_process") is False:
+        raise ValueError("--data-parallel-size > 1 runs every engine core in its own process; "
+                         "drop --no-engine-core-process")
     if count > 1:
         if engine_factory is not None or _opt(args, "engine_core_process") is False:
             raise ValueError("--api-server-count > 1 needs the engine core in its own process "

@@ -1,4 +1,5 @@
-"""``--api-server-count N`` (N > 1): N front-end processes sharing one engine core and one port.
+"""``--api-server-count N`` (N > 1): N front-end processes sharing one engine core (or the
+``--data-parallel-size`` cores, each API server a front end of every core) and one port.
 
 Processes: this one is the supervisor. It checks the port, builds the engine config, spawns
 the engine core process and N API server processes (``api_server_main``), then waits. Each API
@@ -52,7 +53,7 @@ def run_multi_server(args: argparse.Namespace, host: str, count: int) -> int:
     """The supervisor (see the module docstring); returns the exit status."""
     import multiprocessing
 
-    from vllm_core.engine.core_client import send_shutdown, start_core_process
+    from vllm_core.engine.core_client import send_shutdown
     from vllm_core.entrypoints.openai.api_server import engine_args_from
 
     # The children get the flags by pickle: drop what the CLI attached (its handler).
@@ -61,7 +62,8 @@ def run_multi_server(args: argparse.Namespace, host: str, count: int) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir      # inherited by the children
     probe = reuseport_socket(host, args.port)                 # the port is ours, or fail now
     procs: list[Any] = []
-    core = None
+    cores: list[Any] = []
+    addresses: list[str] = []
     stop = {"signal": None}
 
     def on_signal(sig: int, _frame: Any) -> None:
@@ -71,23 +73,24 @@ def run_multi_server(args: argparse.Namespace, host: str, count: int) -> int:
     status = 1
     try:
         config, platform = engine_args_from(args).create_engine_config()
-        core, address = start_core_process(config, platform)
+        cores, addresses = start_cores(config, platform)
         ctx = multiprocessing.get_context("spawn")
         for i in range(count):
             p = ctx.Process(target=api_server_main, name=f"vllm-core-api-server-{i}",
-                            args=(args, config, platform, address, i, host))
+                            args=(args, config, platform, addresses, i, host))
             p.start()
             procs.append(p)
-        logger.info("api servers: %d processes on %s:%d sharing engine core pid %d", count,
-                    host, args.port, core.pid)
-        status = _supervise(procs, core, stop)
+        logger.info("api servers: %d processes on %s:%d sharing engine core pids %s", count,
+                    host, args.port, [c.pid for c in cores])
+        status = _supervise(procs, cores, stop)
     finally:
         probe.close()
         for p in procs:                  # whatever is left: the drain is over or failed
             _stop(p, 0.0 if status else 5.0)
-        if core is not None:
+        for core, address in zip(cores, addresses, strict=True):
             if core.is_alive():
                 send_shutdown(address)
+        for core in cores:
             _stop(core, 10.0)
             if core.exitcode not in (0, None) and status == 0:
                 status = 1
@@ -97,7 +100,23 @@ def run_multi_server(args: argparse.Namespace, host: str, count: int) -> int:
     return status
 
 
-def _supervise(procs: list[Any], core: Any, stop: dict[str, Any]) -> int:
+def start_cores(config: Any, platform: Any) -> tuple[list[Any], list[str]]:
+    """The engine core process, or one per data-parallel rank (``dp_client``); (processes,
+    input addresses)."""
+    from vllm_core.engine.core_client import start_core_process
+    from vllm_core.engine.dp_client import start_dp_core_process
+
+    par = config.parallel
+    if par.data_parallel_size == 1:
+        proc, address = start_core_process(config, platform)
+        return [proc], [address]
+    envs = [dict(platform.data_parallel_env(r, par.world_size))
+            for r in range(par.data_parallel_size)]
+    started = [start_dp_core_process(config, platform, r, env) for r, env in enumerate(envs)]
+    return [p for p, _ in started], [a for _, a in started]
+
+
+def _supervise(procs: list[Any], cores: list[Any], stop: dict[str, Any]) -> int:
     from multiprocessing.connection import wait
 
     forwarded = False
@@ -109,14 +128,16 @@ def _supervise(procs: list[Any], core: Any, stop: dict[str, Any]) -> int:
             for p in procs:
                 if p.is_alive():
                     os.kill(p.pid, stop["signal"])
-        wait([p.sentinel for p in procs] + [core.sentinel], timeout=0.5)
+        wait([p.sentinel for p in procs] + [c.sentinel for c in cores], timeout=0.5)
         failed = [p for p in procs if p.exitcode not in (None, 0)]
         if failed:
             logger.error("api server %s exited with status %s; stopping", failed[0].name,
                          failed[0].exitcode)
             return 1
-        if not core.is_alive() and not forwarded:
-            logger.error("the engine core exited with status %s; stopping", core.exitcode)
+        dead = [c for c in cores if not c.is_alive()]
+        if dead and not forwarded:
+            logger.error("the engine core %s exited with status %s; stopping", dead[0].name,
+                         dead[0].exitcode)
             deadline = time.monotonic() + 10.0           # the servers answer 503, then exit 1
             while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
                 wait([p.sentinel for p in procs], timeout=0.5)
@@ -135,9 +156,10 @@ def _stop(proc: Any, grace_s: float) -> None:
         proc.join(5.0)
 
 
-def api_server_main(args: argparse.Namespace, config: Any, platform: Any, core_address: str,
-                    index: int, host: str) -> None:
-    """One API server process: front end ``index`` of the core at ``core_address``."""
+def api_server_main(args: argparse.Namespace, config: Any, platform: Any,
+                    core_addresses: list[str], index: int, host: str) -> None:
+    """One API server process: front end ``index`` of the core(s) at ``core_addresses`` (one
+    per data-parallel rank)."""
     import sys
 
     from vllm_core.engine.async_llm_engine import AsyncLLMEngine
@@ -147,7 +169,12 @@ def api_server_main(args: argparse.Namespace, config: Any, platform: Any, core_a
     from vllm_core.entrypoints.openai.metrics import PrometheusStatLogger
 
     prometheus = PrometheusStatLogger()
-    client = EngineCoreClient.connect(config, core_address, index)
+    if len(core_addresses) == 1:
+        client: Any = EngineCoreClient.connect(config, core_addresses[0], index)
+    else:
+        from vllm_core.engine.dp_client import DPEngineCoreClient
+
+        client = DPEngineCoreClient.connect(config, core_addresses, index)
     engine = AsyncLLMEngine(LLMEngine(config, platform, stat_loggers_for(args, prometheus),
                                       core=client))
     sock = reuseport_socket(host, args.port)

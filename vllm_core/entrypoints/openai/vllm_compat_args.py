@@ -7,8 +7,9 @@ logs request contents) are accepted and have nothing to do.
 
 The structured-output / tool-calling flags (``--enable-auto-tool-choice``,
 ``--tool-call-parser``, ``--structured-outputs-config``, ``--reasoning-parser``) are not here:
-they are implemented with structured outputs; ``--tensor-parallel-size`` and
-``--pipeline-parallel-size`` belong to the engine arguments (distributed execution).
+they are implemented with structured outputs; ``--tensor-parallel-size``,
+``--pipeline-parallel-size`` and ``--data-parallel-size`` belong to the engine arguments
+(distributed execution).
 
 Import-light: argparse only.
 """
@@ -22,8 +23,6 @@ from typing import Any
 UNSUPPORTED: dict[str, tuple[Any, tuple[Any, ...], str]] = {
     "trust_remote_code": (False, (), "vllm-core never runs code shipped with a model; models "
                           "are built from its own implementations (drop --trust-remote-code)"),
-    "data_parallel_size": (1, (), "data parallelism is not supported yet (run one server per "
-                           "replica behind a load balancer)"),
 }
 
 
@@ -33,8 +32,6 @@ def add_vllm_compat_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                                   "refused with the reason)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="refused: vllm-core never runs code shipped with a model")
-    g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
-                   help="only 1 (not supported yet)")
     g.add_argument("--disable-log-requests", action="store_true",
                    help="accepted; request contents are never logged")
     return parser
