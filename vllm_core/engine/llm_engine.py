@@ -199,7 +199,7 @@ class LLMEngine:
                 request_id=child_id, prompt_token_ids=processed.prompt_token_ids,
                 sampling_params=child_params, arrival_time=arrival, priority=priority,
                 lora_id=lora_id, parent_id=request_id if n > 1 else None,
-                structured_output=grammar))
+                structured_output=grammar, mm_features=processed.mm_features))
         for i, req in enumerate(requests):           # scheduler first: it may refuse
             self.scheduler.add_request(req)
             self.output_processor.add_request(
