@@ -44,8 +44,8 @@ def requests() -> list[dict]:
 
 def hf_tokens(path: str, hf, req: dict) -> list[int]:
     from vllm_core.config import ModelConfig
-    from vllm_core.engine.input_processor import InputProcessor
     from vllm_core.engine.arg_utils import EngineArgs
+    from vllm_core.engine.input_processor import InputProcessor
 
     del ModelConfig, InputProcessor, EngineArgs
     from transformers import AutoTokenizer

@@ -67,8 +67,8 @@ from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
 from vllm_core.sampling.structured import BitmaskStaging, apply_grammar_bitmask
 from vllm_core.spec_decode import verifier
 from vllm_core.structured_output.backend import bitmask_width
-from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.mm_inputs import MultiModalStepInputs
+from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.request_table import RequestTable
 from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
 from vllm_core.worker.step_buffers import StepBuffers
