@@ -92,16 +92,19 @@ def test_batch_matches_hf_generate(tiny, expected):
 
 def test_prefix_caching_and_small_budget_chunking(tiny, expected):
     path, _ = tiny
-    # a 40-token budget splits the 30- and 16-token image runs across steps
+    # a 16-token budget cuts request 0's first chunk inside its 15-token image run
     tokens, llm = run(path, requests(), enable_prefix_caching=True,
-                      enable_chunked_prefill=True, max_num_batched_tokens=40, max_num_seqs=3)
+                      enable_chunked_prefill=True, max_num_batched_tokens=16, max_num_seqs=3)
     assert tokens == expected
     runner = llm.llm_engine.executor.worker.runner
     # image a is shared by requests 0 and 3
     assert runner.mm.num_encoded <= 4
-    again = llm.generate(requests()[:1], llm.llm_engine.default_sampling_params().__class__(
+    from vllm_core import SamplingParams
+
+    again = llm.generate(requests()[:1], SamplingParams(
         temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True), use_tqdm=False)
     assert list(again[0].outputs[0].token_ids) == expected[0]
+    assert again[0].num_cached_tokens >= 16          # its image blocks came from the cache
 
 
 def test_different_image_same_tokens_not_shared_by_prefix_cache(tiny):
