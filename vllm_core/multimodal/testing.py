@@ -45,13 +45,16 @@ def random_qwen2_5_vl(text: dict[str, Any] | None = None, vision: dict[str, Any]
     return model
 
 
-def write_vl_tokenizer(folder: str, vocab_size: int = 512) -> None:
-    """Word-level tokenizer ("t{i}" per id) whose vision special tokens have their config ids."""
+def write_vl_tokenizer(folder: str, vocab_size: int = 512,
+                       ids: tuple[int, int, int, int] = (IMAGE_TOKEN, VIDEO_TOKEN, START_TOKEN,
+                                                         END_TOKEN)) -> None:
+    """Word-level tokenizer ("t{i}" per id) whose vision special tokens have the config's ids
+    ``ids`` = (image, video, vision start, vision end)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    special = {IMAGE_TOKEN: "<|image_pad|>", VIDEO_TOKEN: "<|video_pad|>",
-               START_TOKEN: "<|vision_start|>", END_TOKEN: "<|vision_end|>"}
+    names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    special = dict(zip(ids, names, strict=True))
     vocab = {special.get(i, f"t{i}"): i for i in range(vocab_size)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
