@@ -83,6 +83,7 @@ def ensure_model_dir(folder: Path, shape: str, image_size: int) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = hf_config(shape)
+    cfg.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     cfg.save_pretrained(str(folder))
     if not (folder / "tokenizer.json").is_file():
         write_vl_tokenizer(str(folder), cfg.text_config.vocab_size,
@@ -93,12 +94,13 @@ def ensure_model_dir(folder: Path, shape: str, image_size: int) -> Path:
     return folder
 
 
-def make_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Token-id prompts (text, one placeholder, text) and one random image each."""
+def make_requests(args: argparse.Namespace, seed: int = 0) -> list[dict[str, Any]]:
+    """Token-id prompts (text, one placeholder, text) and one random image each (``seed``:
+    the warm-up uses other images and prompts than the timed run)."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     out = []
     half = args.text_len // 2
     for _ in range(args.requests):
@@ -141,7 +143,7 @@ def run_vllm_core(args: argparse.Namespace) -> dict[str, Any]:
     startup = time.perf_counter() - t0
     warm = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, detokenize=False)
     args_w = argparse.Namespace(**{**vars(args), "requests": 2})
-    llm.generate(make_requests(args_w)[:2], warm, use_tqdm=False)
+    llm.generate(make_requests(args_w, seed=1), warm, use_tqdm=False)
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True,
                             detokenize=False)
     runner = llm.llm_engine.executor.worker.runner
@@ -277,9 +279,12 @@ def main() -> None:
     lines = []
     results: dict[str, dict[str, Any]] = {}
     for system in args.systems.split(","):
-        cmd = [sys.executable, __file__, "--system", system] + [
-            a for a in sys.argv[1:] if not a.startswith("--system")]
-        cmd += ["--model-dir", str(args.model_dir)]
+        cmd = [sys.executable, __file__, "--system", system]
+        for key, value in vars(args).items():
+            if key in ("system", "systems", "output") or value is None or value is False:
+                continue
+            flag = "--" + key.replace("_", "-")
+            cmd += [flag] if value is True else [flag, str(value)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
                                   env=os.environ.copy())

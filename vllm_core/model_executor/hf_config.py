@@ -25,7 +25,8 @@ _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausal
                        "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                        "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
                        "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
-                       "qwen3_moe": "Qwen3MoeForCausalLM"}
+                       "qwen3_moe": "Qwen3MoeForCausalLM",
+                       "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 _GEMMA3 = ("gemma3_text", "gemma3")
 _VL_MODEL_TYPES = ("qwen2_5_vl",)
 _GEMMA_ACTS = ("gelu_pytorch_tanh", "gelu_tanh")

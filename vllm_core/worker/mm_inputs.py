@@ -34,21 +34,25 @@ class MultiModalStepInputs:
     """See the module docstring. ``model`` implements the multimodal model contract
     (``embed_input_ids``, ``encode_images``, ``uses_mrope``)."""
 
-    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype,
+                 embeds: bool = True) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.embeds = embeds                 # False on a pipeline stage after the first
         self.uses_mrope = bool(getattr(model, "uses_mrope", False))
         self.features: dict[str, MultiModalFeatures] = {}
         self.cache: dict[str, torch.Tensor] = {}
         self.num_encoded = 0                 # images encoded so far (tests, stats)
 
     @classmethod
-    def for_model(cls, model: Any, device: torch.device, dtype: torch.dtype
-                  ) -> MultiModalStepInputs | None:
+    def for_model(cls, model: Any, device: torch.device, dtype: torch.dtype,
+                  first_stage: bool = True) -> MultiModalStepInputs | None:
+        """None for a model without images; a later pipeline stage (no embeddings, no
+        vision tower) only gets the M-RoPE positions."""
         if not getattr(model, "supports_images", False):
             return None
-        return cls(model, device, dtype)
+        return cls(model, device, dtype, embeds=first_stage)
 
     def update(self, so: SchedulerOutput) -> None:
         for req_id in so.finished_req_ids:
@@ -82,7 +86,7 @@ class MultiModalStepInputs:
 
     @torch.no_grad()
     def prepare(self, plan: StepPlan, so: SchedulerOutput, inputs: Any) -> None:
-        if so.scheduled_encoder_inputs:
+        if so.scheduled_encoder_inputs and self.embeds:
             self._encode(so)
         if not self.features:
             return
@@ -97,7 +101,7 @@ class MultiModalStepInputs:
             end = start + int(plan.num_scheduled[i])
             row0 = int(qsl[i])
             hit = feats.overlapping(start, end)
-            for index in hit:
+            for index in hit if self.embeds else ():
                 item = feats.items[index]
                 lo, hi = max(start, item.offset), min(end, item.end)
                 out = self.cache.get(item.hash)
@@ -112,12 +116,11 @@ class MultiModalStepInputs:
                 inside = p < prompt_len
                 pos[:, inside] = feats.mrope_positions[:, p[inside]]
                 mrope_rows.append((row0, pos))
-        if not pieces:
-            return
-        embeds = self.model.embed_input_ids(inputs.input_ids).clone()
-        for row, rows in pieces:
-            embeds[row:row + rows.shape[0]] = rows.to(embeds.dtype)
-        inputs.inputs_embeds = embeds
+        if pieces:
+            embeds = self.model.embed_input_ids(inputs.input_ids).clone()
+            for row, rows in pieces:
+                embeds[row:row + rows.shape[0]] = rows.to(embeds.dtype)
+            inputs.inputs_embeds = embeds
         if mrope_rows:
             base = inputs.positions
             pos3 = base.unsqueeze(0).expand(3, -1).clone()

@@ -345,7 +345,8 @@ class ModelRunner:
         self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops,
                                self.parallel)
         self.expert_load = ExpertLoadTracker.for_model(self.model, self.pin_memory)
-        self.mm = MultiModalStepInputs.for_model(self.model, self.device, self.dtype)
+        self.mm = MultiModalStepInputs.for_model(self.model, self.device, self.dtype,
+                                                 self.parallel.is_first_stage)
         if self.config.lora is not None:
             from vllm_core.lora.worker import lora_manager_for_runner
 
