@@ -1,7 +1,8 @@
 """Qwen2.5-VL through the whole engine on the CPU plugin (tiny random weights, fp32): greedy
 tokens equal HF ``generate`` with one image, with two images of different sizes, and in a batch
 mixing text-only and image requests; the same tokens with prefix caching on/off and with
-chunked prefill splitting an image's placeholder run under a small token budget; images
+chunked prefill splitting an image's placeholder run under a small token budget (and async
+scheduling); images
 shared between requests are encoded once; a text-only model refuses images."""
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ def test_batch_matches_hf_generate(tiny, expected):
     assert tokens == expected
 
 
-def test_prefix_caching_and_small_budget_chunking(tiny, expected):
+def test_prefix_caching_chunking_async(tiny, expected):
     path, _ = tiny
     # a 16-token budget cuts request 0's first chunk inside its 15-token image run
+    # (async scheduling: the CUDA default, a step in flight while the next is prepared)
     tokens, llm = run(path, requests(), enable_prefix_caching=True,
-                      enable_chunked_prefill=True, max_num_batched_tokens=16, max_num_seqs=3)
+                      enable_chunked_prefill=True, max_num_batched_tokens=16, max_num_seqs=3,
+                      async_scheduling=True)
     assert tokens == expected
     runner = llm.llm_engine.executor.worker.runner
     # image a is shared by requests 0 and 3
