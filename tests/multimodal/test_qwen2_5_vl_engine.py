@@ -73,8 +73,8 @@ def hf_tokens(path: str, hf, req: dict) -> list[int]:
 def run(path: str, reqs: list[dict], **kwargs) -> tuple[list[list[int]], object]:
     from vllm_core import LLM, SamplingParams
 
-    llm = LLM(path, dtype="float32", max_model_len=512, num_gpu_blocks_override=256,
-              enforce_eager=True, **kwargs)
+    kwargs.setdefault("num_gpu_blocks_override", 256)
+    llm = LLM(path, dtype="float32", max_model_len=512, enforce_eager=True, **kwargs)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate(reqs, params, use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outs], llm
@@ -108,6 +108,29 @@ def test_prefix_caching_chunking_async(tiny, expected):
         temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True), use_tqdm=False)
     assert list(again[0].outputs[0].token_ids) == expected[0]
     assert again[0].num_cached_tokens >= 16          # its image blocks came from the cache
+
+
+def test_preemption_recomputes_images(tiny, expected):
+    # 7 usable blocks of 8 tokens for five requests of 3-25 prompt tokens: running requests get preempted and
+    # recomputed, images included (their encoder outputs reused or encoded again)
+    from vllm_core import LLM, SamplingParams
+
+    class Preemptions:
+        count = 0
+
+        def record(self, stats, _iteration) -> None:
+            if stats is not None:
+                self.count += stats.num_preemptions
+
+    llm = LLM(tiny[0], dtype="float32", max_model_len=48, enforce_eager=True,
+              enable_prefix_caching=False, block_size=8, num_gpu_blocks_override=8,
+              max_num_batched_tokens=48)
+    seen = Preemptions()
+    llm.llm_engine.stat_loggers.append(seen)
+    outs = llm.generate(requests(), SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
+                                                   ignore_eos=True), use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outs] == expected
+    assert seen.count > 0
 
 
 def test_different_image_same_tokens_not_shared_by_prefix_cache(tiny):
