@@ -26,13 +26,13 @@ python3 -c "import PIL; print('pillow', PIL.__version__)" 2>&1 | tee -a "$out/gp
 echo "=== ISSUE19VL STEP 0 rc=${PIPESTATUS[0]}"
 
 echo "=== ISSUE19VL STEP 1: GPU parity test"
-timeout -k 10 120 python3 -m pytest -q -m gpu -p no:cacheprovider \
+timeout -k 10 100 python3 -m pytest -q -m gpu -p no:cacheprovider \
     platforms/cuda/tests/test_gpu_qwen2_5_vl.py -x -rA 2>&1 | tail -40 | tee "$out/parity_tests.log"
 echo "=== ISSUE19VL STEP 1 rc=${PIPESTATUS[0]}"
 
 echo "=== ISSUE19VL STEP 2: Qwen2.5-VL 7B shape, 64 requests x one 448x448 image"
-timeout -k 10 200 python3 benchmarks/vl_throughput.py --shape 7b --requests 64 \
-    --image-size 448 --text-len 64 --output-len 128 --hf-batch-size 16 --timeout 95 \
+timeout -k 10 250 python3 benchmarks/vl_throughput.py --shape 7b --requests 64 \
+    --image-size 448 --text-len 64 --output-len 128 --hf-batch-size 16 --timeout 120 \
     --output "$out/issue19vl.jsonl" 2>&1 | tee "$out/vl_7b.log"
 echo "=== ISSUE19VL STEP 2 rc=${PIPESTATUS[0]}"
 echo "=== ISSUE19VL JSON"

@@ -90,6 +90,16 @@ def test_scheduler_sends_encoder_inputs_and_frees():
     assert so.free_encoder_hashes == ["x"]
 
 
+def test_encoder_budget_setting():
+    sched = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64,
+                                      encoder_budget_tokens=12),
+                      CacheConfig(block_size=4, num_blocks=64, enable_prefix_caching=False),
+                      max_model_len=64)
+    assert sched.encoder.budget_tokens == 12
+    with pytest.raises(ValueError, match="encoder_budget_tokens"):
+        sched.add_request(request("a", 30, [item("x", 2, 16)]))
+
+
 def test_block_hashes_differ_only_where_images_differ():
     one = request("a", 12, [item("x", 4, 4)])
     two = request("b", 12, [item("y", 4, 4)])

@@ -60,8 +60,8 @@ class EncoderScheduler:
             if item.length > limit:
                 raise ValueError(f"request {request.request_id!r}: image {i} takes "
                                  f"{item.length} tokens, more than the encoder budget of "
-                                 f"{limit} tokens per step (raise --max-num-batched-tokens "
-                                 f"or send a smaller image)")
+                                 f"{limit} tokens per step (raise encoder_budget_tokens / "
+                                 f"max_num_batched_tokens or send a smaller image)")
 
     def begin_step(self) -> None:
         self._step_budget = self.budget_tokens

@@ -234,8 +234,12 @@ class Scheduler:
         self.block_size = cache_config.block_size
         self.max_loras = max_loras      # distinct LoRA adapters among running requests
 
-        # vision-encoder work: a per-step budget and cache capacity of max_num_batched_tokens
-        self.encoder = EncoderScheduler(budget, budget)
+        # vision-encoder work: a per-step budget (image tokens) that is also the encoder
+        # cache's capacity; max_num_batched_tokens unless configured
+        encoder_budget = scheduler_config.encoder_budget_tokens or budget
+        if encoder_budget < 1:
+            raise ValueError(f"encoder_budget_tokens must be >= 1, got {encoder_budget}")
+        self.encoder = EncoderScheduler(encoder_budget, encoder_budget)
         self.kv_cache_manager = KVCacheManager(
             cache_config.num_blocks, cache_config.block_size,
             enable_caching=cache_config.enable_prefix_caching, log_stats=log_stats)
