@@ -190,6 +190,8 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
+    from vllm_core.multimodal.testing import hf_mm_kwargs
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
@@ -213,7 +215,7 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
             ids.append(p[:k] + [IDS["image"]] * n_img + p[k + 1:])
         input_ids = torch.tensor(ids, device=device)
         batches.append(dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                            mm_token_type_ids=(input_ids == IDS["image"]).int(),
+                            **hf_mm_kwargs(model, input_ids, IDS["image"]),
                             pixel_values=out["pixel_values"].to(device, dtype),
                             image_grid_thw=grid.to(device)))
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from vllm_core.multimodal.testing import (
-    IMAGE_TOKEN,
     PLACEHOLDER,
+    hf_mm_kwargs,
     random_image,
     random_qwen2_5_vl,
     save_tiny_qwen2_5_vl,
@@ -64,7 +64,7 @@ def hf_tokens(path: str, hf, req: dict) -> list[int]:
             np.concatenate([it.pixel_values for it in feats.items]))
         kwargs["image_grid_thw"] = torch.tensor([it.grid_thw for it in feats.items])
     input_ids = torch.tensor([ids])
-    kwargs["mm_token_type_ids"] = (input_ids == IMAGE_TOKEN).int()
+    kwargs.update(hf_mm_kwargs(hf, input_ids))
     out = hf.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                       max_new_tokens=MAX_TOKENS, do_sample=False, **kwargs)
     return out[0, len(ids):].tolist()

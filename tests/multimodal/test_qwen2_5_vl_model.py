@@ -13,6 +13,7 @@ from vllm_core.model_executor.loader import get_model, load_arch_config
 from vllm_core.multimodal.processing import MultiModalProcessor, processor_for
 from vllm_core.multimodal.testing import (
     IMAGE_TOKEN,
+    hf_mm_kwargs,
     random_image,
     random_qwen2_5_vl,
     save_tiny_qwen2_5_vl,
@@ -70,7 +71,7 @@ def _hf(hf, ids: list[int], feats) -> torch.Tensor:
     import numpy as np
 
     input_ids = torch.tensor([ids])
-    kwargs = {"mm_token_type_ids": (input_ids == IMAGE_TOKEN).int()}
+    kwargs = hf_mm_kwargs(hf, input_ids)
     if feats.items:
         kwargs["pixel_values"] = torch.from_numpy(np.concatenate(
             [it.pixel_values for it in feats.items]))

@@ -74,6 +74,18 @@ def save_tiny_qwen2_5_vl(folder: str, model: torch.nn.Module,
     Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=max_pixels).save_pretrained(folder)
 
 
+def hf_mm_kwargs(hf_model: torch.nn.Module, input_ids: torch.Tensor,
+                 image_token_id: int = IMAGE_TOKEN) -> dict[str, Any]:
+    """``mm_token_type_ids`` for HF ``generate`` / ``forward`` when this transformers release's
+    Qwen2.5-VL takes it (newer releases need it to build M-RoPE positions; older ones find
+    the image tokens in ``input_ids`` themselves and reject the argument)."""
+    import inspect
+
+    if "mm_token_type_ids" in inspect.signature(hf_model.forward).parameters:
+        return {"mm_token_type_ids": (input_ids == image_token_id).int()}
+    return {}
+
+
 def random_image(width: int, height: int, seed: int = 0) -> Any:
     """A PIL RGB image of uniform random pixels."""
     import numpy as np

@@ -77,6 +77,17 @@ class MultiModalStepInputs:
             rows = slice(int(qsl[i]), int(qsl[i + 1]))
             positions[rows] = self._text_positions(feats, plan.positions[rows])
 
+    def computes_images(self, plan: StepPlan) -> bool:
+        """Whether the step computes image placeholder tokens (it then needs input embeddings
+        and ``[3, T]`` positions, so it cannot replay a decode graph)."""
+        for i, req_id in enumerate(plan.order):
+            feats = self.features.get(req_id)
+            if feats is not None:
+                start = int(plan.num_computed[i])
+                if feats.overlapping(start, start + int(plan.num_scheduled[i])):
+                    return True
+        return False
+
     @staticmethod
     def _text_positions(feats: MultiModalFeatures, p: np.ndarray) -> np.ndarray:
         mrope = feats.mrope_positions

@@ -477,6 +477,8 @@ class ModelRunner:
         plan = plan_step(so, self.table, self.block_size,
                          verifier.stage_drafts(self.table, drafts) if drafts else None)
         shape = self.padded_shape(plan)
+        if shape is not None and self.mm is not None and self.mm.computes_images(plan):
+            shape = None                      # image tokens need embeddings: run eager
         inputs = self._stage(plan, shape)
         if self.mm is not None:               # encoder runs, input embeddings, M-RoPE
             self.mm.prepare(plan, so, inputs)

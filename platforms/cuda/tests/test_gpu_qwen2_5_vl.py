@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from vllm_core.multimodal.testing import (
-    IMAGE_TOKEN,
     PLACEHOLDER,
+    hf_mm_kwargs,
     random_image,
     random_qwen2_5_vl,
     save_tiny_qwen2_5_vl,
@@ -72,8 +72,8 @@ def hf_tokens(path: str, hf, req: dict) -> list[int]:
     input_ids = torch.tensor([ids], device="cuda")
     with torch.no_grad():
         out = hf.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                          mm_token_type_ids=(input_ids == IMAGE_TOKEN).int(),
-                          max_new_tokens=MAX_TOKENS, do_sample=False, **kwargs)
+                          max_new_tokens=MAX_TOKENS, do_sample=False,
+                          **hf_mm_kwargs(hf, input_ids), **kwargs)
     return out[0, len(ids):].tolist()
 
 
