@@ -131,3 +131,29 @@ def test_processor_errors(tiny):
         proc.process(_prompt(0), {"audio": b"x"})
     with pytest.raises(ValueError, match="must be a PIL.Image"):
         proc.process(_prompt(1), {"image": "not an image"})
+
+
+def test_transformers4_config_layout():
+    """Released Qwen2.5-VL checkpoints (transformers 4.x): text fields at the top level,
+    ``rope_scaling: {type: mrope, mrope_section}``, ``in_chans`` in the vision config."""
+    from vllm_core.model_executor.hf_config import arch_config_from_hf
+    from vllm_core.model_executor.models.qwen2_5_vl import mrope_section_of
+    from vllm_core.model_executor.models.qwen2_5_vl_vision import VisionConfig
+
+    cfg = {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+           "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
+           "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+           "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": False,
+           "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+           "image_token_id": 151655,
+           "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420,
+                             "num_heads": 16, "out_hidden_size": 3584, "in_chans": 3,
+                             "patch_size": 14, "spatial_merge_size": 2,
+                             "temporal_patch_size": 2, "window_size": 112,
+                             "fullatt_block_indexes": [7, 15, 23, 31], "hidden_act": "silu"}}
+    arch = arch_config_from_hf(cfg)
+    assert (arch.rope_theta, arch.rope_scaling, arch.sliding_window) == (1e6, None, None)
+    assert arch.attention_bias and arch.head_dim == 128
+    assert mrope_section_of(arch.hf_config) == [16, 24, 24]
+    vision = VisionConfig.from_hf(arch.hf_config["vision_config"])
+    assert (vision.in_channels, vision.fullatt_block_indexes) == (3, (7, 15, 23, 31))

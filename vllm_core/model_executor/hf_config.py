@@ -109,17 +109,16 @@ def arch_config_from_hf(cfg: dict[str, Any]) -> ModelArchConfig:
 
 def vl_text_view(cfg: dict[str, Any]) -> dict[str, Any]:
     """A Qwen2.5-VL config with its language model's fields at the top level (transformers 5
-    nests them in ``text_config``); the M-RoPE ``mrope_section`` is removed from the rope
-    scaling (the model reads it from the raw config), and the raw keys (``vision_config``,
-    ``image_token_id``...) stay."""
+    nests them in ``text_config``); an ``mrope`` rope type (transformers 4) reads as the
+    default rope (``mrope_section`` stays, the model reads it), and the raw keys
+    (``vision_config``, ``image_token_id``...) stay."""
     flat = {**cfg, **(cfg.get("text_config") or {}), "model_type": cfg["model_type"]}
     for key in ("rope_scaling", "rope_parameters"):
         rope = dict(flat.get(key) or {})
-        if rope.pop("mrope_section", None) is not None or rope.get("type") == "mrope":
-            if rope.get("type") == "mrope" or rope.get("rope_type") == "mrope":
-                rope.pop("type", None)
-                rope["rope_type"] = "default"
-            flat[key] = rope or None
+        if "mrope" in (rope.get("type"), rope.get("rope_type")):
+            rope.pop("type", None)
+            rope["rope_type"] = "default"
+            flat[key] = rope
     return flat
 
 
