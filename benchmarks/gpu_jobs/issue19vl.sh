@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19 item 3 (Qwen2.5-VL) on one H200; run from the repo root; <= 5 min; no network.
-#   0. pillow: needed to hand images to the engine; installed from the wheels carried in
-#      .whl/ (no package index there) only when `import PIL` fails;
+#   0. pillow (hands images to the engine): installed from the wheels carried in
+#      .bench/wheels19vl/ (no package index there) only when `import PIL` fails;
 #   1. GPU parity test (-m gpu): tiny random fp32 Qwen2.5-VL, greedy tokens of a batch mixing
 #      text-only, one-image and two-image requests = HF generate; CUDA graphs on; prefix caching
 #      and chunked prefill (a 64-token budget splits image runs);
@@ -17,13 +17,23 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)" | tee -a "$out/gpu.txt"
 
-echo "=== ISSUE19VL STEP 0: pillow"
-if ! python3 -c "import PIL; print('pillow', PIL.__version__)" 2>&1 | tee -a "$out/gpu.txt"; then
-    timeout -k 5 60 python3 -m pip install --no-index --no-deps --find-links .whl pillow \
-        2>&1 | tail -3 | tee -a "$out/gpu.txt"
+echo "=== ISSUE19VL STEP 0: our distributions and pillow"
+# run_all.sh installs our distributions into /tmp/site; run alone, this script does it
+if ! python3 -c "import vllm_core, vllm_core_cuda" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+        --target /tmp/site19vl . platforms/cpu platforms/cuda platforms/triton 2>&1 | tail -3
+    export PYTHONPATH=/tmp/site19vl${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c "import PIL; print('pillow', PIL.__version__)" 2>&1 | tee -a "$out/gpu.txt"
-echo "=== ISSUE19VL STEP 0 rc=${PIPESTATUS[0]}"
+# pillow hands images to the engine; its wheels (cp310-cp313) are carried in
+# .bench/wheels19vl (not in .whl*, whose every wheel run_all.sh installs)
+if ! python3 -c "import PIL" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --find-links .bench/wheels19vl \
+        --target /tmp/pil19vl pillow 2>&1 | tail -3
+    export PYTHONPATH=/tmp/pil19vl${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c "import PIL, vllm_core; print('pillow', PIL.__version__, vllm_core.__file__)" \
+    2>&1 | tee -a "$out/gpu.txt"
+echo "=== ISSUE19VL STEP 0 done"
 
 echo "=== ISSUE19VL STEP 1: GPU parity test"
 timeout -k 10 100 python3 -m pytest -q -m gpu -p no:cacheprovider \
