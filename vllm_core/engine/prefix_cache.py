@@ -2,7 +2,7 @@
 
 A full block's hash chains three things: the previous block's hash (the root hash for block 0),
 the block's token ids, and extra keys that change the KV without changing the tokens (LoRA id,
-cache salt). Two blocks with equal hashes therefore hold the KV of the same whole prefix.
+cache salt, and the content hashes of the images whose placeholder tokens fall in the block). Two blocks with equal hashes therefore hold the KV of the same whole prefix.
 
 The hash is SHA-256 over an unambiguous byte encoding (fixed-size parent digest, length-prefixed
 extra keys, little-endian int64 tokens). As a guard against collisions (or a weak ``hash_fn``
