@@ -107,6 +107,9 @@ class SchedulerConfig:
     policy: Literal["fcfs", "priority"] = "fcfs"
     max_model_len: int = 0                       # copied from the model config
     async_scheduling: bool | None = None         # None: the platform's default
+    # vision-encoder output rows (image tokens) encoded per step and held by the encoder
+    # cache (None: max_num_batched_tokens); see engine/encoder_scheduler.py
+    encoder_budget_tokens: int | None = None
 
 
 STRUCTURED_OUTPUT_BACKENDS = ("auto", "xgrammar", "guidance", "outlines")

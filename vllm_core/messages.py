@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from vllm_core.multimodal.inputs import ImageItem, MultiModalFeatures
     from vllm_core.sampling.params import SamplingParams
 
 
@@ -33,6 +34,7 @@ class NewRequestData:
     num_computed_tokens: int
     output_token_ids: list[int] = field(default_factory=list)
     lora_id: int = 0
+    mm_features: MultiModalFeatures | None = None     # images (vllm_core.multimodal.inputs)
 
 
 @dataclass(slots=True)
@@ -92,6 +94,10 @@ class SchedulerOutput:
     structured_output_req_ids: list[str] = field(default_factory=list)
     scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
     defer_sampling: bool = False
+    # multimodal (engine/encoder_scheduler.py): images to run through the vision encoder
+    # before this step's forward, and encoder outputs to drop first (evicted by hash)
+    scheduled_encoder_inputs: list[ImageItem] = field(default_factory=list)
+    free_encoder_hashes: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

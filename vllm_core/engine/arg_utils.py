@@ -46,6 +46,7 @@ class EngineArgs:
     enforce_eager: bool = False
     warmup: bool | None = None                # None: on for accelerators, off on CPU
     async_scheduling: bool | None = None      # None: the platform's default
+    encoder_budget_tokens: int | None = None  # image tokens encoded per step (multimodal)
     disable_log_stats: bool = False
     structured_outputs_config: dict[str, Any] | str | None = None   # JSON text or a dict
     reasoning_parser: str | None = None
@@ -289,7 +290,8 @@ class EngineArgs:
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       enable_chunked_prefill=self.enable_chunked_prefill,
                                       policy=self.scheduling_policy, max_model_len=max_len,
-                                      async_scheduling=self.async_scheduling),
+                                      async_scheduling=self.async_scheduling,
+                                      encoder_budget_tokens=self.encoder_budget_tokens),
             parallel=self._parallel_config(ParallelConfig),
             structured_outputs=structured,
             speculative=speculative,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from vllm_core.config import EngineConfig
+from vllm_core.multimodal.inputs import MultiModalFeatures, multi_modal_data_of
 from vllm_core.sampling.params import SamplingParams
 
 PromptType = Union[str, list[int], dict[str, Any]]
@@ -20,6 +21,7 @@ class ProcessedPrompt:
     prompt: str | None
     prompt_token_ids: list[int]
     params: SamplingParams
+    mm_features: MultiModalFeatures | None = None   # images, placeholders expanded in the ids
 
 
 def eos_token_ids(tokenizer: Any, generation_defaults: dict[str, Any], arch_eos: Any) -> list[int]:
@@ -49,6 +51,7 @@ class InputProcessor:
         self.vocab_size = arch.vocab_size
         self.max_model_len = config.model.max_model_len
         self.eos_token_ids = eos_token_ids(tokenizer, generation_defaults, arch.eos_token_id)
+        self._mm_processor: Any = None          # built on the first request with images
 
     @staticmethod
     def model_eos_token_ids(config: EngineConfig, tokenizer: Any,
@@ -91,6 +94,10 @@ class InputProcessor:
 
     def process(self, prompt: PromptType, params: SamplingParams | None) -> ProcessedPrompt:
         text, ids = self.tokenize_prompt(prompt)
+        mm_features = None
+        mm_data = multi_modal_data_of(prompt)
+        if mm_data is not None:
+            ids, mm_features = self.multimodal_processor().process(ids, mm_data)
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt is {len(ids)} tokens, which leaves no room to generate within "
@@ -114,7 +121,18 @@ class InputProcessor:
         if params.max_tokens is None or params.max_tokens > room:
             params.max_tokens = room
             params.min_tokens = min(params.min_tokens, room)
-        return ProcessedPrompt(prompt=text, prompt_token_ids=ids, params=params)
+        return ProcessedPrompt(prompt=text, prompt_token_ids=ids, params=params,
+                               mm_features=mm_features)
+
+    def multimodal_processor(self) -> Any:
+        """The model's ``MultiModalProcessor``; ValueError naming the architecture when the
+        model does not accept images."""
+        if self._mm_processor is None:
+            from vllm_core.multimodal.processing import processor_for
+
+            model = self.config.model
+            self._mm_processor = processor_for(model.arch, model.model)
+        return self._mm_processor
 
     def _bad_words_ids(self, words: list[str]) -> list[list[int]]:
         """Each bad word banned as it would appear at the start of the text and after a space."""

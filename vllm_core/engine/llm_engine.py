@@ -239,7 +239,8 @@ class LLMEngine:
             requests.append(Request(
                 request_id=child_id, prompt_token_ids=processed.prompt_token_ids,
                 sampling_params=child_params, arrival_time=arrival, priority=priority,
-                lora_id=lora_id, parent_id=request_id if n > 1 else None))
+                lora_id=lora_id, parent_id=request_id if n > 1 else None,
+                mm_features=processed.mm_features))
         for i, req in enumerate(requests):           # the core first: it may refuse
             self.core.add_request(req)
             self.output_processor.add_request(

@@ -2,7 +2,7 @@
 
 A full block's hash chains three things: the previous block's hash (the root hash for block 0),
 the block's token ids, and extra keys that change the KV without changing the tokens (LoRA id,
-cache salt). Two blocks with equal hashes therefore hold the KV of the same whole prefix.
+cache salt, and the content hashes of the images whose placeholder tokens fall in the block). Two blocks with equal hashes therefore hold the KV of the same whole prefix.
 
 The hash is SHA-256 over an unambiguous byte encoding (fixed-size parent digest, length-prefixed
 extra keys, little-endian int64 tokens). As a guard against collisions (or a weak ``hash_fn``
@@ -54,12 +54,23 @@ def request_extra_keys(request: Request) -> tuple:
     return (request.lora_id, request.cache_salt)
 
 
+def block_extra_keys(request: Request, index: int, block_size: int) -> tuple:
+    """``request_extra_keys`` plus the hashes of the images whose placeholder tokens fall in
+    block ``index`` (equal placeholder tokens of different images hold different KV)."""
+    keys = request_extra_keys(request)
+    feats = request.mm_features
+    if feats is None or not feats.items:
+        return keys
+    start = index * block_size
+    return keys + feats.block_extra_keys(start, start + block_size)
+
+
 def block_key(request: Request, index: int, block_size: int) -> BlockKey:
     """The key of full block ``index`` of ``request.all_token_ids`` (its hash must exist)."""
     start = index * block_size
     return BlockKey(parent=request.block_hashes[index - 1] if index > 0 else None,
                     token_ids=tuple(request.all_token_ids[start:start + block_size]),
-                    extra_keys=request_extra_keys(request))
+                    extra_keys=block_extra_keys(request, index, block_size))
 
 
 def update_block_hashes(request: Request, block_size: int,
@@ -68,11 +79,11 @@ def update_block_hashes(request: Request, block_size: int,
     hashes = request.block_hashes
     num_full = request.num_tokens // block_size
     if len(hashes) < num_full:
-        extra = request_extra_keys(request)
         tokens = request.all_token_ids
         for i in range(len(hashes), num_full):
             parent = hashes[i - 1] if i > 0 else None
-            hashes.append(hash_fn(parent, tokens[i * block_size:(i + 1) * block_size], extra))
+            hashes.append(hash_fn(parent, tokens[i * block_size:(i + 1) * block_size],
+                                  block_extra_keys(request, i, block_size)))
     return hashes
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from vllm_core.sampling.params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
+    from vllm_core.multimodal.inputs import MultiModalFeatures
     from vllm_core.structured_output.request import StructuredOutputRequest
 
 
@@ -82,6 +83,7 @@ class Request:
     parent_id: str | None = None           # shared by the children of one n > 1 request
     max_model_len: int | None = None
     structured_output: StructuredOutputRequest | None = None   # grammar state, if constrained
+    mm_features: MultiModalFeatures | None = None   # images (vllm_core.multimodal.inputs)
 
     status: RequestStatus = field(default=RequestStatus.WAITING, init=False)
     output_token_ids: list[int] = field(default_factory=list, init=False)

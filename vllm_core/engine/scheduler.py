@@ -73,6 +73,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 
 from vllm_core.config import CacheConfig, SchedulerConfig
+from vllm_core.engine.encoder_scheduler import EncoderScheduler
 from vllm_core.engine.kv_cache_manager import KVCacheManager, cdiv
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.stats import SchedulerStats, SpecDecodingStats
@@ -233,6 +234,12 @@ class Scheduler:
         self.block_size = cache_config.block_size
         self.max_loras = max_loras      # distinct LoRA adapters among running requests
 
+        # vision-encoder work: a per-step budget (image tokens) that is also the encoder
+        # cache's capacity; max_num_batched_tokens unless configured
+        encoder_budget = scheduler_config.encoder_budget_tokens or budget
+        if encoder_budget < 1:
+            raise ValueError(f"encoder_budget_tokens must be >= 1, got {encoder_budget}")
+        self.encoder = EncoderScheduler(encoder_budget, encoder_budget)
         self.kv_cache_manager = KVCacheManager(
             cache_config.num_blocks, cache_config.block_size,
             enable_caching=cache_config.enable_prefix_caching, log_stats=log_stats)
@@ -262,6 +269,7 @@ class Scheduler:
             raise ValueError(f"request {req_id!r}: the prompt has {num_prompt} tokens, but "
                              f"max_model_len is {self.max_model_len}; the prompt must be shorter "
                              "than max_model_len to leave room for at least one output token")
+        self.encoder.check_request(request)
         need = cdiv(num_prompt + 1, self.block_size)
         usable = self.kv_cache_manager.num_usable_blocks
         if need > usable:
@@ -385,6 +393,7 @@ class Scheduler:
         preempted: list[Request] = []
         spec_tokens: dict[str, list[int]] = {}        # drafts scheduled this step
         kv = self.kv_cache_manager
+        self.encoder.begin_step()
 
         # 1. Running requests: decodes, then unfinished prefill chunks, each in policy order.
         self.running.sort(key=self._key)
@@ -409,6 +418,11 @@ class Scheduler:
             if remaining > budget and not self.enable_chunked_prefill:
                 continue
             num_new = min(remaining, budget)
+            clipped = self.encoder.clip(request, request.num_computed_tokens, num_new)
+            if clipped < num_new and (clipped == 0 or not self.enable_chunked_prefill):
+                self.encoder.unschedule(request)      # an image waits for encoder budget
+                continue
+            num_new = clipped
             while True:
                 ids = kv.allocate_slots(request, num_new)
                 if ids is not None:
@@ -442,7 +456,7 @@ class Scheduler:
                                    block_ids=kv.get_block_ids(r.request_id),
                                    num_computed_tokens=r.num_computed_tokens,
                                    output_token_ids=list(r.output_token_ids),
-                                   lora_id=r.lora_id)
+                                   lora_id=r.lora_id, mm_features=r.mm_features)
                     for r in scheduled_new]
         cached_reqs = [CachedRequestData(req_id=r.request_id,
                                          new_block_ids=new_block_ids[r.request_id],
@@ -465,12 +479,15 @@ class Scheduler:
         finished = self.finished_req_ids | {r.request_id for r in preempted}
         self.finished_req_ids = set()
         self._num_preemptions += len(preempted)
+        encoder_inputs, freed_outputs = self.encoder.end_step()
         return SchedulerOutput(scheduled_new_reqs=new_reqs, scheduled_cached_reqs=cached_reqs,
                                num_scheduled_tokens=num_scheduled,
                                total_num_scheduled_tokens=sum(num_scheduled.values()),
                                finished_req_ids=finished, num_preempted=len(preempted),
                                sampling_req_ids=frozenset(sampling),
-                               scheduled_spec_decode_tokens=spec_tokens)
+                               scheduled_spec_decode_tokens=spec_tokens,
+                               scheduled_encoder_inputs=encoder_inputs,
+                               free_encoder_hashes=freed_outputs)
 
     def _finishes_by_length(self, request: Request) -> bool:
         """Whether the tokens in flight already end ``request`` by length (async scheduling)."""
@@ -535,9 +552,15 @@ class Scheduler:
                 if not self.enable_chunked_prefill:
                     break
                 num_new = budget
+            clipped = self.encoder.clip(request, num_hit, num_new)
+            if clipped < num_new and (clipped == 0 or not self.enable_chunked_prefill):
+                self.encoder.unschedule(request)      # an image waits for encoder budget
+                break
+            num_new = clipped
             ids = kv.allocate_slots(request, num_new, num_new_computed_tokens=num_hit,
                                     new_computed_blocks=hit_blocks)
             if ids is None:
+                self.encoder.unschedule(request)
                 break
             self.waiting.pop()
             request.status = RequestStatus.RUNNING
@@ -559,6 +582,7 @@ class Scheduler:
         """Recompute preemption: free the blocks, forget progress, wait at the front."""
         self.running.remove(request)
         self.kv_cache_manager.free(request)
+        self.encoder.unschedule(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_output_placeholders = 0           # a token in flight is dropped
@@ -700,6 +724,7 @@ class Scheduler:
     def _release(self, request: Request) -> None:
         """Free a finished request's blocks and forget it (caller fixes the queues)."""
         self.kv_cache_manager.free(request)
+        self.encoder.release(request)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
         if (request.parent_id is not None

@@ -25,8 +25,10 @@ _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausal
                        "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                        "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
                        "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
-                       "qwen3_moe": "Qwen3MoeForCausalLM"}
+                       "qwen3_moe": "Qwen3MoeForCausalLM",
+                       "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 _GEMMA3 = ("gemma3_text", "gemma3")
+_VL_MODEL_TYPES = ("qwen2_5_vl",)
 _GEMMA_ACTS = ("gelu_pytorch_tanh", "gelu_tanh")
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads")
@@ -49,6 +51,8 @@ def read_config_json(path: str) -> dict[str, Any]:
 def arch_config_from_hf(cfg: dict[str, Any]) -> ModelArchConfig:
     """Build the architecture facts from a config.json dict; ``ValueError`` names a missing or
     unsupported field."""
+    if cfg.get("model_type") in _VL_MODEL_TYPES:
+        cfg = vl_text_view(cfg)
     missing = [k for k in _REQUIRED if cfg.get(k) is None]
     if missing:
         raise ValueError(f"model config lacks required field(s): {', '.join(missing)}")
@@ -84,7 +88,7 @@ def arch_config_from_hf(cfg: dict[str, Any]) -> ModelArchConfig:
         rope_scaling=scaling,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", gemma)),
-        attention_bias=(model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+        attention_bias=(model_type in ("qwen2", *_VL_MODEL_TYPES) or bool(cfg.get("attention_bias", False))
                         or (model_type == "qwen2_moe" and bool(cfg.get("qkv_bias", True)))),
         qk_norm=model_type in ("qwen3", "qwen3_moe") or gemma,
         sliding_window=_sliding_window(cfg, model_type),
@@ -101,6 +105,21 @@ def arch_config_from_hf(cfg: dict[str, Any]) -> ModelArchConfig:
         eos_token_id=cfg.get("eos_token_id"),
         hf_config=dict(cfg),
     )
+
+
+def vl_text_view(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A Qwen2.5-VL config with its language model's fields at the top level (transformers 5
+    nests them in ``text_config``); an ``mrope`` rope type (transformers 4) reads as the
+    default rope (``mrope_section`` stays, the model reads it), and the raw keys
+    (``vision_config``, ``image_token_id``...) stay."""
+    flat = {**cfg, **(cfg.get("text_config") or {}), "model_type": cfg["model_type"]}
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = dict(flat.get(key) or {})
+        if "mrope" in (rope.get("type"), rope.get("rope_type")):
+            rope.pop("type", None)
+            rope["rope_type"] = "default"
+            flat[key] = rope
+    return flat
 
 
 def _activation(cfg: dict[str, Any], gemma: bool) -> str:
@@ -181,7 +200,7 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 def _sliding_window(cfg: dict[str, Any], model_type: str) -> int | None:
     window = cfg.get("sliding_window")
-    if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
+    if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", *_VL_MODEL_TYPES):
         if cfg.get("use_sliding_window"):
             raise ValueError(f"{model_type} with use_sliding_window=true is not supported")
         return None

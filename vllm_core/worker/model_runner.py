@@ -67,6 +67,7 @@ from vllm_core.sampling.sampler import Sampler, compute_prompt_logprobs
 from vllm_core.sampling.structured import BitmaskStaging, apply_grammar_bitmask
 from vllm_core.spec_decode import verifier
 from vllm_core.structured_output.backend import bitmask_width
+from vllm_core.worker.mm_inputs import MultiModalStepInputs
 from vllm_core.worker.request_state import CachedRequestState
 from vllm_core.worker.request_table import RequestTable
 from vllm_core.worker.runner_stats import KVWasteStats, StepTiming
@@ -91,7 +92,8 @@ class StepInputs:
     """Device inputs of one step, ``num_tokens`` rows (the padded count when padded).
 
     ``inputs_embeds`` [T, H], when set, replaces the embedding of ``input_ids`` (multimodal
-    inputs: encoder outputs at their placeholder tokens); nothing sets it yet."""
+    inputs: encoder outputs at their placeholder tokens, ``worker/mm_inputs.py``); then
+    ``positions`` may be ``[3, T]`` (M-RoPE)."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
@@ -202,6 +204,7 @@ class ModelRunner:
         self.model: torch.nn.Module | None = None
         self.expert_load: ExpertLoadTracker | None = None      # MoE models: per-step load
         self.lora: Any = None                 # LoRAManager when config.lora is set
+        self.mm: MultiModalStepInputs | None = None   # models that accept images
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler()
         self.builder = attn_backend.get_builder_cls()(self.block_size, device)
@@ -296,6 +299,8 @@ class ModelRunner:
         eager, attention metadata built from ``inputs.common``."""
         attn_metadata = self.builder.build(inputs.common)
         extra = {} if inputs.intermediate is None else {"intermediate": inputs.intermediate}
+        if inputs.inputs_embeds is not None:
+            extra["inputs_embeds"] = inputs.inputs_embeds
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, attn_metadata,
                             **extra)
         logits = None
@@ -340,6 +345,8 @@ class ModelRunner:
         self.model = get_model(self.config.model, self.attn_backend, self.device, self.ops,
                                self.parallel)
         self.expert_load = ExpertLoadTracker.for_model(self.model, self.pin_memory)
+        self.mm = MultiModalStepInputs.for_model(self.model, self.device, self.dtype,
+                                                 self.parallel.is_first_stage)
         if self.config.lora is not None:
             from vllm_core.lora.worker import lora_manager_for_runner
 
@@ -441,6 +448,8 @@ class ModelRunner:
             if cached.new_block_ids:
                 table.extend_blocks(slot, cached.new_block_ids)
             table.num_computed[slot] = cached.num_computed_tokens
+        if self.mm is not None:
+            self.mm.update(so)
 
     # ================================================================ the step
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
@@ -468,7 +477,11 @@ class ModelRunner:
         plan = plan_step(so, self.table, self.block_size,
                          verifier.stage_drafts(self.table, drafts) if drafts else None)
         shape = self.padded_shape(plan)
+        if shape is not None and self.mm is not None and self.mm.computes_images(plan):
+            shape = None                      # image tokens need embeddings: run eager
         inputs = self._stage(plan, shape)
+        if self.mm is not None:               # encoder runs, input embeddings, M-RoPE
+            self.mm.prepare(plan, so, inputs)
         sample_ids = plan.sampling_ids()
         par = self.parallel
         samples = bool(sample_ids) and par.is_sampling_rank
@@ -552,6 +565,8 @@ class ModelRunner:
         if self._upload_recorded:            # staging memory still being read by the device?
             self._upload_done.synchronize()
         b.stage(plan, self.table)
+        if self.mm is not None:
+            self.mm.stage_positions(plan, b.positions_np)
         if self.lora is not None:            # per-token adapter slots (inside the upload window)
             self.lora.prepare_step(plan.token_lora_ids(self.table),
                                    shape.num_tokens if shape is not None else None)

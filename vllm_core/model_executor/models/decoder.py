@@ -121,7 +121,8 @@ class DecoderAttention(nn.Module):
                                              bias=arch.attention_bias, ops=ops,
                                              method=_linear_method(quant, f"{prefix}.qkv_proj"))
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
-        o_bias = arch.attention_bias and arch.model_type not in ("qwen2", "qwen2_moe")
+        o_bias = arch.attention_bias and arch.model_type not in ("qwen2", "qwen2_moe",
+                                                                   "qwen2_5_vl")
         self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
                                         arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp,
                                         method=_linear_method(quant, f"{prefix}.o_proj"))

@@ -42,6 +42,11 @@ class CausalLM(nn.Module, ABC):
     ``IntermediateTensors``) instead of embedding ``input_ids``; a stage other than the last
     returns ``IntermediateTensors``. ``kv_caches`` holds this stage's layers only.
     ``compute_logits`` returns None on TP ranks other than 0 (the logits are gathered there).
+
+    Multimodal models (``supports_images = True``, e.g. ``models/qwen2_5_vl.py``) also take
+    ``inputs_embeds`` [T, hidden] (replacing the embedding of ``input_ids``) and, with
+    ``uses_mrope``, ``positions`` [3, T]; they implement ``embed_input_ids`` and
+    ``encode_images``. The runner passes ``inputs_embeds`` only to such models.
     """
 
     @abstractmethod

@@ -25,6 +25,8 @@ _BUILTIN = {
     "MixtralForCausalLM": "vllm_core.model_executor.models.moe.MixtralForCausalLM",
     "Qwen2MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen2MoeForCausalLM",
     "Qwen3MoeForCausalLM": "vllm_core.model_executor.models.moe.Qwen3MoeForCausalLM",
+    "Qwen2_5_VLForConditionalGeneration":
+        "vllm_core.model_executor.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration",
 }
 
 register_model = MODELS.register
