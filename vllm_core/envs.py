@@ -90,3 +90,9 @@ def worker_start_timeout_s() -> float:
     """VLLM_WORKER_START_TIMEOUT_S: how long worker processes may take to start and load the
     model (default 1800)."""
     return float(get("VLLM_WORKER_START_TIMEOUT_S") or 1800.0)
+
+
+def image_fetch_timeout_s() -> float:
+    """VLLM_IMAGE_FETCH_TIMEOUT: seconds one ``http(s)`` image download may take when
+    ``--media-fetch-timeout`` is not given (default 5, as in vLLM)."""
+    return float(get("VLLM_IMAGE_FETCH_TIMEOUT") or 5.0)
