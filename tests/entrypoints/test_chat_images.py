@@ -152,7 +152,7 @@ def test_qwen2_5_vl_template_renders_image_placeholders():
     conversation with the model's template (one placeholder per image, in order)."""
     engine = types.SimpleNamespace(tokenizer=hf_tokenizer())
     ctx = ServingContext(engine=engine, served_model_names=["m"], max_model_len=64,
-                         vocab_size=1)
+                         vocab_size=1, accepts_images=True)
     text = render(ctx, [image_part(png_url((1, 2, 3))), {"type": "text", "text": "What is it?"},
                         image_part(png_url((4, 5, 6)))])
     expected = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

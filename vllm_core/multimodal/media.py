@@ -216,9 +216,9 @@ class MediaLoader:
 
     def _too_many_bytes(self, location: str, size: int, at_least: bool = False
                         ) -> MediaTooLargeError:
-        more = "more than " if at_least else ""
-        return MediaTooLargeError(location, f"image is {more}{size} bytes, more than the limit "
-                                            f"of {self.config.max_media_bytes} bytes "
+        size_text = "larger" if at_least else f"{size} bytes, more"
+        return MediaTooLargeError(location, f"image is {size_text} than the limit of "
+                                            f"{self.config.max_media_bytes} bytes "
                                             f"(--max-media-bytes)")
 
 

@@ -1,8 +1,8 @@
 """The chat prompt of /v1/chat/completions with its images (``chat_utils`` does the parsing).
 
-``render_chat_prompt`` renders the template (image parts become the template's image
-placeholders), checks the image count against ``--limit-mm-per-prompt`` and that the model
-accepts images, loads each image (``MediaLoader``: data:, file:// inside
+``render_chat_prompt`` checks the image count against ``--limit-mm-per-prompt`` and that the
+model accepts images, renders the template (image parts become the template's image
+placeholders), loads each image (``MediaLoader``: data:, file:// inside
 ``--allowed-local-media-path``, http(s) with size and time limits), then tokenizes. Every
 refusal is an ``OpenAIServingError`` 400 whose ``param`` names the part
 (``messages.0.content.1.image_url``); nothing reaches the engine, which keeps serving.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm_core.entrypoints.chat_utils import ImageRef, check_images, load_images, location_param
+from vllm_core.entrypoints.chat_utils import ImageRef, load_images, location_param
 from vllm_core.entrypoints.openai.errors import OpenAIServingError
 from vllm_core.multimodal.media import MediaLoader
 
@@ -42,8 +42,7 @@ def render_chat_prompt(ctx: Any, messages: list[Any], template_args: dict[str, A
     add_special_tokens = args.pop("add_special_tokens")
     refs: list[ImageRef] = []
     text = ctx.apply_chat_template(messages, images=refs, **args)
-    try:
-        check_images(refs, ctx.multimodal, ctx.accepts_images, ctx.model_name)
+    try:                         # count and model support: checked by apply_chat_template
         images = load_images(refs, MediaLoader(ctx.multimodal))
     except ValueError as e:
         raise OpenAIServingError(str(e), 400,

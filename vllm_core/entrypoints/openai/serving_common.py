@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from vllm_core.config import MultiModalConfig
-from vllm_core.entrypoints.chat_utils import ImageRef, location_param, parse_content
+from vllm_core.entrypoints.chat_utils import (
+    ImageRef,
+    check_images,
+    location_param,
+    parse_content,
+)
 from vllm_core.entrypoints.openai.errors import OpenAIServingError
 from vllm_core.entrypoints.openai.protocol import ChatMessage
 from vllm_core.entrypoints.openai.serving_chat_images import ChatPrompt, render_chat_prompt
@@ -134,10 +139,16 @@ class ServingContext:
                             images: list[ImageRef] | None = None) -> str:
         """Render the conversation with the model's (or the given) Jinja chat template; the
         tools, when given, go to the template as ``tools`` (transformers' convention).
-        ``images``: collects the image parts, in order (None: image parts are refused)."""
+        ``images``: collects the image parts, in order (None: image parts are refused); their
+        count and the model's support are checked before the template runs."""
         conversation = [normalize_message(m, i, images) for i, m in enumerate(messages)]
         if not conversation:
             raise OpenAIServingError("messages must not be empty", 400, "messages")
+        if images:       # before rendering: a text-only model's template may not take parts
+            try:
+                check_images(images, self.multimodal, self.accepts_images, self.model_name)
+            except ValueError as e:
+                raise OpenAIServingError(str(e), 400, "messages") from e
         template = chat_template or self.chat_template
         if template is None and not getattr(self.tokenizer, "chat_template", None):
             raise OpenAIServingError(
