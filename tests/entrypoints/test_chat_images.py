@@ -19,6 +19,7 @@ import pytest
 from fake_engine import FakeAsyncEngine
 from fastapi.testclient import TestClient
 from PIL import Image
+from vl_templates import QWEN2_5_VL_TEMPLATE
 
 from vllm_core.config import EngineConfig, ModelConfig, MultiModalConfig
 from vllm_core.entrypoints.chat_utils import ContentPartError, parse_content
@@ -26,21 +27,6 @@ from vllm_core.entrypoints.openai.api_server import build_app
 from vllm_core.entrypoints.openai.serving_common import ServingContext
 from vllm_core.entrypoints.prompt_inputs import check_prompt
 
-# Qwen/Qwen2.5-VL-7B-Instruct's chat_template (tokenizer_config.json), verbatim.
-QWEN2_5_VL_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
-    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
-    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 TOKENS_PER_IMAGE = 4
 

@@ -20,7 +20,7 @@ Contract (every limit comes from ``MultiModalConfig``):
   (decompression bombs); truncated or corrupt data is a ``MediaDecodeError``.
 
 Pillow is imported on first use; without it the error says how to install it
-(``pip install 'vllm-core[multimodal]'``).
+(``pip install 'vllm-core[vision]'``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _pil() -> Any:
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - pillow is in the test extras
-        raise ImportError("image inputs need Pillow: pip install 'vllm-core[multimodal]'") from e
+        raise ImportError("image inputs need Pillow: pip install 'vllm-core[vision]'") from e
     return Image
 
 
