@@ -1,7 +1,8 @@
 """Image parts in /v1/chat/completions (in-process app over the fake engine) and in
 ``LLM.generate`` / ``LLM.chat`` input checks.
 
-``VisionFakeEngine`` stands in for a vision-language engine: it records the engine input
+``VisionFakeEngine`` stands in for a vision-language engine (its architecture is registered,
+for this module, with a class declaring ``supports_images``): it records the engine input
 (``{"prompt_token_ids", "multi_modal_data": {"image": [...]}}``) and, like the real one,
 expands each image into several prompt tokens, so ``usage.prompt_tokens`` must come from the
 engine. The chat template is Qwen2.5-VL's real one (``QWEN2_5_VL_TEMPLATE``), rendered both by
@@ -29,6 +30,22 @@ from vllm_core.entrypoints.prompt_inputs import check_prompt
 
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 TOKENS_PER_IMAGE = 4
+VISION_ARCH = "TinyVisionForImageInputTests"
+
+
+class TinyVisionModel:
+    """What the server asks of a model class: whether it ``supports_images``."""
+
+    supports_images = True
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vision_architecture():
+    from vllm_core.model_executor.models.registry import MODELS, register_model
+
+    register_model(VISION_ARCH, f"{__name__}:TinyVisionModel")
+    yield
+    MODELS.unregister(VISION_ARCH)
 
 
 def png_url(color: tuple[int, int, int], size: tuple[int, int] = (6, 4)) -> str:
@@ -46,9 +63,8 @@ class VisionFakeEngine(FakeAsyncEngine):
 
     def __init__(self, multimodal: MultiModalConfig | None = None) -> None:
         super().__init__(max_model_len=512, step_delay=0.0)
-        self.config.model.arch = types.SimpleNamespace(
-            vocab_size=259, hf_config={"architectures": ["Qwen2_5_VLForConditionalGeneration"],
-                                       "vision_config": {"depth": 2}})
+        self.config.model.arch = types.SimpleNamespace(vocab_size=259,
+                                                       architecture=VISION_ARCH)
         self.config.multimodal = multimodal or MultiModalConfig()
         self.inputs: list[Any] = []
 
@@ -204,7 +220,7 @@ def test_images_to_a_text_only_model_are_a_400_naming_it():
     with client_for(engine) as client:
         resp = chat(client, [{"type": "text", "text": "hi"}, image_part(png_url((1, 1, 1)))])
         assert resp.status_code == 400
-        assert "'tiny-text' does not accept images" in resp.json()["error"]["message"]
+        assert "the model 'tiny-text' takes text only" in resp.json()["error"]["message"]
         assert chat(client, "hi").status_code == 200
 
 
@@ -282,9 +298,22 @@ def test_check_prompt_errors(prompt, exc, words):
 
 
 def test_check_prompt_refuses_images_for_a_text_model():
-    with pytest.raises(ValueError, match="'tiny-text' does not accept images"):
+    with pytest.raises(ValueError, match="'tiny-text' takes text only: architecture "
+                                         "'LlamaForCausalLM' does not accept images"):
         check_prompt({"prompt": "hi", "multi_modal_data": {"image": Image.new("RGB", (2, 2))}},
-                     "prompts[0]", **TEXT)
+                     "prompts[0]", architecture="LlamaForCausalLM", **TEXT)
+
+
+def test_model_accepts_images_follows_the_model_class():
+    from vllm_core.entrypoints.chat_utils import model_accepts_images
+
+    def config(arch):
+        return ModelConfig(model="m", arch=types.SimpleNamespace(architecture=arch))
+
+    assert model_accepts_images(config(VISION_ARCH))
+    assert not model_accepts_images(config("LlamaForCausalLM"))
+    assert not model_accepts_images(config("NoSuchArchitecture"))
+    assert not model_accepts_images(ModelConfig(model="m"))
 
 
 def test_engine_config_carries_the_multimodal_settings():

@@ -59,7 +59,8 @@ def test_image_to_a_text_model_is_a_400_naming_it(setup):
         with pytest.raises(openai.BadRequestError) as info:
             ask(client, [{"type": "text", "text": "What is this?"},
                          {"type": "image_url", "image_url": {"url": url, "detail": "auto"}}])
-        assert "'smol-text' does not accept images" in error_of(info.value)["message"]
+        assert ("the model 'smol-text' takes text only: architecture 'LlamaForCausalLM' does "
+                "not accept images") in error_of(info.value)["message"]
         assert_serving(client)
 
 

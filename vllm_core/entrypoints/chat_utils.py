@@ -137,7 +137,7 @@ def _object_ref(value: Any, location: str) -> ImageRef:
 
 
 def check_images(refs: list[ImageRef], config: MultiModalConfig, accepts_images: bool,
-                 model_name: str) -> None:
+                 model_name: str, architecture: str | None = None) -> None:
     """The per-prompt limit, then the model's support (``ImageLimitError`` /
     ``ImagesNotSupportedError``); nothing is fetched."""
     if not refs:
@@ -147,8 +147,15 @@ def check_images(refs: list[ImageRef], config: MultiModalConfig, accepts_images:
         raise ImageLimitError(f"this request has {len(refs)} images, more than the limit of "
                               f"{limit} per prompt (--limit-mm-per-prompt)")
     if not accepts_images:
-        raise ImagesNotSupportedError(f"the model {model_name!r} does not accept images (it "
-                                      f"takes text only)")
+        raise ImagesNotSupportedError(text_only_message(model_name, architecture))
+
+
+def text_only_message(model_name: str, architecture: str | None) -> str:
+    """Why images are refused, naming the model (and its architecture, as the engine does)."""
+    if architecture:
+        return (f"the model {model_name!r} takes text only: architecture {architecture!r} "
+                f"does not accept images")
+    return f"the model {model_name!r} takes text only: it does not accept images"
 
 
 def load_images(refs: list[ImageRef], loader: MediaLoader) -> list[Any]:
@@ -163,12 +170,23 @@ def load_images(refs: list[ImageRef], loader: MediaLoader) -> list[Any]:
 
 
 def model_accepts_images(model_config: Any) -> bool:
-    """Whether the served model takes images: its config.json has a ``vision_config`` (the
-    vision-language families; the engine makes the final check when it processes the
-    prompt and raises ValueError naming the model otherwise)."""
-    arch = getattr(model_config, "arch", None)
-    hf_config = getattr(arch, "hf_config", None) or {}
-    return isinstance(hf_config, dict) and hf_config.get("vision_config") is not None
+    """Whether the served model takes images: its registered class declares
+    ``supports_images`` (the engine's input processing applies the same rule and refuses
+    images otherwise; checking here first means nothing is fetched for such a model)."""
+    architecture = model_architecture(model_config)
+    if not architecture:
+        return False
+    from vllm_core.model_executor.models.registry import resolve_model_cls
+
+    try:
+        return bool(getattr(resolve_model_cls(architecture), "supports_images", False))
+    except (ValueError, ImportError):
+        return False
+
+
+def model_architecture(model_config: Any) -> str | None:
+    """The served model's architecture name (None for test doubles without one)."""
+    return getattr(getattr(model_config, "arch", None), "architecture", None)
 
 
 def location_param(location: str) -> str:

@@ -89,14 +89,16 @@ class LLM:
         return self._run(processed, priority, use_tqdm, loras)
 
     def _check_prompts(self, prompts: list[Any]) -> None:
-        from vllm_core.entrypoints.chat_utils import model_accepts_images
+        from vllm_core.entrypoints.chat_utils import model_accepts_images, model_architecture
         from vllm_core.entrypoints.prompt_inputs import check_prompt
 
         config = self.llm_engine.config
-        accepts = model_accepts_images(config.model)
+        with_images = any(isinstance(p, dict) and "multi_modal_data" in p for p in prompts)
+        accepts = with_images and model_accepts_images(config.model)
         for i, prompt in enumerate(prompts):
             check_prompt(prompt, f"prompts[{i}]", config.multimodal, accepts,
-                         str(config.model.served_model_name or config.model.model))
+                         str(config.model.served_model_name or config.model.model),
+                         model_architecture(config.model))
 
     def _run(self, processed: list[Any], priority: list[int] | None,
              use_tqdm: bool, loras: list[Any] | None = None) -> list[RequestOutput]:
@@ -160,13 +162,16 @@ class LLM:
             check_images,
             load_images,
             model_accepts_images,
+            model_architecture,
         )
         from vllm_core.multimodal.media import MediaLoader
 
         normalized, refs = self._normalize_conversation(conversation)
         config = self.llm_engine.config
-        check_images(refs, config.multimodal, model_accepts_images(config.model),
-                     str(config.model.served_model_name or config.model.model))
+        if refs:
+            check_images(refs, config.multimodal, model_accepts_images(config.model),
+                         str(config.model.served_model_name or config.model.model),
+                         model_architecture(config.model))
         images = load_images(refs, MediaLoader(config.multimodal))
         ids = self._template_ids(normalized, chat_template, add_generation_prompt,
                                  chat_template_kwargs)

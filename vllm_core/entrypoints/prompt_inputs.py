@@ -20,7 +20,7 @@ PROMPT_KEYS = ("prompt", "prompt_token_ids", "multi_modal_data")
 
 
 def check_prompt(prompt: Any, where: str, config: MultiModalConfig, accepts_images: bool,
-                 model_name: str) -> None:
+                 model_name: str, architecture: str | None = None) -> None:
     """Validate one prompt given to ``LLM.generate`` (strings and id lists pass through: the
     input processor checks them)."""
     if not isinstance(prompt, dict):
@@ -36,11 +36,11 @@ def check_prompt(prompt: Any, where: str, config: MultiModalConfig, accepts_imag
                         f"{type(prompt['prompt']).__name__}")
     if "multi_modal_data" in prompt:
         _check_mm_data(prompt["multi_modal_data"], f"{where}['multi_modal_data']", config,
-                       accepts_images, model_name)
+                       accepts_images, model_name, architecture)
 
 
 def _check_mm_data(data: Any, where: str, config: MultiModalConfig, accepts_images: bool,
-                   model_name: str) -> None:
+                   model_name: str, architecture: str | None) -> None:
     if not isinstance(data, dict):
         raise TypeError(f"{where} must be a dict such as {{'image': [PIL.Image, ...]}}, got "
                         f"{type(data).__name__}")
@@ -66,5 +66,6 @@ def _check_mm_data(data: Any, where: str, config: MultiModalConfig, accepts_imag
         raise ValueError(f"{where}['image'] has {len(items)} images, more than the limit of "
                          f"{limit} per prompt (limit_mm_per_prompt)")
     if not accepts_images:
-        raise ValueError(f"{where}: the model {model_name!r} does not accept images (it "
-                         f"takes text only)")
+        from vllm_core.entrypoints.chat_utils import text_only_message
+
+        raise ValueError(f"{where}: {text_only_message(model_name, architecture)}")

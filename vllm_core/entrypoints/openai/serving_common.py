@@ -56,6 +56,7 @@ class ServingContext:
     reasoning_parser: type | None = None          # --reasoning-parser's class
     multimodal: MultiModalConfig = field(default_factory=MultiModalConfig)
     accepts_images: bool = False                  # the model takes image parts
+    architecture: str | None = None               # the model's, named when images are refused
     _decode_cache: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -146,7 +147,8 @@ class ServingContext:
             raise OpenAIServingError("messages must not be empty", 400, "messages")
         if images:       # before rendering: a text-only model's template may not take parts
             try:
-                check_images(images, self.multimodal, self.accepts_images, self.model_name)
+                check_images(images, self.multimodal, self.accepts_images, self.model_name,
+                             self.architecture)
             except ValueError as e:
                 raise OpenAIServingError(str(e), 400, "messages") from e
         template = chat_template or self.chat_template
@@ -333,10 +335,11 @@ def prompt_logprobs_json(positions: list[PositionLogprobs | None] | None
 
 def multimodal_options(config: Any) -> dict[str, Any]:
     """ServingContext's image settings from the engine config (test doubles may lack them)."""
-    from vllm_core.entrypoints.chat_utils import model_accepts_images
+    from vllm_core.entrypoints.chat_utils import model_accepts_images, model_architecture
 
     return {"multimodal": getattr(config, "multimodal", None) or MultiModalConfig(),
-            "accepts_images": model_accepts_images(config.model)}
+            "accepts_images": model_accepts_images(config.model),
+            "architecture": model_architecture(config.model)}
 
 
 def read_template(value: str | None) -> str | None:
