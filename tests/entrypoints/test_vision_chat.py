@@ -158,3 +158,32 @@ def test_bad_image_is_a_400_and_the_server_keeps_serving(setup):
         model="tiny-vl", max_tokens=2, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": data_url(random_image(56, 56, 9))}}]}])
     assert resp.usage.completion_tokens >= 1
+
+
+def test_llm_chat_with_images_matches_hf(tmp_path_factory):
+    """``LLM.chat`` with an ``image_pil`` part and a ``data:`` URL part (two sizes) gives HF's
+    tokens; ``LLM.generate`` with the contract's dict gives the same."""
+    from vllm_core import LLM, SamplingParams
+
+    folder = str(tmp_path_factory.mktemp("vision-llm") / "tiny")
+    model, tokenizer, processor = tiny_checkpoint(folder)
+    images = [random_image(84, 56, seed=3), random_image(56, 84, seed=4)]
+    expected, _ = hf_answer(model, tokenizer, processor, [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "t9"}, {"type": "image"}]}], images)
+    llm = LLM(folder, dtype="float32", max_model_len=512, enforce_eager=True,
+              limit_mm_per_prompt={"image": 2})
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    out = llm.chat([{"role": "user", "content": [
+        {"type": "image_pil", "image_pil": images[0]}, {"type": "text", "text": "t9"},
+        {"type": "image_url", "image_url": {"url": data_url(images[1])}}]}], params,
+        use_tqdm=False)
+    assert list(out[0].outputs[0].token_ids) == expected
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "t9"}, {"type": "image"}]}],
+        tokenize=False, add_generation_prompt=True)
+    out = llm.generate({"prompt": prompt, "multi_modal_data": {"image": images}}, params,
+                       use_tqdm=False)
+    assert list(out[0].outputs[0].token_ids) == expected
+    with pytest.raises(ValueError, match="3 images, more than the limit of 2"):
+        llm.generate({"prompt": prompt, "multi_modal_data": {"image": [*images, images[0]]}},
+                      params, use_tqdm=False)
