@@ -206,7 +206,7 @@ DEFAULT_MM_LIMIT_PER_PROMPT = 999    # items of each modality per prompt when un
 class MultiModalConfig:
     """Image inputs: how many a prompt may carry and where they may be read from
     (``--limit-mm-per-prompt``, ``--allowed-local-media-path``, ``--media-fetch-timeout``,
-    ``--max-media-bytes``, ``--max-image-pixels``; see docs/multimodal.md).
+    ``--max-media-bytes``, ``--max-image-pixels``; see docs/image-inputs.md).
 
     ``limit_per_prompt``: modality -> most items in one prompt (a modality left out gets
     ``DEFAULT_MM_LIMIT_PER_PROMPT``). ``allowed_local_media_path``: the only directory
