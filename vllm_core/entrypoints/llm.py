@@ -166,17 +166,17 @@ class LLM:
         )
         from vllm_core.multimodal.media import MediaLoader
 
-        normalized, refs = self._normalize_conversation(conversation)
-        config = self.llm_engine.config
-        if refs:
+        _, refs = self._normalize_conversation(conversation)
+        if refs:       # before rendering: a text-only model's template may not take parts
+            config = self.llm_engine.config
             check_images(refs, config.multimodal, model_accepts_images(config.model),
                          str(config.model.served_model_name or config.model.model),
                          model_architecture(config.model))
-        images = load_images(refs, MediaLoader(config.multimodal))
-        ids = self._template_ids(normalized, chat_template, add_generation_prompt,
-                                 chat_template_kwargs)
-        if not images:
+        ids = self.apply_chat_template(conversation, chat_template, add_generation_prompt,
+                                       chat_template_kwargs)
+        if not refs:
             return {"prompt_token_ids": ids}
+        images = load_images(refs, MediaLoader(self.llm_engine.config.multimodal))
         return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
 
     @staticmethod
