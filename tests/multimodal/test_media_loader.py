@@ -103,6 +103,24 @@ def test_bad_urls_are_typed_errors_naming_the_part(url, cls, words):
     assert info.value.location == WHERE
 
 
+def test_line_broken_base64_is_accepted():
+    """MIME-style base64 (76-character lines) decodes; other junk does not."""
+    png = encode(pattern(), "PNG")
+    wrapped = base64.encodebytes(png).decode()
+    assert "\n" in wrapped
+    assert loader().load_image("data:image/png;base64," + wrapped, WHERE).size == (32, 24)
+    with pytest.raises(MediaURLError, match="invalid base64"):
+        loader().load_image("data:image/png;base64," + wrapped.replace("\n", "*"), WHERE)
+
+
+def test_one_http_client_serves_many_images(http_url):
+    mm = loader()
+    for _ in range(3):
+        assert mm.load_image(f"{http_url}/cat.png", WHERE).size == (16, 16)
+    mm.close()
+    assert mm.load_image(f"{http_url}/cat.png", WHERE).size == (16, 16)   # reopened
+
+
 def test_unsupported_format_is_refused():
     bmp = encode(pattern(), "BMP")
     with pytest.raises(MediaDecodeError, match="PNG, JPEG, WebP or GIF"):

@@ -39,6 +39,7 @@ class LLM:
                           max_model_len=max_model_len, seed=seed, **engine_kwargs)
         self.llm_engine = LLMEngine.from_engine_args(args)
         self._counter = itertools.count()
+        self._media_loader: Any = None            # made on the first image URL (LLM.chat)
 
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
@@ -176,7 +177,9 @@ class LLM:
                                        chat_template_kwargs)
         if not refs:
             return {"prompt_token_ids": ids}
-        images = load_images(refs, MediaLoader(self.llm_engine.config.multimodal))
+        if self._media_loader is None:
+            self._media_loader = MediaLoader(self.llm_engine.config.multimodal)
+        images = load_images(refs, self._media_loader)
         return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
 
     @staticmethod

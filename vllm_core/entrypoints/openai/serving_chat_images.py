@@ -43,7 +43,7 @@ def render_chat_prompt(ctx: Any, messages: list[Any], template_args: dict[str, A
     refs: list[ImageRef] = []
     text = ctx.apply_chat_template(messages, images=refs, **args)
     try:                         # count and model support: checked by apply_chat_template
-        images = load_images(refs, MediaLoader(ctx.multimodal))
+        images = load_images(refs, ctx.media_loader or MediaLoader(ctx.multimodal))
     except ValueError as e:
         raise OpenAIServingError(str(e), 400,
                                  location_param(getattr(e, "location", "messages"))) from e

@@ -31,6 +31,7 @@ from vllm_core.entrypoints.openai.errors import OpenAIServingError
 from vllm_core.entrypoints.openai.protocol import ChatMessage
 from vllm_core.entrypoints.openai.serving_chat_images import ChatPrompt, render_chat_prompt
 from vllm_core.logger import init_logger
+from vllm_core.multimodal.media import MediaLoader
 from vllm_core.outputs import CompletionOutput, PositionLogprobs
 from vllm_core.sampling.params import SamplingParams
 
@@ -57,6 +58,7 @@ class ServingContext:
     multimodal: MultiModalConfig = field(default_factory=MultiModalConfig)
     accepts_images: bool = False                  # the model takes image parts
     architecture: str | None = None               # the model's, named when images are refused
+    media_loader: MediaLoader | None = None       # loads image URLs (None: no image parts)
     _decode_cache: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -337,9 +339,11 @@ def multimodal_options(config: Any) -> dict[str, Any]:
     """ServingContext's image settings from the engine config (test doubles may lack them)."""
     from vllm_core.entrypoints.chat_utils import model_accepts_images, model_architecture
 
-    return {"multimodal": getattr(config, "multimodal", None) or MultiModalConfig(),
+    multimodal = getattr(config, "multimodal", None) or MultiModalConfig()
+    return {"multimodal": multimodal,
             "accepts_images": model_accepts_images(config.model),
-            "architecture": model_architecture(config.model)}
+            "architecture": model_architecture(config.model),
+            "media_loader": MediaLoader(multimodal)}
 
 
 def read_template(value: str | None) -> str | None:
