@@ -14,6 +14,7 @@ Needs the Qwen2.5-VL model and the engine's image path (branch issue-19vl): mark
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 
 import numpy as np
@@ -94,10 +95,12 @@ def hf_answer(model, tokenizer, processor, hf_messages, images) -> tuple[list[in
     for grid, rest in zip(grids, parts[1:]):
         expanded += SPECIAL[IMAGE] * (int(grid.prod()) // MERGE ** 2) + rest
     ids = torch.tensor([tokenizer(expanded, add_special_tokens=False).input_ids])
+    extra = {}
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:   # newer transformers
+        extra["mm_token_type_ids"] = (ids == IMAGE).int()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                          pixel_values=pixels["pixel_values"], image_grid_thw=grids,
-                         mm_token_type_ids=(ids == IMAGE).int(), max_new_tokens=MAX_TOKENS,
-                         do_sample=False)
+                         max_new_tokens=MAX_TOKENS, do_sample=False, **extra)
     return out[0, ids.shape[1]:].tolist(), ids.shape[1]
 
 
