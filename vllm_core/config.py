@@ -209,7 +209,9 @@ class MultiModalConfig:
     ``--max-media-bytes``, ``--max-image-pixels``; see docs/image-inputs.md).
 
     ``limit_per_prompt``: modality -> most items in one prompt (a modality left out gets
-    ``DEFAULT_MM_LIMIT_PER_PROMPT``). ``allowed_local_media_path``: the only directory
+    ``DEFAULT_MM_LIMIT_PER_PROMPT``). ``allowed_media_domains``: the hosts ``http(s)`` images
+    may come from, redirects included (None: any). ``allowed_local_media_path``: the only
+    directory
     ``file://`` URLs may read (None: no local files); stored resolved (symlinks followed).
     ``media_fetch_timeout_s``: the whole download of one ``http(s)`` image.
     ``max_media_bytes``: the largest encoded image (download, file or ``data:`` URL).
@@ -219,6 +221,7 @@ class MultiModalConfig:
 
     limit_per_prompt: dict[str, int] = field(default_factory=dict)
     allowed_local_media_path: str | None = None
+    allowed_media_domains: tuple[str, ...] | None = None
     media_fetch_timeout_s: float = 5.0
     max_media_bytes: int = 20 * 2**20
     max_image_pixels: int = 2**25
@@ -239,6 +242,9 @@ class MultiModalConfig:
                 raise ValueError(f"allowed_local_media_path {self.allowed_local_media_path!r} "
                                  f"is not a directory")
             self.allowed_local_media_path = path
+        if self.allowed_media_domains is not None:
+            self.allowed_media_domains = tuple(d.strip().lower().rstrip(".")
+                                               for d in self.allowed_media_domains)
         if not self.media_fetch_timeout_s > 0:
             raise ValueError(f"media_fetch_timeout must be > 0 seconds, "
                              f"got {self.media_fetch_timeout_s!r}")

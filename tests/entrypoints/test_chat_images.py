@@ -325,6 +325,9 @@ def test_engine_config_carries_the_multimodal_settings():
     assert (mm.limit("image"), mm.media_fetch_timeout_s, mm.max_media_bytes,
             mm.max_image_pixels) == (3, 2.5, 1000, 4096)
     assert EngineArgs().multimodal_config().limit("image") == 999
+    assert EngineArgs().multimodal_config().allowed_media_domains is None
+    assert EngineArgs(allowed_media_domains=["Example.COM."]).multimodal_config() \
+        .allowed_media_domains == ("example.com",)
     for bad, words in (('{"image": -1}', ">= 0"), ('{"audio": 1}', "unknown modality"),
                        ("[1]", "JSON object"), ("{", "not valid JSON")):
         with pytest.raises(ValueError, match=words):

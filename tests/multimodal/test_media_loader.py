@@ -240,6 +240,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", "/cat.png")
             self.end_headers()
+        elif self.path == "/redirect-localhost":       # same server, another host name
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_address[1]}"
+                                         f"/cat.png")
+            self.end_headers()
         else:
             self.send_error(404)
 
@@ -293,6 +298,17 @@ def test_http_timeout(http_url):
 def test_http_status_error(http_url):
     with pytest.raises(MediaFetchError, match="HTTP 404"):
         loader().load_image(f"{http_url}/missing.png", WHERE)
+
+
+def test_allowed_media_domains(http_url):
+    only_ip = loader(allowed_media_domains=("127.0.0.1",))
+    assert only_ip.load_image(f"{http_url}/cat.png", WHERE).size == (16, 16)
+    assert only_ip.load_image(f"{http_url}/redirect", WHERE).size == (16, 16)
+    with pytest.raises(MediaAccessError, match="host 'localhost' is not in "
+                                               "--allowed-media-domains"):
+        only_ip.load_image(f"{http_url}/redirect-localhost", WHERE)     # checked on redirects
+    with pytest.raises(MediaAccessError, match="'127.0.0.1' is not in"):
+        loader(allowed_media_domains=("example.com",)).load_image(f"{http_url}/cat.png", WHERE)
 
 
 def test_unreachable_host_is_a_clear_error():

@@ -55,6 +55,7 @@ class EngineArgs:
     lora_kernel: str = "auto"
     limit_mm_per_prompt: dict[str, int] | str | None = None   # JSON text or a dict
     allowed_local_media_path: str | None = None
+    allowed_media_domains: list[str] | None = None   # None: http(s) images from any host
     media_fetch_timeout: float | None = None  # None: VLLM_IMAGE_FETCH_TIMEOUT, else 5 s
     max_media_bytes: int = 20 * 2**20
     max_image_pixels: int = 2**25

@@ -11,7 +11,8 @@ Contract (every limit comes from ``MultiModalConfig``):
 - ``file://`` (``file:///abs/path`` or ``file://localhost/abs/path``): only when
   ``allowed_local_media_path`` is set, and only a regular file whose real path (symlinks
   resolved, ``..`` collapsed) lies inside that directory.
-- ``http://`` / ``https://``: fetched with httpx; redirects followed (http(s) only); the
+- ``http://`` / ``https://``: fetched with httpx; redirects followed (http(s) only); with
+  ``allowed_media_domains`` set, the URL's host and every redirect's must be in it; the
   whole download within ``media_fetch_timeout_s`` and at most ``max_media_bytes`` (a larger
   ``Content-Length`` is refused before reading); an unreachable network or host is a
   ``MediaFetchError`` saying so.
@@ -76,6 +77,14 @@ class MediaDecodeError(MediaError):
     """Not a PNG / JPEG / WebP / GIF image, or corrupt / truncated data."""
 
 
+class _HostRefused(Exception):
+    """Raised by the HTTP client's request hook; becomes a ``MediaAccessError``."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(host)
+        self.host = host
+
+
 def _pil() -> Any:
     try:
         from PIL import Image
@@ -106,8 +115,17 @@ class MediaLoader:
         with self._client_lock:
             if self._client is None:
                 self._client = httpx.Client(follow_redirects=True,
-                                            headers={"User-Agent": "vllm-core"})
+                                            headers={"User-Agent": "vllm-core"},
+                                            event_hooks={"request": [self._check_host]})
             return self._client
+
+    def _check_host(self, request: Any) -> None:
+        """Every request the client sends, redirects included: refuse a host outside
+        ``allowed_media_domains``."""
+        allowed = self.config.allowed_media_domains
+        host = (request.url.host or "").lower().rstrip(".")
+        if allowed is not None and host not in allowed:
+            raise _HostRefused(host)
 
     # ------------------------------------------------------------ entry points
     def load_image(self, url: Any, location: str) -> Image:
@@ -227,6 +245,9 @@ class MediaLoader:
                 return bytes(buf)
         except MediaError:
             raise
+        except _HostRefused as e:
+            raise MediaAccessError(location, f"host {e.host!r} is not in "
+                                             f"--allowed-media-domains") from e
         except httpx.TimeoutException as e:
             raise MediaFetchError(location, f"fetching {shown} timed out after {timeout:g} s "
                                             f"(--media-fetch-timeout)") from e
@@ -256,6 +277,9 @@ def add_media_cli_args(group: Any) -> None:
     group.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
                        help="let requests read image files (file:// URLs) inside DIR only; "
                             "off by default (a security risk on shared hosts)")
+    group.add_argument("--allowed-media-domains", nargs="+", default=None, metavar="HOST",
+                       help="http(s) images only from these hosts (redirects included); "
+                            "default: any host the server can reach")
     group.add_argument("--media-fetch-timeout", type=float, default=None,
                        help="seconds one http(s) image download may take (default: "
                             "VLLM_IMAGE_FETCH_TIMEOUT, else 5)")
@@ -289,6 +313,8 @@ def multimodal_config_from_args(args: Any) -> MultiModalConfig:
     return MultiModalConfig(
         limit_per_prompt=parse_limit_per_prompt(args.limit_mm_per_prompt),
         allowed_local_media_path=args.allowed_local_media_path,
+        allowed_media_domains=(tuple(args.allowed_media_domains)
+                               if args.allowed_media_domains is not None else None),
         media_fetch_timeout_s=(float(timeout) if timeout is not None
                                else envs.image_fetch_timeout_s()),
         max_media_bytes=int(args.max_media_bytes), max_image_pixels=int(args.max_image_pixels))
