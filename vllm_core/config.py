@@ -203,6 +203,65 @@ class LoRAConfig:
                              f"{self.kernel!r}")
 
 
+MULTIMODAL_MODALITIES = ("image",)
+DEFAULT_MM_LIMIT_PER_PROMPT = 999    # items of each modality per prompt when unset (vLLM's)
+
+
+@dataclass(slots=True)
+class MultiModalConfig:
+    """Image inputs: how many a prompt may carry and where they may be read from
+    (``--limit-mm-per-prompt``, ``--allowed-local-media-path``, ``--media-fetch-timeout``,
+    ``--max-media-bytes``, ``--max-image-pixels``; see docs/image-inputs.md).
+
+    ``limit_per_prompt``: modality -> most items in one prompt (a modality left out gets
+    ``DEFAULT_MM_LIMIT_PER_PROMPT``). ``allowed_media_domains``: the hosts ``http(s)`` images
+    may come from, redirects included (None: any). ``allowed_local_media_path``: the only
+    directory
+    ``file://`` URLs may read (None: no local files); stored resolved (symlinks followed).
+    ``media_fetch_timeout_s``: the whole download of one ``http(s)`` image.
+    ``max_media_bytes``: the largest encoded image (download, file or ``data:`` URL).
+    ``max_image_pixels``: width x height above which an image is refused before decoding
+    (decompression bombs). Read by the front ends (server, ``LLM``); the engine never fetches.
+    """
+
+    limit_per_prompt: dict[str, int] = field(default_factory=dict)
+    allowed_local_media_path: str | None = None
+    allowed_media_domains: tuple[str, ...] | None = None
+    media_fetch_timeout_s: float = 5.0
+    max_media_bytes: int = 20 * 2**20
+    max_image_pixels: int = 2**25
+
+    def __post_init__(self) -> None:
+        import os
+
+        for modality, limit in self.limit_per_prompt.items():
+            if modality not in MULTIMODAL_MODALITIES:
+                raise ValueError(f"limit_mm_per_prompt: unknown modality {modality!r}; known: "
+                                 f"{', '.join(MULTIMODAL_MODALITIES)}")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit_mm_per_prompt[{modality!r}] must be an integer >= 0, "
+                                 f"got {limit!r}")
+        if self.allowed_local_media_path is not None:
+            path = os.path.realpath(os.path.expanduser(self.allowed_local_media_path))
+            if not os.path.isdir(path):
+                raise ValueError(f"allowed_local_media_path {self.allowed_local_media_path!r} "
+                                 f"is not a directory")
+            self.allowed_local_media_path = path
+        if self.allowed_media_domains is not None:
+            self.allowed_media_domains = tuple(d.strip().lower().rstrip(".")
+                                               for d in self.allowed_media_domains)
+        if not self.media_fetch_timeout_s > 0:
+            raise ValueError(f"media_fetch_timeout must be > 0 seconds, "
+                             f"got {self.media_fetch_timeout_s!r}")
+        for name in ("max_media_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    def limit(self, modality: str) -> int:
+        """The most items of ``modality`` one prompt may carry."""
+        return self.limit_per_prompt.get(modality, DEFAULT_MM_LIMIT_PER_PROMPT)
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """The whole configuration handed to the platform, the scheduler and the workers."""
@@ -214,6 +273,7 @@ class EngineConfig:
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative: SpeculativeConfig | None = None  # --speculative-config; None: no speculation
     lora: LoRAConfig | None = None                # None: LoRA adapters disabled
+    multimodal: MultiModalConfig = field(default_factory=MultiModalConfig)  # image inputs
     attention_backend: str | None = None          # user's choice, else the platform's
     enforce_eager: bool = False
     warmup: bool = False                          # start-up warm-up (vllm_core.engine.warmup)

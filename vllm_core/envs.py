@@ -96,3 +96,9 @@ def prometheus_multiproc_dir() -> str | None:
     """PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode (metrics written to
     files in this folder and summed at scrape time); set by ``--api-server-count`` > 1."""
     return get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def image_fetch_timeout_s() -> float:
+    """VLLM_IMAGE_FETCH_TIMEOUT: seconds one ``http(s)`` image download may take when
+    ``--media-fetch-timeout`` is not given (default 5, as in vLLM)."""
+    return float(get("VLLM_IMAGE_FETCH_TIMEOUT") or 5.0)

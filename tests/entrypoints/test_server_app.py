@@ -71,8 +71,9 @@ def test_chat_specific_errors(client):
     r = client.post("/v1/chat/completions", json={"messages": msgs, "max_completion_tokens": 0})
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
     r = client.post("/v1/chat/completions",
-                    json={"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
+                    json={"messages": [{"role": "user", "content": [{"type": "audio"}]}]})
     assert r.status_code == 400 and "not supported" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "messages.0.content.0"
     r = client.post("/v1/chat/completions", json={"messages": []})
     assert r.status_code == 400
 

@@ -56,6 +56,12 @@ class EngineArgs:
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
     lora_kernel: str = "auto"
+    limit_mm_per_prompt: dict[str, int] | str | None = None   # JSON text or a dict
+    allowed_local_media_path: str | None = None
+    allowed_media_domains: list[str] | None = None   # None: http(s) images from any host
+    media_fetch_timeout: float | None = None  # None: VLLM_IMAGE_FETCH_TIMEOUT, else 5 s
+    max_media_bytes: int = 20 * 2**20
+    max_image_pixels: int = 2**25
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -147,6 +153,9 @@ class EngineArgs:
         g.add_argument("--lora-kernel", default="auto",
                        choices=["auto", "segment", "dense", "sgmv"],
                        help="batched LoRA product: auto (the platform's kernels, else torch)")
+        from vllm_core.multimodal.media import add_media_cli_args
+
+        add_media_cli_args(g)
         return parser
 
     @classmethod
@@ -227,6 +236,12 @@ class EngineArgs:
         return LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
                           max_cpu_loras=self.max_cpu_loras, kernel=self.lora_kernel)
 
+    def multimodal_config(self) -> Any:
+        """The MultiModalConfig these arguments describe (ValueError naming the flag)."""
+        from vllm_core.multimodal.media import multimodal_config_from_args
+
+        return multimodal_config_from_args(self)
+
     def _parallel_config(self, cls: type) -> Any:
         world = self.tensor_parallel_size * self.pipeline_parallel_size
         backend = self.distributed_executor_backend or ("uni" if world == 1 else "mp")
@@ -300,6 +315,7 @@ class EngineArgs:
             warmup=(platform.kind is not PlatformKind.CPU if self.warmup is None
                     else self.warmup),
             lora=self._lora_config(),
+            multimodal=self.multimodal_config(),
         )
         _check_parallel_fits(config)
         platform.check_and_update_config(config)

@@ -43,6 +43,7 @@ class LLM:
         self.llm_engine = LLMEngine.from_engine_args(args,
                                                      engine_core_process=engine_core_process)
         self._counter = itertools.count()
+        self._media_loader: Any = None            # made on the first image URL (LLM.chat)
 
     def shutdown(self) -> None:
         """Stop the engine (its workers, and its engine core process if it has one)."""
@@ -59,10 +60,12 @@ class LLM:
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True, priority: list[int] | None = None,
                  lora_request: Any = None) -> list[RequestOutput]:
-        """Generate for one prompt or a list (text, token ids, or {"prompt_token_ids": ...}).
+        """Generate for one prompt or a list (text, token ids, or a dict: ``{"prompt": ...}`` or
+        ``{"prompt_token_ids": ...}``, with ``"multi_modal_data": {"image": PIL.Image | list}``
+        for a vision-language model; see ``entrypoints.prompt_inputs``).
 
-        All prompts are validated before any is queued: one bad prompt raises ValueError and
-        nothing runs. Outputs come back in the order of ``prompts``. ``lora_request``: one
+        All prompts are validated before any is queued: one bad prompt raises ValueError (or
+        TypeError for a value of the wrong type) and nothing runs. Outputs come back in the order of ``prompts``. ``lora_request``: one
         ``LoRARequest`` for every prompt, or a list (None: the base model) per prompt; the
         engine must be built with ``enable_lora=True``.
         """
@@ -88,10 +91,23 @@ class LLM:
         else:
             loras = [lora_request] * len(prompts)
         engine = self.llm_engine
+        self._check_prompts(prompts)
         processed = [engine.process_inputs(p, sp) for p, sp in zip(prompts, params_list)]
         for lora in dict.fromkeys(r for r in loras if r is not None):
             engine.add_lora(lora)                   # a bad adapter fails before any runs
         return self._run(processed, priority, use_tqdm, loras)
+
+    def _check_prompts(self, prompts: list[Any]) -> None:
+        from vllm_core.entrypoints.chat_utils import model_accepts_images, model_architecture
+        from vllm_core.entrypoints.prompt_inputs import check_prompt
+
+        config = self.llm_engine.config
+        with_images = any(isinstance(p, dict) and "multi_modal_data" in p for p in prompts)
+        accepts = with_images and model_accepts_images(config.model)
+        for i, prompt in enumerate(prompts):
+            check_prompt(prompt, f"prompts[{i}]", config.multimodal, accepts,
+                         str(config.model.served_model_name or config.model.model),
+                         model_architecture(config.model))
 
     def _run(self, processed: list[Any], priority: list[int] | None,
              use_tqdm: bool, loras: list[Any] | None = None) -> list[RequestOutput]:
@@ -129,6 +145,10 @@ class LLM:
              chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
         """Apply the tokenizer's chat template to one conversation or a list, then generate.
 
+        Messages take OpenAI content parts: ``text``, ``image_url`` (``data:``, ``http(s)``,
+        or ``file://`` inside ``allowed_local_media_path``) and, here only, ``image_pil``
+        (a PIL image); images need a vision-language model (``entrypoints.chat_utils``).
+
         Without ``sampling_params`` the model's defaults apply, and ``max_tokens`` is its
         generation_config ``max_new_tokens`` or else ``DEFAULT_CHAT_MAX_TOKENS`` (not the
         16 of a bare ``SamplingParams()``, which would cut nearly every answer); a cut answer
@@ -138,21 +158,72 @@ class LLM:
             sampling_params = self.get_default_sampling_params()
             if "max_tokens" not in self.llm_engine.generation_defaults:
                 sampling_params.max_tokens = DEFAULT_CHAT_MAX_TOKENS
-        prompts = [{"prompt_token_ids": self.apply_chat_template(
-            conv, chat_template, add_generation_prompt, chat_template_kwargs)}
-            for conv in conversations]
+        prompts = [self._chat_prompt(conv, chat_template, add_generation_prompt,
+                                     chat_template_kwargs) for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _chat_prompt(self, conversation: ChatMessages, chat_template: str | None,
+                     add_generation_prompt: bool,
+                     chat_template_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        """The engine input of one conversation: its token ids and, when it has image
+        parts, the loaded images (limit and model support checked before any is loaded)."""
+        from vllm_core.entrypoints.chat_utils import (
+            check_images,
+            load_images,
+            model_accepts_images,
+            model_architecture,
+        )
+        from vllm_core.multimodal.media import MediaLoader
+
+        _, refs = self._normalize_conversation(conversation)
+        if refs:       # before rendering: a text-only model's template may not take parts
+            config = self.llm_engine.config
+            check_images(refs, config.multimodal, model_accepts_images(config.model),
+                         str(config.model.served_model_name or config.model.model),
+                         model_architecture(config.model))
+        ids = self.apply_chat_template(conversation, chat_template, add_generation_prompt,
+                                       chat_template_kwargs)
+        if not refs:
+            return {"prompt_token_ids": ids}
+        if self._media_loader is None:
+            self._media_loader = MediaLoader(self.llm_engine.config.multimodal)
+        images = load_images(refs, self._media_loader)
+        return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
+
+    @staticmethod
+    def _normalize_conversation(conversation: ChatMessages) -> tuple[ChatMessages, list[Any]]:
+        """Messages whose content is a list of parts rewritten for the template
+        (``chat_utils.parse_content``); the image parts found, in order."""
+        from vllm_core.entrypoints.chat_utils import parse_content
+
+        normalized: ChatMessages = []
+        refs: list[Any] = []
+        for i, m in enumerate(conversation):
+            if not isinstance(m, dict) or "role" not in m:
+                raise ValueError("each chat message must be a dict with 'role' and 'content'")
+            if isinstance(m.get("content"), list):
+                parsed = parse_content(m["content"], i, allow_objects=True)
+                refs.extend(parsed.images)
+                m = {**m, "content": parsed.content}
+            normalized.append(m)
+        return normalized, refs
 
     def apply_chat_template(self, conversation: ChatMessages, chat_template: str | None = None,
                             add_generation_prompt: bool = True,
                             chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        """The conversation's prompt token ids (image parts become the template's image
+        placeholders; the images themselves are not loaded here)."""
+        normalized, _ = self._normalize_conversation(conversation)
+        return self._template_ids(normalized, chat_template, add_generation_prompt,
+                                  chat_template_kwargs)
+
+    def _template_ids(self, conversation: ChatMessages, chat_template: str | None,
+                      add_generation_prompt: bool,
+                      chat_template_kwargs: dict[str, Any] | None) -> list[int]:
         tokenizer = self.get_tokenizer()
         template = chat_template or tokenizer.chat_template
         if template is None:
             raise ValueError("the tokenizer has no chat template; pass chat_template=")
-        for m in conversation:
-            if not isinstance(m, dict) or "role" not in m:
-                raise ValueError("each chat message must be a dict with 'role' and 'content'")
         ids = tokenizer.apply_chat_template(
             conversation, chat_template=template, add_generation_prompt=add_generation_prompt,
             tokenize=True, **(chat_template_kwargs or {}))

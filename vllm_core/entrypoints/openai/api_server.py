@@ -54,7 +54,11 @@ from vllm_core.entrypoints.openai.protocol import (
     TokenizeCompletionRequest,
 )
 from vllm_core.entrypoints.openai.serving_chat import OpenAIServingChat
-from vllm_core.entrypoints.openai.serving_common import ServingContext, read_template
+from vllm_core.entrypoints.openai.serving_common import (
+    ServingContext,
+    multimodal_options,
+    read_template,
+)
 from vllm_core.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from vllm_core.entrypoints.openai.serving_embedding import (
     EmbeddingRequest,
@@ -141,7 +145,8 @@ def build_app(engine: Any, args: Any, prometheus: PrometheusStatLogger | None = 
         engine=engine, served_model_names=names, max_model_len=max_model_len,
         vocab_size=_vocab_size(engine), max_logprobs=int(model_config.max_logprobs),
         chat_template=read_template(_opt(args, "chat_template")),
-        model_root=str(model_config.model), **parser_options(args))
+        model_root=str(model_config.model), **parser_options(args),
+        **multimodal_options(engine.config))
     limits = ServerLimits.from_args(args)
     policy = str(getattr(getattr(engine.config, "scheduler", None), "policy", "fcfs"))
 

@@ -108,6 +108,13 @@ class ChoiceSplitter:
         return DeltaMessage(**fields) if fields else None
 
 
+def _engine_prompt_len(res: RequestOutput | None, rendered: int) -> int:
+    """The prompt's length as the engine counts it (image placeholders expanded), else the
+    rendered prompt's."""
+    ids = getattr(res, "prompt_token_ids", None)
+    return len(ids) if ids else rendered
+
+
 class OpenAIServingChat:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
@@ -141,11 +148,12 @@ class OpenAIServingChat:
                                          structured_field)
             structured, structured_field = plan.structured, "tools"
         ctx.check_structured_outputs(structured, structured_field)
-        prompt_ids = await ctx.chat_prompt_ids(
+        prompt = await ctx.chat_prompt(
             req.messages, add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message, chat_template=req.chat_template,
             chat_template_kwargs=req.chat_template_kwargs,
             add_special_tokens=req.add_special_tokens, tools=req.tools if req.tools else None)
+        prompt_ids = prompt.token_ids
         fields = req.sampling_fields()
         if structured is not None:
             fields["structured_outputs"] = structured
@@ -158,10 +166,12 @@ class OpenAIServingChat:
         fields["max_tokens"] = ctx.resolve_max_tokens(
             len(prompt_ids), req.effective_max_tokens,
             explicit=bool({"max_tokens", "max_completion_tokens"} & request_fields))
+        if prompt.images and not {"max_tokens", "max_completion_tokens"} & request_fields:
+            fields["max_tokens"] = None  # the engine expands image placeholders: it fills the room
         params = ctx.make_sampling_params(fields, request_fields)
         request_id = random_id("chatcmpl")
-        generator = ctx.engine.generate(prompt_ids, params, request_id, priority=req.priority,
-                                        **ctx.generate_kwargs(model))
+        generator = ctx.engine.generate(prompt.engine_input(), params, request_id,
+                                        priority=req.priority, **ctx.generate_kwargs(model))
         merged = merge_async_iterators(generator)
         created = int(time.time())
         if req.stream:
@@ -169,7 +179,8 @@ class OpenAIServingChat:
             if not ok:
                 await merged.aclose()
                 return Response(status_code=499)
-            body = self._stream(req, len(prompt_ids), merged, first, request_id, created, model,
+            num_prompt = _engine_prompt_len(first[1] if first else None, len(prompt_ids))
+            body = self._stream(req, num_prompt, merged, first, request_id, created, model,
                                 plan)
             return StreamingResponse(body, media_type="text/event-stream",
                                      headers={"X-Request-Id": request_id})
@@ -177,7 +188,8 @@ class OpenAIServingChat:
                                                   raw_request.is_disconnected)
         if not ok:
             return Response(status_code=499)
-        states, prompt_logprobs = result
+        states, prompt_logprobs, last = result
+        num_prompt = _engine_prompt_len(last, len(prompt_ids))
         choices = []
         num_gen = 0
         for j, state in enumerate(states):
@@ -188,8 +200,8 @@ class OpenAIServingChat:
             choices.append(ChatCompletionResponseChoice(
                 index=j, message=message, logprobs=logprobs,
                 finish_reason=finish_reason, stop_reason=state.stop_reason))
-        usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=num_gen,
-                          total_tokens=len(prompt_ids) + num_gen)
+        usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_gen,
+                          total_tokens=num_prompt + num_gen)
         response = ChatCompletionResponse(
             id=request_id, created=created, model=model, choices=choices, usage=usage,
             prompt_logprobs=(prompt_logprobs_json(prompt_logprobs)
@@ -221,15 +233,16 @@ class OpenAIServingChat:
 
     async def _collect(self, req: ChatCompletionRequest,
                        merged: AsyncIterator[tuple[int, RequestOutput]]
-                       ) -> tuple[list[ChoiceState], list[Any] | None]:
+                       ) -> tuple[list[ChoiceState], list[Any] | None, RequestOutput | None]:
         states = [ChoiceState() for _ in range(req.n)]
         prompt_logprobs = None
+        res = None
         async for _, res in merged:
             if res.prompt_logprobs is not None:
                 prompt_logprobs = res.prompt_logprobs
             for out in res.outputs:
                 states[out.index].add(out, delta=True)
-        return states, prompt_logprobs
+        return states, prompt_logprobs, res
 
     async def _stream(self, req: ChatCompletionRequest, num_prompt: int,
                       merged: AsyncIterator[tuple[int, RequestOutput]],

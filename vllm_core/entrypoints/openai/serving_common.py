@@ -20,9 +20,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from vllm_core.config import MultiModalConfig
+from vllm_core.entrypoints.chat_utils import (
+    ImageRef,
+    check_images,
+    location_param,
+    parse_content,
+)
 from vllm_core.entrypoints.openai.errors import OpenAIServingError
 from vllm_core.entrypoints.openai.protocol import ChatMessage
+from vllm_core.entrypoints.openai.serving_chat_images import ChatPrompt, render_chat_prompt
 from vllm_core.logger import init_logger
+from vllm_core.multimodal.media import MediaLoader
 from vllm_core.outputs import CompletionOutput, PositionLogprobs
 from vllm_core.sampling.params import SamplingParams
 
@@ -46,6 +55,10 @@ class ServingContext:
     tool_parser: type | None = None               # --tool-call-parser's class
     enable_auto_tool_choice: bool = False
     reasoning_parser: type | None = None          # --reasoning-parser's class
+    multimodal: MultiModalConfig = field(default_factory=MultiModalConfig)
+    accepts_images: bool = False                  # the model takes image parts
+    architecture: str | None = None               # the model's, named when images are refused
+    media_loader: MediaLoader | None = None       # loads image URLs (None: no image parts)
     _decode_cache: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -101,6 +114,12 @@ class ServingContext:
 
         return await asyncio.to_thread(work)
 
+    async def chat_prompt(self, messages: list[ChatMessage], **template_args: Any) -> ChatPrompt:
+        """``chat_prompt_ids`` for /v1/chat/completions: image parts allowed, checked against
+        --limit-mm-per-prompt and the model, and loaded (400 naming the part otherwise); all
+        off the event loop."""
+        return await asyncio.to_thread(render_chat_prompt, self, messages, template_args)
+
     def decode_token(self, token_id: int) -> str:
         text = self._decode_cache.get(token_id)
         if text is None:
@@ -119,12 +138,21 @@ class ServingContext:
     def apply_chat_template(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
                             continue_final_message: bool, chat_template: str | None,
                             chat_template_kwargs: dict[str, Any] | None,
-                            tools: list[dict[str, Any]] | None = None) -> str:
+                            tools: list[dict[str, Any]] | None = None,
+                            images: list[ImageRef] | None = None) -> str:
         """Render the conversation with the model's (or the given) Jinja chat template; the
-        tools, when given, go to the template as ``tools`` (transformers' convention)."""
-        conversation = [normalize_message(m, i) for i, m in enumerate(messages)]
+        tools, when given, go to the template as ``tools`` (transformers' convention).
+        ``images``: collects the image parts, in order (None: image parts are refused); their
+        count and the model's support are checked before the template runs."""
+        conversation = [normalize_message(m, i, images) for i, m in enumerate(messages)]
         if not conversation:
             raise OpenAIServingError("messages must not be empty", 400, "messages")
+        if images:       # before rendering: a text-only model's template may not take parts
+            try:
+                check_images(images, self.multimodal, self.accepts_images, self.model_name,
+                             self.architecture)
+            except ValueError as e:
+                raise OpenAIServingError(str(e), 400, "messages") from e
         template = chat_template or self.chat_template
         if template is None and not getattr(self.tokenizer, "chat_template", None):
             raise OpenAIServingError(
@@ -242,21 +270,24 @@ class ServingContext:
         return self.decode_token(token_id)
 
 
-def normalize_message(message: ChatMessage, index: int) -> dict[str, Any]:
-    """A chat message as the template expects it: text content parts joined by newlines."""
-    content = message.content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            kind = part.get("type")
-            if kind in ("text", "input_text"):
-                texts.append(str(part.get("text", "")))
-            else:
-                raise OpenAIServingError(f"messages[{index}].content: content part type "
-                                         f"{kind!r} is not supported (text only)", 400,
-                                         f"messages.{index}.content")
-        content = "\n".join(texts)
-    out: dict[str, Any] = {"role": message.role, "content": content or ""}
+def normalize_message(message: ChatMessage, index: int,
+                      images: list[ImageRef] | None = None) -> dict[str, Any]:
+    """A chat message as the template expects it (``chat_utils.parse_content``: text parts
+    joined by newlines; with images, a list of text and ``{"type": "image"}`` parts, the
+    images appended to ``images``). 400 naming the part when one is malformed, or is an image
+    where ``images`` is None (endpoints that take text only)."""
+    try:
+        parsed = parse_content(message.content, index)
+    except ValueError as e:
+        raise OpenAIServingError(str(e), 400, location_param(getattr(e, "location", "messages"))
+                                 ) from e
+    if parsed.images:
+        if images is None:
+            where = parsed.images[0].location
+            raise OpenAIServingError(f"{where}: image parts are accepted by "
+                                     f"/v1/chat/completions only", 400, location_param(where))
+        images.extend(parsed.images)
+    out: dict[str, Any] = {"role": message.role, "content": parsed.content}
     if message.name is not None:
         out["name"] = message.name
     if message.tool_call_id is not None:
@@ -302,6 +333,17 @@ def prompt_logprobs_json(positions: list[PositionLogprobs | None] | None
                                "decoded_token": lp.decoded_token}
                     for tid, lp in position.items()})
     return out
+
+
+def multimodal_options(config: Any) -> dict[str, Any]:
+    """ServingContext's image settings from the engine config (test doubles may lack them)."""
+    from vllm_core.entrypoints.chat_utils import model_accepts_images, model_architecture
+
+    multimodal = getattr(config, "multimodal", None) or MultiModalConfig()
+    return {"multimodal": multimodal,
+            "accepts_images": model_accepts_images(config.model),
+            "architecture": model_architecture(config.model),
+            "media_loader": MediaLoader(multimodal)}
 
 
 def read_template(value: str | None) -> str | None:
