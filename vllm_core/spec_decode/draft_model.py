@@ -170,7 +170,7 @@ class DraftModelProposer(WorkerProposer):
         done = np.fromiter((self.computed.get(r, 0) for r in req_ids), dtype=np.int64,
                            count=len(req_ids))
         done = np.minimum(done, known - 1)
-        chooser = _DraftChooser(runner, req_ids, self.generators)
+        chooser = DraftChooser(runner, req_ids, self.generators)
 
         # 1. catch-up over the known tokens the draft cache lacks; last rows give draft 1
         last_logits = [None] * len(req_ids)
@@ -212,7 +212,7 @@ class DraftModelProposer(WorkerProposer):
         return drafts, chooser.probs_by_request(counts)
 
 
-class _DraftChooser:
+class DraftChooser:
     """Picks draft tokens from draft logits, per request: argmax (greedy) or a sample from
     ``softmax(logits / temperature)``, whose rows it keeps for the rejection sampler."""
 
