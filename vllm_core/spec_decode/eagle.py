@@ -113,9 +113,6 @@ class EagleProposer(WorkerProposer):
         from vllm_core.model_executor.loader import build_model, load_arch_config, resolve_model
         from vllm_core.model_executor.safetensors_loader import iter_safetensors_lazy
 
-        if spec.method != "eagle":
-            raise ValueError(f"speculative_config.method {spec.method!r} is not supported yet "
-                             f"(EAGLE-3 heads); supported: ngram, draft_model, eagle")
         if runner.parallel.world_size > 1:
             raise ValueError("speculative_config method 'eagle' needs tensor_parallel_size = "
                              "pipeline_parallel_size = 1")

@@ -68,7 +68,7 @@ def make_worker_proposer(runner: ModelRunner) -> WorkerProposer | None:
         from vllm_core.spec_decode.draft_model import DraftModelProposer
 
         return DraftModelProposer.load(runner, spec)
-    if spec.method in ("eagle", "eagle3"):
+    if spec.method == "eagle":
         from vllm_core.spec_decode.eagle import EagleProposer
 
         return EagleProposer.load(runner, spec)
