@@ -56,11 +56,11 @@ def cpu_name() -> str:
 
 
 def run(system: str, spec: dict | None, prompts: list[dict], max_tokens: int,
-        max_model_len: int) -> tuple[dict, list[list[int]]]:
+        max_model_len: int, load_format: str = "auto") -> tuple[dict, list[list[int]]]:
     from vllm_core import LLM, SamplingParams
 
     llm = LLM(max_model_len=max_model_len, kv_cache_space_gib=0.25, max_num_seqs=4,
-              speculative_config=spec)
+              speculative_config=spec, load_format=load_format)
     totals = SpecTotals()
     llm.llm_engine.stat_loggers.append(totals)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
@@ -101,6 +101,8 @@ def main() -> None:
                          "draft_model")
     ap.add_argument("--draft-layers", type=int, default=8,
                     help="draft_model: the target's first N layers")
+    ap.add_argument("--load-format", default="auto",
+                    help="'dummy': random weights of the default model's shape (its tokenizer)")
     args = ap.parse_args()
     prompts = json.loads(PROMPTS.read_text())[:args.num_prompts]
     from vllm_core.model_executor.loader import resolve_model
@@ -111,15 +113,17 @@ def main() -> None:
         "draft_model": {"method": "draft_model", "num_speculative_tokens": args.k,
                         "model": resolve_model(None), "num_hidden_layers": args.draft_layers},
     }
-    base, base_tokens = run("vllm-core", None, prompts, args.max_tokens, args.max_model_len)
+    base, base_tokens = run("vllm-core", None, prompts, args.max_tokens, args.max_model_len,
+                            args.load_format)
     results = []
     for name in args.systems.split(","):
         line, tokens = run(f"vllm-core+{name}", specs[name], prompts, args.max_tokens,
-                           args.max_model_len)
+                           args.max_model_len, args.load_format)
         line["speedup"] = round(line["output_tok_s"] / base["output_tok_s"], 3)
         line["identical_to_baseline"] = tokens == base_tokens
         if name == "draft_model":
             line["draft_layers"] = args.draft_layers
+        line["load_format"] = args.load_format
         results.append(line)
     env = {"cpu": cpu_name(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
     lines = [json.dumps({**line, **env}) for line in [base, *results]]
