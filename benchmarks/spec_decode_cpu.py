@@ -101,6 +101,8 @@ def main() -> None:
                          "draft_model")
     ap.add_argument("--draft-layers", type=int, default=8,
                     help="draft_model: the target's first N layers")
+    ap.add_argument("--bracket", action="store_true",
+                    help="run the baseline again last; report both and the ratio to their mean")
     ap.add_argument("--load-format", default="auto",
                     help="'dummy': random weights of the default model's shape (its tokenizer)")
     args = ap.parse_args()
@@ -125,6 +127,13 @@ def main() -> None:
             line["draft_layers"] = args.draft_layers
         line["load_format"] = args.load_format
         results.append(line)
+    if args.bracket:        # the baseline again after the others: how much the machine drifted
+        again, again_tokens = run("vllm-core", None, prompts, args.max_tokens,
+                                  args.max_model_len, args.load_format)
+        base["baseline_runs_tok_s"] = [base["output_tok_s"], again["output_tok_s"]]
+        mean = (base["output_tok_s"] + again["output_tok_s"]) / 2
+        for line in results:
+            line["speedup_vs_bracket_mean"] = round(line["output_tok_s"] / mean, 3)
     env = {"cpu": cpu_name(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
     lines = [json.dumps({**line, **env}) for line in [base, *results]]
     for line in lines:
