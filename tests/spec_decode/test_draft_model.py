@@ -107,14 +107,14 @@ def test_different_draft_greedy_identical(models, baseline):
 
 
 def test_truncated_self_draft_mixed_batch_preemption_prefix_cache(models, baseline):
-    """The target's first layer as the draft (shared modules); a mixed batch (some requests
-    with max_tokens=1 or a grammar-free short run never speculate), preemption under a tiny
-    KV cache, prefix caching across two rounds."""
+    """The target's first layer as the draft (shared modules); a mixed batch (requests with
+    max_tokens 1 or 2 never get drafts next to ones that do), preemption under a tiny KV cache,
+    prefix caching across two rounds."""
     from vllm_core import SamplingParams
 
     llm, counter = make_llm(models["target"], draft(models["target"], k=4,
                                                     num_hidden_layers=1),
-                            num_gpu_blocks_override=16, max_num_batched_tokens=24,
+                            num_gpu_blocks_override=16, max_num_batched_tokens=32,
                             enable_prefix_caching=True)
     assert generate(llm, greedy()) == baseline
     assert counter.draft_tokens > 0 and counter.preemptions > 0
@@ -128,8 +128,8 @@ def test_truncated_self_draft_mixed_batch_preemption_prefix_cache(models, baseli
     # second round: prompt + output hits cached blocks (target and draft caches)
     longer = [p + b[0] for p, b in zip(prompts(), baseline)]
     ref, _ = make_llm(models["target"], enable_prefix_caching=False)
-    want = generate(ref, greedy(20), longer)
-    assert generate(llm, greedy(20), longer) == want
+    want = generate(ref, greedy(12), longer)
+    assert generate(llm, greedy(12), longer) == want
 
 
 def test_draft_dtype_and_async_scheduling(models, baseline):
