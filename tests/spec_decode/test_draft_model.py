@@ -112,7 +112,7 @@ def test_truncated_self_draft_mixed_batch_preemption_prefix_cache(models, baseli
     prefix caching across two rounds."""
     from vllm_core import SamplingParams
 
-    llm, counter = make_llm(models["target"], draft(models["target"], k=4,
+    llm, counter = make_llm(models["target"], draft(models["target"], k=2,
                                                     num_hidden_layers=1),
                             num_gpu_blocks_override=16, max_num_batched_tokens=32,
                             enable_prefix_caching=True)

@@ -63,7 +63,7 @@ def test_eagle_greedy_identical_mixed_preemption_prefix_cache(folders):
 
     ref, _ = make_llm(folders["target"], enable_prefix_caching=False)
     base = generate(ref, greedy(24))
-    llm, counter = make_llm(folders["target"], eagle(folders["head"]),
+    llm, counter = make_llm(folders["target"], eagle(folders["head"], k=2),
                             num_gpu_blocks_override=14, max_num_batched_tokens=32,
                             enable_prefix_caching=True)
     assert generate(llm, greedy(24)) == base
