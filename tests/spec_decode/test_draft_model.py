@@ -106,6 +106,7 @@ def test_different_draft_greedy_identical(models, baseline):
     assert counter.draft_tokens > 0 and counter.accepted < counter.draft_tokens
 
 
+@pytest.mark.slow
 def test_truncated_self_draft_mixed_batch_preemption_prefix_cache(models, baseline):
     """The target's first layer as the draft (shared modules); a mixed batch (requests with
     max_tokens 1 or 2 never get drafts next to ones that do), preemption under a tiny KV cache,

@@ -58,6 +58,7 @@ def generate(llm, params, prompt_list=None):
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
+@pytest.mark.slow
 def test_eagle_greedy_identical_mixed_preemption_prefix_cache(folders):
     from vllm_core import SamplingParams
 
