@@ -20,7 +20,11 @@ from vllm_core.spec_decode.config import MODEL_METHODS, SpeculativeConfig
 class Proposer(ABC):
     """Drafts for one request. Contract: the result holds at most ``max_tokens`` ids of the
     target's vocabulary (an empty array means "no proposal"), depends only on ``token_ids`` (so a request's drafts, and hence
-    its seeded samples, are reproducible), and the call never mutates ``token_ids``."""
+    its seeded samples, are reproducible), and the call never mutates ``token_ids``.
+    ``needs_token_ids`` False: the proposer ignores them (the drafter then passes an empty
+    array instead of converting each request's tokens every step)."""
+
+    needs_token_ids: bool = True
 
     @abstractmethod
     def propose(self, token_ids: np.ndarray, max_tokens: int) -> np.ndarray: ...
@@ -56,6 +60,8 @@ class WorkerDraftSlots(Proposer):
     head): it reserves ``max_tokens`` draft positions (placeholder ids -1) so that the
     scheduler budgets and allocates them; the worker's proposer writes the real drafts in
     before the verification forward (``spec_decode/worker_proposer.py``)."""
+
+    needs_token_ids = False
 
     def propose(self, token_ids: np.ndarray, max_tokens: int) -> np.ndarray:
         return np.full(max(max_tokens, 0), -1, dtype=np.int64)
