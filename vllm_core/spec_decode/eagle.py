@@ -19,7 +19,8 @@ predict ``t[j+2]``. Per step, for a request with known tokens ``t[0 .. L-1]``:
    own previous output standing in for the target's state.
 
 The target's hidden states come from ``observe_forward`` after each target forward (the rows
-of a request's scheduled positions; a rollback overwrites the rejected ones). Positions
+of a request's scheduled positions; a rollback overwrites the rejected ones; at most
+``max_num_batched_tokens`` rows per request are kept). Positions
 whose target states were never seen (a prefix-cache hit; a CUDA-graph decode step, whose
 hidden states stay inside the graph) are skipped: the head attends there to whatever its
 cache holds, which can lower acceptance but never changes the output (the target verifies).
@@ -181,8 +182,11 @@ class EagleProposer(WorkerProposer):
             start = int(plan.num_computed[i])
             rows = hidden[qsl[i]:qsl[i + 1]]
             old = self.features.get(req_id)
-            self.features[req_id] = (_Features(start, rows.clone()) if old is None
-                                     else old.put(start, rows))
+            feats = (_Features(start, rows.clone()) if old is None else old.put(start, rows))
+            extra = feats.rows.shape[0] - self.budget
+            if extra > 0:           # bounded: a request that never drafts keeps its last rows
+                feats = _Features(feats.start + extra, feats.rows[extra:])
+            self.features[req_id] = feats
 
     # ------------------------------------------------------------------ proposing
     def propose(self, runner: ModelRunner, counts: dict[str, int]
