@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from vllm_core.config import ModelArchConfig, ModelConfig
+from vllm_core.devices import HOST
 from vllm_core.logger import init_logger
 from vllm_core.messages import SchedulerOutput
 from vllm_core.sampling.metadata import make_generator
@@ -225,7 +226,7 @@ class DraftChooser:
         self.temperature = [float(p.temperature) for p in params]
         self.seeds = [p.seed for p in params]
         self.generators = generators
-        self.on_host = runner.device.type == "cpu"
+        self.on_host = runner.device == HOST
         self.rows: dict[int, list[torch.Tensor]] = {}
 
     def _generator(self, i: int, device: torch.device) -> torch.Generator | None:
