@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def make_engine(args: argparse.Namespace, max_model_len: int, max_batch: int | N
                             "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     if draft_layers is not None:        # the target's first layers as the draft (worker side)
         spec = {"method": "draft_model", "num_speculative_tokens": args.k,
-                "model": str(folder.resolve()), "num_hidden_layers": draft_layers}
+                "model": os.path.abspath(folder), "num_hidden_layers": draft_layers}
     if max_batch is not None:
         spec["disable_by_batch_size"] = max_batch
     llm = LLM(str(folder), dtype=args.dtype, load_format="dummy", max_model_len=max_model_len,
