@@ -1,4 +1,5 @@
-"""Speculative decoding on the CPU: n-gram lookup against no speculation, same run.
+"""Speculative decoding on the CPU: n-gram lookup and a draft model against no speculation,
+same run.
 
 The default model (SmolLM2-135M-Instruct GGUF), batch 1 (each prompt generated alone, as a
 chat turn), greedy, on the shipped input-grounded prompts (``spec_decode_prompts.json``:
@@ -8,6 +9,10 @@ one JSON line per system; the n-gram line carries ``speedup`` (its output tokens
 baseline's), the acceptance figures and whether its tokens equal the baseline's::
 
     python benchmarks/spec_decode_cpu.py --max-tokens 128 --k 4
+    python benchmarks/spec_decode_cpu.py --systems draft_model --draft-layers 8
+
+``draft_model`` is a truncated-layer draft of the target: its first ``--draft-layers``
+decoder layers (a view sharing the target's weights, its own KV cache).
 
 Absolute times on a shared machine are indicative: the line also records ``uptime``'s load
 average and the CPU. Quote the ratio.
@@ -51,11 +56,11 @@ def cpu_name() -> str:
 
 
 def run(system: str, spec: dict | None, prompts: list[dict], max_tokens: int,
-        max_model_len: int) -> tuple[dict, list[list[int]]]:
+        max_model_len: int, load_format: str = "auto") -> tuple[dict, list[list[int]]]:
     from vllm_core import LLM, SamplingParams
 
     llm = LLM(max_model_len=max_model_len, kv_cache_space_gib=0.25, max_num_seqs=4,
-              speculative_config=spec)
+              speculative_config=spec, load_format=load_format)
     totals = SpecTotals()
     llm.llm_engine.stat_loggers.append(totals)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
@@ -91,17 +96,46 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--num-prompts", type=int, default=None, help="the first N prompts only")
     ap.add_argument("--output", default=None, help="append the JSON lines to this file")
+    ap.add_argument("--systems", default="ngram",
+                    help="comma list of proposers measured against the baseline: ngram, "
+                         "draft_model")
+    ap.add_argument("--draft-layers", type=int, default=8,
+                    help="draft_model: the target's first N layers")
+    ap.add_argument("--bracket", action="store_true",
+                    help="run the baseline again last; report both and the ratio to their mean")
+    ap.add_argument("--load-format", default="auto",
+                    help="'dummy': random weights of the default model's shape (its tokenizer)")
     args = ap.parse_args()
     prompts = json.loads(PROMPTS.read_text())[:args.num_prompts]
-    spec = {"method": "ngram", "num_speculative_tokens": args.k,
-            "prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min}
-    base, base_tokens = run("vllm-core", None, prompts, args.max_tokens, args.max_model_len)
-    ngram, ngram_tokens = run("vllm-core+ngram", spec, prompts, args.max_tokens,
-                              args.max_model_len)
-    ngram["speedup"] = round(ngram["output_tok_s"] / base["output_tok_s"], 3)
-    ngram["identical_to_baseline"] = ngram_tokens == base_tokens
+    from vllm_core.model_executor.loader import resolve_model
+
+    specs = {
+        "ngram": {"method": "ngram", "num_speculative_tokens": args.k,
+                  "prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min},
+        "draft_model": {"method": "draft_model", "num_speculative_tokens": args.k,
+                        "model": resolve_model(None), "num_hidden_layers": args.draft_layers},
+    }
+    base, base_tokens = run("vllm-core", None, prompts, args.max_tokens, args.max_model_len,
+                            args.load_format)
+    results = []
+    for name in args.systems.split(","):
+        line, tokens = run(f"vllm-core+{name}", specs[name], prompts, args.max_tokens,
+                           args.max_model_len, args.load_format)
+        line["speedup"] = round(line["output_tok_s"] / base["output_tok_s"], 3)
+        line["identical_to_baseline"] = tokens == base_tokens
+        if name == "draft_model":
+            line["draft_layers"] = args.draft_layers
+        line["load_format"] = args.load_format
+        results.append(line)
+    if args.bracket:        # the baseline again after the others: how much the machine drifted
+        again, again_tokens = run("vllm-core", None, prompts, args.max_tokens,
+                                  args.max_model_len, args.load_format)
+        base["baseline_runs_tok_s"] = [base["output_tok_s"], again["output_tok_s"]]
+        mean = (base["output_tok_s"] + again["output_tok_s"]) / 2
+        for line in results:
+            line["speedup_vs_bracket_mean"] = round(line["output_tok_s"] / mean, 3)
     env = {"cpu": cpu_name(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
-    lines = [json.dumps({**base, **env}), json.dumps({**ngram, **env})]
+    lines = [json.dumps({**line, **env}) for line in [base, *results]]
     for line in lines:
         print(line, flush=True)
     if args.output:

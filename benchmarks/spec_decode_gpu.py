@@ -14,13 +14,16 @@ Proposers measured:
   of the same prompts), optionally with every other draft run corrupted; this is a draft
   identical to the target with zero draft cost, i.e. the verification-side upper bound of a
   self-draft (no draft-model proposer exists yet);
-- ``ngram``: prompt lookup, on prompts made of a repeated motif.
+- ``ngram``: prompt lookup, on prompts made of a repeated motif;
+- ``draft-L<n>`` (``--part draft``): the draft-model proposer with a truncated-layer draft,
+  the target's first ``n`` layers (shared weights, own KV cache), run on the worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +36,11 @@ sys.path.insert(0, str(HERE))
 
 from throughput_gpu import DEFAULT_MODEL_DIR, ensure_model_dir  # noqa: E402
 
-from vllm_core.spec_decode.proposer import NgramProposer, Proposer  # noqa: E402
+from vllm_core.spec_decode.proposer import (  # noqa: E402
+    NgramProposer,
+    Proposer,
+    WorkerDraftSlots,
+)
 
 KEY = 24          # prompt tokens that identify a request for the replay proposer
 
@@ -75,16 +82,20 @@ class SpecTotals:
             self.accepted += spec.num_accepted_tokens
 
 
-def make_engine(args: argparse.Namespace, max_model_len: int, max_batch: int | None) -> Any:
+def make_engine(args: argparse.Namespace, max_model_len: int, max_batch: int | None,
+                draft_layers: int | None = None) -> Any:
     from vllm_core import LLM
 
-    spec = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_max": 4,
-            "prompt_lookup_min": 2}
-    if max_batch is not None:
-        spec["disable_by_batch_size"] = max_batch
     folder = Path(args.model_dir)
     if folder == DEFAULT_MODEL_DIR:
         ensure_model_dir(folder)
+    spec: dict[str, Any] = {"method": "ngram", "num_speculative_tokens": args.k,
+                            "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    if draft_layers is not None:        # the target's first layers as the draft (worker side)
+        spec = {"method": "draft_model", "num_speculative_tokens": args.k,
+                "model": os.path.abspath(folder), "num_hidden_layers": draft_layers}
+    if max_batch is not None:
+        spec["disable_by_batch_size"] = max_batch
     llm = LLM(str(folder), dtype=args.dtype, load_format="dummy", max_model_len=max_model_len,
               max_num_seqs=256, gpu_memory_utilization=0.9, speculative_config=spec,
               enable_prefix_caching=False)     # runs repeat prompts: no cache hits across
@@ -165,7 +176,9 @@ def ab(llm: Any, prompts: list[list[int]], output_len: int, label: dict[str, Any
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["b1", "sweep", "b256"], required=True)
+    ap.add_argument("--part", choices=["b1", "sweep", "b256", "draft"], required=True)
+    ap.add_argument("--draft-layers", type=int, default=4,
+                    help="--part draft: the draft is the target's first N layers")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
                     help="default: the 8B shape (created); a small HF folder for a dry run")
@@ -192,6 +205,16 @@ def main() -> None:
            [replay, replay_half, ngram], out)
         ab(llm, repetitive_prompts(1, p_len, 1, vocab), o_len,
            {**label, "prompts": "repetitive"}, [ngram], out)
+    elif args.part == "draft":                # gpu-8b-b1 with a truncated-layer draft model
+        p_len, o_len = sz(128), sz(512)
+        llm = make_engine(args, p_len + o_len + k + 1, max_batch=0,
+                          draft_layers=args.draft_layers)
+        vocab = llm.llm_engine.config.model.arch.vocab_size
+        timed(llm, random_prompts(1, p_len, 99, vocab), 16, None, {})
+        timed(llm, random_prompts(1, p_len, 98, vocab), 16, WorkerDraftSlots(), {})
+        ab(llm, random_prompts(1, p_len, 0, vocab), o_len,
+           {"workload": "gpu-8b-b1", "k": k, "draft_layers": args.draft_layers},
+           [(f"draft-L{args.draft_layers}", lambda p, t: WorkerDraftSlots())], out)
     elif args.part == "sweep":                # speed-up against batch size, forced on
         p_len, o_len = sz(512), sz(128)
         llm = make_engine(args, p_len + o_len + k + 1, max_batch=0)

@@ -29,8 +29,9 @@ def test_config_parsing_and_errors():
     for raw, words in [("{bad", "not valid JSON"), ('{"method": "ngram", "k": 2}', "unknown"),
                        ('{"num_speculative_tokens": 0}', ">= 1"), ("[1]", "JSON object"),
                        ('{"prompt_lookup_min": 5, "prompt_lookup_max": 2}', "<="),
-                       ('{"method": "eagle", "model": "x"}', "not supported yet"),
-                       ('{"model": "some/draft"}', "not supported yet"),
+                       ('{"method": "eagle3", "model": "x"}', "not supported yet"),
+                       ('{"method": "eagle"}', "model .*is required"),
+                       ('{"method": "ngram", "model": "x"}', "apply to the methods"),
                        ('{"method": "magic"}', "must be one of")]:
         with pytest.raises(ValueError, match=words):
             parse_speculative_config(raw)

@@ -10,9 +10,11 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-SPEC_METHODS = ("ngram",)
+SPEC_METHODS = ("ngram", "draft_model", "eagle")
+# Methods whose proposer runs in the worker, next to the target (a model: ``model`` is needed).
+MODEL_METHODS = ("draft_model", "eagle")
 # Methods the ecosystem names that this engine refuses with a clear message (not built yet).
-_NOT_YET = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp")
+_NOT_YET = ("eagle3", "medusa", "mlp_speculator", "mtp")
 
 # Speculation is skipped for a step when more requests than this are running: at large batch
 # the forward is compute-bound and verifying drafts costs more than it saves. Stated default,
@@ -30,6 +32,13 @@ class SpeculativeConfig:
     ``disable_by_batch_size``: no drafts are proposed in a step where more than this many
     requests are running (None: the default, ``DEFAULT_DISABLE_BY_BATCH_SIZE``; 0: never
     disable).
+
+    Model-based methods (``MODEL_METHODS``, proposed in the worker): ``model`` is the draft
+    checkpoint (a folder or .gguf; "draft_model": a causal LM with the target's vocabulary;
+    "eagle": an EAGLE-1 head, see ``spec_decode/eagle.py``). ``dtype``: the draft's dtype (None: the target's).
+    ``num_hidden_layers``: "draft_model" only, keep the draft's first that many decoder layers
+    (a truncated-layer draft). A "draft_model" whose ``model`` is the target's own path, in the
+    target's dtype, shares the target's modules instead of loading a second copy.
     """
 
     method: str = "ngram"
@@ -37,6 +46,9 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
     disable_by_batch_size: int | None = None
+    model: str | None = None
+    dtype: str | None = None
+    num_hidden_layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.method in _NOT_YET:
@@ -53,6 +65,22 @@ class SpeculativeConfig:
         if self.prompt_lookup_min > self.prompt_lookup_max:
             raise ValueError(f"speculative_config.prompt_lookup_min ({self.prompt_lookup_min}) "
                              f"must be <= prompt_lookup_max ({self.prompt_lookup_max})")
+        if self.method in MODEL_METHODS:
+            if not isinstance(self.model, str) or not self.model:
+                raise ValueError(f"speculative_config.model (the draft checkpoint) is required "
+                                 f"for method {self.method!r}")
+        elif self.model is not None or self.num_hidden_layers is not None:
+            raise ValueError(f"speculative_config.model / num_hidden_layers apply to the "
+                             f"methods {', '.join(MODEL_METHODS)}, not {self.method!r}")
+        if self.dtype is not None:
+            from vllm_core.config import normalize_dtype
+
+            object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
+        layers = self.num_hidden_layers
+        if layers is not None and (self.method != "draft_model" or not isinstance(layers, int)
+                                   or isinstance(layers, bool) or layers < 1):
+            raise ValueError(f"speculative_config.num_hidden_layers must be an integer >= 1 "
+                             f"and needs method 'draft_model', got {layers!r}")
         limit = self.disable_by_batch_size
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                                   or limit < 0):
@@ -71,8 +99,7 @@ def parse_speculative_config(raw: SpeculativeConfig | dict[str, Any] | str | Non
                              ) -> SpeculativeConfig | None:
     """The config ``raw`` describes (JSON text, a dict, a config, or None: no speculation).
 
-    ``"model"`` is accepted for vLLM compatibility only together with a method that takes
-    one (none yet), so it is refused with the method."""
+    A bare ``"model"`` (no ``"method"``) means "draft_model", as in vLLM."""
     if raw is None or isinstance(raw, SpeculativeConfig):
         return raw
     if isinstance(raw, str):

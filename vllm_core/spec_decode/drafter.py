@@ -21,6 +21,8 @@ from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.spec_decode.config import SpeculativeConfig
 from vllm_core.spec_decode.proposer import Proposer, make_proposer
 
+_NO_TOKENS = np.zeros(0, dtype=np.int64)
+
 
 class Drafter:
     def __init__(self, config: SpeculativeConfig, proposer: Proposer | None = None) -> None:
@@ -48,8 +50,9 @@ class Drafter:
                        max_seq_len - num_tokens - 1)
             if room <= 0:
                 continue
-            drafts = self.proposer.propose(np.asarray(request.all_token_ids, dtype=np.int64),
-                                           room)
+            tokens = (np.asarray(request.all_token_ids, dtype=np.int64)
+                      if self.proposer.needs_token_ids else _NO_TOKENS)
+            drafts = self.proposer.propose(tokens, room)
             if len(drafts):
                 request.spec_token_ids = drafts.tolist()
                 total += len(drafts)

@@ -14,13 +14,17 @@ from abc import ABC, abstractmethod
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from vllm_core.spec_decode.config import SpeculativeConfig
+from vllm_core.spec_decode.config import MODEL_METHODS, SpeculativeConfig
 
 
 class Proposer(ABC):
     """Drafts for one request. Contract: the result holds at most ``max_tokens`` ids of the
     target's vocabulary (an empty array means "no proposal"), depends only on ``token_ids`` (so a request's drafts, and hence
-    its seeded samples, are reproducible), and the call never mutates ``token_ids``."""
+    its seeded samples, are reproducible), and the call never mutates ``token_ids``.
+    ``needs_token_ids`` False: the proposer ignores them (the drafter then passes an empty
+    array instead of converting each request's tokens every step)."""
+
+    needs_token_ids: bool = True
 
     @abstractmethod
     def propose(self, token_ids: np.ndarray, max_tokens: int) -> np.ndarray: ...
@@ -51,8 +55,22 @@ class NgramProposer(Proposer):
         return empty
 
 
+class WorkerDraftSlots(Proposer):
+    """The engine's side of a proposer that runs in the worker (a draft model, an EAGLE
+    head): it reserves ``max_tokens`` draft positions (placeholder ids -1) so that the
+    scheduler budgets and allocates them; the worker's proposer writes the real drafts in
+    before the verification forward (``spec_decode/worker_proposer.py``)."""
+
+    needs_token_ids = False
+
+    def propose(self, token_ids: np.ndarray, max_tokens: int) -> np.ndarray:
+        return np.full(max(max_tokens, 0), -1, dtype=np.int64)
+
+
 def make_proposer(config: SpeculativeConfig) -> Proposer:
     """The proposer ``config.method`` names (the config has validated it)."""
     if config.method == "ngram":
         return NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+    if config.method in MODEL_METHODS:
+        return WorkerDraftSlots()
     raise ValueError(f"no proposer for speculative method {config.method!r}")

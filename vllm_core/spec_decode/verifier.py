@@ -70,7 +70,7 @@ def verify_metadata(runner: ModelRunner, sample_ids: list[str], starts: np.ndarr
                     drafts: dict[str, list[int]]) -> SamplingMetadata:
     """One metadata row per logits row. Requests with output-dependent sampling (penalties,
     min_tokens, bad words) get, on row ``j``, a view whose outputs end with drafts ``:j``."""
-    dynamic = runner._sampling.dynamic
+    dynamic = runner.dynamic_sampling_reqs
     states: list[RequestSamplingState] = []
     for row, req_id in enumerate(sample_ids):
         state = runner.requests[req_id].sampling_state
@@ -84,12 +84,29 @@ def verify_metadata(runner: ModelRunner, sample_ids: list[str], starts: np.ndarr
                                    runner.pin_memory)
 
 
+def draft_prob_rows(sample_ids: list[str], starts: np.ndarray,
+                    probs: dict[str, torch.Tensor], vocab_size: int,
+                    device: torch.device) -> torch.Tensor | None:
+    """float32 [L, V]: each draft row's draft distribution (a worker proposer's ``q`` rows of
+    the requests that sample at random), zeros elsewhere (greedy and bonus rows, where the
+    sampler does not read it); None when no request has any."""
+    if not probs:
+        return None
+    out = torch.zeros(len(sample_ids), vocab_size, dtype=torch.float32, device=device)
+    first_row = {sample_ids[i]: i for i in np.flatnonzero(starts == np.arange(len(starts)))}
+    for req_id, rows in probs.items():
+        start = first_row[req_id]
+        out[start:start + rows.shape[0], :rows.shape[1]] = rows.to(device)
+    return out
+
+
 def sample(logits: torch.Tensor, md: SamplingMetadata, draft_ids: np.ndarray,
-           starts: np.ndarray) -> SamplerOutput:
+           starts: np.ndarray, draft_probs: torch.Tensor | None = None) -> SamplerOutput:
     """``rejection_sample`` with the host row arrays moved to the logits' device."""
     dev = logits.device
     return rejection_sample(logits, md, torch.from_numpy(draft_ids).to(dev),
-                            torch.from_numpy(starts).to(dev))
+                            torch.from_numpy(starts).to(dev),
+                            None if draft_probs is None else draft_probs.to(dev))
 
 
 def collect_verified(runner: ModelRunner, step: PendingStep) -> ModelRunnerOutput:

@@ -151,6 +151,7 @@ class _Forwarded:
     prompt_logprobs: dict[str, list[Logprobs]]
     drafts: dict[str, list[int]]                 # speculative decoding: this step's drafts
     row_start: np.ndarray | None                 # verification step: see ``PendingStep``
+    draft_probs: torch.Tensor | None = None      # worker proposer's q rows [L, V], or None
 
 
 @dataclass(slots=True)
@@ -205,6 +206,7 @@ class ModelRunner:
         self.expert_load: ExpertLoadTracker | None = None      # MoE models: per-step load
         self.lora: Any = None                 # LoRAManager when config.lora is set
         self.mm: MultiModalStepInputs | None = None   # models that accept images
+        self.proposer: Any = None             # WorkerProposer (draft model / EAGLE), if any
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler()
         self.builder = attn_backend.get_builder_cls()(self.block_size, device)
@@ -351,6 +353,9 @@ class ModelRunner:
             from vllm_core.lora.worker import lora_manager_for_runner
 
             self.lora = lora_manager_for_runner(self)
+        from vllm_core.spec_decode.worker_proposer import make_worker_proposer
+
+        self.proposer = make_worker_proposer(self)
 
     @property
     def kv_cache_dtype(self) -> torch.dtype:
@@ -362,9 +367,12 @@ class ModelRunner:
         shape = self.attn_backend.get_kv_cache_shape(1, self.block_size, self.local_kv_heads,
                                                      self.arch.head_dim)
         per_layer = int(np.prod(shape)) * torch.empty((), dtype=self.kv_cache_dtype).element_size()
-        return per_layer * self.num_local_layers
+        draft = self.proposer.kv_cache_bytes_per_block() if self.proposer is not None else 0
+        return per_layer * self.num_local_layers + draft
 
     def initialize_cache(self, num_blocks: int) -> None:
+        if self.proposer is not None:
+            self.proposer.initialize_cache(num_blocks)
         shape = self.attn_backend.get_kv_cache_shape(num_blocks, self.block_size,
                                                      self.local_kv_heads, self.arch.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
@@ -466,6 +474,8 @@ class ModelRunner:
 
     def _launch(self, so: SchedulerOutput) -> PendingOutput | None:
         self.update_states(so)
+        if self.proposer is not None:
+            self.proposer.update_states(so)
         if so.total_num_scheduled_tokens == 0:
             return ReadyOutput(EMPTY_MODEL_RUNNER_OUTPUT)
         prev = self._in_flight
@@ -474,6 +484,10 @@ class ModelRunner:
         if prev is not None and (drafts or prev.row_start is not None or dynamic and any(
                 r in prev.row_of for r in dynamic.intersection(so.num_scheduled_tokens))):
             prev.result()        # their sampling metadata needs the token in flight on the host
+        draft_probs = None
+        if drafts and self.proposer is not None:     # worker-side drafts replace the slots
+            drafts, draft_probs = self.proposer.propose(
+                self, {r: len(ids) for r, ids in drafts.items()})
         plan = plan_step(so, self.table, self.block_size,
                          verifier.stage_drafts(self.table, drafts) if drafts else None)
         shape = self.padded_shape(plan)
@@ -486,15 +500,20 @@ class ModelRunner:
         par = self.parallel
         samples = bool(sample_ids) and par.is_sampling_rank
         starts = verifier.row_starts(sample_ids) if drafts else None
-        md = None
+        md = q_rows = None
         if samples:
             md = (verifier.verify_metadata(self, sample_ids, starts, drafts) if drafts
                   else self._sampling_metadata(sample_ids))
+            if draft_probs:
+                q_rows = verifier.draft_prob_rows(sample_ids, starts, draft_probs,
+                                                  self.arch.vocab_size, self.sampling_device)
         if not par.is_first_stage:
             inputs.intermediate = self.recv_intermediate(inputs.input_ids.shape[0])
         out = self.run_forward(plan, inputs, shape)
         if not par.is_last_stage:
             self.send_intermediate(out.hidden)
+        if self.proposer is not None:
+            self.proposer.observe_forward(self, plan, out.hidden)
         if shape is None:
             self.num_eager_steps += 1
         else:
@@ -504,7 +523,7 @@ class ModelRunner:
         if (out.hidden is not None and self._prompt_logprob_reqs and par.is_last_stage):
             prompt_logprobs = self.prompt_logprobs(plan, out.hidden)
         forwarded = _Forwarded(plan, sample_ids, samples, md, out.logits, prompt_logprobs,
-                               drafts, starts)
+                               drafts, starts, q_rows)
         if so.defer_sampling:                 # the engine builds the bitmask meanwhile
             self._forwarded = forwarded
             return None
@@ -539,7 +558,8 @@ class ModelRunner:
                                           staging=self._bitmask_staging)
                 md = fwd.metadata
                 sampled = (verifier.sample(logits, md, verifier.draft_row_ids(
-                    sample_ids, starts, drafts), starts) if drafts else self.sampler(logits, md))
+                    sample_ids, starts, drafts), starts, fwd.draft_probs)
+                           if drafts else self.sampler(logits, md))
                 token_ids, logprobs = sampled.token_ids, sampled.logprobs
             if par.world_size > 1:
                 token_ids = self.share_sampled_ids(token_ids, len(sample_ids))
@@ -599,6 +619,12 @@ class ModelRunner:
         b.feed_dst_np[:m] = plan.query_start_loc[1:][rows] - 1    # each such row's last token
         b.feed_from(prev.token_ids, m)
         self.num_fed_rows += m
+
+    @property
+    def dynamic_sampling_reqs(self) -> set[str]:
+        """Ids of the live requests whose sampling depends on their outputs (penalties,
+        min_tokens, bad words): their metadata is rebuilt every step (read-only view)."""
+        return self._sampling.dynamic
 
     def _sampling_metadata(self, req_ids: list[str]) -> SamplingMetadata:
         """Build, or reuse the previous step's when the rows are the same requests in the same
