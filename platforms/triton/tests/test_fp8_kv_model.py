@@ -46,3 +46,21 @@ def test_triton_fp8_cache_model_equals_reference_backend(tmp_path, kv_dtype):
     tokens, logits = _greedy(str(tmp_path), TritonAttentionBackend, kv_dtype, prompt, 3)
     assert tokens == ref_tokens
     torch.testing.assert_close(logits, ref_logits, atol=1e-3, rtol=1e-3)
+
+
+def test_triton_applies_calibrated_kv_scales_like_the_reference(tmp_path):
+    """K/V 3000x larger than the model needs (``amplify_kv``) with the checkpoint's k/v
+    scales: the Triton backend's fp8 cache gives the reference backend's tokens and logits."""
+    from vllm_core.model_executor.quantization.testing import add_kv_cache_scales, amplify_kv
+
+    hf = tiny_llama(seed=3, hidden_size=128)
+    amplify_kv(hf, 3000.0)
+    hf.save_pretrained(str(tmp_path))
+    add_kv_cache_scales(str(tmp_path), [(40.0, 30.0), (50.0, 20.0)], output_scale_layers=(0,))
+    prompt = [5, 17, 33, 2, 80, 41]
+    ref_tokens, ref_logits = _greedy(str(tmp_path), ReferenceAttentionBackend,
+                                     torch.float8_e4m3fn, prompt, 3)
+    tokens, logits = _greedy(str(tmp_path), TritonAttentionBackend, torch.float8_e4m3fn,
+                             prompt, 3)
+    assert tokens == ref_tokens
+    torch.testing.assert_close(logits, ref_logits, atol=1e-3, rtol=1e-3)

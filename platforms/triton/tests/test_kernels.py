@@ -586,10 +586,12 @@ def _fp8_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kv_dtype", FP8_KV)
-def test_fp8_cache_write_rounds_to_nearest_and_saturates(kv_dtype: torch.dtype):
+@pytest.mark.parametrize("scales", [None, (0.25, 3.0)])
+def test_fp8_cache_write_rounds_to_nearest_and_saturates(kv_dtype: torch.dtype, scales):
     """``reshape_and_cache`` and ``rotary_and_cache`` store K/V in a float8 cache as the
-    correctly rounded float8 value (saturated at the format's largest finite value). Under the
-    interpreter this relies on conftest's fix of its float8 narrowing."""
+    correctly rounded float8 value of ``k / k_scale`` (``v / v_scale``), saturated at the
+    format's largest finite value. Under the interpreter this relies on conftest's fix of its
+    float8 narrowing."""
     from vllm_core_triton.kernels.rotary import rotary_and_cache
 
     gen = torch.Generator().manual_seed(11)
@@ -598,11 +600,15 @@ def test_fp8_cache_write_rounds_to_nearest_and_saturates(kv_dtype: torch.dtype):
     key[0, 0, :4] = torch.tensor([1000.0, -1000.0, 1e5, -1e5])      # past e4m3's 448
     value = torch.randn(n, kvh, d, generator=gen)
     slots = torch.randperm(3 * bs, generator=gen)[:n]
+    ks, vs = scales or (1.0, 1.0)
+    kw = {}
+    if scales:
+        kw = dict(k_scale=torch.tensor(ks, device=DEVICE), v_scale=torch.tensor(vs, device=DEVICE))
     cache = torch.zeros(2, 3, bs, kvh, d, dtype=kv_dtype, device=DEVICE)
-    reshape_and_cache(key.to(DEVICE), value.to(DEVICE), cache, slots.to(DEVICE))
+    reshape_and_cache(key.to(DEVICE), value.to(DEVICE), cache, slots.to(DEVICE), **kw)
     flat = cache.view(2, -1, kvh, d)[:, slots.to(DEVICE)].cpu()
-    assert torch.equal(flat[0].float(), _fp8_cast(key, kv_dtype).float())
-    assert torch.equal(flat[1].float(), _fp8_cast(value, kv_dtype).float())
+    assert torch.equal(flat[0].float(), _fp8_cast(key / ks, kv_dtype).float())
+    assert torch.equal(flat[1].float(), _fp8_cast(value / vs, kv_dtype).float())
 
     cos_sin = _cos_sin_cache(64, d)
     pos = torch.randint(0, 64, (n,), generator=gen)
@@ -610,18 +616,22 @@ def test_fp8_cache_write_rounds_to_nearest_and_saturates(kv_dtype: torch.dtype):
     _, k_rot = rotary_embedding(pos, q.clone(), key.clone(), cos_sin, d)
     cache.zero_()
     rotary_and_cache(pos.to(DEVICE), q.to(DEVICE), key.to(DEVICE), value.to(DEVICE),
-                     cos_sin.to(DEVICE), cache, slots.to(DEVICE))
+                     cos_sin.to(DEVICE), cache, slots.to(DEVICE), **kw)
     flat = cache.view(2, -1, kvh, d)[:, slots.to(DEVICE)].cpu()
-    assert torch.equal(flat[0].float(), _fp8_cast(k_rot, kv_dtype).float())
+    assert torch.equal(flat[0].float(), _fp8_cast(k_rot / ks, kv_dtype).float())
+    assert torch.equal(flat[1].float(), _fp8_cast(value / vs, kv_dtype).float())
 
 
-@pytest.mark.parametrize("kv_dtype", FP8_KV)
-@pytest.mark.parametrize("num_splits", [None, 3])
+@pytest.mark.parametrize("kv_dtype,num_splits,scales", [
+    (torch.float8_e4m3fn, None, None), (torch.float8_e4m3fn, 3, (2.0, 0.05)),
+    (torch.float8_e5m2, 3, None), (torch.float8_e5m2, None, (0.3, 7.0))])
 def test_paged_attention_over_an_fp8_cache_equals_fp64_reference(kv_dtype: torch.dtype,
-                                                                  num_splits: int | None):
+                                                                  num_splits: int | None,
+                                                                  scales):
     """Decodes and prefill chunks (which read their own new K/V back from the fp8 cache,
-    like decodes) attend exactly as a float64 attention over the widened cache: widening
-    float8 is exact, so the only error is the float32 arithmetic of the kernel."""
+    like decodes) attend exactly as a float64 attention over the widened cache times its
+    scales: widening float8 is exact, so the only error is the float32 arithmetic of the
+    kernel."""
     gen = torch.Generator().manual_seed(12)
     head_size, block_size, gqa = HEAD_SIZES[0], BLOCK_SIZES[0], 2
     q_lens, ctx_lens = MIXED
@@ -638,9 +648,14 @@ def test_paged_attention_over_an_fp8_cache_equals_fp64_reference(kv_dtype: torch
                          head_size=head_size, num_compute_units=132 if ON_GPU else 1,
                          num_splits=num_splits, tile_n=None if ON_GPU else 16)
     bd, kv_dev = _dev(b), kv8.to(DEVICE)
+    ks, vs = scales or (1.0, 1.0)
+    kw = {}
+    if scales:
+        kw = dict(k_scale=torch.tensor(ks, device=DEVICE), v_scale=torch.tensor(vs, device=DEVICE))
     out = paged_attention(query.to(DEVICE), kv_dev[0], kv_dev[1],
                           query_start_loc=bd["query_start_loc"], seq_lens=bd["seq_lens"],
                           block_table=bd["block_table"], scale=head_size ** -0.5,
-                          launch=launch)
-    ref = _ref_attention(query, kv8.float(), b, head_size ** -0.5)
+                          launch=launch, **kw)
+    ref = _ref_attention(query, kv8.float() * torch.tensor([ks, vs]).view(2, 1, 1, 1, 1), b,
+                         head_size ** -0.5)
     assert _rel_err(out, ref) < TOL[torch.float32]
