@@ -91,6 +91,16 @@ class TritonLayerOps(LayerOps):
         return fused_moe(x, w13, w2, topk_weights, topk_ids)
 
     # ------------------------------------------------------------------ quantized linears
+    def fused_moe_fp8(self, x: torch.Tensor, w: object, topk_weights: torch.Tensor,
+                      topk_ids: torch.Tensor) -> torch.Tensor:
+        """FP8 experts on the FP8 tensor cores (sm >= 8.9): the fused-MoE kernels with float8
+        operands and row / channel scales; the reference on older GPUs."""
+        if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 9):
+            return super().fused_moe_fp8(x, w, topk_weights, topk_ids)
+        from vllm_core_triton.kernels.fused_moe import fused_moe_fp8
+
+        return fused_moe_fp8(x, w, topk_weights, topk_ids)
+
     def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
         """Our Triton kernel (``kernels/wna16.py``): de-quantization fused into the GEMV /

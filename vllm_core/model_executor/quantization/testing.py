@@ -368,3 +368,37 @@ def add_kv_cache_scales(folder: str, scales: list[tuple[float, float]],
             "symmetric": True}
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
+
+
+# ------------------------------------------------------------------------ FP8 experts
+def write_fp8_moe(folder: str, dequantized_folder: str, hf) -> None:
+    """An FP8 (``quant_method: fp8``, dynamic activations) checkpoint of an HF MoE model as
+    FP8 exports store it: every expert projection and attention linear float8_e4m3fn with a
+    per-tensor ``weight_scale`` (``max|w| / 448``), the router and norms in float; and, in
+    ``dequantized_folder``, the same model with those weights de-quantized (the reference)."""
+    from safetensors.torch import load_file
+
+    hf.save_pretrained(folder)
+    hf.save_pretrained(dequantized_folder)
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    deq = dict(tensors)
+    for name in list(tensors):
+        leaf = name.rsplit(".", 2)[-2] if name.endswith(".weight") else ""
+        if leaf not in LINEARS + ("w1", "w2", "w3") or ".mlp.gate." in name:
+            continue
+        w = tensors[name].float()
+        scale = w.abs().amax().clamp(min=1e-12) / 448.0
+        q = (w / scale).to(torch.float8_e4m3fn)
+        tensors[name] = q
+        tensors[name[:-len("weight")] + "weight_scale"] = scale.reshape(())
+        deq[name] = q.float() * scale
+    save_file(tensors, path)
+    save_file(deq, os.path.join(dequantized_folder, "model.safetensors"))
+    cfg_path = os.path.join(folder, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3",
+                                  "activation_scheme": "dynamic"}
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
