@@ -78,7 +78,7 @@ class AttentionImpl(ABC):
     hands it unrotated q/k; implementations that leave it False are called as before."""
 
     fuses_rotary: ClassVar[bool] = False
-    # API 1.3: the implementation applies ``k_scale`` / ``v_scale`` (set by ``set_kv_scales``)
+    # API 2.2 (additive): the implementation applies ``k_scale`` / ``v_scale`` (set by ``set_kv_scales``)
     # to a float8 KV cache as ``attention/kv_scales.py`` states; a backend that accepts an fp8
     # cache but leaves this False is refused for checkpoints with calibrated scales.
     supports_kv_scales: ClassVar[bool] = False
