@@ -2,7 +2,7 @@
 configuration, all in one run.
 
 The text is ``benchmarks/data/perplexity_text.md`` (the first 6000 characters of docs/moe.md,
-frozen: ~2k SmolLM2 tokens), scored in windows of at most ``--window`` tokens (each window a
+frozen: ~2.3k SmolLM2 tokens), scored in windows of at most ``--window`` tokens (each window a
 prompt with ``prompt_logprobs=0``: the logprob of every token given the window before it);
 perplexity = exp(-mean logprob) over all scored tokens. Configurations:
 
@@ -16,7 +16,7 @@ perplexity = exp(-mean logprob) over all scored tokens. Configurations:
   quantize round-to-nearest (no calibration), so the figures bound what GPTQ / AWQ tools do.
 
 Run on CPU: ``python benchmarks/perplexity.py`` (SmolLM2-135M, all configurations; each
-engine start and 2k-token prefill takes minutes on a loaded 2-vCPU machine);
+engine start and 2.3k-token prefill takes minutes on a loaded 2-vCPU machine);
 ``--model DIR_OR_GGUF --configs float32,fp8-online`` for others.
 """
 
