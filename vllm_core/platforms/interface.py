@@ -60,10 +60,6 @@ None: the core's torch paths). ``TorchWorker.add_lora`` / ``remove_lora`` are im
 ``SchedulerOutput.scheduled_spec_decode_tokens`` carries speculative-decoding drafts (the core
 runner verifies them; a platform runner that overrides only the documented hooks needs nothing).
 Quantization methods are ``QuantizationConfig`` classes registered by name.
-Also additive in 2.2: ``LayerOps.fused_moe_fp8`` (FP8 experts; default the reference) and
-``QuantizationConfig.moe_method`` (default None: float experts); ``AttentionImpl.set_kv_scales``
-/ ``supports_kv_scales`` (a float8 KV cache's per-layer ``k_scale`` / ``v_scale``,
-``vllm_core.attention.kv_scales``; default: only scales of 1 accepted).
 """
 
 
