@@ -124,6 +124,24 @@ def test_fp8_moe_checkpoint_equals_its_dequantized_weights(tmp_path):
     assert (got - want).abs().mean() < 0.03 * want.abs().max()
 
 
+def test_compressed_tensors_fp8_dynamic_experts(tmp_path):
+    """llm-compressor's FP8_DYNAMIC on a MoE model: per-channel expert scales load into the
+    FP8 experts; logits follow the de-quantized model as for the fp8 format."""
+    hf = tiny_hf_model("qwen3_moe", **MOE)
+    ct, deq = str(tmp_path / "ct"), str(tmp_path / "deq")
+    write_fp8_moe(ct, deq, hf, compressed_tensors=True)
+    got, model = _logits(ct)
+    experts = next(m for m in model.modules() if isinstance(m, FusedMoE))
+    assert isinstance(experts.method, Fp8MoEMethod) and not experts.method.online
+    from safetensors.torch import load_file
+    t = load_file(f"{ct}/model.safetensors")
+    inter = experts.qweights.w13_scale.shape[1] // 2
+    want_scale = t["model.layers.0.mlp.experts.2.up_proj.weight_scale"].reshape(-1)
+    assert torch.equal(experts.qweights.w13_scale[2, inter:], want_scale)
+    want, _ = _logits(deq)
+    assert (got - want).abs().mean() < 0.03 * want.abs().max()
+
+
 def test_static_expert_activation_scales_are_refused(tmp_path):
     hf = tiny_hf_model("qwen3_moe", **MOE)
     fp8, deq = str(tmp_path / "fp8"), str(tmp_path / "deq")

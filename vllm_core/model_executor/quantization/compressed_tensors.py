@@ -40,6 +40,7 @@ from vllm_core.model_executor.quantization.base import (
     QuantizationConfig,
     checkpoint_layer_names,
 )
+from vllm_core.model_executor.quantization.fp8_moe import Fp8MoEMethod
 from vllm_core.model_executor.quantization.quantized_weights import (
     WNA16Weight,
     pack_int32,
@@ -169,6 +170,22 @@ class CompressedTensorsConfig(QuantizationConfig):
         strategy = scheme.strategy
         return ScaledW8A8Method(scheme.kind, strategy, scheme.static_input, scheme.block,
                                 "weight_scale", name="compressed-tensors")
+
+    def moe_method(self, prefix: str) -> Fp8MoEMethod | None:
+        """FP8 experts for W8A8 FP8 groups (channel / tensor weights, dynamic activations,
+        llm-compressor's ``FP8_DYNAMIC``); experts not targeted stay float; other schemes
+        on experts are refused by name. The scheme is the one of the first expert's gate
+        projection (``Linear`` targets cover every expert alike)."""
+        scheme = self.scheme_for(f"{prefix}.0.gate_proj")
+        if scheme is None:
+            return None
+        if scheme.kind == "fp8" and scheme.strategy in ("channel", "tensor") \
+                and not scheme.static_input:
+            return Fp8MoEMethod(online=False)
+        raise ValueError(f"compressed-tensors experts ({prefix}) quantized as {scheme.kind} "
+                         f"{scheme.strategy}{' with static activations' if scheme.static_input else ''}"
+                         " are not supported (W8A8 FP8 with channel or tensor weights and "
+                         "dynamic activations is)")
 
     def summary(self) -> str:
         parts = []

@@ -371,11 +371,15 @@ def add_kv_cache_scales(folder: str, scales: list[tuple[float, float]],
 
 
 # ------------------------------------------------------------------------ FP8 experts
-def write_fp8_moe(folder: str, dequantized_folder: str, hf) -> None:
+def write_fp8_moe(folder: str, dequantized_folder: str, hf,
+                  compressed_tensors: bool = False) -> None:
     """An FP8 (``quant_method: fp8``, dynamic activations) checkpoint of an HF MoE model as
     FP8 exports store it: every expert projection and attention linear float8_e4m3fn with a
     per-tensor ``weight_scale`` (``max|w| / 448``), the router and norms in float; and, in
-    ``dequantized_folder``, the same model with those weights de-quantized (the reference)."""
+    ``dequantized_folder``, the same model with those weights de-quantized (the reference).
+    ``compressed_tensors``: llm-compressor's ``FP8_DYNAMIC`` instead (per-channel
+    ``weight_scale`` [N, 1], ``float-quantized`` config group on ``Linear``, the router
+    ignored)."""
     from safetensors.torch import load_file
 
     hf.save_pretrained(folder)
@@ -388,10 +392,14 @@ def write_fp8_moe(folder: str, dequantized_folder: str, hf) -> None:
         if leaf not in LINEARS + ("w1", "w2", "w3") or ".mlp.gate." in name:
             continue
         w = tensors[name].float()
-        scale = w.abs().amax().clamp(min=1e-12) / 448.0
+        if compressed_tensors:
+            scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
+        else:
+            scale = w.abs().amax().clamp(min=1e-12) / 448.0
         q = (w / scale).to(torch.float8_e4m3fn)
         tensors[name] = q
-        tensors[name[:-len("weight")] + "weight_scale"] = scale.reshape(())
+        tensors[name[:-len("weight")] + "weight_scale"] = \
+            scale if compressed_tensors else scale.reshape(())
         deq[name] = q.float() * scale
     save_file(tensors, path)
     save_file(deq, os.path.join(dequantized_folder, "model.safetensors"))
@@ -400,5 +408,14 @@ def write_fp8_moe(folder: str, dequantized_folder: str, hf) -> None:
         cfg = json.load(f)
     cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3",
                                   "activation_scheme": "dynamic"}
+    if compressed_tensors:
+        fp8 = {"num_bits": 8, "type": "float", "symmetric": True}
+        cfg["quantization_config"] = {
+            "quant_method": "compressed-tensors", "format": "float-quantized",
+            "config_groups": {"group_0": {
+                "targets": ["Linear"],
+                "weights": {**fp8, "strategy": "channel", "dynamic": False},
+                "input_activations": {**fp8, "strategy": "token", "dynamic": True}}},
+            "ignore": ["lm_head", "re:.*mlp.gate$"]}
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
