@@ -22,7 +22,7 @@ def _reshape_and_cache_kernel(
     stride_cb, stride_ct, stride_ch,
     NUM_KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, PAGE: tl.constexpr,
-    KV_SCALED: tl.constexpr,
+    KV_SCALED: tl.constexpr, QMAX: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + tok).to(tl.int64)
@@ -40,6 +40,9 @@ def _reshape_and_cache_kernel(
     if KV_SCALED:
         k = k.to(tl.float32) / tl.load(k_scale_ptr)
         v = v.to(tl.float32) / tl.load(v_scale_ptr)
+    if QMAX > 0:               # a float8 cache saturates (whatever the GPU's cast does)
+        k = tl.minimum(tl.maximum(k.to(tl.float32), -QMAX), QMAX)
+        v = tl.minimum(tl.maximum(v.to(tl.float32), -QMAX), QMAX)
     tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
     tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
@@ -77,8 +80,15 @@ def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Te
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         NUM_KV_HEADS=num_kv_heads, HEADS_PAD=triton.next_power_of_2(num_kv_heads),
         HEAD_SIZE=head_size, HEAD_PAD=triton.next_power_of_2(head_size),
-        PAGE=kv_cache.shape[2], KV_SCALED=scaled, num_warps=4,
+        PAGE=kv_cache.shape[2], KV_SCALED=scaled, QMAX=fp8_limit(kv_cache), num_warps=4,
     )
+
+
+def fp8_limit(kv_cache: torch.Tensor) -> float:
+    """The largest finite value of a float8 cache (stores clamp to it), 0.0 for others."""
+    if kv_cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return float(torch.finfo(kv_cache.dtype).max)
+    return 0.0
 
 
 def kv_scaled(kv_cache: torch.Tensor, k_scale: torch.Tensor | None,

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_core_triton.kernels.reshape_and_cache import kv_scaled
+from vllm_core_triton.kernels.reshape_and_cache import fp8_limit, kv_scaled
 
 
 @triton.jit
@@ -107,6 +107,7 @@ def _rotary_cache_kernel(
     NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEAD_SIZE: tl.constexpr,
     HEAD_PAD: tl.constexpr, PAGE: tl.constexpr, KV_SCALED: tl.constexpr,
+    QMAX: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
     cos, sin = _cos_sin(positions_ptr, tok, cache_ptr, stride_cache, HALF, HALF_PAD)
@@ -132,6 +133,9 @@ def _rotary_cache_kernel(
             ks = tl.load(k_scale_ptr)
             k1 = k1.to(tl.float32) / ks
             k2 = k2.to(tl.float32) / ks
+        if QMAX > 0:           # a float8 cache saturates (whatever the GPU's cast does)
+            k1 = tl.minimum(tl.maximum(k1.to(tl.float32), -QMAX), QMAX)
+            k2 = tl.minimum(tl.maximum(k2.to(tl.float32), -QMAX), QMAX)
         tl.store(k_cache_ptr + dst + offs_d[None, :], k1.to(ty), mask=mask)
         tl.store(k_cache_ptr + dst + HALF + offs_d[None, :], k2.to(ty), mask=mask)
         offs_f = tl.arange(0, HEAD_PAD)
@@ -141,12 +145,16 @@ def _rotary_cache_kernel(
                          mask=tail)
             if KV_SCALED:
                 kt = kt.to(tl.float32) / tl.load(k_scale_ptr)
+            if QMAX > 0:
+                kt = tl.minimum(tl.maximum(kt.to(tl.float32), -QMAX), QMAX)
             tl.store(k_cache_ptr + dst + offs_f[None, :], kt.to(ty), mask=tail)
         full = h_mask[:, None] & (offs_f < HEAD_SIZE)[None, :]
         v = tl.load(v_ptr + tok * stride_vt + offs_h[:, None] * stride_vh + offs_f[None, :],
                     mask=full)
         if KV_SCALED:
             v = v.to(tl.float32) / tl.load(v_scale_ptr)
+        if QMAX > 0:
+            v = tl.minimum(tl.maximum(v.to(tl.float32), -QMAX), QMAX)
         tl.store(v_cache_ptr + dst + offs_f[None, :], v.to(v_cache_ptr.dtype.element_ty),
                  mask=full)
 
@@ -190,6 +198,6 @@ def rotary_and_cache(positions: torch.Tensor, query: torch.Tensor, key: torch.Te
             NUM_KV_HEADS=k.shape[1], KV_HEADS_PAD=triton.next_power_of_2(k.shape[1]),
             HALF=half, HALF_PAD=triton.next_power_of_2(half), HEAD_SIZE=head_size,
             HEAD_PAD=triton.next_power_of_2(head_size), PAGE=kv_cache.shape[2],
-            KV_SCALED=scaled, num_warps=4,
+            KV_SCALED=scaled, QMAX=fp8_limit(kv_cache), num_warps=4,
         )
     return query
