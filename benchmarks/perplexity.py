@@ -8,7 +8,8 @@ perplexity = exp(-mean logprob) over all scored tokens. Configurations:
 
 - ``float32``, ``bfloat16``: the model as loaded (the default model is the embedded Q4_1
   GGUF, de-quantized at load);
-- ``fp8-online``: ``--quantization fp8`` of the float32 checkpoint;
+- ``fp8-online``: ``--quantization fp8`` of the float32 checkpoint (a GGUF model is first
+  saved as a float32 HF folder: GGUF files accept no other quantization);
 - ``gptq-4bit``, ``awq-4bit``, ``ct-w4a16``, ``ct-w8a8-int8``, ``ct-w8a8-fp8``, ``fp8-ckpt``:
   checkpoints written from the same weights by the format writers of
   ``vllm_core/model_executor/quantization/testing.py`` (GPTQ / AWQ layouts, compressed-tensors
@@ -115,6 +116,13 @@ def run(model: str | None, configs: list[str], window: int, out: Callable[[dict]
                 dtype = "bfloat16"
             elif name == "fp8-online":
                 quant = "fp8"
+                if model.endswith(".gguf"):    # online FP8 needs a float checkpoint
+                    if hf is None:
+                        hf = _load_hf(model)
+                    path = os.path.join(tmp, "float32")
+                    if not os.path.isdir(path):
+                        hf.save_pretrained(path)
+                    tok = model
             elif name in writers:
                 if hf is None:
                     hf = _load_hf(model)
