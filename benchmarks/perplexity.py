@@ -77,6 +77,22 @@ def _load_hf(model: str):
     return AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
 
 
+def _save_float(hf, folder: str) -> None:
+    """The HF model as a float checkpoint (transformers refuses ``save_pretrained`` of a
+    model read from GGUF): its tensors (tied ones copied) and config without the GGUF
+    ``quantization_config``."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in hf.state_dict().items()},
+              os.path.join(folder, "model.safetensors"))
+    cfg = hf.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["architectures"] = [type(hf).__name__]
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+
+
 def _writers() -> dict[str, Callable]:
     from vllm_core.model_executor.quantization import testing as t
 
@@ -120,8 +136,7 @@ def run(model: str | None, configs: list[str], window: int, out: Callable[[dict]
                     if hf is None:
                         hf = _load_hf(model)
                     path = os.path.join(tmp, "float32")
-                    if not os.path.isdir(path):
-                        hf.save_pretrained(path)
+                    _save_float(hf, path)
                     tok = model
             elif name in writers:
                 if hf is None:
