@@ -35,11 +35,13 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /
 export PYTHONPATH=/tmp/issue15q-site${PYTHONPATH:+:$PYTHONPATH}
 python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' | tee "$D/torch.log"
 
-# 1. kernel tests on the GPU: fp8 KV write/read (with and without scales), per-token FP8 quant,
+# 1. kernel tests on the GPU: fp8 KV write/read (with and without scales), per-token FP8 quant
+#    and the FP8 linear through it (_scaled_mm with row-wise scales),
 #    FP8 experts against the de-quantize reference (incl. the Qwen3-30B-A3B shape)
 step kernel_tests 75 python3 -m pytest -q -p no:cacheprovider \
     platforms/triton/tests/test_kernels.py -k "fp8" \
     platforms/triton/tests/test_quant_kernels.py::test_per_token_quant_fp8_equals_the_reference \
+    platforms/triton/tests/test_quant_kernels.py::test_fp8_scaled_mm_matches_reference \
     platforms/triton/tests/test_fused_moe_kernels.py::test_fused_moe_fp8_matches_the_dequantize_reference \
     platforms/triton/tests/test_fp8_kv_model.py
 # 2. the engine: FP8 KV greedy tokens (top-5 at the first divergence), W4A16 / AWQ with graphs
