@@ -78,6 +78,22 @@ class AttentionImpl(ABC):
     hands it unrotated q/k; implementations that leave it False are called as before."""
 
     fuses_rotary: ClassVar[bool] = False
+    # API 2.2 (additive): the implementation applies ``k_scale`` / ``v_scale`` (set by ``set_kv_scales``)
+    # to a float8 KV cache as ``attention/kv_scales.py`` states; a backend that accepts an fp8
+    # cache but leaves this False is refused for checkpoints with calibrated scales.
+    supports_kv_scales: ClassVar[bool] = False
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    def set_kv_scales(self, k_scale: torch.Tensor, v_scale: torch.Tensor) -> None:
+        """Hand the layer's KV-cache scales (float32 scalars on the model's device) to the
+        implementation, once after loading. Raises when they are not 1 and the
+        implementation cannot apply them."""
+        if not self.supports_kv_scales and bool((k_scale != 1).any() or (v_scale != 1).any()):
+            raise ValueError(f"attention implementation {type(self).__name__} cannot apply "
+                             "the checkpoint's calibrated KV-cache scales (k_scale / v_scale); "
+                             "use --attention-backend triton (GPU) or reference")
+        self.k_scale, self.v_scale = k_scale, v_scale
 
     def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
                  sliding_window: int | None = None) -> None:

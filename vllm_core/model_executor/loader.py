@@ -35,6 +35,8 @@ from vllm_core.model_executor.gguf_loader import (
     iter_gguf_weights_lazy,
 )
 from vllm_core.model_executor.hf_config import arch_config_from_hf, read_config_json
+from vllm_core.model_executor.layers.attention import Attention
+from vllm_core.model_executor.layers.fused_moe.method import MoEMethod
 from vllm_core.model_executor.layers.ops import LayerOps, TorchLayerOps
 from vllm_core.model_executor.layers.weight_method import LinearMethod
 from vllm_core.model_executor.models.registry import resolve_model_cls
@@ -249,7 +251,13 @@ def process_weights_after_loading(model: nn.Module,
     of each distinct layer kind when the model is quantized."""
     described: dict[str, str] = {}
     for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            module.process_after_loading()
         method = getattr(module, "method", None)
+        if isinstance(method, MoEMethod):            # stacked experts (FP8 repacks here)
+            method.process_after_loading(module)
+            if quant_config is not None and hasattr(method, "describe"):
+                described.setdefault("experts", method.describe())
         if isinstance(method, LinearMethod):
             method.process_after_loading(module)
             if quant_config is not None:

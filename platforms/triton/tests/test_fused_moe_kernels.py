@@ -121,3 +121,39 @@ def _fields(cfg: MoETileConfig) -> dict:
     from dataclasses import asdict
 
     return asdict(cfg)
+
+
+# ------------------------------------------------------------------------ FP8 experts
+FP8_SHAPES = [(1, 8, 2, 64, 48), (37, 16, 4, 64, 80)]
+if ON_GPU:
+    FP8_SHAPES += [(256, 128, 8, 2048, 768), (3, 128, 8, 2048, 768)]
+
+
+@pytest.mark.parametrize("shape", FP8_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, LOW])
+def test_fused_moe_fp8_matches_the_dequantize_reference(shape, dtype):
+    """FP8 experts (float8 products, row / channel scales) against the core's reference
+    (de-quantized weights, activations quantized per row the same way), with rows of another
+    rank's experts (-1)."""
+    from vllm_core_triton.kernels.fused_moe import fused_moe_fp8
+
+    from vllm_core.model_executor.quantization.fp8_moe import (
+        Fp8MoEWeight,
+        fp8_fused_moe_reference,
+        quantize_experts,
+    )
+
+    t, e, k, h, i = shape
+    x, w13, w2, weights, ids = _problem(t, e, k, h, i, torch.float32, drop=0.1, seed=3)
+    q13, s13 = quantize_experts(w13)
+    q2, s2 = quantize_experts(w2)
+    w = Fp8MoEWeight(q13, s13, q2, s2)
+    x = x.to(dtype)
+    got = fused_moe_fp8(x, w, weights, ids)
+    cpu = Fp8MoEWeight(*(a.cpu() for a in (q13, s13, q2, s2)))
+    ref = fp8_fused_moe_reference(x.cpu().float(), cpu, weights.cpu(), ids.cpu())
+    tol = 2e-3 if dtype == torch.float32 else TOL[dtype]
+    torch.testing.assert_close(got.float().cpu(), ref, atol=tol * ref.abs().max().item(),
+                               rtol=tol)
+    # and through the LayerOps entry point
+    torch.testing.assert_close(TritonLayerOps().fused_moe_fp8(x, w, weights, ids), got)

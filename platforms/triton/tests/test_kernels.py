@@ -573,3 +573,89 @@ def test_lora_sgmv_matches_a_per_token_loop(dtype, n_in):
     got = batch.add_lora(y0.clone(), x, a, b, shards, rank)
     tol = TOL[dtype] * 10 if dtype != torch.float32 else TOL[dtype]
     torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
+
+
+# ------------------------------------------------------------------------ FP8 KV cache
+FP8_KV = [torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def _fp8_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What the GPU's ``cvt.rn.satfinite`` does: round to nearest even, saturate."""
+    limit = torch.finfo(dtype).max
+    return x.float().clamp(-limit, limit).to(dtype)
+
+
+@pytest.mark.parametrize("kv_dtype", FP8_KV)
+@pytest.mark.parametrize("scales", [None, (0.25, 3.0)])
+def test_fp8_cache_write_rounds_to_nearest_and_saturates(kv_dtype: torch.dtype, scales):
+    """``reshape_and_cache`` and ``rotary_and_cache`` store K/V in a float8 cache as the
+    correctly rounded float8 value of ``k / k_scale`` (``v / v_scale``), saturated at the
+    format's largest finite value. Under the interpreter this relies on conftest's fix of its
+    float8 narrowing."""
+    from vllm_core_triton.kernels.rotary import rotary_and_cache
+
+    gen = torch.Generator().manual_seed(11)
+    n, kvh, d, bs = 24, 2, 32, 16
+    key = torch.randn(n, kvh, d, generator=gen) * 3
+    key[0, 0, :4] = torch.tensor([1000.0, -1000.0, 1e5, -1e5])      # past e4m3's 448
+    value = torch.randn(n, kvh, d, generator=gen)
+    slots = torch.randperm(3 * bs, generator=gen)[:n]
+    ks, vs = scales or (1.0, 1.0)
+    kw = {}
+    if scales:
+        kw = dict(k_scale=torch.tensor(ks, device=DEVICE), v_scale=torch.tensor(vs, device=DEVICE))
+    cache = torch.zeros(2, 3, bs, kvh, d, dtype=kv_dtype, device=DEVICE)
+    reshape_and_cache(key.to(DEVICE), value.to(DEVICE), cache, slots.to(DEVICE), **kw)
+    flat = cache.view(2, -1, kvh, d)[:, slots.to(DEVICE)].cpu()
+    assert torch.equal(flat[0].float(), _fp8_cast(key / ks, kv_dtype).float())
+    assert torch.equal(flat[1].float(), _fp8_cast(value / vs, kv_dtype).float())
+
+    cos_sin = _cos_sin_cache(64, d)
+    pos = torch.randint(0, 64, (n,), generator=gen)
+    q = torch.randn(n, 4, d, generator=gen)
+    _, k_rot = rotary_embedding(pos, q.clone(), key.clone(), cos_sin, d)
+    cache.zero_()
+    rotary_and_cache(pos.to(DEVICE), q.to(DEVICE), key.to(DEVICE), value.to(DEVICE),
+                     cos_sin.to(DEVICE), cache, slots.to(DEVICE), **kw)
+    flat = cache.view(2, -1, kvh, d)[:, slots.to(DEVICE)].cpu()
+    assert torch.equal(flat[0].float(), _fp8_cast(k_rot / ks, kv_dtype).float())
+    assert torch.equal(flat[1].float(), _fp8_cast(value / vs, kv_dtype).float())
+
+
+@pytest.mark.parametrize("kv_dtype,num_splits,scales", [
+    (torch.float8_e4m3fn, None, None), (torch.float8_e4m3fn, 3, (2.0, 0.05)),
+    (torch.float8_e5m2, 3, None), (torch.float8_e5m2, None, (0.3, 7.0))])
+def test_paged_attention_over_an_fp8_cache_equals_fp64_reference(kv_dtype: torch.dtype,
+                                                                  num_splits: int | None,
+                                                                  scales):
+    """Decodes and prefill chunks (which read their own new K/V back from the fp8 cache,
+    like decodes) attend exactly as a float64 attention over the widened cache times its
+    scales: widening float8 is exact, so the only error is the float32 arithmetic of the
+    kernel."""
+    gen = torch.Generator().manual_seed(12)
+    head_size, block_size, gqa = HEAD_SIZES[0], BLOCK_SIZES[0], 2
+    q_lens, ctx_lens = MIXED
+    num_blocks = 2 + sum(math.ceil((q + c) / block_size)
+                         for q, c in zip(q_lens, ctx_lens, strict=True))
+    b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+    query = torch.randn(sum(q_lens), NUM_KV_HEADS * gqa, head_size, generator=gen)
+    kv8 = (torch.randn(2, num_blocks, block_size, NUM_KV_HEADS, head_size, generator=gen)
+           * 2).to(kv_dtype)
+    launch = plan_launch(num_tokens=sum(q_lens), num_reqs=len(q_lens),
+                         max_query_len=max(q_lens),
+                         max_seq_len=max(q + c for q, c in zip(q_lens, ctx_lens, strict=True)),
+                         num_kv_heads=NUM_KV_HEADS, num_queries_per_kv=gqa,
+                         head_size=head_size, num_compute_units=132 if ON_GPU else 1,
+                         num_splits=num_splits, tile_n=None if ON_GPU else 16)
+    bd, kv_dev = _dev(b), kv8.to(DEVICE)
+    ks, vs = scales or (1.0, 1.0)
+    kw = {}
+    if scales:
+        kw = dict(k_scale=torch.tensor(ks, device=DEVICE), v_scale=torch.tensor(vs, device=DEVICE))
+    out = paged_attention(query.to(DEVICE), kv_dev[0], kv_dev[1],
+                          query_start_loc=bd["query_start_loc"], seq_lens=bd["seq_lens"],
+                          block_table=bd["block_table"], scale=head_size ** -0.5,
+                          launch=launch, **kw)
+    ref = _ref_attention(query, kv8.float() * torch.tensor([ks, vs]).view(2, 1, 1, 1, 1), b,
+                         head_size ** -0.5)
+    assert _rel_err(out, ref) < TOL[torch.float32]

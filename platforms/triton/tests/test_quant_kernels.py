@@ -149,3 +149,33 @@ def test_wna16_8b_shapes_and_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, eager, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------ per-token FP8 quant
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + (
+    [torch.bfloat16] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("rows,cols", [(1, 64), (5, 3000), (3, 4097)])
+@pytest.mark.parametrize("static", [False, True])
+def test_per_token_quant_fp8_equals_the_reference(dtype, rows, cols, static):
+    """One launch gives ``quantize_per_token``'s float8 values and scales bit for bit (rows
+    with large and zero values, K not a multiple of the block, several blocks per row)."""
+    from vllm_core_triton.kernels.quant_fp8 import per_token_quant_fp8
+
+    from vllm_core.model_executor.quantization.quantized_weights import (
+        FP8_MAX,
+        quantize_per_token,
+    )
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = torch.Generator().manual_seed(rows * cols)
+    x = (torch.randn(rows, cols, generator=gen) * torch.logspace(-3, 3, rows).view(-1, 1))
+    x[0, :7] = torch.tensor([1e4, -1e4, 0.0, 1e-6, -3.5, 448.0, 449.0]) if cols >= 7 else 0
+    if rows > 2:
+        x[2] = 0.0                                  # an all-zero row: scale 1e-12 / 448
+    x = x.to(dtype)
+    scale = torch.tensor(0.37) if static else None
+    want_q, want_s = quantize_per_token(x, FP8_MAX, scale, torch.float8_e4m3fn)
+    got_q, got_s = per_token_quant_fp8(x.to(dev), None if scale is None else scale.to(dev))
+    assert got_q.dtype == torch.float8_e4m3fn and got_s.shape == (rows, 1)
+    torch.testing.assert_close(got_s.cpu(), want_s.expand(rows, 1), rtol=0, atol=0)
+    assert torch.equal(got_q.cpu().view(torch.uint8), want_q.view(torch.uint8))

@@ -80,13 +80,15 @@ class TritonAttentionImpl(AttentionImpl):
     rotates q and writes the rotated k and v into the cache)."""
 
     fuses_rotary: ClassVar[bool] = True
+    supports_kv_scales: ClassVar[bool] = True       # applied to a float8 cache only
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: TritonAttentionMetadata) -> torch.Tensor:
         from vllm_core_triton.kernels.reshape_and_cache import reshape_and_cache
 
         if kv_cache.numel():
-            reshape_and_cache(key, value, kv_cache, attn_metadata.slot_mapping)
+            reshape_and_cache(key, value, kv_cache, attn_metadata.slot_mapping,
+                              self.k_scale, self.v_scale)
         return self._attend(query, key, value, kv_cache, attn_metadata)
 
     def forward_with_rotary(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -97,7 +99,7 @@ class TritonAttentionImpl(AttentionImpl):
 
         if kv_cache.numel():
             rotary_and_cache(positions, query, key, value, cos_sin_cache, kv_cache,
-                             attn_metadata.slot_mapping)
+                             attn_metadata.slot_mapping, self.k_scale, self.v_scale)
         else:                               # profiling: attention reads the new k directly
             rotary_embedding(positions, query, key, cos_sin_cache, self.head_size)
         return self._attend(query, key, value, kv_cache, attn_metadata)
@@ -128,7 +130,8 @@ class TritonAttentionImpl(AttentionImpl):
             paged_attention(q, kv_cache[0], kv_cache[1], query_start_loc=md.query_start_loc,
                             seq_lens=md.seq_lens, block_table=md.block_table,
                             scale=self.scale, launch=launch,
-                            sliding_window=self.sliding_window, out=out)
+                            sliding_window=self.sliding_window, out=out,
+                            k_scale=self.k_scale, v_scale=self.v_scale)
         return out.view(num_rows, self.num_heads * self.head_size)
 
 
@@ -165,7 +168,8 @@ class TritonAttentionBackend(AttentionBackend):
 
     name: ClassVar[str] = "triton"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float16", "float32")
-    # fp8: the cache holds float8 (per-tensor scale 1.0), widened to the query dtype on read
+    # fp8: the cache holds float8 with per-layer scales (1.0 unless calibrated), widened to
+    # the query dtype on read
     supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto", "fp8", "fp8_e4m3",
                                                              "fp8_e5m2")
     supported_head_sizes: ClassVar[tuple[int, ...] | None] = (

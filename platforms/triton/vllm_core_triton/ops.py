@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from vllm_core.model_executor.layers.ops import LayerOps
 from vllm_core.model_executor.quantization.quantized_weights import (
-    FP8_MAX,
     INT8_MAX,
     Fp8Weight,
     Int8Weight,
@@ -92,6 +91,16 @@ class TritonLayerOps(LayerOps):
         return fused_moe(x, w13, w2, topk_weights, topk_ids)
 
     # ------------------------------------------------------------------ quantized linears
+    def fused_moe_fp8(self, x: torch.Tensor, w: object, topk_weights: torch.Tensor,
+                      topk_ids: torch.Tensor) -> torch.Tensor:
+        """FP8 experts on the FP8 tensor cores (sm >= 8.9): the fused-MoE kernels with float8
+        operands and row / channel scales; the reference on older GPUs."""
+        if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 9):
+            return super().fused_moe_fp8(x, w, topk_weights, topk_ids)
+        from vllm_core_triton.kernels.fused_moe import fused_moe_fp8
+
+        return fused_moe_fp8(x, w, topk_weights, topk_ids)
+
     def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
         """Our Triton kernel (``kernels/wna16.py``): de-quantization fused into the GEMV /
@@ -108,12 +117,13 @@ class TritonLayerOps(LayerOps):
         >= 8.9) and the model runs in bfloat16; the reference otherwise."""
         if not _scaled_mm_usable(x, w):
             return super().fp8_linear(x, w, bias)
-        xq, sx = quantize_per_token(x, FP8_MAX, w.input_scale, torch.float8_e4m3fn)
-        if sx.dim() == 0 or sx.numel() == 1:
-            sx = sx.reshape(1, 1).expand(x.shape[0], 1).contiguous()
-        y = torch._scaled_mm(xq, w.weight.t(), scale_a=sx, scale_b=w.weight_scale.view(1, -1),
-                             bias=bias, out_dtype=torch.bfloat16)
-        return y
+        from vllm_core_triton.kernels.quant_fp8 import per_token_quant_fp8
+
+        # one launch (amax, scale, cast) instead of eight torch ops; sx [M, 1] float32 and
+        # the weight's scale [1, N] float32, the row-wise layout _scaled_mm takes
+        xq, sx = per_token_quant_fp8(x if x.stride(-1) == 1 else x.contiguous(), w.input_scale)
+        return torch._scaled_mm(xq, w.weight.t(), scale_a=sx, scale_b=_row_scale(w),
+                                bias=bias, out_dtype=torch.bfloat16)
 
     def int8_linear(self, x: torch.Tensor, w: Int8Weight,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,6 +149,16 @@ class TritonLayerOps(LayerOps):
         if kind == "int8" and isinstance(w, Int8Weight) and w.weight.device.type == "cuda":
             return "torch._int_mm (INT8 tensor cores)"
         return super().quant_kernel_name(kind, w)
+
+
+def _row_scale(w: Fp8Weight) -> torch.Tensor:
+    """The weight's scales as the contiguous float32 [1, N] row ``_scaled_mm`` wants with
+    row-wise activation scales (a per-tensor scale is broadcast: the two may not be mixed)."""
+    n = w.weight.shape[0]
+    scale = w.weight_scale.float().reshape(-1)
+    if scale.numel() == n:
+        return scale.view(1, n)
+    return scale.expand(n).reshape(1, n).contiguous()
 
 
 def _scaled_mm_usable(x: torch.Tensor | None, w: Fp8Weight) -> bool:

@@ -30,6 +30,7 @@ from vllm_core.attention.backend import (
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
+from vllm_core.attention.kv_scales import dequantize_kv, quantize_kv
 
 
 @dataclass(slots=True)
@@ -92,6 +93,8 @@ def _unmask_padding_rows(mask: torch.Tensor, query_valid: torch.Tensor) -> torch
 
 
 class ReferenceAttentionImpl(AttentionImpl):
+    supports_kv_scales = True
+
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any) -> torch.Tensor:
         md: ReferenceAttentionMetadata = attn_metadata
@@ -113,10 +116,11 @@ class ReferenceAttentionImpl(AttentionImpl):
             key_cache = kv_cache[0].view(-1, self.num_kv_heads, self.head_size)
             value_cache = kv_cache[1].view(-1, self.num_kv_heads, self.head_size)
             slots = md.common.slot_mapping[:n].long()
-            key_cache[slots] = key.to(key_cache.dtype)
-            value_cache[slots] = value.to(value_cache.dtype)
-            k = key_cache[md.key_slots].to(query.dtype)                    # [R, S, Hk, D]
-            v = value_cache[md.key_slots].to(query.dtype)
+            # a float8 cache: scaled and saturated on write, widened and scaled on read
+            key_cache[slots] = quantize_kv(key, self.k_scale, key_cache.dtype)
+            value_cache[slots] = quantize_kv(value, self.v_scale, value_cache.dtype)
+            k = dequantize_kv(key_cache[md.key_slots], self.k_scale, query.dtype)  # [R,S,Hk,D]
+            v = dequantize_kv(value_cache[md.key_slots], self.v_scale, query.dtype)
             key_pos = torch.arange(md.key_slots.shape[1], device=query.device)
             query_pos = md.query_pos
             mask = md.mask

@@ -27,6 +27,24 @@ class Attention(nn.Module):
         self.head_size = head_size
         self.impl = attn_backend.get_impl_cls()(num_heads, head_size, scale, num_kv_heads,
                                                 sliding_window)
+        # FP8 KV-cache scales (attention/kv_scales.py): 1.0 unless the checkpoint has some
+        self.register_buffer("k_scale", torch.ones((), dtype=torch.float32), persistent=False)
+        self.register_buffer("v_scale", torch.ones((), dtype=torch.float32), persistent=False)
+
+    def load_kv_scale(self, which: str, tensor: torch.Tensor) -> None:
+        """Copy a checkpoint's ``k_scale`` (``which`` "k") or ``v_scale`` ("v"): one
+        positive value."""
+        if tensor.numel() != 1:
+            raise ValueError(f"has {tensor.numel()} values; only per-tensor KV-cache scales "
+                             "(one value per layer) are supported")
+        value = tensor.reshape(()).float()
+        if not bool(value > 0) or not bool(torch.isfinite(value)):
+            raise ValueError(f"is a KV-cache scale of {float(value)}; it must be positive")
+        getattr(self, f"{which}_scale").copy_(value)
+
+    def process_after_loading(self) -> None:
+        """Give the implementation the layer's KV-cache scales (after loading)."""
+        self.impl.set_kv_scales(self.k_scale, self.v_scale)
 
     @property
     def fuses_rotary(self) -> bool:

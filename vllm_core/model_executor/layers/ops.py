@@ -80,6 +80,14 @@ class LayerOps:
 
         return torch_fused_moe(x, w13, w2, topk_weights, topk_ids)
 
+    def fused_moe_fp8(self, x: torch.Tensor, w: Any, topk_weights: torch.Tensor,
+                      topk_ids: torch.Tensor) -> torch.Tensor:
+        """``fused_moe`` with FP8 experts (``w``: an ``Fp8MoEWeight``) and both GEMM inputs
+        quantized per row (contract: ``quantization/fp8_moe.py``). Default: the reference."""
+        from vllm_core.model_executor.quantization.fp8_moe import fp8_fused_moe_reference
+
+        return fp8_fused_moe_reference(x, w, topk_weights, topk_ids)
+
     # quantized linears (layouts: ``model_executor/quantization/quantized_weights.py``); the
     # defaults are the de-quantize-then-matmul references, correct on any device.
     def wna16_linear(self, x: torch.Tensor, w: WNA16Weight,

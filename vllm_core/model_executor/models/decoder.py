@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from vllm_core.attention.backend import AttentionBackend
+from vllm_core.attention.kv_scales import kv_scale_target
 from vllm_core.config import ModelArchConfig
 from vllm_core.distributed.parallel_context import ParallelContext, single_rank_context
 from vllm_core.model_executor.layers.attention import Attention
@@ -339,6 +340,11 @@ class DecoderForCausalLM(CausalLM):
             if tied_head:
                 self.lm_head.load(source)
                 loaded.add("lm_head.weight")
+            return
+        kv_scale = kv_scale_target(name)
+        if kv_scale is not None:                   # FP8 KV-cache scales (attention/kv_scales)
+            self._module(kv_scale[0], name).load_kv_scale(kv_scale[1], read_full(source))
+            loaded.add(name)
             return
         owner, _, leaf = name.rpartition(".")
         prefix, _, proj = owner.rpartition(".")

@@ -20,14 +20,19 @@ import torch
 from torch import nn
 
 from vllm_core.distributed.parallel_context import ParallelContext
-from vllm_core.model_executor.layers.fused_moe import FusedMoE, MoEConfig, moe_config_from_arch
+from vllm_core.model_executor.layers.fused_moe import (
+    FusedMoE,
+    MoEConfig,
+    MoEMethod,
+    moe_config_from_arch,
+)
 from vllm_core.model_executor.layers.ops import LayerOps
 from vllm_core.model_executor.models.decoder import DecoderForCausalLM, GatedMLP
 from vllm_core.model_executor.weight_source import WeightSource
 
 _EXPERT_NAME = re.compile(
     r"^(?P<layer>model\.layers\.\d+)\.(?:mlp|block_sparse_moe)\.experts\.(?P<e>\d+)\."
-    r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+    r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.(?P<leaf>weight|weight_scale|input_scale)$")
 _PROJECTION = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up",
                "down_proj": "down"}
 _PARAM_OF = {"gate": "w13_weight", "up": "w13_weight", "down": "w2_weight"}
@@ -50,12 +55,12 @@ class SparseMoeBlock(nn.Module):
     """Router + routed experts (+ gated shared expert); [T, H] -> [T, H], reduced over TP."""
 
     def __init__(self, hidden_size: int, moe: MoEConfig, ops: LayerOps,
-                 parallel: ParallelContext) -> None:
+                 parallel: ParallelContext, method: MoEMethod | None = None) -> None:
         super().__init__()
         self.gate = RouterLinear(hidden_size, moe.num_experts, ops)
         self.experts = FusedMoE(moe.num_experts, moe.top_k, hidden_size,
                                 moe.expert_intermediate_size, moe.renormalize, moe.scoring,
-                                ops, parallel)
+                                ops, parallel, method)
         self.shared_expert: GatedMLP | None = None
         self.shared_expert_gate: RouterLinear | None = None
         if moe.shared_expert_intermediate_size:
@@ -77,7 +82,9 @@ class MoEDecoderForCausalLM(DecoderForCausalLM):
         moe = self.moe_config
         if not moe.is_sparse_layer(layer_idx):
             return None
-        return SparseMoeBlock(self.arch.hidden_size, moe, self.ops, self.parallel)
+        quant = getattr(self, "quant_config", None)
+        method = None if quant is None else quant.moe_method(f"model.layers.{layer_idx}.mlp.experts")
+        return SparseMoeBlock(self.arch.hidden_size, moe, self.ops, self.parallel, method)
 
     @property
     def moe_config(self) -> MoEConfig:
@@ -99,17 +106,26 @@ class MoEDecoderForCausalLM(DecoderForCausalLM):
         if not isinstance(experts, FusedMoE):
             raise ValueError(f"checkpoint tensor {name!r}: layer {layer} has no experts "
                              f"(decoder_sparse_step / mlp_only_layers disagree)")
-        if experts.load_expert(expert, proj, source):
-            loaded.add(_expert_key(f"{layer}.mlp.experts", expert, proj))
+        if match["leaf"] == "input_scale":
+            raise ValueError(f"checkpoint tensor {name!r}: static activation scales of experts "
+                             "are not supported (FP8 experts quantize activations dynamically "
+                             "per token; use a dynamic-activation checkpoint)")
+        if experts.load_expert(expert, proj, source, match["leaf"]):
+            suffix = " scale" if match["leaf"] == "weight_scale" else ""
+            loaded.add(_expert_key(f"{layer}.mlp.experts", expert, proj) + suffix)
 
     def expected_weight_keys(self) -> set[str]:
         keys = {k for k in super().expected_weight_keys()
-                if not k.endswith((".w13_weight", ".w2_weight"))}
+                if not k.endswith((".w13_weight", ".w2_weight", ".w13_weight_scale",
+                                   ".w2_weight_scale"))}
         for path, module in self.named_modules():
             if isinstance(module, FusedMoE):
                 p = module.placement
+                scaled = hasattr(module, "w13_weight_scale")
                 for e in range(p.first_expert, p.first_expert + p.num_local_experts):
                     keys.update(_expert_key(path, e, proj) for proj in _PARAM_OF)
+                    if scaled:
+                        keys.update(_expert_key(path, e, proj) + " scale" for proj in _PARAM_OF)
         return keys
 
 

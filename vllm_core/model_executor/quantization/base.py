@@ -74,6 +74,11 @@ class QuantizationConfig(ABC):
         """The method of the linear layer ``prefix`` (e.g. ``model.layers.0.self_attn.qkv_proj``),
         or None to keep it unquantized (a layer the checkpoint left in float)."""
 
+    def moe_method(self, prefix: str) -> Any:
+        """The ``MoEMethod`` of the stacked experts ``prefix`` (e.g.
+        ``model.layers.0.mlp.experts``), or None to keep them in float (the default)."""
+        return None
+
     def summary(self) -> str:
         """One line naming the settings (start-up log)."""
         return self.name

@@ -19,8 +19,10 @@ compressed-tensors package's compressors write (``compressors/pack_quantized``,
 - **W8A8 FP8** (``float-quantized``): ``weight`` float8_e4m3fn, scales as for INT8, or per
   ``[bn, bk]`` block (``block_structure``); activations float8 dynamic per token or static.
 
-Anything else (asymmetric activations, 2:4 sparsity, NVFP4/MXFP4, KV-cache schemes) is
-refused with the scheme named.
+A ``kv_cache_scheme`` of per-tensor static FP8 is accepted: its ``self_attn.k_scale`` /
+``v_scale`` tensors become the attention layers' KV-cache scales (``attention/kv_scales.py``),
+applied with ``--kv-cache-dtype fp8``. Anything else (asymmetric activations, 2:4 sparsity,
+NVFP4/MXFP4, other KV-cache schemes) is refused with the scheme named.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vllm_core.attention.kv_scales import check_kv_cache_scheme
 from vllm_core.model_executor.layers.weight_method import LinearMethod, ParamSpec
 from vllm_core.model_executor.quantization.base import (
     QuantizationConfig,
     checkpoint_layer_names,
 )
+from vllm_core.model_executor.quantization.fp8_moe import Fp8MoEMethod
 from vllm_core.model_executor.quantization.quantized_weights import (
     WNA16Weight,
     pack_int32,
@@ -132,8 +136,7 @@ class CompressedTensorsConfig(QuantizationConfig):
                                   "naive-quantized", "mixed-precision"):
             raise ValueError(f"compressed-tensors format {default_format!r} is not supported "
                              "(pack-quantized, int-quantized, float-quantized are)")
-        if qc.get("kv_cache_scheme"):
-            raise ValueError("compressed-tensors kv_cache_scheme is not supported")
+        check_kv_cache_scheme(qc.get("kv_cache_scheme"))
         if qc.get("sparsity_config"):
             raise ValueError("compressed-tensors sparsity (sparsity_config) is not supported")
         groups = []
@@ -167,6 +170,22 @@ class CompressedTensorsConfig(QuantizationConfig):
         strategy = scheme.strategy
         return ScaledW8A8Method(scheme.kind, strategy, scheme.static_input, scheme.block,
                                 "weight_scale", name="compressed-tensors")
+
+    def moe_method(self, prefix: str) -> Fp8MoEMethod | None:
+        """FP8 experts for W8A8 FP8 groups (channel / tensor weights, dynamic activations,
+        llm-compressor's ``FP8_DYNAMIC``); experts not targeted stay float; other schemes
+        on experts are refused by name. The scheme is the one of the first expert's gate
+        projection (``Linear`` targets cover every expert alike)."""
+        scheme = self.scheme_for(f"{prefix}.0.gate_proj")
+        if scheme is None:
+            return None
+        if scheme.kind == "fp8" and scheme.strategy in ("channel", "tensor") \
+                and not scheme.static_input:
+            return Fp8MoEMethod(online=False)
+        raise ValueError(f"compressed-tensors experts ({prefix}) quantized as {scheme.kind} "
+                         f"{scheme.strategy}{' with static activations' if scheme.static_input else ''}"
+                         " are not supported (W8A8 FP8 with channel or tensor weights and "
+                         "dynamic activations is)")
 
     def summary(self) -> str:
         parts = []

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from vllm_core.model_executor.layers.weight_method import LinearMethod
 from vllm_core.model_executor.quantization.base import QuantizationConfig
+from vllm_core.model_executor.quantization.fp8_moe import Fp8MoEMethod
 from vllm_core.model_executor.quantization.scaled import ScaledW8A8Method
 
 
@@ -72,6 +73,18 @@ class Fp8Config(QuantizationConfig):
         scale = "weight_scale_inv" if self.strategy == "block" else "weight_scale"
         return ScaledW8A8Method("fp8", self.strategy, self.static_input, self.block_size,
                                 scale, name="fp8")
+
+    def moe_method(self, prefix: str) -> Fp8MoEMethod | None:
+        """FP8 experts (``fp8_moe.py``): online, or per-tensor checkpoint scales with dynamic
+        activations; block-scaled and static-activation expert checkpoints are refused."""
+        if any(i and (prefix == i or prefix.endswith("." + i) or i in prefix)
+               for i in self.ignored):
+            return None
+        if self.strategy == "block" or self.static_input:
+            raise ValueError("FP8 experts with block scales or static activation scales are "
+                             "not supported (per-tensor / per-channel weights with dynamic "
+                             "activations, or --quantization fp8 of a float checkpoint, are)")
+        return Fp8MoEMethod(online=self.strategy == "online")
 
     def summary(self) -> str:
         if self.strategy == "online":

@@ -321,3 +321,101 @@ def hf_with_weights(hf, reference: dict[str, torch.Tensor]):
         for name, w in reference.items():
             model.get_submodule(name).weight.copy_(w)
     return model
+
+
+# ------------------------------------------------------------------------ FP8 KV-cache scales
+def amplify_kv(hf, factor: float) -> None:
+    """Multiply every layer's K and V by ``factor`` without changing the model's function:
+    ``k_proj``, ``v_proj`` times ``factor``, ``q_proj``, ``o_proj`` divided by it (q.k and
+    the attention output are unchanged up to rounding). With a large factor the K/V leave
+    float8's range, which is what calibrated KV-cache scales are for."""
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            attn = layer.self_attn
+            attn.k_proj.weight.mul_(factor)
+            attn.v_proj.weight.mul_(factor)
+            attn.q_proj.weight.div_(factor)
+            attn.o_proj.weight.div_(factor)
+
+
+def add_kv_cache_scales(folder: str, scales: list[tuple[float, float]],
+                        output_scale_layers: tuple[int, ...] = (),
+                        kv_cache_scheme: bool = False) -> None:
+    """Append per-layer ``(k_scale, v_scale)`` to a saved checkpoint as the exporters write
+    them: ``model.layers.N.self_attn.k_scale`` / ``v_scale`` (llm-compressor, vLLM-style FP8
+    exports), or ``self_attn.k_proj.output_scale`` / ``v_proj.output_scale`` (AutoFP8) for
+    the layers in ``output_scale_layers``; with ``kv_cache_scheme`` the compressed-tensors
+    config gains llm-compressor's ``kv_cache_scheme`` (8-bit float, per tensor, static)."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    for i, (k, v) in enumerate(scales):
+        if i in output_scale_layers:
+            names = (f"model.layers.{i}.self_attn.k_proj.output_scale",
+                     f"model.layers.{i}.self_attn.v_proj.output_scale")
+        else:
+            names = (f"model.layers.{i}.self_attn.k_scale", f"model.layers.{i}.self_attn.v_scale")
+        tensors[names[0]] = torch.tensor(k, dtype=torch.float32).reshape(())
+        tensors[names[1]] = torch.tensor(v, dtype=torch.float32).reshape(())
+    save_file(tensors, path)
+    if kv_cache_scheme:
+        cfg_path = os.path.join(folder, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["quantization_config"]["kv_cache_scheme"] = {
+            "num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
+            "symmetric": True}
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+
+
+# ------------------------------------------------------------------------ FP8 experts
+def write_fp8_moe(folder: str, dequantized_folder: str, hf,
+                  compressed_tensors: bool = False) -> None:
+    """An FP8 (``quant_method: fp8``, dynamic activations) checkpoint of an HF MoE model as
+    FP8 exports store it: every expert projection and attention linear float8_e4m3fn with a
+    per-tensor ``weight_scale`` (``max|w| / 448``), the router and norms in float; and, in
+    ``dequantized_folder``, the same model with those weights de-quantized (the reference).
+    ``compressed_tensors``: llm-compressor's ``FP8_DYNAMIC`` instead (per-channel
+    ``weight_scale`` [N, 1], ``float-quantized`` config group on ``Linear``, the router
+    ignored)."""
+    from safetensors.torch import load_file
+
+    hf.save_pretrained(folder)
+    hf.save_pretrained(dequantized_folder)
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    deq = dict(tensors)
+    for name in list(tensors):
+        leaf = name.rsplit(".", 2)[-2] if name.endswith(".weight") else ""
+        if leaf not in LINEARS + ("w1", "w2", "w3") or ".mlp.gate." in name:
+            continue
+        w = tensors[name].float()
+        if compressed_tensors:
+            scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
+        else:
+            scale = w.abs().amax().clamp(min=1e-12) / 448.0
+        q = (w / scale).to(torch.float8_e4m3fn)
+        tensors[name] = q
+        tensors[name[:-len("weight")] + "weight_scale"] = \
+            scale if compressed_tensors else scale.reshape(())
+        deq[name] = q.float() * scale
+    save_file(tensors, path)
+    save_file(deq, os.path.join(dequantized_folder, "model.safetensors"))
+    cfg_path = os.path.join(folder, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3",
+                                  "activation_scheme": "dynamic"}
+    if compressed_tensors:
+        fp8 = {"num_bits": 8, "type": "float", "symmetric": True}
+        cfg["quantization_config"] = {
+            "quant_method": "compressed-tensors", "format": "float-quantized",
+            "config_groups": {"group_0": {
+                "targets": ["Linear"],
+                "weights": {**fp8, "strategy": "channel", "dynamic": False},
+                "input_activations": {**fp8, "strategy": "token", "dynamic": True}}},
+            "ignore": ["lm_head", "re:.*mlp.gate$"]}
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)

@@ -30,6 +30,11 @@ launch configuration is correct for any lengths (CUDA-graph safe).
 Masking: query token at absolute position ``p`` sees key positions ``k <= p`` (and
 ``p - k < sliding_window`` when a window is set). Head sizes are padded to a power of two
 with masks. Pure Triton: no vendor intrinsics, so ROCm and XPU can reuse it.
+
+A float8 cache is widened to the query dtype on load (exact). Its per-layer scales
+(``k_scale`` / ``v_scale``, ``vllm_core.attention.kv_scales``) are folded in rather than
+multiplied into every element: ``k_scale`` into the softmax scale, ``v_scale`` into the
+normalised output (both read from device memory: CUDA-graph safe).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from vllm_core_triton.kernels.reshape_and_cache import kv_scaled
 
 _NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima: keeps exp2 free of inf - inf
 _LOG2E = 1.4426950408889634
@@ -67,7 +74,7 @@ def _find_request(query_start_loc_ptr, num_reqs, pid, BLOCK_Q: tl.constexpr):
 def _paged_attention_kernel(
     out_ptr, q_ptr, k_ptr, v_ptr,
     block_table_ptr, query_start_loc_ptr, seq_lens_ptr,
-    part_o_ptr, part_ml_ptr,
+    part_o_ptr, part_ml_ptr, k_scale_ptr, v_scale_ptr,
     scale_log2, num_reqs, num_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
@@ -76,7 +83,7 @@ def _paged_attention_kernel(
     GQA: tl.constexpr, GQA_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
     PAGE: tl.constexpr, NUM_SPLITS: tl.constexpr, SLIDING_WINDOW: tl.constexpr,
-    KV_FROM_NEW: tl.constexpr, IEEE_DOT: tl.constexpr,
+    KV_FROM_NEW: tl.constexpr, IEEE_DOT: tl.constexpr, KV_SCALED: tl.constexpr,
 ):
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -120,6 +127,8 @@ def _paged_attention_kernel(
     t_begin = tile_lo + split * per_split
     t_end = tl.minimum(t_begin + per_split, tile_hi)
 
+    if KV_SCALED:
+        scale_log2 = scale_log2 * tl.load(k_scale_ptr)
     m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
@@ -164,6 +173,8 @@ def _paged_attention_kernel(
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
+    if KV_SCALED:
+        o = o * tl.load(v_scale_ptr)
     out_mask = row_valid[:, None] & d_mask[None, :]
     if NUM_SPLITS == 1:
         tl.store(out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh
@@ -265,13 +276,16 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
                     *, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                     block_table: torch.Tensor, scale: float, launch: AttentionLaunch,
                     sliding_window: int | None = None, kv_from_new: bool = False,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                    v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of every new query token to its request's context; returns [T, H, D].
 
     ``query`` [T, H, D]. Paged mode: ``key_cache``/``value_cache`` [num_blocks, block_size,
     KVH, D] (the two halves of the layer's cache). New-KV mode (``kv_from_new``): they are the
     new tokens' key/value [T, KVH, D] and ``seq_lens``/``block_table`` are ignored. The last
     dimension of every tensor must be contiguous. ``launch`` comes from ``plan_launch``.
+    ``k_scale`` / ``v_scale``: a float8 cache's one-element float32 scales (both or neither;
+    ignored for other caches and in new-KV mode).
     """
     num_tokens, num_heads, head_size = query.shape
     num_kv_heads = key_cache.shape[-2]
@@ -310,17 +324,18 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
                               device=query.device)
     else:
         part_o = part_ml = out  # unused
+    scaled = not kv_from_new and kv_scaled(key_cache, k_scale, v_scale)
     _paged_attention_kernel[(grid0, num_kv_heads, lc.num_splits)](
         out, query, key_cache, value_cache,
         bt, query_start_loc, seq_lens,
-        part_o, part_ml,
+        part_o, part_ml, k_scale if scaled else seq_lens, v_scale if scaled else seq_lens,
         scale * _LOG2E, num_reqs, num_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         skb, skt, skh, svb, svt, svh, stride_bt,
         HEAD_SIZE=head_size, HEAD_PAD=head_pad, GQA=gqa, GQA_PAD=gqa_pad,
         BLOCK_M=lc.block_m, BLOCK_Q=lc.block_q, TILE_N=lc.tile_n, PAGE=page,
         NUM_SPLITS=lc.num_splits, SLIDING_WINDOW=sliding_window or 0,
-        KV_FROM_NEW=kv_from_new, IEEE_DOT=query.dtype == torch.float32,
+        KV_FROM_NEW=kv_from_new, IEEE_DOT=query.dtype == torch.float32, KV_SCALED=scaled,
         num_warps=lc.num_warps, num_stages=lc.num_stages,
     )
     if lc.num_splits > 1:

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vllm_core_triton.kernels.reshape_and_cache import fp8_limit, kv_scaled
+
 
 @triton.jit
 def _rotate_heads(x_ptr, stride_h, cos, sin, NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
@@ -98,12 +100,14 @@ def rotary_embedding(positions: torch.Tensor, query: torch.Tensor, key: torch.Te
 @triton.jit
 def _rotary_cache_kernel(
     q_ptr, k_ptr, v_ptr, positions_ptr, cache_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
+    k_scale_ptr, v_scale_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cache,
     stride_cb, stride_ct, stride_ch,
     NUM_Q_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEAD_SIZE: tl.constexpr,
-    HEAD_PAD: tl.constexpr, PAGE: tl.constexpr,
+    HEAD_PAD: tl.constexpr, PAGE: tl.constexpr, KV_SCALED: tl.constexpr,
+    QMAX: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
     cos, sin = _cos_sin(positions_ptr, tok, cache_ptr, stride_cache, HALF, HALF_PAD)
@@ -123,30 +127,47 @@ def _rotary_cache_kernel(
         x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
         ty = k_cache_ptr.dtype.element_ty
         kd = k_ptr.dtype.element_ty
-        tl.store(k_cache_ptr + dst + offs_d[None, :], (x1 * cos - x2 * sin).to(kd).to(ty),
-                 mask=mask)
-        tl.store(k_cache_ptr + dst + HALF + offs_d[None, :],
-                 (x2 * cos + x1 * sin).to(kd).to(ty), mask=mask)
+        k1 = (x1 * cos - x2 * sin).to(kd)
+        k2 = (x2 * cos + x1 * sin).to(kd)
+        if KV_SCALED:
+            ks = tl.load(k_scale_ptr)
+            k1 = k1.to(tl.float32) / ks
+            k2 = k2.to(tl.float32) / ks
+        if QMAX > 0:           # a float8 cache saturates (whatever the GPU's cast does)
+            k1 = tl.minimum(tl.maximum(k1.to(tl.float32), -QMAX), QMAX)
+            k2 = tl.minimum(tl.maximum(k2.to(tl.float32), -QMAX), QMAX)
+        tl.store(k_cache_ptr + dst + offs_d[None, :], k1.to(ty), mask=mask)
+        tl.store(k_cache_ptr + dst + HALF + offs_d[None, :], k2.to(ty), mask=mask)
         offs_f = tl.arange(0, HEAD_PAD)
         if 2 * HALF < HEAD_SIZE:
             tail = h_mask[:, None] & ((offs_f >= 2 * HALF) & (offs_f < HEAD_SIZE))[None, :]
             kt = tl.load(k_ptr + tok * stride_kt + offs_h[:, None] * stride_kh + offs_f[None, :],
                          mask=tail)
+            if KV_SCALED:
+                kt = kt.to(tl.float32) / tl.load(k_scale_ptr)
+            if QMAX > 0:
+                kt = tl.minimum(tl.maximum(kt.to(tl.float32), -QMAX), QMAX)
             tl.store(k_cache_ptr + dst + offs_f[None, :], kt.to(ty), mask=tail)
         full = h_mask[:, None] & (offs_f < HEAD_SIZE)[None, :]
         v = tl.load(v_ptr + tok * stride_vt + offs_h[:, None] * stride_vh + offs_f[None, :],
                     mask=full)
+        if KV_SCALED:
+            v = v.to(tl.float32) / tl.load(v_scale_ptr)
+        if QMAX > 0:
+            v = tl.minimum(tl.maximum(v.to(tl.float32), -QMAX), QMAX)
         tl.store(v_cache_ptr + dst + offs_f[None, :], v.to(v_cache_ptr.dtype.element_ty),
                  mask=full)
 
 
 def rotary_and_cache(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                      value: torch.Tensor, cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
-                     slot_mapping: torch.Tensor) -> torch.Tensor:
+                     slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+                     v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """``rotary_embedding`` on ``query`` (in place, returned) and on ``key``, whose rotated
     values go straight into ``kv_cache`` together with ``value`` (as ``reshape_and_cache`` would
     write them; ``key`` itself is left unrotated). One launch instead of two. Shapes as in
-    ``rotary_embedding`` and ``reshape_and_cache``; negative slots skip the cache write."""
+    ``rotary_embedding`` and ``reshape_and_cache``; negative slots skip the cache write; a
+    float8 cache's ``k_scale`` / ``v_scale`` as in ``reshape_and_cache``."""
     head_size = kv_cache.shape[-1]
     q = _heads(query, head_size, "query")
     k = _heads(key, head_size, "key")
@@ -167,13 +188,16 @@ def rotary_and_cache(positions: torch.Tensor, query: torch.Tensor, key: torch.Te
     if n:
         half = rot_dim // 2
         k_cache, v_cache = kv_cache[0], kv_cache[1]
+        scaled = kv_scaled(kv_cache, k_scale, v_scale)
         _rotary_cache_kernel[(n,)](
             q, k, v, positions.reshape(-1), cache, k_cache, v_cache, slot_mapping,
+            k_scale if scaled else slot_mapping, v_scale if scaled else slot_mapping,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             cache.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             NUM_Q_HEADS=q.shape[1], Q_HEADS_PAD=triton.next_power_of_2(q.shape[1]),
             NUM_KV_HEADS=k.shape[1], KV_HEADS_PAD=triton.next_power_of_2(k.shape[1]),
             HALF=half, HALF_PAD=triton.next_power_of_2(half), HEAD_SIZE=head_size,
-            HEAD_PAD=triton.next_power_of_2(head_size), PAGE=kv_cache.shape[2], num_warps=4,
+            HEAD_PAD=triton.next_power_of_2(head_size), PAGE=kv_cache.shape[2],
+            KV_SCALED=scaled, QMAX=fp8_limit(kv_cache), num_warps=4,
         )
     return query

@@ -26,7 +26,12 @@ from vllm_core.model_executor.layers.fused_moe.config import Scoring
 from vllm_core.model_executor.layers.fused_moe.method import MoEMethod, UnquantizedMoEMethod
 from vllm_core.model_executor.layers.fused_moe.router import select_experts
 from vllm_core.model_executor.layers.ops import LayerOps
-from vllm_core.model_executor.weight_source import WeightSource, read_slice, source_shape
+from vllm_core.model_executor.weight_source import (
+    WeightSource,
+    read_full,
+    read_slice,
+    source_shape,
+)
 
 EXPERT_PROJECTIONS = ("gate", "up", "down")
 
@@ -96,16 +101,23 @@ class FusedMoE(nn.Module):
         self.register_buffer("expert_counts", torch.zeros(num_experts, dtype=torch.int64),
                              persistent=False)
 
-    def load_expert(self, expert: int, projection: str, source: WeightSource) -> bool:
-        """Read this rank's slice of global expert ``expert``'s checkpoint weight
-        ``projection`` (gate / up: [I, H]; down: [H, I]). False (nothing read) when another
-        rank holds the expert."""
+    def load_expert(self, expert: int, projection: str, source: WeightSource,
+                    leaf: str = "weight") -> bool:
+        """Read this rank's slice of global expert ``expert``'s checkpoint tensor ``leaf`` of
+        ``projection``: the ``weight`` (gate / up: [I, H]; down: [H, I]) or, for a quantized
+        method, its ``weight_scale`` (one value, or one per output channel). False (nothing
+        read) when another rank holds the expert."""
         p = self.placement
         if not 0 <= expert < p.num_experts:
             raise ValueError(f"expert {expert} is outside the model's {p.num_experts} experts")
         local = p.local_index(expert)
         if local is None:
             return False
+        if projection not in EXPERT_PROJECTIONS:
+            raise ValueError(f"unknown expert projection {projection!r}")
+        if leaf == "weight_scale":
+            self._load_expert_scale(local, projection, source)
+            return True
         shape = source_shape(source)
         if projection in ("gate", "up"):
             if shape != (p.intermediate_size, self.hidden_size):
@@ -115,15 +127,34 @@ class FusedMoE(nn.Module):
             self.method.load_expert(self, "w13_weight", local,
                                     slice(offset, offset + p.inter_local),
                                     read_slice(source, 0, p.inter_start, p.inter_local))
-        elif projection == "down":
+        else:
             if shape != (self.hidden_size, p.intermediate_size):
                 raise ValueError(f"has shape {shape}, expected "
                                  f"{(self.hidden_size, p.intermediate_size)}")
             self.method.load_expert(self, "w2_weight", local, None,
                                     read_slice(source, 1, p.inter_start, p.inter_local))
-        else:
-            raise ValueError(f"unknown expert projection {projection!r}")
         return True
+
+    def _load_expert_scale(self, local: int, projection: str, source: WeightSource) -> None:
+        """A ``weight_scale`` (per tensor: one value; per channel: [N] or [N, 1]) into the
+        method's scales; gate / up channels are cut to this rank's intermediate slice."""
+        p = self.placement
+        load = getattr(self.method, "load_expert_scale", None)
+        if load is None:
+            raise ValueError(f"is a weight scale, but the experts' method "
+                             f"{type(self.method).__name__} has none")
+        numel = 1
+        for d in source_shape(source):
+            numel *= d
+        if projection == "down":
+            load(self, "w2_weight", local, None, read_full(source))
+            return
+        offset = 0 if projection == "gate" else p.inter_local
+        rows = slice(offset, offset + p.inter_local)
+        tensor = read_full(source).reshape(-1)
+        if numel == p.intermediate_size:
+            tensor = tensor[p.inter_start:p.inter_start + p.inter_local]
+        load(self, "w13_weight", local, rows, tensor)
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         weights, ids = select_experts(router_logits, self.top_k, self.renormalize,
