@@ -40,6 +40,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     enable_expert_parallel: bool = False
+    pipeline_micro_batching: bool = True
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
@@ -98,6 +99,11 @@ class EngineArgs:
                        help="ranks that split every layer (attention heads, MLP, vocabulary)")
         g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                        help="pipeline stages the decoder layers are split over")
+        g.add_argument("--pipeline-micro-batching", action=argparse.BooleanOptionalAction,
+                       default=True,
+                       help="with -pp > 1, keep one batch of distinct requests in flight per "
+                            "stage so the stages run at once (--no-pipeline-micro-batching: "
+                            "one step at a time)")
         g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
                        help="mixture-of-experts models: shard whole experts over the TP ranks "
                             "(expert parallelism, EP size = TP size) instead of splitting "
@@ -220,7 +226,10 @@ class EngineArgs:
         return cls(tensor_parallel_size=self.tensor_parallel_size,
                    pipeline_parallel_size=self.pipeline_parallel_size,
                    distributed_executor_backend=backend,
-                   enable_expert_parallel=self.enable_expert_parallel)
+                   enable_expert_parallel=self.enable_expert_parallel,
+                   # drafts need every token of the step before: one step at a time
+                   pipeline_micro_batching=(self.pipeline_micro_batching
+                                            and not self.speculative_config))
 
     def create_engine_config(self) -> tuple[Any, Any]:
         """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""

@@ -22,6 +22,10 @@ runs its forward, then ``sample_tokens``. Host grammar work overlaps the forward
 sampling waits for it. An executor without the second phase collects step N before launching
 N+1 (no overlap for such steps). When a step schedules nothing because every waiting request
 is still compiling, ``step`` waits briefly on the compiles instead of spinning.
+
+Pipeline micro-batching (``ParallelConfig.max_concurrent_batches > 1``): ``step`` hands over to
+``BatchQueue.step`` (``engine/batch_queue.py``), which keeps one step of distinct requests in
+flight per pipeline stage.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 from vllm_core.config import EngineConfig
 from vllm_core.engine.arg_utils import EngineArgs
+from vllm_core.engine.batch_queue import make_batch_queue
 from vllm_core.engine.executor import create_executor
 from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from vllm_core.engine.output_processor import OutputProcessor
@@ -114,6 +119,7 @@ class LLMEngine:
                                    and getattr(self.executor, "supports_deferred_sampling",
                                                False))
         self.num_two_phase_steps = 0
+        self.batch_queue = make_batch_queue(config, self.scheduler)   # pipeline micro-batching
         self.startup_time = time.perf_counter() - start
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
                     "(%d tokens), max_model_len %d%s", self.startup_time, platform.describe(),
@@ -237,13 +243,16 @@ class LLMEngine:
                 self.output_processor.abort_request(child)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+        return (self.scheduler.has_unfinished_requests() or self._in_flight is not None
+                or bool(self.batch_queue))
 
     def get_num_unfinished_requests(self) -> int:
         return len(self._children)
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[RequestOutput]:
+        if self.batch_queue is not None:
+            return self.batch_queue.step(self)
         t0 = time.perf_counter()
         outputs = self._propose_drafts() if self.drafter is not None else []
         scheduler_output = self.scheduler.schedule()

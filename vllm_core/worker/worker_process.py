@@ -8,8 +8,9 @@ executor and read by every rank.
 Replies go back on this rank's pipe as ``(seq, "ok" | "error", value)``. ``execute_model`` is
 answered by the sampling rank only (its ``ModelRunnerOutput``); every other call by every rank.
 Steps pipeline: a step is launched as soon as its message arrives and collected when the next
-message arrives or when no message is waiting, so the engine's next ``SchedulerOutput`` can
-be read while the device runs this one.
+message arrives, when no message is waiting, or at once when its result is already there (a
+host device computes while launching), so the engine's next ``SchedulerOutput`` can be read
+while the device runs this one.
 
 Lifetime: SIGINT is ignored (Ctrl-C belongs to the engine process, which shuts the workers
 down); the loop exits on ``shutdown``, when the parent process disappears, or on an error
@@ -92,8 +93,8 @@ def _serve(worker: Any, ring: ShmRing, reply: Connection, replies_steps: bool,
             reply.send((seq, "ok", out))
 
     while True:
-        if pending is not None and not ring.poll():
-            finish()                      # nothing queued: deliver the step now
+        if pending is not None and (not ring.poll() or _finished(pending[1])):
+            finish()                      # nothing queued, or already computed: deliver it now
         seq, method, args = pickle.loads(ring.read(check=check_parent))
         try:
             if method == "execute_model":
@@ -111,6 +112,18 @@ def _serve(worker: Any, ring: ShmRing, reply: Connection, replies_steps: bool,
         except Exception:  # noqa: BLE001 - engine-fatal: report and stop
             reply.send((seq, "error", f"rank {worker.rank}: {traceback.format_exc()}"))
             raise
+
+
+def _finished(step: Any) -> bool:
+    """Whether a launched step's result is ready without waiting: always on a device that is
+    synchronous with the host (no ``done`` event), else when its event has completed. Such a
+    step is answered before the next message is read, so the engine gets it a whole forward
+    sooner (pipeline micro-batching schedules the step's requests again only then)."""
+    done = getattr(step, "done", None)
+    if done is None:
+        return True
+    query = getattr(done, "query", None)          # optional on a step event
+    return query is not None and bool(query())
 
 
 def _num_blocks(worker: Any) -> int:
