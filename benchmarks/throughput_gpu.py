@@ -169,7 +169,8 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
               enforce_eager=args.enforce_eager, attention_backend=args.attention_backend,
               async_scheduling=args.async_scheduling,
               tensor_parallel_size=args.tensor_parallel_size,
-              pipeline_parallel_size=args.pipeline_parallel_size)
+              pipeline_parallel_size=args.pipeline_parallel_size,
+              pipeline_micro_batching=args.pipeline_micro_batching)
     startup = time.perf_counter() - start
     engine = llm.llm_engine
     if engine.config.parallel.world_size > 1:
@@ -246,7 +247,12 @@ def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
         "startup_s": round(startup, 2), "kv_blocks": engine.config.cache.num_blocks,
         "async_scheduling": engine.async_scheduling,
         "graphs": bool(engine.config.graph_batch_sizes),
+        "pipeline_micro_batching": engine.batch_queue is not None,
     }
+    if engine.batch_queue is not None:           # cumulative, warm-up included
+        st = engine.batch_queue.stats
+        res.update(pp_steps=st.num_steps, pp_overlapped_steps=st.num_overlapped_steps,
+                   pp_max_in_flight=st.max_in_flight)
     if w.requests == 1:
         m = outs[0].metrics
         if m is not None and m.first_token_time and m.last_token_time:
@@ -398,6 +404,8 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
         cmd += ["--attention-backend", args.attention_backend]
     if args.async_scheduling is not None:
         cmd.append("--async-scheduling" if args.async_scheduling else "--no-async-scheduling")
+    if not args.pipeline_micro_batching:
+        cmd.append("--no-pipeline-micro-batching")
     if args.profile and worker == "vllm-core":
         cmd += ["--profile", args.profile]
     t0 = time.perf_counter()
@@ -509,6 +517,8 @@ def main() -> None:
                    help="vllm-core: TP ranks (mp executor, one GPU each)")
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                    help="vllm-core: pipeline stages (mp executor, one GPU each)")
+    p.add_argument("--pipeline-micro-batching", action=argparse.BooleanOptionalAction,
+                   default=True, help="vllm-core with -pp > 1: one batch in flight per stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")
     p.add_argument("--profile", default=None,
