@@ -127,3 +127,22 @@ def test_pp2_without_micro_batching_matches_single_rank(folder):
         assert generate(llm) == want
     finally:
         llm.llm_engine.shutdown()
+
+
+def test_flag_and_depth():
+    import argparse
+
+    from vllm_core.config import ParallelConfig
+    from vllm_core.engine.arg_utils import EngineArgs
+
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    assert EngineArgs.from_cli_args(parser.parse_args(["-pp", "2"])).pipeline_micro_batching
+    args = EngineArgs.from_cli_args(parser.parse_args(["-pp", "2",
+                                                       "--no-pipeline-micro-batching"]))
+    assert args.pipeline_micro_batching is False
+    assert ParallelConfig(pipeline_parallel_size=2).max_concurrent_batches == 2
+    assert ParallelConfig(pipeline_parallel_size=4, tensor_parallel_size=2
+                          ).max_concurrent_batches == 4
+    assert ParallelConfig(pipeline_parallel_size=2,
+                          pipeline_micro_batching=False).max_concurrent_batches == 1
+    assert ParallelConfig(tensor_parallel_size=2).max_concurrent_batches == 1
