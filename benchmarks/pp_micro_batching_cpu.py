@@ -3,6 +3,11 @@ rank as the reference), in one run, on the same random-weight Llama and the same
 
     python benchmarks/pp_micro_batching_cpu.py [--requests 16 --prompt-len 32 --output-len 32]
 
+Decode of a small batch reads every weight once per step whatever the rows, so splitting it
+into micro-batches only pays when the stages really run at once (a free core each); a
+prefill-heavy workload (``--prompt-len 192 --output-len 8 --max-num-batched-tokens 256``)
+has per-step work proportional to its tokens and shows the overlap most directly.
+
 Each layout runs in its own subprocess, one after another (workers: one spawned process per
 stage, gloo, the cores divided between them). One JSON line per layout, then a summary line
 with ``micro_vs_no_micro`` (output tok/s ratio) and the load average before and after: on a
@@ -61,7 +66,7 @@ def run_layout(args: argparse.Namespace) -> dict[str, Any]:
     pp, micro = LAYOUTS[args.layout]
     t0 = time.perf_counter()
     llm = LLM(args.folder, dtype="float32", max_model_len=args.prompt_len + args.output_len,
-              max_num_seqs=args.requests, max_num_batched_tokens=max(512, args.prompt_len),
+              max_num_seqs=args.requests, max_num_batched_tokens=args.max_num_batched_tokens,
               seed=0, enforce_eager=True, pipeline_parallel_size=pp,
               pipeline_micro_batching=micro)
     startup = time.perf_counter() - t0
@@ -85,7 +90,8 @@ def run_layout(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "pp_micro_batching_cpu", "layout": args.layout,
         "pipeline_parallel_size": pp, "micro_batching": queue is not None,
         "requests": args.requests, "prompt_len": args.prompt_len,
-        "output_len": args.output_len, "output_tokens": n, "elapsed_s": round(elapsed, 3),
+        "output_len": args.output_len, "max_num_batched_tokens": args.max_num_batched_tokens,
+        "output_tokens": n, "elapsed_s": round(elapsed, 3),
         "output_tok_s": round(n / elapsed, 1), "startup_s": round(startup, 1),
         "tokens_hash": hash(tuple(map(tuple, tokens))) & 0xFFFFFFFF,
     }
@@ -102,6 +108,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=32)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512,
+                   help="token budget of one step (of one micro-batch)")
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--vocab", type=int, default=4096)
@@ -119,7 +127,8 @@ def main() -> None:
         for layout in args.layouts.split(","):
             cmd = [sys.executable, __file__, "--layout", layout, "--folder", folder,
                    "--requests", str(args.requests), "--prompt-len", str(args.prompt_len),
-                   "--output-len", str(args.output_len), "--vocab", str(args.vocab)]
+                   "--output-len", str(args.output_len), "--vocab", str(args.vocab),
+                   "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             got = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
             if not got:
