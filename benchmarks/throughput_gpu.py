@@ -188,7 +188,8 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
               async_scheduling=args.async_scheduling,
               tensor_parallel_size=args.tensor_parallel_size,
               pipeline_parallel_size=args.pipeline_parallel_size,
-              data_parallel_size=args.data_parallel_size)
+              data_parallel_size=args.data_parallel_size,
+              pipeline_micro_batching=args.pipeline_micro_batching)
     startup = time.perf_counter() - start
     engine = llm.llm_engine
     if engine.config.parallel.world_size > 1 or not engine.in_process:
@@ -266,7 +267,13 @@ def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
         "startup_s": round(startup, 2), "kv_blocks": engine.config.cache.num_blocks,
         "async_scheduling": engine.async_scheduling,
         "graphs": bool(engine.config.graph_batch_sizes),
+        "pipeline_micro_batching": par.max_concurrent_batches > 1,
     }
+    queue = engine.core.batch_queue if engine.in_process else None
+    if queue is not None:                        # cumulative, warm-up included
+        st = queue.stats
+        res.update(pp_steps=st.num_steps, pp_overlapped_steps=st.num_overlapped_steps,
+                   pp_max_in_flight=st.max_in_flight)
     if w.requests == 1:
         m = outs[0].metrics
         if m is not None and m.first_token_time and m.last_token_time:
@@ -447,6 +454,8 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
         cmd += ["--attention-backend", args.attention_backend]
     if args.async_scheduling is not None:
         cmd.append("--async-scheduling" if args.async_scheduling else "--no-async-scheduling")
+    if not args.pipeline_micro_batching:
+        cmd.append("--no-pipeline-micro-batching")
     if args.profile and worker == "vllm-core":
         cmd += ["--profile", args.profile]
     t0 = time.perf_counter()
@@ -574,6 +583,8 @@ def main() -> None:
                    help="vllm-core: pipeline stages (mp executor, one GPU each)")
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="vllm-core: engine cores, each on its own TP x PP GPUs")
+    p.add_argument("--pipeline-micro-batching", action=argparse.BooleanOptionalAction,
+                   default=True, help="vllm-core with -pp > 1: one batch in flight per stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")
     p.add_argument("--profile", default=None,

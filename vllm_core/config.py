@@ -165,10 +165,18 @@ class ParallelConfig:
     distributed_executor_backend: str = "uni"
     data_parallel_size: int = 1
     enable_expert_parallel: bool = False      # MoE experts sharded over the TP ranks (EP = TP)
+    pipeline_micro_batching: bool = True      # PP > 1: one batch in flight per stage
 
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def max_concurrent_batches(self) -> int:
+        """Steps the engine keeps in flight at once: ``pipeline_parallel_size`` with pipeline
+        micro-batching (disjoint requests, see ``engine/batch_queue.py``), else 1."""
+        pp = self.pipeline_parallel_size
+        return pp if pp > 1 and self.pipeline_micro_batching else 1
 
 
 @dataclass(slots=True)

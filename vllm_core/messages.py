@@ -39,11 +39,17 @@ class NewRequestData:
 
 @dataclass(slots=True)
 class CachedRequestData:
-    """A request the workers already hold: blocks appended this step and the computed count."""
+    """A request the workers already hold: blocks appended this step and the computed count.
+
+    ``new_token_ids`` (pipeline micro-batching only, else empty): the request's output tokens
+    from position ``max(num_computed_tokens, len(prompt))`` on, all known to the scheduler;
+    a rank appends those past what it holds (ranks other than the sampling rank get the
+    sampled ids this way, not through a broadcast at the end of every step)."""
 
     req_id: str
     new_block_ids: list[int]
     num_computed_tokens: int
+    new_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -62,6 +68,11 @@ class SchedulerOutput:
     ``sampling_req_ids`` of step N that is scheduled again in step N+1 gets one token there whose
     id the workers hold but the scheduler does not know yet (a placeholder); the workers feed
     that token themselves. At most one step is in flight.
+
+    Pipeline micro-batching (``ParallelConfig.max_concurrent_batches > 1``): up to that many
+    steps are in flight, with disjoint requests (no placeholders are scheduled over); their
+    outputs are applied in submission order, and ``CachedRequestData.new_token_ids`` carries
+    the tokens sampled since a request's previous step.
 
     Structured outputs: ``grammar_bitmask`` (numpy int32 ``[len(structured_output_req_ids),
     ceil(vocab_size / 32)]``, or None) constrains the next token of the requests in

@@ -38,7 +38,8 @@ def make_llm(folder: str, tp: int = 1, pp: int = 1, async_scheduling: bool = Fal
              **extra):
     from vllm_core import LLM
 
-    return LLM(folder, dtype="float32", max_model_len=128, num_gpu_blocks_override=48,
+    extra.setdefault("num_gpu_blocks_override", 48)
+    return LLM(folder, dtype="float32", max_model_len=128,
                max_num_seqs=8, max_num_batched_tokens=48, seed=0, enforce_eager=True,
                tensor_parallel_size=tp, pipeline_parallel_size=pp,
                async_scheduling=async_scheduling, **extra)

@@ -41,6 +41,7 @@ class EngineArgs:
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1              # engine cores behind one front end
     enable_expert_parallel: bool = False
+    pipeline_micro_batching: bool = True
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
@@ -110,6 +111,11 @@ class EngineArgs:
         g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                        help="engine cores (each of TP x PP ranks, with its own KV cache) "
                             "serving requests side by side behind one front end")
+        g.add_argument("--pipeline-micro-batching", action=argparse.BooleanOptionalAction,
+                       default=True,
+                       help="with -pp > 1, keep one batch of distinct requests in flight per "
+                            "stage so the stages run at once (--no-pipeline-micro-batching: "
+                            "one step at a time)")
         g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
                        help="mixture-of-experts models: shard whole experts over the TP ranks "
                             "(expert parallelism, EP size = TP size) instead of splitting "
@@ -249,7 +255,10 @@ class EngineArgs:
                    pipeline_parallel_size=self.pipeline_parallel_size,
                    distributed_executor_backend=backend,
                    data_parallel_size=self.data_parallel_size,
-                   enable_expert_parallel=self.enable_expert_parallel)
+                   enable_expert_parallel=self.enable_expert_parallel,
+                   # drafts need every token of the step before: one step at a time
+                   pipeline_micro_batching=(self.pipeline_micro_batching
+                                            and not self.speculative_config))
 
     def create_engine_config(self) -> tuple[Any, Any]:
         """Resolve the model and platform into an EngineConfig. Returns (config, platform)."""

@@ -23,6 +23,10 @@ so the matchers advance, build N+1's bitmask while the device computes, then
 schedules nothing because every waiting request is still compiling its grammar, ``step`` waits
 briefly on the compiles instead of spinning.
 
+Pipeline micro-batching (``ParallelConfig.max_concurrent_batches > 1``): ``step`` hands over to
+``BatchQueue.step`` (``engine/batch_queue.py``), which keeps one step of distinct requests in
+flight per pipeline stage.
+
 Speculative decoding (``config.speculative``): before ``schedule`` the drafter gives the running
 decodes their drafts; drafts follow the last known token, so a step in flight is collected first
 and a step that verifies drafts runs synchronously.
@@ -44,6 +48,7 @@ from typing import Any
 
 from vllm_core import envs
 from vllm_core.config import EngineConfig
+from vllm_core.engine.batch_queue import make_batch_queue
 from vllm_core.engine.executor import create_executor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
@@ -125,6 +130,7 @@ class EngineCore:
                                    and getattr(self.executor, "supports_deferred_sampling",
                                                False))
         self.num_two_phase_steps = 0
+        self.batch_queue = make_batch_queue(config, self.scheduler)   # pipeline micro-batching
         if config.warmup:
             try:
                 with phase("warm-up", record=self.startup_phases):
@@ -161,7 +167,8 @@ class EngineCore:
             self.scheduler.finish_requests(request_ids, status)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+        return (self.scheduler.has_unfinished_requests() or self._in_flight is not None
+                or bool(self.batch_queue))
 
     # ------------------------------------------------------------------ LoRA adapters
     def add_lora(self, lora_id: int, name: str, path: str) -> None:
@@ -202,6 +209,9 @@ class EngineCore:
         """Run one step (see the module docstring); the outputs of the step(s) collected."""
         t0 = time.perf_counter()
         result = CoreStep()
+        if self.batch_queue is not None:
+            self.batch_queue.step(self, result)
+            return result
         if self.drafter is not None:
             self._propose_drafts(result)
         scheduler_output = self.scheduler.schedule()

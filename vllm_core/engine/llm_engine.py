@@ -121,6 +121,11 @@ class LLMEngine:
         return self._in_process_core().scheduler
 
     @property
+    def batch_queue(self) -> Any:
+        """Pipeline micro-batching's ``BatchQueue`` (None when off); in-process core only."""
+        return self._in_process_core().batch_queue
+
+    @property
     def drafter(self) -> Any:
         """Speculative decoding's drafter (None when off); in-process core only."""
         return self._in_process_core().drafter

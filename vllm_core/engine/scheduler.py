@@ -56,6 +56,11 @@ one token and rolls ``num_computed_tokens`` back over the rejected drafts. Draft
 stop checks run token by token over the accepted run, so nothing after a stop (or past
 ``max_tokens``) is emitted. Drafts that are not scheduled in a step are dropped.
 
+Pipeline micro-batching (``in_flight`` set, ``engine/in_flight.py``): ``schedule()`` runs while
+up to ``depth - 1`` steps are in flight; a request appears in at most one unfinished step (those
+in flight are neither scheduled nor preempted), and one step takes at most
+``ceil(len(running) / depth)`` running requests, so consecutive steps split them into groups.
+
 Stop checks (``update_from_output``, after each appended token): a token in
 ``sampling_params.all_stop_token_ids`` finishes the request with "stop" once
 ``len(output) >= min_tokens`` (``stop_reason`` is the token id when it came from
@@ -74,6 +79,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from vllm_core.config import CacheConfig, SchedulerConfig
 from vllm_core.engine.encoder_scheduler import EncoderScheduler
+from vllm_core.engine.in_flight import InFlightRequests
 from vllm_core.engine.kv_cache_manager import KVCacheManager, cdiv
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.stats import SchedulerStats, SpecDecodingStats
@@ -257,6 +263,8 @@ class Scheduler:
         self._num_preemptions = 0                     # since the last make_stats()
         self._failed: list[EngineCoreOutput] = []     # grammar failures, reported next update
         self._spec_stats = SpecDecodingStats()        # since the last make_stats()
+        # pipeline micro-batching (set by the engine's BatchQueue): requests in unfinished steps
+        self.in_flight: InFlightRequests | None = None
 
     # ------------------------------------------------------------------ requests in
     def add_request(self, request: Request) -> None:
@@ -403,10 +411,15 @@ class Scheduler:
             pending = len(r.all_token_ids) + r.num_output_placeholders - r.num_computed_tokens
             (decodes if pending <= 1 else prefills).append(r)
         decodes.extend(prefills)
+        in_flight = self.in_flight
+        seats = in_flight.seat_cap(len(self.running)) if in_flight is not None else 0
         for request in decodes:
             if budget <= 0:
                 break
             if request.status != RequestStatus.RUNNING:       # preempted earlier this step
+                continue
+            if in_flight is not None and (in_flight.holds(request.request_id)
+                                          or len(scheduled_running) >= seats):
                 continue
             placeholders = request.num_output_placeholders
             remaining = len(request.all_token_ids) + placeholders - request.num_computed_tokens
@@ -427,7 +440,8 @@ class Scheduler:
                 ids = kv.allocate_slots(request, num_new)
                 if ids is not None:
                     break
-                victim = max(self.running, key=self._key)
+                victim = max((r for r in self.running if in_flight is None
+                              or not in_flight.holds(r.request_id)), key=self._key)
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim.request_id in num_scheduled:        # unschedule it
@@ -460,7 +474,8 @@ class Scheduler:
                     for r in scheduled_new]
         cached_reqs = [CachedRequestData(req_id=r.request_id,
                                          new_block_ids=new_block_ids[r.request_id],
-                                         num_computed_tokens=r.num_computed_tokens)
+                                         num_computed_tokens=r.num_computed_tokens,
+                                         new_token_ids=self._tokens_since_last_step(r))
                        for r in scheduled_running]
         sampling: set[str] = set()
         for request in itertools.chain(scheduled_new, scheduled_running):
@@ -488,6 +503,14 @@ class Scheduler:
                                scheduled_spec_decode_tokens=spec_tokens,
                                scheduled_encoder_inputs=encoder_inputs,
                                free_encoder_hashes=freed_outputs)
+
+    def _tokens_since_last_step(self, request: Request) -> list[int]:
+        """Pipeline micro-batching: the output tokens from the request's computed count on
+        (every one known: it is not in flight), for the ranks that did not sample them."""
+        if self.in_flight is None:
+            return []
+        start = max(request.num_computed_tokens, request.num_prompt_tokens)
+        return request.all_token_ids[start:]
 
     def _finishes_by_length(self, request: Request) -> bool:
         """Whether the tokens in flight already end ``request`` by length (async scheduling)."""

@@ -30,7 +30,10 @@ Platform hooks (API 2.0, the only methods a plugin overrides; see
 
 The worker calls the runner inside ``Platform.inference_mode()``. Invariants: at most one step
 is in flight; a request's host tokens lag its sampled tokens by at
-most the step in flight; a finished or preempted request's late sample is discarded.
+most the step in flight; a finished or preempted request's late sample is discarded. Under
+pipeline micro-batching (``ids_from_scheduler``) several steps are in flight on the stages, but
+with disjoint requests; only the sampling rank holds the sampled ids of a step, the other ranks
+take them from the next ``SchedulerOutput`` that schedules the request.
 """
 
 from __future__ import annotations
@@ -242,6 +245,9 @@ class ModelRunner:
         self.num_graph_steps = 0
         self.num_eager_steps = 0
         self.num_fed_rows = 0                 # inputs taken from a step in flight
+        # pipeline micro-batching: the scheduler sends every rank the tokens its requests
+        # sampled (CachedRequestData.new_token_ids) instead of a broadcast after each step
+        self.ids_from_scheduler = config.parallel.max_concurrent_batches > 1
 
     # ================================================================ platform hooks
     @property
@@ -250,8 +256,9 @@ class ModelRunner:
         return self.device
 
     def new_step_event(self) -> Any | None:
-        """Hook: an object with ``record()`` and ``synchronize()`` marking device progress, or
-        None when device work is finished when the host call returns (the default)."""
+        """Hook: an object with ``record()`` and ``synchronize()`` (and optionally ``query()``:
+        completed yet?) marking device progress, or None when device work is finished when the
+        host call returns (the default)."""
         return None
 
     def padded_shape(self, plan: StepPlan) -> StepShape | None:
@@ -456,8 +463,28 @@ class ModelRunner:
             if cached.new_block_ids:
                 table.extend_blocks(slot, cached.new_block_ids)
             table.num_computed[slot] = cached.num_computed_tokens
+            if cached.new_token_ids:
+                self._append_known_tokens(slot, cached)
         if self.mm is not None:
             self.mm.update(so)
+
+    def _append_known_tokens(self, slot: int, cached: Any) -> None:
+        """Pipeline micro-batching: append the scheduler's tokens of a request (output tokens
+        from ``max(num_computed_tokens, len(prompt))`` on) that this rank does not hold yet:
+        every token on a rank that did not sample it, none on the sampling rank (it appended
+        its own sample when it collected the step)."""
+        state = self.requests[cached.req_id]
+        start = max(cached.num_computed_tokens, len(state.prompt_token_ids))
+        skip = int(self.table.num_tokens[slot]) - start
+        if skip < 0:
+            raise RuntimeError(f"request {cached.req_id!r}: this rank holds "
+                               f"{start + skip} tokens, the scheduler's new tokens start at "
+                               f"{start}")
+        new = cached.new_token_ids[skip:]
+        if new:
+            self.table.append_run(slot, np.asarray(new, dtype=np.int64))
+            for token in new:
+                state.append_output(token)
 
     # ================================================================ the step
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
@@ -561,10 +588,11 @@ class ModelRunner:
                     sample_ids, starts, drafts), starts, fwd.draft_probs)
                            if drafts else self.sampler(logits, md))
                 token_ids, logprobs = sampled.token_ids, sampled.logprobs
-            if par.world_size > 1:
+            if par.world_size > 1 and not self.ids_from_scheduler:
                 token_ids = self.share_sampled_ids(token_ids, len(sample_ids))
-            self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,
-                                                                     non_blocking=True)
+            if token_ids is not None:         # None: a rank that gets them from the scheduler
+                self.buffers.sampled_cpu[parity][:len(sample_ids)].copy_(token_ids,
+                                                                         non_blocking=True)
             expert_load = self.expert_load.snapshot() if self.expert_load else None
             done = self.new_step_event()
             if done is not None:
@@ -576,7 +604,7 @@ class ModelRunner:
             row_of={r: i for i, r in enumerate(sample_ids)}, token_ids=token_ids,
             logprobs=logprobs, prompt_logprobs=fwd.prompt_logprobs, parity=parity, done=done,
             expert_load=expert_load, row_start=starts)
-        self._in_flight = step if sample_ids else None
+        self._in_flight = step if sample_ids and token_ids is not None else None
         return step
 
     def _stage(self, plan: StepPlan, shape: StepShape | None) -> StepInputs:
@@ -648,7 +676,7 @@ class ModelRunner:
             return verifier.collect_verified(self, step)
         sampled: dict[str, list[int]] = {r: [] for r in step.order}
         logprobs: dict[str, list[Logprobs]] = {}
-        num = len(step.sample_ids)
+        num = len(step.sample_ids) if step.token_ids is not None else 0
         if num:
             if step.done is not None:
                 t_wait = time.perf_counter()

@@ -7,9 +7,12 @@ executor and read by every rank.
 
 Replies go back on this rank's pipe as ``(seq, "ok" | "error", value)``. ``execute_model`` is
 answered by the sampling rank only (its ``ModelRunnerOutput``); every other call by every rank.
-Steps pipeline: a step is launched as soon as its message arrives and collected when the next
-message arrives or when no message is waiting, so the engine's next ``SchedulerOutput`` can
-be read while the device runs this one.
+Steps pipeline: a step is launched as soon as its message arrives. On a host device (no step
+event: the step is computed when the launch returns) it is answered at once. On an
+accelerator the worker waits for whichever comes first, the next message or the step's
+completion (``_await_message_or_step``): a next message is launched before the step is
+collected, so the device never waits for the answer to go out; a completed step with nothing
+queued is answered then.
 
 Lifetime: SIGINT is ignored (Ctrl-C belongs to the engine process, which shuts the workers
 down); the loop exits on ``shutdown``, when the parent process disappears, or on an error
@@ -22,6 +25,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -92,8 +96,14 @@ def _serve(worker: Any, ring: ShmRing, reply: Connection, replies_steps: bool,
             reply.send((seq, "ok", out))
 
     while True:
-        if pending is not None and not ring.poll():
-            finish()                      # nothing queued: deliver the step now
+        if pending is not None:
+            step = pending[1]
+            if getattr(step, "done", None) is None:
+                finish()                  # computed already (a host device): answer at once
+            else:
+                _await_message_or_step(ring, step, check_parent)
+                if not ring.poll():
+                    finish()              # nothing queued: deliver the step now
         seq, method, args = pickle.loads(ring.read(check=check_parent))
         try:
             if method == "execute_model":
@@ -111,6 +121,30 @@ def _serve(worker: Any, ring: ShmRing, reply: Connection, replies_steps: bool,
         except Exception:  # noqa: BLE001 - engine-fatal: report and stop
             reply.send((seq, "error", f"rank {worker.rank}: {traceback.format_exc()}"))
             raise
+
+
+def _await_message_or_step(ring: ShmRing, step: Any, check_parent: Any,
+                           max_pause_s: float = 5e-5) -> None:
+    """Wait until the next message is in the ring or ``step``'s device work has completed,
+    whichever comes first (returns at once when the step event has no ``query()``).
+
+    The order of the loop in ``_serve`` follows from it: a message that arrives while the
+    device still runs the step is launched *before* the step is collected and answered, so
+    the device gets the next step without a gap (async scheduling writes step N+1 before it
+    waits for step N; pipeline micro-batching writes the next micro-batch). Blocking in the
+    step's ``synchronize()`` instead would leave the device idle for the answer, the next
+    read and the next launch, every step."""
+    query = getattr(step.done, "query", None)      # optional on a step event
+    if query is None:
+        return
+    pause = 0.0
+    checks = 0
+    while not ring.poll() and not query():
+        time.sleep(pause)
+        pause = min(2 * pause or 1e-6, max_pause_s)
+        checks += 1
+        if checks % 4096 == 0:
+            check_parent()
 
 
 def _num_blocks(worker: Any) -> int:
