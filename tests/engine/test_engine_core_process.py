@@ -127,3 +127,24 @@ def test_messages_round_trip():
                          m.StepStats(SchedulerStats(num_running_reqs=1), 7, 0.01),
                          SchedulerStats(kv_cache_usage=0.5))
     assert m.from_core_decoder().decode(enc.encode(step)) == step
+
+
+def test_image_features_round_trip():
+    import numpy as np
+
+    from vllm_core.multimodal.inputs import ImageItem, MultiModalFeatures
+
+    rng = np.random.default_rng(0)
+    feats = MultiModalFeatures(
+        [ImageItem("ab", 3, 4, rng.standard_normal((16, 12)).astype(np.float32), (1, 4, 4)),
+         ImageItem("cd", 9, 1, rng.standard_normal((4, 12)).astype(np.float32), (1, 2, 2))],
+        rng.integers(0, 50, size=(3, 12)), mrope_delta=-5)
+    add = m.AddRequest(0, "r", [1] * 12, SamplingParams(), 1.0, mm=m.mm_to_wire(feats))
+    back = m.mm_from_wire(m.to_core_decoder().decode(m.encoder().encode(add)).mm)
+    assert [(i.hash, i.offset, i.length, i.grid_thw) for i in back.items] == \
+        [(i.hash, i.offset, i.length, i.grid_thw) for i in feats.items]
+    for a, b in zip(back.items, feats.items):
+        assert a.pixel_values.dtype == b.pixel_values.dtype
+        np.testing.assert_array_equal(a.pixel_values, b.pixel_values)
+    np.testing.assert_array_equal(back.mrope_positions, feats.mrope_positions)
+    assert back.mrope_delta == -5 and m.mm_to_wire(None) is None

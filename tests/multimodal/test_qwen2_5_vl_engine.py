@@ -161,3 +161,14 @@ def test_text_model_refuses_images(tmp_path):
                      use_tqdm=False)
     out = llm.generate("t1 t2", use_tqdm=False)       # still serving
     assert out[0].outputs[0].token_ids
+
+
+def test_engine_core_process_carries_images(tiny, expected):
+    """The CUDA default runs the engine core in its own process: images (pixel values, M-RoPE
+    positions) cross the ZeroMQ channel and give the in-process tokens."""
+    tokens, llm = run(tiny[0], requests(), enable_prefix_caching=False,
+                      engine_core_process=True)
+    try:
+        assert tokens == expected
+    finally:
+        llm.llm_engine.shutdown()

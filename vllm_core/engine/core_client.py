@@ -158,7 +158,7 @@ class EngineCoreClient:
         self._send(m.AddRequest(self.client_index, request.request_id,
                                 request.prompt_token_ids, request.sampling_params,
                                 request.arrival_time, request.priority, request.parent_id,
-                                request.lora_id))
+                                request.lora_id, m.mm_to_wire(request.mm_features)))
         self._live.add(request.request_id)
 
     def _refuse_impossible(self, request: Request) -> None:

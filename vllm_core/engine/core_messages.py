@@ -16,20 +16,72 @@ the step (``snapshot``).
 
 Encoding: msgspec msgpack of these tagged Structs; the payload dataclasses (``SamplingParams``,
 ``EngineCoreOutput``, ``SchedulerStats``) are encoded by msgspec field by field, no pickle.
+A request's images (``MultiModalFeatures``: numpy pixel values and M-RoPE positions) travel as
+``WireFeatures``: each array as its dtype, shape and raw bytes (``mm_to_wire`` /
+``mm_from_wire`` give back equal arrays).
 """
 
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 
 from vllm_core.engine.stats import SchedulerStats
 from vllm_core.messages import EngineCoreOutput
+from vllm_core.multimodal.inputs import ImageItem, MultiModalFeatures
 from vllm_core.sampling.params import SamplingParams
 
 
 class Hello(msgspec.Struct, tag="hello", array_like=True):
     client_index: int
     output_address: str
+
+
+class WireArray(msgspec.Struct, array_like=True):
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+
+class WireImage(msgspec.Struct, array_like=True):
+    hash: str
+    offset: int
+    length: int
+    pixel_values: WireArray
+    grid_thw: list[int]
+
+
+class WireFeatures(msgspec.Struct, array_like=True):
+    items: list[WireImage]
+    mrope_positions: WireArray | None
+    mrope_delta: int
+
+
+def _to_wire(a: np.ndarray) -> WireArray:
+    a = np.ascontiguousarray(a)
+    return WireArray(a.dtype.str, list(a.shape), a.tobytes())
+
+
+def _from_wire(w: WireArray) -> np.ndarray:
+    return np.frombuffer(w.data, dtype=np.dtype(w.dtype)).reshape(w.shape).copy()
+
+
+def mm_to_wire(features: MultiModalFeatures | None) -> WireFeatures | None:
+    if features is None:
+        return None
+    items = [WireImage(it.hash, it.offset, it.length, _to_wire(it.pixel_values),
+                       list(it.grid_thw)) for it in features.items]
+    pos = features.mrope_positions
+    return WireFeatures(items, None if pos is None else _to_wire(pos), features.mrope_delta)
+
+
+def mm_from_wire(w: WireFeatures | None) -> MultiModalFeatures | None:
+    if w is None:
+        return None
+    items = [ImageItem(it.hash, it.offset, it.length, _from_wire(it.pixel_values),
+                       tuple(it.grid_thw)) for it in w.items]
+    pos = None if w.mrope_positions is None else _from_wire(w.mrope_positions)
+    return MultiModalFeatures(items, pos, w.mrope_delta)
 
 
 class AddRequest(msgspec.Struct, tag="add", array_like=True):
@@ -41,6 +93,7 @@ class AddRequest(msgspec.Struct, tag="add", array_like=True):
     priority: int = 0
     parent_id: str | None = None
     lora_id: int = 0
+    mm: WireFeatures | None = None
 
 
 class FinishRequests(msgspec.Struct, tag="finish", array_like=True):

@@ -135,7 +135,7 @@ class _CoreLoop:
         request = Request(request_id=msg.request_id, prompt_token_ids=msg.prompt_token_ids,
                           sampling_params=msg.sampling_params, arrival_time=msg.arrival_time,
                           priority=msg.priority, parent_id=msg.parent_id,
-                          lora_id=msg.lora_id)
+                          lora_id=msg.lora_id, mm_features=self.m.mm_from_wire(msg.mm))
         try:
             self.core.add_request(request)
         except ValueError as e:     # the front end checks first; this is a race or a bug
