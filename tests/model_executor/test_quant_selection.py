@@ -77,7 +77,7 @@ def test_checkpoint_method_is_selected_and_may_be_repeated():
     ({}, "gptq", False, "needs a checkpoint quantized by its tool"),
     ({}, "gptq", False, "quantize a float checkpoint at load: fp8"),
     ({}, "nope", False, "--quantization 'nope' is not supported; supported methods: awq, "
-                        "compressed-tensors, fp8, gptq"),
+                        "compressed-tensors, fp8, gguf, gptq"),
     ({"quantization_config": {"quant_method": "bitsandbytes"}}, None, False,
      "the checkpoint's quantization method 'bitsandbytes' is not supported"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 3}}, None, False,
