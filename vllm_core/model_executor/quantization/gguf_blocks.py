@@ -22,9 +22,9 @@ words (``WNA16Weight`` has 4- and 8-bit layouts). The symmetric types and Q6_K a
 after the conversion; the types with a min (Q4_1, Q4_K, Q5_K) compute ``(q - z) * s`` instead
 of ggml's ``q * s - m'``: both are float32 expressions of the same value, equal up to float32
 rounding of ``z`` (a few ulps of the weight; ``tests/model_executor/test_gguf_quantized.py``
-bounds it against ``gguf.quants.dequantize``). A group whose scale is 0 holds the constant
-``-m'`` (ggml writes ``q = 0`` there); it is stored as ``q = 0``, ``z = 1``, ``s = m'``... with
-signs chosen so ``(0 - 1) * s`` is that constant, which keeps it exact.
+bounds it against ``gguf.quants.dequantize``). A group whose scale is 0 holds one constant
+``b`` (``W = a * q + b`` with ``a = 0``) whatever its integers; it is stored as ``q = 0``,
+``z = 1``, ``s = -b``, which is exact.
 """
 
 from __future__ import annotations
