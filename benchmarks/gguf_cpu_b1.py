@@ -7,8 +7,8 @@ Systems, each in its own subprocess, one after the other (never concurrently):
 
 - ``llama.cpp``: ``llama-cpp-python`` (``pip install llama-cpp-python``; built from source),
   ``Llama(model_path=<the GGUF>, n_threads=T)``, greedy;
-- ``vllm-core q4_1-kept``: the GGUF kept quantized (``--quantization gguf``, the default), fp32
-  activations, the CPU plugin's C++ ``wna16_linear``;
+- ``vllm-core q4_1-kept`` / ``q4_1-kept-bf16``: the GGUF kept quantized (``--quantization
+  gguf``, the default), fp32 / bf16 activations, the CPU plugin's C++ ``wna16_linear``;
 - ``vllm-core dequant-fp32`` / ``dequant-bf16``: ``--gguf-dequantize`` (the float path).
 
 Workload ``cpu-b1``: 1 request, 128 random prompt tokens (seeded, non-special vocabulary),
@@ -32,7 +32,7 @@ from typing import Any
 
 PROMPT_LEN, OUTPUT_LEN, SEED = 128, 256, 0
 RESULT = "B1_RESULT "
-SYSTEMS = ("llama.cpp", "q4_1-kept", "dequant-fp32", "dequant-bf16")
+SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-bf16", "dequant-fp32", "dequant-bf16")
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -85,7 +85,7 @@ def run_llama_cpp(path: str, ids: list[int], threads: int) -> dict[str, Any]:
 def run_ours(system: str, path: str, ids: list[int], threads: int) -> dict[str, Any]:
     from vllm_core import LLM, SamplingParams
 
-    dtype = "bfloat16" if system.endswith("bf16") else "float32"
+    dtype = "bfloat16" if system.endswith("-bf16") else "float32"
     t0 = time.perf_counter()
     llm = LLM(model=path, dtype=dtype, gguf_dequantize=system.startswith("dequant"),
               max_num_seqs=1, enable_prefix_caching=False)      # threads: VLLM_CPU_NUM_THREADS
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = next((ln for ln in lines if ln["system"] == "q4_1-kept" and "decode_tok_s" in ln),
                 None)
     for ln in lines:
-        if kept and ln is not kept and "decode_tok_s" in ln and ln["system"] != "llama.cpp":
+        if kept and ln["system"].startswith("dequant") and "decode_tok_s" in ln:
             summary[f"q4_1-kept_vs_{ln['system']}"] = round(
                 kept["decode_tok_s"] / ln["decode_tok_s"], 3)
     emit(summary, args.output)
