@@ -10,8 +10,8 @@
 // sum_k x[k] * q[k, n] in fp32 and applies the group's scale and zero point once:
 //   y[n] += s[g, n] * (sum_k x[k] q[k, n] - z[g, n] * sum_k x[k]).
 // Each row's result is computed in the same order whatever the number of rows (batch
-// invariant up to kMaxDirectRows). Larger batches (prefill) de-quantize W^T once, in parallel,
-// then run one matmul.
+// invariant up to kMaxDirectRows). Larger batches (prefill) de-quantize W^T once to fp32, in
+// parallel, then run one fp32 matmul (the result cast to the activation dtype).
 //
 // Vectors are GCC/Clang vector extensions: 16 lanes where AVX-512F is enabled (the build is
 // -march=native), 8 lanes otherwise (AVX2 / FMA; NEON pairs on Arm). Work is split over
@@ -169,18 +169,18 @@ void direct(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sc
   });
 }
 
-// W^T [K, N] in T (for the matmul path).
+// W^T [K, N] in fp32 (for the matmul path).
 template <int BITS, typename T>
 at::Tensor dequantize_t(const at::Tensor& qweight, const at::Tensor& scales,
                         const at::Tensor& zeros, int64_t K, int64_t group_size) {
   constexpr int P = 32 / BITS;
   constexpr int32_t kMask = (1 << BITS) - 1;
   const int64_t N = qweight.size(1);
-  auto wt = at::empty({K, N}, scales.options());
+  auto wt = at::empty({K, N}, scales.options().dtype(at::kFloat));
   const int32_t* qw = qweight.data_ptr<int32_t>();
   const T* sp = scales.data_ptr<T>();
   const T* zp = zeros.data_ptr<T>();
-  T* wp = wt.data_ptr<T>();
+  float* wp = wt.data_ptr<float>();
   at::parallel_for(0, K / P, 1, [&](int64_t begin, int64_t end) {
     for (int64_t kk = begin; kk < end; ++kk) {
       const int64_t g = kk * P / group_size;
@@ -190,7 +190,7 @@ at::Tensor dequantize_t(const at::Tensor& qweight, const at::Tensor& scales,
         const float z = static_cast<float>(zp[g * N + n]);
         for (int j = 0; j < P; ++j)
           wp[(kk * P + j) * N + n] =
-              static_cast<T>((static_cast<float>((word >> (BITS * j)) & kMask) - z) * s);
+              (static_cast<float>((word >> (BITS * j)) & kMask) - z) * s;
       }
     }
   });
@@ -203,11 +203,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor&
                int64_t group_size) {
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
   if (M > kMaxDirectRows) {
+    // fp32 W^T and an fp32 matmul whatever the activation dtype: CPUs without native bf16 /
+    // fp16 matmul units run a bf16 GEMM many times slower than an fp32 one
     auto wt = bits == 4 ? dequantize_t<4, T>(qweight, scales, zeros, K, group_size)
                         : dequantize_t<8, T>(qweight, scales, zeros, K, group_size);
-    auto y = at::matmul(x, wt);
-    if (bias.has_value()) y.add_(*bias);
-    return y;
+    auto y = at::matmul(x.to(at::kFloat), wt);
+    if (bias.has_value()) y.add_(bias->to(at::kFloat));
+    return y.to(x.scalar_type());
   }
   auto out = at::empty({M, N}, x.options());
   if (bits == 4)
