@@ -82,6 +82,7 @@ class ModelConfig:
     arch: ModelArchConfig | None = None          # filled by create_engine_config
     quantization: str | None = None              # --quantization (None: the checkpoint's)
     quant_config: Any = None                     # the selected QuantizationConfig, if any
+    gguf_dequantize: bool = False                # --gguf-dequantize: GGUF weights as floats
 
 
 @dataclass(slots=True)

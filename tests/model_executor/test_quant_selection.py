@@ -77,7 +77,7 @@ def test_checkpoint_method_is_selected_and_may_be_repeated():
     ({}, "gptq", False, "needs a checkpoint quantized by its tool"),
     ({}, "gptq", False, "quantize a float checkpoint at load: fp8"),
     ({}, "nope", False, "--quantization 'nope' is not supported; supported methods: awq, "
-                        "compressed-tensors, fp8, gptq"),
+                        "compressed-tensors, fp8, gguf, gptq"),
     ({"quantization_config": {"quant_method": "bitsandbytes"}}, None, False,
      "the checkpoint's quantization method 'bitsandbytes' is not supported"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 3}}, None, False,
@@ -90,7 +90,7 @@ def test_checkpoint_method_is_selected_and_may_be_repeated():
               "input_activations": {"num_bits": 8, "type": "int", "strategy": "token",
                                     "dynamic": True}}}}}, None, False,
      "W4A8 int/int is not supported"),
-    ({}, "awq", True, "this is a GGUF file, de-quantized at load"),
+    ({}, "awq", True, "this is a GGUF file (its own quantization)"),
     ({}, "gguf", False, "--quantization gguf needs a .gguf model file"),
 ])
 def test_refusals_say_why(hf_config, requested, is_gguf, message):

@@ -23,6 +23,7 @@ class EngineArgs:
     seed: int = 0
     load_format: str = "auto"
     quantization: str | None = None          # None: the checkpoint's quantization_config
+    gguf_dequantize: bool = False            # GGUF weights de-quantized at load (not kept)
     generation_config: str = "auto"
     chat_template: str | None = None
     served_model_name: str | None = None
@@ -84,7 +85,11 @@ class EngineArgs:
                        help="weight quantization: read from the checkpoint's "
                             "quantization_config (gptq, awq, compressed-tensors, fp8) when "
                             "unset; 'fp8' quantizes a float checkpoint at load; 'gguf' for "
-                            ".gguf files (de-quantized at load). See docs/quantization.md")
+                            ".gguf files (kept quantized; the default for them). See "
+                            "docs/quantization.md")
+        g.add_argument("--gguf-dequantize", action="store_true",
+                       help="de-quantize a .gguf file's weights to the model dtype at load "
+                            "instead of keeping them quantized")
         g.add_argument("--generation-config", default="auto",
                        help="'auto' (model's generation_config.json), 'vllm' (ignore it), or a folder")
         g.add_argument("--chat-template", default=None, help="a Jinja template file or string")
@@ -328,6 +333,7 @@ class EngineArgs:
         )
         _check_parallel_fits(config)
         platform.check_and_update_config(config)
+        config.model.gguf_dequantize = self.gguf_dequantize
         _select_quantization(config, self.quantization)
         platform.verify_model(config)
         apply_config_hooks(config)
@@ -343,7 +349,8 @@ def _select_quantization(config: Any, requested: str | None) -> None:
     model.quantization = requested
     model.quant_config = select_quantization(
         model.arch.hf_config, requested, is_gguf=model.model.endswith(".gguf"),
-        platform=config.platform_name, dtype=model.dtype)
+        platform=config.platform_name, dtype=model.dtype,
+        gguf_dequantize=model.gguf_dequantize)
 
 
 def _check_parallel_fits(config: Any) -> None:

@@ -205,10 +205,25 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
             .transpose(1, 2).reshape(w.shape))
 
 
-def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:
+def gguf_tensor_types(path: str) -> dict[str, str]:
+    """HF tensor name -> GGML type name (``"Q4_1"``, ``"F32"``...) of every tensor."""
+    g = open_gguf(path)
+    arch_name = g.metadata.get("general.architecture")
+    out = {}
+    for t in g.tensors:
+        name = hf_tensor_name(t.name, arch_name)
+        if name is not None:
+            out[name] = t.tensor_type.name
+    return out
+
+
+def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig,
+                           quant: Any = None) -> Iterator[tuple[str, Any]]:
     """Yield ``(HF name, LazyTensor)``: a tensor is read (and dequantized) only when a layer
     asks for it; rows of F32/F16 tensors that need no q/k un-permutation are sliced on the
-    memory map before they are copied."""
+    memory map before they are copied. With ``quant`` (a ``GGUFConfig``), the weights of the
+    linear layers it keeps quantized are yielded as their ``qweight`` / ``scales`` /
+    ``zeros`` parts instead (``iter_gguf_quantized_parts``)."""
     from gguf import GGMLQuantizationType
 
     from vllm_core.model_executor.weight_source import LazyTensor
@@ -217,9 +232,15 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig) -> Iterator[tuple[s
     arch_name = g.metadata.get("general.architecture")
     permuted = arch_name in _PERMUTED_QK
     whole = dict(iter_gguf_tensor_readers(path, arch))
+    decoded = GGUFRowCache()
     for t in g.tensors:
         name = hf_tensor_name(t.name, arch_name)
         if name is None:
+            continue
+        plan = quant.layer_plan(name) if quant is not None else None
+        if plan is not None:
+            yield from iter_gguf_quantized_parts(name, t, plan, _row_perm(name, arch, permuted),
+                                                 decoded)
             continue
         full = whole[name]
         plain_type = t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
@@ -239,6 +260,68 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig) -> Iterator[tuple[s
             return tensor if dim is None else tensor.narrow(dim, start, size)
 
         yield name, LazyTensor(shape, reader)
+
+
+def _row_perm(name: str, arch: ModelArchConfig, permuted: bool) -> torch.Tensor | None:
+    """The row order ``unpermute_qk`` gives a q / k projection of a permuted file, else None:
+    ``unpermute_qk(w) == w[perm]``."""
+    if permuted and name.endswith("self_attn.q_proj.weight"):
+        return unpermute_qk(torch.arange(arch.num_attention_heads * arch.head_dim),
+                            arch.num_attention_heads)
+    if permuted and name.endswith("self_attn.k_proj.weight"):
+        return unpermute_qk(torch.arange(arch.num_key_value_heads * arch.head_dim),
+                            arch.num_key_value_heads)
+    return None
+
+
+class GGUFRowCache:
+    """The last decoded ``(tensor, rows)``: the three parts of a tensor are read one after
+    the other and share one decode."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, int, int] | None = None
+        self.parts: tuple[torch.Tensor, ...] = ()
+
+    def get(self, key: tuple[str, int, int], make: Any) -> tuple[torch.Tensor, ...]:
+        if key != self.key:
+            self.key, self.parts = None, ()
+            self.parts, self.key = make(), key
+        return self.parts
+
+
+def iter_gguf_quantized_parts(name: str, t: Any, plan: Any, perm: torch.Tensor | None,
+                              cache: GGUFRowCache) -> Iterator[tuple[str, Any]]:
+    """``(name.qweight|scales|zeros, LazyTensor)`` of a kept-quantized GGUF weight ``[N, K]``
+    in the ``WNA16Weight`` layout of ``plan`` (its bits and group). A rank that asks for
+    output columns (dim 1) decodes only those rows of the file (unless the rows are
+    permuted)."""
+    from gguf.quants import quant_shape_from_byte_shape
+
+    from vllm_core.model_executor.quantization.gguf_blocks import decode_rows
+    from vllm_core.model_executor.weight_source import LazyTensor
+
+    n, k = (int(d) for d in quant_shape_from_byte_shape(tuple(t.data.shape), t.tensor_type))
+    kind = t.tensor_type.name
+    stem = name[:-len(".weight")]
+    dtype = torch.float32
+
+    def decode(start: int, size: int) -> tuple[torch.Tensor, ...]:
+        try:
+            rows = decode_rows(kind, np.asarray(t.data[start:start + size]), k)
+        except ValueError as e:
+            raise ValueError(f"GGUF tensor {t.name!r}: {e}") from e
+        return rows.rows(perm).regroup(plan.group).wna16_parts(plan.bits, dtype)
+
+    shapes = {"qweight": (k * plan.bits // 32, n), "scales": (k // plan.group, n),
+              "zeros": (k // plan.group, n)}
+    for index, part in enumerate(("qweight", "scales", "zeros")):
+        def reader(dim: int | None, start: int, size: int, index: int = index) -> torch.Tensor:
+            if dim == 1 and perm is None:
+                return cache.get((t.name, start, size), lambda: decode(start, size))[index]
+            full = cache.get((t.name, 0, n), lambda: decode(0, n))[index]
+            return full if dim is None else full.narrow(dim, start, size)
+
+        yield f"{stem}.{part}", LazyTensor(shapes[part], reader)
 
 
 def iter_gguf_tensor_readers(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:

@@ -187,12 +187,13 @@ def get_model(model_config: ModelConfig, attn_backend: type[AttentionBackend],
     quant = model_config.quant_config
     if quant is None:
         quant = select_quantization(arch.hf_config, model_config.quantization,
-                                    is_gguf=bool(path and path.endswith(".gguf")))
+                                    is_gguf=bool(path and path.endswith(".gguf")),
+                                    gguf_dequantize=model_config.gguf_dequantize)
     model = build_model(arch, attn_backend, torch.device(device), dtype, ops, parallel, quant)
     if load_format == "dummy" or path is None:
         initialize_dummy_weights(model, model_config.seed)
     else:
-        _load_checkpoint(model, _weights_of(path, arch))
+        _load_checkpoint(model, _weights_of(path, arch, quant))
     process_weights_after_loading(model, quant)
     return model.eval()
 
@@ -268,10 +269,13 @@ def process_weights_after_loading(model: nn.Module,
                     "; ".join(f"{k}: {v}" for k, v in described.items()))
 
 
-def _weights_of(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:
-    """Lazy ``(name, LazyTensor)`` pairs: layers read only the slices their rank owns."""
+def _weights_of(path: str, arch: ModelArchConfig,
+                quant: QuantizationConfig | None = None) -> Iterator[tuple[str, Any]]:
+    """Lazy ``(name, LazyTensor)`` pairs: layers read only the slices their rank owns (a GGUF
+    file's kept-quantized layers as their WNA16 parts when ``quant`` is the GGUF method)."""
     if path.endswith(".gguf"):
-        return iter_gguf_weights_lazy(path, arch)
+        return iter_gguf_weights_lazy(path, arch, quant if getattr(quant, "name", None)
+                                      == "gguf" else None)
     if path.endswith(".json"):
         raise ValueError(f"{path} is a config file without weights; use load_format='dummy' "
                          "or pass the model folder")

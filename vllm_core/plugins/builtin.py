@@ -19,6 +19,7 @@ QUANTIZATION_METHODS = {
     "awq": f"{_QUANT}.awq.AWQConfig",
     "compressed-tensors": f"{_QUANT}.compressed_tensors.CompressedTensorsConfig",
     "fp8": f"{_QUANT}.fp8.Fp8Config",
+    "gguf": f"{_QUANT}.gguf.GGUFConfig",
 }
 
 

@@ -46,7 +46,24 @@ class CpuWorker(TorchWorker):
 
 class CpuLayerOps(TorchLayerOps):
     """Torch ops with a batch-invariant linear: oneDNN computes a single-row product with a
-    different kernel (and rounding) than a multi-row one, so one row is computed as two."""
+    different kernel (and rounding) than a multi-row one, so one row is computed as two.
+    Quantized int4 / int8 weight-only layers run the plugin's C++ kernel where it applies
+    (``quant_ops``), else the core's reference."""
+
+    def wna16_linear(self, x: torch.Tensor, w: Any,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+        from vllm_core_cpu import quant_ops
+
+        y = quant_ops.wna16_linear(x, w, bias)
+        return super().wna16_linear(x, w, bias) if y is None else y
+
+    def quant_kernel_name(self, kind: str, w: object) -> str:
+        from vllm_core_cpu import quant_ops
+
+        if kind == "wna16" and quant_ops.kernels_available() and quant_ops.kernel_fits(
+                torch.empty(0, dtype=w.scales.dtype), w, None):
+            return quant_ops.KERNEL_NAME
+        return super().quant_kernel_name(kind, w)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:

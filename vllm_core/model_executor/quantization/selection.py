@@ -2,8 +2,10 @@
 
 Rules (``select_quantization``):
 
-1. A GGUF file is de-quantized at load by the GGUF loader: ``--quantization`` may be unset or
-   ``gguf``; anything else is refused.
+1. A GGUF file is kept quantized (``gguf.GGUFConfig``: its Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K /
+   Q6_K linear layers) unless ``gguf_dequantize`` (``--gguf-dequantize``), then de-quantized
+   at load by the GGUF loader; ``--quantization`` may be unset or ``gguf``; anything else is
+   refused.
 2. A checkpoint whose ``config.json`` has a ``quantization_config`` is loaded with the method
    its ``quant_method`` names (``compressed_tensors`` is the same as ``compressed-tensors``).
    ``--quantization`` may repeat that name; a different one is refused (a checkpoint holds
@@ -47,24 +49,37 @@ def _method_cls(name: str, what: str) -> type[QuantizationConfig]:
     known = list(list_quantization_methods())
     if name not in known:
         raise ValueError(f"{what} {name!r} is not supported; supported methods: "
-                         f"{', '.join(known + ['gguf'])}")
+                         f"{', '.join(known)}")
     return get_quantization_method_cls(name)
 
 
 def select_quantization(hf_config: dict[str, Any], requested: str | None, *,
                         is_gguf: bool = False, platform: str | None = None,
-                        dtype: str | None = None) -> QuantizationConfig | None:
+                        dtype: str | None = None,
+                        gguf_dequantize: bool = False) -> QuantizationConfig | None:
     """The config of the model's quantization method, or None (float weights, or GGUF
     de-quantized at load). ``platform`` / ``dtype`` None skip rule 4 (tests, direct loads).
     Raises ``ValueError`` with the reason."""
     requested = normalize_method_name(requested) if requested else None
     if is_gguf:
         if requested not in (None, "gguf"):
-            raise ValueError(f"--quantization {requested}: this is a GGUF file, de-quantized "
-                             "at load; only --quantization gguf (or none) applies")
-        return None
+            raise ValueError(f"--quantization {requested}: this is a GGUF file (its own "
+                             "quantization); only --quantization gguf (or none) applies")
+        if gguf_dequantize:
+            if requested == "gguf":
+                raise ValueError("--quantization gguf and --gguf-dequantize contradict each "
+                                 "other (keep the weights quantized, or de-quantize them)")
+            return None
+        gguf_file = hf_config.get("gguf_file")
+        if not gguf_file:
+            return None           # an arch config without its file (tests): de-quantized
+        config = _method_cls("gguf", "--quantization").from_checkpoint(
+            {"quant_method": "gguf", "gguf_file": gguf_file})
+        return _checked(config, platform, dtype)
     if requested == "gguf":
         raise ValueError("--quantization gguf needs a .gguf model file")
+    if gguf_dequantize:
+        raise ValueError("--gguf-dequantize needs a .gguf model file")
     found = checkpoint_quant_method(hf_config)
     if found is not None:
         if requested is not None and requested != found:
@@ -84,6 +99,12 @@ def select_quantization(hf_config: dict[str, Any], requested: str | None, *,
         config = cls.for_online()
     else:
         return None
+    return _checked(config, platform, dtype)
+
+
+def _checked(config: QuantizationConfig, platform: str | None,
+             dtype: str | None) -> QuantizationConfig:
+    """Rule 4 (skipped when ``platform`` or ``dtype`` is None)."""
     if platform is not None and dtype is not None:
         reasons = config.unsupported_reasons(platform, dtype)
         if reasons:

@@ -1,0 +1,179 @@
+"""``cpu-b1``: batch-1 decode of the embedded SmolLM2-135M Q4_1 GGUF, vllm-core against
+llama.cpp on the same file with the same threads, in one run.
+
+    python benchmarks/gguf_cpu_b1.py [--threads 2] [--output results.jsonl]
+
+Systems, each in its own subprocess, one after the other (never concurrently):
+
+- ``llama.cpp``: ``llama-cpp-python`` (``pip install llama-cpp-python``; built from source),
+  ``Llama(model_path=<the GGUF>, n_threads=T)``, greedy;
+- ``vllm-core q4_1-kept`` / ``q4_1-kept-bf16``: the GGUF kept quantized (``--quantization
+  gguf``, the default), fp32 / bf16 activations, the CPU plugin's C++ ``wna16_linear``;
+- ``vllm-core dequant-fp32`` / ``dequant-bf16``: ``--gguf-dequantize`` (the float path).
+
+Workload ``cpu-b1``: 1 request, 128 random prompt tokens (seeded, non-special vocabulary),
+256 output tokens (``ignore_eos``; llama.cpp: 256 tokens taken from its generator). Decode
+tok/s = 255 / (time to the 256th token - time to the first), so prefill is excluded. One
+JSON line per system with the CPU name / ISA and the load average before and after it ran;
+the last line holds the ratios of each vllm-core system against llama.cpp. A system that
+cannot run (llama-cpp-python not installed) gets a line with its ``error``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT_LEN, OUTPUT_LEN, SEED = 128, 256, 0
+RESULT = "B1_RESULT "
+SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-bf16", "dequant-fp32", "dequant-bf16")
+
+
+def cpu_facts() -> dict[str, Any]:
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+           if f in flags]
+    return {"cpu": name, "isa": isa, "cores": os.cpu_count()}
+
+
+def prompt_ids(path: str) -> list[int]:
+    import numpy as np
+
+    from vllm_core.model_executor.loader import get_tokenizer
+
+    tok = get_tokenizer(path)
+    special = set(tok.all_special_ids)
+    allowed = np.array([i for i in range(tok.vocab_size) if i not in special])
+    return np.random.default_rng(SEED).choice(allowed, PROMPT_LEN).tolist()
+
+
+def run_llama_cpp(path: str, ids: list[int], threads: int) -> dict[str, Any]:
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+                n_batch=PROMPT_LEN, verbose=False)
+    startup = time.perf_counter() - t0
+    out, stamps = [], []
+    llm.generate(ids[:8], temp=0.0).__next__()          # warm-up
+    llm.reset()
+    t0 = time.perf_counter()
+    for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        out.append(int(tok))
+        stamps.append(time.perf_counter())
+        if len(out) == OUTPUT_LEN:
+            break
+    return {"startup_s": startup, "ttft_s": stamps[0] - t0,
+            "decode_tok_s": (OUTPUT_LEN - 1) / (stamps[-1] - stamps[0]), "tokens": out[:16]}
+
+
+def run_ours(system: str, path: str, ids: list[int], threads: int) -> dict[str, Any]:
+    from vllm_core import LLM, SamplingParams
+
+    dtype = "bfloat16" if system.endswith("-bf16") else "float32"
+    t0 = time.perf_counter()
+    llm = LLM(model=path, dtype=dtype, gguf_dequantize=system.startswith("dequant"),
+              max_num_seqs=1, enable_prefix_caching=False)      # threads: VLLM_CPU_NUM_THREADS
+    startup = time.perf_counter() - t0
+    prompt = {"prompt_token_ids": ids}
+
+    def timed(n: int) -> tuple[float, list[int]]:
+        sp = SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0)
+        t = time.perf_counter()
+        out = llm.generate([prompt], sp, use_tqdm=False)
+        return time.perf_counter() - t, list(out[0].outputs[0].token_ids)
+
+    timed(8)                                              # warm-up
+    t_first, _ = timed(1)
+    t_all, toks = timed(OUTPUT_LEN)
+    return {"startup_s": startup, "ttft_s": t_first,
+            "decode_tok_s": (OUTPUT_LEN - 1) / (t_all - t_first), "tokens": toks[:16]}
+
+
+def child(system: str, path: str, threads: int) -> None:
+    ids = prompt_ids(path)
+    r = run_llama_cpp(path, ids, threads) if system == "llama.cpp" else run_ours(
+        system, path, ids, threads)
+    print(RESULT + json.dumps(r), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--model", default=None, help="GGUF file (default: the embedded model)")
+    p.add_argument("--output", type=Path, default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from vllm_core.model_executor.default_model import default_model_path
+
+    path = args.model or default_model_path()
+    if args.child:
+        child(args.child, path, args.threads)
+        return 0
+    facts = cpu_facts()
+    lines = []
+    for system in args.systems.split(","):
+        before = os.getloadavg()
+        proc = subprocess.run([sys.executable, __file__, "--child", system, "--threads",
+                               str(args.threads), "--model", path],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "VLLM_CPU_NUM_THREADS": str(args.threads),
+                                   "OMP_NUM_THREADS": str(args.threads)})
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+        line: dict[str, Any] = {"bench": "cpu-b1", "system": system, "model": Path(path).name,
+                                "threads": args.threads, "prompt_len": PROMPT_LEN,
+                                "output_len": OUTPUT_LEN, **facts,
+                                "loadavg_before": round(before[0], 2)}
+        if found:
+            line.update(json.loads(found[-1][len(RESULT):]))
+        else:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            line["error"] = " | ".join(tail) or f"exit code {proc.returncode}"
+        line["loadavg_after"] = round(os.getloadavg()[0], 2)
+        lines.append(line)
+        emit(line, args.output)
+    peer = next((ln for ln in lines if ln["system"] == "llama.cpp" and "decode_tok_s" in ln),
+                None)
+    summary: dict[str, Any] = {"bench": "cpu-b1", "summary": True}
+    for ln in lines:
+        if "decode_tok_s" in ln and ln["system"] != "llama.cpp":
+            summary[f"{ln['system']}_decode_tok_s"] = round(ln["decode_tok_s"], 2)
+            if peer:
+                summary[f"{ln['system']}_vs_llama_cpp"] = round(
+                    ln["decode_tok_s"] / peer["decode_tok_s"], 3)
+    kept = next((ln for ln in lines if ln["system"] == "q4_1-kept" and "decode_tok_s" in ln),
+                None)
+    for ln in lines:
+        if kept and ln["system"].startswith("dequant") and "decode_tok_s" in ln:
+            summary[f"q4_1-kept_vs_{ln['system']}"] = round(
+                kept["decode_tok_s"] / ln["decode_tok_s"], 3)
+    emit(summary, args.output)
+    return 0
+
+
+def emit(line: dict[str, Any], output: Path | None) -> None:
+    text = json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in line.items()})
+    print(text, flush=True)
+    if output is not None:
+        with output.open("a", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The CPU plugin's C++ int4 / int8 weight-only linear (``csrc/wna16_gemm.cpp``) against the
+core's de-quantize-then-matmul reference, its fallbacks, and the default model (SmolLM2 Q4_1
+GGUF) kept quantized against the same weights de-quantized in fp32 (greedy tokens)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_core.model_executor.quantization.quantized_weights import (
+    WNA16Weight,
+    pack_int32,
+    wna16_linear_reference,
+)
+from vllm_core_cpu import quant_ops
+from vllm_core_cpu.worker import CpuLayerOps
+
+pytestmark = pytest.mark.skipif(not quant_ops.kernels_available(),
+                                reason="the CPU plugin's C++ kernels did not build here")
+
+
+def random_weight(k: int, n: int, bits: int, group: int, dtype: torch.dtype,
+                  g: torch.Generator) -> WNA16Weight:
+    q = torch.randint(0, 2 ** bits, (k, n), generator=g)
+    groups = k // group
+    scales = (torch.rand(groups, n, generator=g) * 0.02 + 1e-3).to(dtype)
+    zeros = (torch.rand(groups, n, generator=g) * 2 ** bits).to(dtype)
+    return WNA16Weight(pack_int32(q, bits, 0), scales, zeros, None, bits, group, k, n)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [16, 32, 128])
+@pytest.mark.parametrize("k,n", [(256, 48), (384, 160), (128, 16)])
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 16, 20])
+def test_kernel_matches_reference_fp32(bits, group, k, n, rows):
+    g = torch.Generator().manual_seed(bits * 1000 + group + k + rows)
+    w = random_weight(k, n, bits, group, torch.float32, g)
+    x = torch.randn(rows, k, generator=g)
+    bias = torch.randn(n, generator=g)
+    got = quant_ops.wna16_linear(x, w, bias)
+    assert got is not None and got.dtype == torch.float32
+    # fp32 rounding: the kernel sums x * q per group, then subtracts z * sum(x) (terms up to
+    # 255 * |x| that cancel), so the bound scales with sum |x| * q * s, not with |y|
+    ref = wna16_linear_reference(x, w, bias)
+    bound = 1e-6 * (x.abs() @ (w.scales.float().max() * 2 ** bits * torch.ones(k, n)))
+    assert bool(((got - ref).abs() <= bound + 1e-6).all()), (got - ref).abs().max()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [1, 5, 24])
+def test_kernel_matches_reference_bf16(bits, rows):
+    g = torch.Generator().manual_seed(rows + bits)
+    w = random_weight(512, 96, bits, 32, torch.bfloat16, g)
+    x = torch.randn(rows, 512, generator=g).bfloat16()
+    got = quant_ops.wna16_linear(x, w, None)
+    assert got.dtype == torch.bfloat16
+    ref = wna16_linear_reference(x.float(), WNA16Weight(
+        w.qweight, w.scales.float(), w.zeros.float(), None, bits, 32, 512, 96))
+    # bf16 rounding of the output (and, from 17 rows on, of the de-quantized weight)
+    err = (got.float() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-2, err
+
+
+def test_small_batches_are_row_independent():
+    """Up to 16 rows each row is computed alone, in one order (batch invariant)."""
+    g = torch.Generator().manual_seed(3)
+    w = random_weight(576, 960, 4, 32, torch.float32, g)
+    x = torch.randn(16, 576, generator=g)
+    batched = quant_ops.wna16_linear(x, w, None)
+    for r in range(16):
+        assert torch.equal(quant_ops.wna16_linear(x[r:r + 1], w, None)[0], batched[r])
+
+
+def test_layer_ops_use_the_kernel_and_fall_back():
+    g = torch.Generator().manual_seed(4)
+    ops = CpuLayerOps()
+    w = random_weight(256, 48, 4, 32, torch.float32, g)
+    assert ops.quant_kernel_name("wna16", w) == quant_ops.KERNEL_NAME
+    x = torch.randn(2, 3, 256, generator=g)             # [..., K] inputs keep their shape
+    y = ops.wna16_linear(x, w)
+    assert y.shape == (2, 3, 48)
+    torch.testing.assert_close(y, wna16_linear_reference(x, w), atol=2e-5, rtol=2e-5)
+    # act-order g_idx and output widths the kernel does not tile: the reference
+    perm = torch.randperm(256, generator=g).int() // 32
+    act = WNA16Weight(w.qweight, w.scales, w.zeros, perm, 4, 32, 256, 48)
+    assert not quant_ops.kernel_fits(x, act, None)
+    torch.testing.assert_close(ops.wna16_linear(x, act), wna16_linear_reference(x, act))
+    odd = random_weight(256, 40, 4, 32, torch.float32, g)
+    assert not quant_ops.kernel_fits(x, odd, None)
+    assert ops.quant_kernel_name("wna16", odd).startswith("torch reference")
+    torch.testing.assert_close(ops.wna16_linear(x, odd), wna16_linear_reference(x, odd))
+
+
+@torch.no_grad()
+def greedy(model, arch, prompt: list[int], steps: int) -> tuple[list[int], list[torch.Tensor]]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "model_executor"))
+    from model_test_utils import new_kv_caches, run_step
+
+    tokens, logits_seen = list(prompt), []
+    kv = new_kv_caches(arch, 16)
+    context = 0
+    new = list(prompt)
+    for _ in range(steps):
+        (logits,) = run_step(model, kv, [new], [context])
+        context += len(new)
+        last = logits[-1]
+        logits_seen.append(last)
+        new = [int(last.argmax())]
+        tokens.append(new[0])
+    return tokens[len(prompt):], logits_seen
+
+
+@pytest.mark.slow
+def test_default_model_kept_quantized_greedy_matches_dequantized_fp32():
+    """SmolLM2-135M Q4_1 with the C++ kernel vs the same file de-quantized to fp32: greedy
+    tokens identical, or the kept-quantized token is in the fp32 model's top 5 where they
+    first differ."""
+    from vllm_core.attention.backends.reference import ReferenceAttentionBackend
+    from vllm_core.config import ModelConfig
+    from vllm_core.model_executor.loader import get_model, load_arch_config, resolve_model
+
+    path = resolve_model(None)
+    arch = load_arch_config(path)
+    kept = get_model(ModelConfig(model=path, dtype="float32"), ReferenceAttentionBackend,
+                     torch.device("cpu"), ops=CpuLayerOps())
+    qkv = kept.model.layers[0].self_attn.qkv_proj
+    assert qkv.qweights.bits == 4 and not hasattr(qkv, "weight")
+    deq = get_model(ModelConfig(model=path, dtype="float32", gguf_dequantize=True),
+                    ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
+    prompt = [1780, 314, 260, 3575, 282, 4649, 47]           # "What is the capital of France?"
+    got, _ = greedy(kept, arch, prompt, 24)
+    ref, ref_logits = greedy(deq, arch, prompt, 24)
+    for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+        if a != b:
+            top5 = ref_logits[i].topk(5).indices.tolist()
+            assert a in top5, (i, got, ref)
+            break

@@ -1,0 +1,264 @@
+// Weight-only int4 / int8 linear for the CPU plugin, reading the core's WNA16Weight layout
+// (vllm_core/model_executor/quantization/quantized_weights.py) directly:
+//   qweight int32 [K / P, N] (P = 32 / bits values per word, least significant first),
+//   scales, zeros [G, N] in the activation dtype, W[n, k] = (q - zeros[g, n]) * scales[g, n],
+//   g = k / group_size (no act-order g_idx: the Python side falls back to the reference).
+//
+// Small batches (rows <= kMaxDirectRows): the packed words are streamed once per chunk of up to
+// 4 rows. Vector lanes run over output columns (one int32 word of qweight holds P inputs of one
+// column, and a row of qweight is contiguous over columns); per group the kernel accumulates
+// sum_k x[k] * q[k, n] in fp32 and applies the group's scale and zero point once:
+//   y[n] += s[g, n] * (sum_k x[k] q[k, n] - z[g, n] * sum_k x[k]).
+// Each row's result is computed in the same order whatever the number of rows (batch
+// invariant up to kMaxDirectRows). Larger batches (prefill) de-quantize W^T once to fp32, in
+// parallel, then run one fp32 matmul (the result cast to the activation dtype).
+//
+// Vectors are GCC/Clang vector extensions: 16 lanes where AVX-512F is enabled (the build is
+// -march=native), 8 lanes otherwise (AVX2 / FMA; NEON pairs on Arm). Work is split over
+// blocks of output columns with ATen's intra-op thread pool (OpenMP).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int64_t kL = 16;
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+#else
+constexpr int64_t kL = 8;
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint16_t vh __attribute__((vector_size(16)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+#endif
+constexpr int64_t kMaxDirectRows = 16;
+constexpr int kRowChunk = 4;
+
+inline vf loadv(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline vf loadv(const c10::BFloat16* p) {
+  vh raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  vu wide = __builtin_convertvector(raw, vu) << 16;
+  vf v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return v;
+}
+inline vf loadv(const c10::Half* p) {
+  vf v;
+  for (int i = 0; i < kL; ++i) v[i] = static_cast<float>(p[i]);
+  return v;
+}
+inline vi loadi(const int32_t* p) {
+  vi v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void storev(T* p, vf v) {
+  for (int i = 0; i < kL; ++i) p[i] = static_cast<T>(v[i]);
+}
+inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Rows [m0, m0 + MB) x columns [n0, n0 + NB * kL) of y.
+// x: fp32 [M, K]; xsum: fp32 [M, G] (sum of x over each group).
+template <int BITS, int MB, int NB, typename T>
+void block_kernel(const float* x, const float* xsum, const int32_t* qw, const T* scales,
+                  const T* zeros, const T* bias, T* out, int64_t K, int64_t N, int64_t G,
+                  int64_t words_per_group, int64_t m0, int64_t n0) {
+  constexpr int P = 32 / BITS;
+  constexpr int32_t kMask = (1 << BITS) - 1;
+  vf acc[MB][NB];
+  for (int m = 0; m < MB; ++m)
+    for (int b = 0; b < NB; ++b) acc[m][b] = vf{} ;
+  const float* xr[MB];
+  for (int m = 0; m < MB; ++m) xr[m] = x + (m0 + m) * K;
+  for (int64_t g = 0; g < G; ++g) {
+    vf gacc[MB][NB];
+    for (int m = 0; m < MB; ++m)
+      for (int b = 0; b < NB; ++b) gacc[m][b] = vf{};
+    const int64_t kk0 = g * words_per_group;
+    for (int64_t kk = kk0; kk < kk0 + words_per_group; ++kk) {
+      const int32_t* row = qw + kk * N + n0;
+      vi word[NB];
+      for (int b = 0; b < NB; ++b) word[b] = loadi(row + b * kL);
+#pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) {
+        for (int b = 0; b < NB; ++b) {
+          const vf q = __builtin_convertvector((word[b] >> (BITS * j)) & kMask, vf);
+          for (int m = 0; m < MB; ++m) gacc[m][b] += xr[m][kk * P + j] * q;
+        }
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      const vf s = loadv(scales + g * N + n0 + b * kL);
+      const vf z = loadv(zeros + g * N + n0 + b * kL);
+      for (int m = 0; m < MB; ++m)
+        acc[m][b] += s * (gacc[m][b] - z * xsum[(m0 + m) * G + g]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    vf add = bias != nullptr ? loadv(bias + n0 + b * kL) : vf{};
+    for (int m = 0; m < MB; ++m) storev(out + (m0 + m) * N + n0 + b * kL, acc[m][b] + add);
+  }
+}
+
+template <int BITS, int NB, typename T>
+void rows_kernel(const float* x, const float* xsum, const int32_t* qw, const T* scales,
+                 const T* zeros, const T* bias, T* out, int64_t M, int64_t K, int64_t N,
+                 int64_t G, int64_t wpg, int64_t n0) {
+  int64_t m0 = 0;
+  for (; m0 + kRowChunk <= M; m0 += kRowChunk)
+    block_kernel<BITS, kRowChunk, NB>(x, xsum, qw, scales, zeros, bias, out, K, N, G, wpg, m0,
+                                      n0);
+  switch (M - m0) {
+    case 3: block_kernel<BITS, 3, NB>(x, xsum, qw, scales, zeros, bias, out, K, N, G, wpg, m0,
+                                      n0); break;
+    case 2: block_kernel<BITS, 2, NB>(x, xsum, qw, scales, zeros, bias, out, K, N, G, wpg, m0,
+                                      n0); break;
+    case 1: block_kernel<BITS, 1, NB>(x, xsum, qw, scales, zeros, bias, out, K, N, G, wpg, m0,
+                                      n0); break;
+    default: break;
+  }
+}
+
+template <int BITS, typename T>
+void direct(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+            const at::Tensor& zeros, const c10::optional<at::Tensor>& bias, at::Tensor& out,
+            int64_t group_size) {
+  const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
+  const int64_t G = K / group_size, wpg = group_size / (32 / BITS);
+  // fp32 copy of x and the per-group sums (one pass; M * K is small here)
+  std::vector<float> xf(M * K), xs(M * G, 0.0f);
+  const T* xp = x.data_ptr<T>();
+  for (int64_t i = 0; i < M * K; ++i) xf[i] = static_cast<float>(xp[i]);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      float s = 0.0f;
+      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) s += xf[m * K + k];
+      xs[m * G + g] = s;
+    }
+  const int32_t* qw = qweight.data_ptr<int32_t>();
+  const T* sp = scales.data_ptr<T>();
+  const T* zp = zeros.data_ptr<T>();
+  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+  constexpr int64_t kWide = 2 * kL;
+  const int64_t wide_blocks = N / kWide;
+  const int64_t narrow = (N - wide_blocks * kWide) / kL;     // 0 or 1 trailing kL block
+  at::parallel_for(0, wide_blocks + narrow, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      if (blk < wide_blocks)
+        rows_kernel<BITS, 2, T>(xf.data(), xs.data(), qw, sp, zp, bp, op, M, K, N, G, wpg,
+                                blk * kWide);
+      else
+        rows_kernel<BITS, 1, T>(xf.data(), xs.data(), qw, sp, zp, bp, op, M, K, N, G, wpg,
+                                wide_blocks * kWide);
+    }
+  });
+}
+
+// W^T [K, N] in fp32 (for the matmul path).
+template <int BITS, typename T>
+at::Tensor dequantize_t(const at::Tensor& qweight, const at::Tensor& scales,
+                        const at::Tensor& zeros, int64_t K, int64_t group_size) {
+  constexpr int P = 32 / BITS;
+  constexpr int32_t kMask = (1 << BITS) - 1;
+  const int64_t N = qweight.size(1);
+  auto wt = at::empty({K, N}, scales.options().dtype(at::kFloat));
+  const int32_t* qw = qweight.data_ptr<int32_t>();
+  const T* sp = scales.data_ptr<T>();
+  const T* zp = zeros.data_ptr<T>();
+  float* wp = wt.data_ptr<float>();
+  at::parallel_for(0, K / P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t kk = begin; kk < end; ++kk) {
+      const int64_t g = kk * P / group_size;
+      for (int64_t n = 0; n < N; ++n) {
+        const int32_t word = qw[kk * N + n];
+        const float s = static_cast<float>(sp[g * N + n]);
+        const float z = static_cast<float>(zp[g * N + n]);
+        for (int j = 0; j < P; ++j)
+          wp[(kk * P + j) * N + n] =
+              (static_cast<float>((word >> (BITS * j)) & kMask) - z) * s;
+      }
+    }
+  });
+  return wt;
+}
+
+template <typename T>
+at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+               const at::Tensor& zeros, const c10::optional<at::Tensor>& bias, int64_t bits,
+               int64_t group_size) {
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
+  if (M > kMaxDirectRows) {
+    // fp32 W^T and an fp32 matmul whatever the activation dtype: CPUs without native bf16 /
+    // fp16 matmul units run a bf16 GEMM many times slower than an fp32 one
+    auto wt = bits == 4 ? dequantize_t<4, T>(qweight, scales, zeros, K, group_size)
+                        : dequantize_t<8, T>(qweight, scales, zeros, K, group_size);
+    auto y = at::matmul(x.to(at::kFloat), wt);
+    if (bias.has_value()) y.add_(bias->to(at::kFloat));
+    return y.to(x.scalar_type());
+  }
+  auto out = at::empty({M, N}, x.options());
+  if (bits == 4)
+    direct<4, T>(x, qweight, scales, zeros, bias, out, group_size);
+  else
+    direct<8, T>(x, qweight, scales, zeros, bias, out, group_size);
+  return out;
+}
+
+// y [M, N] = x [M, K] @ W^T (+ bias); x, scales, zeros and bias share one dtype.
+at::Tensor wna16_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                        const at::Tensor& zeros, const c10::optional<at::Tensor>& bias,
+                        int64_t bits, int64_t group_size) {
+  TORCH_CHECK(bits == 4 || bits == 8, "wna16_linear: bits must be 4 or 8");
+  TORCH_CHECK(x.dim() == 2 && qweight.dim() == 2, "wna16_linear: x [M, K], qweight [K/P, N]");
+  TORCH_CHECK(qweight.scalar_type() == at::kInt, "wna16_linear: qweight must be int32");
+  const int64_t K = x.size(1), N = qweight.size(1), P = 32 / bits;
+  TORCH_CHECK(qweight.size(0) * P == K, "wna16_linear: qweight has ", qweight.size(0) * P,
+              " inputs, x has ", K);
+  TORCH_CHECK(group_size > 0 && K % group_size == 0 && group_size % P == 0,
+              "wna16_linear: group_size must divide K and be a multiple of ", P);
+  TORCH_CHECK(N % kL == 0, "wna16_linear: N must be a multiple of ", kL);
+  TORCH_CHECK(scales.scalar_type() == x.scalar_type() && zeros.scalar_type() == x.scalar_type(),
+              "wna16_linear: scales and zeros must have the activation dtype");
+  TORCH_CHECK(scales.size(0) == K / group_size && scales.size(1) == N &&
+                  zeros.sizes() == scales.sizes(),
+              "wna16_linear: scales / zeros must be [K / group_size, N]");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == x.scalar_type() &&
+                                    bias->numel() == N),
+              "wna16_linear: bias must be [N] in the activation dtype");
+  auto xc = x.contiguous();
+  auto qc = qweight.contiguous();
+  auto sc = scales.contiguous();
+  auto zc = zeros.contiguous();
+  c10::optional<at::Tensor> bc;
+  if (bias.has_value()) bc = bias->contiguous();
+  switch (x.scalar_type()) {
+    case at::kFloat: return run<float>(xc, qc, sc, zc, bc, bits, group_size);
+    case at::kBFloat16: return run<c10::BFloat16>(xc, qc, sc, zc, bc, bits, group_size);
+    case at::kHalf: return run<c10::Half>(xc, qc, sc, zc, bc, bits, group_size);
+    default: TORCH_CHECK(false, "wna16_linear: unsupported dtype ", x.scalar_type());
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
+  m.def("wna16_linear(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, "
+        "int bits, int group_size) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("wna16_linear", &wna16_linear); }

@@ -1,0 +1,47 @@
+"""The CPU plugin's quantized linear kernels (``csrc/wna16_gemm.cpp``) behind ``CpuLayerOps``.
+
+``wna16_linear(x, w, bias)`` runs ``torch.ops.vllm_core_cpu.wna16_linear`` on the core's
+``WNA16Weight`` layout as it is (no CPU-specific repack) when the kernel build is available and
+the weight fits it, and returns None otherwise so the caller uses the torch reference. The
+kernel covers 4 / 8 bits, any group size that divides the inputs (a multiple of the values
+packed per int32; ``group_size == -1`` layers have one group), no act-order ``g_idx``, output
+features a multiple of 16, and float32 / bfloat16 / float16 activations whose dtype the scales,
+zero points and bias share.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_core.model_executor.quantization.quantized_weights import WNA16Weight
+
+KERNEL_NAME = "cpu wna16_gemm (C++: packed int4/int8 read directly, fp32 accumulation)"
+
+
+def kernel_fits(x: torch.Tensor, w: WNA16Weight, bias: torch.Tensor | None) -> bool:
+    """True when the C++ kernel handles this call (see the module docstring)."""
+    p = 32 // w.bits
+    gs = w.group_size if w.group_size > 0 else w.in_features
+    return (w.bits in (4, 8) and w.g_idx is None and w.out_features % 16 == 0
+            and w.in_features % gs == 0 and gs % p == 0
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and w.scales.dtype == x.dtype and w.zeros.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype))
+
+
+def kernels_available() -> bool:
+    from vllm_core_cpu.kernels import load_kernels
+
+    return load_kernels() and hasattr(torch.ops.vllm_core_cpu, "wna16_linear")
+
+
+def wna16_linear(x: torch.Tensor, w: WNA16Weight,
+                 bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``x @ dequantize(w).T + bias`` by the C++ kernel, or None when it does not apply."""
+    if not kernel_fits(x, w, bias) or not kernels_available():
+        return None
+    gs = w.group_size if w.group_size > 0 else w.in_features
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.ops.vllm_core_cpu.wna16_linear(x2, w.qweight, w.scales, w.zeros, bias, w.bits,
+                                             gs)
+    return y.reshape(*x.shape[:-1], w.out_features)
