@@ -454,8 +454,8 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
         cmd += ["--attention-backend", args.attention_backend]
     if args.async_scheduling is not None:
         cmd.append("--async-scheduling" if args.async_scheduling else "--no-async-scheduling")
-    if not args.pipeline_micro_batching:
-        cmd.append("--no-pipeline-micro-batching")
+    cmd.append("--pipeline-micro-batching" if args.pipeline_micro_batching
+               else "--no-pipeline-micro-batching")
     if args.profile and worker == "vllm-core":
         cmd += ["--profile", args.profile]
     t0 = time.perf_counter()
@@ -491,7 +491,8 @@ def driver(args: argparse.Namespace) -> None:
     if "error" in c:
         raise SystemExit(f"could not measure the ceilings: {c['error']}")
     ceilings = Ceilings(c["bandwidth_bytes_s"], c["matmul_flops_s"], c["device"])
-    num_gpus = args.tensor_parallel_size * args.pipeline_parallel_size
+    num_gpus = (args.tensor_parallel_size * args.pipeline_parallel_size
+                * args.data_parallel_size)
     shape = ModelShape.from_hf_config(json.loads((args.model_dir / "config.json").read_text()))
     out = open(args.output, "a") if args.output else None
 
@@ -584,7 +585,7 @@ def main() -> None:
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
                    help="vllm-core: engine cores, each on its own TP x PP GPUs")
     p.add_argument("--pipeline-micro-batching", action=argparse.BooleanOptionalAction,
-                   default=True, help="vllm-core with -pp > 1: one batch in flight per stage")
+                   default=False, help="vllm-core with -pp > 1: one batch in flight per stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")
     p.add_argument("--profile", default=None,

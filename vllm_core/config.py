@@ -166,7 +166,7 @@ class ParallelConfig:
     distributed_executor_backend: str = "uni"
     data_parallel_size: int = 1
     enable_expert_parallel: bool = False      # MoE experts sharded over the TP ranks (EP = TP)
-    pipeline_micro_batching: bool = True      # PP > 1: one batch in flight per stage
+    pipeline_micro_batching: bool = False     # PP > 1: one batch in flight per stage
 
     @property
     def world_size(self) -> int:

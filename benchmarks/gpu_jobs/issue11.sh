@@ -38,7 +38,7 @@ mark "0 install"
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/vc11 \
     . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 \
     || mark "0 install FAILED (see install.log)"
-export PYTHONPATH=/tmp/vc11
+export PYTHONPATH=/tmp/vc11${PYTHONPATH:+:$PYTHONPATH}   # after the carried wheels run_all.sh installed
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > "$D/gpu.txt" 2>&1
 MODEL=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from throughput_gpu import \
 DEFAULT_MODEL_DIR, ensure_model_dir; print(ensure_model_dir(DEFAULT_MODEL_DIR))" 2>>"$D/install.log")
@@ -93,7 +93,7 @@ if ls "$WHL"/flashinfer_python-*.whl > /dev/null 2>&1; then
 else
     mark "4 no wheels in .whl3: flashinfer steps will report it missing"
 fi
-export PYTHONPATH=/tmp/vc11:/tmp/fi
+export PYTHONPATH=/tmp/vc11:/tmp/fi:${PYTHONPATH#/tmp/vc11:}
 export PATH="/tmp/fi/bin:$PATH"
 export FLASHINFER_WORKSPACE_BASE="$D/fi-cache"      # its JIT cache (nvcc builds) lives here
 export VLLM_CACHE_ROOT="$D/cache-offline"           # warm: step 1 compiled the Triton kernels

@@ -28,7 +28,7 @@ mark "0 install"
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/vc14dp \
     . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 \
     || mark "0 install FAILED (see install.log)"
-export PYTHONPATH=/tmp/vc14dp
+export PYTHONPATH=/tmp/vc14dp${PYTHONPATH:+:$PYTHONPATH}   # after the carried wheels run_all.sh installed
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$D/gpu.txt" 2>&1
 cat "$D/gpu.txt"
 

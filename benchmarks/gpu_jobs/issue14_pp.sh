@@ -37,7 +37,7 @@ python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count())' |
 B="python3 benchmarks/throughput_gpu.py --systems vllm-core"
 # 1. gpu-8b: TP=1, PP=2 micro-batched, PP=2 one step at a time (same run, same prompts)
 step 8b-tp1 60 $B --workload gpu-8b -tp 1 --output "$D/8b-tp1.jsonl"
-step 8b-pp2-micro 70 $B --workload gpu-8b -pp 2 --output "$D/8b-pp2-micro.jsonl"
+step 8b-pp2-micro 70 $B --workload gpu-8b -pp 2 --pipeline-micro-batching --output "$D/8b-pp2-micro.jsonl"
 step 8b-pp2-no-micro 70 $B --workload gpu-8b -pp 2 --no-pipeline-micro-batching \
     --output "$D/8b-pp2-no-micro.jsonl"
 
@@ -89,7 +89,7 @@ print(json.dumps(out))
 EOF
 
 # 4. batch 1 at PP=2 (one request: nothing to overlap; the micro-batching overhead shows here)
-step b1-pp2 50 $B --workload gpu-8b-b1 -pp 2 --output "$D/b1-pp2.jsonl"
+step b1-pp2 50 $B --workload gpu-8b-b1 -pp 2 --pipeline-micro-batching --output "$D/b1-pp2.jsonl"
 
 # 5. greedy parity PP=2 (micro-batched: the default) vs TP=1 on the 8B shape, if time is left
 step parity-pp2 110 python3 benchmarks/parallel_parity.py --layouts pp2 \

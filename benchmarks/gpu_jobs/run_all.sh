@@ -20,7 +20,7 @@ rm -rf "$stage" && mkdir -p "$stage"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
 wheels=()
-for d in .whl .whl2 .whl3; do [ -d "$d" ] && wheels+=("$d"/*.whl); done
+for d in .whl .whl2 .whl3 .whl4; do [ -d "$d" ] && wheels+=("$d"/*.whl); done
 if [ ${#wheels[@]} -gt 0 ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${wheels[@]}"
 fi

@@ -42,7 +42,7 @@ class EngineArgs:
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1              # engine cores behind one front end
     enable_expert_parallel: bool = False
-    pipeline_micro_batching: bool = True
+    pipeline_micro_batching: bool = False     # measured slower on 2 H200s (docs/distributed.md)
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
     attention_backend: str | None = None
     enforce_eager: bool = False
@@ -117,10 +117,11 @@ class EngineArgs:
                        help="engine cores (each of TP x PP ranks, with its own KV cache) "
                             "serving requests side by side behind one front end")
         g.add_argument("--pipeline-micro-batching", action=argparse.BooleanOptionalAction,
-                       default=True,
+                       default=False,
                        help="with -pp > 1, keep one batch of distinct requests in flight per "
-                            "stage so the stages run at once (--no-pipeline-micro-batching: "
-                            "one step at a time)")
+                            "stage so the stages run at once (off by default: on two H200s "
+                            "it measured slower than one step at a time, see "
+                            "docs/distributed.md)")
         g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
                        help="mixture-of-experts models: shard whole experts over the TP ranks "
                             "(expert parallelism, EP size = TP size) instead of splitting "

@@ -61,14 +61,18 @@ def test_kernel_matches_reference_bf16(bits, rows):
     assert err < 1e-2, err
 
 
-def test_small_batches_are_row_independent():
-    """Up to 16 rows each row is computed alone, in one order (batch invariant)."""
+@pytest.mark.parametrize("rows", [16, 45])
+def test_batches_are_row_independent(rows):
+    """Each row is computed alone, in one order, at any batch size (batch invariant: a token's
+    result does not depend on its prefill chunk, its batch or prefix-cache hits)."""
     g = torch.Generator().manual_seed(3)
     w = random_weight(576, 960, 4, 32, torch.float32, g)
-    x = torch.randn(16, 576, generator=g)
+    x = torch.randn(rows, 576, generator=g)
     batched = quant_ops.wna16_linear(x, w, None)
-    for r in range(16):
+    for r in range(rows):
         assert torch.equal(quant_ops.wna16_linear(x[r:r + 1], w, None)[0], batched[r])
+    assert torch.equal(quant_ops.wna16_linear(x[3:40 if rows > 40 else 9], w, None),
+                       batched[3:40 if rows > 40 else 9])
 
 
 def test_layer_ops_use_the_kernel_and_fall_back():

@@ -73,7 +73,7 @@ class MissingLayer(nn.Module):
     """Placeholder of a decoder layer that lives on another pipeline stage."""
 
 
-def _linear_method(quant: Any, prefix: str) -> Any:
+def linear_method(quant: Any, prefix: str) -> Any:
     """The quantization config's weight method for linear layer ``prefix`` (None: float)."""
     return None if quant is None else quant.linear_method(prefix)
 
@@ -120,13 +120,13 @@ class DecoderAttention(nn.Module):
         self.q_size, self.kv_size = q.local_size, k.local_size
         self.qkv_proj = ColumnParallelLinear(arch.hidden_size, [q, k, v],
                                              bias=arch.attention_bias, ops=ops,
-                                             method=_linear_method(quant, f"{prefix}.qkv_proj"))
+                                             method=linear_method(quant, f"{prefix}.qkv_proj"))
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
         o_bias = arch.attention_bias and arch.model_type not in ("qwen2", "qwen2_moe",
                                                                    "qwen2_5_vl")
         self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
                                         arch.hidden_size, bias=o_bias, ops=ops, tp=parallel.tp,
-                                        method=_linear_method(quant, f"{prefix}.o_proj"))
+                                        method=linear_method(quant, f"{prefix}.o_proj"))
         self.q_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.rotary_emb = rotary
@@ -160,10 +160,10 @@ class GatedMLP(nn.Module):
         up = even_shard("up", intermediate_size, tp, what)
         self.gate_up_proj = ColumnParallelLinear(
             hidden_size, [gate, up], bias=False, ops=ops,
-            method=_linear_method(quant, f"{prefix}.gate_up_proj"))
+            method=linear_method(quant, f"{prefix}.gate_up_proj"))
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, ops=ops,
                                            tp=tp,
-                                           method=_linear_method(quant, f"{prefix}.down_proj"))
+                                           method=linear_method(quant, f"{prefix}.down_proj"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj.forward_silu_and_mul(self.gate_up_proj(x))

@@ -47,6 +47,7 @@ from vllm_core.model_executor.models.decoder import (
     DecoderForCausalLM,
     MissingLayer,
     layer_sliding_window,
+    linear_method,
 )
 from vllm_core.model_executor.models.interface import IntermediateTensors
 
@@ -68,17 +69,20 @@ class GemmaRMSNorm(nn.Module):
 class Gemma3Attention(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
-                 parallel: ParallelContext, sliding_window: int | None) -> None:
+                 parallel: ParallelContext, sliding_window: int | None, prefix: str = "",
+                 quant: Any = None) -> None:
         super().__init__()
         self.head_dim = arch.head_dim
         q, k, v, self.num_heads, self.num_kv_heads = qkv_shards(
             arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim, parallel.tp)
         self.q_size, self.kv_size = q.local_size, k.local_size
         self.qkv_proj = ColumnParallelLinear(arch.hidden_size, [q, k, v],
-                                             bias=arch.attention_bias, ops=ops)
+                                             bias=arch.attention_bias, ops=ops,
+                                             method=linear_method(quant, f"{prefix}.qkv_proj"))
         self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
                                         arch.hidden_size, bias=arch.attention_bias, ops=ops,
-                                        tp=parallel.tp)
+                                        tp=parallel.tp,
+                                        method=linear_method(quant, f"{prefix}.o_proj"))
         self.q_norm = GemmaRMSNorm(self.head_dim, arch.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, arch.rms_norm_eps)
         self.rotary_emb = rotary
@@ -105,14 +109,17 @@ class GeluTanhMLP(nn.Module):
     """``down(gelu_tanh(gate(x)) * up(x))`` with gate and up fused (rows [gate | up])."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, ops: LayerOps,
-                 parallel: ParallelContext) -> None:
+                 parallel: ParallelContext, prefix: str = "", quant: Any = None) -> None:
         super().__init__()
         what = "the model's intermediate_size"
         gate = even_shard("gate", intermediate_size, parallel.tp, what)
         up = even_shard("up", intermediate_size, parallel.tp, what)
-        self.gate_up_proj = ColumnParallelLinear(hidden_size, [gate, up], bias=False, ops=ops)
+        self.gate_up_proj = ColumnParallelLinear(
+            hidden_size, [gate, up], bias=False, ops=ops,
+            method=linear_method(quant, f"{prefix}.gate_up_proj"))
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, ops=ops,
-                                           tp=parallel.tp)
+                                           tp=parallel.tp,
+                                           method=linear_method(quant, f"{prefix}.down_proj"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -122,15 +129,17 @@ class GeluTanhMLP(nn.Module):
 class Gemma3DecoderLayer(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
-                 parallel: ParallelContext, sliding_window: int | None) -> None:
+                 parallel: ParallelContext, sliding_window: int | None, prefix: str = "",
+                 quant: Any = None) -> None:
         super().__init__()
         eps = arch.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(arch.hidden_size, eps)
         self.self_attn = Gemma3Attention(arch, rotary, attn_backend, ops, parallel,
-                                         sliding_window)
+                                         sliding_window, f"{prefix}.self_attn", quant)
         self.post_attention_layernorm = GemmaRMSNorm(arch.hidden_size, eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(arch.hidden_size, eps)
-        self.mlp = GeluTanhMLP(arch.hidden_size, arch.intermediate_size, ops, parallel)
+        self.mlp = GeluTanhMLP(arch.hidden_size, arch.intermediate_size, ops, parallel,
+                               f"{prefix}.mlp", quant)
         self.post_feedforward_layernorm = GemmaRMSNorm(arch.hidden_size, eps)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
@@ -145,7 +154,7 @@ class Gemma3Model(nn.Module):
     """Embedding (scaled), the layers of this pipeline stage, final norm (last stage)."""
 
     def __init__(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
-                 ops: LayerOps, parallel: ParallelContext) -> None:
+                 ops: LayerOps, parallel: ParallelContext, quant: Any = None) -> None:
         super().__init__()
         self.parallel = parallel
         self.start_layer, self.end_layer = parallel.layer_range(arch.num_hidden_layers)
@@ -168,7 +177,8 @@ class Gemma3Model(nn.Module):
                 continue
             window = layer_sliding_window(arch, i)
             rotary = self.local_rotary if window is not None else self.global_rotary
-            layers.append(Gemma3DecoderLayer(arch, rotary, attn_backend, ops, parallel, window))
+            layers.append(Gemma3DecoderLayer(arch, rotary, attn_backend, ops, parallel, window,
+                                             f"model.layers.{i}", quant))
         self.layers = nn.ModuleList(layers)
         self.norm = (GemmaRMSNorm(arch.hidden_size, arch.rms_norm_eps)
                      if parallel.is_last_stage else None)
@@ -202,4 +212,5 @@ class Gemma3ForCausalLM(DecoderForCausalLM):
 
     def build_model(self, arch: ModelArchConfig, attn_backend: type[AttentionBackend],
                     ops: LayerOps, parallel: ParallelContext) -> nn.Module:
-        return Gemma3Model(arch, attn_backend, ops, parallel)
+        return Gemma3Model(arch, attn_backend, ops, parallel,
+                           getattr(self, "quant_config", None))

@@ -4,14 +4,15 @@
 //   scales, zeros [G, N] in the activation dtype, W[n, k] = (q - zeros[g, n]) * scales[g, n],
 //   g = k / group_size (no act-order g_idx: the Python side falls back to the reference).
 //
-// Small batches (rows <= kMaxDirectRows): the packed words are streamed once per chunk of up to
-// 4 rows. Vector lanes run over output columns (one int32 word of qweight holds P inputs of one
+// Every batch size takes the same path: the packed words are streamed once per chunk of up to
+// 4 rows (a column block's words stay in cache across the chunks of a prefill). Vector lanes run over output columns (one int32 word of qweight holds P inputs of one
 // column, and a row of qweight is contiguous over columns); per group the kernel accumulates
 // sum_k x[k] * q[k, n] in fp32 and applies the group's scale and zero point once:
 //   y[n] += s[g, n] * (sum_k x[k] q[k, n] - z[g, n] * sum_k x[k]).
-// Each row's result is computed in the same order whatever the number of rows (batch
-// invariant up to kMaxDirectRows). Larger batches (prefill) de-quantize W^T once to fp32, in
-// parallel, then run one fp32 matmul (the result cast to the activation dtype).
+// Each row's result is computed in the same order whatever the number of rows, so a token's
+// result does not depend on its batch, its prefill chunk or prefix-cache hits (batch invariant;
+// measured on an AMD EPYC, AVX2: 512 x 576 -> 1536 takes 1.4x an fp32 F.linear of the
+// de-quantized weight, 16 rows 0.9x).
 //
 // Vectors are GCC/Clang vector extensions: 16 lanes where AVX-512F is enabled (the build is
 // -march=native), 8 lanes otherwise (AVX2 / FMA; NEON pairs on Arm). Work is split over
@@ -39,7 +40,6 @@ typedef int32_t vi __attribute__((vector_size(32)));
 typedef uint16_t vh __attribute__((vector_size(16)));
 typedef uint32_t vu __attribute__((vector_size(32)));
 #endif
-constexpr int64_t kMaxDirectRows = 16;
 constexpr int kRowChunk = 4;
 
 inline vf loadv(const float* p) {
@@ -139,7 +139,7 @@ void direct(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sc
             int64_t group_size) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
   const int64_t G = K / group_size, wpg = group_size / (32 / BITS);
-  // fp32 copy of x and the per-group sums (one pass; M * K is small here)
+  // fp32 copy of x and the per-group sums (one pass over x)
   std::vector<float> xf(M * K), xs(M * G, 0.0f);
   const T* xp = x.data_ptr<T>();
   for (int64_t i = 0; i < M * K; ++i) xf[i] = static_cast<float>(xp[i]);
@@ -169,48 +169,11 @@ void direct(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sc
   });
 }
 
-// W^T [K, N] in fp32 (for the matmul path).
-template <int BITS, typename T>
-at::Tensor dequantize_t(const at::Tensor& qweight, const at::Tensor& scales,
-                        const at::Tensor& zeros, int64_t K, int64_t group_size) {
-  constexpr int P = 32 / BITS;
-  constexpr int32_t kMask = (1 << BITS) - 1;
-  const int64_t N = qweight.size(1);
-  auto wt = at::empty({K, N}, scales.options().dtype(at::kFloat));
-  const int32_t* qw = qweight.data_ptr<int32_t>();
-  const T* sp = scales.data_ptr<T>();
-  const T* zp = zeros.data_ptr<T>();
-  float* wp = wt.data_ptr<float>();
-  at::parallel_for(0, K / P, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t kk = begin; kk < end; ++kk) {
-      const int64_t g = kk * P / group_size;
-      for (int64_t n = 0; n < N; ++n) {
-        const int32_t word = qw[kk * N + n];
-        const float s = static_cast<float>(sp[g * N + n]);
-        const float z = static_cast<float>(zp[g * N + n]);
-        for (int j = 0; j < P; ++j)
-          wp[(kk * P + j) * N + n] =
-              (static_cast<float>((word >> (BITS * j)) & kMask) - z) * s;
-      }
-    }
-  });
-  return wt;
-}
-
 template <typename T>
 at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                const at::Tensor& zeros, const c10::optional<at::Tensor>& bias, int64_t bits,
                int64_t group_size) {
-  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
-  if (M > kMaxDirectRows) {
-    // fp32 W^T and an fp32 matmul whatever the activation dtype: CPUs without native bf16 /
-    // fp16 matmul units run a bf16 GEMM many times slower than an fp32 one
-    auto wt = bits == 4 ? dequantize_t<4, T>(qweight, scales, zeros, K, group_size)
-                        : dequantize_t<8, T>(qweight, scales, zeros, K, group_size);
-    auto y = at::matmul(x.to(at::kFloat), wt);
-    if (bias.has_value()) y.add_(bias->to(at::kFloat));
-    return y.to(x.scalar_type());
-  }
+  const int64_t M = x.size(0), N = qweight.size(1);
   auto out = at::empty({M, N}, x.options());
   if (bits == 4)
     direct<4, T>(x, qweight, scales, zeros, bias, out, group_size);
