@@ -6,9 +6,6 @@ The checkpoint is built here with transformers (``Qwen2_5_VLForConditionalGenera
 that carries Qwen2.5-VL's real chat template, and the image processor's config). The reference
 runs HF ``generate`` greedily on the same rendered prompt with each ``<|image_pad|>`` expanded
 to the image's token count, as Qwen2.5-VL's processor does.
-
-Needs the Qwen2.5-VL model and the engine's image path (branch issue-19vl): marked
-``requires_vl_model``.
 """
 
 from __future__ import annotations
@@ -24,8 +21,6 @@ import torch
 from PIL import Image
 from server_utils import start_server
 from vl_templates import QWEN2_5_VL_TEMPLATE
-
-pytestmark = pytest.mark.requires_vl_model
 
 IMAGE, VIDEO, V_START, V_END, IM_START, IM_END = 500, 501, 502, 503, 504, 505
 SPECIAL = {IMAGE: "<|image_pad|>", VIDEO: "<|video_pad|>", V_START: "<|vision_start|>",
