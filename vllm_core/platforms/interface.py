@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.4"
+PLATFORM_API_VERSION = "2.5"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -67,6 +67,17 @@ Quantization methods are ``QuantizationConfig`` classes registered by name.
 2.4 (additive; the default keeps 2.3 plugins working): ``Platform.data_parallel_env`` (the
 environment of data-parallel engine core ``r``: which devices it sees; base: nothing, e.g. the
 CPU; CUDA: ``CUDA_VISIBLE_DEVICES``).
+
+2.5 (additive; every new hook has a default, so 2.4 plugins keep working):
+``AttentionImpl.supports_kv_scales`` / ``set_kv_scales(k_scale, v_scale)`` (calibrated FP8
+KV-cache scales, handed over once after loading; default: unsupported, scales must be 1);
+``LayerOps.fused_moe_fp8`` (FP8 experts; default: the de-quantize-then-reference path);
+``ModelRunner.proposer`` (worker-side speculative proposers, draft model / EAGLE: its KV bytes
+join ``kv_cache_bytes_per_block`` and it observes each forward's hidden states); multimodal
+step inputs (``NewRequestData.mm_features``, ``SchedulerOutput.scheduled_encoder_inputs`` /
+``free_encoder_hashes``, ``StepInputs.inputs_embeds`` and ``[3, T]`` M-RoPE positions, which a
+``run_forward`` that calls the model itself passes on); ``CachedRequestData.new_token_ids``
+(pipeline micro-batching: tokens sampled on another rank, applied by the core runner).
 """
 
 
