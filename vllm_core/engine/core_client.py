@@ -48,6 +48,15 @@ def new_ipc_address(tag: str) -> str:
     return f"ipc://{tempfile.gettempdir()}/vc-{tag}-{uuid.uuid4().hex[:12]}"
 
 
+
+def drain(fd: int) -> None:
+    """Read a non-blocking wake-up pipe until it is empty (``notify`` writes one byte)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
 class EngineCoreClient:
     """See the module docstring. Use ``start`` or ``connect``, not the constructor."""
 
@@ -233,11 +242,7 @@ class EngineCoreClient:
             wait_s = 0.0                          # a call left outputs: no waiting
         events = dict(self._poller.poll(int(wait_s * 1000)))
         if self._wake_r in events:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            drain(self._wake_r)
         result, self._pending = self._pending, CoreStep()
         if self._output not in events:
             if not events:

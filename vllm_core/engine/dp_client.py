@@ -45,6 +45,7 @@ from vllm_core.engine.core_client import (
     STEP_WAIT_S,
     EngineCoreClient,
     _stop_process,
+    drain,
     new_ipc_address,
     send_shutdown,
 )
@@ -282,11 +283,7 @@ class DPEngineCoreClient:
         self._check()
         events = dict(self._poller.poll(int(wait_s * 1000)))
         if self._wake_r in events:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            drain(self._wake_r)
         result = CoreStep()
         stats: list[CoreStepStats] = []
         now = time.monotonic()
