@@ -192,3 +192,13 @@ def test_selection_rules_for_gguf():
                             gguf_dequantize=True)
     with pytest.raises(ValueError, match="--gguf-dequantize needs a .gguf model file"):
         select_quantization({}, None, gguf_dequantize=True)
+
+
+def test_gguf_kept_by_default_only_where_measured_faster():
+    """On CUDA the float path is faster than the group-32 kernel (measured on the H200), so a
+    GGUF file is de-quantized there unless --quantization gguf asks to keep it."""
+    from vllm_core.model_executor.quantization.selection import GGUF_KEPT_BY_DEFAULT
+
+    assert GGUF_KEPT_BY_DEFAULT == ("cpu",)
+    assert select_quantization({"gguf_file": "x.gguf"}, None, is_gguf=True,
+                               platform="cuda", dtype="bfloat16") is None
