@@ -118,9 +118,10 @@ DRAIN_LIMIT_FACTOR = 4
 
 
 async def _drain(receive: Any, limit: int) -> None:
-    """Read and drop what the client is still uploading (up to ``limit`` bytes) after an early
-    answer: closing a socket with unread data resets the connection, and a client still
-    sending then loses the answer it was about to read."""
+    """Read and drop what the client is still uploading (up to ``limit`` bytes) before an early
+    answer: once the answer is complete the server stops reading and closes, and closing a
+    socket with unread data resets the connection, so a client still sending would lose the
+    answer (seen as a flaky 413 test)."""
     seen = 0
     while seen <= limit:
         message = await receive()
@@ -134,9 +135,9 @@ async def _drain(receive: Any, limit: int) -> None:
 class BodySizeLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with a 413 in OpenAI's error shape.
 
-    A declared ``Content-Length`` over the limit is refused before the body is parsed (what the
-    client still sends is then read and dropped, up to ``DRAIN_LIMIT_FACTOR`` times the limit,
-    so the answer is not lost to a connection reset); a body
+    A declared ``Content-Length`` over the limit is refused without parsing the body (what the
+    client sends is read and dropped first, up to ``DRAIN_LIMIT_FACTOR`` times the limit, so
+    the answer is not lost to a connection reset); a body
     without one (chunked) is counted as it arrives and refused once it passes the limit. Pure
     ASGI, so streaming responses are not buffered.
     """
@@ -163,8 +164,8 @@ class BodySizeLimitMiddleware:
                 break
         if declared is not None:
             if declared > self.max_bytes:
-                await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
                 await _drain(receive, DRAIN_LIMIT_FACTOR * self.max_bytes)
+                await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
                 return
             await self.app(scope, receive, send)
             return
@@ -180,9 +181,9 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_bytes:
-                await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
                 if message.get("more_body", False):
                     await _drain(receive, DRAIN_LIMIT_FACTOR * self.max_bytes)
+                await send_json(send, 413, self._too_large(), [(b"connection", b"close")])
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
