@@ -227,13 +227,18 @@ class DecoderModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], attn_metadata: Any,
-                intermediate: IntermediateTensors | None = None
+                intermediate: IntermediateTensors | None = None,
+                inputs_embeds: torch.Tensor | None = None
                 ) -> torch.Tensor | IntermediateTensors:
+        """``inputs_embeds`` (first stage only; multimodal models) replaces the embedding
+        lookup of ``input_ids``."""
         if len(kv_caches) != self.num_local_layers:
             raise ValueError(f"expected {self.num_local_layers} kv_caches (one per layer of "
                              f"this stage), got {len(kv_caches)}")
         if self.embed_tokens is not None:
-            hidden, residual = self.embed_tokens(input_ids), None
+            hidden = (inputs_embeds if inputs_embeds is not None
+                      else self.embed_tokens(input_ids))
+            residual = None
         else:
             if intermediate is None:
                 raise ValueError("a pipeline stage after the first needs the previous "

@@ -66,25 +66,10 @@ class MRopeDecoderModel(DecoderModel):
                 intermediate: IntermediateTensors | None = None,
                 inputs_embeds: torch.Tensor | None = None
                 ) -> torch.Tensor | IntermediateTensors:
-        if len(kv_caches) != self.num_local_layers:
-            raise ValueError(f"expected {self.num_local_layers} kv_caches (one per layer of "
-                             f"this stage), got {len(kv_caches)}")
-        token_positions = self.rotary_emb.prepare(positions)
-        if self.embed_tokens is not None:
-            hidden = inputs_embeds if inputs_embeds is not None else self.embed_tokens(input_ids)
-            residual = None
-        else:
-            if intermediate is None:
-                raise ValueError("a pipeline stage after the first needs the previous "
-                                 "stage's IntermediateTensors")
-            hidden, residual = intermediate.hidden, intermediate.residual
-        layers = self.layers[self.start_layer:self.end_layer]
-        for layer, kv_cache in zip(layers, kv_caches, strict=True):
-            hidden, residual = layer(token_positions, hidden, residual, kv_cache, attn_metadata)
-        if self.norm is None:
-            return IntermediateTensors(hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        """The decoder's forward with the M-RoPE table of ``positions`` (``[3, T]`` or
+        ``[T]``) prepared first."""
+        return super().forward(input_ids, self.rotary_emb.prepare(positions), kv_caches,
+                               attn_metadata, intermediate, inputs_embeds)
 
 
 class Qwen2_5_VLForConditionalGeneration(DecoderForCausalLM):
