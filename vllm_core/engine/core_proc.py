@@ -79,11 +79,10 @@ class _CoreLoop:
 
     def start(self, config: Any, platform: Any) -> None:
         from vllm_core.engine.core import EngineCore
-        from vllm_core.engine.startup import in_background
-        from vllm_core.model_executor.loader import get_tokenizer
+        from vllm_core.model_executor.tokenizer import get_tokenizer_in_background
 
         model = config.model
-        tokenizer = in_background("tokenizer", get_tokenizer, model.model, model.tokenizer)
+        tokenizer = get_tokenizer_in_background(model.model, model.tokenizer)
         self.core = EngineCore(config, platform, tokenizer)
 
     # ------------------------------------------------------------------ messages

@@ -29,7 +29,7 @@ from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, Pr
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
-from vllm_core.engine.startup import describe_phases, in_background
+from vllm_core.engine.startup import describe_phases
 from vllm_core.engine.stats import IterationStats, SchedulerStats, StatLogger
 from vllm_core.logger import init_logger
 from vllm_core.outputs import RequestOutput
@@ -62,14 +62,15 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, platform: Any,
                  stat_loggers: list[StatLogger] | None = None, core: Any = None) -> None:
-        from vllm_core.model_executor.loader import generation_defaults_for, get_tokenizer
+        from vllm_core.model_executor.loader import generation_defaults_for
+        from vllm_core.model_executor.tokenizer import get_tokenizer_in_background
 
         start = time.perf_counter()
         self.config = config
         self.platform = platform
         model = config.model
         logger.info("start-up: loading %s", model.model)
-        tokenizer = in_background("tokenizer", get_tokenizer, model.model, model.tokenizer)
+        tokenizer = get_tokenizer_in_background(model.model, model.tokenizer)
         template = load_chat_template(model.chat_template)
         self.generation_defaults: dict[str, Any] = generation_defaults_for(
             model.model, model.generation_config)

@@ -1,8 +1,8 @@
 """Start-up phases: each that takes over a second says so in one log line (and is recorded
 in a ``record`` dict when given: the engine reports every phase when it is ready), and the
-tokenizer loads on a background thread while the weights load (both are seconds on a small
-CPU; the tokenizer's cost is mostly importing transformers, which overlaps the numpy/torch
-work).
+tokenizer loads on a background thread while the weights load (``in_background``; converting a
+GGUF vocabulary takes seconds). Modules a background task needs are imported by its caller
+before the thread starts: two threads importing one namespace package at once can fail.
 
 Compiled kernels persist across starts: ``persist_compile_caches`` points Triton's and
 inductor's caches into the vllm-core cache root (``VLLM_CACHE_ROOT``), once, before the workers

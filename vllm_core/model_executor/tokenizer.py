@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from concurrent.futures import Future
 from typing import Any
 
 from vllm_core import envs
@@ -34,6 +35,22 @@ def get_tokenizer(model_path: str, tokenizer: str | None = None) -> Any:
     if not any(os.path.isfile(os.path.join(source, f)) for f in _TOKENIZER_FILES):
         raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {source}")
     return AutoTokenizer.from_pretrained(source)
+
+
+def get_tokenizer_in_background(model_path: str, tokenizer: str | None = None) -> Future[Any]:
+    """``get_tokenizer`` on a start-up thread (``startup.in_background``, phase "tokenizer").
+
+    Invariant: transformers, and through it huggingface_hub and httpx, are imported on the
+    calling thread before the thread starts, so the thread never imports them while the caller
+    is loading weights. CPython 3.11 can fail an import of a namespace package that two threads
+    import at once with ``KeyError``: the CPU kernel build imports setuptools (whose vendored
+    ``backports.tarfile`` is one) while httpx tries ``backports.zstd``.
+    """
+    from transformers import AutoTokenizer  # noqa: F401  (the import is the point)
+
+    from vllm_core.engine.startup import in_background
+
+    return in_background("tokenizer", get_tokenizer, model_path, tokenizer)
 
 
 def _gguf_source(source: str) -> str | None:
