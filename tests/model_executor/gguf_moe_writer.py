@@ -5,7 +5,7 @@
   experts' intermediate size, q/k rows permuted for llama.cpp's interleaved rope;
 - ``qwen2moe`` / ``qwen3moe``: plus ``expert_feed_forward_length`` and (qwen2moe)
   ``expert_shared_feed_forward_length``; the shared expert as ``ffn_*_shexp`` and its gate as
-  ``ffn_gate_inp_shexp``;
+  ``ffn_gate_inp_shexp`` (1-D ``[H]``, as llama.cpp stores it);
 - experts stacked ``[E, I, H]`` / ``[E, H, I]`` (``layout="stacked"``), fused gate/up
   ``ffn_gate_up_exps`` ``[E, 2I, H]`` (``"fused"``), or one tensor per expert
   ``blk.N.ffn_gate.E.weight`` (``"per_expert"``, older Mixtral files).
@@ -94,6 +94,7 @@ def write_moe_gguf(hf, path: str, arch: str, *, layout: str = "stacked",
         w.add_tokenizer_pre("default")
         w.add_token_list(tokens)
         w.add_token_types([1] * 256 + [3])
+        w.add_token_scores([0.0] * len(tokens))
         w.add_token_merges([])
         w.add_eos_token_id(256)
         w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
@@ -134,6 +135,8 @@ def write_moe_gguf(hf, path: str, arch: str, *, layout: str = "stacked",
                 param.copy_(torch.from_numpy(_experts(add, blk, "down", array, layout)))
                 continue
             short = _BLOCK[module]
+            if short == "ffn_gate_inp_shexp":          # llama.cpp stores it 1-D [H]
+                array = array.reshape(-1)
             if arch == "llama" and short in heads and leaf == "weight":
                 stored = _unpermute(add(f"{blk}.{short}.{leaf}", _permute(array, heads[short])),
                                     heads[short])
