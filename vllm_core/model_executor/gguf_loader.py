@@ -14,6 +14,12 @@ the weight), so 1 is subtracted back on load; the sandwich norms have their own 
 (every 6th layer global), the local rope base (10000) and the query scale (head_dim, or
 hidden / heads for the 62-layer 27B) are fixed by llama.cpp rather than stored, and are set the
 same way here.
+
+Mixture-of-experts files (Mixtral as ``llama`` + ``expert_count``, ``qwen2moe``, ``qwen3moe``):
+``gguf_moe`` maps their metadata to the MoE config and splits the stacked expert tensors into
+per-expert memory-map views named like the HF per-expert tensors (``named_tensors``), so every
+path below sees ordinary 2-D tensors; the experts are always de-quantized (never in the
+kept-quantized plan).
 """
 
 from __future__ import annotations
