@@ -304,3 +304,33 @@ def test_engine_runs_a_moe_gguf_with_its_tokenizer(tmp_path):
         assert list(out.outputs[0].token_ids) == ref
         # (random bytes: an incomplete UTF-8 tail is held back by the detokenizer)
         assert out.outputs[0].text and tok.decode(ref).startswith(out.outputs[0].text)
+
+
+@pytest.mark.slow
+def test_expert_parallel_engine_on_a_gguf(tmp_path):
+    """Two ranks (mp executor, gloo) with ``--enable-expert-parallel`` on a Q8_0 Qwen2-MoE GGUF:
+    each rank de-quantizes its 3 of 6 experts, the shared expert stays kept-quantized and cut
+    by rows; greedy tokens equal HF ``generate`` on the same weights."""
+    from vllm_core import LLM, SamplingParams
+
+    hf = tiny_hf_model("qwen2_moe", vocab_size=257, num_experts=6, num_experts_per_tok=2,
+                       moe_intermediate_size=32, norm_topk_prob=False,
+                       shared_expert_intermediate_size=64, intermediate_size=96)
+    path = str(tmp_path / "tiny-qwen2moe-Q8_0.gguf")
+    write_moe_gguf(hf, path, "qwen2moe", quant=Q8, tokenizer=True)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (5, 19, 2)]
+    llm = LLM(path, dtype="float32", max_model_len=64, num_gpu_blocks_override=32,
+              enforce_eager=True, tensor_parallel_size=2, enable_expert_parallel=True)
+    try:
+        assert llm.llm_engine.executor.world_size == 2
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                            SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True),
+                            use_tqdm=False)
+    finally:
+        llm.llm_engine.shutdown()
+    for prompt, out in zip(prompts, outs, strict=True):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8,
+                              do_sample=False)[0, len(prompt):].tolist()
+        assert list(out.outputs[0].token_ids) == ref
