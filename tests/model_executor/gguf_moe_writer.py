@@ -10,7 +10,7 @@
   ``ffn_gate_up_exps`` ``[E, 2I, H]`` (``"fused"``), or one tensor per expert
   ``blk.N.ffn_gate.E.weight`` (``"per_expert"``, older Mixtral files).
 With ``quant`` (a GGML type), the 2-D / 3-D weight tensors named in ``quantize`` are stored in
-that type and the HF model's parameters are overwritten with the de-quantized values, so the
+that type (Q4_0 / Q4_1 / Q8_0 by ``gguf.quants.quantize``; K types as random blocks) and the HF model's parameters are overwritten with the de-quantized values, so the
 HF model and the file hold the same weights. ``tokenizer=True`` adds a byte-level BPE
 vocabulary (256 byte tokens + ``<|end|>`` = eos) that transformers can turn into a tokenizer.
 """
@@ -100,11 +100,14 @@ def write_moe_gguf(hf, path: str, arch: str, *, layout: str = "stacked",
         w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
 
+    rng = np.random.default_rng(0)
+
     def add(gname: str, array: np.ndarray) -> np.ndarray:
         """Write ``array`` (quantized when asked); return the values the file holds."""
         array = array.astype(np.float32)
         if quant is not None and array.ndim >= 2 and any(q in gname for q in quantize):
-            qdata = gguf.quants.quantize(array, quant)
+            qdata = (random_k_blocks(quant, array.shape, rng) if quant in K_SCALE_OFFSETS
+                     else gguf.quants.quantize(array, quant))
             w.add_tensor(gname, qdata, raw_dtype=quant)
             return gguf.quants.dequantize(qdata, quant).reshape(array.shape)
         w.add_tensor(gname, array)
@@ -147,6 +150,26 @@ def write_moe_gguf(hf, path: str, arch: str, *, layout: str = "stacked",
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+# K types (the ``gguf`` package cannot quantize to them): byte offsets of the float16 scales
+K_SCALE_OFFSETS = {gguf.GGMLQuantizationType.Q4_K: (0, 2), gguf.GGMLQuantizationType.Q5_K: (0, 2),
+                   gguf.GGMLQuantizationType.Q6_K: (208,)}
+
+
+def random_k_blocks(kind: gguf.GGMLQuantizationType, shape: tuple[int, ...],
+                    rng: np.random.Generator) -> np.ndarray:
+    """Random blocks of K type ``kind`` for a float tensor of ``shape`` (the last dimension a
+    multiple of 256): random integer fields, small positive float16 super-block scales (the
+    values, not the input, define the weights)."""
+    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]
+    rows = int(np.prod(shape[:-1]))
+    nb = rows * shape[-1] // block
+    b = rng.integers(0, 256, (nb, block_bytes), dtype=np.uint8)
+    for off in K_SCALE_OFFSETS[kind]:
+        b[:, off:off + 2] = (np.abs(rng.normal(0, 1e-5, (nb, 1))) + 1e-6).astype(
+            np.float16).view(np.uint8)
+    return b.reshape(*shape[:-1], shape[-1] // block * block_bytes)
 
 
 def _experts(add, blk: str, proj: str, stacked: np.ndarray, layout: str) -> np.ndarray:

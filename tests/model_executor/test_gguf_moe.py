@@ -122,6 +122,30 @@ def test_loaded_experts_equal_gguf_dequantize(tmp_path, arch_name, layout, quant
                                                 range(arch.num_hidden_layers)))
 
 
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K"])
+def test_k_quant_experts(tmp_path, kind):
+    """Experts in the K types real MoE GGUFs use (random blocks: ``gguf`` cannot quantize to
+    them; hidden and expert sizes 256, one super-block): equal to ``gguf.quants.dequantize``
+    and the logits equal HF's on the de-quantized weights."""
+    quant = getattr(gguf.GGMLQuantizationType, kind)
+    hf = tiny_hf_model("qwen3_moe", hidden_size=256, num_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=256, head_dim=64, intermediate_size=256,
+                       norm_topk_prob=True)
+    path = str(tmp_path / f"{kind}.gguf")
+    write_moe_gguf(hf, path, "qwen3moe", quant=quant, quantize=("_exps",))
+    ref = _reference_tensors(path)
+    ours = load(path)
+    for i, layer in enumerate(ours.model.layers):
+        gate_up = np.concatenate([ref[f"blk.{i}.ffn_gate_exps.weight"],
+                                  ref[f"blk.{i}.ffn_up_exps.weight"]], axis=1)
+        assert torch.equal(layer.mlp.experts.w13_weight, torch.from_numpy(gate_up))
+        assert torch.equal(layer.mlp.experts.w2_weight,
+                           torch.from_numpy(ref[f"blk.{i}.ffn_down_exps.weight"]))
+    prompt = [3, 17, 42, 8, 90, 11, 4]
+    (logits,) = run_step(ours, new_kv_caches(load_arch_config(path), 8), [prompt], [0])
+    torch.testing.assert_close(logits, hf_logits(hf, prompt), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch_name,layout,quant,dequantize", [
     ("llama", "stacked", None, True), ("qwen2moe", "stacked", None, True),
     ("qwen3moe", "stacked", None, True), ("llama", "per_expert", None, True),
