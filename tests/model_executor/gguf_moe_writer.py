@@ -5,7 +5,8 @@
   experts' intermediate size, q/k rows permuted for llama.cpp's interleaved rope;
 - ``qwen2moe`` / ``qwen3moe``: plus ``expert_feed_forward_length`` and (qwen2moe)
   ``expert_shared_feed_forward_length``; the shared expert as ``ffn_*_shexp`` and its gate as
-  ``ffn_gate_inp_shexp`` (1-D ``[H]``, as llama.cpp stores it);
+  ``ffn_gate_inp_shexp`` (1-D ``[H]``, as llama.cpp stores it; ``[1, H]`` with
+  ``shared_gate_2d``);
 - experts stacked ``[E, I, H]`` / ``[E, H, I]`` (``layout="stacked"``), fused gate/up
   ``ffn_gate_up_exps`` ``[E, 2I, H]`` (``"fused"``), or one tensor per expert
   ``blk.N.ffn_gate.E.weight`` (``"per_expert"``, older Mixtral files).
@@ -63,7 +64,7 @@ def write_moe_gguf(hf, path: str, arch: str, *, layout: str = "stacked",
                    quantize: tuple[str, ...] = ("_exps", "ffn_gate.", "ffn_up.", "ffn_down.",
                                                 "attn_q.", "attn_k.", "attn_v.", "attn_output",
                                                 "_shexp"),
-                   tokenizer: bool = False) -> None:
+                   tokenizer: bool = False, shared_gate_2d: bool = False) -> None:
     cfg = hf.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     w = gguf.GGUFWriter(path, arch)
@@ -138,7 +139,7 @@ def write_moe_gguf(hf, path: str, arch: str, *, layout: str = "stacked",
                 param.copy_(torch.from_numpy(_experts(add, blk, "down", array, layout)))
                 continue
             short = _BLOCK[module]
-            if short == "ffn_gate_inp_shexp":          # llama.cpp stores it 1-D [H]
+            if short == "ffn_gate_inp_shexp" and not shared_gate_2d:   # llama.cpp: 1-D [H]
                 array = array.reshape(-1)
             if arch == "llama" and short in heads and leaf == "weight":
                 stored = _unpermute(add(f"{blk}.{short}.{leaf}", _permute(array, heads[short])),

@@ -42,11 +42,11 @@ CASES = {
 }
 
 
-def make_file(tmp_path, arch_name: str, layout: str = "stacked", quant=None):
+def make_file(tmp_path, arch_name: str, layout: str = "stacked", quant=None, **kwargs):
     model_type, overrides = CASES[arch_name]
     hf = tiny_hf_model(model_type, **overrides)
     path = str(tmp_path / f"{arch_name}-{layout}.gguf")
-    write_moe_gguf(hf, path, arch_name, layout=layout, quant=quant)
+    write_moe_gguf(hf, path, arch_name, layout=layout, quant=quant, **kwargs)
     return hf, path
 
 
@@ -153,8 +153,9 @@ def test_k_quant_experts(tmp_path, kind):
 def test_greedy_tokens_match_hf(tmp_path, arch_name, layout, quant, dequantize):
     """fp32 prefill logits within tolerance and 6 greedy decode steps identical to HF on the
     same weights (for a quantized file: HF holds the de-quantized values; ``dequantize=False``
-    keeps the non-expert linears quantized, the CPU default)."""
-    hf, path = make_file(tmp_path, arch_name, layout, quant)
+    keeps the non-expert linears quantized, the CPU default). The Q8_0 Qwen2-MoE file stores
+    its shared-expert gate 2-D ``[1, H]`` (the F32 one 1-D, as llama.cpp does)."""
+    hf, path = make_file(tmp_path, arch_name, layout, quant, shared_gate_2d=quant is not None)
     arch = load_arch_config(path)
     ours = load(path, dequantize)
     prompt = torch.randint(0, arch.vocab_size, (7,),
