@@ -20,16 +20,17 @@ import torch
 @dataclass(slots=True, eq=False)
 class AuxHiddenCapture:
     """Collects the input residual stream of the decoder layers ``layer_ids`` (global indices,
-    distinct, in the order the consumer wants them concatenated)."""
+    in the order the consumer wants them concatenated; a layer may be listed twice, as the
+    default EAGLE-3 layers of a shallow target are)."""
 
     layer_ids: tuple[int, ...]
     states: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if len(set(self.layer_ids)) != len(self.layer_ids) or any(
-                not isinstance(i, int) or i < 0 for i in self.layer_ids):
-            raise ValueError(f"auxiliary hidden-state layer ids must be distinct integers "
-                             f">= 0, got {list(self.layer_ids)}")
+        if not self.layer_ids or any(not isinstance(i, int) or i < 0
+                                     for i in self.layer_ids):
+            raise ValueError(f"auxiliary hidden-state layer ids must be integers >= 0, got "
+                             f"{list(self.layer_ids)}")
 
     def reset(self) -> None:
         self.states.clear()
@@ -44,7 +45,7 @@ class AuxHiddenCapture:
 
     def take(self) -> torch.Tensor | None:
         """[T, len(layer_ids) * H] from the last forward (None when it recorded none)."""
-        if len(self.states) != len(self.layer_ids):
+        if len(self.states) != len(set(self.layer_ids)):
             self.states.clear()
             return None
         out = torch.cat([self.states[i] for i in self.layer_ids], dim=-1)

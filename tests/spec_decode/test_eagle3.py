@@ -1,0 +1,386 @@
+"""EAGLE-3 heads on random weights of the published checkpoint layout (``fc`` over three
+auxiliary target layers, ``midlayer.*`` reading [embedding, hidden], its own norm and LM head
+over a smaller draft vocabulary mapped by ``d2t``) for a random-weight Llama target (CPU):
+
+- the target's auxiliary states equal HF's ``output_hidden_states`` at the named layers;
+- the head (paged, catch-up then a fed-forward step) equals a direct torch transcription of
+  the EAGLE-3 formula on the same weights;
+- greedy tokens are identical with and without speculation (mixed batch, prefix caching,
+  preemption); seeded sampling is reproducible;
+- a head built to predict the target exactly is accepted 100%;
+- a wrong layout, a hidden-size mismatch and a sharded target are refused clearly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_draft_model import LLAMA, greedy, make_llm, prompts, save_llama
+
+from vllm_core.model_executor.models.aux_hidden import AuxHiddenCapture
+from vllm_core.model_executor.testing import random_hf_causal_lm, write_wordlevel_tokenizer
+
+TARGET_LAYERS = 4              # default auxiliary layers (2, 2, 1)
+HIDDEN = LLAMA["hidden_size"]
+HEAD = dict(LLAMA, num_hidden_layers=1)
+DRAFT_VOCAB = 96
+BLOCK_SIZE = 4
+
+
+def draft_ids(seed: int, size: int = DRAFT_VOCAB) -> torch.Tensor:
+    """The target ids of a draft vocabulary: a sorted random subset."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(LLAMA["vocab_size"], generator=gen)[:size].sort().values
+
+
+def save_eagle3_head(path: str, seed: int, vocab: torch.Tensor | None = None,
+                     tensors: dict[str, torch.Tensor] | None = None,
+                     **config_overrides) -> str:
+    """An EAGLE-3 head in the published layout: random weights (or ``tensors``) for the
+    ``LLAMA`` target shape, draft vocabulary ``vocab`` (target ids, sorted)."""
+    os.makedirs(path, exist_ok=True)
+    vocab = draft_ids(seed) if vocab is None else vocab
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, norm: bool = False) -> torch.Tensor:
+        if norm:
+            return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        return 0.15 * torch.randn(shape, generator=gen)
+
+    heads, kv = HEAD["num_attention_heads"], HEAD["num_key_value_heads"]
+    hd, inter = HIDDEN // heads, HEAD["intermediate_size"]
+    if tensors is None:
+        tensors = {
+            "fc.weight": rand(HIDDEN, 3 * HIDDEN),
+            "midlayer.input_layernorm.weight": rand(HIDDEN, norm=True),
+            "midlayer.hidden_norm.weight": rand(HIDDEN, norm=True),
+            "midlayer.post_attention_layernorm.weight": rand(HIDDEN, norm=True),
+            "midlayer.self_attn.q_proj.weight": rand(heads * hd, 2 * HIDDEN),
+            "midlayer.self_attn.k_proj.weight": rand(kv * hd, 2 * HIDDEN),
+            "midlayer.self_attn.v_proj.weight": rand(kv * hd, 2 * HIDDEN),
+            "midlayer.self_attn.o_proj.weight": rand(HIDDEN, heads * hd),
+            "midlayer.mlp.gate_proj.weight": rand(inter, HIDDEN),
+            "midlayer.mlp.up_proj.weight": rand(inter, HIDDEN),
+            "midlayer.mlp.down_proj.weight": rand(HIDDEN, inter),
+            "norm.weight": rand(HIDDEN, norm=True),
+            "lm_head.weight": rand(len(vocab), HIDDEN),
+        }
+    t2d = torch.zeros(LLAMA["vocab_size"], dtype=torch.bool)
+    t2d[vocab] = True
+    tensors = {**tensors, "d2t": vocab - torch.arange(len(vocab)), "t2d": t2d}
+    save_file({k: v.contiguous() for k, v in tensors.items()},
+              os.path.join(path, "model.safetensors"))
+    config = {**{k: v for k, v in HEAD.items() if v is not None}, "model_type": "llama",
+              "architectures": ["LlamaForCausalLMEagle3"], "draft_vocab_size": len(vocab),
+              "rms_norm_eps": 1e-6, "rope_theta": 10000.0, **config_overrides}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("eagle3")
+    return {"target": save_llama(str(root / "target"), seed=0,
+                                 num_hidden_layers=TARGET_LAYERS),
+            "head": save_eagle3_head(str(root / "head"), seed=3)}
+
+
+def eagle3(path: str, k: int = 3, **extra) -> dict:
+    return {"method": "eagle3", "model": path, "num_speculative_tokens": k, **extra}
+
+
+def generate(llm, params, prompt_list=None):
+    outs = llm.generate([{"prompt_token_ids": p} for p in (prompt_list or prompts())], params,
+                        use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+@pytest.fixture(scope="module")
+def baseline(folders):
+    llm, _ = make_llm(folders["target"])
+    return generate(llm, greedy(24))
+
+
+# ---------------------------------------------------------------- the pieces, against torch
+def _target_model(folder: str):
+    from vllm_core.attention.backends.reference import ReferenceAttentionBackend
+    from vllm_core.config import ModelConfig
+    from vllm_core.model_executor.loader import get_model, load_arch_config
+
+    arch = load_arch_config(folder)
+    config = ModelConfig(model=folder, dtype="float32", arch=arch)
+    return get_model(config, ReferenceAttentionBackend, torch.device("cpu")), arch
+
+
+@torch.no_grad()
+def test_aux_capture_matches_hf_hidden_states(folders):
+    """Two requests in one batch; layer ids in a chosen order, with a repeat and layer 0."""
+    from transformers import AutoModelForCausalLM
+
+    from vllm_core.attention.backends.reference import ReferenceAttentionBackend
+    from vllm_core.model_executor.batch_utils import make_batch_layout
+
+    model, arch = _target_model(folders["target"])
+    ids = (3, 0, 2, 2)
+    model.model.aux_capture = capture = AuxHiddenCapture(ids)
+    seqs = [prompts()[0], prompts()[2]]
+    layout = make_batch_layout([0, 0], [len(s) for s in seqs], BLOCK_SIZE)
+    shape = ReferenceAttentionBackend.get_kv_cache_shape(
+        32, BLOCK_SIZE, arch.num_key_value_heads, arch.head_dim)
+    builder = ReferenceAttentionBackend.get_builder_cls()(BLOCK_SIZE, torch.device("cpu"))
+    model(torch.tensor(seqs[0] + seqs[1]), layout.positions,
+          [torch.zeros(shape) for _ in range(arch.num_hidden_layers)],
+          builder.build(layout.metadata))
+    got = capture.take().split([len(s) for s in seqs])
+    hf = AutoModelForCausalLM.from_pretrained(folders["target"], dtype=torch.float32).eval()
+    for seq, rows in zip(seqs, got):
+        states = hf(torch.tensor([seq]), output_hidden_states=True).hidden_states
+        want = torch.cat([states[i][0] for i in ids], dim=-1)
+        torch.testing.assert_close(rows, want, rtol=1e-4, atol=1e-4)
+    assert capture.take() is None                 # taken once
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    ang = positions[:, None].float() * inv[None]
+    cos, sin = torch.cat([ang.cos()] * 2, -1)[:, None], torch.cat([ang.sin()] * 2, -1)[:, None]
+    rot = torch.cat([-x[..., d // 2:], x[..., :d // 2]], dim=-1)
+    return x * cos + rot * sin
+
+
+def reference_head(w: dict[str, torch.Tensor], embed: torch.Tensor, ids: torch.Tensor,
+                   f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The EAGLE-3 layer over one sequence at positions 0.. (causal), written from the
+    formula: ``f`` [T, H] are the fused target states (or fed-forward states) per row.
+    Returns (out [T, H] after the final norm, pre-norm state [T, H])."""
+    heads, kv = HEAD["num_attention_heads"], HEAD["num_key_value_heads"]
+    hd = HIDDEN // heads
+    p = "midlayer."
+    x = torch.cat([_rms(embed[ids], w[p + "input_layernorm.weight"]),
+                   _rms(f, w[p + "hidden_norm.weight"])], dim=-1)
+    t = x.shape[0]
+    pos = torch.arange(t)
+    q = _rope((x @ w[p + "self_attn.q_proj.weight"].T).view(t, heads, hd), pos)
+    k = _rope((x @ w[p + "self_attn.k_proj.weight"].T).view(t, kv, hd), pos)
+    v = (x @ w[p + "self_attn.v_proj.weight"].T).view(t, kv, hd)
+    k, v = k.repeat_interleave(heads // kv, 1), v.repeat_interleave(heads // kv, 1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) / hd ** 0.5
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    attn = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(t, heads * hd)
+    r = attn @ w[p + "self_attn.o_proj.weight"].T + f
+    h = _rms(r, w[p + "post_attention_layernorm.weight"])
+    m = torch.nn.functional.silu(h @ w[p + "mlp.gate_proj.weight"].T) * (
+        h @ w[p + "mlp.up_proj.weight"].T)
+    g = m @ w[p + "mlp.down_proj.weight"].T + r
+    return _rms(g, w["norm.weight"]), g
+
+
+@torch.no_grad()
+def test_head_matches_reference(folders):
+    """Catch-up over 9 positions from target features, then one step fed its own pre-norm
+    state; outputs, fed-forward states and draft-vocabulary logits (mapped by d2t) equal the
+    reference; logits outside the draft vocabulary are -inf."""
+    from safetensors.torch import load_file
+
+    from vllm_core.attention.backends.reference import ReferenceAttentionBackend
+    from vllm_core.model_executor.batch_utils import make_batch_layout
+    from vllm_core.spec_decode.eagle3 import load_eagle3_head
+
+    model, arch = _target_model(folders["target"])
+    runner = SimpleNamespace(model=model, arch=arch, attn_backend=ReferenceAttentionBackend,
+                             device=torch.device("cpu"), ops=None)
+    head = load_eagle3_head(runner, folders["head"], torch.float32)
+    assert model.model.aux_capture is head.capture and head.capture.layer_ids == (2, 2, 1)
+    w = load_file(os.path.join(folders["head"], "model.safetensors"))
+    embed = model.model.embed_tokens.weight
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(9, 3 * HIDDEN, generator=gen)
+    ids = torch.randint(0, LLAMA["vocab_size"], (10,), generator=gen)
+    kv = torch.zeros(ReferenceAttentionBackend.get_kv_cache_shape(
+        8, BLOCK_SIZE, HEAD["num_key_value_heads"], HIDDEN // HEAD["num_attention_heads"]))
+    builder = ReferenceAttentionBackend.get_builder_cls()(BLOCK_SIZE, torch.device("cpu"))
+
+    layout = make_batch_layout([0], [9], BLOCK_SIZE)
+    out, fed = head(ids[:9], feats, layout.positions, kv, builder.build(layout.metadata),
+                    from_target=True)
+    layout = make_batch_layout([9], [1], BLOCK_SIZE)
+    out1, fed1 = head(ids[9:], fed[-1:], layout.positions, kv,
+                      builder.build(layout.metadata), from_target=False)
+
+    f = feats @ w["fc.weight"].T
+    want_out, want_g = reference_head(w, embed, ids[:9], f)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fed, want_g, rtol=1e-4, atol=1e-4)
+    want_out, want_g = reference_head(w, embed, ids, torch.cat([f, want_g[-1:]]))
+    torch.testing.assert_close(out1, want_out[-1:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fed1, want_g[-1:], rtol=1e-4, atol=1e-4)
+
+    logits = head.compute_logits(out1)
+    vocab = draft_ids(3)
+    torch.testing.assert_close(logits[:, vocab], want_out[-1:] @ w["lm_head.weight"].T,
+                               rtol=1e-4, atol=1e-4)
+    rest = torch.ones(LLAMA["vocab_size"], dtype=torch.bool)
+    rest[vocab] = False
+    assert torch.isneginf(logits[:, rest]).all()
+
+
+# ---------------------------------------------------------------- the engine
+def test_eagle3_greedy_identical_mixed_batch_prefix_cache(folders, baseline):
+    from vllm_core import SamplingParams
+
+    llm, counter = make_llm(folders["target"], eagle3(folders["head"]),
+                            enable_prefix_caching=True)
+    assert generate(llm, greedy(24)) == baseline
+    assert counter.draft_tokens > 0
+    params = [greedy(24), SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True),
+              greedy(24), greedy(24), SamplingParams(temperature=0.0, max_tokens=2,
+                                                     ignore_eos=True)]
+    got = [list(o.outputs[0].token_ids) for o in llm.generate(
+        [{"prompt_token_ids": p} for p in prompts()], params, use_tqdm=False)]
+    assert got == [b[:p.max_tokens] for b, p in zip(baseline, params)]
+
+
+@pytest.mark.slow
+def test_eagle3_greedy_identical_under_preemption(folders, baseline):
+    llm, counter = make_llm(folders["target"], eagle3(folders["head"], k=2),
+                            num_gpu_blocks_override=14, max_num_batched_tokens=32,
+                            enable_prefix_caching=True)
+    assert generate(llm, greedy(24)) == baseline
+    assert counter.draft_tokens > 0 and counter.preemptions > 0
+
+
+def test_eagle3_seeded_sampling_reproducible(folders):
+    from vllm_core import SamplingParams
+
+    params = SamplingParams(temperature=0.9, top_k=30, seed=5, max_tokens=16, ignore_eos=True)
+    llm, counter = make_llm(folders["target"], eagle3(folders["head"], k=2),
+                            enable_prefix_caching=False)
+    first = generate(llm, params)
+    assert generate(llm, params) == first and counter.draft_tokens > 0
+
+
+# ---------------------------------------------------------------- a head that predicts exactly
+def _permutation_pair(folder: str, head_folder: str) -> list[list[int]]:
+    """A target whose greedy next token is a fixed permutation ``s`` of a token set S (64
+    tokens) applied to the current token, and an EAGLE-3 head that predicts exactly what it
+    must: from the auxiliary state at position j (the target's embedding of t[j]) the token
+    t[j+2] = s(s(t[j])). Returns prompts over S.
+
+    Target: every layer's o_proj and down_proj are zero, so the residual stream (hence every
+    auxiliary state) is the token's embedding e(x), and the LM head's row s(x) is
+    u(x) / |u(x)| with u(x) = norm(e(x)): by Cauchy-Schwarz the argmax is s(x). Head: ``fc``
+    passes the first auxiliary state through, its o_proj and down_proj are zero, so its
+    output is norm(e(x)) with the target's norm weight, i.e. u(x); its LM head over the draft
+    vocabulary S has row s(s(x)) = u(x) / |u(x)|. Its later steps (fed its own state, not
+    told the new token) repeat the first draft, so only draft 1 is exact: k = 1."""
+    from safetensors.torch import load_file, save_file
+
+    vocab_size = LLAMA["vocab_size"]
+    hf = random_hf_causal_lm("llama", {**LLAMA, "num_hidden_layers": TARGET_LAYERS}, seed=4,
+                             weight_scale=0.3)
+    gen = torch.Generator().manual_seed(4)
+    tokens = draft_ids(11, 64)
+    perm = tokens[torch.randperm(64, generator=gen)]
+    step = torch.arange(vocab_size)
+    step[tokens] = perm                                  # s on S (identity elsewhere)
+    sd = {k: v.clone() for k, v in hf.state_dict().items()}
+    for name in sd:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            sd[name].zero_()
+    norm_w = sd["model.norm.weight"]
+    embed = sd["model.embed_tokens.weight"]
+    u = _rms(embed, norm_w)
+    unit = u / u.norm(dim=-1, keepdim=True)
+    head_rows = torch.zeros(vocab_size, LLAMA["hidden_size"])
+    head_rows[step[tokens]] = unit[tokens]               # row s(x) = unit(x)
+    sd["lm_head.weight"] = head_rows
+    hf.load_state_dict(sd)
+    hf.save_pretrained(folder)
+    write_wordlevel_tokenizer(folder, vocab_size)
+
+    save_eagle3_head(head_folder, seed=5, vocab=tokens)   # random weights, then exact ones
+    w = load_file(os.path.join(head_folder, "model.safetensors"))
+    eye = torch.eye(HIDDEN)
+    w["fc.weight"] = torch.cat([eye, torch.zeros(HIDDEN, 2 * HIDDEN)], dim=1)
+    w["midlayer.self_attn.o_proj.weight"].zero_()
+    w["midlayer.mlp.down_proj.weight"].zero_()
+    w["norm.weight"] = norm_w.clone()
+    two = step[step]                                     # s(s(x))
+    lm = torch.zeros(len(tokens), HIDDEN)
+    index = {int(t): d for d, t in enumerate(tokens.tolist())}
+    for x in tokens.tolist():
+        lm[index[int(two[x])]] = unit[x]
+    w["lm_head.weight"] = lm
+    save_file({k: v.contiguous() for k, v in w.items()},
+              os.path.join(head_folder, "model.safetensors"))
+    pick = torch.Generator().manual_seed(6)
+    return [tokens[torch.randint(0, 64, (n,), generator=pick)].tolist() for n in (7, 20, 3)]
+
+
+def test_head_that_predicts_the_target_is_accepted_fully(tmp_path):
+    target, head = str(tmp_path / "target"), str(tmp_path / "head")
+    prompt_list = _permutation_pair(target, head)
+    ref, _ = make_llm(target)
+    want = generate(ref, greedy(20), prompt_list)
+    assert len({t for seq in want for t in seq}) > 8            # not a constant output
+    llm, counter = make_llm(target, eagle3(head, k=1))
+    assert generate(llm, greedy(20), prompt_list) == want
+    assert counter.draft_tokens > 0 and counter.accepted == counter.draft_tokens
+
+
+# ---------------------------------------------------------------- errors
+def test_eagle1_checkpoint_is_refused(folders):
+    from test_eagle import save_eagle_head
+
+    folder = os.path.join(os.path.dirname(folders["head"]), "eagle1")
+    save_eagle_head(folder, seed=1)
+    with pytest.raises(ValueError, match="not an EAGLE-3 head"):
+        make_llm(folders["target"], eagle3(folder))
+
+
+def test_layer_reading_one_width_is_refused(folders, tmp_path):
+    """Right config, but q/k/v read H features (not [embedding, hidden])."""
+    from safetensors.torch import load_file
+
+    folder = save_eagle3_head(str(tmp_path / "narrow"), seed=2)
+    w = load_file(os.path.join(folder, "model.safetensors"))
+    for p in "qkv":
+        name = f"midlayer.self_attn.{p}_proj.weight"
+        w[name] = w[name][:, :HIDDEN].contiguous()
+    save_eagle3_head(folder, seed=2, tensors={k: v for k, v in w.items()
+                                              if k not in ("d2t", "t2d")})
+    with pytest.raises(ValueError, match="expected 2 \\* hidden_size"):
+        make_llm(folders["target"], eagle3(folder))
+
+
+def test_hidden_size_mismatch_is_refused(folders, tmp_path):
+    folder = save_eagle3_head(str(tmp_path / "h32"), seed=2, target_hidden_size=32)
+    with pytest.raises(ValueError, match="target hidden size of 32"):
+        make_llm(folders["target"], eagle3(folder))
+
+
+def test_aux_layers_outside_the_target_are_refused(folders, tmp_path):
+    folder = save_eagle3_head(str(tmp_path / "ids"), seed=2,
+                              eagle_aux_hidden_state_layer_ids=[1, 2, 9])
+    with pytest.raises(ValueError, match="auxiliary layers \\[1, 2, 9\\]"):
+        make_llm(folders["target"], eagle3(folder))
+
+
+def test_sharded_target_is_refused():
+    from vllm_core.spec_decode.config import parse_speculative_config
+    from vllm_core.spec_decode.paged_proposer import draft_checkpoint
+
+    runner = SimpleNamespace(parallel=SimpleNamespace(world_size=2))
+    with pytest.raises(ValueError, match="'eagle3' needs tensor_parallel_size"):
+        draft_checkpoint(runner, parse_speculative_config(eagle3("/x")))
