@@ -13,17 +13,20 @@ over a smaller draft vocabulary mapped by ``d2t``) for a random-weight Llama tar
 
 from __future__ import annotations
 
-import json
 import os
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from test_draft_model import LLAMA, greedy, make_llm, prompts, save_llama
+from test_eagle import generate, save_eagle_head
 
 from vllm_core.model_executor.models.aux_hidden import AuxHiddenCapture
-from vllm_core.model_executor.testing import random_hf_causal_lm, write_wordlevel_tokenizer
+from vllm_core.model_executor.testing import (
+    random_hf_causal_lm,
+    write_random_eagle3_head,
+    write_wordlevel_tokenizer,
+)
 
 TARGET_LAYERS = 4              # default auxiliary layers (2, 2, 1)
 HIDDEN = LLAMA["hidden_size"]
@@ -41,46 +44,11 @@ def draft_ids(seed: int, size: int = DRAFT_VOCAB) -> torch.Tensor:
 def save_eagle3_head(path: str, seed: int, vocab: torch.Tensor | None = None,
                      tensors: dict[str, torch.Tensor] | None = None,
                      **config_overrides) -> str:
-    """An EAGLE-3 head in the published layout: random weights (or ``tensors``) for the
-    ``LLAMA`` target shape, draft vocabulary ``vocab`` (target ids, sorted)."""
-    os.makedirs(path, exist_ok=True)
-    vocab = draft_ids(seed) if vocab is None else vocab
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape: int, norm: bool = False) -> torch.Tensor:
-        if norm:
-            return 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        return 0.15 * torch.randn(shape, generator=gen)
-
-    heads, kv = HEAD["num_attention_heads"], HEAD["num_key_value_heads"]
-    hd, inter = HIDDEN // heads, HEAD["intermediate_size"]
-    if tensors is None:
-        tensors = {
-            "fc.weight": rand(HIDDEN, 3 * HIDDEN),
-            "midlayer.input_layernorm.weight": rand(HIDDEN, norm=True),
-            "midlayer.hidden_norm.weight": rand(HIDDEN, norm=True),
-            "midlayer.post_attention_layernorm.weight": rand(HIDDEN, norm=True),
-            "midlayer.self_attn.q_proj.weight": rand(heads * hd, 2 * HIDDEN),
-            "midlayer.self_attn.k_proj.weight": rand(kv * hd, 2 * HIDDEN),
-            "midlayer.self_attn.v_proj.weight": rand(kv * hd, 2 * HIDDEN),
-            "midlayer.self_attn.o_proj.weight": rand(HIDDEN, heads * hd),
-            "midlayer.mlp.gate_proj.weight": rand(inter, HIDDEN),
-            "midlayer.mlp.up_proj.weight": rand(inter, HIDDEN),
-            "midlayer.mlp.down_proj.weight": rand(HIDDEN, inter),
-            "norm.weight": rand(HIDDEN, norm=True),
-            "lm_head.weight": rand(len(vocab), HIDDEN),
-        }
-    t2d = torch.zeros(LLAMA["vocab_size"], dtype=torch.bool)
-    t2d[vocab] = True
-    tensors = {**tensors, "d2t": vocab - torch.arange(len(vocab)), "t2d": t2d}
-    save_file({k: v.contiguous() for k, v in tensors.items()},
-              os.path.join(path, "model.safetensors"))
-    config = {**{k: v for k, v in HEAD.items() if v is not None}, "model_type": "llama",
-              "architectures": ["LlamaForCausalLMEagle3"], "draft_vocab_size": len(vocab),
-              "rms_norm_eps": 1e-6, "rope_theta": 10000.0, **config_overrides}
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f)
-    return path
+    """An EAGLE-3 head in the published layout for the ``LLAMA`` target shape: random
+    weights (or ``tensors``), draft vocabulary ``vocab`` (target ids, sorted)."""
+    return write_random_eagle3_head(path, LLAMA, draft_ids(seed) if vocab is None else vocab,
+                                    seed=seed, tensors=tensors, rms_norm_eps=1e-6,
+                                    **config_overrides)
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +61,6 @@ def folders(tmp_path_factory) -> dict[str, str]:
 
 def eagle3(path: str, k: int = 3, **extra) -> dict:
     return {"method": "eagle3", "model": path, "num_speculative_tokens": k, **extra}
-
-
-def generate(llm, params, prompt_list=None):
-    outs = llm.generate([{"prompt_token_ids": p} for p in (prompt_list or prompts())], params,
-                        use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
 
 
 @pytest.fixture(scope="module")
@@ -341,8 +303,6 @@ def test_head_that_predicts_the_target_is_accepted_fully(tmp_path):
 
 # ---------------------------------------------------------------- errors
 def test_eagle1_checkpoint_is_refused(folders):
-    from test_eagle import save_eagle_head
-
     folder = os.path.join(os.path.dirname(folders["head"]), "eagle1")
     save_eagle_head(folder, seed=1)
     with pytest.raises(ValueError, match="not an EAGLE-3 head"):

@@ -136,12 +136,7 @@ class DraftModelProposer(PagedDraftProposer):
     def propose(self, runner: ModelRunner, counts: dict[str, int]
                 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
         table = runner.table
-        req_ids = list(counts)
-        slots = np.fromiter((table.slot_of[r] for r in req_ids), dtype=np.int64,
-                            count=len(req_ids))
-        known = table.num_tokens[slots].copy()
-        done = np.fromiter((self.computed.get(r, 0) for r in req_ids), dtype=np.int64,
-                           count=len(req_ids))
+        req_ids, slots, known, done = self.request_arrays(runner, counts)
         done = np.minimum(done, known - 1)
         chooser = DraftChooser(runner, req_ids, self.generators)
 
@@ -164,21 +159,13 @@ class DraftModelProposer(PagedDraftProposer):
         tokens = chooser.choose(torch.stack(last_logits), np.arange(len(req_ids)))
 
         # 2. k - 1 single-token steps, feeding each draft at the next position
-        want = np.fromiter((counts[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
-        columns = [tokens]
-        for j in range(1, int(want.max())):
-            active = np.flatnonzero(want > j)
-            hidden, _ = self.cache.forward(
-                self._forward, table, slots[active], known[active] + j - 1,
-                np.ones(len(active), dtype=np.int64),
-                columns[-1][torch.from_numpy(active).to(columns[-1].device)])
-            step = chooser.choose(self.model.compute_logits(hidden).float(), active)
-            full = torch.full_like(tokens, -1)
-            full[torch.from_numpy(active).to(full.device)] = step
-            columns.append(full)
-        ids = torch.stack(columns, dim=1).cpu().numpy()
-        drafts = {r: ids[i, :counts[r]].tolist() for i, r in enumerate(req_ids)}
-        return drafts, chooser.probs_by_request(counts)
+        def step(j: int, active: np.ndarray, previous: torch.Tensor) -> torch.Tensor:
+            hidden, _ = self.cache.forward(self._forward, table, slots[active],
+                                           known[active] + j - 1,
+                                           np.ones(len(active), dtype=np.int64), previous)
+            return self.model.compute_logits(hidden)
+
+        return self.draft_runs(counts, req_ids, tokens, chooser, step)
 
 
 class DraftChooser:

@@ -246,12 +246,9 @@ class EagleProposer(PagedDraftProposer):
     def propose(self, runner: ModelRunner, counts: dict[str, int]
                 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
         table = runner.table
-        req_ids = list(counts)
+        req_ids, slots, known, done = self.request_arrays(runner, counts)
         n = len(req_ids)
-        slots = np.fromiter((table.slot_of[r] for r in req_ids), dtype=np.int64, count=n)
-        known = table.num_tokens[slots].copy()
         end = known - 1                                   # head positions 0 .. L-2
-        done = np.fromiter((self.computed.get(r, 0) for r in req_ids), dtype=np.int64, count=n)
         for i, r in enumerate(req_ids):                   # skip positions never seen
             feats = self.features.get(r)
             first = feats.start if feats is not None else int(end[i]) - 1
@@ -286,24 +283,17 @@ class EagleProposer(PagedDraftProposer):
         tokens = chooser.choose(self.head.compute_logits(torch.stack(last_out)).float(),
                                 np.arange(n))
 
-        want = np.fromiter((counts[r] for r in req_ids), dtype=np.int64, count=n)
-        columns = [tokens]
-        for j in range(1, int(want.max())):
-            active = np.flatnonzero(want > j)
+        def step(j: int, active: np.ndarray, previous: torch.Tensor) -> torch.Tensor:
+            nonlocal h                                    # the states the last step fed
             act = torch.from_numpy(active).to(dev)
             out, fed, _ = self._run_head(table, slots[active], end[active] + j - 1,
-                                         np.ones(len(active), dtype=np.int64),
-                                         columns[-1][act.to(columns[-1].device)], h[act],
-                                         from_target=False)
+                                         np.ones(len(active), dtype=np.int64), previous,
+                                         h[act], from_target=False)
             h = torch.zeros_like(h)
             h[act] = fed
-            drafted = chooser.choose(self.head.compute_logits(out).float(), active)
-            full = torch.full_like(tokens, -1)
-            full[act.to(full.device)] = drafted
-            columns.append(full)
-        ids = torch.stack(columns, dim=1).cpu().numpy()
-        drafts = {r: ids[i, :counts[r]].tolist() for i, r in enumerate(req_ids)}
-        return drafts, chooser.probs_by_request(counts)
+            return self.head.compute_logits(out)
+
+        return self.draft_runs(counts, req_ids, tokens, chooser, step)
 
 
 def eagle_name(name: str) -> str:

@@ -6,13 +6,16 @@ the token budget of one of its forwards (the target's ``max_num_batched_tokens``
 the number of leading positions its cache holds valid (``computed``), and the per-request draft
 generators of seeded sampling requests (``generators``; see ``DraftChooser``). Finished or
 preempted requests are forgotten; a (re-)added request starts at ``resume_position``.
-``draft_checkpoint`` is the check-and-locate step of their ``load``.
+``draft_checkpoint`` is the check-and-locate step of their ``load``; ``request_arrays`` and
+``draft_runs`` the first and last steps of their ``propose``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from vllm_core.messages import NewRequestData, SchedulerOutput
@@ -75,3 +78,36 @@ class PagedDraftProposer(WorkerProposer):
             self.forget(req_id)
         for new in so.scheduled_new_reqs:          # new, or resumed after preemption
             self.computed[new.req_id] = self.resume_position(new)
+
+    def request_arrays(self, runner: ModelRunner, counts: dict[str, int]
+                       ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """``(req_ids, slots, known, done)`` of the requests of ``counts``: their
+        request-table slots, known token counts and valid leading draft-cache positions."""
+        table = runner.table
+        req_ids = list(counts)
+        n = len(req_ids)
+        slots = np.fromiter((table.slot_of[r] for r in req_ids), dtype=np.int64, count=n)
+        known = table.num_tokens[slots].copy()
+        done = np.fromiter((self.computed.get(r, 0) for r in req_ids), dtype=np.int64, count=n)
+        return req_ids, slots, known, done
+
+    @staticmethod
+    def draft_runs(counts: dict[str, int], req_ids: list[str], first: torch.Tensor,
+                   chooser: Any, step: Callable[[int, np.ndarray, torch.Tensor], torch.Tensor]
+                   ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
+        """``propose``'s result: ``first`` [n] is draft 1 of every request; for ``j = 1 ..``
+        ``step(j, active, previous)`` returns the draft logits of the requests ``active``
+        (indices into ``req_ids`` that want more than ``j`` drafts) fed their previous drafts
+        ``previous``, and ``chooser`` (a ``DraftChooser``) picks draft ``j + 1`` from them."""
+        want = np.fromiter((counts[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
+        columns = [first]
+        for j in range(1, int(want.max())):
+            active = np.flatnonzero(want > j)
+            rows = torch.from_numpy(active).to(first.device)
+            drafted = chooser.choose(step(j, active, columns[-1][rows]).float(), active)
+            full = torch.full_like(first, -1)
+            full[rows] = drafted
+            columns.append(full)
+        ids = torch.stack(columns, dim=1).cpu().numpy()
+        drafts = {r: ids[i, :counts[r]].tolist() for i, r in enumerate(req_ids)}
+        return drafts, chooser.probs_by_request(counts)
