@@ -14,6 +14,7 @@ over a smaller draft vocabulary mapped by ``d2t``) for a random-weight Llama tar
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -233,72 +234,116 @@ def test_eagle3_seeded_sampling_reproducible(folders):
 
 
 # ---------------------------------------------------------------- a head that predicts exactly
-def _permutation_pair(folder: str, head_folder: str) -> list[list[int]]:
+@dataclass
+class PermutationTarget:
     """A target whose greedy next token is a fixed permutation ``s`` of a token set S (64
-    tokens) applied to the current token, and an EAGLE-3 head that predicts exactly what it
-    must: from the auxiliary state at position j (the target's embedding of t[j]) the token
-    t[j+2] = s(s(t[j])). Returns prompts over S.
+    target ids, also the heads' draft vocabulary) applied to the current token.
 
-    Target: every layer's o_proj and down_proj are zero, so the residual stream (hence every
+    Every layer's o_proj and down_proj are zero, so the residual stream (hence every
     auxiliary state) is the token's embedding e(x), and the LM head's row s(x) is
-    u(x) / |u(x)| with u(x) = norm(e(x)): by Cauchy-Schwarz the argmax is s(x). Head: ``fc``
-    passes the first auxiliary state through, its o_proj and down_proj are zero, so its
-    output is norm(e(x)) with the target's norm weight, i.e. u(x); its LM head over the draft
-    vocabulary S has row s(s(x)) = u(x) / |u(x)|. Its later steps (fed its own state, not
-    told the new token) repeat the first draft, so only draft 1 is exact: k = 1."""
-    from safetensors.torch import load_file, save_file
+    ``unit(x) = u(x) / |u(x)|`` with ``u(x) = norm(e(x))``: by Cauchy-Schwarz the argmax is
+    s(x) (ids outside S score 0)."""
 
+    tokens: torch.Tensor          # S, sorted
+    step: torch.Tensor            # s on S, identity elsewhere
+    norm_w: torch.Tensor          # the final norm's weight
+    unit: torch.Tensor            # unit(x) for every id
+
+    def prompts(self) -> list[list[int]]:
+        pick = torch.Generator().manual_seed(6)
+        return [self.tokens[torch.randint(0, 64, (n,), generator=pick)].tolist()
+                for n in (7, 20, 3)]
+
+    def lm_rows(self, prediction: torch.Tensor) -> torch.Tensor:
+        """A draft LM head whose argmax for a state u(x) is ``prediction[x]`` (a bijection of
+        S): draft row of ``prediction[x]`` = unit(x)."""
+        index = {int(t): d for d, t in enumerate(self.tokens.tolist())}
+        rows = torch.zeros(len(self.tokens), HIDDEN)
+        for x in self.tokens.tolist():
+            rows[index[int(prediction[x])]] = self.unit[x]
+        return rows
+
+
+def permutation_target(folder: str) -> PermutationTarget:
     vocab_size = LLAMA["vocab_size"]
     hf = random_hf_causal_lm("llama", {**LLAMA, "num_hidden_layers": TARGET_LAYERS}, seed=4,
                              weight_scale=0.3)
     gen = torch.Generator().manual_seed(4)
     tokens = draft_ids(11, 64)
-    perm = tokens[torch.randperm(64, generator=gen)]
     step = torch.arange(vocab_size)
-    step[tokens] = perm                                  # s on S (identity elsewhere)
+    step[tokens] = tokens[torch.randperm(64, generator=gen)]
     sd = {k: v.clone() for k, v in hf.state_dict().items()}
     for name in sd:
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             sd[name].zero_()
-    norm_w = sd["model.norm.weight"]
-    embed = sd["model.embed_tokens.weight"]
-    u = _rms(embed, norm_w)
+    u = _rms(sd["model.embed_tokens.weight"], sd["model.norm.weight"])
     unit = u / u.norm(dim=-1, keepdim=True)
-    head_rows = torch.zeros(vocab_size, LLAMA["hidden_size"])
-    head_rows[step[tokens]] = unit[tokens]               # row s(x) = unit(x)
-    sd["lm_head.weight"] = head_rows
+    sd["lm_head.weight"] = torch.zeros(vocab_size, HIDDEN)
+    sd["lm_head.weight"][step[tokens]] = unit[tokens]            # row s(x) = unit(x)
     hf.load_state_dict(sd)
     hf.save_pretrained(folder)
     write_wordlevel_tokenizer(folder, vocab_size)
+    return PermutationTarget(tokens, step, sd["model.norm.weight"].clone(), unit)
 
-    save_eagle3_head(head_folder, seed=5, vocab=tokens)   # random weights, then exact ones
-    w = load_file(os.path.join(head_folder, "model.safetensors"))
-    eye = torch.eye(HIDDEN)
-    w["fc.weight"] = torch.cat([eye, torch.zeros(HIDDEN, 2 * HIDDEN)], dim=1)
-    w["midlayer.self_attn.o_proj.weight"].zero_()
+
+def exact_head(folder: str, target: PermutationTarget, reads: str) -> str:
+    """An EAGLE-3 head that predicts ``target`` exactly (random weights, then exact ones).
+
+    ``reads="aux"``: from the auxiliary state at position j (e(t[j])) it predicts
+    t[j+2] = s(s(t[j])): ``fc`` passes the first auxiliary state through, o_proj and down_proj
+    are zero, so the output is norm(e(t[j])) = u(t[j]) (the target's norm weight), scored by
+    rows unit(x) at s(s(x)). Its later steps (fed its own state, not told the new token)
+    repeat draft 1, so only draft 1 is exact.
+
+    ``reads="token"``: one attention head of width H with q = k = 4 * input_layernorm(embed)
+    and v = input_layernorm(embed), o_proj = I: every token's key has the same norm (RMS-normed
+    embeddings), so by Cauchy-Schwarz a position attends (up to e^-100) to itself or to the
+    same token elsewhere: the attention output is the current token's normed embedding.
+    ``hidden_norm`` is zero and ``norm_before_residual`` set, so neither the target's states
+    nor the fed-forward ones enter; the output is u(t[j+1]), scored by rows unit(x) at s(x):
+    it predicts t[j+2] = s(t[j+1]) at every step, so all k drafts are exact."""
+    from safetensors.torch import load_file, save_file
+
+    shape = dict(LLAMA) if reads == "aux" else {**LLAMA, "num_attention_heads": 1,
+                                                 "num_key_value_heads": 1}
+    extra = {} if reads == "aux" else {"norm_before_residual": True}
+    write_random_eagle3_head(folder, shape, target.tokens, seed=5, rms_norm_eps=1e-6, **extra)
+    w = load_file(os.path.join(folder, "model.safetensors"))
     w["midlayer.mlp.down_proj.weight"].zero_()
-    w["norm.weight"] = norm_w.clone()
-    two = step[step]                                     # s(s(x))
-    lm = torch.zeros(len(tokens), HIDDEN)
-    index = {int(t): d for d, t in enumerate(tokens.tolist())}
-    for x in tokens.tolist():
-        lm[index[int(two[x])]] = unit[x]
-    w["lm_head.weight"] = lm
+    w["norm.weight"] = target.norm_w.clone()
+    zeros, eye = torch.zeros(HIDDEN, HIDDEN), torch.eye(HIDDEN)
+    if reads == "aux":
+        w["fc.weight"] = torch.cat([eye, zeros, zeros], dim=1)
+        w["midlayer.self_attn.o_proj.weight"].zero_()
+        w["lm_head.weight"] = target.lm_rows(target.step[target.step])
+    else:
+        w["midlayer.input_layernorm.weight"] = torch.ones(HIDDEN)
+        w["midlayer.hidden_norm.weight"] = torch.zeros(HIDDEN)
+        for name, scale in (("q", 4.0), ("k", 4.0), ("v", 1.0)):
+            w[f"midlayer.self_attn.{name}_proj.weight"] = torch.cat([scale * eye, zeros], 1)
+        w["midlayer.self_attn.o_proj.weight"] = eye.clone()
+        w["lm_head.weight"] = target.lm_rows(target.step)
     save_file({k: v.contiguous() for k, v in w.items()},
-              os.path.join(head_folder, "model.safetensors"))
-    pick = torch.Generator().manual_seed(6)
-    return [tokens[torch.randint(0, 64, (n,), generator=pick)].tolist() for n in (7, 20, 3)]
+              os.path.join(folder, "model.safetensors"))
+    return folder
 
 
-def test_head_that_predicts_the_target_is_accepted_fully(tmp_path):
-    target, head = str(tmp_path / "target"), str(tmp_path / "head")
-    prompt_list = _permutation_pair(target, head)
-    ref, _ = make_llm(target)
+def test_heads_that_predict_the_target_are_accepted_fully(tmp_path):
+    """Draft 1 from the auxiliary states (k = 1), and every draft from the tokens (k = 3):
+    accepted 100%, tokens identical to the plain engine's."""
+    target = permutation_target(str(tmp_path / "target"))
+    prompt_list = target.prompts()
+    ref, _ = make_llm(str(tmp_path / "target"))
     want = generate(ref, greedy(20), prompt_list)
     assert len({t for seq in want for t in seq}) > 8            # not a constant output
-    llm, counter = make_llm(target, eagle3(head, k=1))
-    assert generate(llm, greedy(20), prompt_list) == want
-    assert counter.draft_tokens > 0 and counter.accepted == counter.draft_tokens
+    for reads, k in (("aux", 1), ("token", 3)):
+        head = exact_head(str(tmp_path / reads), target, reads)
+        llm, counter = make_llm(str(tmp_path / "target"), eagle3(head, k=k))
+        assert generate(llm, greedy(20), prompt_list) == want
+        assert counter.draft_tokens > 0 and counter.accepted == counter.draft_tokens, reads
+        if k > 1:
+            assert counter.drafts < 3 * 20 / 3         # runs of k + 1 tokens per step
+        del llm
 
 
 # ---------------------------------------------------------------- errors
