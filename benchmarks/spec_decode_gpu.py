@@ -1,8 +1,8 @@
 """Speculative decoding on the GPU, Llama-3.1-8B shape with random bf16 weights, same run A/B.
 
 One engine (``load_format="dummy"``) serves every run; a run without speculation detaches the
-engine's drafter (``engine.drafter = None``), so the A and B sides share weights, KV cache and
-graphs. Prints one JSON line per run (``"bench": "spec_decode_gpu"``) with output tok/s, the
+engine core's drafter (``engine.core.drafter = None``), so the A and B sides share weights,
+KV cache and graphs. Prints one JSON line per run (``"bench": "spec_decode_gpu"``) with output tok/s, the
 acceptance figures, and ``speedup`` against the run's baseline::
 
     python benchmarks/spec_decode_gpu.py --part b1      # gpu-8b-b1: replay draft, n-gram
@@ -118,11 +118,11 @@ def timed(llm: Any, prompts: list[list[int]], output_len: int, proposer: Propose
 
     from vllm_core import SamplingParams
 
-    engine = llm.llm_engine
-    engine.drafter = None
+    core = llm.llm_engine.core          # in-process (LLM's default): its drafter is settable
+    core.drafter = None
     if proposer is not None:
-        engine.drafter = llm._drafter
-        engine.drafter.proposer = proposer
+        core.drafter = llm._drafter
+        core.drafter.proposer = proposer
     totals = llm._spec_totals
     totals.__init__()
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True,
