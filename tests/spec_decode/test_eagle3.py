@@ -198,6 +198,31 @@ def test_head_matches_reference(folders):
     assert torch.isneginf(logits[:, rest]).all()
 
 
+@torch.no_grad()
+def test_prefixed_names_load_the_same_head(folders, tmp_path):
+    """Exports that spell the tensors ``model.midlayer.*`` / ``layers.0.*`` load the same head."""
+    from safetensors.torch import load_file, save_file
+
+    from vllm_core.attention.backends.reference import ReferenceAttentionBackend
+    from vllm_core.spec_decode.eagle3 import load_eagle3_head
+
+    w = load_file(os.path.join(folders["head"], "model.safetensors"))
+    renamed = {("layers.0." + k[len("midlayer."):] if k.startswith("midlayer.")
+                else "model." + k): v for k, v in w.items()}
+    other = str(tmp_path / "renamed")
+    os.makedirs(other)
+    save_file(renamed, os.path.join(other, "model.safetensors"))
+    with open(os.path.join(folders["head"], "config.json")) as src, \
+            open(os.path.join(other, "config.json"), "w") as dst:
+        dst.write(src.read())
+    model, arch = _target_model(folders["target"])
+    runner = SimpleNamespace(model=model, arch=arch, attn_backend=ReferenceAttentionBackend,
+                             device=torch.device("cpu"), ops=None)
+    a = load_eagle3_head(runner, folders["head"], torch.float32).state_dict()
+    b = load_eagle3_head(runner, other, torch.float32).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ---------------------------------------------------------------- the engine
 def test_eagle3_greedy_identical_mixed_batch_prefix_cache(folders, baseline):
     from vllm_core import SamplingParams
@@ -231,6 +256,14 @@ def test_eagle3_seeded_sampling_reproducible(folders):
                             enable_prefix_caching=False)
     first = generate(llm, params)
     assert generate(llm, params) == first and counter.draft_tokens > 0
+
+
+def test_eagle3_bf16_head_async_scheduling(folders, baseline):
+    """A bfloat16 head (its own KV cache dtype) on a float32 target, async scheduling on."""
+    llm, counter = make_llm(folders["target"], eagle3(folders["head"], dtype="bfloat16"),
+                            async_scheduling=True)
+    assert generate(llm, greedy(24)) == baseline
+    assert counter.draft_tokens > 0
 
 
 # ---------------------------------------------------------------- a head that predicts exactly
