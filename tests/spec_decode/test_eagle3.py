@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from test_draft_model import LLAMA, greedy, make_llm, prompts, save_llama
-from test_eagle import generate, save_eagle_head
+from test_eagle import assert_seeded_sampling_reproducible, generate, save_eagle_head
 
 from vllm_core.model_executor.models.aux_hidden import AuxHiddenCapture
 from vllm_core.model_executor.testing import (
@@ -249,13 +249,7 @@ def test_eagle3_greedy_identical_under_preemption(folders, baseline):
 
 
 def test_eagle3_seeded_sampling_reproducible(folders):
-    from vllm_core import SamplingParams
-
-    params = SamplingParams(temperature=0.9, top_k=30, seed=5, max_tokens=16, ignore_eos=True)
-    llm, counter = make_llm(folders["target"], eagle3(folders["head"], k=2),
-                            enable_prefix_caching=False)
-    first = generate(llm, params)
-    assert generate(llm, params) == first and counter.draft_tokens > 0
+    assert_seeded_sampling_reproducible(folders["target"], eagle3(folders["head"], k=2))
 
 
 def test_eagle3_bf16_head_async_scheduling(folders, baseline):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_gpu_draft_model import LLAMA as DRAFT_TEST_LLAMA
 
 pytestmark = [
     pytest.mark.gpu,
@@ -20,9 +21,7 @@ pytestmark = [
                               "the GPU machine)"),
 ]
 
-LLAMA = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-             tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+LLAMA = {**DRAFT_TEST_LLAMA, "num_hidden_layers": 4}     # default auxiliary layers (2, 2, 1)
 
 
 def test_eagle3_greedy_identical_on_gpu(tmp_path):
@@ -40,18 +39,14 @@ def test_eagle3_greedy_identical_on_gpu(tmp_path):
     write_random_eagle3_head(head, LLAMA, vocab, seed=2, rms_norm_eps=1e-6)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, 250, n).tolist() for n in (40, 7, 90)]
-    params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
-
-    def run(**kwargs):
+    greedy = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
+    tokens = {}
+    for spec in (None, {"method": "eagle3", "model": head, "num_speculative_tokens": 3}):
         llm = LLM(target, dtype="float32", max_model_len=256, num_gpu_blocks_override=256,
-                  max_num_seqs=8, **kwargs)
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        return [o.outputs[0].token_ids for o in outs], llm
-
-    base, _ = run()
-    got, llm = run(speculative_config={"method": "eagle3", "model": head,
-                                       "num_speculative_tokens": 3})
-    assert got == base
+                  max_num_seqs=8, speculative_config=spec)
+        tokens[spec is None] = [o.outputs[0].token_ids for o in llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)]
+    assert tokens[False] == tokens[True]
     sampled = llm.generate([{"prompt_token_ids": p} for p in prompts],
                            SamplingParams(temperature=0.8, top_k=20, max_tokens=24, seed=1,
                                           ignore_eos=True), use_tqdm=False)
