@@ -396,6 +396,16 @@ def test_layer_reading_one_width_is_refused(folders, tmp_path):
         make_llm(folders["target"], eagle3(folder))
 
 
+def test_pickle_only_head_is_refused_with_the_conversion(folders, tmp_path):
+    """Published heads often ship pytorch_model.bin: refused (never unpickled), with the
+    one-line conversion that works for a class transformers does not know."""
+    folder = save_eagle3_head(str(tmp_path / "bin"), seed=2)
+    os.rename(os.path.join(folder, "model.safetensors"),
+              os.path.join(folder, "pytorch_model.bin"))
+    with pytest.raises(ValueError, match="pickle.*weights_only=True"):
+        make_llm(folders["target"], eagle3(folder))
+
+
 def test_hidden_size_mismatch_is_refused(folders, tmp_path):
     folder = save_eagle3_head(str(tmp_path / "h32"), seed=2, target_hidden_size=32)
     with pytest.raises(ValueError, match="target hidden size of 32"):

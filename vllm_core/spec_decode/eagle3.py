@@ -272,7 +272,14 @@ def load_eagle3_head(runner: ModelRunner, path: str, dtype: torch.dtype) -> Eagl
                          f"hidden states (the Llama-family decoder); "
                          f"{type(runner.model).__name__} does not")
     layout = read_eagle3_layout(path, runner.arch)
-    tensors = {checkpoint_name(n): read_full(t) for n, t in iter_safetensors_lazy(path)}
+    try:
+        tensors = {checkpoint_name(n): read_full(t) for n, t in iter_safetensors_lazy(path)}
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise
+        raise ValueError(f"{e} For an EAGLE-3 head (transformers cannot load its class): "
+                         f"safetensors.torch.save_file(torch.load('pytorch_model.bin', "
+                         f"weights_only=True), 'model.safetensors') in its folder.") from e
     own_embed = "embed_tokens.weight" in tensors
     if not own_embed and layout.arch.hidden_size != runner.arch.hidden_size:
         raise ValueError(f"EAGLE-3 head {path} has hidden_size {layout.arch.hidden_size} and "
