@@ -108,7 +108,7 @@ class EngineCoreClient:
         try:
             client = cls(config, address, 0, process=proc)
         except BaseException:
-            _stop_process(proc, grace_s=0.0)
+            stop_process(proc, grace_s=0.0)
             raise
         # The core is not a daemon (it may start worker processes), so multiprocessing would
         # join it at interpreter exit: stop it first (exitpriority runs before the join).
@@ -136,8 +136,8 @@ class EngineCoreClient:
             self._wait_ready(timeout_s)
         except BaseException:
             if self.process is not None:
-                _stop_process(self.process, grace_s=0.0)
-            self._close_sockets()
+                stop_process(self.process, grace_s=0.0)
+            self.close_sockets()
             raise
         self._ready = True
 
@@ -327,12 +327,20 @@ class EngineCoreClient:
                 self._send(m.Shutdown())
             except Exception:  # noqa: BLE001
                 pass
-            _stop_process(self.process, grace_s=timeout_s)
+            stop_process(self.process, grace_s=timeout_s)
         if self._finalizer is not None:
             self._finalizer.cancel()
-        self._close_sockets()
+        self.close_sockets()
 
-    def _close_sockets(self) -> None:
+    @property
+    def output_socket(self) -> Any:
+        """The PULL socket this front end's outputs from the core arrive on; a client over
+        several cores (``DPEngineCoreClient``) polls theirs together."""
+        return self._output
+
+    def close_sockets(self) -> None:
+        """Close this client's sockets, ZeroMQ context and wake-up pipe; the core process is
+        left alone (``shutdown`` stops it first). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -379,7 +387,7 @@ def _stop_core(proc: Any, address: str) -> None:
             send_shutdown(address)
         except Exception:  # noqa: BLE001 - the process is stopped below anyway
             pass
-    _stop_process(proc, grace_s=5.0)
+    stop_process(proc, grace_s=5.0)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -392,7 +400,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _stop_process(proc: Any, grace_s: float) -> None:
+def stop_process(proc: Any, grace_s: float) -> None:
+    """Join ``proc`` for ``grace_s``, then terminate it, then kill it (5 s each)."""
     proc.join(grace_s)
     if proc.is_alive():
         proc.terminate()

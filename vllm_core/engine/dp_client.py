@@ -44,10 +44,10 @@ from vllm_core.engine.core import CoreStep, CoreStepStats
 from vllm_core.engine.core_client import (
     STEP_WAIT_S,
     EngineCoreClient,
-    _stop_process,
     drain,
     new_ipc_address,
     send_shutdown,
+    stop_process,
 )
 from vllm_core.engine.dp_router import CoreLoad, DPRouter
 from vllm_core.engine.errors import EngineDeadError
@@ -121,7 +121,7 @@ class DPEngineCoreClient:
         self.router = DPRouter(len(clients))
         self._poller = zmq.Poller()
         for client in clients:
-            self._poller.register(client._output, zmq.POLLIN)
+            self._poller.register(client.output_socket, zmq.POLLIN)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -156,7 +156,7 @@ class DPEngineCoreClient:
             client = cls(config, clients, addresses)
         except BaseException:
             for c in clients:
-                c._close_sockets()
+                c.close_sockets()
             _stop_all(procs, addresses, grace_s=0.0)
             raise
         # Cores are not daemons (they start worker processes): stop them before
@@ -179,7 +179,7 @@ class DPEngineCoreClient:
             return cls(config, clients, list(input_addresses))
         except BaseException:
             for c in clients:
-                c._close_sockets()
+                c.close_sockets()
             raise
 
     # ------------------------------------------------------------------ readiness
@@ -293,7 +293,7 @@ class DPEngineCoreClient:
             self._last_liveness_check = now
             events = {}
         for rank, client in enumerate(self.clients):
-            if events and client._output not in events:
+            if events and client.output_socket not in events:
                 continue
             try:
                 # Nothing waits here: the poll above did. A core whose socket has nothing has
@@ -390,4 +390,4 @@ def _stop_all(procs: list[Any], addresses: list[str], grace_s: float) -> None:
             except Exception:  # noqa: BLE001
                 pass
     for proc in procs:
-        _stop_process(proc, grace_s=grace_s)
+        stop_process(proc, grace_s=grace_s)
