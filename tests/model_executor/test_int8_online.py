@@ -75,3 +75,19 @@ def test_online_int8_logits_match_hf_on_the_same_int8_weights(tmp_path):
     prompt = [5, 17, 33, 2, 80, 41]
     got = run_step(ours, new_kv_caches(arch, num_blocks=8), [prompt], [0])[0]
     torch.testing.assert_close(got, hf_logits(oracle, prompt), atol=2e-4, rtol=2e-4)
+
+
+def test_dummy_weights_are_quantized_at_load(tmp_path):
+    """``load_format="dummy"`` (how the GPU benchmarks run the 8B shape) fills the float
+    weight, then quantizes it like a loaded one."""
+    hf = tiny_llama()
+    hf.config.save_pretrained(tmp_path)
+    arch = load_arch_config(str(tmp_path))
+    model = get_model(ModelConfig(model=str(tmp_path), dtype="float32", arch=arch,
+                                  quantization="int8", load_format="dummy"),
+                      ReferenceAttentionBackend, torch.device("cpu"))
+    qw = model.get_submodule("model.layers.1.mlp.down_proj").qweights
+    assert qw.weight.dtype == torch.int8 and int(qw.weight.abs().max()) == 127
+    assert bool((qw.weight_scale > 0).all())
+    logits = run_step(model, new_kv_caches(arch, num_blocks=8), [[3, 4, 5]], [0])[0]
+    assert bool(torch.isfinite(logits).all())
