@@ -358,6 +358,8 @@ def system_env(system: str, base: dict[str, str], args: argparse.Namespace) -> d
         env.update(args.vllm_cpu_env)   # its threads follow its own core binding
     elif args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
+        if system == "vllm-core":       # its CPU worker sets torch's threads from this
+            env["VLLM_CPU_NUM_THREADS"] = str(args.threads)
     return env
 
 

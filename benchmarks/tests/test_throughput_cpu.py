@@ -52,6 +52,8 @@ def test_parse_args_orders_systems_and_validates() -> None:
     assert args.vllm_cpu_env == {"A": "1"}
     env = tc.system_env("hf", {}, tc.parse_args(["--threads", "1"]))
     assert env["OMP_NUM_THREADS"] == "1"
+    assert tc.system_env("vllm-core", {}, tc.parse_args(["--threads", "1"]))[
+        "VLLM_CPU_NUM_THREADS"] == "1"
     assert "OMP_NUM_THREADS" not in tc.system_env("vllm-cpu", {}, args)
     for bad in (["--systems", "hf,trt"], ["--num-requests", "0"], ["--vllm-cpu-env", "A"],
                 ["--threads", "0"]):
