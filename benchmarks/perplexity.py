@@ -10,6 +10,8 @@ perplexity = exp(-mean logprob) over all scored tokens. Configurations:
   GGUF, de-quantized at load);
 - ``fp8-online``: ``--quantization fp8`` of the float32 checkpoint (a GGUF model is first
   saved as a float32 HF folder: GGUF files accept no other quantization);
+- ``int8-online``: ``--quantization int8`` (W8A8: per-channel int8 weights made at load,
+  dynamic per-token activations; a GGUF file is de-quantized first);
 - ``gptq-4bit``, ``awq-4bit``, ``ct-w4a16``, ``ct-w8a8-int8``, ``ct-w8a8-fp8``, ``fp8-ckpt``:
   checkpoints written from the same weights by the format writers of
   ``vllm_core/model_executor/quantization/testing.py`` (GPTQ / AWQ layouts, compressed-tensors
@@ -35,7 +37,7 @@ from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = os.path.join(HERE, "data", "perplexity_text.md")
-ALL_CONFIGS = ("float32", "bfloat16", "fp8-online", "gptq-4bit", "awq-4bit", "ct-w4a16",
+ALL_CONFIGS = ("float32", "bfloat16", "fp8-online", "int8-online", "gptq-4bit", "awq-4bit", "ct-w4a16",
                "ct-w8a8-int8", "ct-w8a8-fp8", "fp8-ckpt")
 
 
@@ -138,6 +140,8 @@ def run(model: str | None, configs: list[str], window: int, out: Callable[[dict]
                     path = os.path.join(tmp, "float32")
                     _save_float(hf, path)
                     tok = model
+            elif name == "int8-online":       # a GGUF file is de-quantized, then int8
+                quant = "int8"
             elif name in writers:
                 if hf is None:
                     hf = _load_hf(model)

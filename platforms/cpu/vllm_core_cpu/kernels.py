@@ -26,7 +26,7 @@ from vllm_core import envs
 from vllm_core.logger import init_logger
 
 logger = init_logger(__name__)
-_SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp")
+_SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp")
 
 
 @functools.cache

@@ -47,8 +47,8 @@ class CpuWorker(TorchWorker):
 class CpuLayerOps(TorchLayerOps):
     """Torch ops with a batch-invariant linear: oneDNN computes a single-row product with a
     different kernel (and rounding) than a multi-row one, so one row is computed as two.
-    Quantized int4 / int8 weight-only layers run the plugin's C++ kernel where it applies
-    (``quant_ops``), else the core's reference."""
+    Quantized int4 / int8 weight-only layers (``quant_ops``) and W8A8 INT8 layers
+    (``int8_ops``) run the plugin's C++ kernels where they apply, else the core's reference."""
 
     def wna16_linear(self, x: torch.Tensor, w: Any,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,12 +57,25 @@ class CpuLayerOps(TorchLayerOps):
         y = quant_ops.wna16_linear(x, w, bias)
         return super().wna16_linear(x, w, bias) if y is None else y
 
+    def int8_linear(self, x: torch.Tensor, w: Any,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+        from vllm_core_cpu import int8_ops
+
+        y = int8_ops.int8_linear(x, w, bias)
+        return super().int8_linear(x, w, bias) if y is None else y
+
     def quant_kernel_name(self, kind: str, w: object) -> str:
         from vllm_core_cpu import quant_ops
 
         if kind == "wna16" and quant_ops.kernels_available() and quant_ops.kernel_fits(
                 torch.empty(0, dtype=w.scales.dtype), w, None):
             return quant_ops.KERNEL_NAME
+        if kind == "int8":
+            from vllm_core_cpu import int8_ops
+
+            if int8_ops.kernels_available() and int8_ops.kernel_fits(
+                    torch.empty(0, w.weight.shape[1]), w):
+                return int8_ops.KERNEL_NAME
         return super().quant_kernel_name(kind, w)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,

@@ -6,7 +6,8 @@ Rules (``select_quantization``):
    Q6_K linear layers) with ``--quantization gguf``, and by default on the platforms of
    ``GGUF_KEPT_BY_DEFAULT``; otherwise, or with ``gguf_dequantize`` (``--gguf-dequantize``),
    it is de-quantized at load by the GGUF loader. ``--quantization`` may be unset or ``gguf``;
-   anything else is refused.
+   a method that quantizes at load (``online``, e.g. ``int8``, ``fp8``) re-quantizes the
+   de-quantized weights (rule 3); anything else is refused.
 2. A checkpoint whose ``config.json`` has a ``quantization_config`` is loaded with the method
    its ``quant_method`` names (``compressed_tensors`` is the same as ``compressed-tensors``).
    ``--quantization`` may repeat that name; a different one is refused (a checkpoint holds
@@ -71,8 +72,13 @@ def select_quantization(hf_config: dict[str, Any], requested: str | None, *,
     requested = normalize_method_name(requested) if requested else None
     if is_gguf:
         if requested not in (None, "gguf"):
-            raise ValueError(f"--quantization {requested}: this is a GGUF file (its own "
-                             "quantization); only --quantization gguf (or none) applies")
+            cls = _method_cls(requested, "--quantization")
+            if not cls.online:
+                raise ValueError(f"--quantization {requested}: this is a GGUF file (its own "
+                                 "quantization); only --quantization gguf, none, or a method "
+                                 "that quantizes at load (" + ", ".join(online_methods())
+                                 + ") applies")
+            return _checked(cls.for_online(), platform, dtype)   # de-quantized, then this
         if gguf_dequantize:
             if requested == "gguf":
                 raise ValueError("--quantization gguf and --gguf-dequantize contradict each "

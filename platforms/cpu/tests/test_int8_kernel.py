@@ -1,0 +1,120 @@
+"""The CPU plugin's C++ W8A8 INT8 linear (``csrc/int8_gemm.cpp``) against the core's reference
+(``int8_linear_reference``: bit for bit, the activation quantization included), its batch
+invariance and fallbacks, and online ``--quantization int8`` of the default model (SmolLM2 Q4_1
+GGUF, de-quantized then re-quantized) against the same weights in fp32 (greedy tokens)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_core.model_executor.quantization.quantized_weights import (
+    Int8Weight,
+    int8_linear_reference,
+)
+from vllm_core_cpu import int8_ops
+from vllm_core_cpu.worker import CpuLayerOps
+
+pytestmark = pytest.mark.skipif(not int8_ops.kernels_available(),
+                                reason="the CPU plugin's C++ kernels did not build here")
+
+
+def random_weight(n: int, k: int, g: torch.Generator, per_tensor: bool = False,
+                  static: bool = False) -> Int8Weight:
+    # the full int8 range, -128 included (compressed-tensors checkpoints may hold it)
+    q = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    scale = torch.rand(n, generator=g) * 1e-2 + 1e-4
+    if per_tensor:                    # what the loader makes of a per-tensor scale
+        scale = scale[:1].expand(n).contiguous()
+    input_scale = torch.tensor(0.03) if static else None
+    return Int8Weight(q, scale, input_scale)
+
+
+SHAPES = [(1, 576, 960), (2, 100, 33), (4, 577, 64), (7, 1536, 576), (16, 63, 5),
+          (45, 130, 50), (300, 200, 97), (3, 1000, 3)]
+
+
+@pytest.mark.parametrize("rows,k,n", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_tensor", [False, True])
+@pytest.mark.parametrize("static", [False, True])
+def test_kernel_equals_reference(rows, k, n, dtype, per_tensor, static):
+    """Exact: the kernel's int8 activations, int32 sums and scale products are the
+    reference's (rows 1..300, K and N not multiples of the vector widths)."""
+    g = torch.Generator().manual_seed(rows * 7 + k + n + static)
+    w = random_weight(n, k, g, per_tensor, static)
+    x = (torch.randn(rows, k, generator=g) * 3).to(dtype)
+    x[0, :5] = 0.0
+    if static:
+        x[-1, 0] = 50.0                # beyond 127 * input_scale: clamped like the reference
+    bias = torch.randn(n, generator=g)
+    got = int8_ops.int8_linear(x, w, bias)
+    assert got is not None and got.dtype == dtype and got.shape == (rows, n)
+    assert torch.equal(got, int8_linear_reference(x, w, bias))
+    assert torch.equal(int8_ops.int8_linear(x, w, None), int8_linear_reference(x, w, None))
+
+
+def test_zero_rows_and_float16():
+    g = torch.Generator().manual_seed(1)
+    w = random_weight(24, 40, g)
+    assert int8_ops.int8_linear(torch.zeros(0, 40), w, None).shape == (0, 24)
+    x = torch.randn(3, 40, generator=g).half()
+    assert torch.equal(int8_ops.int8_linear(x, w, None), int8_linear_reference(x, w))
+
+
+@pytest.mark.parametrize("rows", [16, 45])
+def test_batches_are_row_independent(rows):
+    """A row's result does not depend on the batch it is computed in (prefix caching and
+    chunked prefill do not change a seeded sample)."""
+    g = torch.Generator().manual_seed(3)
+    w = random_weight(960, 576, g)
+    x = torch.randn(rows, 576, generator=g)
+    batched = int8_ops.int8_linear(x, w, None)
+    for r in range(rows):
+        assert torch.equal(int8_ops.int8_linear(x[r:r + 1], w, None)[0], batched[r])
+    assert torch.equal(int8_ops.int8_linear(x[3:9], w, None), batched[3:9])
+
+
+def test_layer_ops_use_the_kernel_and_fall_back():
+    g = torch.Generator().manual_seed(4)
+    ops = CpuLayerOps()
+    w = random_weight(48, 256, g)
+    assert ops.quant_kernel_name("int8", w) == int8_ops.KERNEL_NAME
+    x = torch.randn(2, 3, 256, generator=g)             # [..., K] inputs keep their shape
+    y = ops.int8_linear(x, w)
+    assert y.shape == (2, 3, 48)
+    assert torch.equal(y, int8_linear_reference(x, w))
+    # a weight scale the loader did not flatten to [N] float32: the reference
+    odd = Int8Weight(w.weight, w.weight_scale.double(), None)
+    assert not int8_ops.kernel_fits(x, odd)
+    assert ops.quant_kernel_name("int8", odd).startswith("torch reference")
+    torch.testing.assert_close(ops.int8_linear(x, odd), int8_linear_reference(x, odd))
+
+
+@pytest.mark.slow
+def test_default_model_online_int8_greedy_matches_fp32():
+    """SmolLM2-135M (the Q4_1 GGUF de-quantized) with ``--quantization int8`` through the C++
+    kernel vs the same weights in fp32: greedy tokens identical, or the int8 token is in the
+    fp32 model's top 5 where they first differ."""
+    from test_wna16_kernel import greedy
+
+    from vllm_core.attention.backends.reference import ReferenceAttentionBackend
+    from vllm_core.config import ModelConfig
+    from vllm_core.model_executor.loader import get_model, load_arch_config, resolve_model
+
+    path = resolve_model(None)
+    arch = load_arch_config(path)
+    q = get_model(ModelConfig(model=path, dtype="float32", quantization="int8"),
+                  ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
+    qkv = q.model.layers[0].self_attn.qkv_proj
+    assert qkv.qweights.weight.dtype == torch.int8 and not hasattr(qkv, "weight")
+    ref_model = get_model(ModelConfig(model=path, dtype="float32", gguf_dequantize=True),
+                          ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
+    prompt = [1780, 314, 260, 3575, 282, 4649, 47]           # "What is the capital of France?"
+    got, _ = greedy(q, arch, prompt, 24)
+    ref, ref_logits = greedy(ref_model, arch, prompt, 24)
+    for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+        if a != b:
+            top5 = ref_logits[i].topk(5).indices.tolist()
+            assert a in top5, (i, got, ref)
+            break

@@ -1,0 +1,284 @@
+// W8A8 INT8 linear for the CPU plugin, reading the core's Int8Weight layout
+// (vllm_core/model_executor/quantization/quantized_weights.py) as it is:
+//   weight int8 [N, K] (row n = output channel n, contiguous over k), weight_scale fp32 [N],
+//   input_scale: none (dynamic: s_x = max|x_row| / 127 per row) or one fp32 value (static),
+//   y[m, n] = float(sum_k xq[m, k] * w[n, k]) * s_x[m] * s_w[n] (+ bias[n]), in x's dtype.
+//
+// The activation quantization is fused: one pass per row computes the row's scale and its
+// int8 values (round half to even, clamped to [-127, 127], exactly as
+// quantize_per_token does), into a buffer zero-padded to a multiple of 64 inputs. The integer
+// dot products are exact (int32), so the result of a row does not depend on the batch it is
+// in, on the row chunking, or on the thread split: batch invariance comes for free; the float
+// epilogue is the same expression for every row.
+//
+// Dot products, by ISA (the build is -march=native):
+//  - AVX-512 VNNI (__AVX512VNNI__ + __AVX512BW__): vpdpbusd on 64-byte vectors, 4 products
+//    summed into each int32 lane in one instruction (64 MACs). vpdpbusd multiplies unsigned by
+//    signed bytes, so the activations are stored as u8 = x + 128 and the kernel subtracts
+//    128 * sum_k w[n, k], accumulated alongside with a second vpdpbusd of all-ones bytes
+//    (shared by every row of the chunk).
+//  - AVX2: vpmaddubsw / vpmaddwd on 32-byte vectors (32 MACs in two multiply instructions),
+//    with the sign trick: |w| (u8, up to 128) times x with w's sign applied (s8; x is in
+//    [-127, 127], so negating it never overflows), each pair sum at most 2 * 128 * 127 = 32512:
+//    vpmaddubsw never saturates, the result is exact, and int8 weights of -128 (which
+//    compressed-tensors checkpoints may hold) are handled.
+//  - otherwise: a plain C++ loop (exact, slower).
+// AMX (Sapphire Rapids' tile units) is not used: on such a CPU the AVX-512 VNNI path runs.
+//
+// Tiling: output columns are split into blocks (parallel over ATen's intra-op threads); in a
+// block, rows are taken 4 at a time (their int8 values stay in L1) against pairs of columns
+// (the block's weights stay in L2), 4 x 2 int32 vector accumulators reduced horizontally at
+// the end of the row.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define I8_VNNI 1
+constexpr int64_t kV = 64;               // bytes per vector
+constexpr int kOffset = 128;             // activations stored as x + 128 (u8)
+#elif defined(__AVX2__)
+#define I8_AVX2 1
+constexpr int64_t kV = 32;
+constexpr int kOffset = 0;
+#else
+constexpr int64_t kV = 64;
+constexpr int kOffset = 0;
+#endif
+constexpr int64_t kPad = 64;             // activation rows are padded to a multiple of this
+constexpr int kRows = 4;
+constexpr int kCols = 2;
+constexpr int64_t kBlockCols = 32;       // columns per parallel work item
+
+#if defined(I8_VNNI)
+typedef __m512i vec;
+inline vec vload(const void* p) { return _mm512_loadu_si512(p); }
+inline int32_t hsum(vec v) { return _mm512_reduce_add_epi32(v); }
+#elif defined(I8_AVX2)
+typedef __m256i vec;
+inline vec vload(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline int32_t hsum(vec v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+#endif
+
+// sum_k x[m, k] * w[n, k] for MB rows x NB columns (int32, exact). xq: [MB rows, stride kp]
+// (zero-padded past K; u8 x + 128 on VNNI); w: NB row pointers into the [N, K] weight.
+template <int MB, int NB>
+inline void dot_tile(const int8_t* xq, int64_t kp, const int8_t* const* w, int64_t K,
+                     int32_t out[MB][NB]) {
+#if defined(I8_VNNI) || defined(I8_AVX2)
+  vec acc[MB][NB];
+  for (int m = 0; m < MB; ++m)
+    for (int b = 0; b < NB; ++b) acc[m][b] = vec{};
+#if defined(I8_VNNI)
+  vec comp[NB];
+  for (int b = 0; b < NB; ++b) comp[b] = vec{};
+  const vec ones = _mm512_set1_epi8(1);
+#else
+  const __m256i ones16 = _mm256_set1_epi16(1);
+#endif
+  const int64_t full = K / kV;
+  alignas(64) int8_t tail[NB][kV];
+  const int64_t rest = K - full * kV;
+  for (int64_t i = 0; i <= full; ++i) {
+    vec wv[NB];
+    if (i < full) {
+      for (int b = 0; b < NB; ++b) wv[b] = vload(w[b] + i * kV);
+    } else {
+      if (rest == 0) break;
+      // the last partial vector: copied so nothing past the weight's end is read (the
+      // activations are zero there, so the padding's value would not matter otherwise)
+      for (int b = 0; b < NB; ++b) {
+        std::memset(tail[b], 0, kV);
+        std::memcpy(tail[b], w[b] + i * kV, rest);
+        wv[b] = vload(tail[b]);
+      }
+    }
+#if defined(I8_VNNI)
+    for (int b = 0; b < NB; ++b) comp[b] = _mm512_dpbusd_epi32(comp[b], ones, wv[b]);
+    for (int m = 0; m < MB; ++m) {
+      const vec xv = vload(xq + m * kp + i * kV);
+      for (int b = 0; b < NB; ++b) acc[m][b] = _mm512_dpbusd_epi32(acc[m][b], xv, wv[b]);
+    }
+#else
+    vec aw[NB];
+    for (int b = 0; b < NB; ++b) aw[b] = _mm256_abs_epi8(wv[b]);
+    for (int m = 0; m < MB; ++m) {
+      const vec xv = vload(xq + m * kp + i * kV);
+      for (int b = 0; b < NB; ++b) {
+        const __m256i p = _mm256_maddubs_epi16(aw[b], _mm256_sign_epi8(xv, wv[b]));
+        acc[m][b] = _mm256_add_epi32(acc[m][b], _mm256_madd_epi16(p, ones16));
+      }
+    }
+#endif
+  }
+  for (int b = 0; b < NB; ++b) {
+#if defined(I8_VNNI)
+    // the padding past K holds u8 128 (x = 0) against zero weights: no correction needed
+    const int32_t c = kOffset * hsum(comp[b]);
+#else
+    const int32_t c = 0;
+#endif
+    for (int m = 0; m < MB; ++m) out[m][b] = hsum(acc[m][b]) - c;
+  }
+#else
+  for (int m = 0; m < MB; ++m)
+    for (int b = 0; b < NB; ++b) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < K; ++k)
+        s += static_cast<int32_t>(xq[m * kp + k]) * static_cast<int32_t>(w[b][k]);
+      out[m][b] = s;
+    }
+#endif
+}
+
+// y = float(acc) * sx * sw, then + bias: two roundings, in the reference's order (no FMA).
+__attribute__((optimize("fp-contract=off"))) inline float epilogue(int32_t acc, float sx,
+                                                                   float sw, const float* bias,
+                                                                   int64_t n) {
+  float y = static_cast<float>(acc) * sx;
+  y = y * sw;
+  if (bias != nullptr) y = y + bias[n];
+  return y;
+}
+
+template <int MB, typename T>
+void rows_block(const int8_t* xq, int64_t kp, const float* sx, const int8_t* weight,
+                const float* sw, const float* bias, T* out, int64_t K, int64_t N, int64_t m0,
+                int64_t n0, int64_t n1) {
+  int32_t acc[MB][kCols];
+  int64_t n = n0;
+  for (; n + kCols <= n1; n += kCols) {
+    const int8_t* wp[kCols];
+    for (int b = 0; b < kCols; ++b) wp[b] = weight + (n + b) * K;
+    dot_tile<MB, kCols>(xq + m0 * kp, kp, wp, K, acc);
+    for (int m = 0; m < MB; ++m)
+      for (int b = 0; b < kCols; ++b)
+        out[(m0 + m) * N + n + b] =
+            static_cast<T>(epilogue(acc[m][b], sx[m0 + m], sw[n + b], bias, n + b));
+  }
+  for (; n < n1; ++n) {
+    const int8_t* wp[1] = {weight + n * K};
+    int32_t one[MB][1];
+    dot_tile<MB, 1>(xq + m0 * kp, kp, wp, K, one);
+    for (int m = 0; m < MB; ++m)
+      out[(m0 + m) * N + n] = static_cast<T>(epilogue(one[m][0], sx[m0 + m], sw[n], bias, n));
+  }
+}
+
+// Quantize row m of x into xq (stride kp, zero / offset padded) and its scale into sx.
+template <typename T>
+void quantize_row(const T* x, int64_t K, int64_t kp, float static_scale, bool dynamic,
+                  int8_t* xq, float* sx) {
+  float s = static_scale;
+  if (dynamic) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(static_cast<float>(x[k])));
+    s = std::max(amax, 1e-12f) / 127.0f;
+  }
+  *sx = s;
+  for (int64_t k = 0; k < K; ++k) {
+    float v = static_cast<float>(x[k]) / s;
+    v = std::min(127.0f, std::max(-127.0f, v));
+    const int q = static_cast<int>(std::nearbyint(v));      // half to even (default mode)
+    xq[k] = static_cast<int8_t>(q + kOffset);               // u8 bit pattern on VNNI
+  }
+  for (int64_t k = K; k < kp; ++k) xq[k] = static_cast<int8_t>(kOffset);
+}
+
+template <typename T>
+at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+               const c10::optional<at::Tensor>& input_scale,
+               const c10::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  const int64_t kp = (K + kPad - 1) / kPad * kPad;
+  auto out = at::empty({M, N}, x.options());
+  if (M == 0) return out;
+  std::vector<int8_t> xq(M * kp);
+  std::vector<float> sx(M);
+  const bool dynamic = !input_scale.has_value();
+  const float static_scale = dynamic ? 0.0f : input_scale->item<float>();
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m)
+      quantize_row<T>(xp + m * K, K, kp, static_scale, dynamic, xq.data() + m * kp,
+                      sx.data() + m);
+  });
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* swp = weight_scale.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  T* op = out.data_ptr<T>();
+  const int64_t blocks = (N + kBlockCols - 1) / kBlockCols;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * kBlockCols, n1 = std::min(N, n0 + kBlockCols);
+      int64_t m0 = 0;
+      for (; m0 + kRows <= M; m0 += kRows)
+        rows_block<kRows, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
+      switch (M - m0) {
+        case 3: rows_block<3, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
+                break;
+        case 2: rows_block<2, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
+                break;
+        case 1: rows_block<1, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
+                break;
+        default: break;
+      }
+    }
+  });
+  return out;
+}
+
+// y [M, N] = dequant(quant(x) @ weight^T) (+ bias); see the file comment for the contract.
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const at::Tensor& weight_scale, const c10::optional<at::Tensor>& input_scale,
+                       const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2, "int8_linear: x [M, K], weight [N, K]");
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "int8_linear: weight must be int8");
+  TORCH_CHECK(weight.size(1) == x.size(1), "int8_linear: weight has ", weight.size(1),
+              " inputs, x has ", x.size(1));
+  const int64_t N = weight.size(0);
+  TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.numel() == N,
+              "int8_linear: weight_scale must be float32 [N]");
+  TORCH_CHECK(!input_scale.has_value() || (input_scale->scalar_type() == at::kFloat &&
+                                           input_scale->numel() == 1),
+              "int8_linear: input_scale must be one float32 value");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->numel() == N),
+              "int8_linear: bias must be float32 [N]");
+  auto xc = x.contiguous();
+  auto wc = weight.contiguous();
+  auto sc = weight_scale.contiguous().view({N});
+  c10::optional<at::Tensor> bc;
+  if (bias.has_value()) bc = bias->contiguous();
+  switch (x.scalar_type()) {
+    case at::kFloat: return run<float>(xc, wc, sc, input_scale, bc);
+    case at::kBFloat16: return run<c10::BFloat16>(xc, wc, sc, input_scale, bc);
+    case at::kHalf: return run<c10::Half>(xc, wc, sc, input_scale, bc);
+    default: TORCH_CHECK(false, "int8_linear: unsupported dtype ", x.scalar_type());
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
+  m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? input_scale, "
+        "Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("int8_linear", &int8_linear); }
