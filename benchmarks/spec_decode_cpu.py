@@ -1,4 +1,4 @@
-"""Speculative decoding on the CPU: n-gram lookup and a draft model against no speculation,
+"""Speculative decoding on the CPU: n-gram lookup, a draft model and an EAGLE-3 head against no
 same run.
 
 The default model (SmolLM2-135M-Instruct GGUF), batch 1 (each prompt generated alone, as a
@@ -12,7 +12,13 @@ baseline's), the acceptance figures and whether its tokens equal the baseline's:
     python benchmarks/spec_decode_cpu.py --systems draft_model --draft-layers 8
 
 ``draft_model`` is a truncated-layer draft of the target: its first ``--draft-layers``
-decoder layers (a view sharing the target's weights, its own KV cache).
+decoder layers (a view sharing the target's weights, its own KV cache). ``eagle3`` is an
+EAGLE-3 head of the published layout for the target's shape with random weights
+(``--draft-vocab`` draft tokens; written to a temporary folder): its acceptance is ~0, so its
+line measures the head's overhead (auxiliary-state capture, catch-up and k head steps per
+target step, verification of rejected drafts) against no speculation::
+
+    python benchmarks/spec_decode_cpu.py --systems eagle3 --k 2
 
 Absolute times on a shared machine are indicative: the line also records ``uptime``'s load
 average and the CPU. Quote the ratio.
@@ -87,6 +93,28 @@ def run(system: str, spec: dict | None, prompts: list[dict], max_tokens: int,
     return line, tokens
 
 
+def random_eagle3_head(draft_vocab: int) -> str:
+    """A temporary folder holding a random-weight EAGLE-3 head for the default model."""
+    import tempfile
+
+    import torch
+
+    from vllm_core.model_executor.loader import load_arch_config, resolve_model
+    from vllm_core.model_executor.testing import write_random_eagle3_head
+
+    arch = load_arch_config(resolve_model(None))
+    size = min(draft_vocab, arch.vocab_size)
+    vocab = torch.randperm(arch.vocab_size, generator=torch.Generator().manual_seed(0))
+    target = {"hidden_size": arch.hidden_size, "intermediate_size": arch.intermediate_size,
+              "num_attention_heads": arch.num_attention_heads,
+              "num_key_value_heads": arch.num_key_value_heads, "vocab_size": arch.vocab_size,
+              "max_position_embeddings": arch.max_position_embeddings,
+              "rms_norm_eps": arch.rms_norm_eps, "rope_theta": arch.rope_theta}
+    folder = tempfile.mkdtemp(prefix="eagle3-head-")
+    return write_random_eagle3_head(folder, target, vocab[:size].sort().values, seed=0,
+                                    weight_scale=0.02)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -98,9 +126,11 @@ def main() -> None:
     ap.add_argument("--output", default=None, help="append the JSON lines to this file")
     ap.add_argument("--systems", default="ngram",
                     help="comma list of proposers measured against the baseline: ngram, "
-                         "draft_model")
+                         "draft_model, eagle3")
     ap.add_argument("--draft-layers", type=int, default=8,
                     help="draft_model: the target's first N layers")
+    ap.add_argument("--draft-vocab", type=int, default=32000,
+                    help="eagle3: the random head's draft vocabulary (at most the target's)")
     ap.add_argument("--bracket", action="store_true",
                     help="run the baseline again last; report both and the ratio to their mean")
     ap.add_argument("--load-format", default="auto",
@@ -115,6 +145,9 @@ def main() -> None:
         "draft_model": {"method": "draft_model", "num_speculative_tokens": args.k,
                         "model": resolve_model(None), "num_hidden_layers": args.draft_layers},
     }
+    if "eagle3" in args.systems.split(","):
+        specs["eagle3"] = {"method": "eagle3", "num_speculative_tokens": args.k,
+                           "model": random_eagle3_head(args.draft_vocab)}
     base, base_tokens = run("vllm-core", None, prompts, args.max_tokens, args.max_model_len,
                             args.load_format)
     results = []
@@ -125,6 +158,9 @@ def main() -> None:
         line["identical_to_baseline"] = tokens == base_tokens
         if name == "draft_model":
             line["draft_layers"] = args.draft_layers
+        if name == "eagle3":
+            line["head"] = "random weights, published EAGLE-3 layout"
+            line["draft_vocab"] = args.draft_vocab
         line["load_format"] = args.load_format
         results.append(line)
     if args.bracket:        # the baseline again after the others: how much the machine drifted

@@ -1,8 +1,8 @@
 """Speculative decoding on the GPU, Llama-3.1-8B shape with random bf16 weights, same run A/B.
 
 One engine (``load_format="dummy"``) serves every run; a run without speculation detaches the
-engine's drafter (``engine.drafter = None``), so the A and B sides share weights, KV cache and
-graphs. Prints one JSON line per run (``"bench": "spec_decode_gpu"``) with output tok/s, the
+engine core's drafter (``engine.core.drafter = None``), so the A and B sides share weights,
+KV cache and graphs. Prints one JSON line per run (``"bench": "spec_decode_gpu"``) with output tok/s, the
 acceptance figures, and ``speedup`` against the run's baseline::
 
     python benchmarks/spec_decode_gpu.py --part b1      # gpu-8b-b1: replay draft, n-gram
@@ -16,7 +16,11 @@ Proposers measured:
   self-draft (no draft-model proposer exists yet);
 - ``ngram``: prompt lookup, on prompts made of a repeated motif;
 - ``draft-L<n>`` (``--part draft``): the draft-model proposer with a truncated-layer draft,
-  the target's first ``n`` layers (shared weights, own KV cache), run on the worker.
+  the target's first ``n`` layers (shared weights, own KV cache), run on the worker;
+- ``eagle3`` (``--part eagle3``): an EAGLE-3 head of the published layout for the 8B shape
+  (``--draft-vocab`` draft tokens) with random bf16 weights, on the worker: acceptance ~0, so
+  the line is the head's overhead per target step (auxiliary-state capture, catch-up, ``k``
+  head steps, verifying rejected drafts) against no speculation.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class SpecTotals:
 
 
 def make_engine(args: argparse.Namespace, max_model_len: int, max_batch: int | None,
-                draft_layers: int | None = None) -> Any:
+                draft_layers: int | None = None, eagle3_head: str | None = None) -> Any:
     from vllm_core import LLM
 
     folder = Path(args.model_dir)
@@ -94,6 +98,8 @@ def make_engine(args: argparse.Namespace, max_model_len: int, max_batch: int | N
     if draft_layers is not None:        # the target's first layers as the draft (worker side)
         spec = {"method": "draft_model", "num_speculative_tokens": args.k,
                 "model": os.path.abspath(folder), "num_hidden_layers": draft_layers}
+    if eagle3_head is not None:         # an EAGLE-3 head (worker side)
+        spec = {"method": "eagle3", "num_speculative_tokens": args.k, "model": eagle3_head}
     if max_batch is not None:
         spec["disable_by_batch_size"] = max_batch
     llm = LLM(str(folder), dtype=args.dtype, load_format="dummy", max_model_len=max_model_len,
@@ -112,11 +118,11 @@ def timed(llm: Any, prompts: list[list[int]], output_len: int, proposer: Propose
 
     from vllm_core import SamplingParams
 
-    engine = llm.llm_engine
-    engine.drafter = None
+    core = llm.llm_engine.core          # in-process (LLM's default): its drafter is settable
+    core.drafter = None
     if proposer is not None:
-        engine.drafter = llm._drafter
-        engine.drafter.proposer = proposer
+        core.drafter = llm._drafter
+        core.drafter.proposer = proposer
     totals = llm._spec_totals
     totals.__init__()
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True,
@@ -136,6 +142,28 @@ def timed(llm: Any, prompts: list[list[int]], output_len: int, proposer: Propose
             "mean_accepted_length": round(1 + totals.accepted / max(totals.drafts, 1), 3),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
     return line, tokens
+
+
+def random_eagle3_head(model_dir: Path, draft_vocab: int) -> str:
+    """A random bf16 EAGLE-3 head for the target in ``model_dir`` (written once, next to it)."""
+    import torch
+
+    from vllm_core.model_executor.testing import write_random_eagle3_head
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    folder = model_dir.parent / f"{model_dir.name}-eagle3-head-{draft_vocab}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    size = min(draft_vocab, int(cfg["vocab_size"]))
+    vocab = torch.randperm(int(cfg["vocab_size"]), generator=torch.Generator().manual_seed(0))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)       # random weights written in bf16
+    try:
+        write_random_eagle3_head(str(folder), cfg, vocab[:size].sort().values, seed=0,
+                                 weight_scale=0.02)
+    finally:
+        torch.set_default_dtype(default)
+    return str(folder)
 
 
 def emit(line: dict[str, Any], out: Path | None, base: dict[str, Any] | None = None) -> None:
@@ -176,7 +204,10 @@ def ab(llm: Any, prompts: list[list[int]], output_len: int, label: dict[str, Any
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["b1", "sweep", "b256", "draft"], required=True)
+    ap.add_argument("--part", choices=["b1", "sweep", "b256", "draft", "eagle3"],
+                    required=True)
+    ap.add_argument("--draft-vocab", type=int, default=32000,
+                    help="--part eagle3: the random head's draft vocabulary")
     ap.add_argument("--draft-layers", type=int, default=4,
                     help="--part draft: the draft is the target's first N layers")
     ap.add_argument("--k", type=int, default=4)
@@ -215,6 +246,20 @@ def main() -> None:
         ab(llm, random_prompts(1, p_len, 0, vocab), o_len,
            {"workload": "gpu-8b-b1", "k": k, "draft_layers": args.draft_layers},
            [(f"draft-L{args.draft_layers}", lambda p, t: WorkerDraftSlots())], out)
+    elif args.part == "eagle3":               # gpu-8b-b1 with a random EAGLE-3 head
+        p_len, o_len = sz(128), sz(512)
+        folder = Path(args.model_dir)
+        if folder == DEFAULT_MODEL_DIR:
+            ensure_model_dir(folder)
+        head = random_eagle3_head(folder, args.draft_vocab)
+        llm = make_engine(args, p_len + o_len + k + 1, max_batch=0, eagle3_head=head)
+        vocab = llm.llm_engine.config.model.arch.vocab_size
+        timed(llm, random_prompts(1, p_len, 99, vocab), 16, None, {})
+        timed(llm, random_prompts(1, p_len, 98, vocab), 16, WorkerDraftSlots(), {})
+        ab(llm, random_prompts(1, p_len, 0, vocab), o_len,
+           {"workload": "gpu-8b-b1", "k": k, "head": "eagle3 random weights",
+            "draft_vocab": args.draft_vocab},
+           [("eagle3", lambda p, t: WorkerDraftSlots())], out)
     elif args.part == "sweep":                # speed-up against batch size, forced on
         p_len, o_len = sz(512), sz(128)
         llm = make_engine(args, p_len + o_len + k + 1, max_batch=0)

@@ -81,8 +81,8 @@ def test_port_in_use_fails_before_the_model_loads():
     (["--data-parallel-size", "0"], "data_parallel_size must be >= 1, got 0"),
     (["--lora-modules", "a=/tmp/a"], "--lora-modules needs --enable-lora"),
     (["--enable-lora", "--lora-modules", "a"], "--lora-modules 'a': expected name=path"),
-    (["--speculative-config", '{"method": "eagle3", "model": "x"}'],
-     "speculative_config.method 'eagle3' is not supported yet"),
+    (["--speculative-config", '{"method": "medusa", "model": "x"}'],
+     "speculative_config.method 'medusa' is not supported yet"),
 ])
 def test_unsupported_vllm_flags_fail_fast_with_the_reason(flags, message):
     done = _serve("--port", str(free_port()), *flags)

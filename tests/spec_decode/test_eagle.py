@@ -81,11 +81,15 @@ def test_eagle_seeded_sampling_reproducible(folders):
     """Without prefix caching (a prefix-cache hit skips the head's positions whose target
     states were never computed, so its drafts, and a seeded request's samples, depend on the
     cache's state there)."""
+    assert_seeded_sampling_reproducible(folders["target"], eagle(folders["head"], k=2))
+
+
+def assert_seeded_sampling_reproducible(target: str, spec: dict) -> None:
+    """A seeded temperature / top-k request gives the same tokens twice (drafts proposed)."""
     from vllm_core import SamplingParams
 
     params = SamplingParams(temperature=0.9, top_k=30, seed=5, max_tokens=16, ignore_eos=True)
-    llm, counter = make_llm(folders["target"], eagle(folders["head"], k=2),
-                            enable_prefix_caching=False)
+    llm, counter = make_llm(target, spec, enable_prefix_caching=False)
     first = generate(llm, params)
     assert generate(llm, params) == first and counter.draft_tokens > 0
 

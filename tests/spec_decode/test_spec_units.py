@@ -29,7 +29,7 @@ def test_config_parsing_and_errors():
     for raw, words in [("{bad", "not valid JSON"), ('{"method": "ngram", "k": 2}', "unknown"),
                        ('{"num_speculative_tokens": 0}', ">= 1"), ("[1]", "JSON object"),
                        ('{"prompt_lookup_min": 5, "prompt_lookup_max": 2}', "<="),
-                       ('{"method": "eagle3", "model": "x"}', "not supported yet"),
+                       ('{"method": "medusa", "model": "x"}', "not supported yet"),
                        ('{"method": "eagle"}', "model .*is required"),
                        ('{"method": "ngram", "model": "x"}', "apply to the methods"),
                        ('{"method": "magic"}', "must be one of")]:

@@ -14,6 +14,12 @@ the weight), so 1 is subtracted back on load; the sandwich norms have their own 
 (every 6th layer global), the local rope base (10000) and the query scale (head_dim, or
 hidden / heads for the 62-layer 27B) are fixed by llama.cpp rather than stored, and are set the
 same way here.
+
+Mixture-of-experts files (Mixtral as ``llama`` + ``expert_count``, ``qwen2moe``, ``qwen3moe``):
+``gguf_moe`` maps their metadata to the MoE config and splits the stacked expert tensors into
+per-expert memory-map views named like the HF per-expert tensors (``named_tensors``), so every
+path below sees ordinary 2-D tensors; the experts are always de-quantized (never in the
+kept-quantized plan).
 """
 
 from __future__ import annotations
@@ -29,8 +35,17 @@ import torch
 
 from vllm_core.config import ModelArchConfig
 from vllm_core.model_executor.gguf_fast_reader import GGUFTensor, read_gguf
+from vllm_core.model_executor.gguf_moe import (
+    GGUF_MOE_ARCHITECTURES,
+    MOE_BLOCK_NAMES,
+    check_moe_architecture,
+    expert_views,
+    is_moe_gguf,
+    moe_arch_fields,
+)
 
 # GGUF architecture -> (HF architecture, HF model_type)
+# (mixture-of-experts files: ``gguf_moe.GGUF_MOE_ARCHITECTURES``)
 GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", "llama"),
                       "qwen2": ("Qwen2ForCausalLM", "qwen2"),
                       "qwen3": ("Qwen3ForCausalLM", "qwen3"),
@@ -44,7 +59,8 @@ _BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
                 "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                 "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
                 "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm",
-                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+                **MOE_BLOCK_NAMES}
 # per-architecture block names that differ from the above
 _ARCH_BLOCK_NAMES = {"gemma3": {"ffn_norm": "pre_feedforward_layernorm",
                                 "post_attention_norm": "post_attention_layernorm",
@@ -93,10 +109,12 @@ def gguf_arch_config(path: str) -> ModelArchConfig:
     g = open_gguf(path)
     md = g.metadata
     arch_name = md.get("general.architecture")
-    if arch_name not in GGUF_ARCHITECTURES:
+    check_moe_architecture(md, path)
+    if arch_name not in GGUF_ARCHITECTURES and not is_moe_gguf(md):
         raise ValueError(f"GGUF architecture {arch_name!r} in {path} is not supported; "
-                         f"supported: {', '.join(GGUF_ARCHITECTURES)}")
-    architecture, model_type = GGUF_ARCHITECTURES[arch_name]
+                         f"supported: {', '.join(GGUF_ARCHITECTURES)} (and the "
+                         f"mixture-of-experts {', '.join(GGUF_MOE_ARCHITECTURES)})")
+    architecture, model_type = GGUF_ARCHITECTURES.get(arch_name, ("", ""))   # MoE: below
 
     def key(suffix: str, default: Any = None, required: bool = False) -> Any:
         value = md.get(f"{arch_name}.{suffix}", default)
@@ -116,12 +134,20 @@ def gguf_arch_config(path: str) -> ModelArchConfig:
     if not vocab:
         raise ValueError(f"GGUF file {path} declares no vocab size")
     eos = md.get("tokenizer.ggml.eos_token_id")
+    hf_config = {"gguf_architecture": arch_name, "gguf_file": path, "dtype": "float32"}
+    moe: dict[str, Any] = {}
+    if is_moe_gguf(md):
+        moe = moe_arch_fields(key, arch_name, names, int(key("block_count", required=True)),
+                              path)
+        architecture, model_type = moe["architecture"], moe["model_type"]
+        hf_config.update(moe["hf_config"])
     return ModelArchConfig(
         architecture=architecture,
         model_type=model_type,
         vocab_size=int(vocab),
         hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length", required=True)),
+        intermediate_size=int(moe.get("intermediate_size")
+                              or key("feed_forward_length", required=True)),
         num_hidden_layers=int(key("block_count", required=True)),
         num_attention_heads=num_heads,
         num_key_value_heads=int(key("attention.head_count_kv", num_heads)),
@@ -138,8 +164,7 @@ def gguf_arch_config(path: str) -> ModelArchConfig:
         **(_gemma3_fields(key, hidden, num_heads, head_dim) if arch_name == "gemma3" else {}),
         bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=eos,
-        hf_config={"gguf_architecture": arch_name, "gguf_file": path,
-                   "dtype": "float32"},
+        hf_config=hf_config,
     )
 
 
@@ -197,6 +222,19 @@ def hf_tensor_name(gguf_name: str, arch_name: str | None = None) -> str | None:
     return None
 
 
+def named_tensors(g: GGUFFile) -> Iterator[tuple[str | None, GGUFTensor]]:
+    """``(HF name or None, tensor)`` for every tensor of ``g``; a stacked (or per-expert)
+    expert tensor becomes one 2-D view per expert (``gguf_moe.expert_views``)."""
+    arch_name = g.metadata.get("general.architecture")
+    num_experts = g.metadata.get(f"{arch_name}.expert_count")
+    for t in g.tensors:
+        views = expert_views(t, num_experts) if num_experts else None
+        if views is None:
+            yield hf_tensor_name(t.name, arch_name), t
+        else:
+            yield from views
+
+
 def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Inverse of llama.cpp's q/k row permutation: within each head, rows were reordered from
     [first half | second half] to interleaved pairs; put them back (works for biases too)."""
@@ -207,11 +245,8 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def gguf_tensor_types(path: str) -> dict[str, str]:
     """HF tensor name -> GGML type name (``"Q4_1"``, ``"F32"``...) of every tensor."""
-    g = open_gguf(path)
-    arch_name = g.metadata.get("general.architecture")
     out = {}
-    for t in g.tensors:
-        name = hf_tensor_name(t.name, arch_name)
+    for name, t in named_tensors(open_gguf(path)):
         if name is not None:
             out[name] = t.tensor_type.name
     return out
@@ -233,8 +268,7 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig,
     permuted = arch_name in _PERMUTED_QK
     whole = dict(iter_gguf_tensor_readers(path, arch))
     decoded = GGUFRowCache()
-    for t in g.tensors:
-        name = hf_tensor_name(t.name, arch_name)
+    for name, t in named_tensors(g):
         if name is None:
             continue
         plan = quant.layer_plan(name) if quant is not None else None
@@ -356,9 +390,7 @@ def iter_gguf_quantized_parts(name: str, t: Any, plan: Any, perm: torch.Tensor |
 def iter_gguf_tensor_readers(path: str, arch: ModelArchConfig) -> Iterator[tuple[str, Any]]:
     """``(HF name, zero-argument function returning the float tensor)`` per tensor."""
     g = open_gguf(path)
-    arch_name = g.metadata.get("general.architecture")
-    for t in g.tensors:
-        name = hf_tensor_name(t.name, arch_name)
+    for name, t in named_tensors(g):
         if name is None:
             if t.name == "rope_freqs.weight":
                 continue

@@ -211,7 +211,7 @@ def build_model(arch: ModelArchConfig, attn_backend: type[AttentionBackend],
                               else {"parallel": parallel})
     if quant_config is not None:
         kwargs["quant_config"] = quant_config
-    with _default_dtype(dtype), device:
+    with default_dtype(dtype), device:
         model = cls(arch, attn_backend, ops or TorchLayerOps(), **kwargs)
     return model.requires_grad_(False)
 
@@ -311,7 +311,8 @@ def _check_load_format(load_format: str) -> None:
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default dtype is ``dtype`` inside the block (modules built there get it)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

@@ -10,11 +10,11 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-SPEC_METHODS = ("ngram", "draft_model", "eagle")
+SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3")
 # Methods whose proposer runs in the worker, next to the target (a model: ``model`` is needed).
-MODEL_METHODS = ("draft_model", "eagle")
+MODEL_METHODS = ("draft_model", "eagle", "eagle3")
 # Methods the ecosystem names that this engine refuses with a clear message (not built yet).
-_NOT_YET = ("eagle3", "medusa", "mlp_speculator", "mtp")
+_NOT_YET = ("medusa", "mlp_speculator", "mtp")
 
 # Speculation is skipped for a step when more requests than this are running: at large batch
 # the forward is compute-bound and verifying drafts costs more than it saves. Stated default,
@@ -35,7 +35,8 @@ class SpeculativeConfig:
 
     Model-based methods (``MODEL_METHODS``, proposed in the worker): ``model`` is the draft
     checkpoint (a folder or .gguf; "draft_model": a causal LM with the target's vocabulary;
-    "eagle": an EAGLE-1 head, see ``spec_decode/eagle.py``). ``dtype``: the draft's dtype (None: the target's).
+    "eagle": an EAGLE-1 head, see ``spec_decode/eagle.py``; "eagle3": an EAGLE-3 head, see
+    ``spec_decode/eagle3.py``). ``dtype``: the draft's dtype (None: the target's).
     ``num_hidden_layers``: "draft_model" only, keep the draft's first that many decoder layers
     (a truncated-layer draft). A "draft_model" whose ``model`` is the target's own path, in the
     target's dtype, shares the target's modules instead of loading a second copy.

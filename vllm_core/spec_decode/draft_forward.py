@@ -5,7 +5,8 @@ block size) and its attention metadata builder, and runs one batched forward ove
 requests given by lengths (``forward``): piece ``i`` is ``lens[i]`` new tokens of the request
 in table slot ``slots[i]``, at positions ``starts[i] ..``, written into the draft cache at the
 slots the target's block table gives them. ``catch_up_pieces`` splits "consume positions
-``start .. end`` of each request" into forwards of at most ``budget`` tokens.
+``start .. end`` of each request" into forwards of at most ``budget`` tokens; ``piece_arrays``
+lays one forward's pieces out as arrays.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def catch_up_pieces(starts: np.ndarray, ends: np.ndarray, budget: int) -> list[l
     for pieces in forwards:
         pieces.sort(key=lambda p: not (p.length == 1 and p.start > 0))
     return forwards
+
+
+def piece_arrays(pieces: list[Piece]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(index, start, length)`` of each piece as int64 arrays, and the position of every
+    token of the forward (pieces in order, each ``start ..``)."""
+    idx = np.fromiter((p.index for p in pieces), dtype=np.int64, count=len(pieces))
+    starts = np.fromiter((p.start for p in pieces), dtype=np.int64, count=len(pieces))
+    lens = np.fromiter((p.length for p in pieces), dtype=np.int64, count=len(pieces))
+    positions = (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+                 + np.repeat(starts, lens))
+    return idx, starts, lens, positions
 
 
 class DraftCache:

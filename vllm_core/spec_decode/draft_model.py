@@ -33,12 +33,11 @@ from torch import nn
 from vllm_core.config import ModelArchConfig, ModelConfig
 from vllm_core.devices import HOST
 from vllm_core.logger import init_logger
-from vllm_core.messages import SchedulerOutput
 from vllm_core.sampling.metadata import make_generator
 from vllm_core.sampling.sampler import sample_from_probs
 from vllm_core.spec_decode.config import SpeculativeConfig
-from vllm_core.spec_decode.draft_forward import DraftCache, catch_up_pieces
-from vllm_core.spec_decode.worker_proposer import WorkerProposer
+from vllm_core.spec_decode.draft_forward import catch_up_pieces, piece_arrays
+from vllm_core.spec_decode.paged_proposer import PagedDraftProposer, draft_checkpoint
 from vllm_core.worker.step_plan import StepPlan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,36 +88,23 @@ def check_draft_vocab(target: ModelArchConfig, draft: ModelArchConfig, path: str
                          f"with the target's tokenizer")
 
 
-class DraftModelProposer(WorkerProposer):
+class DraftModelProposer(PagedDraftProposer):
     """See the module docstring. ``model``: the draft (``forward(ids, positions, kv_caches,
     attn_metadata)`` and ``compute_logits``); ``arch``: its architecture."""
 
     def __init__(self, runner: ModelRunner, model: nn.Module, arch: ModelArchConfig,
                  dtype: torch.dtype) -> None:
-        from vllm_core.attention.kv_cache_dtype import kv_cache_torch_dtype
-
+        super().__init__(runner, arch.num_hidden_layers, arch.num_key_value_heads,
+                         arch.head_dim, dtype)
         self.model = model
         self.arch = arch
-        self.dtype = dtype
-        self.device = runner.device
-        self.cache = DraftCache(runner.attn_backend, runner.block_size, arch.num_hidden_layers,
-                                arch.num_key_value_heads, arch.head_dim,
-                                kv_cache_torch_dtype(runner.config.cache.kv_cache_dtype,
-                                                     dtype), runner.device)
-        self.budget = int(runner.config.scheduler.max_num_batched_tokens or 2048)
-        self.computed: dict[str, int] = {}        # valid leading positions of the draft cache
-        self.generators: dict[str, torch.Generator] = {}
 
     @classmethod
     def load(cls, runner: ModelRunner, spec: SpeculativeConfig) -> DraftModelProposer:
-        from vllm_core.model_executor.hub import locate_model
-        from vllm_core.model_executor.loader import get_model, load_arch_config, resolve_model
+        from vllm_core.model_executor.loader import get_model, load_arch_config
 
-        if runner.parallel.world_size > 1:
-            raise ValueError("speculative_config method 'draft_model' needs "
-                             "tensor_parallel_size = pipeline_parallel_size = 1")
+        path = draft_checkpoint(runner, spec)
         target = runner.config.model
-        path = resolve_model(locate_model(spec.model))
         dtype_name = spec.dtype or target.dtype
         dtype = getattr(torch, dtype_name)
         if path == target.model and dtype == runner.dtype:
@@ -142,20 +128,6 @@ class DraftModelProposer(WorkerProposer):
         logger.info("draft model: %s (%d layers, %s)", path, arch.num_hidden_layers, dtype_name)
         return cls(runner, model, arch, dtype)
 
-    # ------------------------------------------------------------------ cache and state
-    def kv_cache_bytes_per_block(self) -> int:
-        return self.cache.bytes_per_block()
-
-    def initialize_cache(self, num_blocks: int) -> None:
-        self.cache.allocate(num_blocks)
-
-    def update_states(self, so: SchedulerOutput) -> None:
-        for req_id in so.finished_req_ids:
-            self.computed.pop(req_id, None)
-            self.generators.pop(req_id, None)
-        for new in so.scheduled_new_reqs:          # new, or resumed after preemption
-            self.computed[new.req_id] = 0
-
     # ------------------------------------------------------------------ proposing
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, kv_caches: list,
                  attn_metadata: Any, plan: StepPlan) -> torch.Tensor:
@@ -164,24 +136,15 @@ class DraftModelProposer(WorkerProposer):
     def propose(self, runner: ModelRunner, counts: dict[str, int]
                 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
         table = runner.table
-        req_ids = list(counts)
-        slots = np.fromiter((table.slot_of[r] for r in req_ids), dtype=np.int64,
-                            count=len(req_ids))
-        known = table.num_tokens[slots].copy()
-        done = np.fromiter((self.computed.get(r, 0) for r in req_ids), dtype=np.int64,
-                           count=len(req_ids))
+        req_ids, slots, known, done = self.request_arrays(runner, counts)
         done = np.minimum(done, known - 1)
         chooser = DraftChooser(runner, req_ids, self.generators)
 
         # 1. catch-up over the known tokens the draft cache lacks; last rows give draft 1
         last_logits = [None] * len(req_ids)
         for pieces in catch_up_pieces(done, known, self.budget):
-            idx = np.fromiter((p.index for p in pieces), dtype=np.int64, count=len(pieces))
-            starts = np.fromiter((p.start for p in pieces), dtype=np.int64, count=len(pieces))
-            lens = np.fromiter((p.length for p in pieces), dtype=np.int64, count=len(pieces))
+            idx, starts, lens, positions = piece_arrays(pieces)
             token_rows = np.repeat(slots[idx], lens)
-            positions = (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-                         + np.repeat(starts, lens))
             hidden, plan = self.cache.forward(self._forward, table, slots[idx], starts, lens,
                                               table.token_ids[token_rows, positions])
             finishing = np.flatnonzero(starts + lens == known[idx])
@@ -196,21 +159,13 @@ class DraftModelProposer(WorkerProposer):
         tokens = chooser.choose(torch.stack(last_logits), np.arange(len(req_ids)))
 
         # 2. k - 1 single-token steps, feeding each draft at the next position
-        want = np.fromiter((counts[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
-        columns = [tokens]
-        for j in range(1, int(want.max())):
-            active = np.flatnonzero(want > j)
-            hidden, _ = self.cache.forward(
-                self._forward, table, slots[active], known[active] + j - 1,
-                np.ones(len(active), dtype=np.int64),
-                columns[-1][torch.from_numpy(active).to(columns[-1].device)])
-            step = chooser.choose(self.model.compute_logits(hidden).float(), active)
-            full = torch.full_like(tokens, -1)
-            full[torch.from_numpy(active).to(full.device)] = step
-            columns.append(full)
-        ids = torch.stack(columns, dim=1).cpu().numpy()
-        drafts = {r: ids[i, :counts[r]].tolist() for i, r in enumerate(req_ids)}
-        return drafts, chooser.probs_by_request(counts)
+        def step(j: int, active: np.ndarray, previous: torch.Tensor) -> torch.Tensor:
+            hidden, _ = self.cache.forward(self._forward, table, slots[active],
+                                           known[active] + j - 1,
+                                           np.ones(len(active), dtype=np.int64), previous)
+            return self.model.compute_logits(hidden)
+
+        return self.draft_runs(counts, req_ids, tokens, chooser, step)
 
 
 class DraftChooser:

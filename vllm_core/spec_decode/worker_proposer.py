@@ -1,5 +1,6 @@
 """``WorkerProposer``: a proposer that runs in the worker, next to the target model (a draft
-model, an EAGLE head). The interface the model runner calls; plugins may add their own.
+model, an EAGLE / EAGLE-3 head). The interface the model runner calls; plugins may add their
+own.
 
 Protocol (the engine's ``WorkerDraftSlots`` reserves the draft positions): the scheduler
 schedules ``k`` placeholder drafts after a request's last known token and allocates their KV
@@ -68,7 +69,7 @@ def make_worker_proposer(runner: ModelRunner) -> WorkerProposer | None:
         from vllm_core.spec_decode.draft_model import DraftModelProposer
 
         return DraftModelProposer.load(runner, spec)
-    if spec.method == "eagle":
+    if spec.method in ("eagle", "eagle3"):
         from vllm_core.spec_decode.eagle import EagleProposer
 
         return EagleProposer.load(runner, spec)

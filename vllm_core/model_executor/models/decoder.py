@@ -51,6 +51,7 @@ from vllm_core.model_executor.layers.vocab_parallel import (
     gather_logits,
     local_logits,
 )
+from vllm_core.model_executor.models.aux_hidden import AuxHiddenCapture
 from vllm_core.model_executor.models.interface import CausalLM, IntermediateTensors
 from vllm_core.model_executor.weight_source import (
     LazyTensor,
@@ -112,13 +113,15 @@ class DecoderAttention(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
                  parallel: ParallelContext, sliding_window: int | None = None,
-                 prefix: str = "", quant: Any = None) -> None:
+                 prefix: str = "", quant: Any = None, input_size: int | None = None) -> None:
+        """``input_size``: the width q/k/v read (None: ``arch.hidden_size``; an EAGLE-3
+        head's layer reads [embedding, hidden], twice that)."""
         super().__init__()
         self.head_dim = arch.head_dim
         q, k, v, self.num_heads, self.num_kv_heads = qkv_shards(
             arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim, parallel.tp)
         self.q_size, self.kv_size = q.local_size, k.local_size
-        self.qkv_proj = ColumnParallelLinear(arch.hidden_size, [q, k, v],
+        self.qkv_proj = ColumnParallelLinear(input_size or arch.hidden_size, [q, k, v],
                                              bias=arch.attention_bias, ops=ops,
                                              method=linear_method(quant, f"{prefix}.qkv_proj"))
         # HF: Llama/Qwen3 put the attention_bias on o_proj too, Qwen2 only on q/k/v
@@ -220,6 +223,7 @@ class DecoderModel(nn.Module):
             for i in range(arch.num_hidden_layers))
         self.norm = (RMSNorm(arch.hidden_size, arch.rms_norm_eps, ops)
                      if parallel.is_last_stage else None)
+        self.aux_capture: AuxHiddenCapture | None = None    # set by an EAGLE-3 proposer
 
     @property
     def num_local_layers(self) -> int:
@@ -245,7 +249,13 @@ class DecoderModel(nn.Module):
                                  "stage's IntermediateTensors")
             hidden, residual = intermediate.hidden, intermediate.residual
         layers = self.layers[self.start_layer:self.end_layer]
-        for layer, kv_cache in zip(layers, kv_caches, strict=True):
+        capture = self.aux_capture
+        if capture is not None:
+            capture.reset()
+        for index, layer, kv_cache in zip(range(self.start_layer, self.end_layer), layers,
+                                          kv_caches, strict=True):
+            if capture is not None and capture.wants(index):
+                capture.add(index, hidden, residual)
             hidden, residual = layer(positions, hidden, residual, kv_cache, attn_metadata)
         if self.norm is None:
             return IntermediateTensors(hidden, residual)

@@ -15,6 +15,7 @@ Checkpoint names: experts are stored one tensor per expert and projection, Mixtr
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +56,10 @@ class SparseMoeBlock(nn.Module):
     """Router + routed experts (+ gated shared expert); [T, H] -> [T, H], reduced over TP."""
 
     def __init__(self, hidden_size: int, moe: MoEConfig, ops: LayerOps,
-                 parallel: ParallelContext, method: MoEMethod | None = None) -> None:
+                 parallel: ParallelContext, method: MoEMethod | None = None,
+                 prefix: str = "", quant: Any = None) -> None:
+        """``prefix`` (``model.layers.N.mlp``) and ``quant``: the shared expert's linear
+        layers take ``quant``'s linear method, like a dense MLP's (e.g. kept-quantized GGUF)."""
         super().__init__()
         self.gate = RouterLinear(hidden_size, moe.num_experts, ops)
         self.experts = FusedMoE(moe.num_experts, moe.top_k, hidden_size,
@@ -65,7 +69,7 @@ class SparseMoeBlock(nn.Module):
         self.shared_expert_gate: RouterLinear | None = None
         if moe.shared_expert_intermediate_size:
             self.shared_expert = GatedMLP(hidden_size, moe.shared_expert_intermediate_size, ops,
-                                          parallel)
+                                          parallel, f"{prefix}.shared_expert", quant)
             self.shared_expert_gate = RouterLinear(hidden_size, 1, ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +88,8 @@ class MoEDecoderForCausalLM(DecoderForCausalLM):
             return None
         quant = getattr(self, "quant_config", None)
         method = None if quant is None else quant.moe_method(f"model.layers.{layer_idx}.mlp.experts")
-        return SparseMoeBlock(self.arch.hidden_size, moe, self.ops, self.parallel, method)
+        return SparseMoeBlock(self.arch.hidden_size, moe, self.ops, self.parallel, method,
+                              f"model.layers.{layer_idx}.mlp", quant)
 
     @property
     def moe_config(self) -> MoEConfig:

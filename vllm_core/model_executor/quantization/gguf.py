@@ -12,7 +12,8 @@ Per layer (``GGUFConfig.plan``): the storage bits are the largest of its parts (
 q/k/v or gate/up whose parts differ, e.g. Q4_K with Q6_K, is stored in 8 bits: exact) and the
 group size the smallest (larger groups repeat their scales). A layer with any part in another
 type (F16, F32, BF16, Q2_K, IQ*...) stays unquantized and is de-quantized at load as before;
-so do the norms.
+so do the norms and the routed experts of a mixture-of-experts file (de-quantized into the
+stacked ``FusedMoE`` weights; its shared expert is a linear layer like any other).
 
 The vocabulary tables (``model.embed_tokens`` and an untied ``lm_head``) of a type in
 ``FORMATS`` stay quantized too (``table_format``): the loader yields them as
@@ -125,7 +126,7 @@ def _plan_layers(tensor_types: dict[str, str]) -> dict[str, GGUFLayerPlan]:
     for name in tensor_types:
         owner, _, leaf = name.rpartition(".")
         if leaf == "weight" and owner.startswith("model.layers.") and (
-                owner.endswith(("_proj",))):
+                owner.endswith(("_proj",))) and ".experts." not in owner:   # experts: float
             layers.add(_fused_prefix(owner))
     plan = {}
     for prefix in sorted(layers):
