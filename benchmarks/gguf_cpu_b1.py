@@ -13,7 +13,12 @@ Systems, each in its own subprocess, one after the other (never concurrently):
 
 Workload ``cpu-b1``: 1 request, 128 random prompt tokens (seeded, non-special vocabulary),
 256 output tokens (``ignore_eos``; llama.cpp: 256 tokens taken from its generator). Decode
-tok/s = 255 / (time to the 256th token - time to the first), so prefill is excluded. One
+tok/s = 255 / (time to the 256th token - time to the first), so prefill is excluded.
+
+``--peer-tree DIR`` (another checkout with its own ``.venv``, e.g. ``git worktree add
+/tmp/base main``): a system named ``base:<system>`` runs that tree's copy of this benchmark
+with the environment the user gave this one (before ``import vllm_core`` added its OpenMP
+defaults), for a before/after A/B in one run. One
 JSON line per system with the CPU name / ISA and the load average before and after it ran;
 the last line holds the ratios of each vllm-core system against llama.cpp. A system that
 cannot run (llama-cpp-python not installed) gets a line with its ``error``.
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPT_LEN, OUTPUT_LEN, SEED = 128, 256, 0
+USER_ENV = dict(os.environ)            # before vllm_core (envs.apply_openmp_defaults) runs
 RESULT = "B1_RESULT "
 SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-bf16", "dequant-fp32", "dequant-bf16")
 
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--model", default=None, help="GGUF file (default: the embedded model)")
     p.add_argument("--output", type=Path, default=None)
+    p.add_argument("--peer-tree", type=Path, default=None,
+                   help="a checkout with .venv whose copy runs the systems named base:<system>")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from vllm_core.model_executor.default_model import default_model_path
@@ -130,15 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for system in args.systems.split(","):
         before = os.getloadavg()
-        proc = subprocess.run([sys.executable, __file__, "--child", system, "--threads",
+        python, script, env, name = sys.executable, __file__, os.environ, system
+        if system.startswith("base:"):
+            if args.peer_tree is None:
+                raise SystemExit(f"{system}: needs --peer-tree")
+            tree = args.peer_tree.resolve()
+            python = str(tree / ".venv" / "bin" / "python")
+            script = str(tree / "benchmarks" / Path(__file__).name)
+            env, name = USER_ENV, system[len("base:"):]
+        proc = subprocess.run([python, script, "--child", name, "--threads",
                                str(args.threads), "--model", path],
                               capture_output=True, text=True, check=False,
-                              env={**os.environ, "VLLM_CPU_NUM_THREADS": str(args.threads),
+                              env={**env, "VLLM_CPU_NUM_THREADS": str(args.threads),
                                    "OMP_NUM_THREADS": str(args.threads)})
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
         line: dict[str, Any] = {"bench": "cpu-b1", "system": system, "model": Path(path).name,
                                 "threads": args.threads, "prompt_len": PROMPT_LEN,
                                 "output_len": OUTPUT_LEN, **facts,
+                                "omp_wait_policy": env.get("OMP_WAIT_POLICY", "unset"),
                                 "loadavg_before": round(before[0], 2)}
         if found:
             line.update(json.loads(found[-1][len(RESULT):]))
@@ -163,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         if kept and ln["system"].startswith("dequant") and "decode_tok_s" in ln:
             summary[f"q4_1-kept_vs_{ln['system']}"] = round(
                 kept["decode_tok_s"] / ln["decode_tok_s"], 3)
+    by_name = {ln["system"]: ln for ln in lines if "decode_tok_s" in ln}
+    for name, ln in by_name.items():                       # this tree against the peer tree
+        base = by_name.get(f"base:{name}")
+        if base is not None:
+            summary[f"{name}_vs_base"] = round(ln["decode_tok_s"] / base["decode_tok_s"], 3)
     emit(summary, args.output)
     return 0
 

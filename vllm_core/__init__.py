@@ -6,7 +6,10 @@ Heavy imports (torch, transformers) happen lazily so that ``vllm_core`` and the 
 
 from typing import TYPE_CHECKING, Any
 
+from vllm_core.envs import apply_openmp_defaults
 from vllm_core.version import __version__
+
+apply_openmp_defaults()          # before torch loads libgomp (see envs.OPENMP_DEFAULTS)
 
 __all__ = ["__version__", "LLM", "SamplingParams", "LLMEngine", "AsyncLLMEngine",
            "RequestOutput", "CompletionOutput", "EngineArgs", "LoRARequest"]

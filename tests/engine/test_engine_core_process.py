@@ -76,12 +76,17 @@ def test_core_process_matches_in_process(tiny_model):
     local = _llm(tiny_model, engine_core_process=False)
     expected = _run(local)
     local.shutdown()
+    import torch
+
+    torch.set_num_threads(2)
     remote = _llm(tiny_model, engine_core_process=True)
     try:
         assert not remote.llm_engine.in_process
+        assert torch.get_num_threads() == 1       # the front end leaves the cores to the core
         got = _run(remote)
     finally:
         remote.shutdown()
+    assert torch.get_num_threads() == 2           # given back at shutdown
     # Tokens and texts equal; logprobs within 1e-4 (the core process may run another
     # number of torch threads, which changes float summation order, not the tokens).
     assert _rounded(got) == _rounded(expected)

@@ -25,6 +25,7 @@ from typing import Any
 from vllm_core.config import EngineConfig
 from vllm_core.engine.arg_utils import EngineArgs
 from vllm_core.engine.core import CoreStep, EngineCore
+from vllm_core.engine.front_end_threads import FrontEndThreads
 from vllm_core.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from vllm_core.engine.output_processor import OutputProcessor
 from vllm_core.engine.request import Request, RequestStatus
@@ -74,10 +75,12 @@ class LLMEngine:
         template = load_chat_template(model.chat_template)
         self.generation_defaults: dict[str, Any] = generation_defaults_for(
             model.model, model.generation_config)
+        self._front_end_threads: FrontEndThreads | None = None
         if core is None:
             core = EngineCore(config, platform, tokenizer)
         else:
             core.wait_ready()
+            self._front_end_threads = FrontEndThreads.limit()   # the core computes elsewhere
         self.core = core
         self.tokenizer = tokenizer.result()
         if template is not None:
@@ -320,6 +323,8 @@ class LLMEngine:
                                                          None):
             self.structured_output_manager.shutdown()
         self.core.shutdown()
+        if self._front_end_threads is not None:
+            self._front_end_threads.restore()
 
     def scheduler_snapshot(self) -> SchedulerStats:
         """Running / waiting / KV usage now, without consuming the per-step counters."""

@@ -277,6 +277,10 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig,
                                                  decoded)
             continue
         full = whole[name]
+        table = quant.table_format(name) if quant is not None else None
+        if table is not None:
+            yield name, gguf_quantized_table(t, table.storage_bits, full)
+            continue
         plain_type = t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
         plain = plain_type and not (permuted and (".q_proj." in name or ".k_proj." in name)) \
             and not (arch_name in _NORM_PLUS_ONE and name.endswith("norm.weight"))
@@ -294,6 +298,31 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig,
             return tensor if dim is None else tensor.narrow(dim, start, size)
 
         yield name, LazyTensor(shape, reader)
+
+
+def gguf_quantized_table(t: Any, bits: int, full: Any) -> Any:
+    """A vocabulary table (embedding / LM head ``[vocab, hidden]``) of a kept-quantized block
+    type as a ``QuantizedLazyTensor``: ``read_quantized`` decodes only the requested rows of
+    the file into a ``WNA16Weight`` of ``bits`` storage bits; ``full`` is the float reader."""
+    from gguf.quants import quant_shape_from_byte_shape
+
+    from vllm_core.model_executor.quantization.gguf_blocks import decode_rows
+    from vllm_core.model_executor.weight_source import QuantizedLazyTensor
+
+    n, k = (int(d) for d in quant_shape_from_byte_shape(tuple(t.data.shape), t.tensor_type))
+
+    def quantized(start: int, size: int) -> Any:
+        try:
+            rows = decode_rows(t.tensor_type.name, np.asarray(t.data[start:start + size]), k)
+        except ValueError as e:
+            raise ValueError(f"GGUF tensor {t.name!r}: {e}") from e
+        return rows.to_wna16(bits, torch.float32)
+
+    def reader(dim: int | None, start: int, size: int) -> torch.Tensor:
+        tensor = full()
+        return tensor if dim is None else tensor.narrow(dim, start, size)
+
+    return QuantizedLazyTensor((n, k), reader, quantized)
 
 
 def _row_perm(name: str, arch: ModelArchConfig, permuted: bool) -> torch.Tensor | None:

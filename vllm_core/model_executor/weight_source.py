@@ -29,6 +29,26 @@ class LazyTensor:
         return self._reader(dim, start, size)
 
 
+class QuantizedLazyTensor(LazyTensor):
+    """A float ``[N, K]`` checkpoint tensor that can also be read kept quantized:
+    ``read_quantized(start, size)`` is the ``WNA16Weight`` (``quantization/
+    quantized_weights.py``) of rows ``[start, start + size)``, scales and zero points in
+    float32. Yielded by a loader only for tensors its quantization config keeps quantized
+    and that a layer may take as they are (GGUF vocabulary tables,
+    ``layers/quantized_vocab.py``); any other reader sees a plain ``LazyTensor``."""
+
+    __slots__ = ("_quantized",)
+
+    def __init__(self, shape: tuple[int, ...],
+                 reader: Callable[[int | None, int, int], torch.Tensor],
+                 quantized: Callable[[int, int], object]) -> None:
+        super().__init__(shape, reader)
+        self._quantized = quantized
+
+    def read_quantized(self, start: int, size: int) -> object:
+        return self._quantized(start, size)
+
+
 WeightSource = torch.Tensor | LazyTensor
 
 

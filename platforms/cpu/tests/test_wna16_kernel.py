@@ -119,9 +119,9 @@ def greedy(model, arch, prompt: list[int], steps: int) -> tuple[list[int], list[
 
 @pytest.mark.slow
 def test_default_model_kept_quantized_greedy_matches_dequantized_fp32():
-    """SmolLM2-135M Q4_1 with the C++ kernel vs the same file de-quantized to fp32: greedy
-    tokens identical, or the kept-quantized token is in the fp32 model's top 5 where they
-    first differ."""
+    """SmolLM2-135M Q4_1 with the C++ kernel (its Q8_0 tied embedding / LM head kept
+    quantized too) vs the same file de-quantized to fp32: greedy tokens identical, or the
+    kept-quantized token is in the fp32 model's top 5 where they first differ."""
     from vllm_core.attention.backends.reference import ReferenceAttentionBackend
     from vllm_core.config import ModelConfig
     from vllm_core.model_executor.loader import get_model, load_arch_config, resolve_model
@@ -132,6 +132,10 @@ def test_default_model_kept_quantized_greedy_matches_dequantized_fp32():
                      torch.device("cpu"), ops=CpuLayerOps())
     qkv = kept.model.layers[0].self_attn.qkv_proj
     assert qkv.qweights.bits == 4 and not hasattr(qkv, "weight")
+    table = kept.model.embed_tokens                 # the tied Q8_0 embedding / LM head
+    assert kept.lm_head is None and table.weight.numel() == 0
+    assert table.qweights.bits == 8
+    assert CpuLayerOps().quant_kernel_name("wna16", table.qweights) == quant_ops.KERNEL_NAME
     deq = get_model(ModelConfig(model=path, dtype="float32", gguf_dequantize=True),
                     ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
     prompt = [1780, 314, 260, 3575, 282, 4649, 47]           # "What is the capital of France?"
@@ -142,3 +146,25 @@ def test_default_model_kept_quantized_greedy_matches_dequantized_fp32():
             top5 = ref_logits[i].topk(5).indices.tolist()
             assert a in top5, (i, got, ref)
             break
+
+
+def test_quantized_vocab_table_runs_the_kernel():
+    """A vocabulary table kept in 8 bits: the LM head's logits by the C++ kernel equal the
+    de-quantized table's, the lookup returns its rows."""
+    from vllm_core.model_executor.layers.vocab_parallel import (
+        VocabParallelEmbedding,
+        local_logits,
+    )
+    from vllm_core.model_executor.quantization.quantized_weights import dequantize_wna16
+
+    g = torch.Generator().manual_seed(5)
+    w = random_weight(128, 96, 8, 32, torch.float32, g)       # hidden 128, vocab 96
+    table = VocabParallelEmbedding(96, 128)
+    table.load_quantized(w)
+    assert quant_ops.kernel_fits(torch.empty(1, 128), table.qweights, None)
+    hidden = torch.randn(3, 128, generator=g)
+    ref = hidden @ dequantize_wna16(w).t()
+    torch.testing.assert_close(local_logits(hidden, table, CpuLayerOps()), ref, atol=2e-4,
+                               rtol=2e-5)
+    ids = torch.tensor([[4, 95], [0, 4]])
+    assert torch.equal(table(ids), dequantize_wna16(w)[ids])

@@ -12,9 +12,14 @@ Per layer (``GGUFConfig.plan``): the storage bits are the largest of its parts (
 q/k/v or gate/up whose parts differ, e.g. Q4_K with Q6_K, is stored in 8 bits: exact) and the
 group size the smallest (larger groups repeat their scales). A layer with any part in another
 type (F16, F32, BF16, Q2_K, IQ*...) stays unquantized and is de-quantized at load as before;
-so do the embedding, the norms and ``lm_head``, and the routed experts of a mixture-of-experts
-file (de-quantized into the stacked ``FusedMoE`` weights; its shared expert is a linear layer
-like any other).
+so do the norms and the routed experts of a mixture-of-experts file (de-quantized into the
+stacked ``FusedMoE`` weights; its shared expert is a linear layer like any other).
+
+The vocabulary tables (``model.embed_tokens`` and an untied ``lm_head``) of a type in
+``FORMATS`` stay quantized too (``table_format``): the loader yields them as
+``QuantizedLazyTensor`` and the vocabulary layers keep the ``WNA16Weight`` (the LM head runs
+``wna16_linear``, the embedding de-quantizes only the looked-up rows:
+``layers/quantized_vocab.py``).
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ from vllm_core.model_executor.quantization.base import (
     QuantizationConfig,
     checkpoint_layer_names,
 )
-from vllm_core.model_executor.quantization.gguf_blocks import FORMATS
+from vllm_core.model_executor.quantization.gguf_blocks import FORMATS, BlockFormat
 from vllm_core.model_executor.quantization.quantized_weights import WNA16Weight
 from vllm_core.model_executor.quantization.wna16 import WNA16Method
 
 #: the WNA16 parameters the GGUF loader yields per kept-quantized tensor
 GGUF_PARTS = ("qweight", "scales", "zeros")
+#: the vocabulary tables kept quantized when their type is in ``FORMATS``
+TABLE_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +92,24 @@ class GGUFConfig(QuantizationConfig):
             return None
         return self.plan.get(_fused_prefix(owner))
 
+    def table_format(self, weight_name: str) -> BlockFormat | None:
+        """The block format of vocabulary table ``weight_name`` (``TABLE_NAMES``) when it is
+        kept quantized, else None (read as float)."""
+        if weight_name not in TABLE_NAMES:
+            return None
+        return FORMATS.get(self.tensor_types.get(weight_name, ""))
+
     def linear_method(self, prefix: str) -> LinearMethod | None:
         plan = self.plan.get(prefix)
         return None if plan is None else GGUFLinearMethod(plan)
 
     def summary(self) -> str:
         kept = sorted({t for p in self.plan.values() for t in p.types})
+        tables = [f"{n.split('.')[-2]} {self.tensor_types[n]}" for n in TABLE_NAMES
+                  if self.table_format(n) is not None]
         return (f"gguf kept quantized ({', '.join(kept) or 'no quantized linear layers'}; "
-                f"{len(self.plan)} linear layers)")
+                f"{len(self.plan)} linear layers; vocabulary tables: "
+                f"{', '.join(tables) or 'float'})")
 
 
 def _fused_prefix(owner: str) -> str:
