@@ -21,6 +21,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import torch
+from gguf_test_metadata import add_decoder_hparams
 
 _BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
           "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -66,21 +67,9 @@ def write_moe_gguf(hf, path: str, arch: str, *, layout: str = "stacked",
                                                 "_shexp"),
                    tokenizer: bool = False, shared_gate_2d: bool = False) -> None:
     cfg = hf.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     w = gguf.GGUFWriter(path, arch)
     w.add_name("tiny-moe")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
+    add_decoder_hparams(w, cfg)
     num_experts = getattr(cfg, "num_local_experts", None) or cfg.num_experts
     w.add_expert_count(num_experts)
     w.add_expert_used_count(cfg.num_experts_per_tok)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import torch
+from gguf_test_metadata import add_decoder_hparams
 from model_test_utils import hf_logits, new_kv_caches, run_step, tiny_hf_model
 
 from vllm_core.attention.backends.reference import ReferenceAttentionBackend
@@ -50,21 +51,10 @@ def write_gemma3_gguf(hf, path: str) -> None:
     cfg = hf.config
     gen = np.random.default_rng(0)
     w = gguf.GGUFWriter(path, "gemma3")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(float(cfg.rope_parameters["full_attention"]["rope_theta"]))
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    add_decoder_hparams(w, cfg, rope_theta=cfg.rope_parameters["full_attention"]["rope_theta"])
     w.add_sliding_window(cfg.sliding_window)
     w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
     w.add_rope_scaling_factor(cfg.rope_parameters["full_attention"]["factor"])
-    w.add_vocab_size(cfg.vocab_size)
     with torch.no_grad():
         for name, param in hf.named_parameters():
             if name == "lm_head.weight":

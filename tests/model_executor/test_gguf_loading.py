@@ -8,6 +8,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from gguf_test_metadata import add_decoder_hparams
 from model_test_utils import hf_logits, new_kv_caches, run_step, tiny_hf_model
 
 from vllm_core.attention.backends.reference import ReferenceAttentionBackend
@@ -47,20 +48,8 @@ def write_gguf(hf, path: str, arch: str, quantize: tuple[str, ...] = ()) -> None
     """Write ``hf`` as a GGUF file; tensors whose GGUF name contains one of ``quantize`` are
     stored as Q8_0 and ``hf`` is updated to the dequantized values (the same weights)."""
     cfg = hf.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     w = gguf.GGUFWriter(path, arch)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
+    add_decoder_hparams(w, cfg)
     w.add_eos_token_id(5)
     w.add_chat_template("{{ messages[0]['content'] }}")
     with torch.no_grad():

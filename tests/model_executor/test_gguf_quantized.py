@@ -9,6 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from gguf_test_metadata import add_decoder_hparams
 from model_test_utils import hf_logits, new_kv_caches, run_step, tiny_hf_model
 from test_gguf_loading import gguf_name, llama_cpp_permute
 
@@ -109,20 +110,8 @@ def write_mixed_gguf(hf, path: str) -> dict[str, str]:
                    {"attn_q": "Q4_K", "attn_k": "Q5_K", "attn_v": "Q6_K", "attn_output": "Q4_1",
                     "ffn_gate": "Q8_0", "ffn_up": "Q8_0", "ffn_down": "Q4_0"}]
     rng = np.random.default_rng(1)
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
     w = gguf.GGUFWriter(path, "llama")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
+    add_decoder_hparams(w, cfg)
     used = {}
     with torch.no_grad():
         for name, param in hf.named_parameters():
