@@ -151,7 +151,7 @@ def test_registered_backends_resolve():
     assert get_backend_cls("reference").__name__ == "ReferenceAttentionBackend"
 
 
-def test_kernel_build_clears_a_stale_torch_lock_and_keys_by_isa(tmp_path, monkeypatch):
+def test_kernel_build_clears_a_stale_torch_lock_and_keys_by_isa(tmp_path, monkeypatch, caplog):
     """A build killed mid-way leaves torch's ``lock`` file behind; the next start must not wait
     for it forever (it did: a server hung at start-up). The build folder is keyed by the ISA."""
     import os
@@ -178,5 +178,12 @@ def test_kernel_build_clears_a_stale_torch_lock_and_keys_by_isa(tmp_path, monkey
         f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{key}_{sources}")
     build.mkdir(parents=True)
     (build / "lock").write_text("")                  # left by a killed build
-    kernels.load_kernels.__wrapped__()
+    with caplog.at_level("INFO", logger=kernels.logger.name):
+        kernels.load_kernels.__wrapped__()
     assert seen == {"dir": str(build), "stale_lock_left": False}
+    assert "building the CPU kernels" in caplog.text       # a first start says why it waits
+    (build / "vllm_core_cpu_kernels.so").write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level("INFO", logger=kernels.logger.name):
+        kernels.load_kernels.__wrapped__()
+    assert "building the CPU kernels" not in caplog.text   # a built one loads silently

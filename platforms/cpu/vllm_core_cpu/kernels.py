@@ -48,12 +48,16 @@ def load_kernels() -> bool:
                 logger.warning("removing a stale kernel build lock left by a killed build: %s",
                                stale)
                 os.remove(stale)
+            if not os.path.exists(os.path.join(build_dir, "vllm_core_cpu_kernels.so")):
+                logger.info("building the CPU kernels for this CPU and torch (first start only; "
+                            "a minute or two on a small machine), into %s", build_dir)
             cpp_extension.load(
                 name="vllm_core_cpu_kernels", sources=sources,
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                 build_directory=build_dir, is_python_module=False, verbose=False)
     except Exception as e:  # noqa: BLE001 - any build failure means "use the fallback"
-        logger.warning("CPU paged-attention kernel unavailable (%s); using the SDPA path", e)
+        logger.warning("CPU kernels unavailable (%s); using the torch fallbacks (SDPA attention, "
+                       "reference quantized linears)", e)
         return False
     return hasattr(torch.ops.vllm_core_cpu, "paged_attention")
 
