@@ -177,6 +177,35 @@ def emit(line: dict[str, Any], out: Path | None, base: dict[str, Any] | None = N
             f.write(text + "\n")
 
 
+def profile_runs(llm: Any, prompts: list[list[int]], output_len: int,
+                 runs: list[tuple[str, Proposer | None]], out: Path | None) -> None:
+    """Each run once more under torch.profiler (host and device); prints the top ops by host
+    and by device time and the runner's per-step timing, and writes the tables next to ``out``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = llm.llm_engine.core.executor.worker.runner
+    for name, proposer in runs:
+        timed(llm, prompts, 16, proposer, {})               # warm (graphs, Triton)
+        steps0, exec0 = runner.timing.steps, runner.timing.execute_s
+        graph0, eager0 = runner.num_graph_steps, runner.num_eager_steps
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            line, _ = timed(llm, prompts, output_len, proposer, {"system": name})
+        steps = runner.timing.steps - steps0
+        table_cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        table_dev = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
+        summary = {**line, "profiled": True, "steps": steps,
+                   "runner_execute_ms_per_step": round(
+                       1e3 * (runner.timing.execute_s - exec0) / max(steps, 1), 3),
+                   "graph_steps": runner.num_graph_steps - graph0,
+                   "eager_steps": runner.num_eager_steps - eager0}
+        print(json.dumps(summary), flush=True)
+        print(f"=== {name}: by host time\n{table_cpu}\n=== {name}: by device time\n{table_dev}",
+              flush=True)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            (out.parent / f"profile_{name}.txt").write_text(table_cpu + "\n" + table_dev)
+
+
 def random_prompts(num: int, length: int, seed: int, vocab: int) -> list[list[int]]:
     return np.random.default_rng(seed).integers(0, vocab, size=(num, length)).tolist()
 
@@ -204,7 +233,7 @@ def ab(llm: Any, prompts: list[list[int]], output_len: int, label: dict[str, Any
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["b1", "sweep", "b256", "draft", "eagle3"],
+    ap.add_argument("--part", choices=["b1", "sweep", "b256", "draft", "eagle3", "profile"],
                     required=True)
     ap.add_argument("--draft-vocab", type=int, default=32000,
                     help="--part eagle3: the random head's draft vocabulary")
@@ -236,6 +265,15 @@ def main() -> None:
            [replay, replay_half, ngram], out)
         ab(llm, repetitive_prompts(1, p_len, 1, vocab), o_len,
            {**label, "prompts": "repetitive"}, [ngram], out)
+    elif args.part == "profile":              # where a verification step's time goes
+        p_len, o_len = sz(128), sz(96)
+        llm = make_engine(args, p_len + o_len + k + 1, max_batch=0)
+        vocab = llm.llm_engine.config.model.arch.vocab_size
+        prompts = random_prompts(1, p_len, 0, vocab)
+        _, base_tokens = timed(llm, prompts, o_len, None, {})
+        profile_runs(llm, prompts, o_len, [("baseline", None),
+                                           ("replay", ReplayProposer(prompts, base_tokens))],
+                     out)
     elif args.part == "draft":                # gpu-8b-b1 with a truncated-layer draft model
         p_len, o_len = sz(128), sz(512)
         llm = make_engine(args, p_len + o_len + k + 1, max_batch=0,
