@@ -613,7 +613,9 @@ def test_fp8_cache_write_rounds_to_nearest_and_saturates(kv_dtype: torch.dtype, 
     cos_sin = _cos_sin_cache(64, d)
     pos = torch.randint(0, 64, (n,), generator=gen)
     q = torch.randn(n, 4, d, generator=gen)
-    _, k_rot = rotary_embedding(pos, q.clone(), key.clone(), cos_sin, d)
+    _, k_rot = rotary_embedding(pos.to(DEVICE), q.clone().to(DEVICE), key.clone().to(DEVICE),
+                                cos_sin.to(DEVICE), d)
+    k_rot = k_rot.cpu()
     cache.zero_()
     rotary_and_cache(pos.to(DEVICE), q.to(DEVICE), key.to(DEVICE), value.to(DEVICE),
                      cos_sin.to(DEVICE), cache, slots.to(DEVICE), **kw)

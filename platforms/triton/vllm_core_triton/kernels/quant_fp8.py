@@ -32,12 +32,12 @@ def _per_token_quant_kernel(x_ptr, q_ptr, s_ptr, static_ptr, K, stride_x, stride
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
-        s = tl.maximum(tl.max(amax, 0), 1e-12) / QMAX
+        s = tl.math.div_rn(tl.maximum(tl.max(amax, 0), 1e-12), QMAX)   # IEEE, like torch
         tl.store(s_ptr + row, s)
     for k0 in range(0, K, BLOCK_K):
         mask = k0 + offs < K
         x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-        y = tl.minimum(tl.maximum(x / s, -QMAX), QMAX)
+        y = tl.minimum(tl.maximum(tl.math.div_rn(x, s), -QMAX), QMAX)
         tl.store(q_ptr + row * stride_q + k0 + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
 
 
