@@ -125,6 +125,8 @@ def timed(llm: Any, prompts: list[list[int]], output_len: int, proposer: Propose
         core.drafter.proposer = proposer
     totals = llm._spec_totals
     totals.__init__()
+    runner = core.executor.worker.runner
+    graph0, eager0 = runner.num_graph_steps, runner.num_eager_steps
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True,
                             detokenize=False)
     if torch.cuda.is_available():
@@ -140,8 +142,20 @@ def timed(llm: Any, prompts: list[list[int]], output_len: int, proposer: Propose
             "draft_tokens": totals.draft_tokens, "accepted_tokens": totals.accepted,
             "acceptance_rate": round(totals.accepted / max(totals.draft_tokens, 1), 3),
             "mean_accepted_length": round(1 + totals.accepted / max(totals.drafts, 1), 3),
+            "graph_steps": runner.num_graph_steps - graph0,
+            "eager_steps": runner.num_eager_steps - eager0,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
     return line, tokens
+
+
+def silence_layers_after(llm: Any, n: int) -> None:
+    """Zero the output projections (``o_proj``, ``down_proj``) of the target's layers from
+    ``n`` on, in place (captured graphs keep their addresses): those layers add nothing to the
+    residual stream, so the target's logits are those of its first ``n`` layers."""
+    model = llm.llm_engine.core.executor.worker.runner.model
+    for layer in model.model.layers[n:]:
+        layer.self_attn.o_proj.weight.data.zero_()
+        layer.mlp.down_proj.weight.data.zero_()
 
 
 def random_eagle3_head(model_dir: Path, draft_vocab: int) -> str:
@@ -187,7 +201,6 @@ def profile_runs(llm: Any, prompts: list[list[int]], output_len: int,
     for name, proposer in runs:
         timed(llm, prompts, 16, proposer, {})               # warm (graphs, Triton)
         steps0, exec0 = runner.timing.steps, runner.timing.execute_s
-        graph0, eager0 = runner.num_graph_steps, runner.num_eager_steps
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             line, _ = timed(llm, prompts, output_len, proposer, {"system": name})
         steps = runner.timing.steps - steps0
@@ -195,9 +208,7 @@ def profile_runs(llm: Any, prompts: list[list[int]], output_len: int,
         table_dev = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
         summary = {**line, "profiled": True, "steps": steps,
                    "runner_execute_ms_per_step": round(
-                       1e3 * (runner.timing.execute_s - exec0) / max(steps, 1), 3),
-                   "graph_steps": runner.num_graph_steps - graph0,
-                   "eager_steps": runner.num_eager_steps - eager0}
+                       1e3 * (runner.timing.execute_s - exec0) / max(steps, 1), 3)}
         print(json.dumps(summary), flush=True)
         print(f"=== {name}: by host time\n{table_cpu}\n=== {name}: by device time\n{table_dev}",
               flush=True)
@@ -239,6 +250,10 @@ def main() -> None:
                     help="--part eagle3: the random head's draft vocabulary")
     ap.add_argument("--draft-layers", type=int, default=4,
                     help="--part draft: the draft is the target's first N layers")
+    ap.add_argument("--target-equals-draft", action="store_true",
+                    help="--part draft: zero o_proj and down_proj of the target's layers past "
+                         "the draft's, so the truncated draft predicts the target exactly "
+                         "(high acceptance at the real cost of both models)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
                     help="default: the 8B shape (created); a small HF folder for a dry run")
@@ -278,11 +293,14 @@ def main() -> None:
         p_len, o_len = sz(128), sz(512)
         llm = make_engine(args, p_len + o_len + k + 1, max_batch=0,
                           draft_layers=args.draft_layers)
+        if args.target_equals_draft:
+            silence_layers_after(llm, args.draft_layers)
         vocab = llm.llm_engine.config.model.arch.vocab_size
         timed(llm, random_prompts(1, p_len, 99, vocab), 16, None, {})
         timed(llm, random_prompts(1, p_len, 98, vocab), 16, WorkerDraftSlots(), {})
         ab(llm, random_prompts(1, p_len, 0, vocab), o_len,
-           {"workload": "gpu-8b-b1", "k": k, "draft_layers": args.draft_layers},
+           {"workload": "gpu-8b-b1", "k": k, "draft_layers": args.draft_layers,
+            "target_equals_draft": args.target_equals_draft},
            [(f"draft-L{args.draft_layers}", lambda p, t: WorkerDraftSlots())], out)
     elif args.part == "eagle3":               # gpu-8b-b1 with a random EAGLE-3 head
         p_len, o_len = sz(128), sz(512)

@@ -26,20 +26,20 @@ timeout 60 python3 -m pytest -x -q -m gpu platforms/cuda/tests/test_gpu_eagle3.p
     > "$dir/gpu_test.log" 2>&1
 echo "=== gpu test rc=$?" | tee -a "$dir/gpu_test.log"
 
-echo "=== 2/4 tests/spec_decode/test_eagle3.py on the device's platform (CUDA)"
-timeout 120 python3 -m pytest -x -q -m "not slow" tests/spec_decode/test_eagle3.py \
-    > "$dir/suite.log" 2>&1
-echo "=== suite rc=$?" | tee -a "$dir/suite.log"
-
-echo "=== 3/4 gpu-8b-b1, k=4, random EAGLE-3 head vs no speculation"
+echo "=== 2/4 gpu-8b-b1, k=4, random EAGLE-3 head vs no speculation"
 timeout 110 python3 benchmarks/spec_decode_gpu.py --part eagle3 --k 4 \
     --output "$dir/spec.jsonl" > "$dir/eagle3_k4.log" 2>&1
 echo "=== eagle3 k4 rc=$?" | tee -a "$dir/eagle3_k4.log"
 
-echo "=== 4/4 gpu-8b-b1, k=2, random EAGLE-3 head vs no speculation"
+echo "=== 3/4 gpu-8b-b1, k=2, random EAGLE-3 head vs no speculation"
 timeout 70 python3 benchmarks/spec_decode_gpu.py --part eagle3 --k 2 \
     --output "$dir/spec.jsonl" > "$dir/eagle3_k2.log" 2>&1
 echo "=== eagle3 k2 rc=$?" | tee -a "$dir/eagle3_k2.log"
+
+echo "=== 4/4 tests/spec_decode/test_eagle3.py on the device's platform (CUDA)"
+timeout 120 python3 -m pytest -x -q -m "not slow" tests/spec_decode/test_eagle3.py \
+    > "$dir/suite.log" 2>&1
+echo "=== suite rc=$?" | tee -a "$dir/suite.log"
 
 grep -h '^{' "$dir"/*.log > "$dir/all_lines.jsonl" 2>/dev/null
 echo "=== done; JSON lines in $dir/spec.jsonl"

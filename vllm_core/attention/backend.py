@@ -61,11 +61,14 @@ class AttentionMetadataBuilder(ABC):
         """Return the metadata object every layer's ``AttentionImpl.forward`` receives."""
 
     def build_for_capture(self, common: CommonAttentionMetadata, max_seq_len: int) -> Any:
-        """Metadata for a graph capture (API 2.0): a padded decode-only batch of
-        ``common.num_reqs`` requests whose launch plan is fixed for every context up to
-        ``max_seq_len``. The graph replays with other lengths, read only from the device
-        tensors of ``common`` (whose addresses stay fixed), so nothing in the result may depend
-        on host copies of the lengths. Required when the backend sets
+        """Metadata for a graph capture (API 2.0): a padded batch of ``common.num_reqs``
+        requests and ``common.num_tokens`` tokens whose launch plan is fixed for every context
+        up to ``max_seq_len``. ``common.max_query_len`` 1: a decode-only batch; q > 1 (API 2.6,
+        only when the backend sets ``supports_verify_graph_capture``): a verification batch
+        whose requests each have at most q tokens except the last, which may hold up to
+        ``num_tokens`` padding tokens. The graph replays with other lengths, read only from
+        the device tensors of ``common`` (whose addresses stay fixed), so nothing in the
+        result may depend on host copies of the lengths. Required when the backend sets
         ``supports_graph_capture``."""
         raise NotImplementedError(f"{type(self).__name__} cannot build metadata for a graph")
 
@@ -143,6 +146,9 @@ class AttentionBackend(ABC):
     # metadata builder's ``build_for_capture`` implemented).
     block_table_dtype: ClassVar[torch.dtype] = torch.int64
     supports_graph_capture: ClassVar[bool] = False
+    # API 2.6: graphs of several tokens per request (speculative verification; see
+    # ``AttentionMetadataBuilder.build_for_capture``).
+    supports_verify_graph_capture: ClassVar[bool] = False
 
     @classmethod
     def unsupported_reasons(cls, *, head_size: int, dtype: str, kv_cache_dtype: str,

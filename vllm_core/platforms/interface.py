@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.5"
+PLATFORM_API_VERSION = "2.6"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -78,6 +78,15 @@ step inputs (``NewRequestData.mm_features``, ``SchedulerOutput.scheduled_encoder
 ``free_encoder_hashes``, ``StepInputs.inputs_embeds`` and ``[3, T]`` M-RoPE positions, which a
 ``run_forward`` that calls the model itself passes on); ``CachedRequestData.new_token_ids``
 (pipeline micro-batching: tokens sampled on another rank, applied by the core runner).
+
+2.6 (additive; defaults keep 2.5 plugins working): graphs of speculative verification steps.
+``AttentionBackend.supports_verify_graph_capture`` (default False): ``build_for_capture`` also
+takes a padded batch of several tokens per request (``common.max_query_len`` q > 1, the last
+request holding the leftover padding tokens); ``StepShape.max_query_len`` (default 1: a
+padded decode batch) marks such a step for ``pad_inputs`` / ``run_forward``, and
+``StepBuffers.pad_token_batch`` lays it out; ``WorkerProposer.needs_target_hidden`` (default
+False; EAGLE True): a proposer that reads the target's hidden states keeps its verification
+steps off graphs that hide them.
 """
 
 

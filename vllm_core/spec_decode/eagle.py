@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -183,6 +183,8 @@ class _Features:
 
 class EagleProposer(PagedDraftProposer):
     """See the module docstring."""
+
+    needs_target_hidden: ClassVar[bool] = True
 
     def __init__(self, runner: ModelRunner, head: EagleHeadBase, dtype: torch.dtype) -> None:
         super().__init__(runner, 1, head.num_kv_heads, head.head_dim, dtype)

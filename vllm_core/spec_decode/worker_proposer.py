@@ -21,7 +21,7 @@ that is (re-)added by the scheduler (new, or resumed after preemption) starts fr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -32,7 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class WorkerProposer(ABC):
-    """Drafts for the verifying requests of one step, computed on the worker."""
+    """Drafts for the verifying requests of one step, computed on the worker.
+
+    ``needs_target_hidden``: ``observe_forward`` must see the target's hidden states of every
+    forward (an EAGLE head), so a platform may not replay a graph that keeps them internal for
+    the steps this proposer verifies."""
+
+    needs_target_hidden: ClassVar[bool] = False
 
     def kv_cache_bytes_per_block(self) -> int:
         """Bytes of this proposer's KV cache per target block (0: it keeps none)."""

@@ -83,11 +83,15 @@ logger = init_logger(__name__)
 
 @dataclass(slots=True, frozen=True)
 class StepShape:
-    """The padded size of a step: token rows, request rows and logits rows."""
+    """The padded size of a step: token rows, request rows and logits rows. ``max_query_len``
+    1: a padded decode batch (``StepBuffers.pad_decode_batch``); q > 1: a padded verification
+    batch whose every token is a logits row, ``num_reqs - 1`` requests of at most q tokens
+    plus the one that takes the remaining padding tokens (``StepBuffers.pad_token_batch``)."""
 
     num_tokens: int
     num_reqs: int
     num_logits: int
+    max_query_len: int = 1
 
 
 @dataclass(slots=True)
@@ -269,8 +273,13 @@ class ModelRunner:
     def pad_inputs(self, plan: StepPlan, shape: StepShape) -> None:
         """Hook: fill the staging rows past the real batch (tokens, requests and logits rows)
         up to ``shape``. Default: padding decodes (see ``StepBuffers.pad_decode_batch``), valid
-        for a decode-only step whose every request samples, padded to equal counts."""
-        self.buffers.pad_decode_batch(plan.num_reqs, shape.num_reqs, self.pad_slot)
+        for a decode-only step whose every request samples, padded to equal counts; with
+        ``shape.max_query_len > 1`` a verification batch (``StepBuffers.pad_token_batch``)."""
+        if shape.max_query_len > 1:
+            self.buffers.pad_token_batch(plan.num_reqs, plan.num_tokens, shape.num_reqs - 1,
+                                         shape.num_tokens, self.pad_slot)
+        else:
+            self.buffers.pad_decode_batch(plan.num_reqs, shape.num_reqs, self.pad_slot)
 
     def upload_inputs(self, plan: StepPlan, shape: StepShape | None) -> StepInputs:
         """Hook: move the staged step to the device and describe it. Default: non-blocking
@@ -292,7 +301,10 @@ class ModelRunner:
         else:
             qsl_cpu, seq_cpu = b.query_start_loc_cpu[:n + 1], b.seq_lens_cpu[:n]
             num_decodes, max_query_len = n, 1
-            max_seq_len = int(plan.seq_lens.max())
+            if shape.max_query_len > 1:        # a padded verification batch
+                num_decodes = 0
+                max_query_len = int(np.diff(b.query_start_loc_np[:n + 1]).max())
+            max_seq_len = int(b.seq_lens_np[:n].max())
         common = CommonAttentionMetadata(
             query_start_loc=b.query_start_loc[:n + 1], seq_lens=b.seq_lens[:n],
             context_lens=b.context_lens[:n], block_table=b.block_table[:n],

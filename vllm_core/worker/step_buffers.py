@@ -23,7 +23,7 @@ class StepBuffers:
     columns in ``block_table_dtype`` (the attention backend's choice).
 
     Per step: ``stage(plan, table)`` writes the used prefix on the host, the runner may pad
-    (``pad_decode_batch``), then ``upload(T, R, L)`` issues one non-blocking copy per buffer.
+    (``pad_decode_batch``, ``pad_token_batch``), then ``upload(T, R, L)`` issues one non-blocking copy per buffer.
     """
 
     NAMES = ("input_ids", "positions", "slot_mapping", "logits_indices", "query_start_loc",
@@ -85,6 +85,39 @@ class StepBuffers:
         self.context_lens_np[start:size] = 0
         self.block_table_np[start:size] = 0
         self.logits_indices_np[start:size] = np.arange(start, size)
+
+    def pad_token_batch(self, num_reqs: int, num_tokens: int, size: int, padded_tokens: int,
+                        pad_slot: int = -1) -> None:
+        """Pad a batch whose every token is a logits row (a verification step: each request's
+        last ``k + 1`` tokens) to ``size + 1`` requests and ``padded_tokens`` tokens:
+        requests ``num_reqs..size-1`` get one padding token each (as in ``pad_decode_batch``)
+        and request ``size`` takes every remaining token (possibly none, at most the block
+        table's width in tokens) as a causal context of its own read from the null block
+        (block-table row of zeros; positions 0, only the rotary embedding reads them). Padding tokens are never
+        written to the KV cache (``pad_slot``); every token, real or padding, is its own logits
+        row. Requires ``padded_tokens - num_tokens >= size - num_reqs``."""
+        pad_reqs = size - num_reqs
+        rest = padded_tokens - num_tokens - pad_reqs
+        if pad_reqs < 0 or rest < 0:
+            raise ValueError(f"cannot pad {num_reqs} requests / {num_tokens} tokens to "
+                             f"{size} + 1 requests / {padded_tokens} tokens")
+        t_end = num_tokens + pad_reqs           # one token per padding request
+        self.input_ids_np[num_tokens:t_end] = 0
+        self.positions_np[num_tokens:t_end] = 0
+        self.slot_mapping_np[num_tokens:t_end] = pad_slot
+        self.query_start_loc_np[num_reqs + 1:size + 1] = np.arange(num_tokens + 1, t_end + 1)
+        self.seq_lens_np[num_reqs:size] = 1
+        self.context_lens_np[num_reqs:size] = 0
+        self.block_table_np[num_reqs:size] = 0
+        start = num_tokens + pad_reqs
+        self.query_start_loc_np[size + 1] = padded_tokens
+        self.input_ids_np[start:padded_tokens] = 0
+        self.positions_np[start:padded_tokens] = 0           # rotary input only: any in range
+        self.slot_mapping_np[start:padded_tokens] = pad_slot
+        self.seq_lens_np[size] = rest
+        self.context_lens_np[size] = 0
+        self.block_table_np[size] = 0
+        self.logits_indices_np[num_tokens:padded_tokens] = np.arange(num_tokens, padded_tokens)
 
     def upload(self, num_tokens: int, num_reqs: int, num_logits: int) -> None:
         """Copy the first rows of every staging array to its device tensor (non-blocking)."""

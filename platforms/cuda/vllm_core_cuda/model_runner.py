@@ -10,6 +10,13 @@ this subclass fills the platform hooks (API 2.0):
   samples replay a CUDA graph (``graphs.DecodeGraphs``) of the smallest captured batch size
   that holds them, padded by the core's ``pad_inputs``. Graphs are captured only for a backend
   that declares ``supports_graph_capture``; its ``build_for_capture`` fixes the launch plan.
+  With speculative decoding (k drafts) a second set, the verification graphs, holds
+  ``k + 1`` tokens per request: a step whose every token is a logits row and whose requests
+  have at most ``k + 1`` tokens each (verifying requests and plain decodes, any mix) replays
+  the graph of the smallest size that holds its requests, for batch sizes up to the
+  speculation limit (``disable_by_batch_size``) and within the decode graphs' largest token
+  count. Not for a proposer that reads the target's hidden states (EAGLE), nor on a backend
+  without ``supports_verify_graph_capture``.
   With tensor parallelism a graph holds the forward (its all-reduces are the TP group's
   graph-safe ones, ``CudaCommunicator``) and this rank's vocabulary range of the logits; the
   logits are gathered on TP rank 0 after the replay (``model.gather_logits``, NCCL, eager).
@@ -34,22 +41,34 @@ class CudaModelRunner(ModelRunner):
     pin_memory: ClassVar[bool] = True
     native_bitmask_kernel: ClassVar[bool] = True
     graphs: DecodeGraphs | None = None
+    verify_graphs: DecodeGraphs | None = None
 
     def new_step_event(self) -> Any | None:
         return torch.cuda.Event()
 
     def padded_shape(self, plan: StepPlan) -> StepShape | None:
-        if (self.graphs is None or not plan.is_decode_only
-                or len(plan.logits_indices) != plan.num_reqs):
+        if self.graphs is None or len(plan.logits_indices) != plan.num_tokens:
             return None
-        size = self.graphs.padded_size(plan.num_reqs)
-        return None if size is None else StepShape(size, size, size)
+        if plan.is_decode_only:
+            size = self.graphs.padded_size(plan.num_reqs)
+            return None if size is None else StepShape(size, size, size)
+        vg = self.verify_graphs
+        if vg is None or int(plan.num_scheduled.max()) > vg.query_len:
+            return None
+        size = vg.padded_size(plan.num_reqs)
+        if size is None:
+            return None
+        tokens = size * vg.query_len
+        return StepShape(tokens, size + 1, tokens, max_query_len=vg.query_len)
 
     def run_forward(self, plan: StepPlan, inputs: StepInputs,
                     shape: StepShape | None) -> ForwardOutput:
         if shape is None:
             return super().run_forward(plan, inputs, shape)
-        logits = self.graphs.replay(shape.num_reqs)
+        if shape.max_query_len > 1:
+            logits = self.verify_graphs.replay(shape.num_reqs - 1)
+        else:
+            logits = self.graphs.replay(shape.num_reqs)
         if self.parallel.tp_size > 1:      # the graph holds this rank's vocabulary range only
             logits = self.model.gather_logits(logits)
         return ForwardOutput(hidden=None, logits=logits)
@@ -87,15 +106,62 @@ class CudaModelRunner(ModelRunner):
         mode = "thread_local" if self.parallel.world_size > 1 else "global"
         seconds = self.graphs.capture(prepare, forward, capture_error_mode=mode)
         self._graph_metadata = metadata
+        seconds += self._capture_verify_graphs(width, max_len, mode)
         return seconds
 
-    def _graph_common(self, size: int, max_len: int) -> CommonAttentionMetadata:
-        """A padded decode batch of ``size`` over the persistent device buffers."""
+    def verify_graph_sizes(self) -> tuple[list[int], int]:
+        """``(sizes, q)``: the batch sizes of the verification graphs (empty when none are
+        captured) and their tokens per request."""
+        spec = self.config.speculative
+        if (spec is None or not self.attn_backend.supports_verify_graph_capture
+                or (self.proposer is not None and self.proposer.needs_target_hidden)):
+            return [], 1
+        q = spec.num_speculative_tokens + 1
+        limit = spec.max_batch_size or self.graph_sizes[-1]
+        max_tokens = min(self.graph_sizes[-1], int(self.config.model.max_model_len))
+        return [s for s in self.graph_sizes if s <= limit and s * q <= max_tokens], q
+
+    def _capture_verify_graphs(self, width: int, max_len: int, mode: str) -> float:
+        sizes, q = self.verify_graph_sizes()
+        if not sizes:
+            return 0.0
+        self.verify_graphs = DecodeGraphs(sizes, width, self.device, query_len=q)
+        metadata: dict[int, Any] = {}
         b = self.buffers
+
+        def prepare(size: int) -> None:
+            b.query_start_loc_np[0] = 0
+            b.pad_token_batch(0, 0, size, size * q, self.pad_slot)
+            b.upload(size * q, size + 1, size * q)
+            torch.cuda.current_stream(self.device).synchronize()
+
+        def forward(size: int) -> torch.Tensor:
+            md = metadata.get(size)
+            if md is None:
+                md = metadata[size] = self.builder.build_for_capture(
+                    self._graph_common(size, max_len, q), max_len)
+            tokens = size * q
+            hidden = self.model(b.input_ids[:tokens], b.positions[:tokens], self.kv_caches, md)
+            return self.model.compute_local_logits(hidden)
+
+        seconds = self.verify_graphs.capture(prepare, forward, capture_error_mode=mode,
+                                             pool=self.graphs.pool)
+        self._verify_graph_metadata = metadata
+        return seconds
+
+    def _graph_common(self, size: int, max_len: int,
+                      query_len: int = 1) -> CommonAttentionMetadata:
+        """A padded batch of ``size`` requests over the persistent device buffers: a decode
+        batch (``query_len`` 1) or a verification batch of ``size * query_len`` tokens over
+        ``size + 1`` requests (``StepBuffers.pad_token_batch``)."""
+        b = self.buffers
+        tokens = size * query_len
+        reqs = size if query_len == 1 else size + 1
         return CommonAttentionMetadata(
-            query_start_loc=b.query_start_loc[:size + 1], seq_lens=b.seq_lens[:size],
-            context_lens=b.context_lens[:size], block_table=b.block_table[:size],
-            slot_mapping=b.slot_mapping[:size],
-            query_start_loc_cpu=torch.arange(size + 1), seq_lens_cpu=torch.full((size,), max_len),
-            num_reqs=size, num_tokens=size, num_decodes=size, max_query_len=1,
-            max_seq_len=max_len, block_size=self.block_size)
+            query_start_loc=b.query_start_loc[:reqs + 1], seq_lens=b.seq_lens[:reqs],
+            context_lens=b.context_lens[:reqs], block_table=b.block_table[:reqs],
+            slot_mapping=b.slot_mapping[:tokens],
+            query_start_loc_cpu=b.query_start_loc_cpu[:reqs + 1].clone(),
+            seq_lens_cpu=torch.full((reqs,), max_len),
+            num_reqs=reqs, num_tokens=tokens, num_decodes=size if query_len == 1 else 0,
+            max_query_len=query_len, max_seq_len=max_len, block_size=self.block_size)

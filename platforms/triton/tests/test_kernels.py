@@ -661,3 +661,57 @@ def test_paged_attention_over_an_fp8_cache_equals_fp64_reference(kv_dtype: torch
     ref = _ref_attention(query, kv8.float() * torch.tensor([ks, vs]).view(2, 1, 1, 1, 1), b,
                          head_size ** -0.5)
     assert _rel_err(out, ref) < TOL[torch.float32]
+
+
+def test_verification_graph_batch_padded_by_step_buffers():
+    """A verification batch (requests of at most q = 5 tokens, every token a logits row),
+    staged in ``StepBuffers`` and padded by ``pad_token_batch`` to ``size + 1`` requests and
+    ``size * q`` tokens, attended with ``build_for_capture``'s metadata (planned once for q
+    tokens per request, as a verification graph is): the real rows equal the reference of
+    the unpadded batch, the padding tokens write nothing to the cache, and the same metadata
+    serves a second batch of other lengths (a replay)."""
+    from vllm_core.worker.step_buffers import StepBuffers
+
+    gen = torch.Generator().manual_seed(5)
+    q, size, block_size, head_size, gqa = 5, 4, BLOCK_SIZES[0], HEAD_SIZES[0], 4
+    num_heads, max_blocks, num_blocks = NUM_KV_HEADS * gqa, 8, 24
+    bufs = StepBuffers(64, 16, max_blocks, DEVICE, pin_memory=False,
+                       block_table_dtype=TritonAttentionBackend.block_table_dtype)
+    T, R = size * q, size + 1
+    common = CommonAttentionMetadata(
+        query_start_loc=bufs.query_start_loc[:R + 1], seq_lens=bufs.seq_lens[:R],
+        context_lens=bufs.context_lens[:R], block_table=bufs.block_table[:R],
+        slot_mapping=bufs.slot_mapping[:T], query_start_loc_cpu=torch.zeros(R + 1),
+        seq_lens_cpu=torch.zeros(R), num_reqs=R, num_tokens=T, num_decodes=0,
+        max_query_len=q, max_seq_len=max_blocks * block_size, block_size=block_size)
+    md = TritonAttentionBackend.get_builder_cls()(block_size, DEVICE).build_for_capture(
+        common, max_blocks * block_size)
+    impl = TritonAttentionBackend.get_impl_cls()(num_heads, head_size, head_size ** -0.5,
+                                                NUM_KV_HEADS)
+    for q_lens, ctx_lens in (([5, 1, 3], [17, 40, 0]), ([2, 5, 1, 4], [5, 9, 60, 1])):
+        b = _batch(q_lens, ctx_lens, block_size, num_blocks, gen)
+        n, t = len(q_lens), sum(q_lens)
+        bufs.query_start_loc_np[:n + 1] = b["query_start_loc"].numpy()
+        bufs.seq_lens_np[:n] = b["seq_lens"].numpy()
+        bufs.context_lens_np[:n] = b["context_lens"].numpy()
+        bufs.block_table_np[:n] = 0
+        bufs.block_table_np[:n, :b["block_table"].shape[1]] = b["block_table"].numpy()
+        bufs.slot_mapping_np[:t] = b["slot_mapping"].numpy()
+        bufs.pad_token_batch(n, t, size, T)
+        assert bufs.query_start_loc_np[R] == T and (bufs.slot_mapping_np[t:T] == -1).all()
+        bufs.upload(T, R, T)
+        kv_cache = torch.randn(TritonAttentionBackend.get_kv_cache_shape(
+            num_blocks, block_size, NUM_KV_HEADS, head_size), generator=gen)
+        query = torch.randn(T, num_heads, head_size, generator=gen)
+        key = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen)
+        value = torch.randn(T, NUM_KV_HEADS, head_size, generator=gen)
+        cache_dev = kv_cache.to(DEVICE)
+        out = impl.forward(query.reshape(T, -1).to(DEVICE), key.to(DEVICE), value.to(DEVICE),
+                           cache_dev, md)
+        expected = kv_cache.clone()
+        expected[0].view(-1, NUM_KV_HEADS, head_size)[b["slot_mapping"]] = key[:t]
+        expected[1].view(-1, NUM_KV_HEADS, head_size)[b["slot_mapping"]] = value[:t]
+        assert torch.equal(cache_dev.cpu(), expected)          # padding wrote nothing
+        ref = _ref_attention(query[:t], expected, b, head_size ** -0.5)
+        assert _rel_err(out[:t].view(t, num_heads, head_size), ref) < TOL[torch.float32]
+        assert not out.isnan().any()

@@ -67,10 +67,13 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder):
 
     def build_for_capture(self, common: CommonAttentionMetadata,
                           max_seq_len: int) -> TritonAttentionMetadata:
-        """A decode graph's metadata: launches planned once for contexts up to
-        ``max_seq_len`` (see ``TritonAttentionImpl._plan``), lengths read on the device."""
+        """A graph's metadata: launches planned once for contexts up to ``max_seq_len`` and
+        ``common.max_query_len`` tokens per request (see ``TritonAttentionImpl._plan``; the
+        kernel's program grid covers any split of ``num_tokens`` over the requests, so the
+        padding request of a verification graph may be longer), lengths read on the device."""
         md = self.build(common)
-        md.max_query_len, md.max_seq_len, md.for_capture = 1, max_seq_len, True
+        md.max_query_len, md.max_seq_len, md.for_capture = (max(1, common.max_query_len),
+                                                            max_seq_len, True)
         return md
 
 
@@ -180,6 +183,7 @@ class TritonAttentionBackend(AttentionBackend):
     required_packages: ClassVar[tuple[str, ...]] = ("triton",)
     block_table_dtype: ClassVar[torch.dtype] = torch.int32
     supports_graph_capture: ClassVar[bool] = True
+    supports_verify_graph_capture: ClassVar[bool] = True
 
     @staticmethod
     def get_builder_cls() -> type[AttentionMetadataBuilder]:
