@@ -231,15 +231,27 @@ def repetitive_prompts(num: int, length: int, seed: int, vocab: int) -> list[lis
 
 
 def ab(llm: Any, prompts: list[list[int]], output_len: int, label: dict[str, Any],
-       runs: list[tuple[str, Any]], out: Path | None) -> None:
-    """A baseline run, then each (name, proposer factory) against it."""
+       runs: list[tuple[str, Any]], out: Path | None, bracket: bool = False) -> None:
+    """A baseline run, then each (name, proposer factory) against it; with ``bracket`` a
+    second baseline run after them and a summary line of each run against the mean of the
+    two baselines (run-to-run drift of one engine is a few percent on gpu-8b)."""
     base, base_tokens = timed(llm, prompts, output_len, None, {**label, "system": "baseline"})
     emit(base, out)
+    lines = []
     for name, factory in runs:
         line, tokens = timed(llm, prompts, output_len, factory(prompts, base_tokens),
                              {**label, "system": name})
         line["_identical"] = tokens == base_tokens
         emit(line, out, base)
+        lines.append(line)
+    if bracket:
+        after, _ = timed(llm, prompts, output_len, None, {**label, "system": "baseline-after"})
+        emit(after, out)
+        mean = (base["output_tok_s"] + after["output_tok_s"]) / 2
+        emit({"kind": "bracket_summary", **label, "baseline_runs_tok_s":
+              [base["output_tok_s"], after["output_tok_s"]],
+              **{f"{ln['system']}_vs_baseline_mean": round(ln["output_tok_s"] / mean, 3)
+                 for ln in lines}}, out)
 
 
 def main() -> None:
@@ -321,7 +333,7 @@ def main() -> None:
         llm = make_engine(args, p_len + o_len + k + 1, max_batch=0)
         vocab = llm.llm_engine.config.model.arch.vocab_size
         timed(llm, random_prompts(2, p_len, 99, vocab), 16, None, {})
-        for batch in (1, 16, 64, 256):
+        for batch in (1, 16, 32, 64, 256):
             ab(llm, random_prompts(sz(batch), p_len, batch, vocab), o_len,
                {"workload": f"sweep-b{sz(batch)}", "k": k, "disable_by_batch_size": 0},
                [replay_half], out)
@@ -333,7 +345,7 @@ def main() -> None:
         ab(llm, random_prompts(sz(256), p_len, 0, vocab), o_len,
            {"workload": "gpu-8b", "k": k,
             "disable_by_batch_size": llm.llm_engine.config.speculative.max_batch_size},
-           [replay_half, ngram], out)
+           [replay_half, ngram], out, bracket=True)
 
 
 if __name__ == "__main__":

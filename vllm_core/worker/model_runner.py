@@ -232,7 +232,8 @@ class ModelRunner:
         self.requests: dict[str, CachedRequestState] = {}
         self.table = RequestTable(int(sched.max_num_seqs), max_model_len,
                                   self.max_blocks_per_req)
-        self.buffers = StepBuffers(self.max_num_tokens, self.max_num_reqs,
+        # one spare request row: a padded verification batch's padding request (pad_inputs)
+        self.buffers = StepBuffers(self.max_num_tokens, self.max_num_reqs + 1,
                                    self.max_blocks_per_req, device, self.pin_memory,
                                    attn_backend.block_table_dtype)
         self._sampling = _SamplingCache()

@@ -13,9 +13,9 @@ this subclass fills the platform hooks (API 2.0):
   With speculative decoding (k drafts) a second set, the verification graphs, holds
   ``k + 1`` tokens per request: a step whose every token is a logits row and whose requests
   have at most ``k + 1`` tokens each (verifying requests and plain decodes, any mix) replays
-  the graph of the smallest size that holds its requests, for batch sizes up to the
-  speculation limit (``disable_by_batch_size``) and within the decode graphs' largest token
-  count. Not for a proposer that reads the target's hidden states (EAGLE), nor on a backend
+  the graph of the smallest size that holds its requests, for the captured batch sizes up to
+  the speculation limit (``disable_by_batch_size``; 64 when it is 0) whose tokens fit the
+  step buffers and ``max_model_len``. Not for a proposer that reads the target's hidden states (EAGLE), nor on a backend
   without ``supports_verify_graph_capture``.
   With tensor parallelism a graph holds the forward (its all-reduces are the TP group's
   graph-safe ones, ``CudaCommunicator``) and this rank's vocabulary range of the logits; the
@@ -32,6 +32,11 @@ from vllm_core.attention.backend import CommonAttentionMetadata
 from vllm_core.worker.model_runner import ForwardOutput, ModelRunner, StepInputs, StepShape
 from vllm_core.worker.step_plan import StepPlan
 from vllm_core_cuda.graphs import DecodeGraphs
+
+
+# Verification graphs when speculation is never switched off (disable_by_batch_size 0): up to
+# this many requests (their logits rows, k + 1 per request, are held in the graph's buffer).
+FORCED_SPEC_GRAPH_LIMIT = 64
 
 
 class CudaModelRunner(ModelRunner):
@@ -117,8 +122,8 @@ class CudaModelRunner(ModelRunner):
                 or (self.proposer is not None and self.proposer.needs_target_hidden)):
             return [], 1
         q = spec.num_speculative_tokens + 1
-        limit = spec.max_batch_size or self.graph_sizes[-1]
-        max_tokens = min(self.graph_sizes[-1], int(self.config.model.max_model_len))
+        limit = spec.max_batch_size or FORCED_SPEC_GRAPH_LIMIT
+        max_tokens = min(self.max_num_tokens, int(self.config.model.max_model_len))
         return [s for s in self.graph_sizes if s <= limit and s * q <= max_tokens], q
 
     def _capture_verify_graphs(self, width: int, max_len: int, mode: str) -> float:
