@@ -9,5 +9,7 @@ python3 -m pytest -q -p no:cacheprovider -rfE \
     platforms/triton/tests/test_kernels.py -k "fp8" \
     platforms/triton/tests/test_quant_kernels.py::test_per_token_quant_fp8_equals_the_reference \
     platforms/triton/tests/test_quant_kernels.py::test_fp8_scaled_mm_matches_reference \
-    platforms/cuda/tests/test_gpu_structured.py 2>&1 | tee "$out/pytest.log" | tail -15
+    2>&1 | tee "$out/pytest_fp8.log" | tail -5
+python3 -m pytest -q -p no:cacheprovider -rfE platforms/cuda/tests/test_gpu_structured.py \
+    2>&1 | tee "$out/pytest_structured.log" | tail -5
 exit 0
