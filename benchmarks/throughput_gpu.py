@@ -467,9 +467,13 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
-    tail = (proc.stderr or proc.stdout)[-3000:]
+    text = proc.stderr or proc.stdout
+    tail = text[-3000:]
+    cause = [ln for ln in text.splitlines()           # a native abort's message precedes frames
+             if any(k in ln for k in ("Error", "what()", "terminate called", "Traceback"))]
     sys.stderr.write(f"[{worker}] failed (rc {proc.returncode}, "
-                     f"{time.perf_counter() - t0:.0f} s):\n{tail}\n")
+                     f"{time.perf_counter() - t0:.0f} s):\n" + "\n".join(cause[:20])
+                     + f"\n...\n{tail}\n")
     return {"error": tail.strip().splitlines()[-1] if tail.strip() else f"rc {proc.returncode}"}
 
 

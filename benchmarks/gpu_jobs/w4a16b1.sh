@@ -6,7 +6,7 @@ set -x
 out="${OUT:?OUT must be set}/w4a16b1"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-for q in none gptq; do
+for q in ${W4A16B1_QUANT:-none gptq}; do
     args=(); [ "$q" != none ] && args=(--quantization "$q")
     timeout -k 10 80 python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1 --systems vllm-core \
         "${args[@]}" --output "$out/throughput.jsonl" > "$out/$q.log" 2>&1
