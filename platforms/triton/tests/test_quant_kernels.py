@@ -75,6 +75,25 @@ def test_wna16_rows_are_independent_of_the_batch():
         torch.testing.assert_close(_run(w, x[i:i + 1], None)[0], together[i], atol=0, rtol=0)
 
 
+def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales():
+    """Split-K GEMV whose last split runs past K (9 K-steps over 5 splits of 2): the
+    per-group scale/zero rows are read only for groups that exist. The scales and zeros are
+    views of tensors with one more row of NaN, so a read of group ``K / group_size`` (the bug:
+    an out-of-bounds read, an illegal address on the GPU at the 8B shapes) poisons the result."""
+    k, n, gs = 1152, 64, 128
+    w = random_wna16(k, n, 4, gs, False, torch.float32, seed=7)
+    groups = k // gs
+    pad_s = torch.full((groups + 1, n), float("nan"), device=DEVICE)
+    pad_z = torch.full((groups + 1, n), float("nan"), device=DEVICE)
+    pad_s[:groups], pad_z[:groups] = w.scales, w.zeros
+    w_view = WNA16Weight(w.qweight, pad_s[:groups], pad_z[:groups], None, 4, gs, k, n)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    got = _run(w_view, x, None)
+    want = wna16_linear_reference(x, w)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+
+
 def test_layer_ops_route_wna16_to_the_kernel():
     w = random_wna16(K, N, 4, 64, True, torch.float32, seed=5)
     x = torch.randn(2, K, generator=torch.Generator().manual_seed(4)).to(DEVICE)

@@ -97,8 +97,9 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
             w = (q - zp.to(tl.float32)) * sc.to(tl.float32)
         elif ROW_SCALES:
             g0 = k0 // GROUP
-            sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=mask_n, other=0.0)
-            zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=mask_n, other=0.0)
+            in_k = mask_n & (offs_n * 0 + k0 < K)   # the last split may run past K: no group
+            sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=in_k, other=0.0)
+            zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=in_k, other=0.0)
             w = (q - zp.to(tl.float32)[None, None, :]) * sc.to(tl.float32)[None, None, :]
         else:
             g = (kk // GROUP).to(tl.int64)[:, :, None]
