@@ -77,13 +77,7 @@ class StepBuffers:
         the null block, its own logits row."""
         if size <= start:
             return
-        self.input_ids_np[start:size] = 0
-        self.positions_np[start:size] = 0
-        self.slot_mapping_np[start:size] = pad_slot
-        self.query_start_loc_np[start + 1:size + 1] = np.arange(start + 1, size + 1)
-        self.seq_lens_np[start:size] = 1
-        self.context_lens_np[start:size] = 0
-        self.block_table_np[start:size] = 0
+        self._pad_one_token_requests(start, size, start, pad_slot)
         self.logits_indices_np[start:size] = np.arange(start, size)
 
     def pad_token_batch(self, num_reqs: int, num_tokens: int, size: int, padded_tokens: int,
@@ -93,22 +87,16 @@ class StepBuffers:
         requests ``num_reqs..size-1`` get one padding token each (as in ``pad_decode_batch``)
         and request ``size`` takes every remaining token (possibly none, at most the block
         table's width in tokens) as a causal context of its own read from the null block
-        (block-table row of zeros; positions 0, only the rotary embedding reads them). Padding tokens are never
-        written to the KV cache (``pad_slot``); every token, real or padding, is its own logits
-        row. Requires ``padded_tokens - num_tokens >= size - num_reqs``."""
+        (block-table row of zeros; positions 0, only the rotary embedding reads them).
+        Padding tokens are never written to the KV cache (``pad_slot``); every token, real or
+        padding, is its own logits row. Requires ``padded_tokens - num_tokens >= size -
+        num_reqs``."""
         pad_reqs = size - num_reqs
         rest = padded_tokens - num_tokens - pad_reqs
         if pad_reqs < 0 or rest < 0:
             raise ValueError(f"cannot pad {num_reqs} requests / {num_tokens} tokens to "
                              f"{size} + 1 requests / {padded_tokens} tokens")
-        t_end = num_tokens + pad_reqs           # one token per padding request
-        self.input_ids_np[num_tokens:t_end] = 0
-        self.positions_np[num_tokens:t_end] = 0
-        self.slot_mapping_np[num_tokens:t_end] = pad_slot
-        self.query_start_loc_np[num_reqs + 1:size + 1] = np.arange(num_tokens + 1, t_end + 1)
-        self.seq_lens_np[num_reqs:size] = 1
-        self.context_lens_np[num_reqs:size] = 0
-        self.block_table_np[num_reqs:size] = 0
+        self._pad_one_token_requests(num_reqs, size, num_tokens, pad_slot)
         start = num_tokens + pad_reqs
         self.query_start_loc_np[size + 1] = padded_tokens
         self.input_ids_np[start:padded_tokens] = 0
@@ -118,6 +106,20 @@ class StepBuffers:
         self.context_lens_np[size] = 0
         self.block_table_np[size] = 0
         self.logits_indices_np[num_tokens:padded_tokens] = np.arange(num_tokens, padded_tokens)
+
+    def _pad_one_token_requests(self, req_start: int, req_end: int, token_start: int,
+                                pad_slot: int) -> None:
+        """Requests ``req_start..req_end-1`` as one-token padding requests whose tokens start
+        at ``token_start`` (token 0 at position 0, KV slot ``pad_slot``, a one-token context
+        read from the null block)."""
+        t_end = token_start + req_end - req_start
+        self.input_ids_np[token_start:t_end] = 0
+        self.positions_np[token_start:t_end] = 0
+        self.slot_mapping_np[token_start:t_end] = pad_slot
+        self.query_start_loc_np[req_start + 1:req_end + 1] = np.arange(token_start + 1, t_end + 1)
+        self.seq_lens_np[req_start:req_end] = 1
+        self.context_lens_np[req_start:req_end] = 0
+        self.block_table_np[req_start:req_end] = 0
 
     def upload(self, num_tokens: int, num_reqs: int, num_logits: int) -> None:
         """Copy the first rows of every staging array to its device tensor (non-blocking)."""

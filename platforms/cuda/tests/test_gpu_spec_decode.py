@@ -53,17 +53,23 @@ def test_rejection_sampling_on_gpu_preserves_target():
     assert chisquare(obs, exp).pvalue > 1e-3
 
 
-def test_greedy_identical_with_ngram_on_gpu(tmp_path):
-    from vllm_core import LLM, SamplingParams
+def tiny_llama(folder, seed: int) -> None:
+    """A random-weight 2-layer Llama (vocabulary 256) and its word-level tokenizer."""
     from vllm_core.model_executor.testing import random_hf_causal_lm, write_wordlevel_tokenizer
 
     model = random_hf_causal_lm("llama", dict(
         vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None),
-        seed=0, weight_scale=0.3)
-    model.save_pretrained(str(tmp_path))
-    write_wordlevel_tokenizer(str(tmp_path), 256)
+        seed=seed, weight_scale=0.3)
+    model.save_pretrained(str(folder))
+    write_wordlevel_tokenizer(str(folder), 256)
+
+
+def test_greedy_identical_with_ngram_on_gpu(tmp_path):
+    from vllm_core import LLM, SamplingParams
+
+    tiny_llama(tmp_path, seed=0)
     rng = np.random.default_rng(0)
     motif = rng.integers(1, 250, 11).tolist()
     prompts = [motif * 4, rng.integers(1, 250, 50).tolist(), motif * 2 + [7, 8, 9]]
@@ -89,16 +95,9 @@ def test_verification_graphs_match_eager_verification(tmp_path):
     eagerly (``enforce_eager``): the tokens of no speculation, and with graphs no verification
     step runs eagerly."""
     from vllm_core import LLM, SamplingParams
-    from vllm_core.model_executor.testing import random_hf_causal_lm, write_wordlevel_tokenizer
     from vllm_core.spec_decode.proposer import Proposer
 
-    model = random_hf_causal_lm("llama", dict(
-        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None),
-        seed=1, weight_scale=0.3)
-    model.save_pretrained(str(tmp_path))
-    write_wordlevel_tokenizer(str(tmp_path), 256)
+    tiny_llama(tmp_path, seed=1)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(1, 250, n).tolist() for n in (9, 30, 17, 5, 41)]
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
