@@ -7,7 +7,9 @@ The same worker code as the ``mp`` executor (``platform.worker_class()``, the sa
 * **Cluster**: joins the Ray instance this process is already connected to, else
   ``ray.init()``, which connects to ``RAY_ADDRESS`` when it is set (``RAY_ADDRESS=auto`` for a
   cluster started with ``ray start --head`` on this host) or starts a private local instance
-  (stopped again at ``shutdown``).
+  (stopped again at ``shutdown``). A cluster started by ``ray start`` uses token
+  authentication by default: the driver then needs ``RAY_AUTH_MODE=token`` (a refused token
+  is reported with that fix).
 * **Placement**: a placement group of ``world_size`` bundles of one ``platform.ray_device_key``
   each (``CPU`` for the CPU plugin, ``GPU`` for CUDA), strategy ``PACK`` (ranks on as few nodes
   as possible); actor ``r`` runs in bundle ``r``. A cluster without the resources fails within
@@ -52,6 +54,26 @@ def import_ray() -> Any:
         raise ImportError("distributed_executor_backend='ray' needs Ray: "
                           "pip install 'vllm-core[ray]'") from e
     return ray
+
+
+def _join_ray(ray: Any) -> None:
+    """``ray.init()`` (the cluster of ``RAY_ADDRESS``, else a private instance); a cluster
+    that refuses this process's credentials is explained in words, with the fix."""
+    try:
+        ray.init(include_dashboard=False, log_to_driver=True)
+    except ConnectionError as e:
+        chain, cause = [], e
+        while cause is not None:
+            chain.append(f"{type(cause).__name__}: {cause}")
+            cause = cause.__cause__ or cause.__context__
+        if any("InvalidAuthToken" in c or "AuthenticationError" in c for c in chain):
+            raise ConnectionError(
+                f"the Ray cluster at {os.environ.get('RAY_ADDRESS', '?')} requires token "
+                "authentication (what `ray start` enables by default since Ray 2.5x): set "
+                "RAY_AUTH_MODE=token in this process's environment (the token is read from "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN), or start the cluster with "
+                "RAY_AUTH_MODE=disabled") from e
+        raise
 
 
 class RayWorkerActor:
@@ -134,7 +156,7 @@ class RayExecutor(RankedExecutor):
         self.placement: Any = None
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(include_dashboard=False, log_to_driver=True)
+            _join_ray(ray)
         key = getattr(platform, "ray_device_key", "CPU")
         start_timeout = envs.worker_start_timeout_s()
         try:
