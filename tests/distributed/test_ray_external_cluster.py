@@ -93,7 +93,7 @@ def test_a_cluster_too_small_is_refused_in_bounded_time(model_root, ray_head, mo
 
 
 def test_a_refused_token_is_explained(monkeypatch):
-    """``ray start`` enables token authentication by default (Ray 2.5x); a driver without
+    """``ray start`` enables token authentication by default (Ray 2.60); a driver without
     ``RAY_AUTH_MODE=token`` gets Ray's ConnectionError over an AuthenticationError, which the
     executor turns into the fix in words (Ray caches the auth mode per process, so the real
     refusal cannot be replayed in this process: Ray's exception chain is rebuilt here)."""

@@ -69,7 +69,7 @@ def _join_ray(ray: Any) -> None:
         if any("InvalidAuthToken" in c or "AuthenticationError" in c for c in chain):
             raise ConnectionError(
                 f"the Ray cluster at {os.environ.get('RAY_ADDRESS', '?')} requires token "
-                "authentication (what `ray start` enables by default since Ray 2.5x): set "
+                "authentication (`ray start` enables it by default in recent Ray, e.g. 2.60): set "
                 "RAY_AUTH_MODE=token in this process's environment (the token is read from "
                 "~/.ray/auth_token or RAY_AUTH_TOKEN), or start the cluster with "
                 "RAY_AUTH_MODE=disabled") from e
