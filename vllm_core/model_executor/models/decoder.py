@@ -113,9 +113,11 @@ class DecoderAttention(nn.Module):
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
                  parallel: ParallelContext, sliding_window: int | None = None,
-                 prefix: str = "", quant: Any = None, input_size: int | None = None) -> None:
+                 prefix: str = "", quant: Any = None, input_size: int | None = None,
+                 scale: float | None = None) -> None:
         """``input_size``: the width q/k/v read (None: ``arch.hidden_size``; an EAGLE-3
-        head's layer reads [embedding, hidden], twice that)."""
+        head's layer reads [embedding, hidden], twice that). ``scale``: of the attention
+        scores (None: ``head_dim ** -0.5``)."""
         super().__init__()
         self.head_dim = arch.head_dim
         q, k, v, self.num_heads, self.num_kv_heads = qkv_shards(
@@ -133,7 +135,8 @@ class DecoderAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, arch.rms_norm_eps, ops) if arch.qk_norm else None
         self.rotary_emb = rotary
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
+        self.attn = Attention(self.num_heads, self.head_dim,
+                              self.head_dim ** -0.5 if scale is None else scale,
                               self.num_kv_heads, attn_backend, sliding_window)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,

@@ -33,17 +33,16 @@ from torch import nn
 from vllm_core.attention.backend import AttentionBackend
 from vllm_core.config import ModelArchConfig
 from vllm_core.distributed.parallel_context import ParallelContext
-from vllm_core.model_executor.layers.attention import Attention
 from vllm_core.model_executor.layers.ops import LayerOps
 from vllm_core.model_executor.layers.parallel_linear import (
     ColumnParallelLinear,
     RowParallelLinear,
     even_shard,
-    qkv_shards,
 )
 from vllm_core.model_executor.layers.rotary_embedding import RotaryEmbedding
 from vllm_core.model_executor.layers.vocab_parallel import VocabParallelEmbedding
 from vllm_core.model_executor.models.decoder import (
+    DecoderAttention,
     DecoderForCausalLM,
     MissingLayer,
     layer_sliding_window,
@@ -66,43 +65,19 @@ class GemmaRMSNorm(nn.Module):
         return (out * (1.0 + self.weight.float())).to(x.dtype)
 
 
-class Gemma3Attention(nn.Module):
+class Gemma3Attention(DecoderAttention):
+    """The decoder's attention with Gemma's per-head q/k norms (``GemmaRMSNorm``) and scores
+    scaled by ``query_pre_attn_scalar ** -0.5``."""
+
     def __init__(self, arch: ModelArchConfig, rotary: RotaryEmbedding,
                  attn_backend: type[AttentionBackend], ops: LayerOps,
                  parallel: ParallelContext, sliding_window: int | None, prefix: str = "",
                  quant: Any = None) -> None:
-        super().__init__()
-        self.head_dim = arch.head_dim
-        q, k, v, self.num_heads, self.num_kv_heads = qkv_shards(
-            arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim, parallel.tp)
-        self.q_size, self.kv_size = q.local_size, k.local_size
-        self.qkv_proj = ColumnParallelLinear(arch.hidden_size, [q, k, v],
-                                             bias=arch.attention_bias, ops=ops,
-                                             method=linear_method(quant, f"{prefix}.qkv_proj"))
-        self.o_proj = RowParallelLinear(arch.num_attention_heads * arch.head_dim,
-                                        arch.hidden_size, bias=arch.attention_bias, ops=ops,
-                                        tp=parallel.tp,
-                                        method=linear_method(quant, f"{prefix}.o_proj"))
+        scalar = arch.query_pre_attn_scalar or arch.head_dim
+        super().__init__(arch, rotary, attn_backend, ops, parallel, sliding_window, prefix,
+                         quant, scale=scalar ** -0.5)
         self.q_norm = GemmaRMSNorm(self.head_dim, arch.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, arch.rms_norm_eps)
-        self.rotary_emb = rotary
-        scalar = arch.query_pre_attn_scalar or arch.head_dim
-        self.attn = Attention(self.num_heads, self.head_dim, scalar ** -0.5, self.num_kv_heads,
-                              attn_backend, sliding_window)
-
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
-                attn_metadata: Any) -> torch.Tensor:
-        num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.q_norm(q.reshape(num_tokens, self.num_heads, self.head_dim))
-        k = self.k_norm(k.reshape(num_tokens, self.num_kv_heads, self.head_dim))
-        if self.attn.fuses_rotary:
-            out = self.attn.forward_with_rotary(q, k, v, kv_cache, attn_metadata, positions,
-                                                self.rotary_emb.cos_sin_cache)
-        else:
-            q, k = self.rotary_emb(positions, q, k)
-            out = self.attn(q, k, v, kv_cache, attn_metadata)
-        return self.o_proj(out)
 
 
 class GeluTanhMLP(nn.Module):
