@@ -329,14 +329,5 @@ def _merge(a: SchedulerStats | None, b: SchedulerStats | None) -> SchedulerStats
     """``b``'s state with the per-step counters of both."""
     if a is None or b is None:
         return b or a
-    b.prefix_cache_queries += a.prefix_cache_queries
-    b.prefix_cache_hits += a.prefix_cache_hits
-    b.num_preemptions += a.num_preemptions
-    if a.spec_decoding is not None:
-        if b.spec_decoding is None:
-            b.spec_decoding = a.spec_decoding
-        else:
-            b.spec_decoding.num_drafts += a.spec_decoding.num_drafts
-            b.spec_decoding.num_draft_tokens += a.spec_decoding.num_draft_tokens
-            b.spec_decoding.num_accepted_tokens += a.spec_decoding.num_accepted_tokens
+    b.add_step_counters(a)
     return b

@@ -85,9 +85,7 @@ def start_dp_core_process(config: Any, platform: Any, dp_rank: int,
 
 def aggregate_snapshots(snapshots: list[SchedulerStats]) -> SchedulerStats:
     """The engine-wide state: requests summed (per LoRA adapter too), KV usage as the fraction
-    of all cores' blocks in use, the per-step counters summed (``core._merge``)."""
-    from vllm_core.engine.core import _merge
-
+    of all cores' blocks in use, the per-step counters summed."""
     total_blocks = sum(s.num_total_blocks for s in snapshots)
     used = sum(s.kv_cache_usage * s.num_total_blocks for s in snapshots)
     engine = SchedulerStats(
@@ -96,11 +94,7 @@ def aggregate_snapshots(snapshots: list[SchedulerStats]) -> SchedulerStats:
         kv_cache_usage=used / total_blocks if total_blocks else 0.0,
         num_total_blocks=total_blocks)
     for s in snapshots:
-        counters = SchedulerStats(prefix_cache_queries=s.prefix_cache_queries,
-                                  prefix_cache_hits=s.prefix_cache_hits,
-                                  num_preemptions=s.num_preemptions,
-                                  spec_decoding=copy.copy(s.spec_decoding))
-        _merge(counters, engine)
+        engine.add_step_counters(s)
         for name, n in s.lora_running.items():
             engine.lora_running[name] = engine.lora_running.get(name, 0) + n
         for name, n in s.lora_waiting.items():

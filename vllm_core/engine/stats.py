@@ -7,6 +7,7 @@ it). Loggers must be cheap; they run on the engine thread.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +55,23 @@ class SchedulerStats:
     spec_decoding: SpecDecodingStats | None = None   # this step's, when drafts were verified
     lora_running: dict[str, int] = field(default_factory=dict)   # adapter name -> requests
     lora_waiting: dict[str, int] = field(default_factory=dict)
+
+    def add_step_counters(self, other: SchedulerStats) -> None:
+        """Add ``other``'s per-step counters (prefix-cache lookups, preemptions, speculative
+        decoding) to this one's; the state fields (requests, KV usage) are left alone.
+        ``other`` is not modified and shares nothing with ``self`` afterwards."""
+        self.prefix_cache_queries += other.prefix_cache_queries
+        self.prefix_cache_hits += other.prefix_cache_hits
+        self.num_preemptions += other.num_preemptions
+        spec = other.spec_decoding
+        if spec is None:
+            return
+        if self.spec_decoding is None:
+            self.spec_decoding = copy.copy(spec)
+        else:
+            self.spec_decoding.num_drafts += spec.num_drafts
+            self.spec_decoding.num_draft_tokens += spec.num_draft_tokens
+            self.spec_decoding.num_accepted_tokens += spec.num_accepted_tokens
 
 
 @dataclass(slots=True)
