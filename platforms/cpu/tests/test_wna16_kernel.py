@@ -9,6 +9,7 @@ import torch
 
 from vllm_core.model_executor.quantization.quantized_weights import (
     WNA16Weight,
+    dequantize_wna16,
     pack_int32,
     wna16_linear_reference,
 )
@@ -28,6 +29,30 @@ def random_weight(k: int, n: int, bits: int, group: int, dtype: torch.dtype,
     return WNA16Weight(pack_int32(q, bits, 0), scales, zeros, None, bits, group, k, n)
 
 
+def activation_block(group: int) -> int:
+    """The kernel's int8 activation block on x86 AVX2 (``csrc/wna16_avx2.h``)."""
+    return 32 if group % 32 == 0 else group
+
+
+def int8_activations(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x as the AVX2 kernel sees it, d * round(x / d), and d per input) with
+    d = max|x| / 127 per ``block`` inputs of a row, computed as the kernel does in fp32."""
+    xb = x.float().reshape(x.shape[0], -1, block)
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(xb * inv).clamp(-127, 127)
+    d = amax / 127.0
+    return (q * d).reshape(x.shape), d.expand_as(xb).reshape(x.shape)
+
+
+def kernel_reference(x: torch.Tensor, w: WNA16Weight,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference on the activations the built kernel multiplies (int8 on AVX2)."""
+    if quant_ops.int8_activations():
+        x = int8_activations(x.reshape(-1, x.shape[-1]), activation_block(w.group_size))[0]
+    return wna16_linear_reference(x, w, bias)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group", [16, 32, 128])
 @pytest.mark.parametrize("k,n", [(256, 48), (384, 160), (128, 16)])
@@ -41,9 +66,19 @@ def test_kernel_matches_reference_fp32(bits, group, k, n, rows):
     assert got is not None and got.dtype == torch.float32
     # fp32 rounding: the kernel sums x * q per group, then subtracts z * sum(x) (terms up to
     # 255 * |x| that cancel), so the bound scales with sum |x| * q * s, not with |y|
+    fp32 = 1e-6 * (x.abs() @ (w.scales.float().max() * 2 ** bits * torch.ones(k, n))) + 1e-6
     ref = wna16_linear_reference(x, w, bias)
-    bound = 1e-6 * (x.abs() @ (w.scales.float().max() * 2 ** bits * torch.ones(k, n)))
-    assert bool(((got - ref).abs() <= bound + 1e-6).all()), (got - ref).abs().max()
+    if not quant_ops.int8_activations():
+        assert bool(((got - ref).abs() <= fp32).all()), (got - ref).abs().max()
+        return
+    # x86 AVX2: int8 activations. Exact integer sums, so against the reference on the
+    # activations the kernel saw only fp32 rounding remains ...
+    seen, d = int8_activations(x, activation_block(group))
+    ref_seen = wna16_linear_reference(seen, w, bias)
+    assert bool(((got - ref_seen).abs() <= fp32).all()), (got - ref_seen).abs().max()
+    # ... and against the float product, at most half a step d per input times |W|
+    step = (d / 2) @ dequantize_wna16(w).abs().t()
+    assert bool(((got - ref).abs() <= step + fp32).all()), ((got - ref).abs() - step).max()
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -79,11 +114,11 @@ def test_layer_ops_use_the_kernel_and_fall_back():
     g = torch.Generator().manual_seed(4)
     ops = CpuLayerOps()
     w = random_weight(256, 48, 4, 32, torch.float32, g)
-    assert ops.quant_kernel_name("wna16", w) == quant_ops.KERNEL_NAME
+    assert ops.quant_kernel_name("wna16", w) == quant_ops.kernel_name()
     x = torch.randn(2, 3, 256, generator=g)             # [..., K] inputs keep their shape
     y = ops.wna16_linear(x, w)
     assert y.shape == (2, 3, 48)
-    torch.testing.assert_close(y, wna16_linear_reference(x, w), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(y.reshape(6, 48), kernel_reference(x, w), atol=2e-5, rtol=2e-5)
     # act-order g_idx and output widths the kernel does not tile: the reference
     perm = torch.randperm(256, generator=g).int() // 32
     act = WNA16Weight(w.qweight, w.scales, w.zeros, perm, 4, 32, 256, 48)
@@ -147,7 +182,7 @@ def test_default_model_kept_quantized_greedy_matches_dequantized_fp32():
     table = kept.model.embed_tokens                 # the tied Q8_0 embedding / LM head
     assert kept.lm_head is None and table.weight.numel() == 0
     assert table.qweights.bits == 8
-    assert CpuLayerOps().quant_kernel_name("wna16", table.qweights) == quant_ops.KERNEL_NAME
+    assert CpuLayerOps().quant_kernel_name("wna16", table.qweights) == quant_ops.kernel_name()
     deq = get_model(ModelConfig(model=path, dtype="float32", gguf_dequantize=True),
                     ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
     prompt = [1780, 314, 260, 3575, 282, 4649, 47]           # "What is the capital of France?"
@@ -169,7 +204,7 @@ def test_quantized_vocab_table_runs_the_kernel():
     table.load_quantized(w)
     assert quant_ops.kernel_fits(torch.empty(1, 128), table.qweights, None)
     hidden = torch.randn(3, 128, generator=g)
-    ref = hidden @ dequantize_wna16(w).t()
+    ref = kernel_reference(hidden, w)
     torch.testing.assert_close(local_logits(hidden, table, CpuLayerOps()), ref, atol=2e-4,
                                rtol=2e-5)
     ids = torch.tensor([[4, 95], [0, 4]])

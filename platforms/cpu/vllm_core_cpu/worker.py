@@ -69,7 +69,7 @@ class CpuLayerOps(TorchLayerOps):
 
         if kind == "wna16" and quant_ops.kernels_available() and quant_ops.kernel_fits(
                 torch.empty(0, dtype=w.scales.dtype), w, None):
-            return quant_ops.KERNEL_NAME
+            return quant_ops.kernel_name()
         if kind == "int8":
             from vllm_core_cpu import int8_ops
 

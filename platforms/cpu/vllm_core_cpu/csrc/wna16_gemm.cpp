@@ -4,6 +4,11 @@
 //   scales, zeros [G, N] in the activation dtype, W[n, k] = (q - zeros[g, n]) * scales[g, n],
 //   g = k / group_size (no act-order g_idx: the Python side falls back to the reference).
 //
+// On x86 with AVX2 (every build this plugin targets there) the call goes to wna16_avx2.h:
+// activations quantized to int8 per block of 32 and integer dot products against the packed
+// words (its header states the contract and the error bound). The float kernel below is the
+// portable path (Arm NEON, x86 without AVX2); its contract:
+//
 // Every batch size takes the same path: the packed words are streamed once per chunk of up to
 // 4 rows (a column block's words stay in cache across the chunks of a prefill). Vector lanes run over output columns (one int32 word of qweight holds P inputs of one
 // column, and a row of qweight is contiguous over columns); per group the kernel accumulates
@@ -24,6 +29,11 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include "wna16_avx2.h"
+#define VLLM_CORE_CPU_WNA16_AVX2 1
+#endif
 
 namespace {
 
@@ -175,6 +185,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor&
                int64_t group_size) {
   const int64_t M = x.size(0), N = qweight.size(1);
   auto out = at::empty({M, N}, x.options());
+#if defined(VLLM_CORE_CPU_WNA16_AVX2)
+  if (bits == 4)
+    wna16_avx2::linear<4, T>(x, qweight, scales, zeros, bias, out, group_size);
+  else
+    wna16_avx2::linear<8, T>(x, qweight, scales, zeros, bias, out, group_size);
+  return out;
+#endif
   if (bits == 4)
     direct<4, T>(x, qweight, scales, zeros, bias, out, group_size);
   else
@@ -217,11 +234,21 @@ at::Tensor wna16_linear(const at::Tensor& x, const at::Tensor& qweight, const at
   }
 }
 
+// True when this build quantizes activations to int8 (the AVX2 path), False for the float path.
+bool wna16_int8_activations() {
+#if defined(VLLM_CORE_CPU_WNA16_AVX2)
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("wna16_linear(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, "
         "int bits, int group_size) -> Tensor");
+  m.def("wna16_int8_activations() -> bool", &wna16_int8_activations);
 }
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("wna16_linear", &wna16_linear); }
