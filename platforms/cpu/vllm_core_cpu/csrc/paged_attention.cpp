@@ -279,11 +279,128 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
   return out;
 }
 
+// Neox rotary embedding of one head row in place of `dst` (from `src`): the first rot_dim
+// channels as (x1, x2) halves, out1 = x1 cos - x2 sin, out2 = x2 cos + x1 sin, in fp32, rounded
+// to T once; channels past rot_dim are copied.
+template <typename T>
+inline void rotate_row(const T* src, T* dst, const float* cs, int64_t rot_dim,
+                       int64_t head_size) {
+  const int64_t half = rot_dim / 2;
+  const float* c = cs;
+  const float* s = cs + half;
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = to_float(src[i]), x2 = to_float(src[half + i]);
+    dst[i] = static_cast<T>(x1 * c[i] - x2 * s[i]);
+    dst[half + i] = static_cast<T>(x2 * c[i] + x1 * s[i]);
+  }
+  for (int64_t i = rot_dim; i < head_size; ++i) dst[i] = src[i];
+}
+
+template <typename T>
+void rotate_and_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                      at::Tensor& key_cache, at::Tensor& value_cache,
+                      const at::Tensor& slot_mapping, const at::Tensor& positions,
+                      const at::Tensor& cos_sin_cache, at::Tensor& q_out) {
+  const int64_t T_ = query.size(0), H = query.size(1), D = query.size(2);
+  const int64_t Hkv = key.size(1), rot = cos_sin_cache.size(1);
+  const int64_t max_pos = cos_sin_cache.size(0);
+  const T* q = query.data_ptr<T>();
+  const T* k = key.data_ptr<T>();
+  const T* v = value.data_ptr<T>();
+  T* kc = key_cache.data_ptr<T>();
+  T* vc = value_cache.data_ptr<T>();
+  T* qo = q_out.data_ptr<T>();
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const float* cs = cos_sin_cache.data_ptr<float>();
+  const int64_t qs0 = query.stride(0), qs1 = query.stride(1);
+  const int64_t ks0 = key.stride(0), ks1 = key.stride(1);
+  const int64_t vs0 = value.stride(0), vs1 = value.stride(1);
+  const int64_t slot_stride = Hkv * D;
+  for (int64_t t = 0; t < T_; ++t)
+    TORCH_CHECK(pos[t] >= 0 && pos[t] < max_pos, "paged_attention_rotary: position ", pos[t],
+                " outside the rotary cache (", max_pos, ")");
+  at::parallel_for(0, T_, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = cs + pos[t] * rot;
+      for (int64_t h = 0; h < H; ++h)
+        rotate_row(q + t * qs0 + h * qs1, qo + (t * H + h) * D, row, rot, D);
+      T* kdst = kc + slots[t] * slot_stride;
+      T* vdst = vc + slots[t] * slot_stride;
+      for (int64_t h = 0; h < Hkv; ++h) {
+        rotate_row(k + t * ks0 + h * ks1, kdst + h * D, row, rot, D);
+        std::memcpy(vdst + h * D, v + t * vs0 + h * vs1, D * sizeof(T));
+      }
+    }
+  });
+}
+
+// The neox rotary embedding of query and key at `positions`, key / value written into the
+// caches at `slot_mapping`, then paged_attention: one call per layer for what was a dozen
+// torch ops. q / k / v may be strided views (of the fused qkv projection) with unit stride in
+// the last dimension.
+at::Tensor paged_attention_rotary(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, at::Tensor key_cache,
+                                  at::Tensor value_cache, const at::Tensor& slot_mapping,
+                                  const at::Tensor& block_table,
+                                  const at::Tensor& token_request,
+                                  const at::Tensor& token_position,
+                                  const at::Tensor& positions, const at::Tensor& cos_sin_cache,
+                                  double scale, int64_t window) {
+  TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && value.dim() == 3,
+              "paged_attention_rotary: q / k / v must be [tokens, heads, head_size]");
+  TORCH_CHECK(query.stride(2) == 1 && key.stride(2) == 1 && value.stride(2) == 1,
+              "paged_attention_rotary: q / k / v need unit stride in the head dimension");
+  TORCH_CHECK(key.scalar_type() == query.scalar_type() &&
+                  value.scalar_type() == query.scalar_type() &&
+                  key_cache.scalar_type() == query.scalar_type(),
+              "paged_attention_rotary: q / k / v and the cache must share one dtype");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(),
+              "paged_attention_rotary: caches must be contiguous");
+  TORCH_CHECK(key_cache.size(2) == key.size(1) && key_cache.size(3) == key.size(2),
+              "paged_attention_rotary: cache [blocks, block_size, kv_heads, head_size]");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && positions.scalar_type() == at::kLong,
+              "paged_attention_rotary: int64 slots and positions");
+  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous() &&
+                  cos_sin_cache.size(1) % 2 == 0 && cos_sin_cache.size(1) <= query.size(2),
+              "paged_attention_rotary: cos_sin_cache float32 [max_position, rotary_dim]");
+  TORCH_CHECK(slot_mapping.numel() == query.size(0) && positions.numel() == query.size(0),
+              "paged_attention_rotary: one slot and one position per token");
+  auto sm = slot_mapping.contiguous();
+  auto ps = positions.contiguous();
+  auto q_rot = at::empty(query.sizes(), query.options());
+  switch (query.scalar_type()) {
+    case at::kFloat:
+      rotate_and_write<float>(query, key, value, key_cache, value_cache, sm, ps,
+                              cos_sin_cache, q_rot);
+      break;
+    case at::kBFloat16:
+      rotate_and_write<c10::BFloat16>(query, key, value, key_cache, value_cache, sm, ps,
+                                      cos_sin_cache, q_rot);
+      break;
+    case at::kHalf:
+      rotate_and_write<c10::Half>(query, key, value, key_cache, value_cache, sm, ps,
+                                  cos_sin_cache, q_rot);
+      break;
+    default:
+      TORCH_CHECK(false, "paged_attention_rotary: unsupported dtype ", query.scalar_type());
+  }
+  return paged_attention(q_rot, key_cache, value_cache, block_table, token_request,
+                         token_position, scale, window);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(vllm_core_cpu, m) {
   m.def("paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
         "Tensor token_request, Tensor token_position, float scale, int window=0) -> Tensor");
+  m.def("paged_attention_rotary(Tensor query, Tensor key, Tensor value, Tensor(a!) key_cache, "
+        "Tensor(b!) value_cache, Tensor slot_mapping, Tensor block_table, Tensor token_request, "
+        "Tensor token_position, Tensor positions, Tensor cos_sin_cache, float scale, "
+        "int window=0) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("paged_attention", &paged_attention); }
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) {
+  m.impl("paged_attention", &paged_attention);
+  m.impl("paged_attention_rotary", &paged_attention_rotary);
+}
