@@ -178,8 +178,56 @@ inline void block_dot(const int32_t* qw, int64_t N, int64_t kk0, int64_t wpb,
   }
 }
 
+// block_dot with the block's word count known at compile time (the 32-input blocks: 4 words
+// of 4 bits, 8 of 8 bits): fully unrolled, two independent int16 chains for 4 bits (the low
+// and the high nibbles, each <= 4 * 2 * 15 * 127 = 15240, their sum <= 30480).
+template <int BITS, int MB, int WPB>
+inline void block_dot_fixed(const int32_t* qw, int64_t N, int64_t kk0,
+                            const int32_t* const* xw, __m256i* iacc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if (BITS == 4) {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256i lo[WPB], hi[WPB];
+#pragma GCC unroll 8
+    for (int u = 0; u < WPB; ++u) {
+      const __m256i word =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + (kk0 + u) * N));
+      lo[u] = _mm256_and_si256(word, mask);
+      hi[u] = _mm256_and_si256(_mm256_srli_epi32(word, 4), mask);
+    }
+    for (int m = 0; m < MB; ++m) {
+      const int32_t* xp = xw[m] + 2 * kk0;
+      __m256i a = _mm256_maddubs_epi16(lo[0], _mm256_set1_epi32(xp[0]));
+      __m256i b = _mm256_maddubs_epi16(hi[0], _mm256_set1_epi32(xp[1]));
+#pragma GCC unroll 8
+      for (int u = 1; u < WPB; ++u) {
+        a = _mm256_add_epi16(a, _mm256_maddubs_epi16(lo[u], _mm256_set1_epi32(xp[2 * u])));
+        b = _mm256_add_epi16(b, _mm256_maddubs_epi16(hi[u],
+                                                     _mm256_set1_epi32(xp[2 * u + 1])));
+      }
+      iacc[m] = _mm256_madd_epi16(_mm256_add_epi16(a, b), ones);
+    }
+  } else {
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+    for (int m = 0; m < MB; ++m) iacc[m] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int u = 0; u < WPB; ++u) {
+      const __m256i word =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + (kk0 + u) * N));
+      const __m256i ws = _mm256_xor_si256(word, flip);          // q - 128 as int8
+      const __m256i wa = _mm256_abs_epi8(ws);
+      for (int m = 0; m < MB; ++m) {
+        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(xw[m][kk0 + u]), ws);
+        iacc[m] = _mm256_add_epi32(
+            iacc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones));
+      }
+    }
+  }
+}
+
 // Rows [m0, m0 + MB) x columns [c0, c1) of the output (c1 - c0 <= kTileCols, multiples of 8).
-template <int BITS, int MB, typename T>
+// WPB > 0: blocks of WPB words (block_dot_fixed); 0: any block size (block_dot).
+template <int BITS, int MB, int WPB, typename T>
 void tile(const QuantizedRows& qx, const int32_t* qw, const T* scales, const T* zeros,
           const T* bias, T* out, int64_t N, int64_t group_size, int64_t m0, int64_t c0,
           int64_t c1, float* ybuf) {
@@ -197,7 +245,10 @@ void tile(const QuantizedRows& qx, const int32_t* qw, const T* scales, const T* 
       for (int m = 0; m < MB; ++m) f[m] = _mm256_setzero_ps();
       for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
         __m256i iacc[MB];
-        block_dot<BITS, MB>(qw + c, N, b * wpb, wpb, xw, iacc);
+        if (WPB > 0)
+          block_dot_fixed<BITS, MB, (WPB > 0 ? WPB : 1)>(qw + c, N, b * wpb, xw, iacc);
+        else
+          block_dot<BITS, MB>(qw + c, N, b * wpb, wpb, xw, iacc);
         for (int m = 0; m < MB; ++m) {
           if (BITS == 8)
             iacc[m] = _mm256_add_epi32(
@@ -225,7 +276,7 @@ void tile(const QuantizedRows& qx, const int32_t* qw, const T* scales, const T* 
   }
 }
 
-template <int BITS, typename T>
+template <int BITS, int WPB, typename T>
 void columns(const QuantizedRows& qx, const int32_t* qw, const T* scales, const T* zeros,
              const T* bias, T* out, int64_t M, int64_t N, int64_t group_size, int64_t c0,
              int64_t c1) {
@@ -234,15 +285,15 @@ void columns(const QuantizedRows& qx, const int32_t* qw, const T* scales, const 
     const int64_t t1 = std::min(t0 + kTileCols, c1);
     int64_t m0 = 0;
     for (; m0 + kRowChunk <= M; m0 += kRowChunk)
-      tile<BITS, kRowChunk>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
-                            ybuf.data());
+      tile<BITS, kRowChunk, WPB>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
+                                 ybuf.data());
     switch (M - m0) {
-      case 3: tile<BITS, 3>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
-                            ybuf.data()); break;
-      case 2: tile<BITS, 2>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
-                            ybuf.data()); break;
-      case 1: tile<BITS, 1>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
-                            ybuf.data()); break;
+      case 3: tile<BITS, 3, WPB>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
+                                 ybuf.data()); break;
+      case 2: tile<BITS, 2, WPB>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
+                                 ybuf.data()); break;
+      case 1: tile<BITS, 1, WPB>(qx, qw, scales, zeros, bias, out, N, group_size, m0, t0, t1,
+                                 ybuf.data()); break;
       default: break;
     }
   }
@@ -264,8 +315,12 @@ void linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sc
   // grain: one thread below kMinParallelWork columns x inputs (x rows), else >= 8 columns each
   const int64_t work = N * K * std::max<int64_t>(M, 1);
   const int64_t grain = work < kMinParallelWork ? vectors : 1;
+  constexpr int kFixed = kAB / (32 / BITS);        // words in a 32-input block
   at::parallel_for(0, vectors, grain, [&](int64_t begin, int64_t end) {
-    columns<BITS>(qx, qw, sp, zp, bp, op, M, N, group_size, begin * 8, end * 8);
+    if (qx.ab == kAB)
+      columns<BITS, kFixed>(qx, qw, sp, zp, bp, op, M, N, group_size, begin * 8, end * 8);
+    else
+      columns<BITS, 0>(qx, qw, sp, zp, bp, op, M, N, group_size, begin * 8, end * 8);
   });
 }
 
