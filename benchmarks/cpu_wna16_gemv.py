@@ -79,8 +79,10 @@ def measure(rows: int, threads: list[int], min_s: float) -> list[dict]:
         x = torch.randn(rows, k, generator=g)
         for t in threads:
             torch.set_num_threads(t)
-            us = time_call(lambda i: quant_ops.wna16_linear(x, ws[i], None), copies, min_s)
-            us_dense = time_call(lambda i: F.linear(x, dense[i]), dense_copies, min_s)
+            us = time_call(lambda i, x=x, ws=ws: quant_ops.wna16_linear(x, ws[i], None),
+                           copies, min_s)
+            us_dense = time_call(lambda i, x=x, dense=dense: F.linear(x, dense[i]),
+                                 dense_copies, min_s)
             out.append({"shape": name, "k": k, "n": n, "bits": bits, "rows": rows, "threads": t,
                         "us_per_call": round(us, 1), "weight_gb_s": round(nbytes / us / 1e3, 2),
                         "dense_fp32_us": round(us_dense, 1),

@@ -47,8 +47,22 @@ class CpuWorker(TorchWorker):
 class CpuLayerOps(TorchLayerOps):
     """Torch ops with a batch-invariant linear: oneDNN computes a single-row product with a
     different kernel (and rounding) than a multi-row one, so one row is computed as two.
-    Quantized int4 / int8 weight-only layers (``quant_ops``) and W8A8 INT8 layers
-    (``int8_ops``) run the plugin's C++ kernels where they apply, else the core's reference."""
+    Quantized int4 / int8 weight-only layers (``quant_ops``), W8A8 INT8 layers (``int8_ops``)
+    and RMS norms (``norm_ops``) run the plugin's C++ kernels where they apply, else the core's
+    reference."""
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        from vllm_core_cpu import norm_ops
+
+        y = norm_ops.rms_norm(x, w, eps)
+        return super().rms_norm(x, w, eps) if y is None else y
+
+    def fused_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        from vllm_core_cpu import norm_ops
+
+        y = norm_ops.fused_add_rms_norm(x, residual, w, eps)
+        return super().fused_add_rms_norm(x, residual, w, eps) if y is None else y
 
     def wna16_linear(self, x: torch.Tensor, w: Any,
                      bias: torch.Tensor | None = None) -> torch.Tensor:

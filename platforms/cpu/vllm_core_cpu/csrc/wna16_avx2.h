@@ -42,9 +42,10 @@ namespace wna16_avx2 {
 constexpr int64_t kAB = 32;            // activation quantization block (inputs)
 constexpr int64_t kTileCols = 1024;    // columns per tile (multiple of 8)
 constexpr int kRowChunk = 4;           // rows sharing one unpacking of the weight words
-// columns x inputs below which a call stays on one thread (a parallel region's wake-up costs
-// more than it saves; measured with benchmarks/cpu_wna16_gemv.py on a 2-vCPU EPYC)
-constexpr int64_t kMinParallelWork = 1 << 18;
+// columns x inputs (x rows) below which a call stays on one thread: on a 2-vCPU EPYC (AVX2,
+// benchmarks/cpu_wna16_gemv.py) a second thread gained nothing on 576 x 960 / 576 x 576 and
+// 1.3-1.4x on 576 x 3072, 1536 x 576 and the 576 x 49152 LM head
+constexpr int64_t kMinParallelWork = 3 << 18;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const c10::BFloat16* p) {
