@@ -50,3 +50,16 @@ def test_falls_back_to_the_reference_on_a_weight_of_another_dtype():
     assert norm_ops.rms_norm(x, w, 1e-6) is None
     got = CpuLayerOps().rms_norm(x, w, 1e-6)
     assert torch.equal(got, TorchLayerOps().rms_norm(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 3072), (5, 128), (2, 3, 64), (70, 32)])
+def test_silu_and_mul_matches_reference(dtype, shape):
+    g = torch.Generator().manual_seed(shape[-1])
+    x = (torch.randn(*shape, generator=g) * 4).to(dtype)
+    got = CpuLayerOps().silu_and_mul(x)
+    want = TorchLayerOps().silu_and_mul(x)
+    assert got.shape == want.shape and got.dtype == dtype
+    # fp32: exp differs from torch's vectorised one by an ulp; 16-bit: one rounding
+    tol = {torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)

@@ -26,7 +26,8 @@ from vllm_core import envs
 from vllm_core.logger import init_logger
 
 logger = init_logger(__name__)
-_SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp", "rms_norm.cpp")
+_SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp", "rms_norm.cpp",
+            "activation.cpp")
 _HEADERS = ("wna16_avx2.h",)       # included by the sources; part of the build-folder key
 
 

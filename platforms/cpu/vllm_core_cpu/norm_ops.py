@@ -1,7 +1,9 @@
-"""The CPU plugin's RMS norm kernels (``csrc/rms_norm.cpp``) behind ``CpuLayerOps``.
+"""The CPU plugin's RMS norm and gated-activation kernels (``csrc/rms_norm.cpp``,
+``csrc/activation.cpp``) behind ``CpuLayerOps``.
 
 One C++ call per norm (and its residual add) instead of the reference's half dozen torch ops:
-a 135M model's decode step runs 61 norms, whose op dispatches were a few percent of the step.
+a 135M model's decode step runs 61 norms and 30 ``silu_and_mul``, whose op dispatches were a
+few percent of the step.
 Same roundings to the activation dtype as ``TorchLayerOps.rms_norm`` (the mean of squares in
 fp32, summed in another order); each function returns None when the kernel does not apply
 (no kernel build, a dtype other than float32 / bfloat16 / float16, a weight of another dtype),
@@ -35,3 +37,10 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor,
     if not kernel_fits(x, w) or residual.dtype != x.dtype or residual.shape != x.shape:
         return None
     return torch.ops.vllm_core_cpu.fused_add_rms_norm(x, residual, w, eps)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor | None:
+    """``silu(x[..., :d]) * x[..., d:]`` by the kernel (the reference's roundings), or None."""
+    if not kernel_fits(x, x):
+        return None
+    return torch.ops.vllm_core_cpu.silu_and_mul(x)

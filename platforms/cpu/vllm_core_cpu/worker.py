@@ -48,7 +48,7 @@ class CpuLayerOps(TorchLayerOps):
     """Torch ops with a batch-invariant linear: oneDNN computes a single-row product with a
     different kernel (and rounding) than a multi-row one, so one row is computed as two.
     Quantized int4 / int8 weight-only layers (``quant_ops``), W8A8 INT8 layers (``int8_ops``)
-    and RMS norms (``norm_ops``) run the plugin's C++ kernels where they apply, else the core's
+    RMS norms and ``silu_and_mul`` (``norm_ops``) run the plugin's C++ kernels where they apply, else the core's
     reference."""
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -63,6 +63,12 @@ class CpuLayerOps(TorchLayerOps):
 
         y = norm_ops.fused_add_rms_norm(x, residual, w, eps)
         return super().fused_add_rms_norm(x, residual, w, eps) if y is None else y
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        from vllm_core_cpu import norm_ops
+
+        y = norm_ops.silu_and_mul(x)
+        return super().silu_and_mul(x) if y is None else y
 
     def wna16_linear(self, x: torch.Tensor, w: Any,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
