@@ -13,6 +13,8 @@ Systems, each in its own subprocess, one after the other (never concurrently):
   llama.cpp's sources in ~20 minutes on one core (native CPU flags, Release);
 - ``vllm-core q4_1-kept`` / ``q4_1-kept-bf16``: the GGUF kept quantized (``--quantization
   gguf``, the default), fp32 / bf16 activations, the CPU plugin's C++ ``wna16_linear``;
+- ``vllm-core q4_1-kept-int8``: the same with ``VLLM_CPU_WNA16_ACTIVATIONS=int8`` (activations
+  quantized to int8 per 32 inputs, integer dot products; x86 AVX2);
 - ``vllm-core dequant-fp32`` / ``dequant-bf16``: ``--gguf-dequantize`` (the float path).
 
 Workload ``cpu-b1``: 1 request, 128 random prompt tokens (seeded, non-special vocabulary),
@@ -42,7 +44,8 @@ from typing import Any
 PROMPT_LEN, OUTPUT_LEN, SEED = 128, 256, 0
 USER_ENV = dict(os.environ)            # before vllm_core (envs.apply_openmp_defaults) runs
 RESULT = "B1_RESULT "
-SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-bf16", "dequant-fp32", "dequant-bf16")
+SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-int8", "q4_1-kept-bf16", "dequant-fp32",
+           "dequant-bf16")
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -108,7 +111,7 @@ def run_llama_cpp(path: str, ids: list[int], threads: int) -> dict[str, Any]:
 def run_ours(system: str, path: str, ids: list[int], threads: int) -> dict[str, Any]:
     from vllm_core import LLM, SamplingParams
 
-    dtype = "bfloat16" if system.endswith("-bf16") else "float32"
+    dtype = "bfloat16" if system.endswith("-bf16") else "float32"      # "-int8": env (parent)
     t0 = time.perf_counter()
     llm = LLM(model=path, dtype=dtype, gguf_dequantize=system.startswith("dequant"),
               max_num_seqs=1, enable_prefix_caching=False)      # threads: VLLM_CPU_NUM_THREADS
@@ -170,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             env, name = USER_ENV, system[len("base:"):]
         extra = ["--llama-bench", args.llama_bench] if (
             name == "llama.cpp" and args.llama_bench) else []
+        mode = {"VLLM_CPU_WNA16_ACTIVATIONS": "int8"} if name.endswith("-int8") else {}
         proc = subprocess.run([python, script, "--child", name, "--threads",
                                str(args.threads), "--model", path, *extra],
                               capture_output=True, text=True, check=False,
                               env={**env, "VLLM_CPU_NUM_THREADS": str(args.threads),
-                                   "OMP_NUM_THREADS": str(args.threads)})
+                                   "OMP_NUM_THREADS": str(args.threads), **mode})
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
         line: dict[str, Any] = {"bench": "cpu-b1", "system": system, "model": Path(path).name,
                                 "threads": args.threads, "prompt_len": PROMPT_LEN,
