@@ -3,7 +3,8 @@ shapes, against an fp32 ``F.linear`` of the same weight de-quantized (the peer, 
 
     python benchmarks/cpu_wna16_gemv.py [--rows 1] [--threads 1,2] [--peer-tree DIR]
 
-One JSON line per (shape, threads): microseconds per call, the packed weight's bytes streamed
+One JSON line per (shape, threads): microseconds per call (``--int8``: the int8-activation
+path, else the default fp32 products), the packed weight's bytes streamed
 per second, and the ratio against the dense fp32 product measured in the same run; with
 ``--peer-tree`` (another checkout with its own ``.venv``) that tree's kernel is timed in a
 subprocess right after, on the same shapes, and the ratio printed. CPU name / ISA and the
@@ -51,7 +52,7 @@ def time_call(fn, copies: int, min_s: float) -> float:
             return dt / n * 1e6
 
 
-def measure(rows: int, threads: list[int], min_s: float) -> list[dict]:
+def measure(rows: int, threads: list[int], min_s: float, int8: bool = False) -> list[dict]:
     """Each shape's weight is held in enough copies (>= COLD_BYTES in all) that a call reads
     it from memory, as a decode step does (a 135M model's weights are ~80 MB), not from L2."""
     import torch
@@ -79,15 +80,16 @@ def measure(rows: int, threads: list[int], min_s: float) -> list[dict]:
         x = torch.randn(rows, k, generator=g)
         for t in threads:
             torch.set_num_threads(t)
-            us = time_call(lambda i, x=x, ws=ws: quant_ops.wna16_linear(x, ws[i], None),
-                           copies, min_s)
+            mode = (True,) if int8 else ()         # a peer tree's kernel has no mode
+            us = time_call(lambda i, x=x, ws=ws, mode=mode: quant_ops.wna16_linear(
+                x, ws[i], None, *mode), copies, min_s)
             us_dense = time_call(lambda i, x=x, dense=dense: F.linear(x, dense[i]),
                                  dense_copies, min_s)
             out.append({"shape": name, "k": k, "n": n, "bits": bits, "rows": rows, "threads": t,
                         "us_per_call": round(us, 1), "weight_gb_s": round(nbytes / us / 1e3, 2),
                         "dense_fp32_us": round(us_dense, 1),
                         "vs_dense_fp32": round(us_dense / us, 3),
-                        "kernel": getattr(quant_ops, "kernel_name", lambda: quant_ops.KERNEL_NAME)()})
+                        "activations": "int8" if int8 else "float"})
     return out
 
 
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--min-s", type=float, default=0.3, help="seconds per timing")
     p.add_argument("--peer-tree", type=Path, default=None)
+    p.add_argument("--int8", action="store_true",
+                   help="this tree's int8-activation path (VLLM_CPU_WNA16_ACTIVATIONS=int8)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     facts = cpu_facts()
     load = os.getloadavg()[0]
-    ours = measure(args.rows, threads, args.min_s)
+    ours = measure(args.rows, threads, args.min_s, args.int8)
     peer = None
     if args.peer_tree is not None:
         tree = args.peer_tree.resolve()

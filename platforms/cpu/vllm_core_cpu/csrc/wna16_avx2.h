@@ -325,4 +325,99 @@ void linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sc
   });
 }
 
+// ---------------------------------------------------------------------------------------
+// The float path (the default: activations as given, fp32 products): the same column tiles
+// and group-major memory order as above, each weight integer converted to fp32 and multiplied
+// by x[k] with FMAs. Per row and group: g = sum_k x[k] q[k, n] in four interleaved partial
+// sums (k mod 4, combined as (p0 + p1) + (p2 + p3)), then y += s * (g - z * sum_k x[k]); one
+// order per row at any batch size (batch invariant), error the fp32 rounding of those sums.
+template <int BITS, int MB, typename T>
+void tile_float(const float* xf, const float* xsum, const int32_t* qw, const T* scales,
+                const T* zeros, const T* bias, T* out, int64_t K, int64_t N, int64_t G,
+                int64_t group_size, int64_t m0, int64_t c0, int64_t c1, float* ybuf) {
+  constexpr int P = 32 / BITS;
+  const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+  const int64_t wpg = group_size / P, width = c1 - c0;
+  const float* xr[MB];
+  for (int m = 0; m < MB; ++m) xr[m] = xf + (m0 + m) * K;
+  std::fill(ybuf, ybuf + MB * width, 0.0f);
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t c = c0; c < c1; c += 8) {
+      __m256 part[MB][4];
+      for (int m = 0; m < MB; ++m)
+        for (int i = 0; i < 4; ++i) part[m][i] = _mm256_setzero_ps();
+      for (int64_t kk = g * wpg; kk < (g + 1) * wpg; ++kk) {
+        const __m256i word =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + kk * N + c));
+#pragma GCC unroll 8
+        for (int j = 0; j < P; ++j) {
+          const __m256 q = _mm256_cvtepi32_ps(
+              _mm256_and_si256(_mm256_srli_epi32(word, BITS * j), mask));
+          for (int m = 0; m < MB; ++m)
+            part[m][j & 3] =
+                _mm256_fmadd_ps(_mm256_set1_ps(xr[m][kk * P + j]), q, part[m][j & 3]);
+        }
+      }
+      const __m256 sv = load8(scales + g * N + c);
+      const __m256 zv = load8(zeros + g * N + c);
+      for (int m = 0; m < MB; ++m) {
+        const __m256 gsum = _mm256_add_ps(_mm256_add_ps(part[m][0], part[m][1]),
+                                          _mm256_add_ps(part[m][2], part[m][3]));
+        float* y = ybuf + m * width + (c - c0);
+        const __m256 t = _mm256_fnmadd_ps(zv, _mm256_set1_ps(xsum[(m0 + m) * G + g]), gsum);
+        _mm256_storeu_ps(y, _mm256_fmadd_ps(sv, t, _mm256_loadu_ps(y)));
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    T* o = out + (m0 + m) * N;
+    const float* y = ybuf + m * width;
+    for (int64_t c = c0; c < c1; ++c)
+      o[c] = static_cast<T>(bias != nullptr ? y[c - c0] + static_cast<float>(bias[c])
+                                            : y[c - c0]);
+  }
+}
+
+template <int BITS, typename T>
+void linear_float(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                  const at::Tensor& zeros, const c10::optional<at::Tensor>& bias,
+                  at::Tensor& out, int64_t group_size) {
+  const int64_t M = x.size(0), K = x.size(1), N = out.size(1), G = K / group_size;
+  std::vector<float> xf(M * K), xs(M * G, 0.0f);
+  const T* xp = x.data_ptr<T>();
+  for (int64_t i = 0; i < M * K; ++i) xf[i] = static_cast<float>(xp[i]);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      float s = 0.0f;
+      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) s += xf[m * K + k];
+      xs[m * G + g] = s;
+    }
+  const int32_t* qw = qweight.data_ptr<int32_t>();
+  const T* sp = scales.data_ptr<T>();
+  const T* zp = zeros.data_ptr<T>();
+  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+  const int64_t vectors = N / 8;
+  const int64_t grain = N * K * std::max<int64_t>(M, 1) < kMinParallelWork ? vectors : 1;
+  at::parallel_for(0, vectors, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> ybuf(kRowChunk * kTileCols);
+    for (int64_t t0 = begin * 8; t0 < end * 8; t0 += kTileCols) {
+      const int64_t t1 = std::min(t0 + kTileCols, end * 8);
+      int64_t m0 = 0;
+      for (; m0 + kRowChunk <= M; m0 += kRowChunk)
+        tile_float<BITS, kRowChunk>(xf.data(), xs.data(), qw, sp, zp, bp, op, K, N, G,
+                                    group_size, m0, t0, t1, ybuf.data());
+      switch (M - m0) {
+        case 3: tile_float<BITS, 3>(xf.data(), xs.data(), qw, sp, zp, bp, op, K, N, G,
+                                    group_size, m0, t0, t1, ybuf.data()); break;
+        case 2: tile_float<BITS, 2>(xf.data(), xs.data(), qw, sp, zp, bp, op, K, N, G,
+                                    group_size, m0, t0, t1, ybuf.data()); break;
+        case 1: tile_float<BITS, 1>(xf.data(), xs.data(), qw, sp, zp, bp, op, K, N, G,
+                                    group_size, m0, t0, t1, ybuf.data()); break;
+        default: break;
+      }
+    }
+  });
+}
+
 }  // namespace wna16_avx2

@@ -4,10 +4,11 @@
 //   scales, zeros [G, N] in the activation dtype, W[n, k] = (q - zeros[g, n]) * scales[g, n],
 //   g = k / group_size (no act-order g_idx: the Python side falls back to the reference).
 //
-// With int8_activations=True (x86 AVX2 builds only; VLLM_CPU_WNA16_ACTIVATIONS=int8) the call
-// goes to wna16_avx2.h: activations quantized to int8 per block of 32 and integer dot products
-// against the packed words (its header states the contract and the error bound). The float
-// kernel below is the default and the portable path; its contract:
+// On x86 AVX2 builds both paths are in wna16_avx2.h, in group-major column tiles (a sequential
+// weight stream at batch 1): the default fp32 products (linear_float), and with
+// int8_activations=True (VLLM_CPU_WNA16_ACTIVATIONS=int8) activations quantized to int8 per
+// block of 32 with integer dot products (its header states the contract and the error bound).
+// The float kernel below is the portable path (Arm NEON, x86 without AVX2); its contract:
 //
 // Every batch size takes the same path: the packed words are streamed once per chunk of up to
 // 4 rows (a column block's words stay in cache across the chunks of a prefill). Vector lanes run over output columns (one int32 word of qweight holds P inputs of one
@@ -193,6 +194,11 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor&
       wna16_avx2::linear<8, T>(x, qweight, scales, zeros, bias, out, group_size);
     return out;
   }
+  if (bits == 4)
+    wna16_avx2::linear_float<4, T>(x, qweight, scales, zeros, bias, out, group_size);
+  else
+    wna16_avx2::linear_float<8, T>(x, qweight, scales, zeros, bias, out, group_size);
+  return out;
 #else
   TORCH_CHECK(!int8_activations, "wna16_linear: int8 activations need an x86 AVX2 build");
 #endif
