@@ -36,6 +36,9 @@ typedef uint32_t vu __attribute__((vector_size(32)));
 typedef uint16_t vh __attribute__((vector_size(16)));
 #endif
 
+// query-key products (keys x query heads x head size) below which a call stays on one thread
+constexpr int64_t kMinParallelWork = 1 << 19;
+
 inline float to_float(float x) { return x; }
 inline float to_float(c10::BFloat16 x) {
   uint32_t bits = static_cast<uint32_t>(x.x) << 16;
@@ -212,7 +215,13 @@ void paged_attention_kernel(const at::Tensor& query, const at::Tensor& key_cache
   T* o = out.data_ptr<T>();
   const int64_t row_stride = num_kv_heads * head_size;
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, num_tokens * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+  // one thread for small calls (a decode at a few hundred keys: waking a second thread costs
+  // more than its share), else one (token, kv head) task per grain
+  int64_t keys = 0;
+  for (int64_t t = 0; t < num_tokens; ++t) keys += pos[t] + 1;
+  const int64_t tasks = num_tokens * num_kv_heads;
+  const int64_t grain = keys * num_heads * head_size < kMinParallelWork ? tasks : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / num_kv_heads;
