@@ -5,10 +5,16 @@ llama.cpp on the same file with the same threads, in one run.
 
 Systems, each in its own subprocess, one after the other (never concurrently):
 
-- ``llama.cpp``: ``llama-cpp-python`` (``pip install llama-cpp-python``; built from source),
-  ``Llama(model_path=<the GGUF>, n_threads=T)``, greedy;
+- ``llama.cpp``: with ``--llama-bench PATH``, llama.cpp's own ``llama-bench`` binary
+  (``-m <the GGUF> -p 0 -d 128 -n 256 -t T -r 3 -o json``: 256 generated tokens after a
+  128-token context, its ``avg_ts``); otherwise ``llama-cpp-python`` (``pip install
+  llama-cpp-python``; built from source, over 90 minutes on a 2-vCPU machine),
+  ``Llama(model_path=<the GGUF>, n_threads=T)``, greedy. ``llama-bench`` alone builds from
+  llama.cpp's sources in ~20 minutes on one core (native CPU flags, Release);
 - ``vllm-core q4_1-kept`` / ``q4_1-kept-bf16``: the GGUF kept quantized (``--quantization
   gguf``, the default), fp32 / bf16 activations, the CPU plugin's C++ ``wna16_linear``;
+- ``vllm-core q4_1-kept-int8``: the same with ``VLLM_CPU_WNA16_ACTIVATIONS=int8`` (activations
+  quantized to int8 per 32 inputs, integer dot products; x86 AVX2);
 - ``vllm-core dequant-fp32`` / ``dequant-bf16``: ``--gguf-dequantize`` (the float path).
 
 Workload ``cpu-b1``: 1 request, 128 random prompt tokens (seeded, non-special vocabulary),
@@ -38,7 +44,8 @@ from typing import Any
 PROMPT_LEN, OUTPUT_LEN, SEED = 128, 256, 0
 USER_ENV = dict(os.environ)            # before vllm_core (envs.apply_openmp_defaults) runs
 RESULT = "B1_RESULT "
-SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-bf16", "dequant-fp32", "dequant-bf16")
+SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-int8", "q4_1-kept-bf16", "dequant-fp32",
+           "dequant-bf16")
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -68,6 +75,19 @@ def prompt_ids(path: str) -> list[int]:
     return np.random.default_rng(SEED).choice(allowed, PROMPT_LEN).tolist()
 
 
+def run_llama_bench(binary: str, path: str, threads: int) -> dict[str, Any]:
+    """llama.cpp's ``llama-bench``: token generation after a context as long as our prompt."""
+    cmd = [binary, "-m", path, "-p", "0", "-d", str(PROMPT_LEN), "-n", str(OUTPUT_LEN),
+           "-t", str(threads), "-r", "3", "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama-bench exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    (test,) = [t for t in json.loads(proc.stdout) if t.get("n_gen") == OUTPUT_LEN]
+    return {"decode_tok_s": test["avg_ts"], "stddev_tok_s": test["stddev_ts"],
+            "llama_cpp_build": test.get("build_commit"), "via": "llama-bench",
+            "model_type": test.get("model_type")}
+
+
 def run_llama_cpp(path: str, ids: list[int], threads: int) -> dict[str, Any]:
     from llama_cpp import Llama
 
@@ -91,7 +111,7 @@ def run_llama_cpp(path: str, ids: list[int], threads: int) -> dict[str, Any]:
 def run_ours(system: str, path: str, ids: list[int], threads: int) -> dict[str, Any]:
     from vllm_core import LLM, SamplingParams
 
-    dtype = "bfloat16" if system.endswith("-bf16") else "float32"
+    dtype = "bfloat16" if system.endswith("-bf16") else "float32"      # "-int8": env (parent)
     t0 = time.perf_counter()
     llm = LLM(model=path, dtype=dtype, gguf_dequantize=system.startswith("dequant"),
               max_num_seqs=1, enable_prefix_caching=False)      # threads: VLLM_CPU_NUM_THREADS
@@ -111,10 +131,13 @@ def run_ours(system: str, path: str, ids: list[int], threads: int) -> dict[str, 
             "decode_tok_s": (OUTPUT_LEN - 1) / (t_all - t_first), "tokens": toks[:16]}
 
 
-def child(system: str, path: str, threads: int) -> None:
-    ids = prompt_ids(path)
-    r = run_llama_cpp(path, ids, threads) if system == "llama.cpp" else run_ours(
-        system, path, ids, threads)
+def child(system: str, path: str, threads: int, llama_bench: str | None) -> None:
+    if system == "llama.cpp" and llama_bench:
+        r = run_llama_bench(llama_bench, path, threads)
+    else:
+        ids = prompt_ids(path)
+        r = run_llama_cpp(path, ids, threads) if system == "llama.cpp" else run_ours(
+            system, path, ids, threads)
     print(RESULT + json.dumps(r), flush=True)
 
 
@@ -126,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=None)
     p.add_argument("--peer-tree", type=Path, default=None,
                    help="a checkout with .venv whose copy runs the systems named base:<system>")
+    p.add_argument("--llama-bench", default=None,
+                   help="llama.cpp's llama-bench binary: the llama.cpp system runs it")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from vllm_core.model_executor.default_model import default_model_path
 
     path = args.model or default_model_path()
     if args.child:
-        child(args.child, path, args.threads)
+        child(args.child, path, args.threads, args.llama_bench)
         return 0
     facts = cpu_facts()
     lines = []
@@ -146,11 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             python = str(tree / ".venv" / "bin" / "python")
             script = str(tree / "benchmarks" / Path(__file__).name)
             env, name = USER_ENV, system[len("base:"):]
+        extra = ["--llama-bench", args.llama_bench] if (
+            name == "llama.cpp" and args.llama_bench) else []
+        mode = {"VLLM_CPU_WNA16_ACTIVATIONS": "int8"} if name.endswith("-int8") else {}
         proc = subprocess.run([python, script, "--child", name, "--threads",
-                               str(args.threads), "--model", path],
+                               str(args.threads), "--model", path, *extra],
                               capture_output=True, text=True, check=False,
                               env={**env, "VLLM_CPU_NUM_THREADS": str(args.threads),
-                                   "OMP_NUM_THREADS": str(args.threads)})
+                                   "OMP_NUM_THREADS": str(args.threads), **mode})
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
         line: dict[str, Any] = {"bench": "cpu-b1", "system": system, "model": Path(path).name,
                                 "threads": args.threads, "prompt_len": PROMPT_LEN,

@@ -154,3 +154,47 @@ def test_sliding_window_matches_oracle(q_lens, ctx_lens, h, hkv, d, window):
         ref_full = oracle(qs[r], full_k[r], full_v[r], ctx_lens[r], scale)
         torch.testing.assert_close(full[start:start + n], ref_full, atol=1e-4, rtol=1e-4)
         start += n
+
+
+@pytest.mark.parametrize("q_lens,ctx_lens", [
+    ([1, 1, 1], [5, 17, 40]),                  # decodes only
+    ([1, 6, 13], [20, 16, 5]),                 # decodes + chunks with earlier context
+])
+@pytest.mark.parametrize("h,hkv,d,rot", [(9, 3, 64, 64), (6, 2, 64, 48), (4, 1, 128, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rotary_matches_rotary_then_forward(q_lens, ctx_lens, h, hkv, d, rot, dtype):
+    """``forward_with_rotary`` (one C++ call: neox rotary of q / k, cache write, attention)
+    against the core's torch rotary followed by ``forward``, on strided q / k / v views of one
+    fused projection as the decoder hands them; partial rotary leaves the other channels."""
+    from vllm_core.model_executor.layers.ops import TorchLayerOps
+    from vllm_core.model_executor.layers.rotary_embedding import RotaryEmbedding
+
+    bs = 8
+    common, cache, q, k, v, *_ = build_case(q_lens, ctx_lens, h, hkv, d, bs, dtype, seed=2)
+    fused = torch.cat([q.flatten(1), k.flatten(1), v.flatten(1)], dim=1)   # qkv_proj's output
+    n = q.shape[0]
+    q, k, v = (t.view(n, -1, d) for t in fused.split([h * d, hkv * d, hkv * d], dim=1))
+    assert not q.is_contiguous()
+    rope = RotaryEmbedding(d, rot, 4096, 10000.0, None, TorchLayerOps())
+    positions = common.seq_lens_cpu.repeat_interleave(torch.tensor(q_lens)) - torch.cat(
+        [torch.arange(x, 0, -1) for x in q_lens])
+    builder = CpuPagedAttentionBackend.get_builder_cls()(bs, torch.device("cpu"))
+    impl = CpuPagedAttentionBackend.get_impl_cls()(h, d, d ** -0.5, hkv)
+    assert impl.fuses_rotary
+    fused_cache = cache.clone()
+    got = impl.forward_with_rotary(q, k, v, fused_cache, builder.build(common), positions,
+                                   rope.cos_sin_cache)
+    rq, rk = TorchLayerOps().rotary(positions, q.float(), k.float(), rope.cos_sin_cache, d)
+    want = impl.forward(rq.to(dtype), rk.to(dtype), v, cache, builder.build(common))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(fused_cache.float(), cache.float(), atol=tol, rtol=tol)
+
+
+def test_fused_rotary_rejects_a_position_outside_the_cache():
+    common, cache, q, k, v, *_ = build_case([1], [3], 4, 2, 64, 8, torch.float32)
+    builder = CpuPagedAttentionBackend.get_builder_cls()(8, torch.device("cpu"))
+    impl = CpuPagedAttentionBackend.get_impl_cls()(4, 64, 0.125, 2)
+    with pytest.raises(RuntimeError, match="outside the rotary cache"):
+        impl.forward_with_rotary(q, k, v, cache, builder.build(common), torch.tensor([3]),
+                                 torch.zeros(2, 64))

@@ -5,7 +5,8 @@ with one ``index_copy_`` over the flat slot axis, then every query attends to it
 [0, position], or with a sliding window ``w`` (per layer: Gemma 3 interleaves windowed and
 global layers) to keys ``(position - w, position]``. The kernel (``csrc/paged_attention.cpp``,
 built once with torch's JIT extension builder) handles head sizes 32/64/128/256 and up to 8
-query heads per KV head: one code path for
+query heads per KV head, and with it the layer fuses the rotary embedding and the cache write
+into the same call (``fuses_rotary``: ``paged_attention_rotary``): one code path for
 decodes and prefill chunks, so a row's result never depends on the batch. Elsewhere (or when no
 compiler is available) keys are gathered by block and the batch splits in two groups, each one
 SDPA call (no Python loop over tokens or requests):
@@ -171,6 +172,27 @@ class CpuPagedAttentionImpl(AttentionImpl):
 
         self.use_kernel = (load_kernels() and head_size in KERNEL_HEAD_SIZES
                            and num_heads // num_kv_heads <= KERNEL_MAX_GROUP)
+        # with the kernel, the rotary embedding, the cache write and the attention are one
+        # C++ call per layer (``forward_with_rotary``)
+        self.fuses_rotary = self.use_kernel
+
+    def forward_with_rotary(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            kv_cache: torch.Tensor, attn_metadata: CpuAttentionMetadata,
+                            positions: torch.Tensor,
+                            cos_sin_cache: torch.Tensor) -> torch.Tensor:
+        """Neox rotary of q / k at ``positions`` (fp32, rounded once to the activation dtype),
+        K / V written at the slots, then the paged attention: ``paged_attention_rotary``."""
+        if kv_cache.numel() == 0 or not self.use_kernel:
+            from vllm_core.model_executor.layers.ops import TorchLayerOps
+
+            query, key = TorchLayerOps().rotary(positions, query, key, cos_sin_cache,
+                                                self.head_size)
+            return self.forward(query, key, value, kv_cache, attn_metadata)
+        return torch.ops.vllm_core_cpu.paged_attention_rotary(
+            query, key, value, kv_cache[0], kv_cache[1], attn_metadata.slot_mapping,
+            attn_metadata.block_table, attn_metadata.token_request,
+            attn_metadata.token_position, positions, cos_sin_cache, self.scale,
+            self.sliding_window or 0).view(query.shape[0], self.num_heads * self.head_size)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: CpuAttentionMetadata) -> torch.Tensor:

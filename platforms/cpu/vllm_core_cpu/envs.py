@@ -29,3 +29,19 @@ def cpu_num_threads() -> int | None:
 def cpu_omp_threads_bind() -> str | None:
     """VLLM_CPU_OMP_THREADS_BIND: core list to bind OpenMP threads to, e.g. '0-3' (CPU plugin)."""
     return get("VLLM_CPU_OMP_THREADS_BIND")
+
+
+WNA16_ACTIVATIONS = ("float", "int8")
+
+
+def cpu_wna16_activations() -> str:
+    """VLLM_CPU_WNA16_ACTIVATIONS: how the int4 / int8 weight-only kernel multiplies.
+    ``float`` (default): fp32 products of the activations as given, the de-quantized model's
+    numbers to fp32 rounding (HF parity). ``int8`` (x86 AVX2 builds): activations quantized to
+    int8 per 32 inputs and integer dot products, llama.cpp's trade (several times faster at
+    batch 1; greedy tokens equal or in the top 5 at the first divergence)."""
+    raw = (get("VLLM_CPU_WNA16_ACTIVATIONS") or "float").strip().lower()
+    if raw not in WNA16_ACTIVATIONS:
+        raise ValueError(f"VLLM_CPU_WNA16_ACTIVATIONS must be one of {WNA16_ACTIVATIONS}, "
+                         f"got {raw!r}")
+    return raw

@@ -26,7 +26,9 @@ from vllm_core import envs
 from vllm_core.logger import init_logger
 
 logger = init_logger(__name__)
-_SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp")
+_SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp", "rms_norm.cpp",
+            "activation.cpp")
+_HEADERS = ("wna16_avx2.h",)       # included by the sources; part of the build-folder key
 
 
 @functools.cache
@@ -38,7 +40,7 @@ def load_kernels() -> bool:
     sources = [os.path.join(here, s) for s in _SOURCES]
     build_dir = os.path.join(envs.cache_root(), "torch_extensions",
                              f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{isa_key()}"
-                             f"_{sources_key(sources)}")
+                             f"_{sources_key(sources + [os.path.join(here, h) for h in _HEADERS])}")
     os.makedirs(build_dir, exist_ok=True)
     try:
         with open(os.path.join(build_dir, "build.flock"), "w") as guard:

@@ -47,14 +47,44 @@ class CpuWorker(TorchWorker):
 class CpuLayerOps(TorchLayerOps):
     """Torch ops with a batch-invariant linear: oneDNN computes a single-row product with a
     different kernel (and rounding) than a multi-row one, so one row is computed as two.
-    Quantized int4 / int8 weight-only layers (``quant_ops``) and W8A8 INT8 layers
-    (``int8_ops``) run the plugin's C++ kernels where they apply, else the core's reference."""
+    Quantized int4 / int8 weight-only layers (``quant_ops``), W8A8 INT8 layers (``int8_ops``),
+    RMS norms and ``silu_and_mul`` (``norm_ops``) run the plugin's C++ kernels where they
+    apply, else the core's reference. ``int8_activations`` (read once from
+    VLLM_CPU_WNA16_ACTIVATIONS, honoured on x86 AVX2 builds): the int4 / int8 weight-only
+    kernel quantizes activations to int8 (``quant_ops``)."""
+
+    def __init__(self, int8_activations: bool | None = None) -> None:
+        from vllm_core_cpu import envs, quant_ops
+
+        if int8_activations is None:
+            int8_activations = envs.cpu_wna16_activations() == "int8"
+        self.int8_activations = bool(int8_activations
+                                     and quant_ops.int8_activations_available())
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        from vllm_core_cpu import norm_ops
+
+        y = norm_ops.rms_norm(x, w, eps)
+        return super().rms_norm(x, w, eps) if y is None else y
+
+    def fused_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        from vllm_core_cpu import norm_ops
+
+        y = norm_ops.fused_add_rms_norm(x, residual, w, eps)
+        return super().fused_add_rms_norm(x, residual, w, eps) if y is None else y
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        from vllm_core_cpu import norm_ops
+
+        y = norm_ops.silu_and_mul(x)
+        return super().silu_and_mul(x) if y is None else y
 
     def wna16_linear(self, x: torch.Tensor, w: Any,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
         from vllm_core_cpu import quant_ops
 
-        y = quant_ops.wna16_linear(x, w, bias)
+        y = quant_ops.wna16_linear(x, w, bias, self.int8_activations)
         return super().wna16_linear(x, w, bias) if y is None else y
 
     def int8_linear(self, x: torch.Tensor, w: Any,
@@ -69,7 +99,7 @@ class CpuLayerOps(TorchLayerOps):
 
         if kind == "wna16" and quant_ops.kernels_available() and quant_ops.kernel_fits(
                 torch.empty(0, dtype=w.scales.dtype), w, None):
-            return quant_ops.KERNEL_NAME
+            return quant_ops.kernel_name(self.int8_activations)
         if kind == "int8":
             from vllm_core_cpu import int8_ops
 

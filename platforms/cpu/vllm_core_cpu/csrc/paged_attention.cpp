@@ -19,11 +19,25 @@
 
 namespace {
 
-// 16-lane float vectors through GCC/Clang vector extensions (AVX-512 / 2x AVX2 / NEON pairs).
-typedef float vf16 __attribute__((vector_size(64)));
-typedef uint32_t vu16x32 __attribute__((vector_size(64)));
-typedef uint16_t vu16x16 __attribute__((vector_size(32)));
+// Native-width float vectors through GCC/Clang vector extensions: 16 lanes where AVX-512F is
+// enabled (the build is -march=native), 8 otherwise (AVX2; NEON pairs on Arm). Wider-than-native
+// vectors are avoided: their shuffles and lane loops lower to scalar code (~10x slower).
+#if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+#else
+constexpr int64_t kLanes = 8;
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+typedef uint16_t vh __attribute__((vector_size(16)));
+#endif
+
+// query-key products (keys x query heads x head size) below which a call stays on one thread
+constexpr int64_t kMinParallelWork = 1 << 19;
 
 inline float to_float(float x) { return x; }
 inline float to_float(c10::BFloat16 x) {
@@ -34,33 +48,38 @@ inline float to_float(c10::BFloat16 x) {
 }
 inline float to_float(c10::Half x) { return static_cast<float>(x); }
 
-// Load 16 elements as floats.
-inline vf16 load16(const float* p) {
-  vf16 v;
+// Load kLanes elements as floats.
+inline vf loadv(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline vf16 load16(const c10::BFloat16* p) {
-  vu16x16 raw;
+inline vf loadv(const c10::BFloat16* p) {
+  vh raw;
   std::memcpy(&raw, p, sizeof(raw));
-  vu16x32 wide = __builtin_convertvector(raw, vu16x32) << 16;
-  vf16 v;
+  vu wide = __builtin_convertvector(raw, vu) << 16;
+  vf v;
   std::memcpy(&v, &wide, sizeof(v));
   return v;
 }
-inline vf16 load16(const c10::Half* p) {
-  vf16 v;
+inline vf loadv(const c10::Half* p) {
+  vf v;
   for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(p[i]);
   return v;
 }
-inline float hsum(vf16 v) {
-  // butterfly in a fixed order: 4 shuffles and 4 adds, no trip through memory
-  typedef int32_t vi16 __attribute__((vector_size(64)));
-  const vi16 s8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
-  const vi16 s4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
-  const vi16 s2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
-  const vi16 s1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+inline float hsum(vf v) {
+  // butterfly in a fixed order, one native shuffle and one add per step
+#if defined(__AVX512F__)
+  const vi s8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+  const vi s4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+  const vi s2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+  const vi s1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
   v = v + __builtin_shuffle(v, s8);
+#else
+  const vi s4 = {4, 5, 6, 7, 0, 1, 2, 3};
+  const vi s2 = {2, 3, 0, 1, 6, 7, 4, 5};
+  const vi s1 = {1, 0, 3, 2, 5, 4, 7, 6};
+#endif
   v = v + __builtin_shuffle(v, s4);
   v = v + __builtin_shuffle(v, s2);
   v = v + __builtin_shuffle(v, s1);
@@ -69,42 +88,39 @@ inline float hsum(vf16 v) {
 
 // exp(x) for x <= 0 (softmax after max subtraction): 2^n * poly(r), r = x - n ln2, a degree-6
 // Taylor polynomial on |r| <= ln2/2 (relative error ~2e-7); x below -87 flushes to ~1e-38.
-inline vf16 vexp_nonpos(vf16 x) {
-  typedef int32_t vi16 __attribute__((vector_size(64)));
-  const vf16 lo = {} ;
-  vf16 c = x;
-  for (int i = 0; i < kLanes; ++i) c[i] = c[i] < -87.0f ? -87.0f : c[i];
-  const vf16 t = c * -1.44269504088896341f + 0.5f;                 // >= 0.5
-  const vi16 ni = -__builtin_convertvector(t, vi16);                 // floor(x log2e + 0.5)
-  const vf16 n = __builtin_convertvector(ni, vf16);
-  const vf16 r = (c - n * 0.693359375f) - n * -2.12194440e-4f;
-  vf16 p = r * (1.0f / 720) + (1.0f / 120);
+inline vf vexp_nonpos(vf x) {
+  const vf floor_v = vf{} - 87.0f;
+  const vf c = x < floor_v ? floor_v : x;
+  const vf t = c * -1.44269504088896341f + 0.5f;                   // >= 0.5
+  const vi ni = -__builtin_convertvector(t, vi);                     // floor(x log2e + 0.5)
+  const vf n = __builtin_convertvector(ni, vf);
+  const vf r = (c - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf p = r * (1.0f / 720) + (1.0f / 120);
   p = p * r + (1.0f / 24);
   p = p * r + (1.0f / 6);
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const vi16 bits = (ni + 127) << 23;
-  vf16 scale;
+  const vi bits = (ni + 127) << 23;
+  vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  (void)lo;
   return p * scale;
 }
 
-// scores[j] = exp(scores[j] - m) for j < n, in 16-wide chunks (the tail padded); returns the
-// sum in a fixed order.
+// scores[j] = exp(scores[j] - m) for j < n, in kLanes-wide chunks (the tail padded); returns
+// the sum in a fixed order.
 inline float exp_and_sum(float* scores, int64_t n, float m) {
-  vf16 sum = {};
+  vf sum = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    vf16 v;
+    vf v;
     std::memcpy(&v, scores + j, sizeof(v));
     v = vexp_nonpos(v - m);
     std::memcpy(scores + j, &v, sizeof(v));
     sum += v;
   }
   if (j < n) {
-    vf16 v = {};
+    vf v = {};
     std::memcpy(&v, scores + j, (n - j) * sizeof(float));
     v = vexp_nonpos(v - m);
     for (int64_t i = n - j; i < kLanes; ++i) v[i] = 0.0f;
@@ -114,48 +130,44 @@ inline float exp_and_sum(float* scores, int64_t n, float m) {
   return hsum(sum);
 }
 
-// One (token, kv head) task with compile-time group size G and head size NV * 16, so the
-// query and accumulator vectors live in registers.
+// One (token, kv head) task with compile-time group size G and head size NV * kLanes. Query
+// heads are visited one at a time (NV query and NV accumulator vectors stay in registers; the
+// keys and values, read G times, stay in cache).
 template <typename T, int G, int NV>
 inline void attend_fixed(const T* q_row, const T* kc, const T* vc, const int64_t* blocks,
                          int64_t first, int64_t num_keys, int shift, int64_t mask,
                          int64_t row_stride, int64_t head_off, float scale, float* scores,
                          T* out_row) {
-  vf16 qv[G][NV];
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < NV; ++i) qv[g][i] = load16(q_row + (g * NV + i) * kLanes) * scale;
-  float m[G];
-  for (int g = 0; g < G; ++g) m[g] = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < num_keys; ++j) {
-    const int64_t key = first + j;
-    const T* k = kc + (((blocks[key >> shift] << shift) | (key & mask)) * row_stride) + head_off;
-    vf16 kv[NV];
-    for (int i = 0; i < NV; ++i) kv[i] = load16(k + i * kLanes);
-    for (int g = 0; g < G; ++g) {
-      vf16 s = qv[g][0] * kv[0];
-      for (int i = 1; i < NV; ++i) s += qv[g][i] * kv[i];
+  for (int g = 0; g < G; ++g) {
+    vf qv[NV];
+    for (int i = 0; i < NV; ++i) qv[i] = loadv(q_row + (g * NV + i) * kLanes) * scale;
+    float* sg = scores + g * num_keys;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < num_keys; ++j) {
+      const int64_t key = first + j;
+      const T* k = kc + (((blocks[key >> shift] << shift) | (key & mask)) * row_stride) +
+                   head_off;
+      vf s = qv[0] * loadv(k);
+      for (int i = 1; i < NV; ++i) s += qv[i] * loadv(k + i * kLanes);
       const float x = hsum(s);
-      scores[g * num_keys + j] = x;
-      m[g] = x > m[g] ? x : m[g];
+      sg[j] = x;
+      m = x > m ? x : m;
     }
-  }
-  float inv[G];
-  for (int g = 0; g < G; ++g) inv[g] = 1.0f / exp_and_sum(scores + g * num_keys, num_keys, m[g]);
-  vf16 acc[G][NV] = {};
-  for (int64_t j = 0; j < num_keys; ++j) {
-    const int64_t key = first + j;
-    const T* v = vc + (((blocks[key >> shift] << shift) | (key & mask)) * row_stride) + head_off;
-    for (int i = 0; i < NV; ++i) {
-      const vf16 vv = load16(v + i * kLanes);
-      for (int g = 0; g < G; ++g) acc[g][i] += scores[g * num_keys + j] * vv;
+    const float inv = 1.0f / exp_and_sum(sg, num_keys, m);
+    vf acc[NV] = {};
+    for (int64_t j = 0; j < num_keys; ++j) {
+      const int64_t key = first + j;
+      const T* v = vc + (((blocks[key >> shift] << shift) | (key & mask)) * row_stride) +
+                   head_off;
+      const float p = sg[j];
+      for (int i = 0; i < NV; ++i) acc[i] += p * loadv(v + i * kLanes);
     }
-  }
-  for (int g = 0; g < G; ++g)
     for (int i = 0; i < NV; ++i) {
-      const vf16 a = acc[g][i] * inv[g];
+      const vf a = acc[i] * inv;
       T* dst = out_row + (g * NV + i) * kLanes;
       for (int l = 0; l < kLanes; ++l) dst[l] = static_cast<T>(a[l]);
     }
+  }
 }
 
 template <typename T, int NV>
@@ -203,7 +215,13 @@ void paged_attention_kernel(const at::Tensor& query, const at::Tensor& key_cache
   T* o = out.data_ptr<T>();
   const int64_t row_stride = num_kv_heads * head_size;
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, num_tokens * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+  // one thread for small calls (a decode at a few hundred keys: waking a second thread costs
+  // more than its share), else one (token, kv head) task per grain
+  int64_t keys = 0;
+  for (int64_t t = 0; t < num_tokens; ++t) keys += pos[t] + 1;
+  const int64_t tasks = num_tokens * num_kv_heads;
+  const int64_t grain = keys * num_heads * head_size < kMinParallelWork ? tasks : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / num_kv_heads;
@@ -225,18 +243,18 @@ void dispatch_head_size(const at::Tensor& query, const at::Tensor& key_cache,
                         const at::Tensor& token_request, const at::Tensor& token_position,
                         at::Tensor& out, double scale, int64_t window) {
   switch (query.size(2)) {
-    case 64: return paged_attention_kernel<T, 4>(query, key_cache, value_cache, block_table,
-                                                 token_request, token_position, out, scale,
-                                                 window);
-    case 128: return paged_attention_kernel<T, 8>(query, key_cache, value_cache, block_table,
-                                                  token_request, token_position, out, scale,
-                                                  window);
-    case 32: return paged_attention_kernel<T, 2>(query, key_cache, value_cache, block_table,
-                                                 token_request, token_position, out, scale,
-                                                 window);
-    case 256: return paged_attention_kernel<T, 16>(query, key_cache, value_cache, block_table,
-                                                   token_request, token_position, out, scale,
-                                                   window);
+    case 32: return paged_attention_kernel<T, 32 / kLanes>(
+        query, key_cache, value_cache, block_table, token_request, token_position, out, scale,
+        window);
+    case 64: return paged_attention_kernel<T, 64 / kLanes>(
+        query, key_cache, value_cache, block_table, token_request, token_position, out, scale,
+        window);
+    case 128: return paged_attention_kernel<T, 128 / kLanes>(
+        query, key_cache, value_cache, block_table, token_request, token_position, out, scale,
+        window);
+    case 256: return paged_attention_kernel<T, 256 / kLanes>(
+        query, key_cache, value_cache, block_table, token_request, token_position, out, scale,
+        window);
     default: TORCH_CHECK(false, "paged_attention: head size must be 32, 64, 128 or 256");
   }
 }
@@ -270,11 +288,128 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
   return out;
 }
 
+// Neox rotary embedding of one head row in place of `dst` (from `src`): the first rot_dim
+// channels as (x1, x2) halves, out1 = x1 cos - x2 sin, out2 = x2 cos + x1 sin, in fp32, rounded
+// to T once; channels past rot_dim are copied.
+template <typename T>
+inline void rotate_row(const T* src, T* dst, const float* cs, int64_t rot_dim,
+                       int64_t head_size) {
+  const int64_t half = rot_dim / 2;
+  const float* c = cs;
+  const float* s = cs + half;
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = to_float(src[i]), x2 = to_float(src[half + i]);
+    dst[i] = static_cast<T>(x1 * c[i] - x2 * s[i]);
+    dst[half + i] = static_cast<T>(x2 * c[i] + x1 * s[i]);
+  }
+  for (int64_t i = rot_dim; i < head_size; ++i) dst[i] = src[i];
+}
+
+template <typename T>
+void rotate_and_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                      at::Tensor& key_cache, at::Tensor& value_cache,
+                      const at::Tensor& slot_mapping, const at::Tensor& positions,
+                      const at::Tensor& cos_sin_cache, at::Tensor& q_out) {
+  const int64_t T_ = query.size(0), H = query.size(1), D = query.size(2);
+  const int64_t Hkv = key.size(1), rot = cos_sin_cache.size(1);
+  const int64_t max_pos = cos_sin_cache.size(0);
+  const T* q = query.data_ptr<T>();
+  const T* k = key.data_ptr<T>();
+  const T* v = value.data_ptr<T>();
+  T* kc = key_cache.data_ptr<T>();
+  T* vc = value_cache.data_ptr<T>();
+  T* qo = q_out.data_ptr<T>();
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const float* cs = cos_sin_cache.data_ptr<float>();
+  const int64_t qs0 = query.stride(0), qs1 = query.stride(1);
+  const int64_t ks0 = key.stride(0), ks1 = key.stride(1);
+  const int64_t vs0 = value.stride(0), vs1 = value.stride(1);
+  const int64_t slot_stride = Hkv * D;
+  for (int64_t t = 0; t < T_; ++t)
+    TORCH_CHECK(pos[t] >= 0 && pos[t] < max_pos, "paged_attention_rotary: position ", pos[t],
+                " outside the rotary cache (", max_pos, ")");
+  at::parallel_for(0, T_, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = cs + pos[t] * rot;
+      for (int64_t h = 0; h < H; ++h)
+        rotate_row(q + t * qs0 + h * qs1, qo + (t * H + h) * D, row, rot, D);
+      T* kdst = kc + slots[t] * slot_stride;
+      T* vdst = vc + slots[t] * slot_stride;
+      for (int64_t h = 0; h < Hkv; ++h) {
+        rotate_row(k + t * ks0 + h * ks1, kdst + h * D, row, rot, D);
+        std::memcpy(vdst + h * D, v + t * vs0 + h * vs1, D * sizeof(T));
+      }
+    }
+  });
+}
+
+// The neox rotary embedding of query and key at `positions`, key / value written into the
+// caches at `slot_mapping`, then paged_attention: one call per layer for what was a dozen
+// torch ops. q / k / v may be strided views (of the fused qkv projection) with unit stride in
+// the last dimension.
+at::Tensor paged_attention_rotary(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, at::Tensor key_cache,
+                                  at::Tensor value_cache, const at::Tensor& slot_mapping,
+                                  const at::Tensor& block_table,
+                                  const at::Tensor& token_request,
+                                  const at::Tensor& token_position,
+                                  const at::Tensor& positions, const at::Tensor& cos_sin_cache,
+                                  double scale, int64_t window) {
+  TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && value.dim() == 3,
+              "paged_attention_rotary: q / k / v must be [tokens, heads, head_size]");
+  TORCH_CHECK(query.stride(2) == 1 && key.stride(2) == 1 && value.stride(2) == 1,
+              "paged_attention_rotary: q / k / v need unit stride in the head dimension");
+  TORCH_CHECK(key.scalar_type() == query.scalar_type() &&
+                  value.scalar_type() == query.scalar_type() &&
+                  key_cache.scalar_type() == query.scalar_type(),
+              "paged_attention_rotary: q / k / v and the cache must share one dtype");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(),
+              "paged_attention_rotary: caches must be contiguous");
+  TORCH_CHECK(key_cache.size(2) == key.size(1) && key_cache.size(3) == key.size(2),
+              "paged_attention_rotary: cache [blocks, block_size, kv_heads, head_size]");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && positions.scalar_type() == at::kLong,
+              "paged_attention_rotary: int64 slots and positions");
+  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous() &&
+                  cos_sin_cache.size(1) % 2 == 0 && cos_sin_cache.size(1) <= query.size(2),
+              "paged_attention_rotary: cos_sin_cache float32 [max_position, rotary_dim]");
+  TORCH_CHECK(slot_mapping.numel() == query.size(0) && positions.numel() == query.size(0),
+              "paged_attention_rotary: one slot and one position per token");
+  auto sm = slot_mapping.contiguous();
+  auto ps = positions.contiguous();
+  auto q_rot = at::empty(query.sizes(), query.options());
+  switch (query.scalar_type()) {
+    case at::kFloat:
+      rotate_and_write<float>(query, key, value, key_cache, value_cache, sm, ps,
+                              cos_sin_cache, q_rot);
+      break;
+    case at::kBFloat16:
+      rotate_and_write<c10::BFloat16>(query, key, value, key_cache, value_cache, sm, ps,
+                                      cos_sin_cache, q_rot);
+      break;
+    case at::kHalf:
+      rotate_and_write<c10::Half>(query, key, value, key_cache, value_cache, sm, ps,
+                                  cos_sin_cache, q_rot);
+      break;
+    default:
+      TORCH_CHECK(false, "paged_attention_rotary: unsupported dtype ", query.scalar_type());
+  }
+  return paged_attention(q_rot, key_cache, value_cache, block_table, token_request,
+                         token_position, scale, window);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(vllm_core_cpu, m) {
   m.def("paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
         "Tensor token_request, Tensor token_position, float scale, int window=0) -> Tensor");
+  m.def("paged_attention_rotary(Tensor query, Tensor key, Tensor value, Tensor(a!) key_cache, "
+        "Tensor(b!) value_cache, Tensor slot_mapping, Tensor block_table, Tensor token_request, "
+        "Tensor token_position, Tensor positions, Tensor cos_sin_cache, float scale, "
+        "int window=0) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("paged_attention", &paged_attention); }
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) {
+  m.impl("paged_attention", &paged_attention);
+  m.impl("paged_attention_rotary", &paged_attention_rotary);
+}

@@ -4,6 +4,12 @@
 //   scales, zeros [G, N] in the activation dtype, W[n, k] = (q - zeros[g, n]) * scales[g, n],
 //   g = k / group_size (no act-order g_idx: the Python side falls back to the reference).
 //
+// On x86 AVX2 builds both paths are in wna16_avx2.h, in group-major column tiles (a sequential
+// weight stream at batch 1): the default fp32 products (linear_float), and with
+// int8_activations=True (VLLM_CPU_WNA16_ACTIVATIONS=int8) activations quantized to int8 per
+// block of 32 with integer dot products (its header states the contract and the error bound).
+// The float kernel below is the portable path (Arm NEON, x86 without AVX2); its contract:
+//
 // Every batch size takes the same path: the packed words are streamed once per chunk of up to
 // 4 rows (a column block's words stay in cache across the chunks of a prefill). Vector lanes run over output columns (one int32 word of qweight holds P inputs of one
 // column, and a row of qweight is contiguous over columns); per group the kernel accumulates
@@ -24,6 +30,11 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include "wna16_avx2.h"
+#define VLLM_CORE_CPU_WNA16_AVX2 1
+#endif
 
 namespace {
 
@@ -172,9 +183,25 @@ void direct(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sc
 template <typename T>
 at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                const at::Tensor& zeros, const c10::optional<at::Tensor>& bias, int64_t bits,
-               int64_t group_size) {
+               int64_t group_size, bool int8_activations) {
   const int64_t M = x.size(0), N = qweight.size(1);
   auto out = at::empty({M, N}, x.options());
+#if defined(VLLM_CORE_CPU_WNA16_AVX2)
+  if (int8_activations) {
+    if (bits == 4)
+      wna16_avx2::linear<4, T>(x, qweight, scales, zeros, bias, out, group_size);
+    else
+      wna16_avx2::linear<8, T>(x, qweight, scales, zeros, bias, out, group_size);
+    return out;
+  }
+  if (bits == 4)
+    wna16_avx2::linear_float<4, T>(x, qweight, scales, zeros, bias, out, group_size);
+  else
+    wna16_avx2::linear_float<8, T>(x, qweight, scales, zeros, bias, out, group_size);
+  return out;
+#else
+  TORCH_CHECK(!int8_activations, "wna16_linear: int8 activations need an x86 AVX2 build");
+#endif
   if (bits == 4)
     direct<4, T>(x, qweight, scales, zeros, bias, out, group_size);
   else
@@ -185,7 +212,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor&
 // y [M, N] = x [M, K] @ W^T (+ bias); x, scales, zeros and bias share one dtype.
 at::Tensor wna16_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                         const at::Tensor& zeros, const c10::optional<at::Tensor>& bias,
-                        int64_t bits, int64_t group_size) {
+                        int64_t bits, int64_t group_size, bool int8_activations) {
   TORCH_CHECK(bits == 4 || bits == 8, "wna16_linear: bits must be 4 or 8");
   TORCH_CHECK(x.dim() == 2 && qweight.dim() == 2, "wna16_linear: x [M, K], qweight [K/P, N]");
   TORCH_CHECK(qweight.scalar_type() == at::kInt, "wna16_linear: qweight must be int32");
@@ -210,18 +237,31 @@ at::Tensor wna16_linear(const at::Tensor& x, const at::Tensor& qweight, const at
   c10::optional<at::Tensor> bc;
   if (bias.has_value()) bc = bias->contiguous();
   switch (x.scalar_type()) {
-    case at::kFloat: return run<float>(xc, qc, sc, zc, bc, bits, group_size);
-    case at::kBFloat16: return run<c10::BFloat16>(xc, qc, sc, zc, bc, bits, group_size);
-    case at::kHalf: return run<c10::Half>(xc, qc, sc, zc, bc, bits, group_size);
+    case at::kFloat: return run<float>(xc, qc, sc, zc, bc, bits, group_size, int8_activations);
+    case at::kBFloat16:
+      return run<c10::BFloat16>(xc, qc, sc, zc, bc, bits, group_size, int8_activations);
+    case at::kHalf:
+      return run<c10::Half>(xc, qc, sc, zc, bc, bits, group_size, int8_activations);
     default: TORCH_CHECK(false, "wna16_linear: unsupported dtype ", x.scalar_type());
   }
+}
+
+// True when this build has the int8-activation path (x86 AVX2), which wna16_linear takes when
+// asked (int8_activations=True); the float path is always there.
+bool wna16_has_int8_activations() {
+#if defined(VLLM_CORE_CPU_WNA16_AVX2)
+  return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("wna16_linear(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, "
-        "int bits, int group_size) -> Tensor");
+        "int bits, int group_size, bool int8_activations=False) -> Tensor");
+  m.def("wna16_has_int8_activations() -> bool", &wna16_has_int8_activations);
 }
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("wna16_linear", &wna16_linear); }
