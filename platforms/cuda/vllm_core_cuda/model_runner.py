@@ -33,7 +33,6 @@ from vllm_core.worker.model_runner import ForwardOutput, ModelRunner, StepInputs
 from vllm_core.worker.step_plan import StepPlan
 from vllm_core_cuda.graphs import DecodeGraphs
 
-
 # Verification graphs when speculation is never switched off (disable_by_batch_size 0): up to
 # this many requests (their logits rows, k + 1 per request, are held in the graph's buffer).
 FORCED_SPEC_GRAPH_LIMIT = 64
