@@ -11,7 +11,10 @@ _configured = False
 
 
 def init_logger(name: str) -> logging.Logger:
-    """Return a logger under ``vllm_core``; the first call installs one stderr handler."""
+    """Return a logger under ``vllm_core``; the first call installs one stderr handler. A
+    name outside that hierarchy (a plugin's module, e.g. ``vllm_core_cpu.kernels``) is
+    nested under it (``vllm_core.vllm_core_cpu.kernels``), so plugins log through the same
+    handler and level (``logging.getLogger`` nests by dotted prefix only)."""
     global _configured
     if not _configured:
         root = logging.getLogger("vllm_core")
@@ -22,4 +25,6 @@ def init_logger(name: str) -> logging.Logger:
         root.setLevel(envs.logging_level())
         root.propagate = False
         _configured = True
+    if name != "vllm_core" and not name.startswith("vllm_core."):
+        name = f"vllm_core.{name}"
     return logging.getLogger(name)

@@ -5,6 +5,7 @@ platform.machine(), NUMA node lists, the process affinity, ``import intel_extens
 
 from __future__ import annotations
 
+import logging
 import types
 
 import pytest
@@ -86,7 +87,9 @@ def test_dtype_rules_per_isa(monkeypatch, cpu, default, refused):
 def test_emulated_bf16_on_x86_warns(monkeypatch, caplog):
     use_cpu(monkeypatch, "zen3")
     no_ipex(monkeypatch)
-    with caplog.at_level("WARNING"):
+    # plugin loggers are under the package logger, which does not propagate to caplog's root
+    monkeypatch.setattr(logging.getLogger("vllm_core"), "propagate", True)
+    with caplog.at_level("WARNING", logger="vllm_core"):
         assert configured("bfloat16").model.dtype == "bfloat16"
     assert "emulated" in caplog.text
 
