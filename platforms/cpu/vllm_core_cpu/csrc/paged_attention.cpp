@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_vec.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -19,22 +21,7 @@
 
 namespace {
 
-// Native-width float vectors through GCC/Clang vector extensions: 16 lanes where AVX-512F is
-// enabled (the build is -march=native), 8 otherwise (AVX2; NEON pairs on Arm). Wider-than-native
-// vectors are avoided: their shuffles and lane loops lower to scalar code (~10x slower).
-#if defined(__AVX512F__)
-constexpr int64_t kLanes = 16;
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
-#else
-constexpr int64_t kLanes = 8;
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-typedef uint32_t vu __attribute__((vector_size(32)));
-typedef uint16_t vh __attribute__((vector_size(16)));
-#endif
+using namespace cpu_vec;
 
 // query-key products (keys x query heads x head size) below which a call stays on one thread
 constexpr int64_t kMinParallelWork = 1 << 19;
@@ -48,25 +35,6 @@ inline float to_float(c10::BFloat16 x) {
 }
 inline float to_float(c10::Half x) { return static_cast<float>(x); }
 
-// Load kLanes elements as floats.
-inline vf loadv(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline vf loadv(const c10::BFloat16* p) {
-  vh raw;
-  std::memcpy(&raw, p, sizeof(raw));
-  vu wide = __builtin_convertvector(raw, vu) << 16;
-  vf v;
-  std::memcpy(&v, &wide, sizeof(v));
-  return v;
-}
-inline vf loadv(const c10::Half* p) {
-  vf v;
-  for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(p[i]);
-  return v;
-}
 inline float hsum(vf v) {
   // butterfly in a fixed order, one native shuffle and one add per step
 #if defined(__AVX512F__)

@@ -37,6 +37,8 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_vec.h"
+
 namespace wna16_avx2 {
 
 constexpr int64_t kAB = 32;            // activation quantization block (inputs)
@@ -383,15 +385,8 @@ void linear_float(const at::Tensor& x, const at::Tensor& qweight, const at::Tens
                   const at::Tensor& zeros, const c10::optional<at::Tensor>& bias,
                   at::Tensor& out, int64_t group_size) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1), G = K / group_size;
-  std::vector<float> xf(M * K), xs(M * G, 0.0f);
-  const T* xp = x.data_ptr<T>();
-  for (int64_t i = 0; i < M * K; ++i) xf[i] = static_cast<float>(xp[i]);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      float s = 0.0f;
-      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) s += xf[m * K + k];
-      xs[m * G + g] = s;
-    }
+  std::vector<float> xf, xs;
+  cpu_vec::rows_as_float_with_group_sums(x.data_ptr<T>(), M, K, group_size, xf, xs);
   const int32_t* qw = qweight.data_ptr<int32_t>();
   const T* sp = scales.data_ptr<T>();
   const T* zp = zeros.data_ptr<T>();

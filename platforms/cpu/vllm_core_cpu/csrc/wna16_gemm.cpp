@@ -31,6 +31,8 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_vec.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include "wna16_avx2.h"
 #define VLLM_CORE_CPU_WNA16_AVX2 1
@@ -38,39 +40,10 @@
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int64_t kL = 16;
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-#else
-constexpr int64_t kL = 8;
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-typedef uint16_t vh __attribute__((vector_size(16)));
-typedef uint32_t vu __attribute__((vector_size(32)));
-#endif
+using namespace cpu_vec;
+constexpr int64_t kL = kLanes;
 constexpr int kRowChunk = 4;
 
-inline vf loadv(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline vf loadv(const c10::BFloat16* p) {
-  vh raw;
-  std::memcpy(&raw, p, sizeof(raw));
-  vu wide = __builtin_convertvector(raw, vu) << 16;
-  vf v;
-  std::memcpy(&v, &wide, sizeof(v));
-  return v;
-}
-inline vf loadv(const c10::Half* p) {
-  vf v;
-  for (int i = 0; i < kL; ++i) v[i] = static_cast<float>(p[i]);
-  return v;
-}
 inline vi loadi(const int32_t* p) {
   vi v;
   std::memcpy(&v, p, sizeof(v));
@@ -150,16 +123,8 @@ void direct(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sc
             int64_t group_size) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
   const int64_t G = K / group_size, wpg = group_size / (32 / BITS);
-  // fp32 copy of x and the per-group sums (one pass over x)
-  std::vector<float> xf(M * K), xs(M * G, 0.0f);
-  const T* xp = x.data_ptr<T>();
-  for (int64_t i = 0; i < M * K; ++i) xf[i] = static_cast<float>(xp[i]);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      float s = 0.0f;
-      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) s += xf[m * K + k];
-      xs[m * G + g] = s;
-    }
+  std::vector<float> xf, xs;
+  rows_as_float_with_group_sums(x.data_ptr<T>(), M, K, group_size, xf, xs);
   const int32_t* qw = qweight.data_ptr<int32_t>();
   const T* sp = scales.data_ptr<T>();
   const T* zp = zeros.data_ptr<T>();
