@@ -41,6 +41,20 @@
 
 namespace wna16_avx2 {
 
+// Rows m0 .. m0 + rows of out, columns [c0, c1): the fp32 tile ybuf ([rows, width]) plus the
+// bias, cast to T.
+template <typename T>
+inline void store_tile(const float* ybuf, const T* bias, T* out, int64_t m0, int rows,
+                       int64_t N, int64_t width, int64_t c0, int64_t c1) {
+  for (int m = 0; m < rows; ++m) {
+    T* o = out + (m0 + m) * N;
+    const float* y = ybuf + m * width;
+    for (int64_t c = c0; c < c1; ++c)
+      o[c] = static_cast<T>(bias != nullptr ? y[c - c0] + static_cast<float>(bias[c])
+                                            : y[c - c0]);
+  }
+}
+
 constexpr int64_t kAB = 32;            // activation quantization block (inputs)
 constexpr int64_t kTileCols = 1024;    // columns per tile (multiple of 8)
 constexpr int kRowChunk = 4;           // rows sharing one unpacking of the weight words
@@ -270,13 +284,7 @@ void tile(const QuantizedRows& qx, const int32_t* qw, const T* scales, const T* 
       }
     }
   }
-  for (int m = 0; m < MB; ++m) {
-    T* o = out + (m0 + m) * N;
-    const float* y = ybuf + m * width;
-    for (int64_t c = c0; c < c1; ++c)
-      o[c] = static_cast<T>(bias != nullptr ? y[c - c0] + static_cast<float>(bias[c])
-                                            : y[c - c0]);
-  }
+  store_tile(ybuf, bias, out, m0, MB, N, width, c0, c1);
 }
 
 template <int BITS, int WPB, typename T>
@@ -371,13 +379,7 @@ void tile_float(const float* xf, const float* xsum, const int32_t* qw, const T* 
       }
     }
   }
-  for (int m = 0; m < MB; ++m) {
-    T* o = out + (m0 + m) * N;
-    const float* y = ybuf + m * width;
-    for (int64_t c = c0; c < c1; ++c)
-      o[c] = static_cast<T>(bias != nullptr ? y[c - c0] + static_cast<float>(bias[c])
-                                            : y[c - c0]);
-  }
+  store_tile(ybuf, bias, out, m0, MB, N, width, c0, c1);
 }
 
 template <int BITS, typename T>
