@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from vllm_core.model_executor.testing import random_hf_causal_lm, write_wordlevel_tokenizer
+
+# ``pytestmark`` of the device tests: marked ``gpu`` and skipped, with the reason, where torch
+# sees no CUDA device
+GPU_ONLY = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(),
+                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
+                              "the GPU machine)"),
+]
 
 CASES: dict[str, tuple[str, dict]] = {
     # GQA 4:2, head 64, llama3 rope scaling, untied

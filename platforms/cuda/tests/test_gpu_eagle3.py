@@ -10,16 +10,11 @@ Marked ``gpu``; skipped with the reason when torch sees no CUDA device.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
+from gpu_models import GPU_ONLY
 from test_gpu_draft_model import LLAMA as DRAFT_TEST_LLAMA
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 
 LLAMA = {**DRAFT_TEST_LLAMA, "num_hidden_layers": 4}     # default auxiliary layers (2, 2, 1)
 

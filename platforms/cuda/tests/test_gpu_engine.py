@@ -11,14 +11,9 @@ import gc
 
 import pytest
 import torch
-from gpu_models import CASES, hf_greedy, random_prompts, save_case
+from gpu_models import CASES, GPU_ONLY, hf_greedy, random_prompts, save_case
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 
 MAX_TOKENS = 16
 LENGTHS = [5, 17, 33, 64, 9, 120, 3]

@@ -12,13 +12,9 @@ import gc
 
 import pytest
 import torch
+from gpu_models import GPU_ONLY
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 
 MAX_TOKENS = 12
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -9,16 +9,11 @@ import os
 
 import pytest
 import torch
-from gpu_models import hf_greedy, random_prompts, tiny_hf_model
+from gpu_models import GPU_ONLY, hf_greedy, random_prompts, tiny_hf_model
 
 from vllm_core.model_executor.testing import write_wordlevel_tokenizer
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 
 PHI3_ROPE = {"type": "longrope", "long_factor": [1.0 + i / 4 for i in range(32)],
              "short_factor": [1.0 + i / 16 for i in range(32)]}

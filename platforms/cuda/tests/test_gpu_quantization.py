@@ -11,6 +11,7 @@ import gc
 
 import pytest
 import torch
+from gpu_models import GPU_ONLY
 
 from vllm_core.model_executor.quantization.testing import (
     hf_with_weights,
@@ -20,12 +21,7 @@ from vllm_core.model_executor.quantization.testing import (
 )
 from vllm_core.model_executor.testing import write_wordlevel_tokenizer
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 
 PROMPTS = [[3, 14, 15, 92, 65, 35], [8, 9, 7, 9], [50, 40, 30, 20, 10, 1, 2, 3, 4, 5, 6]]
 MAX_TOKENS = 12

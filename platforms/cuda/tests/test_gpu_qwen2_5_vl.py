@@ -10,6 +10,7 @@ import gc
 import numpy as np
 import pytest
 import torch
+from gpu_models import GPU_ONLY
 
 from vllm_core.multimodal.testing import (
     PLACEHOLDER,
@@ -19,12 +20,7 @@ from vllm_core.multimodal.testing import (
     save_tiny_qwen2_5_vl,
 )
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 MAX_TOKENS = 12
 # head_dim 64 (mrope_section sums to 32): a size every GPU backend serves
 TEXT = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,

@@ -9,15 +9,10 @@ Marked ``gpu``; skipped with the reason when torch sees no CUDA device.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
+from gpu_models import GPU_ONLY
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 
 
 def test_rejection_sampling_on_gpu_preserves_target():

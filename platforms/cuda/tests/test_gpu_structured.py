@@ -16,13 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gpu_models import GPU_ONLY
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs an NVIDIA GPU visible to torch (run: nox -s tests-cuda on "
-                              "the GPU machine)"),
-]
+pytestmark = GPU_ONLY
 
 REPO = Path(__file__).resolve().parents[3]
 REGEX = r"[a-z]{3,8}-[0-9]{2}"
