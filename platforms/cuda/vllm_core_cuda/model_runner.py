@@ -15,8 +15,8 @@ this subclass fills the platform hooks (API 2.0):
   have at most ``k + 1`` tokens each (verifying requests and plain decodes, any mix) replays
   the graph of the smallest size that holds its requests, for the captured batch sizes up to
   the speculation limit (``disable_by_batch_size``; 64 when it is 0) whose tokens fit the
-  step buffers and ``max_model_len``. Not for a proposer that reads the target's hidden states (EAGLE), nor on a backend
-  without ``supports_verify_graph_capture``.
+  step buffers and ``max_model_len``. Not for a proposer that reads the target's hidden states
+  (EAGLE), nor on a backend without ``supports_verify_graph_capture``.
   With tensor parallelism a graph holds the forward (its all-reduces are the TP group's
   graph-safe ones, ``CudaCommunicator``) and this rank's vocabulary range of the logits; the
   logits are gathered on TP rank 0 after the replay (``model.gather_logits``, NCCL, eager).
@@ -78,7 +78,8 @@ class CudaModelRunner(ModelRunner):
         return ForwardOutput(hidden=None, logits=logits)
 
     def capture_graphs(self) -> float:
-        """Capture the decode graphs (no-op without sizes). Returns the capture seconds."""
+        """Capture the decode graphs, then the verification graphs when speculative decoding
+        allows them (no-op without sizes). Returns the capture seconds."""
         if not self.graph_sizes:
             return 0.0
         if not self.kv_caches:
@@ -88,29 +89,13 @@ class CudaModelRunner(ModelRunner):
             probe = torch.zeros(1, self.arch.hidden_size, dtype=self.dtype, device=self.device)
             with torch.inference_mode():
                 width = self.model.compute_local_logits(probe).shape[-1]
+        self._graph_metadata: dict[int, dict[int, Any]] = {}   # keeps the launch plans alive
         self.graphs = DecodeGraphs(self.graph_sizes, width, self.device)
-        max_len = int(self.config.model.max_model_len)
-        metadata: dict[int, Any] = {}      # keeps the captured launch plans alive
-        b = self.buffers
-
-        def prepare(size: int) -> None:
-            b.pad_decode_batch(0, size, self.pad_slot)
-            b.query_start_loc_np[0] = 0
-            b.upload(size, size, 0)
-            torch.cuda.current_stream(self.device).synchronize()   # staging reused next size
-
-        def forward(size: int) -> torch.Tensor:
-            md = metadata.get(size)
-            if md is None:
-                md = metadata[size] = self.builder.build_for_capture(
-                    self._graph_common(size, max_len), max_len)
-            hidden = self.model(b.input_ids[:size], b.positions[:size], self.kv_caches, md)
-            return self.model.compute_local_logits(hidden)
-
-        mode = "thread_local" if self.parallel.world_size > 1 else "global"
-        seconds = self.graphs.capture(prepare, forward, capture_error_mode=mode)
-        self._graph_metadata = metadata
-        seconds += self._capture_verify_graphs(width, max_len, mode)
+        seconds = self._capture(self.graphs)
+        sizes, q = self.verify_graph_sizes()
+        if sizes:
+            self.verify_graphs = DecodeGraphs(sizes, width, self.device, query_len=q)
+            seconds += self._capture(self.verify_graphs, pool=self.graphs.pool)
         return seconds
 
     def verify_graph_sizes(self) -> tuple[list[int], int]:
@@ -125,19 +110,23 @@ class CudaModelRunner(ModelRunner):
         max_tokens = min(self.max_num_tokens, int(self.config.model.max_model_len))
         return [s for s in self.graph_sizes if s <= limit and s * q <= max_tokens], q
 
-    def _capture_verify_graphs(self, width: int, max_len: int, mode: str) -> float:
-        sizes, q = self.verify_graph_sizes()
-        if not sizes:
-            return 0.0
-        self.verify_graphs = DecodeGraphs(sizes, width, self.device, query_len=q)
-        metadata: dict[int, Any] = {}
+    def _capture(self, graphs: DecodeGraphs, pool: object | None = None) -> float:
+        """Capture ``graphs`` (``query_len`` tokens per request) over dummy padded batches in
+        the persistent buffers: decodes (``pad_decode_batch``) or verification batches
+        (``pad_token_batch``)."""
+        q = graphs.query_len
+        max_len = int(self.config.model.max_model_len)
+        metadata = self._graph_metadata.setdefault(q, {})
         b = self.buffers
 
         def prepare(size: int) -> None:
             b.query_start_loc_np[0] = 0
-            b.pad_token_batch(0, 0, size, size * q, self.pad_slot)
-            b.upload(size * q, size + 1, size * q)
-            torch.cuda.current_stream(self.device).synchronize()
+            if q == 1:
+                b.pad_decode_batch(0, size, self.pad_slot)
+            else:
+                b.pad_token_batch(0, 0, size, size * q, self.pad_slot)
+            b.upload(size * q, size if q == 1 else size + 1, 0)
+            torch.cuda.current_stream(self.device).synchronize()   # staging reused next size
 
         def forward(size: int) -> torch.Tensor:
             md = metadata.get(size)
@@ -148,10 +137,8 @@ class CudaModelRunner(ModelRunner):
             hidden = self.model(b.input_ids[:tokens], b.positions[:tokens], self.kv_caches, md)
             return self.model.compute_local_logits(hidden)
 
-        seconds = self.verify_graphs.capture(prepare, forward, capture_error_mode=mode,
-                                             pool=self.graphs.pool)
-        self._verify_graph_metadata = metadata
-        return seconds
+        mode = "thread_local" if self.parallel.world_size > 1 else "global"
+        return graphs.capture(prepare, forward, capture_error_mode=mode, pool=pool)
 
     def _graph_common(self, size: int, max_len: int,
                       query_len: int = 1) -> CommonAttentionMetadata:
