@@ -149,6 +149,22 @@ QuantizedRows quantize_rows(const T* x, int64_t M, int64_t K, int64_t group_size
   return r;
 }
 
+// One word row kk of 8-bit weights (4 inputs x 8 columns) into iacc[m] for MB rows:
+// iacc[m] += sum (q - 128) * qx[m] (the caller adds 128 * qsum back). maddubs needs an unsigned
+// operand: |q - 128| against qx carrying the sign of q - 128.
+template <int MB>
+inline void dot8_word(const int32_t* qw, int64_t N, int64_t kk, const int32_t* const* xw,
+                      __m256i* iacc) {
+  const __m256i word = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + kk * N));
+  const __m256i ws = _mm256_xor_si256(word, _mm256_set1_epi8(static_cast<char>(0x80)));
+  const __m256i wa = _mm256_abs_epi8(ws);
+  for (int m = 0; m < MB; ++m) {
+    const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(xw[m][kk]), ws);
+    iacc[m] = _mm256_add_epi32(
+        iacc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), _mm256_set1_epi16(1)));
+  }
+}
+
 // Integer dot products of one block (WPB words starting at word row kk0) for 8 columns and MB
 // rows: iacc[m] = sum_{k in block} qx[m, k] * q[k, n] (8-bit: minus 128 * qsum, added back by
 // the caller).
@@ -180,18 +196,7 @@ inline void block_dot(const int32_t* qw, int64_t N, int64_t kk0, int64_t wpb,
         iacc[m] = _mm256_add_epi32(iacc[m], _mm256_madd_epi16(acc16[m], ones));
     }
   } else {
-    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-    for (int64_t u = 0; u < wpb; ++u) {
-      const __m256i word =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + (kk0 + u) * N));
-      const __m256i ws = _mm256_xor_si256(word, flip);          // q - 128 as int8
-      const __m256i wa = _mm256_abs_epi8(ws);
-      for (int m = 0; m < MB; ++m) {
-        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(xw[m][kk0 + u]), ws);
-        iacc[m] = _mm256_add_epi32(
-            iacc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones));
-      }
-    }
+    for (int64_t u = 0; u < wpb; ++u) dot8_word<MB>(qw, N, kk0 + u, xw, iacc);
   }
 }
 
@@ -225,20 +230,9 @@ inline void block_dot_fixed(const int32_t* qw, int64_t N, int64_t kk0,
       iacc[m] = _mm256_madd_epi16(_mm256_add_epi16(a, b), ones);
     }
   } else {
-    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
     for (int m = 0; m < MB; ++m) iacc[m] = _mm256_setzero_si256();
 #pragma GCC unroll 8
-    for (int u = 0; u < WPB; ++u) {
-      const __m256i word =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + (kk0 + u) * N));
-      const __m256i ws = _mm256_xor_si256(word, flip);          // q - 128 as int8
-      const __m256i wa = _mm256_abs_epi8(ws);
-      for (int m = 0; m < MB; ++m) {
-        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(xw[m][kk0 + u]), ws);
-        iacc[m] = _mm256_add_epi32(
-            iacc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones));
-      }
-    }
+    for (int u = 0; u < WPB; ++u) dot8_word<MB>(qw, N, kk0 + u, xw, iacc);
   }
 }
 
