@@ -21,22 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from cpu_facts import cpu_facts
+
 #: (name, in_features, out_features, bits) of one SmolLM2-135M layer and its Q8_0 LM head
 SHAPES = (("qkv", 576, 960, 4), ("o", 576, 576, 4), ("gate_up", 576, 3072, 4),
           ("down", 1536, 576, 4), ("lm_head", 576, 49152, 8))
 COLD_BYTES = 96 << 20
-
-
-def cpu_facts() -> dict:
-    name, flags = "", set()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    return {"cpu": name, "isa": isa}
 
 
 def time_call(fn, copies: int, min_s: float) -> float:

@@ -41,27 +41,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpu_facts import cpu_facts
+
 PROMPT_LEN, OUTPUT_LEN, SEED = 128, 256, 0
 USER_ENV = dict(os.environ)            # before vllm_core (envs.apply_openmp_defaults) runs
 RESULT = "B1_RESULT "
 SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-int8", "q4_1-kept-bf16", "dequant-fp32",
            "dequant-bf16")
-
-
-def cpu_facts() -> dict[str, Any]:
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name") and not name:
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-           if f in flags]
-    return {"cpu": name, "isa": isa, "cores": os.cpu_count()}
 
 
 def prompt_ids(path: str) -> list[int]:
