@@ -7,7 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_core.model_executor.testing import random_hf_causal_lm, write_wordlevel_tokenizer
+from vllm_core.model_executor.testing import (
+    hf_greedy_tokens,
+    random_hf_causal_lm,
+    write_wordlevel_tokenizer,
+)
 
 VOCAB = 211
 # (Mixtral's greedy decode is compared with HF at the model level in test_moe_parity.py)
@@ -39,7 +43,4 @@ def test_engine_greedy_matches_hf_generate(tmp_path, name):
     finally:
         llm.llm_engine.shutdown()
     for prompt, out in zip(prompts, outs, strict=True):
-        with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8,
-                              do_sample=False)[0, len(prompt):].tolist()
-        assert list(out.outputs[0].token_ids) == ref
+        assert list(out.outputs[0].token_ids) == hf_greedy_tokens(hf, prompt, 8)

@@ -22,6 +22,7 @@ from vllm_core.distributed.parallel_context import ParallelContext
 from vllm_core.model_executor.gguf_loader import iter_gguf_weights_lazy
 from vllm_core.model_executor.layers.fused_moe import FusedMoE, moe_config_from_arch
 from vllm_core.model_executor.loader import build_model, get_model, load_arch_config
+from vllm_core.model_executor.testing import hf_greedy_tokens
 from vllm_core.model_executor.weight_source import LazyTensor
 
 Q8, Q4 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0
@@ -323,9 +324,7 @@ def test_engine_runs_a_moe_gguf_with_its_tokenizer(tmp_path):
         ids = tok.encode(text, add_special_tokens=False)
         assert ids == list(text.encode("utf-8"))        # the file's byte-level vocabulary
         assert list(out.prompt_token_ids) == ids
-        with torch.no_grad():
-            ref = hf.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6,
-                              do_sample=False)[0, len(ids):].tolist()
+        ref = hf_greedy_tokens(hf, ids, 6)
         assert list(out.outputs[0].token_ids) == ref
         # (random bytes: an incomplete UTF-8 tail is held back by the detokenizer)
         assert out.outputs[0].text and tok.decode(ref).startswith(out.outputs[0].text)
@@ -355,7 +354,4 @@ def test_expert_parallel_engine_on_a_gguf(tmp_path):
     finally:
         llm.llm_engine.shutdown()
     for prompt, out in zip(prompts, outs, strict=True):
-        with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8,
-                              do_sample=False)[0, len(prompt):].tolist()
-        assert list(out.outputs[0].token_ids) == ref
+        assert list(out.outputs[0].token_ids) == hf_greedy_tokens(hf, prompt, 8)

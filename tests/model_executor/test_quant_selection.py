@@ -31,7 +31,7 @@ from vllm_core.model_executor.quantization.testing import (
     tiny_llama,
     write_gptq,
 )
-from vllm_core.model_executor.testing import write_wordlevel_tokenizer
+from vllm_core.model_executor.testing import hf_greedy_tokens, write_wordlevel_tokenizer
 
 GPTQ = {"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128,
                                 "desc_act": False, "sym": True}}
@@ -188,8 +188,7 @@ def test_engine_generates_the_reference_models_greedy_tokens(tmp_path):
     write_wordlevel_tokenizer(folder, hf.config.vocab_size)
     oracle = hf_with_weights(hf, reference)
     prompt = [3, 14, 15, 92, 65, 35]
-    want = oracle.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                           min_new_tokens=12)[0, len(prompt):].tolist()
+    want = hf_greedy_tokens(oracle, prompt, 12)
     llm = LLM(model=folder, dtype="float32", max_model_len=64, kv_cache_space_gib=0.01,
               quantization="gptq")
     out = llm.generate({"prompt_token_ids": prompt},

@@ -30,6 +30,15 @@ def random_hf_causal_lm(model_type: str, config: dict[str, Any], seed: int = 0,
     return model
 
 
+@torch.no_grad()
+def hf_greedy_tokens(model: Any, prompt: list[int], max_tokens: int) -> list[int]:
+    """The ``max_tokens`` tokens HF transformers' ``generate`` continues ``prompt`` with,
+    greedily and without stopping early (the parity reference of the engine tests)."""
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens,
+                         min_new_tokens=max_tokens, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
 def write_wordlevel_tokenizer(folder: str, vocab_size: int) -> None:
     """A fast tokenizer with one word per id ("t{i}"), whitespace-split, no special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
