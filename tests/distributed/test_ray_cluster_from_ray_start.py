@@ -59,11 +59,10 @@ def ray_head(monkeypatch, request):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-# The engines run in a fresh driver process each: Ray keeps per-process state (the auth mode,
-# the last instance's workers) that a Ray test earlier in this pytest process would leave.
-# This file sorts before test_ray_executor.py on purpose: after that test (a private Ray
-# instance whose actor it SIGKILLs) a head node started on the same machine at once lost its
-# first actors ("cancelled before it started running"; Ray 2.60, not seen in this order).
+# The engines run in a fresh driver process each: Ray keeps per-process state (the auth mode)
+# that a Ray test earlier in this pytest process would leave. Its environment names the head's
+# auth mode: an earlier ray.init() in this process sets RAY_AUTH_MODE=token in os.environ, and
+# a token driver on this cluster loses its actors ("cancelled before it started running").
 DRIVER = """
 import json, os, sys
 sys.path.insert(0, {here!r})
@@ -91,7 +90,7 @@ print("RESULT " + json.dumps(results))
 def _drive(folder: str, runs: int, timeout: float = 240.0) -> list[dict]:
     code = DRIVER.format(here=os.path.dirname(__file__), folder=folder, runs=runs)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads(lines[-1][len("RESULT "):])
