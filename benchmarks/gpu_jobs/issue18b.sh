@@ -19,7 +19,7 @@ for hkv in 8 4; do
         --kv-heads $hkv --out "$out/attention.jsonl" > "$out/attention-$hkv.log" 2>&1
     echo "=== issue18b attention kv_heads=$hkv rc=$?"; tail -c 1500 "$out/attention-$hkv.log"
 done
-timeout -k 10 170 python3 benchmarks/moe_tile_sweep.py --wide --tokens 256,1024,8192 --reps 5 \
+timeout -k 10 170 python3 benchmarks/moe_tile_sweep.py --wide --tokens 256,8192,1024 --reps 5 \
     --write "$out/tiles.json" > "$out/tile_sweep.jsonl" 2> "$out/tile_sweep.err"
 echo "=== issue18b sweep rc=$?"
 grep -E '"moe_tile_(best|entry)"' "$out/tile_sweep.jsonl"; tail -3 "$out/tile_sweep.err"
