@@ -234,7 +234,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     p.add_argument("--ctxs", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument("--only", choices=["all", "gemv", "argmax", "decode"], default="all")
-    p.add_argument("--kv-heads", type=int, default=HKV,
+    p.add_argument("--kv-heads", type=int, default=8,
                    help="decode attention's KV heads (8: Llama-8B; 4: Qwen3-30B-A3B)")
     p.add_argument("--gemv-rows", type=int, nargs="+", default=[1, 2, 4, 8])
     args = p.parse_args()
