@@ -46,9 +46,12 @@ FORCED_SPEC_GRAPH_LIMIT = 64
 
 class CudaModelRunner(ModelRunner):
     """See the module docstring. ``graph_sizes`` (empty with ``enforce_eager`` or a backend that
-    cannot be captured) are the decode batch sizes captured by ``capture_graphs``."""
+    cannot be captured) are the decode batch sizes captured by ``capture_graphs``, into
+    ``graphs_cls`` sets (a test may name a stand-in that replays by re-running the recorded
+    forward over the same static buffers)."""
 
     pin_memory: ClassVar[bool] = True
+    graphs_cls: ClassVar[type[DecodeGraphs]] = DecodeGraphs
     native_bitmask_kernel: ClassVar[bool] = True
     graphs: DecodeGraphs | None = None
     verify_graphs: DecodeGraphs | None = None
@@ -109,10 +112,10 @@ class CudaModelRunner(ModelRunner):
                 rows, self.arch.hidden_size, self.dtype, self.device, par.is_first_stage,
                 par.is_last_stage)
         self._graph_metadata: dict[int, dict[int, Any]] = {}   # keeps the launch plans alive
-        self.graphs = DecodeGraphs(self.graph_sizes, width, self.device)
+        self.graphs = self.graphs_cls(self.graph_sizes, width, self.device)
         seconds = self._capture(self.graphs)
         if sizes:
-            self.verify_graphs = DecodeGraphs(sizes, width, self.device, query_len=q)
+            self.verify_graphs = self.graphs_cls(sizes, width, self.device, query_len=q)
             seconds += self._capture(self.verify_graphs, pool=self.graphs.pool)
         return seconds
 
