@@ -37,8 +37,8 @@ class DecodeGraphs:
     ``sizes``: the batch sizes to capture (sorted, unique, >= 1). ``logits``: float32
     ``[max(sizes) * query_len, vocab_size]``, the static output every graph writes its first
     ``G * query_len`` rows of; None when ``vocab_size`` is None (a pipeline stage other than
-    the last, whose graphs write their own static outputs). ``capture_seconds``: wall time of the last ``capture`` (warm-up
-    runs included).
+    the last, whose graphs write their own static outputs). ``capture_seconds``: wall time of
+    the last ``capture`` (warm-up runs included).
     """
 
     def __init__(self, sizes: list[int], vocab_size: int | None, device: torch.device,
