@@ -25,6 +25,7 @@ this subclass fills the platform hooks (API 2.0):
   stage other than the first copies the received ``IntermediateTensors`` into static inputs
   before the replay, a stage other than the last replays into static outputs that the core
   then sends; the last stage returns logits (``stage_buffers.StageGraphBuffers``).
+  Verification graphs are not captured under pipeline parallelism (those steps run eager).
 """
 
 from __future__ import annotations
@@ -105,15 +106,14 @@ class CudaModelRunner(ModelRunner):
             probe = torch.zeros(1, self.arch.hidden_size, dtype=self.dtype, device=self.device)
             with torch.inference_mode():
                 width = self.model.compute_local_logits(probe).shape[-1]
-        sizes, q = self.verify_graph_sizes()
-        if par.pp_size > 1:
-            rows = max(self.graph_sizes[-1], sizes[-1] * q if sizes else 0)
+        if par.pp_size > 1:                          # decode graphs only: one row a request
             self.stage_buffers = StageGraphBuffers.allocate(
-                rows, self.arch.hidden_size, self.dtype, self.device, par.is_first_stage,
-                par.is_last_stage)
+                self.graph_sizes[-1], self.arch.hidden_size, self.dtype, self.device,
+                par.is_first_stage, par.is_last_stage)
         self._graph_metadata: dict[int, dict[int, Any]] = {}   # keeps the launch plans alive
         self.graphs = self.graphs_cls(self.graph_sizes, width, self.device)
         seconds = self._capture(self.graphs)
+        sizes, q = self.verify_graph_sizes()
         if sizes:
             self.verify_graphs = self.graphs_cls(sizes, width, self.device, query_len=q)
             seconds += self._capture(self.verify_graphs, pool=self.graphs.pool)
@@ -121,9 +121,11 @@ class CudaModelRunner(ModelRunner):
 
     def verify_graph_sizes(self) -> tuple[list[int], int]:
         """``(sizes, q)``: the batch sizes of the verification graphs (empty when none are
-        captured) and their tokens per request."""
+        captured) and their tokens per request. None with pipeline parallelism (verification
+        steps run eager there; the stage graphs are the decode ones)."""
         spec = self.config.speculative
         if (spec is None or not self.attn_backend.supports_verify_graph_capture
+                or self.parallel.pp_size > 1
                 or (self.proposer is not None and self.proposer.needs_target_hidden)):
             return [], 1
         q = spec.num_speculative_tokens + 1
