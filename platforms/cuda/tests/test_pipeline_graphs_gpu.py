@@ -40,14 +40,20 @@ def _assert_parity(ours, ref):
                 break
 
 
-@pytest.mark.parametrize("micro_batching", [False, True], ids=["one-step", "micro-batched"])
-def test_pp2_stage_graphs_greedy_parity_with_tp1(tmp_path, micro_batching):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The model folder, the prompts and TP=1's greedy tokens (one engine for both tests)."""
     from gpu_models import random_prompts, save_case
 
-    folder, hf = save_case("llama", str(tmp_path))           # 2 layers: one per stage
+    folder, hf = save_case("llama", str(tmp_path_factory.mktemp("pp_graphs")))   # 2 layers
     prompts = random_prompts([5, 17, 33, 64, 9, 120, 3, 40, 7, 11, 26, 2], hf.config.vocab_size,
                              seed=2)
-    ref, _ = _generate(folder, prompts)
+    return folder, prompts, _generate(folder, prompts)[0]
+
+
+@pytest.mark.parametrize("micro_batching", [False, True], ids=["one-step", "micro-batched"])
+def test_pp2_stage_graphs_greedy_parity_with_tp1(reference, micro_batching):
+    folder, prompts, ref = reference
     ours, reports = _generate(folder, prompts, pipeline_parallel_size=2,
                               pipeline_micro_batching=micro_batching)
     print(reports)
