@@ -277,6 +277,10 @@ def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
         st = queue.stats
         res.update(pp_steps=st.num_steps, pp_overlapped_steps=st.num_overlapped_steps,
                    pp_max_in_flight=st.max_in_flight)
+    if engine.in_process and par.data_parallel_size == 1:   # per rank: graph / eager steps
+        res["ranks"] = [{k: r[k] for k in ("rank", "graph_steps", "eager_steps")}
+                        | {"max_graph_size": max(r["graph_sizes"], default=0)}
+                        for r in engine.executor.collective_rpc("graph_report")]
     if w.requests == 1:
         m = outs[0].metrics
         if m is not None and m.first_token_time and m.last_token_time:
