@@ -17,7 +17,6 @@ import json, re, sys
 for line in open(sys.argv[1]):
     d = json.loads(line)
     if d.get("bench") == "decode_attention":
-        m = re.match(r"t(\d+)w(\d+)s(\d+)k1$", d["best_cfg"]) or None
         ones = {k: v for k, v in d["sweep_ms"].items() if k.endswith("k1")}
         k = min(ones, key=ones.get)
         t, w, s = re.match(r"t(\d+)w(\d+)s(\d+)k1$", k).groups()
