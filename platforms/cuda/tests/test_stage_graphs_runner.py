@@ -5,7 +5,8 @@ the same static buffers a CUDA graph reads: the step inputs, the stage's static 
 inputs and outputs). Decode steps pad to the captured sizes, the received intermediates must
 be copied into the static inputs and the sent ones come from the static outputs, or the
 tokens differ from HF's greedy continuation. Attention is the Triton backend (interpreted on
-the CPU). The real graphs run on two GPUs (``test_pipeline_graphs_gpu.py``)."""
+the CPU; on a GPU machine the stages run on the GPU, still with the stand-in graphs). The real
+graphs run on two GPUs (``test_pipeline_graphs_gpu.py``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from vllm_core.model_executor.testing import (
 from vllm_core.sampling.params import SamplingParams
 from vllm_core_cuda.graphs import DecodeGraphs
 from vllm_core_cuda.model_runner import CudaModelRunner
+
+
+# Triton runs interpreted only where there is no GPU (conftest): elsewhere tensors must be there
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class RerunGraphs(DecodeGraphs):
@@ -101,7 +106,7 @@ def _stages(folder: str, graph_sizes: list[int]) -> list[CpuStageRunner]:
     for rank in range(2):
         par = ParallelContext(tp_size=1, tp_rank=0, pp_size=2, pp_rank=rank,
                               tp=SingleRankCommunicator(), pp=Pipe(rank, queue), world=world)
-        runner = CpuStageRunner(config, torch.device("cpu"), TritonAttentionBackend,
+        runner = CpuStageRunner(config, DEVICE, TritonAttentionBackend,
                                 parallel=par)
         runner.load_model()
         runner.initialize_cache(32)
