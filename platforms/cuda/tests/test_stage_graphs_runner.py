@@ -28,7 +28,6 @@ from vllm_core.sampling.params import SamplingParams
 from vllm_core_cuda.graphs import DecodeGraphs
 from vllm_core_cuda.model_runner import CudaModelRunner
 
-
 # Triton runs interpreted only where there is no GPU (conftest): elsewhere tensors must be there
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
