@@ -94,6 +94,59 @@ def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales():
     torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("bits,group_size", [(4, 128), (4, -1), (8, 128), (4, 256)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_factored_gemv_matches_dequantize_then_matmul(monkeypatch, rows, bits, group_size,
+                                                      dtype):
+    """VLLM_TRITON_WNA16_GEMV=factored: the group scale out of the inner product, integers
+    turned into floats by bit tricks (every nibble / byte position, 4 and 8 bits), against
+    the float32 reference; rows alone equal rows together; the exact kernel still serves
+    act-order weights and groups under 128 in that mode."""
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "factored")
+    w = random_wna16(K, N, bits, group_size, False, dtype, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(rows, K, generator=gen).to(DEVICE, dtype)
+    bias = torch.randn(N, generator=gen).to(DEVICE, dtype) if rows == 3 else None
+    got = _run(w, x, bias)
+    want = wna16_linear_reference(x.float(), w, None if bias is None else bias.float())
+    assert got.dtype == dtype and got.shape == (rows, N)
+    torch.testing.assert_close(got.float(), want, atol=TOL[dtype] * want.abs().max().item(),
+                               rtol=TOL[dtype])
+    if dtype == torch.float32:
+        # the float32 result is the reference's product up to summation order
+        torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item(), rtol=1e-5)
+        if rows == 3:
+            for i in range(rows):
+                torch.testing.assert_close(_run(w, x[i:i + 1], None)[0],
+                                           _run(w, x, None)[i], atol=0, rtol=0)
+    w_act = random_wna16(K, N, bits, 32, True, dtype, seed=13)
+    torch.testing.assert_close(_run(w_act, x, None).float(),
+                               wna16_linear_reference(x.float(), w_act),
+                               atol=TOL[dtype] * 10, rtol=TOL[dtype])
+
+
+def test_factored_gemv_last_split_past_k_and_bad_mode(monkeypatch):
+    """The factored kernel's last split past K reads no scale row beyond the groups (NaN
+    guard as above); an unknown mode is refused naming the variable."""
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "factored")
+    k, n, gs = 1152, 64, 128
+    w = random_wna16(k, n, 4, gs, False, torch.float32, seed=7)
+    groups = k // gs
+    pad_s = torch.full((groups + 1, n), float("nan"), device=DEVICE)
+    pad_z = torch.full((groups + 1, n), float("nan"), device=DEVICE)
+    pad_s[:groups], pad_z[:groups] = w.scales, w.zeros
+    w_view = WNA16Weight(w.qweight, pad_s[:groups], pad_z[:groups], None, 4, gs, k, n)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    got = _run(w_view, x, None)
+    assert not got.isnan().any()
+    want = wna16_linear_reference(x, w)
+    torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item(), rtol=1e-5)
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "fast")
+    with pytest.raises(ValueError, match="VLLM_TRITON_WNA16_GEMV"):
+        _run(w, x, None)
+
+
 def test_layer_ops_route_wna16_to_the_kernel():
     w = random_wna16(K, N, 4, 64, True, torch.float32, seed=5)
     x = torch.randn(2, K, generator=torch.Generator().manual_seed(4)).to(DEVICE)

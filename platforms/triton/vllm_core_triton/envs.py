@@ -27,3 +27,13 @@ def decode_attention_tiles() -> tuple[int, int, int] | None:
         raise ValueError(f"VLLM_TRITON_DECODE_ATTENTION_TILES={raw!r}: expected "
                          "'tile_n,num_warps,num_stages', e.g. '64,4,3'")
     return tile_n, warps, stages
+
+
+def wna16_gemv() -> str:
+    """VLLM_TRITON_WNA16_GEMV: the batch-1..4 W4A16 / W8A16 kernel, ``exact`` (default: the
+    reference's rounding of every weight) or ``factored`` (group scale out of the inner
+    product; ``kernels/wna16.py``). ValueError naming the variable for another value."""
+    mode = get("VLLM_TRITON_WNA16_GEMV") or "exact"
+    if mode not in ("exact", "factored"):
+        raise ValueError(f"VLLM_TRITON_WNA16_GEMV={mode!r}: expected 'exact' or 'factored'")
+    return mode
