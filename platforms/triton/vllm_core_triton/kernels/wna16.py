@@ -75,6 +75,24 @@ def _dequant_tile(qw_ptr, s_ptr, z_ptr, g_ptr, kk, offs_n, mask_k, mask_n, strid
 
 
 @triton.jit
+def _gemv_program(N, BLOCK_N: tl.constexpr):
+    """``(split, row, offs_n, mask_n)`` of a GEMV program ``(n block, k split, row)``."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return tl.program_id(1), tl.program_id(2), offs_n, offs_n < N
+
+
+@triton.jit
+def _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP: tl.constexpr):
+    """float32 scale and zero of the group holding input ``k0`` (zero past ``K``: the last
+    split may run past K, and no group row exists there)."""
+    in_k = mask_n & (offs_n * 0 + k0 < K)
+    g0 = k0 // GROUP
+    sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=in_k, other=0.0).to(tl.float32)
+    zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=in_k, other=0.0).to(tl.float32)
+    return sc, zp
+
+
+@triton.jit
 def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_PER_SPLIT,
                        stride_x, stride_q, stride_s, stride_z,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
@@ -85,9 +103,7 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KW: tl.constexpr = BLOCK_K // PACK
-    pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
+    pid_k, row, offs_n, mask_n = _gemv_program(N, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
     offs_j = tl.arange(0, PACK)
     shifts = (offs_j * BITS)[None, :, None]
@@ -108,11 +124,8 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
             zp = tl.load(z_ptr + g * stride_z + offs_n[None, None, :], mask=m3, other=0.0)
             w = (q - zp.to(tl.float32)) * sc.to(tl.float32)
         elif ROW_SCALES:
-            g0 = k0 // GROUP
-            in_k = mask_n & (offs_n * 0 + k0 < K)   # the last split may run past K: no group
-            sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=in_k, other=0.0)
-            zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=in_k, other=0.0)
-            w = (q - zp.to(tl.float32)[None, None, :]) * sc.to(tl.float32)[None, None, :]
+            sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
+            w = (q - zp[None, None, :]) * sc[None, None, :]
         else:
             g = (kk // GROUP).to(tl.int64)[:, :, None]
             m3 = mask_k[:, :, None] & mask_n[None, None, :]
@@ -134,9 +147,7 @@ def _wna16_gemv_factored_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, 
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KW: tl.constexpr = BLOCK_K // PACK
-    pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
+    pid_k, row, offs_n, mask_n = _gemv_program(N, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
@@ -158,10 +169,7 @@ def _wna16_gemv_factored_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, 
                 bits = ((words >> (BITS * j)) & MASK) | 0x4B000000
             q = bits.to(tl.float32, bitcast=True) - 8388608.0      # 2^23 + q - 2^23
             part += q * xj[:, None]
-        in_k = mask_n & (offs_n * 0 + k0 < K)   # the last split may run past K: no group
-        g0 = k0 // GROUP
-        sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=in_k, other=0.0).to(tl.float32)
-        zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=in_k, other=0.0).to(tl.float32)
+        sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
         acc += sc * (tl.sum(part, 0) - zp * tl.sum(x_sum, 0))
     tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
 
