@@ -14,7 +14,9 @@ expert (``block_expert``).
    float32 ``partial[row]`` [T*k, H]; ``partial.view(T, k, H).sum(1)`` is the output.
 Rows of experts on another rank (id -1) are sorted past ``num_padded`` and never computed;
 their ``partial`` rows stay zero. Programs of blocks past ``num_padded`` exit at once: the grid
-is sized for the worst case, so nothing depends on the data (CUDA-graph safe).
+is sized for the worst case, so nothing depends on the data (CUDA-graph safe). Row counts are
+not specialised on (``do_not_specialize``): one compiled variant serves every batch, so the
+start-up warm-up compiles what the first requests use.
 
 FP8 experts (``fused_moe_fp8``, contract in the core's ``quantization/fp8_moe.py``): the same
 two launches with ``FP8`` set: ``x`` and ``inter`` arrive quantized per row
@@ -46,7 +48,7 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
         return tl.dot(a, b, acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _moe_gate_up_kernel(x_ptr, w_ptr, inter_ptr, sorted_ids_ptr, block_expert_ptr,
                         num_padded_ptr, a_scale_ptr, w_scale_ptr, num_rows, top_k, H, INTER,
                         stride_x, stride_we, stride_wn, stride_inter, stride_se,
@@ -92,7 +94,7 @@ def _moe_gate_up_kernel(x_ptr, w_ptr, inter_ptr, sorted_ids_ptr, block_expert_pt
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _moe_down_kernel(inter_ptr, w_ptr, out_ptr, weights_ptr, sorted_ids_ptr,
                      block_expert_ptr, num_padded_ptr, a_scale_ptr, w_scale_ptr, num_rows, H,
                      INTER, stride_inter, stride_we, stride_wn, stride_out, stride_se,

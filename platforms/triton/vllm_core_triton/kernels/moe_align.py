@@ -27,7 +27,7 @@ import triton.language as tl
 from vllm_core.model_executor.layers.fused_moe.align import AlignedRows, max_padded_rows
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "max_padded", "num_blocks"])
 def _moe_align_kernel(ids_ptr, cursor_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
                       num_rows, max_padded, num_blocks,
                       E: tl.constexpr, BINS: tl.constexpr, BLOCK_M: tl.constexpr,

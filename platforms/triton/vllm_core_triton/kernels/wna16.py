@@ -31,6 +31,9 @@ Two kernels:
   reassociation of the reference, not bit-equal to it. The exact kernel above is ALU-bound on
   an H200 (~17% of the bandwidth at the 8B shapes); this one is meant to be memory-bound.
 
+``M`` (the rows of the batch) is not specialised on (``do_not_specialize``), so one compiled
+variant serves every batch size of a path and the start-up warm-up covers it.
+
 Without ``g_idx`` and with ``BLOCK_K`` dividing the group size, one scale / zero row serves a
 whole K step (loaded once per tile); with ``g_idx`` they are gathered per K row.
 """
@@ -92,7 +95,7 @@ def _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP: t
     return sc, zp
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_PER_SPLIT,
                        stride_x, stride_q, stride_s, stride_z,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
@@ -138,7 +141,7 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
     tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _wna16_gemv_factored_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, K_PER_SPLIT,
                                 stride_x, stride_q, stride_s, stride_z,
                                 BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -174,7 +177,7 @@ def _wna16_gemv_factored_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, 
     tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _wna16_gemm_kernel(y_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, M, N, K,
                        stride_x, stride_q, stride_s, stride_z, stride_y,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
