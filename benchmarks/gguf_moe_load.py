@@ -1,5 +1,5 @@
-"""Load cost of a mixture-of-experts GGUF (experts de-quantized at load) against the same
-weights as safetensors, in one run.
+"""Load cost and expert compute of a mixture-of-experts GGUF against the same weights as
+safetensors, in one run.
 
     python benchmarks/gguf_moe_load.py [--output results.jsonl]
 
@@ -10,14 +10,15 @@ Q8_0 GGUF in llama.cpp's layout (stacked ``ffn_*_exps``; the writer is the tests
 ``get_model`` (reference attention, CPU, float32) in its own subprocess, one after the other:
 
 - ``safetensors-fp32``: the HF folder (the peer);
-- ``gguf-q8_0``: the GGUF with the CPU default (non-expert linears kept quantized, experts
-  de-quantized);
+- ``gguf-q8_0``: the GGUF with the CPU default (everything of a kept type kept quantized, the
+  routed experts included: ``GGUFMoEMethod``);
 - ``gguf-q8_0-dequant``: the GGUF with ``gguf_dequantize`` (everything float).
 
-Per system: load seconds, peak RSS of the process minus its RSS before the load (MiB), the
-model's parameter bytes and the file size. The loader de-quantizes one expert at a time from the
-memory map, so the peak should stay near the float model's bytes plus one expert, not the file
-plus a second float copy. One JSON line per system with the CPU and the load average.
+Per system: load seconds, the process's RSS after the load minus before it (MiB; the peak
+RSS delta is printed too, but the imports before the load may hold the peak), the model's
+parameter bytes and the file size; then the sparse MLP blocks of all layers timed at
+1 and 8 tokens (``moe_ms_t1`` / ``moe_ms_t8``: median of 20, the CPU plugin's kernels, one
+thread). One JSON line per system with the CPU and the load average.
 """
 
 from __future__ import annotations
@@ -74,18 +75,33 @@ def child(system: str, path: str) -> None:
 
     before = _rss_mib()
     start = time.perf_counter()
+    from vllm_core_cpu.worker import CpuLayerOps
+
+    torch.set_num_threads(1)
     model = get_model(ModelConfig(model=path, dtype="float32",
                                   gguf_dequantize=system.endswith("dequant")),
-                      ReferenceAttentionBackend, torch.device("cpu"))
+                      ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     size = (os.path.getsize(path) if path.endswith(".gguf") else
             sum(f.stat().st_size for f in Path(path).glob("*.safetensors")))
-    print(RESULT + json.dumps({"load_s": round(seconds, 2),
-                               "peak_rss_delta_mib": round(peak - before, 1),
-                               "model_param_mib": round(params / 2**20, 1),
-                               "file_mib": round(size / 2**20, 1)}), flush=True)
+    record = {"load_s": round(seconds, 2), "peak_rss_delta_mib": round(peak - before, 1),
+              "rss_delta_mib": round(_rss_mib() - before, 1),
+              "model_param_mib": round(params / 2**20, 1), "file_mib": round(size / 2**20, 1)}
+    blocks = [layer.mlp for layer in model.model.layers]
+    gen = torch.Generator().manual_seed(0)
+    for tokens in (1, 8):
+        x = torch.randn(tokens, CONFIG["hidden_size"], generator=gen)
+        times = []
+        with torch.no_grad():
+            for _ in range(22):
+                t0 = time.perf_counter()
+                for block in blocks:
+                    block(x)
+                times.append(time.perf_counter() - t0)
+        record[f"moe_ms_t{tokens}"] = round(1000 * sorted(times[2:])[len(times[2:]) // 2], 3)
+    print(RESULT + json.dumps(record), flush=True)
 
 
 def _rss_mib() -> float:
@@ -125,7 +141,11 @@ def main() -> None:
         peer = lines[0].get("load_s")
         ratios = {r["system"]: round(r["load_s"] / peer, 2) for r in lines[1:]
                   if peer and "load_s" in r}
-        print(json.dumps({"kind": "moe_gguf_load_ratio", "load_s_vs_safetensors": ratios}))
+        speed = {f"{r['system']}_t{t}": round(lines[0][f"moe_ms_t{t}"] / r[f"moe_ms_t{t}"], 2)
+                 for r in lines[1:] for t in (1, 8)
+                 if f"moe_ms_t{t}" in r and f"moe_ms_t{t}" in lines[0]}
+        print(json.dumps({"kind": "moe_gguf_load_ratio", "load_s_vs_safetensors": ratios,
+                          "moe_speed_vs_safetensors": speed}))
         if args.output:
             with open(args.output, "a") as f:
                 for record in lines:

@@ -22,6 +22,7 @@ from vllm_core.distributed.parallel_context import ParallelContext
 from vllm_core.model_executor.gguf_loader import iter_gguf_weights_lazy
 from vllm_core.model_executor.layers.fused_moe import FusedMoE, moe_config_from_arch
 from vllm_core.model_executor.loader import build_model, get_model, load_arch_config
+from vllm_core.model_executor.quantization.quantized_weights import dequantize_wna16
 from vllm_core.model_executor.testing import hf_greedy_tokens
 from vllm_core.model_executor.weight_source import LazyTensor
 
@@ -87,9 +88,12 @@ def _reference_tensors(path: str) -> dict[str, np.ndarray]:
     ("llama", "per_expert", Q8), ("qwen2moe", "stacked", Q8), ("qwen3moe", "fused", Q4),
     ("qwen3moe", "stacked", None)])
 def test_loaded_experts_equal_gguf_dequantize(tmp_path, arch_name, layout, quant):
+    """With the CPU default (kept quantized), a quantized file's experts stay integers
+    (``GGUFMoEMethod``) whose values equal the ``gguf`` package's de-quantization (Q8_0 and
+    Q4_0 convert bit exactly); a float file's experts load as floats."""
     _, path = make_file(tmp_path, arch_name, layout, quant)
     ref = _reference_tensors(path)
-    model = load(path, dequantize=False)       # experts de-quantized, other linears kept
+    model = load(path, dequantize=False)
     arch = load_arch_config(path)
     moe = moe_config_from_arch(arch)
     inter = moe.expert_intermediate_size
@@ -98,6 +102,8 @@ def test_loaded_experts_equal_gguf_dequantize(tmp_path, arch_name, layout, quant
         if not moe.is_sparse_layer(i):
             continue
         experts = layer.mlp.experts
+        assert hasattr(experts, "w13_qweight") == (quant is not None)
+        assert hasattr(experts, "w13_weight") == (quant is None)
         blk = f"blk.{i}"
         for e in range(moe.num_experts):
             if layout == "fused":
@@ -111,8 +117,9 @@ def test_loaded_experts_equal_gguf_dequantize(tmp_path, arch_name, layout, quant
             down = (ref[f"{blk}.ffn_down.{e}.weight"] if layout == "per_expert"
                     else ref[f"{blk}.ffn_down_exps.weight"][e])
             assert gate_up.shape == (2 * inter, arch.hidden_size)
-            assert torch.equal(experts.w13_weight[e], torch.from_numpy(gate_up))
-            assert torch.equal(experts.w2_weight[e], torch.from_numpy(down))
+            w13, w2 = expert_weights(experts, e)
+            assert torch.equal(w13, torch.from_numpy(gate_up))
+            assert torch.equal(w2, torch.from_numpy(down))
             checked += 1
         router = torch.from_numpy(ref[f"{blk}.ffn_gate_inp.weight"].copy())
         assert torch.equal(layer.mlp.gate.weight, router)
@@ -123,11 +130,24 @@ def test_loaded_experts_equal_gguf_dequantize(tmp_path, arch_name, layout, quant
                                                 range(arch.num_hidden_layers)))
 
 
+def expert_weights(experts: FusedMoE, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local expert ``e``'s float ``[2I, H]`` and ``[H, I]``: the stacked floats, or the
+    de-quantized GGUF integers of a kept-quantized layer."""
+    if hasattr(experts, "w13_experts"):
+        return (dequantize_wna16(experts.w13_experts[e]),
+                dequantize_wna16(experts.w2_experts[e]))
+    return experts.w13_weight[e], experts.w2_weight[e]
+
+
+@pytest.mark.parametrize("dequantize", [True, False])
 @pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K"])
-def test_k_quant_experts(tmp_path, kind):
+def test_k_quant_experts(tmp_path, kind, dequantize):
     """Experts in the K types real MoE GGUFs use (random blocks: ``gguf`` cannot quantize to
     them; hidden and expert sizes 256, one super-block): equal to ``gguf.quants.dequantize``
-    and the logits equal HF's on the de-quantized weights."""
+    (kept quantized: within float32 rounding of the zero points) and the logits equal HF's on
+    the de-quantized weights. Kept quantized, the experts take at most 3/8 of the float32
+    bytes: 4 (Q4_K) or 8 (Q5_K, Q6_K) bits a weight plus a float32 scale and zero per group of
+    32 (16 for Q6_K): 6, 10 and 12 bits."""
     quant = getattr(gguf.GGMLQuantizationType, kind)
     hf = tiny_hf_model("qwen3_moe", hidden_size=256, num_experts=4, num_experts_per_tok=2,
                        moe_intermediate_size=256, head_dim=64, intermediate_size=256,
@@ -135,13 +155,23 @@ def test_k_quant_experts(tmp_path, kind):
     path = str(tmp_path / f"{kind}.gguf")
     write_moe_gguf(hf, path, "qwen3moe", quant=quant, quantize=("_exps",))
     ref = _reference_tensors(path)
-    ours = load(path)
+    ours = load(path, dequantize)
     for i, layer in enumerate(ours.model.layers):
         gate_up = np.concatenate([ref[f"blk.{i}.ffn_gate_exps.weight"],
                                   ref[f"blk.{i}.ffn_up_exps.weight"]], axis=1)
-        assert torch.equal(layer.mlp.experts.w13_weight, torch.from_numpy(gate_up))
-        assert torch.equal(layer.mlp.experts.w2_weight,
-                           torch.from_numpy(ref[f"blk.{i}.ffn_down_exps.weight"]))
+        experts = layer.mlp.experts
+        for e in range(4):
+            w13, w2 = expert_weights(experts, e)
+            want13 = torch.from_numpy(gate_up[e])
+            want2 = torch.from_numpy(ref[f"blk.{i}.ffn_down_exps.weight"][e])
+            if dequantize or kind == "Q6_K":
+                assert torch.equal(w13, want13) and torch.equal(w2, want2)
+            else:
+                torch.testing.assert_close(w13, want13, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(w2, want2, rtol=1e-5, atol=1e-6)
+        kept = sum(p.numel() * p.element_size() for p in experts.parameters())
+        float_bytes = 4 * 3 * 256 * 256 * 4             # 4 experts, gate / up / down, fp32
+        assert (kept <= 0.375 * float_bytes) == (not dequantize)
     prompt = [3, 17, 42, 8, 90, 11, 4]
     (logits,) = run_step(ours, new_kv_caches(load_arch_config(path), 8), [prompt], [0])
     torch.testing.assert_close(logits, hf_logits(hf, prompt), atol=1e-4, rtol=1e-4)
@@ -251,6 +281,44 @@ def test_rank_reads_only_its_experts(tmp_path, expert_parallel):
             assert torch.equal(ex.w2_weight, ref.w2_weight[:, :, half:])
 
 
+@pytest.mark.parametrize("expert_parallel", [True, False], ids=["ep2-rank1", "tp2-rank1"])
+def test_rank_keeps_its_quantized_expert_slices(tmp_path, expert_parallel):
+    """Kept-quantized Q4_K experts at rank 1 of 2: whole experts 2..3 under expert
+    parallelism, else every expert's second half of the intermediate dimension (gate / up
+    rows, down input columns on group boundaries); their values are those slices of the
+    single-rank model's. A slice off the group grid is refused, naming the way out."""
+    from vllm_core.model_executor.loader import process_weights_after_loading
+    from vllm_core.model_executor.quantization.gguf import GGUFConfig
+
+    def file(name: str, inter: int, quant) -> str:
+        hf = tiny_hf_model("qwen3_moe", hidden_size=256, num_experts=4, num_experts_per_tok=2,
+                           moe_intermediate_size=inter, head_dim=64, intermediate_size=256,
+                           norm_topk_prob=True, num_hidden_layers=1)
+        path = str(tmp_path / name)
+        write_moe_gguf(hf, path, "qwen3moe", quant=quant, quantize=("_exps",))
+        return path
+
+    path = file("q4k.gguf", 256, gguf.GGMLQuantizationType.Q4_K)
+    arch, quant = load_arch_config(path), GGUFConfig.for_file(path)
+    full = load(path, dequantize=False)
+    model = build_model(arch, ReferenceAttentionBackend, torch.device("cpu"), torch.float32,
+                        parallel=_context(1, 2, expert_parallel), quant_config=quant)
+    model.load_weights(iter_gguf_weights_lazy(path, arch, quant))
+    process_weights_after_loading(model, quant)
+    mine, ref = model.model.layers[0].mlp.experts, full.model.layers[0].mlp.experts
+    for e in range(2 if expert_parallel else 4):
+        w13, w2 = expert_weights(mine, e)
+        r13, r2 = expert_weights(ref, e + 2 if expert_parallel else e)
+        if not expert_parallel:
+            r13, r2 = torch.cat([r13[128:256], r13[384:]]), r2[:, 128:]
+        assert torch.equal(w13, r13) and torch.equal(w2, r2)
+    odd = file("q8.gguf", 96, Q8)                       # down: inputs 48..95 on rank 1
+    with pytest.raises(ValueError, match="group size 32.*--enable-expert-parallel"):
+        build_model(load_arch_config(odd), ReferenceAttentionBackend, torch.device("cpu"),
+                    torch.float32, parallel=_context(1, 2, False),
+                    quant_config=GGUFConfig.for_file(odd))
+
+
 def _header_only(path: str, arch: str, extra: dict) -> None:
     w = gguf.GGUFWriter(path, arch)
     w.add_block_count(1)
@@ -333,7 +401,7 @@ def test_engine_runs_a_moe_gguf_with_its_tokenizer(tmp_path):
 @pytest.mark.slow
 def test_expert_parallel_engine_on_a_gguf(tmp_path):
     """Two ranks (mp executor, gloo) with ``--enable-expert-parallel`` on a Q8_0 Qwen2-MoE GGUF:
-    each rank de-quantizes its 3 of 6 experts, the shared expert stays kept-quantized and cut
+    each rank keeps its 3 of 6 experts quantized, the shared expert stays kept-quantized and cut
     by rows; greedy tokens equal HF ``generate`` on the same weights."""
     from vllm_core import LLM, SamplingParams
 

@@ -281,6 +281,10 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig,
         if table is not None:
             yield name, gguf_quantized_table(t, table.storage_bits, full)
             continue
+        expert = quant.expert_storage(name) if quant is not None else None
+        if expert is not None:
+            yield name, gguf_quantized_table(t, expert[0], full, group=expert[1])
+            continue
         plain_type = t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
         plain = plain_type and not (permuted and (".q_proj." in name or ".k_proj." in name)) \
             and not (arch_name in _NORM_PLUS_ONE and name.endswith("norm.weight"))
@@ -300,10 +304,12 @@ def iter_gguf_weights_lazy(path: str, arch: ModelArchConfig,
         yield name, LazyTensor(shape, reader)
 
 
-def gguf_quantized_table(t: Any, bits: int, full: Any) -> Any:
-    """A vocabulary table (embedding / LM head ``[vocab, hidden]``) of a kept-quantized block
-    type as a ``QuantizedLazyTensor``: ``read_quantized`` decodes only the requested rows of
-    the file into a ``WNA16Weight`` of ``bits`` storage bits; ``full`` is the float reader."""
+def gguf_quantized_table(t: Any, bits: int, full: Any, group: int | None = None) -> Any:
+    """A vocabulary table (embedding / LM head ``[vocab, hidden]``) or a routed expert's
+    view of a kept-quantized block type as a ``QuantizedLazyTensor``: ``read_quantized``
+    decodes only the requested rows of the file into a ``WNA16Weight`` of ``bits`` storage
+    bits (and ``group`` inputs per scale: a divisor of the type's; None: the type's own);
+    ``full`` is the float reader."""
     from gguf.quants import quant_shape_from_byte_shape
 
     from vllm_core.model_executor.quantization.gguf_blocks import decode_rows
@@ -316,7 +322,7 @@ def gguf_quantized_table(t: Any, bits: int, full: Any) -> Any:
             rows = decode_rows(t.tensor_type.name, np.asarray(t.data[start:start + size]), k)
         except ValueError as e:
             raise ValueError(f"GGUF tensor {t.name!r}: {e}") from e
-        return rows.to_wna16(bits, torch.float32)
+        return (rows if group is None else rows.regroup(group)).to_wna16(bits, torch.float32)
 
     def reader(dim: int | None, start: int, size: int) -> torch.Tensor:
         tensor = full()

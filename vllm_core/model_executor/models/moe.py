@@ -120,9 +120,9 @@ class MoEDecoderForCausalLM(DecoderForCausalLM):
             loaded.add(_expert_key(f"{layer}.mlp.experts", expert, proj) + suffix)
 
     def expected_weight_keys(self) -> set[str]:
-        keys = {k for k in super().expected_weight_keys()
-                if not k.endswith((".w13_weight", ".w2_weight", ".w13_weight_scale",
-                                   ".w2_weight_scale"))}
+        experts = tuple(f"{path}." for path, m in self.named_modules() if isinstance(m, FusedMoE))
+        # an expert layer's parameters (whatever its method stores) are reported per expert
+        keys = {k for k in super().expected_weight_keys() if not k.startswith(experts)}
         for path, module in self.named_modules():
             if isinstance(module, FusedMoE):
                 p = module.placement

@@ -12,8 +12,11 @@ Per layer (``GGUFConfig.plan``): the storage bits are the largest of its parts (
 q/k/v or gate/up whose parts differ, e.g. Q4_K with Q6_K, is stored in 8 bits: exact) and the
 group size the smallest (larger groups repeat their scales). A layer with any part in another
 type (F16, F32, BF16, Q2_K, IQ*...) stays unquantized and is de-quantized at load as before;
-so do the norms and the routed experts of a mixture-of-experts file (de-quantized into the
-stacked ``FusedMoE`` weights; its shared expert is a linear layer like any other).
+so do the norms. The routed experts of a mixture-of-experts file whose gate, up and down
+tensors are all of a type in ``FORMATS`` stay quantized too (``moe_method``:
+``gguf_moe_method.GGUFMoEMethod``; the loader yields each expert's view as a
+``QuantizedLazyTensor``); otherwise they are de-quantized into the stacked ``FusedMoE``
+weights. The shared expert is a linear layer like any other.
 
 The vocabulary tables (``model.embed_tokens`` and an untied ``lm_head``) of a type in
 ``FORMATS`` stay quantized too (``table_format``): the loader yields them as
@@ -24,6 +27,7 @@ The vocabulary tables (``model.embed_tokens`` and an untied ``lm_head``) of a ty
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +41,7 @@ from vllm_core.model_executor.quantization.base import (
     checkpoint_layer_names,
 )
 from vllm_core.model_executor.quantization.gguf_blocks import FORMATS, BlockFormat
+from vllm_core.model_executor.quantization.gguf_moe_method import GGUFExpertPlan, GGUFMoEMethod
 from vllm_core.model_executor.quantization.quantized_weights import WNA16Weight
 from vllm_core.model_executor.quantization.wna16 import WNA16Method
 
@@ -44,6 +49,9 @@ from vllm_core.model_executor.quantization.wna16 import WNA16Method
 GGUF_PARTS = ("qweight", "scales", "zeros")
 #: the vocabulary tables kept quantized when their type is in ``FORMATS``
 TABLE_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+#: a routed expert's tensor as the GGUF loader names its views (``gguf_moe.expert_views``)
+_EXPERT = re.compile(r"^(?P<layer>model\.layers\.\d+\.mlp\.experts)\.(?P<e>\d+)\."
+                     r"(?P<proj>gate|up|down)_proj\.weight$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,7 @@ class GGUFConfig(QuantizationConfig):
         self.path = path
         self.tensor_types = tensor_types
         self.plan: dict[str, GGUFLayerPlan] = _plan_layers(tensor_types)
+        self.expert_plans: dict[str, GGUFExpertPlan] = _plan_experts(tensor_types)
 
     @classmethod
     def from_checkpoint(cls, quantization_config: dict[str, Any]) -> GGUFConfig:
@@ -99,6 +108,20 @@ class GGUFConfig(QuantizationConfig):
             return None
         return FORMATS.get(self.tensor_types.get(weight_name, ""))
 
+    def expert_storage(self, weight_name: str) -> tuple[int, int] | None:
+        """``(bits, group)`` an expert tensor ``model.layers.L.mlp.experts.E.{gate,up,down}
+        _proj.weight`` is converted to when its layer's experts are kept quantized, else
+        None (de-quantized)."""
+        match = _EXPERT.match(weight_name)
+        plan = self.expert_plans.get(match["layer"]) if match else None
+        if plan is None:
+            return None
+        return plan.down if match["proj"] == "down" else plan.gate_up
+
+    def moe_method(self, prefix: str) -> GGUFMoEMethod | None:
+        plan = self.expert_plans.get(prefix)
+        return None if plan is None else GGUFMoEMethod(plan)
+
     def linear_method(self, prefix: str) -> LinearMethod | None:
         plan = self.plan.get(prefix)
         return None if plan is None else GGUFLinearMethod(plan)
@@ -107,9 +130,12 @@ class GGUFConfig(QuantizationConfig):
         kept = sorted({t for p in self.plan.values() for t in p.types})
         tables = [f"{n.split('.')[-2]} {self.tensor_types[n]}" for n in TABLE_NAMES
                   if self.table_format(n) is not None]
+        experts = sorted({t for p in self.expert_plans.values() for t in p.types})
         return (f"gguf kept quantized ({', '.join(kept) or 'no quantized linear layers'}; "
                 f"{len(self.plan)} linear layers; vocabulary tables: "
-                f"{', '.join(tables) or 'float'})")
+                f"{', '.join(tables) or 'float'}"
+                + (f"; routed experts of {len(self.expert_plans)} layers: {', '.join(experts)}"
+                   if experts else "") + ")")
 
 
 def _fused_prefix(owner: str) -> str:
@@ -174,3 +200,24 @@ class GGUFLinearMethod(WNA16Method):
         return WNA16Weight(qweight=qweight, scales=layer.scales.data, zeros=layer.zeros.data,
                            g_idx=None, bits=self.bits, group_size=self.group_size,
                            in_features=k, out_features=qweight.shape[1])
+
+
+def _plan_experts(tensor_types: dict[str, str]) -> dict[str, GGUFExpertPlan]:
+    """``model.layers.L.mlp.experts`` -> its storage plan, for the layers whose every expert
+    tensor is of one kept type per projection (per-expert files may mix: then float)."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    for name, kind in tensor_types.items():
+        match = _EXPERT.match(name)
+        if match is not None:
+            seen.setdefault(match["layer"], {}).setdefault(match["proj"], set()).add(kind)
+    plans = {}
+    for layer, projs in seen.items():
+        kinds = [projs.get(p, set()) for p in ("gate", "up", "down")]
+        if any(len(k) != 1 or next(iter(k)) not in FORMATS for k in kinds):
+            continue
+        gate, up, down = (FORMATS[next(iter(k))] for k in kinds)
+        plans[layer] = GGUFExpertPlan(
+            gate_up=(max(gate.storage_bits, up.storage_bits), min(gate.group, up.group)),
+            down=(down.storage_bits, down.group),
+            types=tuple(next(iter(k)) for k in kinds))
+    return plans

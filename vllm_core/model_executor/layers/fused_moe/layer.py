@@ -119,18 +119,20 @@ class FusedMoE(nn.Module):
             self._load_expert_scale(local, projection, source)
             return True
         shape = source_shape(source)
+        want = (p.intermediate_size, self.hidden_size) if projection in ("gate", "up") else \
+            (self.hidden_size, p.intermediate_size)
+        if shape != want:
+            raise ValueError(f"has shape {shape}, expected {want}")
+        if self.method.reads_sources:            # it reads its slice of the source itself
+            self.method.load_expert_source(self, projection, local, source, p.inter_start,
+                                           p.inter_local)
+            return True
         if projection in ("gate", "up"):
-            if shape != (p.intermediate_size, self.hidden_size):
-                raise ValueError(f"has shape {shape}, expected "
-                                 f"{(p.intermediate_size, self.hidden_size)}")
             offset = 0 if projection == "gate" else p.inter_local
             self.method.load_expert(self, "w13_weight", local,
                                     slice(offset, offset + p.inter_local),
                                     read_slice(source, 0, p.inter_start, p.inter_local))
         else:
-            if shape != (self.hidden_size, p.intermediate_size):
-                raise ValueError(f"has shape {shape}, expected "
-                                 f"{(self.hidden_size, p.intermediate_size)}")
             self.method.load_expert(self, "w2_weight", local, None,
                                     read_slice(source, 1, p.inter_start, p.inter_local))
         return True

@@ -20,7 +20,13 @@ from vllm_core.model_executor.layers.ops import LayerOps
 
 
 class MoEMethod(ABC):
-    """Creates, loads and applies the stacked weights of one ``FusedMoE`` layer."""
+    """Creates, loads and applies the stacked weights of one ``FusedMoE`` layer.
+
+    ``reads_sources``: False (the default) when the layer reads each expert's float slice and
+    hands it to ``load_expert``; True for a method that takes the checkpoint source itself
+    (``load_expert_source``: e.g. GGUF blocks kept quantized, read without a float copy)."""
+
+    reads_sources: bool = False
 
     @abstractmethod
     def create_weights(self, layer: nn.Module, num_experts: int, hidden_size: int,
@@ -40,6 +46,13 @@ class MoEMethod(ABC):
             raise ValueError(f"has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)} "
                              f"(config and weights disagree)")
         dest.copy_(tensor)
+
+    def load_expert_source(self, layer: nn.Module, projection: str, expert: int,
+                           source: object, inter_start: int, inter_local: int) -> None:
+        """With ``reads_sources``: load local ``expert``'s ``projection`` (gate / up: rows
+        ``[inter_start, inter_start + inter_local)`` of ``[I, H]``; down: those columns of
+        ``[H, I]``) straight from the checkpoint ``source``."""
+        raise NotImplementedError(f"{type(self).__name__} reads float slices (load_expert)")
 
     def process_after_loading(self, layer: nn.Module) -> None:
         """Repack loaded weights for the kernels (no-op when unquantized)."""

@@ -25,12 +25,15 @@ gather costs more than the GEMMs) and is kept for the measurement only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 TorchMoEForm = Literal["gather", "sorted", "padded"]
+#: ``(local expert, rows [n, in]) -> [n, out]``: one expert's product
+ExpertLinear = Callable[[int, torch.Tensor], torch.Tensor]
 
 # rows (tokens * top_k) up to which ``sorted`` is used; above it ``padded``
 SORTED_MAX_ROWS = 16
@@ -89,10 +92,22 @@ def _gather(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: 
 
 def _sorted(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
             topk_ids: torch.Tensor) -> torch.Tensor:
+    return expert_loop_moe(x, topk_weights, topk_ids, w13.shape[0],
+                           lambda e, rows: F.linear(rows, w13[e]),
+                           lambda e, rows: F.linear(rows, w2[e]))
+
+
+def expert_loop_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    num_experts: int, gate_up: ExpertLinear, down: ExpertLinear
+                    ) -> torch.Tensor:
+    """The module contract with one Python iteration per *used* expert: its rows of ``x``
+    gathered, ``down(e, silu(gate) * up)`` of ``gate_up(e, rows)`` ([n, 2I], ``[gate | up]``)
+    written back to those rows, then the weighted sum. The experts' products are the
+    callbacks' (dense weights: ``F.linear``; quantized: the platform's kernel)."""
     t, k = topk_ids.shape
     flat = topk_ids.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat[flat >= 0], minlength=w13.shape[0]).tolist()
+    counts = torch.bincount(flat[flat >= 0], minlength=num_experts).tolist()
     skipped = int((flat < 0).sum())
     rows = order[skipped:]                       # -1 rows sort first: leave them out
     y = x.new_zeros(t * k, x.shape[1])
@@ -102,8 +117,8 @@ def _sorted(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: 
             continue
         idx = rows[start:start + n]
         start += n
-        h = F.linear(x.index_select(0, idx // k), w13[e])
-        y.index_copy_(0, idx, F.linear(_silu_mul(h), w2[e]))
+        h = gate_up(e, x.index_select(0, idx // k))
+        y.index_copy_(0, idx, down(e, _silu_mul(h)).to(y.dtype))
     return _weighted_sum(y, topk_weights, topk_ids >= 0, (t, k, x.shape[1]), x.dtype)
 
 
