@@ -11,12 +11,21 @@ The same worker code as the ``mp`` executor (``platform.worker_class()``, the sa
   authentication by default: the driver then needs ``RAY_AUTH_MODE=token`` (a refused token
   is reported with that fix).
 * **Placement**: a placement group of ``world_size`` bundles of one ``platform.ray_device_key``
-  each (``CPU`` for the CPU plugin, ``GPU`` for CUDA), strategy ``PACK`` (ranks on as few nodes
-  as possible); actor ``r`` runs in bundle ``r``. A cluster without the resources fails within
-  ``VLLM_WORKER_START_TIMEOUT_S`` with what it has. Rank 0's node address and a free port
-  there are the ``torch.distributed`` rendezvous.
+  each (``CPU`` for the CPU plugin, ``GPU`` for CUDA) with ``ray_placement_strategy``
+  (default ``PACK``: one node when the ranks fit there, else as few nodes as possible;
+  ``STRICT_SPREAD``: one rank per node...). A cluster whose nodes can never hold them is
+  refused at once, naming each node's resources; one that could but is busy is waited for
+  within ``VLLM_WORKER_START_TIMEOUT_S``. One actor per bundle; each says where it runs, and
+  ``ray_placement.assign_ranks`` numbers them: a node's ranks consecutive (a TP group on one
+  node when it fits), each rank's device index and, with GPUs, the node's devices it sees
+  (the union of the GPUs Ray gave that node's ranks, so ranks of one node can reach each
+  other's memory). Rank 0's node address and a free port there are the
+  ``torch.distributed`` rendezvous (the node's address, not the driver's). The actors get the
+  driver's vllm-core / Hugging Face / collective-library settings (``envs.ray_carried_env``):
+  a node's raylet starts them with its own environment, not the driver's.
 * **Steps**: the ``SchedulerOutput`` is put once in Ray's object store and every actor
-  receives the same reference (a broadcast, not one pickle per rank); the sampling rank's
+  receives the same reference (a broadcast, not one pickle per rank; no shared memory, so
+  it reaches actors on other hosts: each node's object store fetches it once); the sampling rank's
   ``ModelRunnerOutput`` is the step's result. Calls to one actor run in submission order, so
   ``execute_model_async`` lets the engine schedule the next step while the actors compute.
 * **Faults**: waiting watches every rank's reply; an actor that dies or raises stops the
@@ -37,6 +46,13 @@ from vllm_core.config import EngineConfig
 from vllm_core.distributed.parallel_context import sampling_rank
 from vllm_core.engine.mp_executor import WorkerFailure
 from vllm_core.engine.ranked_executor import RankedExecutor
+from vllm_core.engine.ray_placement import (
+    ActorSite,
+    NodeResources,
+    RankSlot,
+    assign_ranks,
+    unplaceable,
+)
 from vllm_core.logger import init_logger
 from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
@@ -82,6 +98,17 @@ class RayWorkerActor:
     def __init__(self) -> None:
         self.worker: Any = None
 
+    def site(self, bundle: int, key: str) -> ActorSite:
+        """Where this actor runs: its node, the node's address, its pid and the ids of the
+        ``key`` accelerators Ray gave it (none for ``CPU``)."""
+        import ray
+
+        context = ray.get_runtime_context()
+        ids = context.get_accelerator_ids().get(key, []) if key != "CPU" else []
+        return ActorSite(bundle=bundle, node_id=context.get_node_id(),
+                         ip=ray.util.get_node_ip_address(), pid=os.getpid(),
+                         device_ids=tuple(str(i) for i in ids))
+
     def node_address(self) -> tuple[str, int]:
         """This node's IP address and a free TCP port on it (rank 0's: the rendezvous)."""
         import ray
@@ -91,20 +118,21 @@ class RayWorkerActor:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def start(self, config: EngineConfig, platform: Any, worker_cls_path: str, rank: int,
-              init_method: str) -> int:
-        """Build this rank's worker, join the process groups, load its shard; returns the
-        actor's pid. Ray gives an actor holding one GPU that GPU alone (its
-        ``CUDA_VISIBLE_DEVICES``), so its local device index is 0; on the CPU it is ``rank``."""
-        import ray
-
+    def start(self, config: EngineConfig, platform: Any, worker_cls_path: str,
+              slot: RankSlot, init_method: str) -> int:
+        """Build ``slot.rank``'s worker on device ``slot.local_rank``, join the process
+        groups, load its shard; returns the actor's pid. With ``slot.visible_devices`` the
+        platform's device-control variable is set to them first (Ray set it to this actor's
+        own device alone), before anything touches a device."""
         from vllm_core.engine.executor import _import_class
         from vllm_core.plugins import load_general_plugins
 
+        control = getattr(platform, "device_control_env_var", "")
+        if slot.visible_devices and control:
+            os.environ[control] = ",".join(slot.visible_devices)
         load_general_plugins()
-        local_rank = 0 if ray.get_gpu_ids() else rank
         worker_cls = _import_class(worker_cls_path)
-        self.worker = worker_cls(config, rank, local_rank, platform=platform,
+        self.worker = worker_cls(config, slot.rank, slot.local_rank, platform=platform,
                                  distributed_init_method=init_method)
         self.worker.init_device()
         self.worker.load_model()
@@ -143,8 +171,6 @@ class RayExecutor(RankedExecutor):
 
     def __init__(self, config: EngineConfig, platform: Any) -> None:
         ray = import_ray()
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         par = config.parallel
         self.config = config
@@ -154,37 +180,84 @@ class RayExecutor(RankedExecutor):
         self._failed: str | None = None
         self.actors: list[Any] = []
         self.placement: Any = None
+        self.slots: list[RankSlot] = []        # rank order: where each rank runs
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _join_ray(ray)
         key = getattr(platform, "ray_device_key", "CPU")
         start_timeout = envs.worker_start_timeout_s()
         try:
-            self.placement = placement_group([{key: 1.0}] * self.world_size, strategy="PACK")
-            ready, _ = ray.wait([self.placement.ready()], timeout=start_timeout)
-            if not ready:
-                raise WorkerFailure(
-                    f"the Ray cluster cannot place {self.world_size} ranks of one {key} each "
-                    f"within {start_timeout:.0f} s (it has {ray.cluster_resources()})")
-            resources = _ACTOR_RESOURCES.get(key, {"num_cpus": 0, "resources": {key: 1.0}})
-            actor_cls = ray.remote(RayWorkerActor)
-            for rank in range(self.world_size):
-                strategy = PlacementGroupSchedulingStrategy(
-                    placement_group=self.placement, placement_group_bundle_index=rank)
-                self.actors.append(actor_cls.options(
-                    name=None, scheduling_strategy=strategy, **resources).remote())
+            self.placement = self._place(ray, key, par.ray_placement_strategy, start_timeout)
+            self.actors, self.slots = self._start_actors(ray, key)
             host, port = ray.get(self.actors[0].node_address.remote(), timeout=start_timeout)
+            self.init_method = f"tcp://{host}:{port}"
             config_ref = ray.put(config)
             self.pids = self._wait(
-                [a.start.remote(config_ref, platform, platform.worker_class(), rank,
-                                f"tcp://{host}:{port}")
-                 for rank, a in enumerate(self.actors)], start_timeout)
+                [a.start.remote(config_ref, platform, platform.worker_class(), slot,
+                                self.init_method)
+                 for a, slot in zip(self.actors, self.slots, strict=True)], start_timeout)
         except BaseException:
             self._abort()
             raise
-        logger.info("ray executor: %d actors ready (pids %s), tp=%d pp=%d, %s per rank",
-                    self.world_size, self.pids, par.tensor_parallel_size,
-                    par.pipeline_parallel_size, key)
+        nodes = {}
+        for slot in self.slots:
+            nodes.setdefault((slot.node_id[:8], slot.ip), []).append(slot.rank)
+        logger.info("ray executor: %d actors ready (pids %s), tp=%d pp=%d, %s per rank, "
+                    "strategy %s, rendezvous %s; %s", self.world_size, self.pids,
+                    par.tensor_parallel_size, par.pipeline_parallel_size, key,
+                    par.ray_placement_strategy, self.init_method,
+                    "; ".join(f"node {n} ({ip}): ranks {r}" for (n, ip), r in nodes.items()))
+
+    def _place(self, ray: Any, key: str, strategy: str, timeout_s: float) -> Any:
+        """The ready placement group of ``world_size`` bundles of one ``key``; refused at once
+        when the cluster's nodes can never hold it, after ``timeout_s`` when they stay busy."""
+        from ray.util.placement_group import placement_group
+
+        nodes = [NodeResources(n["NodeID"], n.get("NodeManagerAddress", "?"),
+                               dict(n.get("Resources", {})))
+                 for n in ray.nodes() if n.get("Alive")]
+        why = unplaceable(nodes, self.world_size, key, strategy)
+        if why is not None:
+            raise WorkerFailure(why)
+        group = placement_group([{key: 1.0}] * self.world_size, strategy=strategy)
+        self.placement = group                  # removed by _abort if anything below fails
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait([group.ready()], timeout=max(0.0, min(left, 10.0)))
+            if ready:
+                return group
+            if left <= 10.0:
+                raise WorkerFailure(
+                    f"the Ray cluster cannot place {self.world_size} ranks of one {key} each "
+                    f"(strategy {strategy}) within {timeout_s:.0f} s: its nodes could hold "
+                    f"them but other work holds the resources (free now: "
+                    f"{ray.available_resources()}; all: {ray.cluster_resources()})")
+            logger.info("waiting for the Ray cluster to place %d ranks of one %s each "
+                        "(strategy %s; free now: %s)", self.world_size, key, strategy,
+                        ray.available_resources())
+
+    def _start_actors(self, ray: Any, key: str) -> tuple[list[Any], list[RankSlot]]:
+        """One actor per bundle of ``self.placement``, in rank order, and their ``RankSlot``s
+        (``ray_placement.assign_ranks``)."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        resources = dict(_ACTOR_RESOURCES.get(key, {"num_cpus": 0, "resources": {key: 1.0}}))
+        carried = envs.ray_carried_env()
+        if carried:
+            resources["runtime_env"] = {"env_vars": carried}
+        actor_cls = ray.remote(RayWorkerActor)
+        by_bundle = []
+        for bundle in range(self.world_size):
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group=self.placement, placement_group_bundle_index=bundle)
+            by_bundle.append(actor_cls.options(
+                name=None, scheduling_strategy=strategy, **resources).remote())
+        self.actors = by_bundle                 # killed by _abort if anything below fails
+        sites = self._wait([a.site.remote(b, key) for b, a in enumerate(by_bundle)],
+                           envs.worker_start_timeout_s())
+        slots = assign_ranks(sites, ray.get_runtime_context().get_node_id())
+        return [by_bundle[slot.bundle] for slot in slots], slots
 
     # ------------------------------------------------------------------ waiting
     def _wait(self, refs: list[Any], timeout_s: float) -> list[Any]:
