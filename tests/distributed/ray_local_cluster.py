@@ -53,8 +53,7 @@ class LocalRayCluster:
                     "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         out = self._ray_start(["--head", f"--port={free_port()}",
                                f"--num-cpus={self.head_cpus}", "--include-dashboard=false",
-                               f"--dashboard-port={free_port()}",
-                               f"--ray-client-server-port={free_port()}"])
+                               f"--dashboard-port={free_port()}"])
         joined = re.search(r"ray start --address='([^']+)'", out)
         assert joined, out[-3000:]
         self.address = joined.group(1)
@@ -100,7 +99,7 @@ class LocalRayCluster:
                 pass
         return sorted(pids)
 
-    def stop(self, grace_s: float = 5.0) -> list[int]:
+    def stop(self, grace_s: float = 2.0) -> list[int]:
         """SIGTERM to every process of the cluster, SIGKILL to those left after ``grace_s``;
         removes the temp dir. Returns the pids still alive afterwards (none expected)."""
         pids = self.processes()

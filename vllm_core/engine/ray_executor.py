@@ -92,6 +92,12 @@ def _join_ray(ray: Any) -> None:
         raise
 
 
+def _free(ray: Any, key: str) -> str:
+    """``"1 of 2 CPU free"``: the cluster's free and total ``key`` resources now."""
+    free = ray.available_resources().get(key, 0.0)
+    return f"{free:g} of {ray.cluster_resources().get(key, 0.0):g} {key} free"
+
+
 class RayWorkerActor:
     """One rank inside a Ray actor (wrapped with ``ray.remote`` by the executor)."""
 
@@ -231,11 +237,9 @@ class RayExecutor(RankedExecutor):
                 raise WorkerFailure(
                     f"the Ray cluster cannot place {self.world_size} ranks of one {key} each "
                     f"(strategy {strategy}) within {timeout_s:.0f} s: its nodes could hold "
-                    f"them but other work holds the resources (free now: "
-                    f"{ray.available_resources()}; all: {ray.cluster_resources()})")
+                    f"them but other work holds the resources ({_free(ray, key)})")
             logger.info("waiting for the Ray cluster to place %d ranks of one %s each "
-                        "(strategy %s; free now: %s)", self.world_size, key, strategy,
-                        ray.available_resources())
+                        "(strategy %s; %s)", self.world_size, key, strategy, _free(ray, key))
 
     def _start_actors(self, ray: Any, key: str) -> tuple[list[Any], list[RankSlot]]:
         """One actor per bundle of ``self.placement``, in rank order, and their ``RankSlot``s

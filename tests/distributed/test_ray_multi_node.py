@@ -1,0 +1,131 @@
+"""The Ray executor across nodes: a real Ray cluster of three nodes on this machine, started
+with ``ray start`` as on several hosts (``ray_local_cluster``): a head without CPUs (where the
+engine connects, like a head node without GPUs) and two nodes of one CPU each at their own
+addresses (127.0.0.2, 127.0.0.3).
+
+* TP=2 with ``STRICT_SPREAD`` and PP=2 with the default ``PACK`` (one node cannot hold two
+  ranks, so PACK spreads): greedy tokens and logprobs equal the single-rank engine's, the two
+  ranks ran on two different node ids and addresses, the ``torch.distributed`` rendezvous is
+  rank 0's node address (not the engine's node), and the actors got a setting made only in
+  the engine's environment (``envs.ray_carried_env``: the raylets never had it).
+* ``STRICT_PACK`` (no node has two CPUs) is refused at once, naming every node's CPUs.
+* A cluster that could hold the ranks but is busy (the driver holds one CPU) is refused
+  after ``VLLM_WORKER_START_TIMEOUT_S``, saying what is free.
+
+The engines run in one fresh driver process (Ray keeps per-process state); the fixture ends
+every process of the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from dist_utils import build_model_folder, make_llm
+from ray_local_cluster import LocalRayCluster
+from test_parallel_equivalence import run
+
+pytestmark = pytest.mark.slow        # three raylets and two two-rank engines (~60-90 s here)
+
+DRIVER = """
+import json, os, sys, time
+sys.path.insert(0, {here!r})
+import ray
+from dist_utils import make_llm
+from test_parallel_equivalence import run
+from vllm_core.engine.mp_executor import WorkerFailure
+
+def engine(**kw):
+    t0 = time.monotonic()
+    try:
+        llm = make_llm({folder!r}, distributed_executor_backend="ray",
+                       attention_backend="reference", **kw)
+    except WorkerFailure as e:
+        return {{"error": str(e), "elapsed_s": round(time.monotonic() - t0, 1)}}
+    try:
+        ex = llm.llm_engine.executor
+        mark = ray.get([a.__ray_call__.remote(
+            lambda self: os.environ.get("VLLM_TEST_RAY_CARRIED")) for a in ex.actors])
+        out = run(llm)
+        return {{"tokens": [g[0] for g in out], "logprobs": [g[1] for g in out],
+                 "nodes": [s.node_id for s in ex.slots], "ips": [s.ip for s in ex.slots],
+                 "local_ranks": [s.local_rank for s in ex.slots],
+                 "init_method": ex.init_method, "mark": mark,
+                 "driver_node": ray.get_runtime_context().get_node_id()}}
+    finally:
+        llm.llm_engine.shutdown()
+
+os.environ["VLLM_TEST_RAY_CARRIED"] = "from-the-driver"
+ray.init(include_dashboard=False)
+results = {{"tp2_spread": engine(tp=2, ray_placement_strategy="STRICT_SPREAD"),
+            "pp2_pack": engine(pp=2)}}
+os.environ["VLLM_WORKER_START_TIMEOUT_S"] = "600"
+results["tp2_strict_pack"] = engine(tp=2, ray_placement_strategy="STRICT_PACK")
+from ray.util.placement_group import placement_group, remove_placement_group
+held = placement_group([{{"CPU": 1}}])
+ray.get(held.ready(), timeout=60)
+os.environ["VLLM_WORKER_START_TIMEOUT_S"] = "5"
+results["tp2_busy"] = engine(tp=2)
+remove_placement_group(held)
+print("RESULT " + json.dumps(results))
+"""
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    pytest.importorskip("ray")
+    cluster = LocalRayCluster(head_cpus=0, node_cpus=(1, 1))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        left = cluster.stop()
+        assert left == [], f"Ray processes left: {left}"
+
+
+def test_ranks_on_different_nodes_equal_one_rank(model_root, ray_cluster):
+    folder = os.path.join(model_root, "llama")
+    if not os.path.isdir(folder):
+        folder = build_model_folder(model_root, "llama")
+    reference = make_llm(folder, attention_backend="reference")
+    try:
+        want = run(reference)
+    finally:
+        reference.llm_engine.shutdown()
+
+    code = DRIVER.format(here=os.path.dirname(__file__), folder=folder)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+           "RAY_ADDRESS": ray_cluster.address, "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=420, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, done.stdout[-3000:] + done.stderr[-6000:]
+    got = json.loads(lines[-1][len("RESULT "):])
+
+    for name in ("tp2_spread", "pp2_pack"):
+        r = got[name]
+        assert "error" not in r, (name, r)
+        assert r["tokens"] == [w[0] for w in want], name
+        for g, w in zip(r["logprobs"], [w[1] for w in want], strict=True):
+            for gd, wd in zip(g, w, strict=True):
+                assert sorted(int(t) for t in gd) == sorted(wd)
+                assert all(abs(gd[str(t)] - wd[t]) < 1e-4 for t in wd)
+        # two ranks, two nodes, the two worker nodes' own addresses; none on the head
+        assert len(set(r["nodes"])) == 2 and r["driver_node"] not in r["nodes"], name
+        assert sorted(r["ips"]) == sorted(ray_cluster.node_ips), name
+        assert r["local_ranks"] == [0, 0], name        # alone on its node: device index 0
+        assert r["init_method"].startswith(f"tcp://{r['ips'][0]}:"), name
+        assert r["mark"] == ["from-the-driver"] * 2, name
+
+    refused = got["tp2_strict_pack"]["error"]
+    assert "cannot hold 2 ranks of one CPU each with placement strategy STRICT_PACK" in refused
+    assert "one node with 2 CPU" in refused
+    for ip in ray_cluster.node_ips:
+        assert f"({ip}): 1 CPU" in refused
+    busy = got["tp2_busy"]["error"]
+    assert "cannot place 2 ranks of one CPU each (strategy PACK) within 5 s" in busy
+    assert "other work holds the resources (1 of 2 CPU free)" in busy
