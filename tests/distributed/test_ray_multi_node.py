@@ -1,16 +1,18 @@
 """The Ray executor across nodes: a real Ray cluster of three nodes on this machine, started
 with ``ray start`` as on several hosts (``ray_local_cluster``): a head without CPUs (where the
-engine connects, like a head node without GPUs) and two nodes of one CPU each at their own
+engine connects, like a head node without GPUs) and two nodes of two CPUs each at their own
 addresses (127.0.0.2, 127.0.0.3).
 
-* TP=2 with ``STRICT_SPREAD`` and PP=2 with the default ``PACK`` (one node cannot hold two
-  ranks, so PACK spreads): greedy tokens and logprobs equal the single-rank engine's, the two
-  ranks ran on two different node ids and addresses, the ``torch.distributed`` rendezvous is
-  rank 0's node address (not the engine's node), and the actors got a setting made only in
-  the engine's environment (``envs.ray_carried_env``: the raylets never had it).
-* ``STRICT_PACK`` (no node has two CPUs) is refused at once, naming every node's CPUs.
-* A cluster that could hold the ranks but is busy (the driver holds one CPU) is refused
-  after ``VLLM_WORKER_START_TIMEOUT_S``, saying what is free.
+* TP=2 with ``STRICT_SPREAD``: the two ranks on two different nodes; TP=2 x PP=2 with the
+  default ``PACK``: each TP group (ranks 0-1, 2-3) on one node with device indices 0 and 1,
+  the two pipeline stages on different nodes. Both: greedy tokens and logprobs equal the
+  single-rank engine's, no rank on the head, the ``torch.distributed`` rendezvous is rank 0's
+  node address (not the engine's node), and the actors got a setting made only in the
+  engine's environment (``envs.ray_carried_env``: the raylets never had it).
+* 4 ranks with ``STRICT_PACK`` (no node has four CPUs) are refused at once, naming every
+  node's CPUs.
+* A cluster that could hold two ranks but is busy (the driver holds three of its four CPUs)
+  is refused after ``VLLM_WORKER_START_TIMEOUT_S``, saying what is free.
 
 The engines run in one fresh driver process (Ray keeps per-process state); the fixture ends
 every process of the cluster.
@@ -28,7 +30,7 @@ from dist_utils import build_model_folder, make_llm
 from ray_local_cluster import LocalRayCluster
 from test_parallel_equivalence import run
 
-pytestmark = pytest.mark.slow        # three raylets and two two-rank engines (~60-90 s here)
+pytestmark = pytest.mark.slow        # three raylets, a 2-rank and a 4-rank engine (~70 s)
 
 DRIVER = """
 import json, os, sys, time
@@ -61,11 +63,11 @@ def engine(**kw):
 os.environ["VLLM_TEST_RAY_CARRIED"] = "from-the-driver"
 ray.init(include_dashboard=False)
 results = {{"tp2_spread": engine(tp=2, ray_placement_strategy="STRICT_SPREAD"),
-            "pp2_pack": engine(pp=2)}}
+            "tp2_pp2_pack": engine(tp=2, pp=2)}}
 os.environ["VLLM_WORKER_START_TIMEOUT_S"] = "600"
-results["tp2_strict_pack"] = engine(tp=2, ray_placement_strategy="STRICT_PACK")
+results["tp2_pp2_strict_pack"] = engine(tp=2, pp=2, ray_placement_strategy="STRICT_PACK")
 from ray.util.placement_group import placement_group, remove_placement_group
-held = placement_group([{{"CPU": 1}}])
+held = placement_group([{{"CPU": 1}}] * 3)
 ray.get(held.ready(), timeout=60)
 os.environ["VLLM_WORKER_START_TIMEOUT_S"] = "5"
 results["tp2_busy"] = engine(tp=2)
@@ -77,7 +79,7 @@ print("RESULT " + json.dumps(results))
 @pytest.fixture
 def ray_cluster(monkeypatch):
     pytest.importorskip("ray")
-    cluster = LocalRayCluster(head_cpus=0, node_cpus=(1, 1))
+    cluster = LocalRayCluster(head_cpus=0, node_cpus=(2, 2))
     try:
         cluster.start()
         yield cluster
@@ -106,7 +108,7 @@ def test_ranks_on_different_nodes_equal_one_rank(model_root, ray_cluster):
     assert lines, done.stdout[-3000:] + done.stderr[-6000:]
     got = json.loads(lines[-1][len("RESULT "):])
 
-    for name in ("tp2_spread", "pp2_pack"):
+    for name in ("tp2_spread", "tp2_pp2_pack"):
         r = got[name]
         assert "error" not in r, (name, r)
         assert r["tokens"] == [w[0] for w in want], name
@@ -114,18 +116,22 @@ def test_ranks_on_different_nodes_equal_one_rank(model_root, ray_cluster):
             for gd, wd in zip(g, w, strict=True):
                 assert sorted(int(t) for t in gd) == sorted(wd)
                 assert all(abs(gd[str(t)] - wd[t]) < 1e-4 for t in wd)
-        # two ranks, two nodes, the two worker nodes' own addresses; none on the head
-        assert len(set(r["nodes"])) == 2 and r["driver_node"] not in r["nodes"], name
-        assert sorted(r["ips"]) == sorted(ray_cluster.node_ips), name
-        assert r["local_ranks"] == [0, 0], name        # alone on its node: device index 0
+        assert r["driver_node"] not in r["nodes"], name              # none on the head
+        assert sorted(set(r["ips"])) == sorted(ray_cluster.node_ips), name
         assert r["init_method"].startswith(f"tcp://{r['ips'][0]}:"), name
-        assert r["mark"] == ["from-the-driver"] * 2, name
+        assert r["mark"] == ["from-the-driver"] * len(r["nodes"]), name
+    spread = got["tp2_spread"]
+    assert len(set(spread["nodes"])) == 2 and spread["local_ranks"] == [0, 0]
+    packed = got["tp2_pp2_pack"]                        # rank = pp_rank * 2 + tp_rank
+    nodes = packed["nodes"]
+    assert nodes[0] == nodes[1] != nodes[2] == nodes[3]      # a TP group per node
+    assert packed["local_ranks"] == [0, 1, 0, 1]
 
-    refused = got["tp2_strict_pack"]["error"]
-    assert "cannot hold 2 ranks of one CPU each with placement strategy STRICT_PACK" in refused
-    assert "one node with 2 CPU" in refused
+    refused = got["tp2_pp2_strict_pack"]["error"]
+    assert "cannot hold 4 ranks of one CPU each with placement strategy STRICT_PACK" in refused
+    assert "one node with 4 CPU" in refused
     for ip in ray_cluster.node_ips:
-        assert f"({ip}): 1 CPU" in refused
+        assert f"({ip}): 2 CPU" in refused
     busy = got["tp2_busy"]["error"]
     assert "cannot place 2 ranks of one CPU each (strategy PACK) within 5 s" in busy
-    assert "other work holds the resources (1 of 2 CPU free)" in busy
+    assert "other work holds the resources (1 of 4 CPU free)" in busy

@@ -58,6 +58,8 @@ from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
 logger = init_logger(__name__)
 
+START_TIMEOUT = "VLLM_WORKER_START_TIMEOUT_S"
+
 # Ray's own names for its built-in resources; any other key is a custom resource.
 _ACTOR_RESOURCES: dict[str, dict[str, Any]] = {
     "CPU": {"num_cpus": 1}, "GPU": {"num_cpus": 0, "num_gpus": 1}}
@@ -201,7 +203,8 @@ class RayExecutor(RankedExecutor):
             self.pids = self._wait(
                 [a.start.remote(config_ref, platform, platform.worker_class(), slot,
                                 self.init_method)
-                 for a, slot in zip(self.actors, self.slots, strict=True)], start_timeout)
+                 for a, slot in zip(self.actors, self.slots, strict=True)], start_timeout,
+                START_TIMEOUT)
         except BaseException:
             self._abort()
             raise
@@ -259,12 +262,13 @@ class RayExecutor(RankedExecutor):
                 name=None, scheduling_strategy=strategy, **resources).remote())
         self.actors = by_bundle                 # killed by _abort if anything below fails
         sites = self._wait([a.site.remote(b, key) for b, a in enumerate(by_bundle)],
-                           envs.worker_start_timeout_s())
+                           envs.worker_start_timeout_s(), START_TIMEOUT)
         slots = assign_ranks(sites, ray.get_runtime_context().get_node_id())
         return [by_bundle[slot.bundle] for slot in slots], slots
 
     # ------------------------------------------------------------------ waiting
-    def _wait(self, refs: list[Any], timeout_s: float) -> list[Any]:
+    def _wait(self, refs: list[Any], timeout_s: float,
+              timeout_name: str = "VLLM_WORKER_STEP_TIMEOUT_S") -> list[Any]:
         """Every reply of ``refs`` (one per rank, in rank order). The first rank to fail
         stops the engine at once (``WorkerFailure``), not when the others time out."""
         import ray
@@ -281,7 +285,7 @@ class RayExecutor(RankedExecutor):
             if left <= 0:
                 hung = sorted(rank_of[r] for r in pending)
                 self._fail(f"no reply from worker rank(s) {hung} for {timeout_s:.0f} s: a "
-                           "worker hung (set VLLM_WORKER_STEP_TIMEOUT_S to wait longer)")
+                           f"worker hung (set {timeout_name} to wait longer)")
             ready, pending = ray.wait(pending, num_returns=1, timeout=min(left, 1.0))
             for ref in ready:
                 rank = rank_of[ref]
