@@ -36,12 +36,15 @@ def free_port() -> int:
 
 @dataclass
 class LocalRayCluster:
-    """``head_cpus`` CPUs on the head node; one further node per entry of ``node_cpus``.
+    """``head_cpus`` CPUs on the head node; one further node per entry of ``node_cpus``, each
+    declaring ``node_gpus`` GPUs (Ray's bookkeeping only: it hands an actor holding one a
+    GPU id and sets its ``CUDA_VISIBLE_DEVICES``; there is no GPU behind it).
     Started without token authentication (the refusal of a token-less driver is tested
     elsewhere); ``address`` is what a driver's ``RAY_ADDRESS`` names."""
 
     head_cpus: int = 0
     node_cpus: tuple[int, ...] = (1, 1)
+    node_gpus: int = 0
     temp_dir: str = ""
     address: str = ""
     node_ips: list[str] = field(default_factory=list)
@@ -51,7 +54,7 @@ class LocalRayCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: socket paths
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
                     "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-        out = self._ray_start(["--head", f"--port={free_port()}",
+        out = self._ray_start(["--head", "--num-gpus=0", f"--port={free_port()}",
                                f"--num-cpus={self.head_cpus}", "--include-dashboard=false",
                                f"--dashboard-port={free_port()}"])
         joined = re.search(r"ray start --address='([^']+)'", out)
@@ -60,12 +63,12 @@ class LocalRayCluster:
         for i, cpus in enumerate(self.node_cpus):
             ip = f"127.0.0.{i + 2}"
             self._ray_start([f"--address={self.address}", f"--node-ip-address={ip}",
-                             f"--num-cpus={cpus}"])
+                             f"--num-cpus={cpus}", f"--num-gpus={self.node_gpus}"])
             self.node_ips.append(ip)
         return self
 
     def _ray_start(self, args: list[str]) -> str:
-        common = ["--num-gpus=0", f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+        common = [f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
                   "--object-store-memory=80000000",
                   f"--dashboard-agent-listen-port={free_port()}",
                   f"--dashboard-agent-grpc-port={free_port()}",

@@ -1,7 +1,7 @@
 """The Ray executor across nodes: a real Ray cluster of three nodes on this machine, started
 with ``ray start`` as on several hosts (``ray_local_cluster``): a head without CPUs (where the
 engine connects, like a head node without GPUs) and two nodes of two CPUs each at their own
-addresses (127.0.0.2, 127.0.0.3).
+addresses (127.0.0.2, 127.0.0.3), each declaring two GPUs.
 
 * TP=2 with ``STRICT_SPREAD``: the two ranks on two different nodes; TP=2 x PP=2 with the
   default ``PACK``: each TP group (ranks 0-1, 2-3) on one node with device indices 0 and 1,
@@ -11,6 +11,10 @@ addresses (127.0.0.2, 127.0.0.3).
   engine's environment (``envs.ray_carried_env``: the raylets never had it).
 * 4 ranks with ``STRICT_PACK`` (no node has four CPUs) are refused at once, naming every
   node's CPUs.
+* Devices per node (on declared GPUs without hardware, a CPU platform that asks Ray for
+  ``GPU``): two ranks packed on one node each see both GPUs Ray gave that node's ranks
+  (``CUDA_VISIBLE_DEVICES=0,1``, where Ray had set each to its own) and use device index 0
+  and 1.
 * A cluster that could hold two ranks but is busy (the driver holds three of its four CPUs)
   is refused after ``VLLM_WORKER_START_TIMEOUT_S``, saying what is free.
 
@@ -30,7 +34,7 @@ from dist_utils import build_model_folder, make_llm
 from ray_local_cluster import LocalRayCluster
 from test_parallel_equivalence import run
 
-pytestmark = pytest.mark.slow        # three raylets, a 2-rank and a 4-rank engine (~70 s)
+pytestmark = pytest.mark.slow        # three raylets, a 2-rank and a 4-rank engine (~90 s)
 
 DRIVER = """
 import json, os, sys, time
@@ -72,6 +76,25 @@ ray.get(held.ready(), timeout=60)
 os.environ["VLLM_WORKER_START_TIMEOUT_S"] = "5"
 results["tp2_busy"] = engine(tp=2)
 remove_placement_group(held)
+
+# GPUs per node: the CPU platform asking Ray for GPU (Ray then sets CUDA_VISIBLE_DEVICES)
+from vllm_core.engine.arg_utils import EngineArgs
+from vllm_core.engine.ray_executor import RayExecutor
+config, platform = EngineArgs(model={folder!r}, tensor_parallel_size=2, dtype="float32",
+                              distributed_executor_backend="ray", max_model_len=128,
+                              attention_backend="reference",
+                              num_gpu_blocks_override=48).create_engine_config()
+FakeGpuPlatform = type("FakeGpuPlatform", (platform,), {{
+    "ray_device_key": "GPU", "device_control_env_var": "CUDA_VISIBLE_DEVICES"}})
+os.environ["VLLM_WORKER_START_TIMEOUT_S"] = "600"
+ex = RayExecutor(config, FakeGpuPlatform)
+try:
+    results["tp2_gpus"] = {{
+        "nodes": [s.node_id for s in ex.slots], "local_ranks": [s.local_rank for s in ex.slots],
+        "visible": ray.get([a.__ray_call__.remote(
+            lambda self: os.environ.get("CUDA_VISIBLE_DEVICES")) for a in ex.actors])}}
+finally:
+    ex.shutdown()
 print("RESULT " + json.dumps(results))
 """
 
@@ -79,7 +102,7 @@ print("RESULT " + json.dumps(results))
 @pytest.fixture
 def ray_cluster(monkeypatch):
     pytest.importorskip("ray")
-    cluster = LocalRayCluster(head_cpus=0, node_cpus=(2, 2))
+    cluster = LocalRayCluster(head_cpus=0, node_cpus=(2, 2), node_gpus=2)
     try:
         cluster.start()
         yield cluster
@@ -132,6 +155,9 @@ def test_ranks_on_different_nodes_equal_one_rank(model_root, ray_cluster):
     assert "one node with 4 CPU" in refused
     for ip in ray_cluster.node_ips:
         assert f"({ip}): 2 CPU" in refused
+    gpus = got["tp2_gpus"]
+    assert len(set(gpus["nodes"])) == 1 and sorted(gpus["local_ranks"]) == [0, 1]
+    assert gpus["visible"] == ["0,1", "0,1"]
     busy = got["tp2_busy"]["error"]
     assert "cannot place 2 ranks of one CPU each (strategy PACK) within 5 s" in busy
     assert "other work holds the resources (1 of 4 CPU free)" in busy
