@@ -120,7 +120,7 @@ def worker_start_timeout_s() -> float:
 #: collective libraries') are carried explicitly. The device-control variable
 #: (``CUDA_VISIBLE_DEVICES``...) is never carried: it is per node (see ``ray_placement``).
 RAY_CARRIED_ENV_PREFIXES = ("VLLM_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "NCCL_", "GLOO_",
-                            "TORCH_", "OMP_")
+                            "TORCH_", "TRITON_", "OMP_", "MKL_", "KMP_")
 
 
 def ray_carried_env() -> dict[str, str]:
