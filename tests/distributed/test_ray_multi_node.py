@@ -15,6 +15,8 @@ addresses (127.0.0.2, 127.0.0.3), each declaring two GPUs.
   ``GPU``): two ranks packed on one node each see both GPUs Ray gave that node's ranks
   (``CUDA_VISIBLE_DEVICES=0,1``, where Ray had set each to its own) and use device index 0
   and 1.
+* A host lost (the raylet of rank 1's node killed): the next step stops the engine with
+  ``WorkerFailure`` naming rank 1, and no actor process is left.
 * A cluster that could hold two ranks but is busy (the driver holds three of its four CPUs)
   is refused after ``VLLM_WORKER_START_TIMEOUT_S``, saying what is free.
 
@@ -95,6 +97,25 @@ try:
             lambda self: os.environ.get("CUDA_VISIBLE_DEVICES")) for a in ex.actors])}}
 finally:
     ex.shutdown()
+
+# a host lost: the raylet of rank 1's node is killed (its actors go with it)
+import signal, psutil
+llm = make_llm({folder!r}, tp=2, distributed_executor_backend="ray",
+               attention_backend="reference", ray_placement_strategy="STRICT_SPREAD")
+pids = list(llm.llm_engine.executor.pids)
+try:
+    os.kill(psutil.Process(pids[1]).ppid(), signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        run(llm)
+        results["node_lost"] = {{"error": None}}
+    except WorkerFailure as e:
+        results["node_lost"] = {{"error": str(e), "elapsed_s": time.monotonic() - t0}}
+finally:
+    llm.llm_engine.shutdown()
+time.sleep(3)
+results["node_lost"]["actor_pids_alive"] = [p for p in pids if psutil.pid_exists(p)
+    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 print("RESULT " + json.dumps(results))
 """
 
@@ -158,6 +179,11 @@ def test_ranks_on_different_nodes_equal_one_rank(model_root, ray_cluster):
     gpus = got["tp2_gpus"]
     assert len(set(gpus["nodes"])) == 1 and sorted(gpus["local_ranks"]) == [0, 1]
     assert gpus["visible"] == ["0,1", "0,1"]
+    lost = got["node_lost"]
+    print("node lost:", lost["error"][:1500])
+    assert "worker rank 1 (Ray actor) died" in lost["error"], lost
+    assert lost["actor_pids_alive"] == [], lost
+    print("node lost: engine stopped after", lost["elapsed_s"], "s")
     busy = got["tp2_busy"]["error"]
     assert "cannot place 2 ranks of one CPU each (strategy PACK) within 5 s" in busy
     assert "other work holds the resources (1 of 4 CPU free)" in busy

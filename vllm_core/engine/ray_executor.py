@@ -37,6 +37,7 @@ The same worker code as the ``mp`` executor (``platform.worker_class()``, the sa
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from typing import Any
@@ -59,6 +60,15 @@ from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 logger = init_logger(__name__)
 
 START_TIMEOUT = "VLLM_WORKER_START_TIMEOUT_S"
+#: After a rank's call fails, how long the others' replies are still awaited, so that a rank
+#: whose actor died (a lost host) is named first rather than the peer that noticed it.
+FAILURE_GRACE_S = 5.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(error: Exception) -> str:
+    """Ray's error text without its terminal colours."""
+    return _ANSI.sub("", str(error))
 
 # Ray's own names for its built-in resources; any other key is a custom resource.
 _ACTOR_RESOURCES: dict[str, dict[str, Any]] = {
@@ -269,8 +279,11 @@ class RayExecutor(RankedExecutor):
     # ------------------------------------------------------------------ waiting
     def _wait(self, refs: list[Any], timeout_s: float,
               timeout_name: str = "VLLM_WORKER_STEP_TIMEOUT_S") -> list[Any]:
-        """Every reply of ``refs`` (one per rank, in rank order). The first rank to fail
-        stops the engine at once (``WorkerFailure``), not when the others time out."""
+        """Every reply of ``refs`` (one per rank, in rank order). A failing rank stops the
+        engine at once (``WorkerFailure``), not when the others time out; the report leads
+        with a rank whose actor died, if one did within ``FAILURE_GRACE_S`` of the first
+        failure (when a host is lost, its peers' collectives fail first, with a connection
+        error that names no one)."""
         import ray
         from ray.exceptions import RayActorError, RayError
 
@@ -278,11 +291,15 @@ class RayExecutor(RankedExecutor):
             raise WorkerFailure(self._failed)
         rank_of = {ref: r for r, ref in enumerate(refs)}
         values: dict[int, Any] = {}
+        died: list[str] = []
+        failed: list[str] = []
         pending = list(refs)
         deadline = time.monotonic() + timeout_s
-        while pending:
+        while pending and not died:
             left = deadline - time.monotonic()
             if left <= 0:
+                if failed:
+                    break
                 hung = sorted(rank_of[r] for r in pending)
                 self._fail(f"no reply from worker rank(s) {hung} for {timeout_s:.0f} s: a "
                            f"worker hung (set {timeout_name} to wait longer)")
@@ -292,9 +309,13 @@ class RayExecutor(RankedExecutor):
                 try:
                     values[rank] = ray.get(ref)
                 except RayActorError as e:
-                    self._fail(f"worker rank {rank} (Ray actor) died: {e}")
+                    died.append(f"worker rank {rank} (Ray actor) died: {_plain(e)}")
                 except RayError as e:
-                    self._fail(f"worker failed: rank {rank}: {e}")
+                    failed.append(f"worker failed: rank {rank}: {_plain(e)}")
+                    if len(failed) == 1:
+                        deadline = min(deadline, time.monotonic() + FAILURE_GRACE_S)
+        if died or failed:
+            self._fail("; then ".join(died + failed))
         return [values[r] for r in range(len(refs))]
 
     def _fail(self, why: str) -> None:
