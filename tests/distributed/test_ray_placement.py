@@ -1,6 +1,7 @@
 """``engine/ray_placement.py`` without a cluster: which placements can never be met (each
 strategy, the message naming every node) and how the actors Ray placed are numbered (a
-node's ranks consecutive, the driver's node first, device indices and visible devices)."""
+node's ranks consecutive, the driver's node first, device indices and visible devices) and
+the rendezvous address."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from vllm_core.engine.ray_placement import (
     ActorSite,
     NodeResources,
     assign_ranks,
+    rendezvous_method,
     unplaceable,
 )
 
@@ -69,3 +71,8 @@ def test_device_ids_sort_numerically():
     slots = assign_ranks(sites, None)
     assert slots[0].visible_devices == ("2", "10", "GPU-uuid")
     assert [s.local_rank for s in slots] == [1, 0, 2]
+
+
+def test_rendezvous_method_brackets_ipv6():
+    assert rendezvous_method("10.0.0.7", 29500) == "tcp://10.0.0.7:29500"
+    assert rendezvous_method("fd00::2", 29500) == "tcp://[fd00::2]:29500"

@@ -52,6 +52,7 @@ from vllm_core.engine.ray_placement import (
     NodeResources,
     RankSlot,
     assign_ranks,
+    rendezvous_method,
     unplaceable,
 )
 from vllm_core.logger import init_logger
@@ -208,7 +209,7 @@ class RayExecutor(RankedExecutor):
             self.placement = self._place(ray, key, par.ray_placement_strategy, start_timeout)
             self.actors, self.slots = self._start_actors(ray, key)
             host, port = ray.get(self.actors[0].node_address.remote(), timeout=start_timeout)
-            self.init_method = f"tcp://{host}:{port}"
+            self.init_method = rendezvous_method(host, port)
             config_ref = ray.put(config)
             self.pids = self._wait(
                 [a.start.remote(config_ref, platform, platform.worker_class(), slot,

@@ -120,6 +120,12 @@ def assign_ranks(sites: list[ActorSite], driver_node_id: str | None) -> list[Ran
     return slots
 
 
+def rendezvous_method(ip: str, port: int) -> str:
+    """``torch.distributed``'s ``init_method`` at rank 0's node address ``ip`` (an IPv6
+    address in brackets)."""
+    return f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
+
+
 def _device_sort_key(device_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order ("2" before "10"), others (UUIDs) after, by name."""
     return (0, int(device_id)) if device_id.isdigit() else (1, device_id)
