@@ -8,8 +8,8 @@ Layouts, each in its own subprocess: ``uni`` (one rank in the engine process), `
 worker process: shared-memory ring, reply pipe), ``mp-tp2`` (two workers: plus the TP
 all-reduces, the logits gather and the sampled-id broadcast); on request (``--layouts``)
 ``ray-tp2-1node`` and ``ray-tp2-2nodes``: two Ray actors on one node or on two nodes of a Ray
-cluster started on this machine (the step message through Ray's object store, fetched by
-each node). Steps run synchronously (async
+cluster started on this machine (the step message inside each actor call), and the same with
+``-store`` (the step message through Ray's object store, as before). Steps run synchronously (async
 scheduling off) so the phases add up: ``schedule_ms`` (``Scheduler.schedule``), ``submit_ms``
 (``execute_model_async``: pickling and the ring write for ``mp``; the whole forward and
 sampling for ``uni``), ``wait_ms`` (``result()``: for ``mp`` the workers' read, forward,
@@ -33,13 +33,18 @@ from typing import Any
 
 RESULT = "MP_OVERHEAD "
 DEFAULT_LAYOUTS = ("uni", "mp-tp1", "mp-tp2")
-# layout: (tensor_parallel_size, executor, further LLM arguments). The ray layouts run on a
-# Ray cluster of two nodes of two CPUs on this machine, started by this script
-# (tests/distributed/ray_local_cluster.py): both ranks on one node, or one rank per node.
-LAYOUTS: dict[str, tuple[int, str, dict[str, Any]]] = {
-    "uni": (1, "uni", {}), "mp-tp1": (1, "mp", {}), "mp-tp2": (2, "mp", {}),
-    "ray-tp2-1node": (2, "ray", {"ray_placement_strategy": "STRICT_PACK"}),
-    "ray-tp2-2nodes": (2, "ray", {"ray_placement_strategy": "STRICT_SPREAD"})}
+# layout: (tensor_parallel_size, executor, further LLM arguments, environment). The ray
+# layouts run on a Ray cluster of two nodes of two CPUs on this machine, started by this
+# script (tests/distributed/ray_local_cluster.py): both ranks on one node, or one rank per
+# node; "-store": every step message through Ray's object store instead of inside the calls.
+_PACK, _SPREAD = {"ray_placement_strategy": "STRICT_PACK"}, {"ray_placement_strategy":
+                                                             "STRICT_SPREAD"}
+_STORE = {"VLLM_RAY_INLINE_MAX_BYTES": "0"}
+LAYOUTS: dict[str, tuple[int, str, dict[str, Any], dict[str, str]]] = {
+    "uni": (1, "uni", {}, {}), "mp-tp1": (1, "mp", {}, {}), "mp-tp2": (2, "mp", {}, {}),
+    "ray-tp2-1node": (2, "ray", _PACK, {}), "ray-tp2-2nodes": (2, "ray", _SPREAD, {}),
+    "ray-tp2-1node-store": (2, "ray", _PACK, _STORE),
+    "ray-tp2-2nodes-store": (2, "ray", _SPREAD, _STORE)}
 
 
 def build_model(folder: str, vocab: int) -> None:
@@ -57,7 +62,7 @@ def run_layout(args: argparse.Namespace) -> dict[str, Any]:
     from vllm_core import LLM, SamplingParams
     from vllm_core.engine.core import CoreStep
 
-    tp, backend, extra = LAYOUTS[args.layout]
+    tp, backend, extra, _ = LAYOUTS[args.layout]
     llm = LLM(args.folder, dtype="float32", max_model_len=256, max_num_seqs=4, seed=0,
               enforce_eager=True, tensor_parallel_size=tp,
               distributed_executor_backend=backend, async_scheduling=False, **extra)
@@ -154,7 +159,8 @@ def run_layouts(args: argparse.Namespace, layouts: list[str], env: dict[str, str
         for layout in layouts:
             cmd = [sys.executable, __file__, "--layout", layout, "--folder", folder,
                    "--tokens", str(args.tokens), "--vocab", str(args.vocab)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  env={**env, **LAYOUTS[layout][3]})
             got = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
             if not got:
                 print(json.dumps({"bench": "mp_step_overhead_cpu", "layout": layout,

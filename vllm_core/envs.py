@@ -128,6 +128,13 @@ def ray_carried_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(RAY_CARRIED_ENV_PREFIXES)}
 
 
+def ray_inline_max_bytes() -> int:
+    """VLLM_RAY_INLINE_MAX_BYTES: the ``ray`` executor sends a step's pickled
+    ``SchedulerOutput`` of up to this many bytes inside each actor call, larger ones through
+    Ray's object store (default 65536; 0: always the object store)."""
+    return int(get("VLLM_RAY_INLINE_MAX_BYTES") or 65536)
+
+
 def prometheus_multiproc_dir() -> str | None:
     """PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode (metrics written to
     files in this folder and summed at scrape time); set by ``--api-server-count`` > 1."""

@@ -15,7 +15,7 @@ addresses (127.0.0.2, 127.0.0.3), each declaring two GPUs.
   ``GPU``): two ranks packed on one node each see both GPUs Ray gave that node's ranks
   (``CUDA_VISIBLE_DEVICES=0,1``, where Ray had set each to its own) and use device index 0
   and 1.
-* A host lost (the raylet of rank 1's node killed): the next step stops the engine with
+* A host lost (every process of rank 1's node killed: its raylet, agents and actors): the next step stops the engine with
   ``WorkerFailure`` naming rank 1, and no actor process is left.
 * A cluster that could hold two ranks but is busy (the driver holds three of its four CPUs)
   is refused after ``VLLM_WORKER_START_TIMEOUT_S``, saying what is free.
@@ -98,13 +98,15 @@ try:
 finally:
     ex.shutdown()
 
-# a host lost: the raylet of rank 1's node is killed (its actors go with it)
+# a host lost: every process of rank 1's node is killed (its raylet and what it started)
 import signal, psutil
 llm = make_llm({folder!r}, tp=2, distributed_executor_backend="ray",
                attention_backend="reference", ray_placement_strategy="STRICT_SPREAD")
 pids = list(llm.llm_engine.executor.pids)
 try:
-    os.kill(psutil.Process(pids[1]).ppid(), signal.SIGKILL)
+    raylet = psutil.Process(pids[1]).parent()
+    for proc in [raylet, *raylet.children(recursive=True)]:     # the whole node, as a host
+        os.kill(proc.pid, signal.SIGKILL)
     t0 = time.monotonic()
     try:
         run(llm)

@@ -23,9 +23,11 @@ The same worker code as the ``mp`` executor (``platform.worker_class()``, the sa
   ``torch.distributed`` rendezvous (the node's address, not the driver's). The actors get the
   driver's vllm-core / Hugging Face / collective-library settings (``envs.ray_carried_env``):
   a node's raylet starts them with its own environment, not the driver's.
-* **Steps**: the ``SchedulerOutput`` is put once in Ray's object store and every actor
-  receives the same reference (a broadcast, not one pickle per rank; no shared memory, so
-  it reaches actors on other hosts: each node's object store fetches it once); the sampling rank's
+* **Steps**: the ``SchedulerOutput`` is pickled once per step (not once per rank). Up to
+  ``VLLM_RAY_INLINE_MAX_BYTES`` (64 KiB: every decode step) those bytes travel inside each
+  actor call (Ray inlines small arguments: no object-store write and fetch); a larger one is
+  put once in Ray's object store and every call names it (each node's store fetches it once).
+  No shared memory, so it reaches actors on other hosts. The sampling rank's
   ``ModelRunnerOutput`` is the step's result. Calls to one actor run in submission order, so
   ``execute_model_async`` lets the engine schedule the next step while the actors compute.
 * **Faults**: waiting watches every rank's reply; an actor that dies or raises stops the
@@ -37,6 +39,7 @@ The same worker code as the ``mp`` executor (``platform.worker_class()``, the sa
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import socket
 import time
@@ -157,8 +160,9 @@ class RayWorkerActor:
         self.worker.load_model()
         return os.getpid()
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.worker.execute_model(scheduler_output)
+    def execute_pickled(self, payload: bytes) -> ModelRunnerOutput:
+        """One step: ``payload`` is the pickled ``SchedulerOutput`` (see ``RayExecutor``)."""
+        return self.worker.execute_model(pickle.loads(payload))
 
     def call(self, method: str, *args: Any) -> Any:
         if method == "num_blocks":
@@ -196,6 +200,7 @@ class RayExecutor(RankedExecutor):
         self.world_size = par.world_size
         self.output_rank = sampling_rank(par.tensor_parallel_size, par.pipeline_parallel_size)
         self.step_timeout_s = envs.worker_step_timeout_s()
+        self.inline_max_bytes = envs.ray_inline_max_bytes()
         self._failed: str | None = None
         self.actors: list[Any] = []
         self.placement: Any = None
@@ -360,8 +365,9 @@ class RayExecutor(RankedExecutor):
 
         if self._failed is not None:
             raise WorkerFailure(self._failed)
-        ref = ray.put(scheduler_output)           # once, every rank reads the same object
-        return _PendingStep(self, [a.execute_model.remote(ref) for a in self.actors])
+        payload = pickle.dumps(scheduler_output, protocol=pickle.HIGHEST_PROTOCOL)
+        arg = payload if len(payload) <= self.inline_max_bytes else ray.put(payload)
+        return _PendingStep(self, [a.execute_pickled.remote(arg) for a in self.actors])
 
     def shutdown(self) -> None:
         """Stop every actor, free the placement group, and stop a Ray instance this executor
