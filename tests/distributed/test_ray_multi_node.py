@@ -3,9 +3,10 @@ with ``ray start`` as on several hosts (``ray_local_cluster``): a head without C
 engine connects, like a head node without GPUs) and two nodes of two CPUs each at their own
 addresses (127.0.0.2, 127.0.0.3), each declaring two GPUs.
 
-* TP=2 with ``STRICT_SPREAD``: the two ranks on two different nodes; TP=2 x PP=2 with the
-  default ``PACK``: each TP group (ranks 0-1, 2-3) on one node with device indices 0 and 1,
-  the two pipeline stages on different nodes. Both: greedy tokens and logprobs equal the
+* TP=2 with ``STRICT_SPREAD``: the two ranks on two different nodes (the step messages inside
+  the actor calls); TP=2 x PP=2 with the default ``PACK``: each TP group (ranks 0-1, 2-3) on
+  one node with device indices 0 and 1, the two pipeline stages on different nodes (the step
+  messages through Ray's object store, ``VLLM_RAY_INLINE_MAX_BYTES=0``). Both: greedy tokens and logprobs equal the
   single-rank engine's, no rank on the head, the ``torch.distributed`` rendezvous is rank 0's
   node address (not the engine's node), and the actors got a setting made only in the
   engine's environment (``envs.ray_carried_env``: the raylets never had it).
@@ -68,8 +69,10 @@ def engine(**kw):
 
 os.environ["VLLM_TEST_RAY_CARRIED"] = "from-the-driver"
 ray.init(include_dashboard=False)
-results = {{"tp2_spread": engine(tp=2, ray_placement_strategy="STRICT_SPREAD"),
-            "tp2_pp2_pack": engine(tp=2, pp=2)}}
+results = {{"tp2_spread": engine(tp=2, ray_placement_strategy="STRICT_SPREAD")}}
+os.environ["VLLM_RAY_INLINE_MAX_BYTES"] = "0"       # every step through the object store
+results["tp2_pp2_pack"] = engine(tp=2, pp=2)
+del os.environ["VLLM_RAY_INLINE_MAX_BYTES"]
 os.environ["VLLM_WORKER_START_TIMEOUT_S"] = "600"
 results["tp2_pp2_strict_pack"] = engine(tp=2, pp=2, ray_placement_strategy="STRICT_PACK")
 from ray.util.placement_group import placement_group, remove_placement_group
