@@ -126,7 +126,7 @@ class RayWorkerActor:
         import ray
 
         context = ray.get_runtime_context()
-        ids = context.get_accelerator_ids().get(key, []) if key != "CPU" else []
+        ids = context.get_accelerator_ids().get(key, [])      # no entry for CPU
         return ActorSite(bundle=bundle, node_id=context.get_node_id(),
                          ip=ray.util.get_node_ip_address(), pid=os.getpid(),
                          device_ids=tuple(str(i) for i in ids))
