@@ -72,7 +72,8 @@ def _paged_decode_inputs(batch: int, ctx: int) -> dict:
 
 def bench_decode(out: str | None, batches: list[int], ctxs: list[int]) -> None:
     cus = device_parallelism(torch.device("cuda"))
-    sweep = [(64, 4, 2), (64, 4, 3), (32, 4, 3), (128, 4, 2), (128, 8, 3), (64, 8, 2)]
+    sweep = [(64, 4, 2), (64, 4, 3), (64, 4, 4), (32, 4, 3), (32, 2, 3), (64, 2, 3),
+             (128, 4, 2), (128, 4, 3), (128, 8, 3), (128, 8, 4), (64, 8, 2), (256, 8, 3)]
     for batch in batches:
         for ctx in ctxs:
             x = _paged_decode_inputs(batch, ctx)
@@ -232,14 +233,21 @@ def main() -> None:
     p.add_argument("--out", default=None, help="append the JSON lines to this file")
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     p.add_argument("--ctxs", type=int, nargs="+", default=[512, 1024, 2048])
-    p.add_argument("--only", choices=["all", "gemv", "argmax"], default="all")
+    p.add_argument("--only", choices=["all", "gemv", "argmax", "decode"], default="all")
+    p.add_argument("--kv-heads", type=int, default=8,
+                   help="decode attention's KV heads (8: Llama-8B; 4: Qwen3-30B-A3B)")
     p.add_argument("--gemv-rows", type=int, nargs="+", default=[1, 2, 4, 8])
     args = p.parse_args()
+    global HKV
+    HKV = args.kv_heads
     torch.manual_seed(0)
     _emit({"bench": "device", "name": torch.cuda.get_device_name(),
            "sms": device_parallelism(torch.device("cuda")), "torch": torch.__version__,
            "triton": triton.__version__}, args.out)
     bench_copy(args.out)
+    if args.only == "decode":
+        bench_decode(args.out, args.batches, args.ctxs)
+        return
     bench_argmax(args.out)
     if args.only == "argmax":
         return

@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--tokens", default="1,16,64,256,1024,4096")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="fewer candidates")
+    ap.add_argument("--wide", action="store_true",
+                    help="also BLOCK_M 128 and BLOCK_N 256 (prefill), with BLOCK_M kept near "
+                         "the rows per expert of each batch size")
     ap.add_argument("--write", default=None,
                     help="write the best configs as a VLLM_MOE_TILE_CONFIG file (updated after "
                          "every batch size)")
@@ -50,6 +53,8 @@ def main() -> None:
                 stages=[3, 4])
     if args.quick:
         grid.update(block_k=[64], stages=[3])
+    if args.wide:
+        grid.update(block_m=[16, 32, 64, 128], block_n=[64, 128, 256])
     candidates = [MoETileConfig(m, n, n, kk, wp, st) for m, n, kk, wp, st in itertools.product(
         grid["block_m"], grid["block_n"], grid["block_k"], grid["warps"], grid["stages"])]
     best_entries = []
@@ -72,7 +77,10 @@ def main() -> None:
         default = default_config(t * k, e)
         base = time_ms(default)
         best, best_ms = default, base
+        per_expert = t * k / e
         for cfg in candidates:
+            if args.wide and not (per_expert / 8 <= cfg.block_m <= max(32, 2 * per_expert)):
+                continue             # blocks far from the rows per expert: never the best
             try:
                 ms = time_ms(cfg)
             except Exception as exc:  # noqa: BLE001 - a config the GPU cannot run
@@ -89,7 +97,9 @@ def main() -> None:
                           "experts": e, "hidden": h, "inter": i, "best": asdict(best),
                           "best_ms": round(best_ms, 4), "default_ms": round(base, 4),
                           "speedup_vs_default": round(base / best_ms, 3),
-                          "expert_weight_gb_s": round(gbs, 1)}), flush=True)
+                          "expert_weight_gb_s": round(gbs, 1),
+                          "tflop_s": round(t * k * 3 * h * i * 2 / (best_ms / 1e3) / 1e12, 1)}),
+              flush=True)
         best_entries.append((t * k, best))
         if args.write:
             Path(args.write).write_text(json.dumps(

@@ -205,8 +205,11 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
     torch.cuda.reset_peak_memory_stats()
     params = SamplingParams(temperature=0.0, max_tokens=w.output_len, ignore_eos=True,
                             detokenize=False)
+    phases = {}
     if args.profile:
-        _profile_steps(llm, prompts, params, args.profile)
+        from gpu_profile import profile_phases
+
+        phases = profile_phases(llm, prompts, args.profile)
     runner.timing = StepTiming()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -228,7 +231,7 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
         "async_scheduling": engine.async_scheduling, "fed_rows": runner.num_fed_rows,
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": engine.config.scheduler.max_num_batched_tokens,
-        **runner.kv_waste.as_dict(), **runner.timing.as_dict(), **_gpu_facts(),
+        **runner.kv_waste.as_dict(), **runner.timing.as_dict(), **_gpu_facts(), **phases,
     }
     if w.requests == 1:
         m = outs[0].metrics
@@ -274,6 +277,10 @@ def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
         st = queue.stats
         res.update(pp_steps=st.num_steps, pp_overlapped_steps=st.num_overlapped_steps,
                    pp_max_in_flight=st.max_in_flight)
+    if engine.in_process and par.data_parallel_size == 1:   # per rank: graph / eager steps
+        res["ranks"] = [{k: r[k] for k in ("rank", "graph_steps", "eager_steps")}
+                        | {"max_graph_size": max(r["graph_sizes"], default=0)}
+                        for r in engine.executor.collective_rpc("graph_report")]
     if w.requests == 1:
         m = outs[0].metrics
         if m is not None and m.first_token_time and m.last_token_time:
@@ -283,30 +290,6 @@ def _run_vllm_core_parallel(llm: Any, w: Workload, prompts: list[list[int]],
             res["tpot_ms"] = round(1e3 * decode / (out_tokens - 1), 3)
     engine.shutdown()
     return res
-
-
-def _profile_steps(llm: Any, prompts: list[list[int]], params: Any, path: str) -> None:
-    """torch.profiler trace of a short decode-heavy run (written to ``path``)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from vllm_core import SamplingParams
-
-    short = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, detokenize=False)
-    # fresh random prompts: the measured run must not hit them in the prefix cache
-    import numpy as np
-
-    rng = np.random.default_rng(20_000)
-    batch = [{"prompt_token_ids": p} for p in
-             rng.integers(0, max(map(max, prompts)) + 1, size=(len(prompts), len(prompts[0])))
-             .tolist()]
-    llm.generate(batch, short, use_tqdm=False)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        llm.generate(batch, short, use_tqdm=False)
-    torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
-    Path(path).write_text(table + "\n\n" + prof.key_averages().table(
-        sort_by="cpu_time_total", row_limit=30))
 
 
 def _hf_model(args: argparse.Namespace) -> Any:
@@ -593,7 +576,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")
     p.add_argument("--profile", default=None,
-                   help="vllm-core: write a torch.profiler table of a short run to this file")
+                   help="vllm-core: time and profile prefill-only and prefill+decode windows before the measured run (gpu_profile.py), kernel tables to this file")
     p.add_argument("--output", default=None, help="append the JSON lines to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--requests", type=int, default=None, help=argparse.SUPPRESS)

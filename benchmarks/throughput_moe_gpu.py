@@ -146,12 +146,17 @@ def run_vllm_core(args: argparse.Namespace, prompts: list[list[int]]) -> dict[st
     elapsed = time.perf_counter() - t0
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     engine = llm.llm_engine
+    phases = {}
+    if args.profile:      # after the measured run: it does not disturb it
+        from gpu_profile import profile_phases
+
+        phases = profile_phases(llm, prompts, args.profile)
     res = {"output_tokens": out_tokens, "elapsed_s": round(elapsed, 3),
            "output_tok_s": round(out_tokens / elapsed, 1), "startup_s": round(startup, 2),
            "tensor_parallel_size": args.tensor_parallel_size,
            "enable_expert_parallel": args.enable_expert_parallel,
            "kv_blocks": engine.config.cache.num_blocks,
-           "graphs": bool(engine.config.graph_batch_sizes)}
+           "graphs": bool(engine.config.graph_batch_sizes), **phases}
     engine.shutdown()
     return res
 
@@ -189,6 +194,8 @@ def spawn(args: argparse.Namespace, worker: str, requests: int,
         cmd.append("--enforce-eager")
     if args.enable_expert_parallel:
         cmd.append("--enable-expert-parallel")
+    if args.profile and worker == "vllm-core":
+        cmd += ["--profile", args.profile]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -275,6 +282,9 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds per HF peer")
     p.add_argument("--core-timeout", type=float, default=None, help="seconds for vllm-core")
     p.add_argument("--output", default=None)
+    p.add_argument("--profile", default=None,
+                   help="vllm-core: after the measured run, time and profile prefill-only and "
+                        "prefill+decode windows (gpu_profile.py), kernel tables to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:

@@ -35,7 +35,7 @@ def test_policy_routes_by_size():
     assert AllReducePolicy(64 * KIB, 1024 * KIB, frozenset()).choose(8) == NCCL
 
 
-def test_tensor_parallel_keeps_graphs_pipeline_runs_eager(monkeypatch):
+def test_tensor_and_pipeline_parallel_keep_graphs(monkeypatch):
     monkeypatch.setattr(cuda_platform, "device_capability", lambda index=0: (9, 0))
     tp = EngineConfig(model=ModelConfig(model="m"),
                       parallel=ParallelConfig(tensor_parallel_size=2))
@@ -44,7 +44,7 @@ def test_tensor_parallel_keeps_graphs_pipeline_runs_eager(monkeypatch):
     pp = EngineConfig(model=ModelConfig(model="m"),
                       parallel=ParallelConfig(tensor_parallel_size=2, pipeline_parallel_size=2))
     CudaPlatform.check_and_update_config(pp)
-    assert pp.graph_batch_sizes == []
+    assert pp.graph_batch_sizes == default_graph_batch_sizes(256)   # stage graphs
 
 
 class GlooSum:

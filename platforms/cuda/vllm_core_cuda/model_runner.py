@@ -20,6 +20,12 @@ this subclass fills the platform hooks (API 2.0):
   With tensor parallelism a graph holds the forward (its all-reduces are the TP group's
   graph-safe ones, ``CudaCommunicator``) and this rank's vocabulary range of the logits; the
   logits are gathered on TP rank 0 after the replay (``model.gather_logits``, NCCL, eager).
+  With pipeline parallelism every stage captures the same sizes (so all stages pad a step
+  alike and the sent and received row counts agree); send/recv stay outside the graph. A
+  stage other than the first copies the received ``IntermediateTensors`` into static inputs
+  before the replay, a stage other than the last replays into static outputs that the core
+  then sends; the last stage returns logits (``stage_buffers.StageGraphBuffers``).
+  Verification graphs are not captured under pipeline parallelism (those steps run eager).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from vllm_core.attention.backend import CommonAttentionMetadata
 from vllm_core.worker.model_runner import ForwardOutput, ModelRunner, StepInputs, StepShape
 from vllm_core.worker.step_plan import StepPlan
 from vllm_core_cuda.graphs import DecodeGraphs
+from vllm_core_cuda.stage_buffers import StageGraphBuffers, stage_forward
 
 # Verification graphs when speculation is never switched off (disable_by_batch_size 0): up to
 # this many requests (their logits rows, k + 1 per request, are held in the graph's buffer).
@@ -40,12 +47,16 @@ FORCED_SPEC_GRAPH_LIMIT = 64
 
 class CudaModelRunner(ModelRunner):
     """See the module docstring. ``graph_sizes`` (empty with ``enforce_eager`` or a backend that
-    cannot be captured) are the decode batch sizes captured by ``capture_graphs``."""
+    cannot be captured) are the decode batch sizes captured by ``capture_graphs``, into
+    ``graphs_cls`` sets (a test may name a stand-in that replays by re-running the recorded
+    forward over the same static buffers)."""
 
     pin_memory: ClassVar[bool] = True
+    graphs_cls: ClassVar[type[DecodeGraphs]] = DecodeGraphs
     native_bitmask_kernel: ClassVar[bool] = True
     graphs: DecodeGraphs | None = None
     verify_graphs: DecodeGraphs | None = None
+    stage_buffers: StageGraphBuffers | None = None     # pipeline parallelism: static I/O
 
     def new_step_event(self) -> Any | None:
         return torch.cuda.Event()
@@ -69,10 +80,15 @@ class CudaModelRunner(ModelRunner):
                     shape: StepShape | None) -> ForwardOutput:
         if shape is None:
             return super().run_forward(plan, inputs, shape)
+        stage = self.stage_buffers
+        if stage is not None and stage.takes_input:     # received outside the graph
+            stage.load(inputs.intermediate)
         if shape.max_query_len > 1:
             logits = self.verify_graphs.replay(shape.num_reqs - 1)
         else:
             logits = self.graphs.replay(shape.num_reqs)
+        if stage is not None and stage.gives_output:    # sent by the core after this
+            return ForwardOutput(hidden=stage.outputs(shape.num_tokens), logits=None)
         if self.parallel.tp_size > 1:      # the graph holds this rank's vocabulary range only
             logits = self.model.gather_logits(logits)
         return ForwardOutput(hidden=None, logits=logits)
@@ -84,25 +100,32 @@ class CudaModelRunner(ModelRunner):
             return 0.0
         if not self.kv_caches:
             raise RuntimeError("initialize_cache must run before capture_graphs")
-        width = self.arch.vocab_size
-        if self.parallel.tp_size > 1:      # graphs hold the local logits; gathered after replay
+        par = self.parallel
+        width = self.arch.vocab_size if par.is_last_stage else None
+        if par.is_last_stage and par.tp_size > 1:   # local logits; gathered after replay
             probe = torch.zeros(1, self.arch.hidden_size, dtype=self.dtype, device=self.device)
             with torch.inference_mode():
                 width = self.model.compute_local_logits(probe).shape[-1]
+        if par.pp_size > 1:                          # decode graphs only: one row a request
+            self.stage_buffers = StageGraphBuffers.allocate(
+                self.graph_sizes[-1], self.arch.hidden_size, self.dtype, self.device,
+                par.is_first_stage, par.is_last_stage)
         self._graph_metadata: dict[int, dict[int, Any]] = {}   # keeps the launch plans alive
-        self.graphs = DecodeGraphs(self.graph_sizes, width, self.device)
+        self.graphs = self.graphs_cls(self.graph_sizes, width, self.device)
         seconds = self._capture(self.graphs)
         sizes, q = self.verify_graph_sizes()
         if sizes:
-            self.verify_graphs = DecodeGraphs(sizes, width, self.device, query_len=q)
+            self.verify_graphs = self.graphs_cls(sizes, width, self.device, query_len=q)
             seconds += self._capture(self.verify_graphs, pool=self.graphs.pool)
         return seconds
 
     def verify_graph_sizes(self) -> tuple[list[int], int]:
         """``(sizes, q)``: the batch sizes of the verification graphs (empty when none are
-        captured) and their tokens per request."""
+        captured) and their tokens per request. None with pipeline parallelism (verification
+        steps run eager there; the stage graphs are the decode ones)."""
         spec = self.config.speculative
         if (spec is None or not self.attn_backend.supports_verify_graph_capture
+                or self.parallel.pp_size > 1
                 or (self.proposer is not None and self.proposer.needs_target_hidden)):
             return [], 1
         q = spec.num_speculative_tokens + 1
@@ -128,14 +151,16 @@ class CudaModelRunner(ModelRunner):
             b.upload(size * q, size if q == 1 else size + 1, 0)
             torch.cuda.current_stream(self.device).synchronize()   # staging reused next size
 
-        def forward(size: int) -> torch.Tensor:
+        stage = self.stage_buffers
+
+        def forward(size: int) -> torch.Tensor | None:
             md = metadata.get(size)
             if md is None:
                 md = metadata[size] = self.builder.build_for_capture(
                     self._graph_common(size, max_len, q), max_len)
             tokens = size * q
-            hidden = self.model(b.input_ids[:tokens], b.positions[:tokens], self.kv_caches, md)
-            return self.model.compute_local_logits(hidden)
+            return stage_forward(self.model, b.input_ids[:tokens], b.positions[:tokens],
+                                 self.kv_caches, md, stage)
 
         mode = "thread_local" if self.parallel.world_size > 1 else "global"
         return graphs.capture(prepare, forward, capture_error_mode=mode, pool=pool)

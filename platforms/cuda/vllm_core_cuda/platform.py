@@ -41,6 +41,22 @@ def default_graph_batch_sizes(max_num_seqs: int, limit: int = MAX_GRAPH_BATCH_SI
     return sizes
 
 
+def micro_batch_graph_sizes(sizes: list[int], max_num_seqs: int, depth: int) -> list[int]:
+    """The decode graph sizes worth capturing when pipeline micro-batching keeps ``depth``
+    steps in flight: a decode-only step then holds at most ``ceil(max_num_seqs / depth)``
+    running requests (``InFlightRequests.seat_cap``), so ``sizes`` (sorted) are cut after the
+    first one that holds that many; a larger batch, which micro-batching never forms, would run
+    eager. ``depth`` 1 (no micro-batching) keeps ``sizes`` as they are."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if depth == 1 or not sizes:
+        return list(sizes)
+    cap = -(-max_num_seqs // depth)
+    kept = [s for s in sizes if s < cap]
+    bigger = [s for s in sizes if s >= cap]
+    return kept + bigger[:1]
+
+
 def device_capability(index: int = 0) -> tuple[int, int]:
     import torch
 
@@ -158,24 +174,23 @@ class CudaPlatform(Platform):
     @classmethod
     def check_and_update_config(cls, config: EngineConfig) -> None:
         """Base rules, then: bfloat16 needs ``min_bf16_capability``; graph batch sizes unless
-        ``enforce_eager`` (user-given sizes are kept, sorted). Pipeline parallelism runs eager
-        (a graph replay does not carry pipeline intermediates). Tensor parallelism keeps its
-        graph sizes: the worker captures them only when the TP group's all-reduce is graph-safe
-        (``CudaCommunicator.enable_fast_all_reduce``; NCCL inside a captured graph hung on the
-        two-H200 host, hardware-notes.md), else it runs eager."""
+        ``enforce_eager`` (user-given sizes are kept, sorted). With pipeline micro-batching
+        the sizes stop at the half batch micro-batching forms (``micro_batch_graph_sizes``);
+        every pipeline stage captures the same sizes (its graph takes the received
+        intermediates from static buffers, ``stage_buffers.StageGraphBuffers``). Tensor
+        parallelism keeps its graph sizes: the worker captures them only when the TP group's
+        all-reduce is graph-safe (``CudaCommunicator.enable_fast_all_reduce``; NCCL inside a
+        captured graph hung on the two-H200 host, hardware-notes.md), else it runs eager."""
         super().check_and_update_config(config)
         cls._check_dtype(config.model.dtype)
-        if config.parallel.pipeline_parallel_size > 1:
-            if not config.enforce_eager:
-                logger.info("graphs off with pipeline parallelism (%d stages)",
-                            config.parallel.pipeline_parallel_size)
-            config.graph_batch_sizes = []
-        elif config.enforce_eager:
+        if config.enforce_eager:
             config.graph_batch_sizes = []
         elif config.graph_batch_sizes:
             config.graph_batch_sizes = sorted(set(config.graph_batch_sizes))
         else:
-            config.graph_batch_sizes = default_graph_batch_sizes(config.scheduler.max_num_seqs)
+            config.graph_batch_sizes = micro_batch_graph_sizes(
+                default_graph_batch_sizes(config.scheduler.max_num_seqs),
+                config.scheduler.max_num_seqs, config.parallel.max_concurrent_batches)
 
     @classmethod
     def _check_dtype(cls, dtype: str) -> None:

@@ -46,7 +46,8 @@ class CudaWorker(TorchWorker):
         """The core's set-up, then, with tensor parallelism, the TP group's graph-safe
         all-reduce (``CudaCommunicator.enable_fast_all_reduce``), its buffer large enough for
         the all-reduces of the largest captured decode batch. Without it the TP ranks run
-        eager (no decode graphs): NCCL inside a captured graph is not safe."""
+        eager (no decode graphs): NCCL inside a captured graph is not safe. With pipeline
+        parallelism too, the stages agree (a world all-reduce): graphs on every stage or none."""
         super().init_device()
         tp = self.parallel.tp
         if self.parallel.tp_size == 1 or not hasattr(tp, "enable_fast_all_reduce"):
@@ -67,6 +68,14 @@ class CudaWorker(TorchWorker):
         if not safe and runner.graph_sizes:
             logger.info("decode graphs off: the TP all-reduce is not graph-safe")
             runner.graph_sizes = []
+        if self.parallel.pp_size > 1:
+            # every stage must pad a step alike (the rows one stage sends, the next receives):
+            # graphs stay on only where every TP group kept them
+            on = torch.tensor([1 if runner.graph_sizes else 0], device=self.device)
+            if int(self.parallel.world.all_reduce(on).item()) < self.parallel.world_size:
+                if runner.graph_sizes:
+                    logger.info("decode graphs off: another pipeline stage runs eager")
+                runner.graph_sizes = []
 
     def layer_ops(self) -> Any:
         from vllm_core_triton.ops import TritonLayerOps

@@ -46,10 +46,16 @@ def test_fused_moe_matches_reference(shape, dtype):
     t, e, k, h, i = shape
     args = _problem(t, e, k, h, i, dtype)
     got = fused_moe(*args)
-    ref = reference_fused_moe(*[a.cpu() for a in args]) if t * k <= 64 else \
-        reference_fused_moe(*[a.float() for a in args]).to(dtype)
-    torch.testing.assert_close(got.float().cpu(), ref.float().cpu(), atol=TOL[dtype],
-                               rtol=TOL[dtype])
+    if t * k <= 64:
+        ref = reference_fused_moe(*[a.cpu() for a in args])
+        torch.testing.assert_close(got.float().cpu(), ref.float().cpu(), atol=TOL[dtype],
+                                   rtol=TOL[dtype])
+        return
+    # large shapes: against the float32 reference, by the norm of the error (a bf16 product
+    # over H=2048 and I=768 is off by ~0.3 element-wise where the output is ~50)
+    ref = reference_fused_moe(*[a.float() for a in args])
+    err = ((got.float() - ref).norm() / ref.norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 1e-2), err
 
 
 @pytest.mark.parametrize("cfg", [MoETileConfig(block_m=16, block_n_gate_up=16, block_n_down=32,
@@ -115,6 +121,17 @@ def test_sweep_file_overrides_tiles(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_MOE_TILE_CONFIG", str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="not a tile configuration file"):
         moe_tile_config(6, 6, 40, 24, torch.float32)
+
+
+def test_swept_tiles_of_qwen3_moe_experts_are_in_the_table():
+    """The Qwen3-30B-A3B expert shape gets its swept tiles by batch size, not the default."""
+    from vllm_core_triton.kernels.fused_moe_configs import moe_tile_config
+
+    decode = moe_tile_config(256 * 8, 128, 2048, 768, torch.bfloat16)
+    prefill = moe_tile_config(8192 * 8, 128, 2048, 768, torch.bfloat16)
+    assert (decode.block_m, decode.block_k) == (32, 128)
+    assert (prefill.block_m, prefill.block_n_gate_up, prefill.num_warps) == (128, 128, 8)
+    assert decode != default_config(256 * 8, 128)
 
 
 def _fields(cfg: MoETileConfig) -> dict:

@@ -715,3 +715,27 @@ def test_verification_graph_batch_padded_by_step_buffers():
         ref = _ref_attention(query[:t], expected, b, head_size ** -0.5)
         assert _rel_err(out[:t].view(t, num_heads, head_size), ref) < TOL[torch.float32]
         assert not out.isnan().any()
+
+
+def test_decode_attention_tiles_env_sets_decode_launches_only(monkeypatch):
+    """VLLM_TRITON_DECODE_ATTENTION_TILES (benchmarks' A/B of launch plans) applies to
+    decode-only steps, leaves mixed steps to the heuristic and refuses a malformed value."""
+    import dataclasses
+
+    from vllm_core_triton import envs
+
+    b, *_ = _backend_case(torch.Generator().manual_seed(3), 4, LOW)
+    md = TritonAttentionBackend.get_builder_cls()(BLOCK_SIZES[0], DEVICE).build(
+        _common(b, BLOCK_SIZES[0]))
+    impl = TritonAttentionBackend.get_impl_cls()(NUM_KV_HEADS * 4, HEAD_SIZES[0], 0.1,
+                                                NUM_KV_HEADS)
+    decode = dataclasses.replace(md, max_query_len=1)
+    heuristic, mixed = impl._plan(decode, False), impl._plan(md, False)
+    monkeypatch.setenv("VLLM_TRITON_DECODE_ATTENTION_TILES", "128,8,3")
+    plan = impl._plan(decode, False)
+    assert (plan.tile_n, plan.num_warps, plan.num_stages) == (128, 8, 3) != (
+        heuristic.tile_n, heuristic.num_warps, heuristic.num_stages)
+    assert md.max_query_len > 1 and impl._plan(md, False) == mixed
+    monkeypatch.setenv("VLLM_TRITON_DECODE_ATTENTION_TILES", "64,4")
+    with pytest.raises(ValueError, match="VLLM_TRITON_DECODE_ATTENTION_TILES"):
+        envs.decode_attention_tiles()

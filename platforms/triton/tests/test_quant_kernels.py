@@ -55,8 +55,15 @@ def _run(w: WNA16Weight, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Te
                                                        (8, 128, True)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_wna16_matches_dequantize_then_matmul(rows, bits, group_size, act_order, dtype):
-    w = random_wna16(K, N, bits, group_size, act_order, dtype)
-    gen = torch.Generator().manual_seed(1)
+    _check_against_reference(random_wna16(K, N, bits, group_size, act_order, dtype), rows,
+                             dtype, seed=1)
+
+
+def _check_against_reference(w: WNA16Weight, rows: int, dtype: torch.dtype, seed: int
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel against the float32 de-quantize-then-matmul reference on ``rows`` random
+    rows (with a bias at 3 rows); returns ``(x, got, want)``."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, K, generator=gen).to(DEVICE, dtype)
     bias = torch.randn(N, generator=gen).to(DEVICE, dtype) if rows == 3 else None
     got = _run(w, x, bias)
@@ -64,6 +71,7 @@ def test_wna16_matches_dequantize_then_matmul(rows, bits, group_size, act_order,
     assert got.dtype == dtype and got.shape == (rows, N)
     torch.testing.assert_close(got.float(), want, atol=TOL[dtype] * want.abs().max().item(),
                                rtol=TOL[dtype])
+    return x, got, want
 
 
 def test_wna16_rows_are_independent_of_the_batch():
@@ -75,11 +83,10 @@ def test_wna16_rows_are_independent_of_the_batch():
         torch.testing.assert_close(_run(w, x[i:i + 1], None)[0], together[i], atol=0, rtol=0)
 
 
-def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales():
-    """Split-K GEMV whose last split runs past K (9 K-steps over 5 splits of 2): the
-    per-group scale/zero rows are read only for groups that exist. The scales and zeros are
-    views of tensors with one more row of NaN, so a read of group ``K / group_size`` (the bug:
-    an out-of-bounds read, an illegal address on the GPU at the 8B shapes) poisons the result."""
+def _past_k_case() -> tuple[WNA16Weight, WNA16Weight, torch.Tensor]:
+    """A weight for a split-K GEMV whose last split runs past K (9 K-steps over 5 splits of
+    2), the same weight with its scales and zeros as views of tensors with one more row of
+    NaN, and a row of x."""
     k, n, gs = 1152, 64, 128
     w = random_wna16(k, n, 4, gs, False, torch.float32, seed=7)
     groups = k // gs
@@ -87,11 +94,58 @@ def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales():
     pad_z = torch.full((groups + 1, n), float("nan"), device=DEVICE)
     pad_s[:groups], pad_z[:groups] = w.scales, w.zeros
     w_view = WNA16Weight(w.qweight, pad_s[:groups], pad_z[:groups], None, 4, gs, k, n)
-    x = torch.randn(1, k, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    return w, w_view, torch.randn(1, k, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+
+
+def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales():
+    """Split-K GEMV whose last split runs past K (9 K-steps over 5 splits of 2): the
+    per-group scale/zero rows are read only for groups that exist. The scales and zeros are
+    views of tensors with one more row of NaN, so a read of group ``K / group_size`` (the bug:
+    an out-of-bounds read, an illegal address on the GPU at the 8B shapes) poisons the result."""
+    w, w_view, x = _past_k_case()
     got = _run(w_view, x, None)
     want = wna16_linear_reference(x, w)
     assert not got.isnan().any()
     torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("bits,group_size", [(4, 128), (4, -1), (8, 128), (4, 256)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_factored_gemv_matches_dequantize_then_matmul(monkeypatch, rows, bits, group_size,
+                                                      dtype):
+    """VLLM_TRITON_WNA16_GEMV=factored: the group scale out of the inner product, integers
+    turned into floats by bit tricks (every nibble / byte position, 4 and 8 bits), against
+    the float32 reference; rows alone equal rows together; the exact kernel still serves
+    act-order weights and groups under 128 in that mode."""
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "factored")
+    w = random_wna16(K, N, bits, group_size, False, dtype, seed=11)
+    x, got, want = _check_against_reference(w, rows, dtype, seed=12)
+    if dtype == torch.float32:
+        # the float32 result is the reference's product up to summation order
+        torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item(), rtol=1e-5)
+        if rows == 3:
+            for i in range(rows):
+                torch.testing.assert_close(_run(w, x[i:i + 1], None)[0],
+                                           _run(w, x, None)[i], atol=0, rtol=0)
+    w_act = random_wna16(K, N, bits, 32, True, dtype, seed=13)
+    torch.testing.assert_close(_run(w_act, x, None).float(),
+                               wna16_linear_reference(x.float(), w_act),
+                               atol=TOL[dtype] * 10, rtol=TOL[dtype])
+
+
+def test_factored_gemv_last_split_past_k_and_bad_mode(monkeypatch):
+    """The factored kernel's last split past K reads no scale row beyond the groups (NaN
+    guard as above); an unknown mode is refused naming the variable."""
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "factored")
+    w, w_view, x = _past_k_case()
+    got = _run(w_view, x, None)
+    assert not got.isnan().any()
+    want = wna16_linear_reference(x, w)
+    torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item(), rtol=1e-5)
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "fast")
+    with pytest.raises(ValueError, match="VLLM_TRITON_WNA16_GEMV"):
+        _run(w, x, None)
 
 
 def test_layer_ops_route_wna16_to_the_kernel():

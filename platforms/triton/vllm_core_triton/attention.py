@@ -24,6 +24,7 @@ from vllm_core.attention.backend import (
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
+from vllm_core_triton import envs
 
 
 @dataclass(slots=True)
@@ -155,11 +156,14 @@ class TritonAttentionImpl(AttentionImpl):
             if programs < md.num_compute_units:
                 splits = max(1, min(16, -(-2 * md.num_compute_units // programs),
                                     md.max_seq_len // 128))
+        tiles = envs.decode_attention_tiles() if md.max_query_len <= 1 else None
+        tile_n, num_warps, num_stages = tiles or (None, None, None)
         return plan_launch(
             num_tokens=md.num_tokens, num_reqs=md.num_reqs, max_query_len=md.max_query_len,
             max_seq_len=md.max_query_len if profiling else md.max_seq_len,
             num_kv_heads=self.num_kv_heads, num_queries_per_kv=gqa, head_size=self.head_size,
-            num_compute_units=md.num_compute_units, num_splits=splits)
+            num_compute_units=md.num_compute_units, num_splits=splits, tile_n=tile_n,
+            num_warps=num_warps, num_stages=num_stages)
 
 
 class TritonAttentionBackend(AttentionBackend):

@@ -10,3 +10,30 @@ def moe_tile_config_file() -> str | None:
     """VLLM_MOE_TILE_CONFIG: a JSON file of fused-MoE tile configurations written by
     ``benchmarks/moe_tile_sweep.py --write`` (merged over the built-in table; unset: none)."""
     return get("VLLM_MOE_TILE_CONFIG")
+
+
+def decode_attention_tiles() -> tuple[int, int, int] | None:
+    """VLLM_TRITON_DECODE_ATTENTION_TILES: ``tile_n,num_warps,num_stages`` for decode-only
+    attention launches (benchmarks compare launch plans in one run; unset: the heuristic).
+    ValueError naming the variable when it is not three positive integers."""
+    raw = get("VLLM_TRITON_DECODE_ATTENTION_TILES")
+    if not raw:
+        return None
+    try:
+        tile_n, warps, stages = (int(v) for v in raw.split(","))
+    except ValueError:
+        tile_n = warps = stages = 0
+    if min(tile_n, warps, stages) <= 0:
+        raise ValueError(f"VLLM_TRITON_DECODE_ATTENTION_TILES={raw!r}: expected "
+                         "'tile_n,num_warps,num_stages', e.g. '64,4,3'")
+    return tile_n, warps, stages
+
+
+def wna16_gemv() -> str:
+    """VLLM_TRITON_WNA16_GEMV: the batch-1..4 W4A16 / W8A16 kernel, ``exact`` (default: the
+    reference's rounding of every weight) or ``factored`` (group scale out of the inner
+    product; ``kernels/wna16.py``). ValueError naming the variable for another value."""
+    mode = get("VLLM_TRITON_WNA16_GEMV") or "exact"
+    if mode not in ("exact", "factored"):
+        raise ValueError(f"VLLM_TRITON_WNA16_GEMV={mode!r}: expected 'exact' or 'factored'")
+    return mode

@@ -1,8 +1,9 @@
 """Fused mixture-of-experts: two grouped-GEMM launches over rows sorted by expert.
 
-Input layout: ``align_rows`` (core, ``layers/fused_moe/align.py``) sorts the flat (token,
-expert) rows of ``topk_ids`` [T, k] by local expert and pads each expert's segment to
-``BLOCK_M``, so each ``BLOCK_M`` rows of ``sorted_ids`` share one expert (``block_expert``).
+Input layout: ``moe_align_rows`` (``moe_align.py``: the core's ``align_rows`` contract in
+one launch) sorts the flat (token, expert) rows of ``topk_ids`` [T, k] by local expert and pads
+each expert's segment to ``BLOCK_M``, so each ``BLOCK_M`` rows of ``sorted_ids`` share one
+expert (``block_expert``).
 
 1. ``_moe_gate_up_kernel``: program (m, n) gathers its block's token rows of ``x`` [T, H] and
    multiplies them by its expert's gate rows ``n`` and up rows ``I + n`` of ``w13`` [E, 2I, H]
@@ -13,7 +14,9 @@ expert) rows of ``topk_ids`` [T, k] by local expert and pads each expert's segme
    float32 ``partial[row]`` [T*k, H]; ``partial.view(T, k, H).sum(1)`` is the output.
 Rows of experts on another rank (id -1) are sorted past ``num_padded`` and never computed;
 their ``partial`` rows stay zero. Programs of blocks past ``num_padded`` exit at once: the grid
-is sized for the worst case, so nothing depends on the data (CUDA-graph safe).
+is sized for the worst case, so nothing depends on the data (CUDA-graph safe). Row counts are
+not specialised on (``do_not_specialize``): one compiled variant serves every batch, so the
+start-up warm-up compiles what the first requests use.
 
 FP8 experts (``fused_moe_fp8``, contract in the core's ``quantization/fp8_moe.py``): the same
 two launches with ``FP8`` set: ``x`` and ``inter`` arrive quantized per row
@@ -31,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_core.model_executor.layers.fused_moe.align import align_rows
 from vllm_core.model_executor.quantization.fp8_moe import Fp8MoEWeight
 from vllm_core_triton.kernels.fused_moe_configs import MoETileConfig, moe_tile_config
+from vllm_core_triton.kernels.moe_align import moe_align_rows
 from vllm_core_triton.kernels.quant_fp8 import per_token_quant_fp8
 
 
@@ -45,7 +48,7 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
         return tl.dot(a, b, acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _moe_gate_up_kernel(x_ptr, w_ptr, inter_ptr, sorted_ids_ptr, block_expert_ptr,
                         num_padded_ptr, a_scale_ptr, w_scale_ptr, num_rows, top_k, H, INTER,
                         stride_x, stride_we, stride_wn, stride_inter, stride_se,
@@ -91,7 +94,7 @@ def _moe_gate_up_kernel(x_ptr, w_ptr, inter_ptr, sorted_ids_ptr, block_expert_pt
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _moe_down_kernel(inter_ptr, w_ptr, out_ptr, weights_ptr, sorted_ids_ptr,
                      block_expert_ptr, num_padded_ptr, a_scale_ptr, w_scale_ptr, num_rows, H,
                      INTER, stride_inter, stride_we, stride_wn, stride_out, stride_se,
@@ -156,7 +159,7 @@ def _fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     fp8 = w13_scale is not None
     cfg = config or moe_tile_config(num_rows, e, h, inter_size, x.dtype)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    aligned = align_rows(topk_ids, e, cfg.block_m)
+    aligned = moe_align_rows(topk_ids, e, cfg.block_m)
     num_blocks = aligned.block_expert.numel()
     inter = torch.empty(num_rows, inter_size, dtype=x.dtype, device=x.device)
     partial = torch.zeros(num_rows, h, dtype=torch.float32, device=x.device)

@@ -33,7 +33,18 @@ class MoETileConfig:
     num_stages: int = 2
 
 
-MOE_TILE_CONFIGS: dict[tuple[int, int, int, str], list[tuple[int, MoETileConfig]]] = {}
+MOE_TILE_CONFIGS: dict[tuple[int, int, int, str], list[tuple[int, MoETileConfig]]] = {
+    # Qwen3-30B-A3B experts, one H200 (moe_tile_sweep.py --wide, 2026-12-01): 1.13x / 1.08x /
+    # 1.12x the default at 256 / 1024 / 8192 tokens
+    (128, 2048, 768, "bfloat16"): [
+        (2048, MoETileConfig(block_m=32, block_n_gate_up=64, block_n_down=64, block_k=128,
+                             num_warps=4, num_stages=3)),
+        (8192, MoETileConfig(block_m=64, block_n_gate_up=64, block_n_down=64, block_k=64,
+                             num_warps=4, num_stages=3)),
+        (65536, MoETileConfig(block_m=128, block_n_gate_up=128, block_n_down=128, block_k=64,
+                              num_warps=8, num_stages=3)),
+    ],
+}
 
 
 def default_config(num_rows: int, num_experts: int) -> MoETileConfig:

@@ -25,7 +25,9 @@ request ``r`` owns program ids from ``query_start_loc[r] // BLOCK_Q + r``, an up
 the blocks before it, so ``num_tokens // BLOCK_Q + num_reqs`` programs cover any batch and the
 spare ones exit at once. Both are found by a binary search over ``query_start_loc`` on the
 device: lengths are read from device tensors only, host integers only shape the launch, so a
-launch configuration is correct for any lengths (CUDA-graph safe).
+launch configuration is correct for any lengths (CUDA-graph safe). ``num_reqs`` is not
+specialised on (``do_not_specialize``: Triton would otherwise compile separate variants for 1
+and for multiples of 16), so the start-up warm-up compiles the one variant every batch uses.
 
 Masking: query token at absolute position ``p`` sees key positions ``k <= p`` (and
 ``p - k < sliding_window`` when a window is set). Head sizes are padded to a power of two
@@ -70,7 +72,7 @@ def _find_request(query_start_loc_ptr, num_reqs, pid, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_reqs"])
 def _paged_attention_kernel(
     out_ptr, q_ptr, k_ptr, v_ptr,
     block_table_ptr, query_start_loc_ptr, seq_lens_ptr,

@@ -20,6 +20,19 @@ Two kernels:
   and row ``i`` of the result depends only on row ``i`` of ``x``).
 - ``_wna16_gemm_kernel`` (prefill): ``[BLOCK_M, BLOCK_N]`` output tiles, the de-quantized
   ``[BLOCK_K, BLOCK_N]`` weight tile fed to ``tl.dot``.
+- ``_wna16_gemv_factored_kernel`` (opt-in, ``VLLM_TRITON_WNA16_GEMV=factored``; no ``g_idx``,
+  groups a multiple of 128): the group's scale and zero taken out of the inner product,
+  ``y[n] = sum_g s[g, n] * (sum_{k in g} q[k, n] x[k] - z[g, n] * sum_{k in g} x[k])``, so a
+  weight costs three or four full-rate operations instead of ~10: the integer is turned into a
+  float without a conversion instruction (``bitcast(q | 0x4B000000) - 2^23``; for the nibbles
+  inside the mantissa the mask is applied in place and the activation pre-scaled by the
+  nibble's power of two, exact), then one FMA. The result is the exact product of the
+  de-quantized weight in float32 (no rounding of W to the activation dtype): within float32
+  reassociation of the reference, not bit-equal to it. The exact kernel above is ALU-bound on
+  an H200 (~17% of the bandwidth at the 8B shapes); this one is meant to be memory-bound.
+
+``M`` (the rows of the batch) is not specialised on (``do_not_specialize``), so one compiled
+variant serves every batch size of a path and the start-up warm-up covers it.
 
 Without ``g_idx`` and with ``BLOCK_K`` dividing the group size, one scale / zero row serves a
 whole K step (loaded once per tile); with ``g_idx`` they are gathered per K row.
@@ -30,6 +43,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from vllm_core_triton import envs
 
 GEMV_MAX_ROWS = 4
 
@@ -63,6 +78,24 @@ def _dequant_tile(qw_ptr, s_ptr, z_ptr, g_ptr, kk, offs_n, mask_k, mask_n, strid
 
 
 @triton.jit
+def _gemv_program(N, BLOCK_N: tl.constexpr):
+    """``(split, row, offs_n, mask_n)`` of a GEMV program ``(n block, k split, row)``."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return tl.program_id(1), tl.program_id(2), offs_n, offs_n < N
+
+
+@triton.jit
+def _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP: tl.constexpr):
+    """float32 scale and zero of the group holding input ``k0`` (zero past ``K``: the last
+    split may run past K, and no group row exists there)."""
+    in_k = mask_n & (offs_n * 0 + k0 < K)
+    g0 = k0 // GROUP
+    sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=in_k, other=0.0).to(tl.float32)
+    zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=in_k, other=0.0).to(tl.float32)
+    return sc, zp
+
+
+@triton.jit(do_not_specialize=["M"])
 def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_PER_SPLIT,
                        stride_x, stride_q, stride_s, stride_z,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
@@ -73,9 +106,7 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KW: tl.constexpr = BLOCK_K // PACK
-    pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
+    pid_k, row, offs_n, mask_n = _gemv_program(N, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
     offs_j = tl.arange(0, PACK)
     shifts = (offs_j * BITS)[None, :, None]
@@ -96,11 +127,8 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
             zp = tl.load(z_ptr + g * stride_z + offs_n[None, None, :], mask=m3, other=0.0)
             w = (q - zp.to(tl.float32)) * sc.to(tl.float32)
         elif ROW_SCALES:
-            g0 = k0 // GROUP
-            in_k = mask_n & (offs_n * 0 + k0 < K)   # the last split may run past K: no group
-            sc = tl.load(s_ptr + g0 * stride_s + offs_n, mask=in_k, other=0.0)
-            zp = tl.load(z_ptr + g0 * stride_z + offs_n, mask=in_k, other=0.0)
-            w = (q - zp.to(tl.float32)[None, None, :]) * sc.to(tl.float32)[None, None, :]
+            sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
+            w = (q - zp[None, None, :]) * sc[None, None, :]
         else:
             g = (kk // GROUP).to(tl.int64)[:, :, None]
             m3 = mask_k[:, :, None] & mask_n[None, None, :]
@@ -113,7 +141,43 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
     tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
+def _wna16_gemv_factored_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, K_PER_SPLIT,
+                                stride_x, stride_q, stride_s, stride_z,
+                                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                                BLOCK_K: tl.constexpr):
+    """``BLOCK_K`` divides ``GROUP``: one scale / zero row per K step (module docstring)."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BLOCK_KW: tl.constexpr = BLOCK_K // PACK
+    pid_k, row, offs_n, mask_n = _gemv_program(N, BLOCK_N)
+    offs_w = tl.arange(0, BLOCK_KW)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    k_start = pid_k * K_PER_SPLIT
+    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
+        wrow = k0 // PACK + offs_w                                   # [BKW]
+        mask_w = wrow * PACK < K
+        words = tl.load(qw_ptr + wrow.to(tl.int64)[:, None] * stride_q + offs_n[None, :],
+                        mask=mask_w[:, None] & mask_n[None, :], other=0)
+        part = tl.zeros((BLOCK_KW, BLOCK_N), dtype=tl.float32)
+        x_sum = tl.zeros((BLOCK_KW,), dtype=tl.float32)
+        for j in tl.static_range(PACK):
+            xj = tl.load(x_ptr + row * stride_x + wrow * PACK + j, mask=mask_w,
+                         other=0.0).to(tl.float32)                   # x[word * PACK + j]
+            x_sum += xj
+            if BITS * (j + 1) <= 23:           # the field lies inside the float's mantissa
+                bits = (words & (MASK << (BITS * j))) | 0x4B000000
+                xj = xj * (1.0 / (1 << (BITS * j)))  # exact: q 2^(BITS j) times x 2^-(BITS j)
+            else:
+                bits = ((words >> (BITS * j)) & MASK) | 0x4B000000
+            q = bits.to(tl.float32, bitcast=True) - 8388608.0      # 2^23 + q - 2^23
+            part += q * xj[:, None]
+        sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
+        acc += sc * (tl.sum(part, 0) - zp * tl.sum(x_sum, 0))
+    tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
+
+
+@triton.jit(do_not_specialize=["M"])
 def _wna16_gemm_kernel(y_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, M, N, K,
                        stride_x, stride_q, stride_s, stride_z, stride_y,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
@@ -162,18 +226,26 @@ def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"qweight packs {qweight.shape[0] * (32 // bits)} inputs, x has {k}")
     g_ptr = g_idx if g_idx is not None else qweight          # unused when HAS_GIDX is False
     if m <= GEMV_MAX_ROWS:
-        block_n, block_k = 64, 128
+        block_k = 128
         row_scales = g_idx is None and group_size % block_k == 0
+        factored = row_scales and envs.wna16_gemv() == "factored"
+        block_n = 128 if factored else 64
         n_blocks, k_steps = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
         split = max(1, min(k_steps, triton.cdiv(2 * _num_sms(x.device), n_blocks * m)))
         steps_per_split = triton.cdiv(k_steps, split)
         split = triton.cdiv(k_steps, steps_per_split)
         part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-        _wna16_gemv_kernel[(n_blocks, split, m)](
-            part, x, qweight, scales, zeros, g_ptr, m, n, k, steps_per_split * block_k,
-            x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0),
-            BITS=bits, GROUP=group_size, HAS_GIDX=g_idx is not None, ROW_SCALES=row_scales,
-            BLOCK_N=block_n, BLOCK_K=block_k)
+        if factored:
+            _wna16_gemv_factored_kernel[(n_blocks, split, m)](
+                part, x, qweight, scales, zeros, m, n, k, steps_per_split * block_k,
+                x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0),
+                BITS=bits, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k)
+        else:
+            _wna16_gemv_kernel[(n_blocks, split, m)](
+                part, x, qweight, scales, zeros, g_ptr, m, n, k, steps_per_split * block_k,
+                x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0),
+                BITS=bits, GROUP=group_size, HAS_GIDX=g_idx is not None,
+                ROW_SCALES=row_scales, BLOCK_N=block_n, BLOCK_K=block_k)
         y = part.sum(0) if split > 1 else part[0]
         if bias is not None:
             y = y + bias.float()
