@@ -33,7 +33,8 @@ The same worker code as the ``mp`` executor (``platform.worker_class()``, the sa
 * **Faults**: waiting watches every rank's reply; an actor that dies or raises stops the
   engine at once with ``WorkerFailure`` naming the rank and the cause, one that replies
   nothing for ``VLLM_WORKER_STEP_TIMEOUT_S`` is declared hung; the actors are then killed and
-  later calls raise the same error.
+  later calls raise the same error. A lost host's rank is named first (its peers' collectives
+  fail too, naming no one). ``check_health`` probes the actors while the engine is idle.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import os
 import pickle
 import re
 import socket
+import threading
 import time
 from typing import Any
 
@@ -67,6 +69,9 @@ START_TIMEOUT = "VLLM_WORKER_START_TIMEOUT_S"
 #: After a rank's call fails, how long the others' replies are still awaited, so that a rank
 #: whose actor died (a lost host) is named first rather than the peer that noticed it.
 FAILURE_GRACE_S = 5.0
+#: How often ``check_health`` probes every actor with a no-op call (a lost host is noticed
+#: while the engine is idle).
+HEALTH_PING_S = 2.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -164,6 +169,9 @@ class RayWorkerActor:
         """One step: ``payload`` is the pickled ``SchedulerOutput`` (see ``RayExecutor``)."""
         return self.worker.execute_model(pickle.loads(payload))
 
+    def ping(self) -> None:
+        """A no-op: ``RayExecutor.check_health``'s liveness probe."""
+
     def call(self, method: str, *args: Any) -> Any:
         if method == "num_blocks":
             from vllm_core.worker.worker_process import _num_blocks
@@ -205,6 +213,9 @@ class RayExecutor(RankedExecutor):
         self.actors: list[Any] = []
         self.placement: Any = None
         self.slots: list[RankSlot] = []        # rank order: where each rank runs
+        self._pings: dict[Any, int] = {}       # check_health's probes in flight -> rank
+        self._last_ping = 0.0
+        self._ping_lock = threading.Lock()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _join_ray(ray)
@@ -351,9 +362,44 @@ class RayExecutor(RankedExecutor):
 
     # ------------------------------------------------------------------ executor contract
     def check_health(self) -> None:
-        """Raise ``WorkerFailure`` once the executor has failed (a rank died, hung or raised)."""
+        """Raise ``WorkerFailure`` once the executor has failed (a rank died, hung or raised),
+        or when a rank's actor died while the engine was idle (a lost host): every
+        ``HEALTH_PING_S`` each actor gets a no-op call, and a call that failed because its
+        actor died is reported (the others, still queued behind a step, are just left).
+        Cheap and non-blocking; any thread (the server's watchdog calls it). It kills
+        nothing: the engine's shutdown does."""
         if self._failed is not None:
             raise WorkerFailure(self._failed)
+        dead = self._dead_from_pings()
+        if dead:
+            self._failed = "distributed engine stopped: " + "; ".join(dead)
+            logger.error("%s", self._failed)
+            raise WorkerFailure(self._failed)
+
+    def _dead_from_pings(self) -> list[str]:
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        with self._ping_lock:
+            if self._pings:
+                refs = list(self._pings)
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                dead = []
+                for ref in ready:
+                    try:
+                        ray.get(ref)
+                    except RayActorError as e:
+                        dead.append(f"worker rank {self._pings[ref]} (Ray actor) died: "
+                                    f"{_plain(e)}")
+                    except RayError:
+                        pass                    # not a death; a step call reports it
+                if dead or len(ready) < len(refs):
+                    return dead
+                self._pings = {}
+            if self.actors and time.monotonic() - self._last_ping >= HEALTH_PING_S:
+                self._pings = {a.ping.remote(): r for r, a in enumerate(self.actors)}
+                self._last_ping = time.monotonic()
+        return []
 
     def collective_rpc(self, method: str, *args: Any) -> list[Any]:
         """Call ``method(*args)`` on every rank's worker; their results in rank order."""
