@@ -133,7 +133,9 @@ class EngineArgs:
         g.add_argument("--distributed-executor-backend", default=None,
                        choices=["uni", "mp", "ray"],
                        help="how ranks run: uni (one, in the engine process), mp (one "
-                            "process per rank on this host; the default for several ranks)")
+                            "process per rank on this host; the default for several ranks), "
+                            "ray (one Ray actor per rank, on this host or across the nodes of "
+                            "a Ray cluster)")
         g.add_argument("--ray-placement-strategy", default="PACK",
                        choices=list(RAY_PLACEMENT_STRATEGIES),
                        help="ray: Ray's placement strategy for the ranks (PACK: one node when "
