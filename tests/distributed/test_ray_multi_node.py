@@ -6,8 +6,8 @@ addresses (127.0.0.2, 127.0.0.3), each declaring two GPUs.
 * TP=2 with ``STRICT_SPREAD``: the two ranks on two different nodes (the step messages inside
   the actor calls); TP=2 x PP=2 with the default ``PACK``: each TP group (ranks 0-1, 2-3) on
   one node with device indices 0 and 1, the two pipeline stages on different nodes (the step
-  messages through Ray's object store, ``VLLM_RAY_INLINE_MAX_BYTES=0``). Both: greedy tokens and logprobs equal the
-  single-rank engine's, no rank on the head, the ``torch.distributed`` rendezvous is rank 0's
+  messages through Ray's object store, ``VLLM_RAY_INLINE_MAX_BYTES=0``). Both: greedy
+  tokens and logprobs equal the single-rank engine's, no rank on the head, the ``torch.distributed`` rendezvous is rank 0's
   node address (not the engine's node), and the actors got a setting made only in the
   engine's environment (``envs.ray_carried_env``: the raylets never had it).
 * 4 ranks with ``STRICT_PACK`` (no node has four CPUs) are refused at once, naming every
@@ -16,8 +16,9 @@ addresses (127.0.0.2, 127.0.0.3), each declaring two GPUs.
   ``GPU``): two ranks packed on one node each see both GPUs Ray gave that node's ranks
   (``CUDA_VISIBLE_DEVICES=0,1``, where Ray had set each to its own) and use device index 0
   and 1.
-* A host lost (every process of rank 1's node killed: its raylet, agents and actors): the next step stops the engine with
-  ``WorkerFailure`` naming rank 1, and no actor process is left.
+* A host lost (every process of rank 1's node killed: its raylet, agents and actors): the
+  next step stops the engine with ``WorkerFailure`` naming rank 1 first, and no actor
+  process is left.
 * A cluster that could hold two ranks but is busy (the driver holds three of its four CPUs)
   is refused after ``VLLM_WORKER_START_TIMEOUT_S``, saying what is free.
 
