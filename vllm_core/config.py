@@ -153,12 +153,20 @@ class StructuredOutputsConfig:
                              f"false, got {self.overlap_bitmask!r}")
 
 
+#: Ray placement strategies of the ``ray`` executor's placement group (Ray's own names).
+#: ``PACK``: the ranks on one node when they fit there, else on as few nodes as possible;
+#: ``SPREAD``: over as many nodes as possible; ``STRICT_PACK``: one node or refused;
+#: ``STRICT_SPREAD``: each rank on a different node or refused.
+RAY_PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass(slots=True)
 class ParallelConfig:
     """How the model is spread over ranks: ``tensor_parallel_size`` x
     ``pipeline_parallel_size`` processes (rank = pp_rank * tp + tp_rank), driven by the
     ``distributed_executor_backend`` ("uni": one rank in the engine process; "mp": one process
-    per rank on this host). ``data_parallel_size`` such engines (engine cores), each of
+    per rank on this host; "ray": one Ray actor per rank, placed with
+    ``ray_placement_strategy``). ``data_parallel_size`` such engines (engine cores), each of
     ``world_size`` ranks, serve requests side by side (``vllm_core.engine.dp_client``)."""
 
     tensor_parallel_size: int = 1
@@ -167,6 +175,7 @@ class ParallelConfig:
     data_parallel_size: int = 1
     enable_expert_parallel: bool = False      # MoE experts sharded over the TP ranks (EP = TP)
     pipeline_micro_batching: bool = False     # PP > 1: one batch in flight per stage
+    ray_placement_strategy: str = "PACK"      # "ray": Ray's strategy for the ranks' bundles
 
     @property
     def world_size(self) -> int:

@@ -114,6 +114,27 @@ def worker_start_timeout_s() -> float:
     return float(get("VLLM_WORKER_START_TIMEOUT_S") or 1800.0)
 
 
+#: Prefixes of the variables the ``ray`` executor gives its actors. An actor's process is
+#: started by the raylet of its node, with the environment of that node's ``ray start``, not
+#: the engine's: settings made where the engine runs (vllm-core's own, Hugging Face's, the
+#: collective libraries') are carried explicitly. The device-control variable
+#: (``CUDA_VISIBLE_DEVICES``...) is never carried: it is per node (see ``ray_placement``).
+RAY_CARRIED_ENV_PREFIXES = ("VLLM_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "NCCL_", "GLOO_",
+                            "TORCH_", "TRITON_", "OMP_", "MKL_", "KMP_")
+
+
+def ray_carried_env() -> dict[str, str]:
+    """This process's variables whose names start with one of ``RAY_CARRIED_ENV_PREFIXES``."""
+    return {k: v for k, v in os.environ.items() if k.startswith(RAY_CARRIED_ENV_PREFIXES)}
+
+
+def ray_inline_max_bytes() -> int:
+    """VLLM_RAY_INLINE_MAX_BYTES: the ``ray`` executor sends a step's pickled
+    ``SchedulerOutput`` of up to this many bytes inside each actor call, larger ones through
+    Ray's object store (default 65536; 0: always the object store)."""
+    return int(get("VLLM_RAY_INLINE_MAX_BYTES") or 65536)
+
+
 def prometheus_multiproc_dir() -> str | None:
     """PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode (metrics written to
     files in this folder and summed at scrape time); set by ``--api-server-count`` > 1."""

@@ -1,5 +1,6 @@
 """The parallel flags: -tp / -pp / --distributed-executor-backend reach ParallelConfig, several
-ranks default to the mp executor, and 'uni' with several ranks is refused."""
+ranks default to the mp executor, and 'uni' with several ranks is refused;
+--ray-placement-strategy reaches it (PACK by default, Ray's names only)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,17 @@ def test_uni_with_several_ranks_is_refused(folder):
         args.create_engine_config()
     with pytest.raises(SystemExit):
         parse(["--distributed-executor-backend", "threads"])
+
+
+def test_ray_placement_strategy_reaches_the_config(folder):
+    args = parse(["--model", folder, "--load-format", "dummy", "-tp", "2",
+                  "--distributed-executor-backend", "ray",
+                  "--ray-placement-strategy", "STRICT_SPREAD"])
+    config, _ = args.create_engine_config()
+    assert config.parallel.ray_placement_strategy == "STRICT_SPREAD"
+    config, _ = parse(["--model", folder, "--load-format", "dummy"]).create_engine_config()
+    assert config.parallel.ray_placement_strategy == "PACK"          # the default
+    with pytest.raises(SystemExit):
+        parse(["--ray-placement-strategy", "RANDOM"])
+    with pytest.raises(ValueError, match="ray_placement_strategy.*PACK, SPREAD"):
+        EngineArgs(model=folder, ray_placement_strategy="pack").create_engine_config()

@@ -1,12 +1,14 @@
 """The Ray executor (``distributed_executor_backend="ray"``) on a private local Ray instance:
 greedy tokens and logprobs with TP=2 (two actors in one placement group, gloo) equal the
-single-rank engine's; a killed actor stops the engine with ``WorkerFailure`` naming the rank;
+single-rank engine's; a killed actor is noticed by the idle engine's health probe and stops
+the engine with ``WorkerFailure`` naming the rank;
 shutdown stops the actors and the Ray instance the executor started."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from dist_utils import build_model_folder, make_llm
@@ -42,6 +44,12 @@ def test_ray_tp2_equals_one_rank_and_fails_loudly(model_root):
                 assert gd.keys() == wd.keys()
                 assert all(abs(gd[t] - wd[t]) < 1e-4 for t in gd)
         os.kill(executor.pids[1], signal.SIGKILL)
+        # noticed while idle: the health probe (the server's watchdog calls it) raises
+        deadline = time.monotonic() + 30.0
+        with pytest.raises(WorkerFailure, match=r"worker rank 1 \(Ray actor\) died"):
+            while time.monotonic() < deadline:
+                llm.llm_engine.check_health()
+                time.sleep(0.2)
         with pytest.raises(WorkerFailure, match=r"worker rank.* 1"):
             run(llm)
         with pytest.raises(WorkerFailure):               # and it stays failed

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from vllm_core.config import RAY_PLACEMENT_STRATEGIES
+
 
 @dataclass
 class EngineArgs:
@@ -44,6 +46,7 @@ class EngineArgs:
     enable_expert_parallel: bool = False
     pipeline_micro_batching: bool = False     # measured slower on 2 H200s (docs/distributed.md)
     distributed_executor_backend: str | None = None   # None: uni for 1 rank, else mp
+    ray_placement_strategy: str = "PACK"      # ray: how ranks spread over the cluster's nodes
     attention_backend: str | None = None
     enforce_eager: bool = False
     warmup: bool | None = None                # None: on for accelerators, off on CPU
@@ -130,7 +133,14 @@ class EngineArgs:
         g.add_argument("--distributed-executor-backend", default=None,
                        choices=["uni", "mp", "ray"],
                        help="how ranks run: uni (one, in the engine process), mp (one "
-                            "process per rank on this host; the default for several ranks)")
+                            "process per rank on this host; the default for several ranks), "
+                            "ray (one Ray actor per rank, on this host or across the nodes of "
+                            "a Ray cluster)")
+        g.add_argument("--ray-placement-strategy", default="PACK",
+                       choices=list(RAY_PLACEMENT_STRATEGIES),
+                       help="ray: Ray's placement strategy for the ranks (PACK: one node when "
+                            "they fit, else as few nodes as possible; STRICT_SPREAD: one rank "
+                            "per node; see docs/distributed.md)")
         g.add_argument("--attention-backend", default=None)
         g.add_argument("--enforce-eager", action="store_true")
         g.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
@@ -203,6 +213,9 @@ class EngineArgs:
             raise bad("data_parallel_size", "must be >= 1")
         if self.distributed_executor_backend not in (None, "uni", "mp", "ray"):
             raise bad("distributed_executor_backend", "must be one of uni, mp, ray")
+        if self.ray_placement_strategy not in RAY_PLACEMENT_STRATEGIES:
+            raise bad("ray_placement_strategy",
+                      f"must be one of {', '.join(RAY_PLACEMENT_STRATEGIES)}")
         if (self.distributed_executor_backend == "uni"
                 and self.tensor_parallel_size * self.pipeline_parallel_size > 1):
             raise ValueError("distributed_executor_backend 'uni' runs one rank; "
@@ -263,6 +276,7 @@ class EngineArgs:
                    distributed_executor_backend=backend,
                    data_parallel_size=self.data_parallel_size,
                    enable_expert_parallel=self.enable_expert_parallel,
+                   ray_placement_strategy=self.ray_placement_strategy,
                    # drafts need every token of the step before: one step at a time
                    pipeline_micro_batching=(self.pipeline_micro_batching
                                             and not self.speculative_config))
