@@ -84,6 +84,7 @@ def test_random_gptq_llama_fused_equals_unfused(gptq_folder, int8):
                       CpuPagedAttentionBackend, torch.device("cpu"),
                       ops=CpuLayerOps(int8_activations=int8))
     prompts = [[3, 50, 7, 91, 12, 40, 5, 66, 23], [8, 1, 77, 30], [60, 2, 9]]
+    assert not build_decode_stack(model, kv_caches(arch), torch.float32, int8).embeds_in_stack
     assert_stack_matches_modules(model, arch, prompts[:1], 5, int8)       # batch 1
     assert_stack_matches_modules(model, arch, prompts, 4, int8)           # batch 3
 
@@ -96,8 +97,10 @@ def test_default_model_fused_equals_unfused(int8):
     arch = load_arch_config(path)
     model = get_model(ModelConfig(model=path, dtype="float32"), CpuPagedAttentionBackend,
                       torch.device("cpu"), ops=CpuLayerOps(int8_activations=int8))
+    assert build_decode_stack(model, kv_caches(arch), torch.float32, int8).embeds_in_stack
     prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11, 2]
     assert_stack_matches_modules(model, arch, [prompt], 4, int8)
+    assert_stack_matches_modules(model, arch, [prompt, prompt[:4], [1, 2]], 3, int8)
 
 
 def test_refusals_name_the_reason(tmp_path):

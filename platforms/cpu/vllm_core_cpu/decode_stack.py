@@ -43,10 +43,16 @@ class DecodeStack:
     stack: Any                         # torch.classes.vllm_core_cpu.DecodeStack
     embed: torch.nn.Module             # the model's token embedding
     num_layers: int
+    #: the embedding is a WNA16 vocabulary table the stack de-quantizes itself (the rows
+    #: ``quantized_vocab.wna16_rows`` gives); else ``embed`` runs first
+    embeds_in_stack: bool = False
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn_metadata: Any) -> torch.Tensor:
         md = attn_metadata
+        if self.embeds_in_stack:
+            return self.stack.forward_ids(input_ids, positions, md.slot_mapping,
+                                          md.block_table, md.token_request, md.token_position)
         return self.stack.forward(self.embed(input_ids), positions, md.slot_mapping,
                                   md.block_table, md.token_request, md.token_position)
 
@@ -135,4 +141,17 @@ def build_decode_stack(model: Any, kv_caches: list[torch.Tensor], dtype: torch.d
             float(impl.scale), int(impl.sliding_window or 0))
     if stack is None:
         return "the model has no layers"
-    return DecodeStack(stack, dm.embed_tokens, n)
+    return DecodeStack(stack, dm.embed_tokens, n, _set_embedding(stack, dm.embed_tokens))
+
+
+def _set_embedding(stack: Any, embed: Any) -> bool:
+    """Give the stack the embedding when it is a single-rank WNA16 vocabulary table in the
+    layout it reads (the lookup of ``VocabParallelEmbedding.lookup``); False otherwise."""
+    w = getattr(embed, "qweights", None)
+    if (w is None or embed.tp.world_size != 1 or w.g_idx is not None or w.group_size <= 0
+            or w.bits not in (4, 8) or w.scales.dtype != embed.weight.dtype
+            or w.zeros.dtype != w.scales.dtype
+            or not all(t.is_contiguous() for t in (w.qweight, w.scales, w.zeros))):
+        return False
+    stack.set_embedding(w.qweight, w.scales, w.zeros, w.bits, w.group_size)
+    return True

@@ -88,6 +88,9 @@ class CpuModelRunner(ModelRunner):
         hidden = stack.forward(inputs.input_ids, inputs.positions, attn_metadata)
         self.num_fused_steps += 1
         logits = None
-        if len(plan.logits_indices):
-            logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        num_logits = len(plan.logits_indices)
+        if num_logits:
+            # decode-only: when every token is a logits row, the rows are the tokens in order
+            rows = hidden if num_logits == hidden.shape[0] else hidden[inputs.logits_indices]
+            logits = self.model.compute_logits(rows)
         return ForwardOutput(hidden=hidden, logits=logits)

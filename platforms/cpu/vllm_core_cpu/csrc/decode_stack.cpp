@@ -102,6 +102,31 @@ class DecodeStack : public torch::CustomClassHolder {
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
+  // The token embedding as a WNA16 vocabulary table (vllm_core/model_executor/layers/
+  // quantized_vocab.py: vocabulary rows are the output features, no act order), for
+  // forward_ids; ``dtype`` is the embedding's output dtype (the scales' dtype).
+  void set_embedding(at::Tensor qweight, at::Tensor scales, at::Tensor zeros, int64_t bits,
+                     int64_t group_size) {
+    TORCH_CHECK(bits == 4 || bits == 8, "DecodeStack.set_embedding: bits must be 4 or 8");
+    TORCH_CHECK(qweight.scalar_type() == at::kInt && qweight.is_contiguous() &&
+                    scales.is_contiguous() && zeros.is_contiguous() &&
+                    scales.scalar_type() == zeros.scalar_type() &&
+                    scales.sizes() == zeros.sizes() && scales.size(1) == qweight.size(1),
+                "DecodeStack.set_embedding: qweight int32 [K / P, V], scales / zeros [G, V]");
+    TORCH_CHECK(group_size > 0 && qweight.size(0) * (32 / bits) == scales.size(0) * group_size,
+                "DecodeStack.set_embedding: group size and shapes disagree");
+    embed_ = QLinear{qweight, scales, zeros, c10::nullopt, bits, group_size};
+  }
+
+  // forward of the embedding rows of ``ids`` (int64 [T]); needs set_embedding.
+  at::Tensor forward_ids(const at::Tensor& ids, const at::Tensor& positions,
+                         const at::Tensor& slot_mapping, const at::Tensor& block_table,
+                         const at::Tensor& token_request, const at::Tensor& token_position) {
+    TORCH_CHECK(embed_.bits != 0, "DecodeStack.forward_ids: no embedding table set");
+    return forward(embed_rows(ids), positions, slot_mapping, block_table, token_request,
+                   token_position);
+  }
+
   // hidden [T, H] (the embeddings) -> the final norm's output [T, H]. The attention inputs
   // are the cpu_paged backend's metadata (slot per token, block table, request and position of
   // each token) and the tokens' rotary positions.
@@ -139,6 +164,47 @@ class DecodeStack : public torch::CustomClassHolder {
   }
 
  private:
+  // Rows ``ids`` of the de-quantized table, as quantized_vocab.wna16_rows computes them:
+  // (float(q) - z) * s in fp32, then cast to the table's dtype.
+  at::Tensor embed_rows(const at::Tensor& ids) const {
+    TORCH_CHECK(ids.dim() == 1 && ids.scalar_type() == at::kLong,
+                "DecodeStack.forward_ids: ids int64 [T]");
+    const at::Tensor& s = embed_.scales;
+    const int64_t P = 32 / embed_.bits, V = embed_.qweight.size(1);
+    const int64_t K = embed_.qweight.size(0) * P, gs = embed_.group_size;
+    const int32_t mask = (1 << embed_.bits) - 1;
+    auto idc = ids.contiguous();
+    const int64_t* id = idc.data_ptr<int64_t>();
+    auto out = at::empty({ids.size(0), K}, s.options());
+    const int32_t* qw = embed_.qweight.data_ptr<int32_t>();
+    auto rows = [&](auto tag) {
+      using T = decltype(tag);
+      const T* sp = s.data_ptr<T>();
+      const T* zp = embed_.zeros.data_ptr<T>();
+      T* o = out.data_ptr<T>();
+      for (int64_t t = 0; t < ids.size(0); ++t) {
+        const int64_t v = id[t];
+        TORCH_CHECK(v >= 0 && v < V, "DecodeStack.forward_ids: token id ", v,
+                    " outside the vocabulary (", V, ")");
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t q = (qw[(k / P) * V + v] >> (embed_.bits * (k % P))) & mask;
+          const int64_t g = k / gs;
+          const float z = static_cast<float>(zp[g * V + v]);
+          const float sc = static_cast<float>(sp[g * V + v]);
+          o[t * K + k] = static_cast<T>((static_cast<float>(q) - z) * sc);
+        }
+      }
+    };
+    switch (s.scalar_type()) {
+      case at::kFloat: rows(float{}); break;
+      case at::kBFloat16: rows(c10::BFloat16{}); break;
+      case at::kHalf: rows(c10::Half{}); break;
+      default: TORCH_CHECK(false, "DecodeStack: unsupported embedding dtype ", s.scalar_type());
+    }
+    return out;
+  }
+
+  QLinear embed_;
   int64_t num_heads_, num_kv_heads_, head_size_;
   double eps_;
   bool int8_;
@@ -153,5 +219,7 @@ TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
       .def(torch::init<int64_t, int64_t, int64_t, double, bool, at::Tensor, at::Tensor>())
       .def("add_layer", &DecodeStack::add_layer)
       .def("num_layers", &DecodeStack::num_layers)
+      .def("set_embedding", &DecodeStack::set_embedding)
+      .def("forward_ids", &DecodeStack::forward_ids)
       .def("forward", &DecodeStack::forward);
 }
