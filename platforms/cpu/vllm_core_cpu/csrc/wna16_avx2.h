@@ -381,9 +381,10 @@ void tile_float(const float* xf, const float* xsum, const int32_t* qw, const T* 
 #pragma GCC unroll 8
         for (int j = 0; j < P; ++j) {
           const __m256 q = _mm256_cvtepi32_ps(
-              PRE && j < P - 1
+              !PRE ? _mm256_and_si256(_mm256_srli_epi32(word, BITS * j), mask)
+              : j < P - 1
                   ? _mm256_and_si256(word, _mm256_set1_epi32(((1 << BITS) - 1) << (BITS * j)))
-                  : _mm256_and_si256(_mm256_srli_epi32(word, BITS * j), mask));
+                  : _mm256_srli_epi32(word, BITS * j));      // the top bits: the shift alone
           for (int m = 0; m < MB; ++m)
             part[m][j & 3] =
                 _mm256_fmadd_ps(_mm256_set1_ps(xr[m][kk * P + j]), q, part[m][j & 3]);
