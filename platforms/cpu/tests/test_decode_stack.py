@@ -28,10 +28,10 @@ ARCH = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4,
             num_key_value_heads=2, num_hidden_layers=3)
 
 
-def kv_caches(arch, num_blocks: int = 24) -> list[torch.Tensor]:
+def kv_caches(arch, num_blocks: int = 24, dtype=torch.float32) -> list[torch.Tensor]:
     shape = CpuPagedAttentionBackend.get_kv_cache_shape(num_blocks, BLOCK,
                                                         arch.num_key_value_heads, arch.head_dim)
-    return [torch.zeros(shape) for _ in range(arch.num_hidden_layers)]
+    return [torch.zeros(shape, dtype=dtype) for _ in range(arch.num_hidden_layers)]
 
 
 def metadata(context_lens: list[int], query_lens: list[int]):
@@ -42,12 +42,12 @@ def metadata(context_lens: list[int], query_lens: list[int]):
 
 @torch.no_grad()
 def assert_stack_matches_modules(model, arch, prompts: list[list[int]], steps: int,
-                                 int8: bool) -> None:
+                                 int8: bool, dtype=torch.float32) -> None:
     """Prefill every prompt with the module forward into two equal caches, then decode
     ``steps`` greedy tokens for the whole batch twice: the module forward on one cache, the
     fused stack on the other. Logits, hidden states and caches must be equal bitwise."""
-    unfused, fused = kv_caches(arch), kv_caches(arch)
-    stack = build_decode_stack(model, fused, torch.float32, int8)
+    unfused, fused = kv_caches(arch, dtype=dtype), kv_caches(arch, dtype=dtype)
+    stack = build_decode_stack(model, fused, dtype, int8)
     assert not isinstance(stack, str), stack
     assert stack.num_layers == arch.num_hidden_layers
     lens = [len(p) for p in prompts]
@@ -89,18 +89,19 @@ def test_random_gptq_llama_fused_equals_unfused(gptq_folder, int8):
     assert_stack_matches_modules(model, arch, prompts, 4, int8)           # batch 3
 
 
-@pytest.mark.parametrize("int8", MODES)
-def test_default_model_fused_equals_unfused(int8):
+@pytest.mark.parametrize("dtype,int8", [("float32", m) for m in MODES] + [("bfloat16", False)])
+def test_default_model_fused_equals_unfused(dtype, int8):
     from vllm_core.model_executor.loader import resolve_model
 
     path = resolve_model(None)
     arch = load_arch_config(path)
-    model = get_model(ModelConfig(model=path, dtype="float32"), CpuPagedAttentionBackend,
+    model = get_model(ModelConfig(model=path, dtype=dtype), CpuPagedAttentionBackend,
                       torch.device("cpu"), ops=CpuLayerOps(int8_activations=int8))
-    assert build_decode_stack(model, kv_caches(arch), torch.float32, int8).embeds_in_stack
+    dt = getattr(torch, dtype)
+    assert build_decode_stack(model, kv_caches(arch, dtype=dt), dt, int8).embeds_in_stack
     prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11, 2]
-    assert_stack_matches_modules(model, arch, [prompt], 4, int8)
-    assert_stack_matches_modules(model, arch, [prompt, prompt[:4], [1, 2]], 3, int8)
+    assert_stack_matches_modules(model, arch, [prompt], 4, int8, dt)
+    assert_stack_matches_modules(model, arch, [prompt, prompt[:4], [1, 2]], 3, int8, dt)
 
 
 def test_refusals_name_the_reason(tmp_path):
