@@ -89,7 +89,8 @@ def test_random_gptq_llama_fused_equals_unfused(gptq_folder, int8):
     assert_stack_matches_modules(model, arch, prompts, 4, int8)           # batch 3
 
 
-@pytest.mark.parametrize("dtype,int8", [("float32", m) for m in MODES] + [("bfloat16", False)])
+@pytest.mark.parametrize("dtype,int8", [("float32", m) for m in MODES] + [
+    pytest.param("bfloat16", False, marks=pytest.mark.slow)])
 def test_default_model_fused_equals_unfused(dtype, int8):
     from vllm_core.model_executor.loader import resolve_model
 
@@ -145,6 +146,7 @@ def _generate(monkeypatch, fused: str) -> tuple[list[int], list, object]:
     return result
 
 
+@pytest.mark.slow
 def test_engine_runs_decode_steps_fused_with_the_same_outputs(monkeypatch):
     """Through the engine (default model, two requests): with the stack on, the decode steps
     (and only they) run fused, and tokens and logprobs equal VLLM_CPU_FUSED_DECODE=0's."""
