@@ -33,6 +33,7 @@ PROMPT_LEN = 128
 
 #: (phase, any of these frame names in the stack) -- first match wins, innermost phases first
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("forward: fused decoder stack (one C++ call, CPU plugin)", ("DecodeStack.forward",)),
     ("forward: quantized linear (wna16 kernel)", ("wna16_linear",)),
     ("forward: attention", ("CpuAttentionImpl", "paged_attention", "Attention.forward",
                             "forward_with_rotary")),

@@ -120,6 +120,22 @@ def test_batches_are_row_independent(bits, rows, int8):
     assert torch.equal(quant_ops.wna16_linear(x[part], w, None, int8), batched[part])
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_prescaled_float_form_is_bitwise_the_shifted_one(bits):
+    """The float path's fast form (activations pre-scaled by 2^-(bits * j), weights converted
+    in place, ``tile_float<PRE>``) is taken only when every scaled activation stays a normal
+    float; a batch holding a row with a tiny (subnormal) activation takes the shifted form.
+    Batch invariance across the two calls shows the two forms give the same bits."""
+    g = torch.Generator().manual_seed(5)
+    w = random_weight(576, 960, bits, 32, torch.float32, g)
+    x = torch.randn(3, 576, generator=g)
+    x[2, 7] = 1e-39                                    # subnormal: forces the shifted form
+    batched = quant_ops.wna16_linear(x, w, None, False)
+    for r in range(2):
+        assert torch.equal(quant_ops.wna16_linear(x[r:r + 1], w, None, False)[0], batched[r])
+    torch.testing.assert_close(batched, kernel_reference(x, w), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("int8", MODES)
 def test_layer_ops_use_the_kernel_and_fall_back(int8):
     g = torch.Generator().manual_seed(4)

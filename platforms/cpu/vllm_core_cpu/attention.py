@@ -120,10 +120,15 @@ class CpuAttentionMetadataBuilder(AttentionMetadataBuilder):
 
     def build(self, common: CommonAttentionMetadata) -> CpuAttentionMetadata:
         qsl, seq = common.query_start_loc_cpu, common.seq_lens_cpu
-        q_lens = qsl[1:] - qsl[:-1]
-        req = torch.repeat_interleave(torch.arange(common.num_reqs), q_lens,
-                                      output_size=common.num_tokens)
-        pos = torch.arange(common.num_tokens) - (qsl[1:] - seq)[req]
+        if common.num_decodes == common.num_reqs == common.num_tokens:
+            # decode-only (token i is request i's last): the general form's values, cheaply
+            req = torch.arange(common.num_reqs)
+            pos = seq.to(torch.int64) - 1
+        else:
+            q_lens = qsl[1:] - qsl[:-1]
+            req = torch.repeat_interleave(torch.arange(common.num_reqs), q_lens,
+                                          output_size=common.num_tokens)
+            pos = torch.arange(common.num_tokens) - (qsl[1:] - seq)[req]
         return CpuAttentionMetadata(slot_mapping=common.slot_mapping,
                                     block_table=common.block_table, token_request=req,
                                     token_position=pos, common=common, builder=self)

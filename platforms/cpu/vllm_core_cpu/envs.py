@@ -45,3 +45,13 @@ def cpu_wna16_activations() -> str:
         raise ValueError(f"VLLM_CPU_WNA16_ACTIVATIONS must be one of {WNA16_ACTIVATIONS}, "
                          f"got {raw!r}")
     return raw
+
+
+def cpu_fused_decode() -> bool:
+    """VLLM_CPU_FUSED_DECODE: run decode-only steps through the fused C++ decoder stack
+    (``decode_stack.py``) where it applies (default ``1``); ``0`` keeps the module forward
+    (the same numbers, more Python per layer)."""
+    raw = (get("VLLM_CPU_FUSED_DECODE") or "1").strip().lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise ValueError(f"VLLM_CPU_FUSED_DECODE must be 0 or 1, got {raw!r}")
+    return raw in ("1", "true")

@@ -33,6 +33,13 @@ class CpuWorker(TorchWorker):
     def make_device(self) -> torch.device:
         return HOST
 
+    def runner_class(self) -> type:
+        """``CpuModelRunner``: decode-only steps through the fused C++ decoder stack where it
+        applies (``decode_stack.py``; VLLM_CPU_FUSED_DECODE=0 turns it off)."""
+        from vllm_core_cpu.model_runner import CpuModelRunner
+
+        return CpuModelRunner
+
     def layer_ops(self) -> Any:
         return CpuLayerOps()
 

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels.h"
+
 namespace {
 
 template <typename T>
@@ -25,6 +27,10 @@ void silu_mul_rows(const T* x, T* y, int64_t rows, int64_t d) {
     }
   });
 }
+
+}  // namespace
+
+namespace vllm_core_cpu {
 
 at::Tensor silu_and_mul(const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) % 2 == 0, "silu_and_mul: x [..., 2 * d]");
@@ -47,8 +53,8 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   return out;
 }
 
-}  // namespace
+}  // namespace vllm_core_cpu
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) { m.def("silu_and_mul(Tensor x) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("silu_and_mul", &silu_and_mul); }
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("silu_and_mul", &vllm_core_cpu::silu_and_mul); }

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "cpu_vec.h"
+#include "kernels.h"
 
 #include <cmath>
 #include <cstdint>
@@ -227,6 +228,10 @@ void dispatch_head_size(const at::Tensor& query, const at::Tensor& key_cache,
   }
 }
 
+}  // namespace
+
+namespace vllm_core_cpu {
+
 at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& value_cache, const at::Tensor& block_table,
                            const at::Tensor& token_request, const at::Tensor& token_position,
@@ -255,6 +260,10 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
   }
   return out;
 }
+
+}  // namespace vllm_core_cpu
+
+namespace {
 
 // Neox rotary embedding of one head row in place of `dst` (from `src`): the first rot_dim
 // channels as (x1, x2) halves, out1 = x1 cos - x2 sin, out2 = x2 cos + x1 sin, in fp32, rounded
@@ -312,6 +321,10 @@ void rotate_and_write(const at::Tensor& query, const at::Tensor& key, const at::
   });
 }
 
+}  // namespace
+
+namespace vllm_core_cpu {
+
 // The neox rotary embedding of query and key at `positions`, key / value written into the
 // caches at `slot_mapping`, then paged_attention: one call per layer for what was a dozen
 // torch ops. q / k / v may be strided views (of the fused qkv projection) with unit stride in
@@ -366,7 +379,7 @@ at::Tensor paged_attention_rotary(const at::Tensor& query, const at::Tensor& key
                          token_position, scale, window);
 }
 
-}  // namespace
+}  // namespace vllm_core_cpu
 
 TORCH_LIBRARY(vllm_core_cpu, m) {
   m.def("paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
@@ -378,6 +391,6 @@ TORCH_LIBRARY(vllm_core_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) {
-  m.impl("paged_attention", &paged_attention);
-  m.impl("paged_attention_rotary", &paged_attention_rotary);
+  m.impl("paged_attention", &vllm_core_cpu::paged_attention);
+  m.impl("paged_attention_rotary", &vllm_core_cpu::paged_attention_rotary);
 }

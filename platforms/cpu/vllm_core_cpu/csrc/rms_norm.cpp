@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <tuple>
 
+#include "kernels.h"
+
 namespace {
 
 template <typename T>
@@ -61,6 +63,10 @@ void dispatch(at::ScalarType t, F&& f) {
   }
 }
 
+}  // namespace
+
+namespace vllm_core_cpu {
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   check(x, w);
   auto xc = x.contiguous();
@@ -95,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> fused_add_rms_norm(const at::Tensor& x,
   return {out, res};
 }
 
-}  // namespace
+}  // namespace vllm_core_cpu
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
@@ -104,6 +110,6 @@ TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) {
-  m.impl("rms_norm", &rms_norm);
-  m.impl("fused_add_rms_norm", &fused_add_rms_norm);
+  m.impl("rms_norm", &vllm_core_cpu::rms_norm);
+  m.impl("fused_add_rms_norm", &vllm_core_cpu::fused_add_rms_norm);
 }

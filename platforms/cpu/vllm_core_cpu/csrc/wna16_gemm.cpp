@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "cpu_vec.h"
+#include "kernels.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include "wna16_avx2.h"
@@ -174,6 +175,10 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor&
   return out;
 }
 
+}  // namespace
+
+namespace vllm_core_cpu {
+
 // y [M, N] = x [M, K] @ W^T (+ bias); x, scales, zeros and bias share one dtype.
 at::Tensor wna16_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                         const at::Tensor& zeros, const c10::optional<at::Tensor>& bias,
@@ -221,12 +226,12 @@ bool wna16_has_int8_activations() {
 #endif
 }
 
-}  // namespace
+}  // namespace vllm_core_cpu
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("wna16_linear(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, "
         "int bits, int group_size, bool int8_activations=False) -> Tensor");
-  m.def("wna16_has_int8_activations() -> bool", &wna16_has_int8_activations);
+  m.def("wna16_has_int8_activations() -> bool", &vllm_core_cpu::wna16_has_int8_activations);
 }
 
-TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("wna16_linear", &wna16_linear); }
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("wna16_linear", &vllm_core_cpu::wna16_linear); }
