@@ -45,6 +45,19 @@ def make_llm(folder: str, tp: int = 1, pp: int = 1, async_scheduling: bool = Fal
                async_scheduling=async_scheduling, **extra)
 
 
+def one_rank_reference(model_root: str, run) -> tuple[str, list]:
+    """The ``llama`` model folder under ``model_root`` (built once) and ``run``'s result on one
+    rank with the reference attention: what a parallel layout must reproduce."""
+    folder = os.path.join(model_root, "llama")
+    if not os.path.isdir(folder):
+        folder = build_model_folder(model_root, "llama")
+    reference = make_llm(folder, attention_backend="reference")
+    try:
+        return folder, run(reference)
+    finally:
+        reference.llm_engine.shutdown()
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
     try:

@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from dist_utils import build_model_folder, make_llm
+from dist_utils import make_llm, one_rank_reference
 from test_parallel_equivalence import run
 
 # starts a Ray instance (~10-20 s on two cores); the portable attention backend: no CPU
@@ -24,14 +24,7 @@ def test_ray_tp2_equals_one_rank_and_fails_loudly(model_root):
 
     from vllm_core.engine.mp_executor import WorkerFailure
 
-    folder = os.path.join(model_root, "llama")
-    if not os.path.isdir(folder):
-        folder = build_model_folder(model_root, "llama")
-    reference = make_llm(folder, attention_backend="reference")
-    try:
-        want = run(reference)
-    finally:
-        reference.llm_engine.shutdown()
+    folder, want = one_rank_reference(model_root, run)
     llm = make_llm(folder, tp=2, distributed_executor_backend="ray",
                    attention_backend="reference")
     try:

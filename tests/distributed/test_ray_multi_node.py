@@ -34,7 +34,7 @@ import subprocess
 import sys
 
 import pytest
-from dist_utils import build_model_folder, make_llm
+from dist_utils import one_rank_reference
 from ray_local_cluster import LocalRayCluster
 from test_parallel_equivalence import run
 
@@ -139,14 +139,7 @@ def ray_cluster(monkeypatch):
 
 
 def test_ranks_on_different_nodes_equal_one_rank(model_root, ray_cluster):
-    folder = os.path.join(model_root, "llama")
-    if not os.path.isdir(folder):
-        folder = build_model_folder(model_root, "llama")
-    reference = make_llm(folder, attention_backend="reference")
-    try:
-        want = run(reference)
-    finally:
-        reference.llm_engine.shutdown()
+    folder, want = one_rank_reference(model_root, run)
 
     code = DRIVER.format(here=os.path.dirname(__file__), folder=folder)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
