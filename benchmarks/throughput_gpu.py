@@ -445,7 +445,11 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
+        text = e.stderr or e.output or ""
+        text = text.decode(errors="replace") if isinstance(text, bytes) else text
+        sys.stderr.write(f"[{worker}] timed out after {timeout} s; its last output:\n"
+                         f"{text[-3000:]}\n")
         return {"error": f"timed out after {timeout} s"}
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -457,7 +461,10 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
     sys.stderr.write(f"[{worker}] failed (rc {proc.returncode}, "
                      f"{time.perf_counter() - t0:.0f} s):\n" + "\n".join(cause[:20])
                      + f"\n...\n{tail}\n")
-    return {"error": tail.strip().splitlines()[-1] if tail.strip() else f"rc {proc.returncode}"}
+    raised = [ln for ln in tail.splitlines()      # the exception, not a warning after it
+              if ln and not ln[0].isspace() and ("Error:" in ln or "Exception:" in ln)]
+    last = tail.strip().splitlines()[-1] if tail.strip() else f"rc {proc.returncode}"
+    return {"error": raised[-1] if raised else last}
 
 
 def driver(args: argparse.Namespace) -> None:
@@ -513,14 +520,15 @@ def driver(args: argparse.Namespace) -> None:
             res = {"system": system, "workload": name, "requests": n,
                    "prompt_len": w.prompt_len, "output_len": w.output_len,
                    **({"quantization": args.quantization or "none",
-                       "kv_cache_dtype": args.kv_cache_dtype} if not peer else {}), **res}
+                       "kv_cache_dtype": args.kv_cache_dtype, **kernel_knobs()}
+                      if not peer else {}), **res}
             results[system] = res
             emit(res)
         core = results.get("vllm-core", {})
         summary: dict[str, Any] = {"kind": "summary", "workload": name, "gpu": ceilings.device,
                                    "num_gpus": num_gpus, "num_layers": shape.num_layers,
                                    "quantization": args.quantization or "none",
-                                   "kv_cache_dtype": args.kv_cache_dtype,
+                                   "kv_cache_dtype": args.kv_cache_dtype, **kernel_knobs(),
                                    **{k: round(v, 2) if isinstance(v, float) else v
                                       for k, v in roof.items()}}
         if "output_tok_s" in core:
@@ -539,6 +547,13 @@ def driver(args: argparse.Namespace) -> None:
         emit(summary)
     if out:
         out.close()
+
+
+def kernel_knobs() -> dict[str, dict[str, str]]:
+    """The kernel variables set for this run (``VLLM_TRITON_*``), so A/B lines say which
+    variant they measured; empty when none is set."""
+    knobs = {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_TRITON_") and v}
+    return {"knobs": knobs} if knobs else {}
 
 
 def main() -> None:

@@ -24,7 +24,14 @@
 #     running; targets at 32: <= 14 / 20 ms, running bounded).
 #  4. FlashInfer: install the wheels into /tmp/fi, gpu-8b-b1 and gpu-8b with
 #     --attention-backend triton vs flashinfer; then its parity test if time is left.
+#
+# ISSUE11_STEPS picks the parts: "serve" (steps 1-3), "fi" (step 4); both by default. The
+# serving wheels are in .whl2 and .whl4. The FlashInfer wheel is over the carry limit: one call
+# carries .whl3a and copies it to /tmp/fiparts, the next (at once, while the machine is warm)
+# carries .whl3b and runs "fi".
 set -x
+STEPS=" ${ISSUE11_STEPS:-serve fi} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/out}
 D="$OUT/issue11"
 mkdir -p "$D"
@@ -44,6 +51,7 @@ MODEL=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from throughpu
 DEFAULT_MODEL_DIR, ensure_model_dir; print(ensure_model_dir(DEFAULT_MODEL_DIR))" 2>>"$D/install.log")
 echo "model dir: $MODEL"
 
+if want serve; then
 mark "1 offline gpu-8b"
 VLLM_CACHE_ROOT="$D/cache-offline" timeout 90 python3 benchmarks/throughput_gpu.py \
     --workload gpu-8b --systems vllm-core \
@@ -77,14 +85,21 @@ budget 290 "3 serve 32,64" && VLLM_CACHE_ROOT="$D/cache-serve" timeout 100 \
     --num-prompts 1000 --input-len 512 --output-len 256 --request-rate 32,64 \
     --startup-timeout 40 --bench-timeout 45 --log-dir "$D/serve-rates" \
     --output "$D/serve.jsonl" > "$D/serve-rates.log" 2>&1 || mark "3 serve rates FAILED rc=$?"
+fi
+want fi || { mark "done (no fi)"; grep -h '^{' "$D"/*.jsonl 2>/dev/null; exit 0; }
 
 mark "4 flashinfer install"
 # The wheels come in .whl3/ or, split under the 64 MiB carry limit, in .whl3a/ + .whl3b/ (each
 # carried by its own call; the flashinfer wheel is cut in two parts, joined here).
 WHL=/tmp/whl3; mkdir -p "$WHL"
-cp "$ROOT"/.whl3/*.whl "$ROOT"/.whl3a/*.whl "$ROOT"/.whl3b/*.whl "$WHL"/ 2>/dev/null
-if ls "$ROOT"/.whl3a/*.part.* "$ROOT"/.whl3b/*.part.* > /dev/null 2>&1; then
-    cat "$ROOT"/.whl3a/flashinfer_python-*.whl.part.aa "$ROOT"/.whl3b/flashinfer_python-*.whl.part.ab \
+# A carried folder does not stay for the next call, /tmp does: a call carrying .whl3a can
+# leave its part in /tmp/fiparts (mkdir -p /tmp/fiparts && cp .whl3a/* /tmp/fiparts/) for the
+# call that carries .whl3b.
+P=/tmp/fiparts; mkdir -p "$P"
+cp "$ROOT"/.whl3a/* "$ROOT"/.whl3b/* "$P"/ 2>/dev/null
+cp "$ROOT"/.whl3/*.whl "$P"/*.whl "$WHL"/ 2>/dev/null
+if ls "$P"/*.part.aa "$P"/*.part.ab > /dev/null 2>&1; then
+    cat "$P"/flashinfer_python-*.whl.part.aa "$P"/flashinfer_python-*.whl.part.ab \
         > "$WHL/flashinfer_python-0.7.4-py3-none-any.whl"
 fi
 if ls "$WHL"/flashinfer_python-*.whl > /dev/null 2>&1; then

@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# Issue 15's W4A16 bar on one H200: the GEMV micro-benchmark (wna16_gemv_gpu.py: exact vs
-# factored vs bf16 F.linear at the 8B projections), then gpu-8b-b1 decode, bf16 vs W4A16 (GPTQ
-# layout, group 128, random weights; the Triton fused-dequant GEMV), one after the other in
-# one device command (bar >= 2.5x). Writes "$OUT/w4a16b1/throughput.jsonl". Needs nothing carried.
-# W4A16B1_QUANT lists the variants: a quantization method, optionally ":factored" for the
-# factored batch-1 GEMV (VLLM_TRITON_WNA16_GEMV=factored), e.g. "none gptq gptq:factored".
+# Issue 15's W4A16 bar on one H200: the GEMV kernels' tests on the device, the GEMV plan sweep
+# (wna16_gemv_gpu.py: exact and factored kernels over launch plans vs bf16 F.linear at the 8B
+# projections), then gpu-8b-b1 decode, bf16 vs W4A16 (GPTQ layout, group 128, random weights),
+# one after the other in one device command (bar >= 2.5x). Writes "$OUT/w4a16b1/*.jsonl".
+# Needs nothing carried.
+# W4A16B1_QUANT lists the engine variants: a quantization method, optionally ":exact",
+# ":factored" (VLLM_TRITON_WNA16_GEMV; none: the default kernel and plan) and "+best" (the
+# sweep's fastest plan of that kernel through VLLM_TRITON_WNA16_GEMV_TILES). W4A16B1_SWEEP=quick runs the default plans only.
 set -x
 out="${OUT:?OUT must be set}/w4a16b1"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-timeout -k 10 60 python3 benchmarks/wna16_gemv_gpu.py --out "$out/gemv.jsonl" > "$out/gemv.log" 2>&1
-echo "=== w4a16b1 gemv rc=$?"; tail -n 6 "$out/gemv.log"
-for v in ${W4A16B1_QUANT:-none gptq gptq:factored}; do
-    q=${v%%:*}; gemv=exact; [ "$v" != "$q" ] && gemv=${v#*:}
+timeout -k 10 90 python3 -m pytest -q -p no:cacheprovider \
+    platforms/triton/tests/test_quant_kernels.py > "$out/tests.log" 2>&1
+echo "=== w4a16b1 tests rc=$?"; tail -n 3 "$out/tests.log"
+sweep=(); [ "${W4A16B1_SWEEP:-}" = quick ] && sweep=(--quick)
+timeout -k 10 150 python3 benchmarks/wna16_gemv_gpu.py "${sweep[@]}" --out "$out/gemv.jsonl" \
+    --best "$out/best.json" > "$out/gemv.log" 2>&1
+echo "=== w4a16b1 gemv rc=$?"; grep summary "$out/gemv.log"
+best() { python3 -c "import json,sys; print(json.load(open('$out/best.json')).get(sys.argv[1], ''))" "$1" 2>/dev/null; }
+for v in ${W4A16B1_QUANT-none gptq gptq:factored+best gptq:exact+best}; do
+    q=${v%%:*}; rest=${v#"$q"}; rest=${rest#:}; gemv=${rest%%+*}   # empty: the default kernel
+    tiles=""; [[ "$rest" == *+best ]] && tiles=$(best "${gemv:-factored}")
     args=(); [ "$q" != none ] && args=(--quantization "$q")
-    VLLM_TRITON_WNA16_GEMV=$gemv timeout -k 10 80 python3 benchmarks/throughput_gpu.py \
-        --workload gpu-8b-b1 --systems vllm-core "${args[@]}" \
-        --output "$out/throughput.jsonl" > "$out/$q-$gemv.log" 2>&1
-    echo "=== w4a16b1 $v rc=$?"; tail -n 5 "$out/$q-$gemv.log"
+    log="$out/$q${gemv:+-$gemv}${tiles:+-best}.log"
+    VLLM_TRITON_WNA16_GEMV=$gemv VLLM_TRITON_WNA16_GEMV_TILES=$tiles timeout -k 10 80 \
+        python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1 --systems vllm-core \
+        "${args[@]}" --output "$out/throughput.jsonl" > "$log" 2>&1
+    echo "=== w4a16b1 $v tiles=$tiles rc=$?"; tail -n 3 "$log"
 done
 grep -h '"kind": "summary"' "$out/throughput.jsonl"
 exit 0

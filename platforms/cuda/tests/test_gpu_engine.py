@@ -206,12 +206,16 @@ def test_memory_profiling_sizes_cache_and_refuses_too_little(models):
 
 
 def test_attention_backend_selection_explains_refusal(models):
+    """An installed FlashAttention / FlashInfer is selected when named (in bf16: neither
+    serves float32, which is refused in words); a missing one is refused naming the package."""
     import importlib.util
 
     folder, _ = models["llama"]
     for name, package in (("flash_attn", "flash_attn"), ("flashinfer", "flashinfer")):
         if importlib.util.find_spec(package) is not None:
-            llm = make_llm(folder, attention_backend=name)
+            with pytest.raises(ValueError, match=f"{name}: dtype float32 not in"):
+                make_llm(folder, attention_backend=name)
+            llm = make_llm(folder, attention_backend=name, dtype="bfloat16")
             try:
                 assert runner_of(llm).attn_backend.name == name
             finally:

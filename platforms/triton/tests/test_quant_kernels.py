@@ -54,7 +54,12 @@ def _run(w: WNA16Weight, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Te
                                                        (4, -1, False), (8, 64, False),
                                                        (8, 128, True)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_wna16_matches_dequantize_then_matmul(rows, bits, group_size, act_order, dtype):
+@pytest.mark.parametrize("mode", ["exact", "factored"])
+def test_wna16_matches_dequantize_then_matmul(monkeypatch, mode, rows, bits, group_size,
+                                              act_order, dtype):
+    """Both GEMV kernels (the factored one, the default, serves groups that are a multiple of
+    128 without act-order; the exact one the rest) and the GEMM path at 20 rows."""
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", mode)
     _check_against_reference(random_wna16(K, N, bits, group_size, act_order, dtype), rows,
                              dtype, seed=1)
 
@@ -252,3 +257,45 @@ def test_per_token_quant_fp8_equals_the_reference(dtype, rows, cols, static):
     assert got_q.dtype == torch.float8_e4m3fn and got_s.shape == (rows, 1)
     torch.testing.assert_close(got_s.cpu(), want_s.expand(rows, 1), rtol=0, atol=0)
     assert torch.equal(got_q.cpu().view(torch.uint8), want_q.view(torch.uint8))
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_gemv_split_k_reduced_in_kernel_leaves_counters_at_zero(factored):
+    """The split-K GEMV sums its partials inside the kernel (the last program of each output
+    block): several plans, split and unsplit, give the reference's result, the same result
+    on a second call (the arrival counters were set back to zero), and a bias is added."""
+    from vllm_core_triton.kernels.wna16 import _SPLIT_LOCKS, GemvTiles, wna16_gemv
+
+    w = random_wna16(K, N, 4, 128, False, torch.float32, seed=21)
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(2, K, generator=gen).to(DEVICE)
+    bias = torch.randn(N, generator=gen).to(DEVICE)
+    want = wna16_linear_reference(x, w, bias)
+    for tiles in (GemvTiles(32, 64, waves=1), GemvTiles(64, 128, waves=8),
+                  GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64)):
+        got = [wna16_gemv(x, w.qweight, w.scales, w.zeros, None, 4, 128, bias, factored, tiles)
+               for _ in range(2)]
+        torch.testing.assert_close(got[0], want, atol=1e-4 * want.abs().max().item(),
+                                   rtol=1e-4)
+        torch.testing.assert_close(got[1], got[0], atol=0, rtol=0)
+    assert int(_SPLIT_LOCKS[x.device].abs().sum()) == 0
+    with pytest.raises(ValueError, match="factored GEMV needs"):
+        wna16_gemv(x, w.qweight, w.scales, w.zeros, None, 4, 128, None, True,
+                   GemvTiles(64, 256))
+
+
+def test_gemv_tiles_variable(monkeypatch):
+    """VLLM_TRITON_WNA16_GEMV_TILES picks the plan; a malformed one is refused by name."""
+    from vllm_core_triton.kernels.wna16 import GemvTiles, default_gemv_tiles
+
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1")
+    assert default_gemv_tiles(True) == GemvTiles(256, 64, 8, 3, 1)
+    w = random_wna16(K, N, 4, 128, False, torch.float32, seed=23)
+    x = torch.randn(1, K, generator=torch.Generator().manual_seed(24)).to(DEVICE)
+    want = wna16_linear_reference(x, w)
+    torch.testing.assert_close(_run(w, x, None), want, atol=1e-4 * want.abs().max().item(),
+                               rtol=1e-4)
+    for bad in ("128,128,4,2", "100,128,4,2,2", "128,16,4,2,2", "a,b,c,d,e"):
+        monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", bad)
+        with pytest.raises(ValueError, match="VLLM_TRITON_WNA16_GEMV_TILES"):
+            default_gemv_tiles(False)

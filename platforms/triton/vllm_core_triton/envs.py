@@ -30,10 +30,33 @@ def decode_attention_tiles() -> tuple[int, int, int] | None:
 
 
 def wna16_gemv() -> str:
-    """VLLM_TRITON_WNA16_GEMV: the batch-1..4 W4A16 / W8A16 kernel, ``exact`` (default: the
-    reference's rounding of every weight) or ``factored`` (group scale out of the inner
-    product; ``kernels/wna16.py``). ValueError naming the variable for another value."""
-    mode = get("VLLM_TRITON_WNA16_GEMV") or "exact"
+    """VLLM_TRITON_WNA16_GEMV: the batch-1..4 W4A16 / W8A16 kernel, ``factored`` (default:
+    the group scale out of the inner product, for weights without ``g_idx`` whose groups are a
+    multiple of 128; the exact kernel serves the others) or ``exact`` (the reference's
+    rounding of every weight to the activation dtype, everywhere; ``kernels/wna16.py``).
+    ValueError naming the variable for another value."""
+    mode = get("VLLM_TRITON_WNA16_GEMV") or "factored"
     if mode not in ("exact", "factored"):
         raise ValueError(f"VLLM_TRITON_WNA16_GEMV={mode!r}: expected 'exact' or 'factored'")
     return mode
+
+
+def wna16_gemv_tiles() -> tuple[int, int, int, int, int] | None:
+    """VLLM_TRITON_WNA16_GEMV_TILES: ``block_n,block_k,num_warps,num_stages,waves`` of the
+    batch-1..4 W4A16 / W8A16 GEMV (``kernels/wna16.py`` ``GemvTiles``; unset: its default).
+    ValueError naming the variable when it is not five positive integers with ``block_n`` and
+    ``block_k`` powers of two, ``block_k`` at least 32."""
+    raw = get("VLLM_TRITON_WNA16_GEMV_TILES")
+    if not raw:
+        return None
+    try:
+        vals = tuple(int(v) for v in raw.split(","))
+    except ValueError:
+        vals = ()
+    ok = len(vals) == 5 and min(vals) > 0 and vals[1] >= 32
+    if ok and not all(v & (v - 1) == 0 for v in vals[:2]):
+        ok = False
+    if not ok:
+        raise ValueError(f"VLLM_TRITON_WNA16_GEMV_TILES={raw!r}: expected 'block_n,block_k,"
+                         "num_warps,num_stages,waves', e.g. '128,128,4,2,2'")
+    return vals  # type: ignore[return-value]

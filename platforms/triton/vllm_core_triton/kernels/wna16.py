@@ -16,20 +16,28 @@ Two kernels:
   coalesced along N, each word loaded once), unpacks it to ``[BLOCK_K / p, p, BLOCK_N]``, and
   reduces it against the row of ``x``. K is split over
   ``SPLIT_K`` programs so that a decode step fills the GPU; partial sums go to a float32
-  ``[SPLIT_K, M, N]`` buffer summed afterwards in a fixed order (deterministic, no atomics,
-  and row ``i`` of the result depends only on row ``i`` of ``x``).
+  ``[SPLIT_K, M, N]`` buffer, and the program that finishes last for its ``(row, n block)``
+  (an arrival counter per output block, ``_split_k_store``) sums them in split order, adds
+  the bias and writes the result in the activation dtype: one launch per layer, no reduction
+  or cast kernels after it (at batch 1 those were two of every three launches of a W4A16
+  linear). Deterministic (the order of the sum is fixed whatever the arrival order) and row
+  ``i`` of the result depends only on row ``i`` of ``x``. The counters are a per-device
+  int32 buffer each launch leaves at zero; launches sharing it run in stream order (one
+  compute stream per device).
 - ``_wna16_gemm_kernel`` (prefill): ``[BLOCK_M, BLOCK_N]`` output tiles, the de-quantized
   ``[BLOCK_K, BLOCK_N]`` weight tile fed to ``tl.dot``.
-- ``_wna16_gemv_factored_kernel`` (opt-in, ``VLLM_TRITON_WNA16_GEMV=factored``; no ``g_idx``,
-  groups a multiple of 128): the group's scale and zero taken out of the inner product,
+- ``_wna16_gemv_factored_kernel`` (the default GEMV for weights without ``g_idx`` whose groups
+  are a multiple of 128; ``VLLM_TRITON_WNA16_GEMV=exact`` turns it off): the group's scale
+  and zero taken out of the inner product,
   ``y[n] = sum_g s[g, n] * (sum_{k in g} q[k, n] x[k] - z[g, n] * sum_{k in g} x[k])``, so a
   weight costs three or four full-rate operations instead of ~10: the integer is turned into a
   float without a conversion instruction (``bitcast(q | 0x4B000000) - 2^23``; for the nibbles
   inside the mantissa the mask is applied in place and the activation pre-scaled by the
   nibble's power of two, exact), then one FMA. The result is the exact product of the
   de-quantized weight in float32 (no rounding of W to the activation dtype): within float32
-  reassociation of the reference, not bit-equal to it. The exact kernel above is ALU-bound on
-  an H200 (~17% of the bandwidth at the 8B shapes); this one is meant to be memory-bound.
+  reassociation of the reference, not bit-equal to it. On an H200 at the 8B projections
+  (``benchmarks/wna16_gemv_gpu.py``, batch 1) it takes 0.82x the exact kernel's time at
+  their best plans, and decode runs 1.24x faster with it.
 
 ``M`` (the rows of the batch) is not specialised on (``do_not_specialize``), so one compiled
 variant serves every batch size of a path and the start-up warm-up covers it.
@@ -39,6 +47,8 @@ whole K step (loaded once per tile); with ``g_idx`` they are gathered per K row.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -95,11 +105,42 @@ def _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP: t
     return sc, zp
 
 
+@triton.jit
+def _store_row(y_ptr, b_ptr, acc, row, offs_n, mask_n, stride_y, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row.to(tl.int64) * stride_y + offs_n, acc.to(y_ptr.dtype.element_ty),
+             mask=mask_n)
+
+
+@triton.jit
+def _split_k_store(y_ptr, part_ptr, lock_ptr, b_ptr, acc, pid_k, row, offs_n, mask_n, M, N,
+                   num_splits, stride_y, HAS_BIAS: tl.constexpr):
+    """Write this program's partial sum; the last of the ``num_splits`` programs of its
+    ``(row, n block)`` to arrive sums all partials in split order and stores the row block
+    (module docstring), then sets the block's counter back to zero."""
+    if num_splits == 1:
+        _store_row(y_ptr, b_ptr, acc, row, offs_n, mask_n, stride_y, HAS_BIAS)
+    else:
+        tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
+        tl.debug_barrier()                        # every thread's partial is written
+        lock = lock_ptr + row * tl.num_programs(0) + tl.program_id(0)
+        arrived = tl.atomic_add(lock, 1, sem="acq_rel")
+        if arrived == num_splits - 1:
+            total = tl.zeros_like(acc)
+            for s in range(0, num_splits):
+                total += tl.load(part_ptr + (s * M + row).to(tl.int64) * N + offs_n,
+                                 mask=mask_n, other=0.0, cache_modifier=".cg")
+            _store_row(y_ptr, b_ptr, total, row, offs_n, mask_n, stride_y, HAS_BIAS)
+            tl.atomic_xchg(lock, 0)
+
+
 @triton.jit(do_not_specialize=["M"])
-def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_PER_SPLIT,
-                       stride_x, stride_q, stride_s, stride_z,
+def _wna16_gemv_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr,
+                       M, N, K, K_PER_SPLIT, num_splits,
+                       stride_x, stride_q, stride_s, stride_z, stride_y,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
-                       ROW_SCALES: tl.constexpr, BLOCK_N: tl.constexpr,
+                       ROW_SCALES: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """Each packed word is loaded once and unpacked into a ``[words, PACK, BLOCK_N]`` tile
     (``k = word * PACK + j``), so the weight stream costs one load per 32 bits."""
@@ -138,15 +179,21 @@ def _wna16_gemv_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, M, N, K, K_
         x = tl.load(x_ptr + row * stride_x + kk, mask=mask_k, other=0.0)   # [BKW, PACK]
         w = w.to(x.dtype).to(tl.float32)          # the reference's rounding of W
         acc += tl.sum(tl.sum(w * x.to(tl.float32)[:, :, None], axis=0), axis=0)
-    tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
+    _split_k_store(y_ptr, part_ptr, lock_ptr, b_ptr, acc, pid_k, row, offs_n, mask_n, M, N,
+                   num_splits, stride_y, HAS_BIAS)
 
 
 @triton.jit(do_not_specialize=["M"])
-def _wna16_gemv_factored_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, K_PER_SPLIT,
-                                stride_x, stride_q, stride_s, stride_z,
-                                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr, s_ptr, z_ptr,
+                                M, N, K, K_PER_SPLIT, num_splits,
+                                stride_x, stride_q, stride_s, stride_z, stride_y,
+                                BITS: tl.constexpr, GROUP: tl.constexpr,
+                                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
                                 BLOCK_K: tl.constexpr):
-    """``BLOCK_K`` divides ``GROUP``: one scale / zero row per K step (module docstring)."""
+    """``BLOCK_K`` divides ``GROUP``: one scale / zero row per K step (module docstring).
+
+    (Keeping a 2-D accumulator reduced once at the end, with the next step's words loaded
+    ahead, was measured on an H200: no faster at 128 outputs a program, 2x slower at 256.)"""
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KW: tl.constexpr = BLOCK_K // PACK
@@ -174,7 +221,8 @@ def _wna16_gemv_factored_kernel(part_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, 
             part += q * xj[:, None]
         sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
         acc += sc * (tl.sum(part, 0) - zp * tl.sum(x_sum, 0))
-    tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, acc, mask=mask_n)
+    _split_k_store(y_ptr, part_ptr, lock_ptr, b_ptr, acc, pid_k, row, offs_n, mask_n, M, N,
+                   num_splits, stride_y, HAS_BIAS)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -213,6 +261,81 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
+@dataclass(frozen=True)
+class GemvTiles:
+    """Launch plan of the batch-1..4 GEMV: ``block_n`` outputs x ``block_k`` inputs per
+    program step, ``waves`` programs per SM aimed at when splitting K."""
+
+    block_n: int
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 2
+    waves: int = 2
+
+
+_SPLIT_LOCKS: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_locks(device: torch.device, count: int) -> torch.Tensor:
+    """The device's zeroed arrival counters (at least ``count``); grown outside graph capture
+    only (the start-up warm-up runs every GEMV shape before capture)."""
+    locks = _SPLIT_LOCKS.get(device)
+    if locks is None or locks.numel() < count:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("wna16 GEMV: split-K counters must be allocated before CUDA "
+                               "graph capture (run the shape once eagerly first)")
+        locks = torch.zeros(max(count, 1 << 14), dtype=torch.int32, device=device)
+        _SPLIT_LOCKS[device] = locks
+    return locks
+
+
+def default_gemv_tiles(factored: bool) -> GemvTiles:
+    """The plan used unless ``VLLM_TRITON_WNA16_GEMV_TILES`` names one."""
+    tiles = envs.wna16_gemv_tiles()
+    if tiles is not None:
+        return GemvTiles(*tiles)
+    if factored:        # the best of 36 plans on an H200 at the 8B projections
+        return GemvTiles(block_n=256, block_k=128, num_warps=4, num_stages=1, waves=4)
+    return GemvTiles(block_n=64, block_k=128, num_warps=4, num_stages=1, waves=4)
+
+
+def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+               zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int, group_size: int,
+               bias: torch.Tensor | None, factored: bool, tiles: GemvTiles) -> torch.Tensor:
+    """The GEMV path of ``wna16_linear`` with an explicit kernel and plan (benchmarks sweep
+    them). ``factored`` needs no ``g_idx`` and ``tiles.block_k`` dividing the group size
+    (ValueError otherwise)."""
+    m, k = x.shape
+    n = qweight.shape[1]
+    block_n, block_k = tiles.block_n, tiles.block_k
+    row_scales = g_idx is None and group_size % block_k == 0
+    if factored and not row_scales:
+        raise ValueError(f"factored GEMV needs no g_idx and block_k ({block_k}) dividing the "
+                         f"group size ({group_size})")
+    n_blocks, k_steps = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
+    split = max(1, min(k_steps, triton.cdiv(tiles.waves * _num_sms(x.device), n_blocks * m)))
+    steps_per_split = triton.cdiv(k_steps, split)
+    split = triton.cdiv(k_steps, steps_per_split)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    locks = _split_locks(x.device, m * n_blocks) if split > 1 else y
+    b_ptr = bias if bias is not None else y
+    common = dict(BITS=bits, GROUP=group_size, HAS_BIAS=bias is not None, BLOCK_N=block_n,
+                  BLOCK_K=block_k, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    if factored:
+        _wna16_gemv_factored_kernel[(n_blocks, split, m)](
+            y, part, locks, b_ptr, x, qweight, scales, zeros, m, n, k,
+            steps_per_split * block_k, split, x.stride(0), qweight.stride(0),
+            scales.stride(0), zeros.stride(0), y.stride(0), **common)
+    else:
+        _wna16_gemv_kernel[(n_blocks, split, m)](
+            y, part, locks, b_ptr, x, qweight, scales, zeros,
+            g_idx if g_idx is not None else qweight, m, n, k, steps_per_split * block_k,
+            split, x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0),
+            y.stride(0), HAS_GIDX=g_idx is not None, ROW_SCALES=row_scales, **common)
+    return y
+
+
 def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int, group_size: int,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -226,30 +349,11 @@ def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"qweight packs {qweight.shape[0] * (32 // bits)} inputs, x has {k}")
     g_ptr = g_idx if g_idx is not None else qweight          # unused when HAS_GIDX is False
     if m <= GEMV_MAX_ROWS:
-        block_k = 128
-        row_scales = g_idx is None and group_size % block_k == 0
-        factored = row_scales and envs.wna16_gemv() == "factored"
-        block_n = 128 if factored else 64
-        n_blocks, k_steps = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
-        split = max(1, min(k_steps, triton.cdiv(2 * _num_sms(x.device), n_blocks * m)))
-        steps_per_split = triton.cdiv(k_steps, split)
-        split = triton.cdiv(k_steps, steps_per_split)
-        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-        if factored:
-            _wna16_gemv_factored_kernel[(n_blocks, split, m)](
-                part, x, qweight, scales, zeros, m, n, k, steps_per_split * block_k,
-                x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0),
-                BITS=bits, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k)
-        else:
-            _wna16_gemv_kernel[(n_blocks, split, m)](
-                part, x, qweight, scales, zeros, g_ptr, m, n, k, steps_per_split * block_k,
-                x.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0),
-                BITS=bits, GROUP=group_size, HAS_GIDX=g_idx is not None,
-                ROW_SCALES=row_scales, BLOCK_N=block_n, BLOCK_K=block_k)
-        y = part.sum(0) if split > 1 else part[0]
-        if bias is not None:
-            y = y + bias.float()
-        return y.to(x.dtype)
+        factored = envs.wna16_gemv() == "factored"
+        tiles = default_gemv_tiles(factored)
+        factored = factored and g_idx is None and group_size % tiles.block_k == 0
+        return wna16_gemv(x, qweight, scales, zeros, g_idx, bits, group_size, bias, factored,
+                          tiles)
     block_m = 16 if m <= 16 else (32 if m <= 64 else 64)
     block_n, block_k = 64, 64
     row_scales = g_idx is None and group_size % block_k == 0
