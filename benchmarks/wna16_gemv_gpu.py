@@ -6,7 +6,7 @@ One JSON line per (kernel, plan): microseconds per projection and their sum over
 projections of a decoder layer (``layer_us``), GB/s of packed weights + scales read, and the
 relative error against the float32 reference; then one line per projection with bf16
 ``F.linear``; then a summary naming the fastest plan of each kernel (the sum over a layer)
-and its ratio to bf16. ``--best FILE`` writes ``{"exact": "bn,bk,w,s,waves", "factored":
+and its ratio to bf16. ``--best FILE`` writes ``{"exact": "bn,bk,w,s,waves,early", "factored":
 ...}`` for ``VLLM_TRITON_WNA16_GEMV_TILES``.
 
     python benchmarks/wna16_gemv_gpu.py [--rows 1] [--quick] [--best best.json]
@@ -34,8 +34,9 @@ def plans(kernel: str, quick: bool):
         return [default_gemv_tiles(kernel == "factored")]
     if kernel == "exact":       # swept before (1-4 waves, 32-128 outputs, 1 and 3 stages)
         return [GemvTiles(bn, 128, 4, 1, 4) for bn in (64, 128)]
-    return [GemvTiles(bn, 128, w, 1, wv)
-            for bn, w, wv in itertools.product((128, 256, 512), (4, 8), (2, 4, 8))]
+    return [GemvTiles(bn, 128, w, 1, wv, early)
+            for bn, w, wv, early in itertools.product((128, 256), (4, 8), (2, 4, 8),
+                                                      (False, True))]
 
 
 def emit(rec: dict, out: str | None) -> None:
@@ -80,8 +81,7 @@ def main() -> None:
     best: dict[str, tuple[float, str]] = {}
     for kernel in ("exact", "factored"):
         for tiles in plans(kernel, args.quick):
-            tag = (f"{tiles.block_n},{tiles.block_k},{tiles.num_warps},{tiles.num_stages},"
-                   f"{tiles.waves}")
+            tag = tiles.tag()
             rec = {"bench": "wna16_gemv", "kernel": kernel, "tiles": tag, "rows": args.rows}
             total, worst_err = 0.0, 0.0
             try:

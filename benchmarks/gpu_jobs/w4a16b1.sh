@@ -11,13 +11,16 @@ set -x
 out="${OUT:?OUT must be set}/w4a16b1"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-timeout -k 10 90 python3 -m pytest -q -p no:cacheprovider \
-    platforms/triton/tests/test_quant_kernels.py > "$out/tests.log" 2>&1
+# shellcheck disable=SC2086   # W4A16B1_TESTS is a list of pytest arguments
+timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider \
+    ${W4A16B1_TESTS:-platforms/triton/tests/test_quant_kernels.py} > "$out/tests.log" 2>&1
 echo "=== w4a16b1 tests rc=$?"; tail -n 3 "$out/tests.log"
-sweep=(); [ "${W4A16B1_SWEEP:-}" = quick ] && sweep=(--quick)
-timeout -k 10 150 python3 benchmarks/wna16_gemv_gpu.py "${sweep[@]}" --out "$out/gemv.jsonl" \
-    --best "$out/best.json" > "$out/gemv.log" 2>&1
-echo "=== w4a16b1 gemv rc=$?"; grep summary "$out/gemv.log"
+if [ "${W4A16B1_SWEEP:-}" != none ]; then
+    sweep=(); [ "${W4A16B1_SWEEP:-}" = quick ] && sweep=(--quick)
+    timeout -k 10 150 python3 benchmarks/wna16_gemv_gpu.py "${sweep[@]}" \
+        --out "$out/gemv.jsonl" --best "$out/best.json" > "$out/gemv.log" 2>&1
+    echo "=== w4a16b1 gemv rc=$?"; grep summary "$out/gemv.log"
+fi
 best() { python3 -c "import json,sys; print(json.load(open('$out/best.json')).get(sys.argv[1], ''))" "$1" 2>/dev/null; }
 for v in ${W4A16B1_QUANT-none gptq gptq:factored+best gptq:exact+best}; do
     q=${v%%:*}; rest=${v#"$q"}; rest=${rest#:}; gemv=${rest%%+*}   # empty: the default kernel

@@ -272,7 +272,8 @@ def test_gemv_split_k_reduced_in_kernel_leaves_counters_at_zero(factored):
     bias = torch.randn(N, generator=gen).to(DEVICE)
     want = wna16_linear_reference(x, w, bias)
     for tiles in (GemvTiles(32, 64, waves=1), GemvTiles(64, 128, waves=8),
-                  GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64)):
+                  GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64),
+                  GemvTiles(64, 128, waves=8, early_scales=True)):
         got = [wna16_gemv(x, w.qweight, w.scales, w.zeros, None, 4, 128, bias, factored, tiles)
                for _ in range(2)]
         torch.testing.assert_close(got[0], want, atol=1e-4 * want.abs().max().item(),
@@ -290,12 +291,15 @@ def test_gemv_tiles_variable(monkeypatch):
 
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1")
     assert default_gemv_tiles(True) == GemvTiles(256, 64, 8, 3, 1)
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1,1")
+    assert default_gemv_tiles(True) == GemvTiles(256, 64, 8, 3, 1, early_scales=True)
+    assert default_gemv_tiles(True).tag() == "256,64,8,3,1,1"
     w = random_wna16(K, N, 4, 128, False, torch.float32, seed=23)
     x = torch.randn(1, K, generator=torch.Generator().manual_seed(24)).to(DEVICE)
     want = wna16_linear_reference(x, w)
     torch.testing.assert_close(_run(w, x, None), want, atol=1e-4 * want.abs().max().item(),
                                rtol=1e-4)
-    for bad in ("128,128,4,2", "100,128,4,2,2", "128,16,4,2,2", "a,b,c,d,e"):
+    for bad in ("128,128,4,2", "100,128,4,2,2", "128,16,4,2,2", "a,b,c,d,e", "64,64,4,1,4,2"):
         monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", bad)
         with pytest.raises(ValueError, match="VLLM_TRITON_WNA16_GEMV_TILES"):
             default_gemv_tiles(False)

@@ -189,11 +189,14 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
                                 stride_x, stride_q, stride_s, stride_z, stride_y,
                                 BITS: tl.constexpr, GROUP: tl.constexpr,
                                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                                BLOCK_K: tl.constexpr):
+                                BLOCK_K: tl.constexpr, EARLY_SCALES: tl.constexpr):
     """``BLOCK_K`` divides ``GROUP``: one scale / zero row per K step (module docstring).
 
     (Keeping a 2-D accumulator reduced once at the end, with the next step's words loaded
-    ahead, was measured on an H200: no faster at 128 outputs a program, 2x slower at 256.)"""
+    ahead, was measured on an H200: no faster at 128 outputs a program, 2x slower at 256.)
+    ``EARLY_SCALES`` loads the step's scale and zero rows together with its words, so that
+    their latency is not paid after the step's arithmetic (same result; a plan option the
+    sweep compares)."""
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KW: tl.constexpr = BLOCK_K // PACK
@@ -206,6 +209,8 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
         mask_w = wrow * PACK < K
         words = tl.load(qw_ptr + wrow.to(tl.int64)[:, None] * stride_q + offs_n[None, :],
                         mask=mask_w[:, None] & mask_n[None, :], other=0)
+        if EARLY_SCALES:
+            sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
         part = tl.zeros((BLOCK_KW, BLOCK_N), dtype=tl.float32)
         x_sum = tl.zeros((BLOCK_KW,), dtype=tl.float32)
         for j in tl.static_range(PACK):
@@ -219,7 +224,8 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
                 bits = ((words >> (BITS * j)) & MASK) | 0x4B000000
             q = bits.to(tl.float32, bitcast=True) - 8388608.0      # 2^23 + q - 2^23
             part += q * xj[:, None]
-        sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
+        if not EARLY_SCALES:
+            sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
         acc += sc * (tl.sum(part, 0) - zp * tl.sum(x_sum, 0))
     _split_k_store(y_ptr, part_ptr, lock_ptr, b_ptr, acc, pid_k, row, offs_n, mask_n, M, N,
                    num_splits, stride_y, HAS_BIAS)
@@ -264,13 +270,20 @@ def _num_sms(device: torch.device) -> int:
 @dataclass(frozen=True)
 class GemvTiles:
     """Launch plan of the batch-1..4 GEMV: ``block_n`` outputs x ``block_k`` inputs per
-    program step, ``waves`` programs per SM aimed at when splitting K."""
+    program step, ``waves`` programs per SM aimed at when splitting K; ``early_scales``
+    (factored kernel only) loads a step's scales with its words."""
 
     block_n: int
     block_k: int = 128
     num_warps: int = 4
     num_stages: int = 2
     waves: int = 2
+    early_scales: bool = False
+
+    def tag(self) -> str:
+        """The plan as ``VLLM_TRITON_WNA16_GEMV_TILES`` writes it."""
+        return (f"{self.block_n},{self.block_k},{self.num_warps},{self.num_stages},"
+                f"{self.waves},{int(self.early_scales)}")
 
 
 _SPLIT_LOCKS: dict[torch.device, torch.Tensor] = {}
@@ -293,7 +306,7 @@ def default_gemv_tiles(factored: bool) -> GemvTiles:
     """The plan used unless ``VLLM_TRITON_WNA16_GEMV_TILES`` names one."""
     tiles = envs.wna16_gemv_tiles()
     if tiles is not None:
-        return GemvTiles(*tiles)
+        return GemvTiles(*tiles[:5], early_scales=bool(tiles[5]))
     if factored:        # the best of 36 plans on an H200 at the 8B projections
         return GemvTiles(block_n=256, block_k=128, num_warps=4, num_stages=1, waves=4)
     return GemvTiles(block_n=64, block_k=128, num_warps=4, num_stages=1, waves=4)
@@ -326,7 +339,8 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         _wna16_gemv_factored_kernel[(n_blocks, split, m)](
             y, part, locks, b_ptr, x, qweight, scales, zeros, m, n, k,
             steps_per_split * block_k, split, x.stride(0), qweight.stride(0),
-            scales.stride(0), zeros.stride(0), y.stride(0), **common)
+            scales.stride(0), zeros.stride(0), y.stride(0), EARLY_SCALES=tiles.early_scales,
+            **common)
     else:
         _wna16_gemv_kernel[(n_blocks, split, m)](
             y, part, locks, b_ptr, x, qweight, scales, zeros,
