@@ -16,12 +16,12 @@ Times are medians of ``triton.testing.do_bench``. Run from the repo root:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 import torch
 import torch.nn.functional as F
 import triton
+from jsonl_out import emit
 from triton.testing import do_bench
 from vllm_core_triton.kernels import (
     device_parallelism,
@@ -39,13 +39,6 @@ HQ, HKV, D, PAGE = 32, 8, 128, 16
 DT = torch.bfloat16
 
 
-def _emit(rec: dict, out: str | None) -> None:
-    line = json.dumps(rec)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
-
 
 def _ms(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
@@ -55,7 +48,7 @@ def bench_copy(out: str | None) -> None:
     x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     ms = _ms(lambda: y.copy_(x))
-    _emit({"bench": "copy", "bytes_rw": 2 * x.numel(), "ms": ms,
+    emit({"bench": "copy", "bytes_rw": 2 * x.numel(), "ms": ms,
            "GBps": 2 * x.numel() / ms / 1e6}, out)
 
 
@@ -111,7 +104,7 @@ def bench_decode(out: str | None, batches: list[int], ctxs: list[int]) -> None:
                         _ms(lambda lc=lc: ours(lc)), lc)
             best = min(results, key=lambda n: results[n][0])
             sdpa_ms = _ms(sdpa)
-            _emit({"bench": "decode_attention", "batch": batch, "ctx": ctx,
+            emit({"bench": "decode_attention", "batch": batch, "ctx": ctx,
                    "kv_bytes": kv_bytes, "rel_err_vs_sdpa": err,
                    "ours_auto_ms": results["auto"][0],
                    "ours_auto_GBps": kv_bytes / results["auto"][0] / 1e6,
@@ -143,7 +136,7 @@ def bench_prefill(out: str | None, chunks: int, chunk_len: int) -> None:
     sdpa_ms = _ms(lambda: F.scaled_dot_product_attention(q4, k, v, is_causal=True,
                                                          enable_gqa=True))
     flops = 2 * 2 * chunks * HQ * D * chunk_len * chunk_len / 2  # causal half
-    _emit({"bench": "prefill_attention", "chunks": chunks, "chunk_len": chunk_len,
+    emit({"bench": "prefill_attention", "chunks": chunks, "chunk_len": chunk_len,
            "plan": str(lc), "ours_ms": ms, "ours_TFLOPs": flops / ms / 1e9,
            "sdpa_ms": sdpa_ms, "sdpa_TFLOPs": flops / sdpa_ms / 1e9}, out)
 
@@ -173,7 +166,7 @@ def bench_layer_ops(out: str | None, tokens: int) -> None:
                        2 * (q.numel() + k.numel()) * 2)
     for name, (ours, theirs, nbytes) in cases.items():
         a, b = _ms(ours), _ms(theirs)
-        _emit({"bench": name, "tokens": tokens, "ours_ms": a, "torch_eager_ms": b,
+        emit({"bench": name, "tokens": tokens, "ours_ms": a, "torch_eager_ms": b,
                "speedup": b / a, "ours_GBps": nbytes / a / 1e6}, out)
 
 
@@ -205,7 +198,7 @@ def bench_gemv(out: str | None, rows: list[int]) -> None:
                         best = (cfg, t)
                 best_cfg = best[0]
             nbytes = n * k * 2
-            _emit({"bench": "gemv", "layer": name, "rows": m, "n": n, "k": k,
+            emit({"bench": "gemv", "layer": name, "rows": m, "n": n, "k": k,
                    "cublas_ms": t_cublas, "ours_ms": t_default, "ours_best_ms": best[1],
                    "best_config": best[0], "cublas_GBps": nbytes / t_cublas / 1e6,
                    "ours_GBps": nbytes / t_default / 1e6,
@@ -224,7 +217,7 @@ def bench_argmax(out: str | None) -> None:
         assert torch.equal(chunked_argmax(x), x.argmax(dim=-1))
         a = do_bench_cudagraph(lambda x=x: x.argmax(dim=-1), rep=50)
         b = do_bench_cudagraph(lambda x=x: chunked_argmax(x), rep=50)
-        _emit({"bench": "argmax", "rows": rows, "torch_ms": a, "two_stage_ms": b,
+        emit({"bench": "argmax", "rows": rows, "torch_ms": a, "two_stage_ms": b,
                "speedup": a / b}, out)
 
 
@@ -241,7 +234,7 @@ def main() -> None:
     global HKV
     HKV = args.kv_heads
     torch.manual_seed(0)
-    _emit({"bench": "device", "name": torch.cuda.get_device_name(),
+    emit({"bench": "device", "name": torch.cuda.get_device_name(),
            "sms": device_parallelism(torch.device("cuda")), "torch": torch.__version__,
            "triton": triton.__version__}, args.out)
     bench_copy(args.out)

@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "platforms" / "triton")]
 
+from jsonl_out import emit  # noqa: E402  (benchmarks/, on sys.path when run as a script)
+
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
@@ -38,13 +40,6 @@ def plans(kernel: str, quick: bool):
             for bn, w, wv, early in itertools.product((128, 256), (4, 8), (2, 4, 8),
                                                       (False, True))]
 
-
-def emit(rec: dict, out: str | None) -> None:
-    line = json.dumps(rec)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
 
 
 def main() -> None:
