@@ -177,8 +177,8 @@ def test_tc_magic_numbers_make_the_nibble_plus_offset(dtype):
 def test_tc_gemv_matches_dequantize_then_matmul(monkeypatch, rows, group_size, dtype):
     """VLLM_TRITON_WNA16_GEMV=tc: tensor-core dots on nibbles made half floats, the offset
     folded into the zero, against the float32 reference at 1, 3 and 16 rows (one M tile),
-    with a bias at 3 and 16 rows; split (the default plan) and unsplit (16 outputs a program,
-    one wave); each row alone gives bit for bit its result in the batch (the K split does not
+    with a bias at 3 and 16 rows; two plans (the default one, split in two here, and 16
+    outputs a program with one wave, unsplit here: the split follows the SM count); each row alone gives bit for bit its result in the batch (the K split does not
     depend on the rows; x on a grid where float32 sums are exact, so that only a dependence
     on other rows' data can change a bit); a second call gives the same result (the counters
     went back to zero)."""

@@ -8,7 +8,7 @@ least significant first), ``scales`` / ``zeros`` ``[G, N]`` in the activation dt
 (exactly the rounding of the reference, which de-quantizes to ``x.dtype`` and then calls
 ``F.linear``), and multiplied with float32 accumulation.
 
-Two kernels:
+The kernels:
 
 - ``_wna16_gemv_kernel`` (a few rows: decode): the layer is a stream of packed weights.
   Program ``(n block, k split, row)`` reads a ``[BLOCK_K / p, BLOCK_N]`` tile of ``qweight``
@@ -38,6 +38,22 @@ Two kernels:
   reassociation of the reference, not bit-equal to it. On an H200 at the 8B projections
   (``benchmarks/wna16_gemv_gpu.py``, batch 1) it takes 0.82x the exact kernel's time at
   their best plans, and decode runs 1.24x faster with it.
+- ``_wna16_gemv_tc_kernel`` (opt-in, ``VLLM_TRITON_WNA16_GEMV=tc``; not measured yet): the
+  factored sum on the tensor cores, for 4-bit weights without ``g_idx``, groups a multiple of
+  128 and fp16 / bf16 activations of 1 to ``TC_MAX_ROWS`` (16) rows (the factored or exact
+  GEMV, or the GEMM past 4 rows, serve the rest). Program ``(n block, k split)`` computes all
+  the rows as one 16-row tile (rows past ``M`` masked). Per step of 128 inputs it loads the
+  ``[16 words, BLOCK_N]`` tile once and, for nibble ``i`` in 0..3, makes two half-float
+  operands with one AND / OR per 32-bit word: ``(word >> 4 i) & 0x000F000F | MAGIC`` holds
+  ``OFF + q`` of input ``8 w + i`` in its low half and of ``8 w + i + 4`` in its high half
+  (bf16 ``0x4300`` = 128, fp16 ``0x6400`` = 1024: exact, the last place is 1), each fed to a
+  ``tl.dot`` with the matching ``[16, 16]`` slice of ``x`` (8 dots of K = 16 per step, float32
+  accumulation). The offset is folded into the zero,
+  ``acc += s * (part - (z + OFF) * sum x)``, so the result is the exact product of the
+  de-quantized weight up to float32 reassociation and a cancellation of about
+  ``2^-24 * OFF * sum |x|`` per group. Split-K partials are reduced in the kernel as above
+  (``_split_k_store_tile``: one counter per n block); the split depends on the shape and plan,
+  not on ``M``, so a row's result does not depend on the other rows.
 
 ``M`` (the rows of the batch) is not specialised on (``do_not_specialize``), so one compiled
 variant serves every batch size of a path and the start-up warm-up covers it.
