@@ -265,13 +265,19 @@ def test_tc_mode_falls_back_for_what_it_cannot_serve(monkeypatch):
             wna16_gemv_tc(bad, w.qweight, w.scales, w.zeros, 128, None, GemvTiles(128))
 
 
-def test_layer_ops_route_wna16_to_the_kernel():
+def test_layer_ops_route_wna16_to_the_kernel(monkeypatch):
+    """The layer ops call the kernel; the kernel name (start-up log) says which GEMV serves a
+    decode step of the weight under the mode and up to how many rows."""
     w = random_wna16(K, N, 4, 64, True, torch.float32, seed=5)
     x = torch.randn(2, K, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     ops = TritonLayerOps()
     torch.testing.assert_close(ops.wna16_linear(x, w), wna16_linear_reference(x, w),
                                atol=1e-4, rtol=1e-4)
-    assert "triton" in ops.quant_kernel_name("wna16", w)
+    assert ops.quant_kernel_name("wna16", w).endswith("GEMV exact to 4 rows, then GEMM)")
+    w16 = random_wna16(K, N, 4, 128, False, torch.float16, seed=5)
+    assert "GEMV factored to 4 rows" in ops.quant_kernel_name("wna16", w16)
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "tc")
+    assert "GEMV tc to 16 rows" in ops.quant_kernel_name("wna16", w16)
 
 
 # ------------------------------------------------------------------------------- GPU only

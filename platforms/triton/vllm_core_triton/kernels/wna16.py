@@ -70,6 +70,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vllm_core.model_executor.quantization.quantized_weights import WNA16Weight
 from vllm_core_triton import envs
 
 GEMV_MAX_ROWS = 4        # rows served by the exact and factored GEMVs
@@ -512,6 +513,16 @@ def gemv_kernel(mode: str, dtype: torch.dtype, bits: int, g_idx: torch.Tensor | 
     if kernel == "factored" and not (g_idx is None and group_size % tiles.block_k == 0):
         kernel = "exact"
     return kernel, tiles
+
+
+def decode_kernel_name(w: WNA16Weight) -> str:
+    """What serves a one-row step of ``w`` under the current ``VLLM_TRITON_WNA16_GEMV``
+    (activations taken to be in the scales' dtype) and from how many rows the GEMM takes over,
+    for the start-up log, e.g. ``"GEMV tc to 16 rows, then GEMM"``."""
+    gemv = gemv_kernel(envs.wna16_gemv(), w.scales.dtype, w.bits, w.g_idx, w.group_size, 1)
+    kernel = "GEMM" if gemv is None else gemv[0]
+    rows = TC_MAX_ROWS if kernel == "tc" else GEMV_MAX_ROWS
+    return f"GEMV {kernel} to {rows} rows, then GEMM"
 
 
 def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
