@@ -263,6 +263,9 @@ def test_tc_mode_falls_back_for_what_it_cannot_serve(monkeypatch):
     for bad in (x.half()[:, :128], x, torch.zeros(17, K, dtype=torch.float16, device=DEVICE)):
         with pytest.raises(ValueError, match="tc GEMV needs|qweight packs"):
             wna16_gemv_tc(bad, w.qweight, w.scales, w.zeros, 128, None, GemvTiles(128))
+    for tiles in (GemvTiles(96), GemvTiles(8), GemvTiles(128, 64)):
+        with pytest.raises(ValueError, match="tc GEMV needs"):
+            wna16_gemv_tc(x.half(), w.qweight, w.scales, w.zeros, 128, None, tiles)
 
 
 def test_layer_ops_route_wna16_to_the_kernel(monkeypatch):

@@ -460,7 +460,8 @@ def tc_gemv_serves(dtype: torch.dtype, bits: int, g_idx: torch.Tensor | None,
     a multiple of 128, fp16 / bf16 activations, at most ``TC_MAX_ROWS`` rows, a plan with
     ``block_k`` 128 and ``block_n`` a power of two of at least 16."""
     return (bits == 4 and g_idx is None and group_size % 128 == 0 and dtype in _TC_HALF
-            and 1 <= rows <= TC_MAX_ROWS and tiles.block_k == 128 and tiles.block_n >= 16)
+            and 1 <= rows <= TC_MAX_ROWS and tiles.block_k == 128 and tiles.block_n >= 16
+            and tiles.block_n & (tiles.block_n - 1) == 0)
 
 
 def wna16_gemv_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -475,7 +476,8 @@ def wna16_gemv_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if not tc_gemv_serves(x.dtype, 4, None, group_size, m, tiles):
         raise ValueError(f"tc GEMV needs fp16/bf16 x of 1..{TC_MAX_ROWS} rows (got {x.dtype}, "
                          f"{m}), groups a multiple of 128 (got {group_size}) and block_k 128, "
-                         f"block_n >= 16 (got {tiles.block_k}, {tiles.block_n})")
+                         f"block_n a power of two >= 16 (got {tiles.block_k}, "
+                         f"{tiles.block_n})")
     if qweight.shape[0] * 8 != k:
         raise ValueError(f"qweight packs {qweight.shape[0] * 8} inputs, x has {k}")
     block_n = tiles.block_n
