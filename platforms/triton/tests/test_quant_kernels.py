@@ -443,6 +443,8 @@ def test_gemv_tiles_variable(monkeypatch):
     from vllm_core_triton.kernels.wna16 import GemvTiles, default_gemv_tiles
 
     assert default_gemv_tiles("tc") == GemvTiles(128, 128, 4, 2, 2)
+    with pytest.raises(ValueError, match="unknown wna16 GEMV kernel"):
+        default_gemv_tiles(True)  # type: ignore[arg-type]   # the old boolean signature
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1")
     assert default_gemv_tiles("factored") == GemvTiles(256, 64, 8, 3, 1)
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1,1")

@@ -402,7 +402,10 @@ def _split_locks(device: torch.device, count: int) -> torch.Tensor:
 
 def default_gemv_tiles(kernel: str) -> GemvTiles:
     """The plan of GEMV ``kernel`` (``exact``, ``factored`` or ``tc``) used unless
-    ``VLLM_TRITON_WNA16_GEMV_TILES`` names one."""
+    ``VLLM_TRITON_WNA16_GEMV_TILES`` names one (ValueError for another kernel name)."""
+    if kernel not in ("exact", "factored", "tc"):
+        raise ValueError(f"unknown wna16 GEMV kernel {kernel!r}: expected 'exact', 'factored' "
+                         "or 'tc'")
     tiles = envs.wna16_gemv_tiles()
     if tiles is not None:
         return GemvTiles(*tiles[:5], early_scales=bool(tiles[5]))
