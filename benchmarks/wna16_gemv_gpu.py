@@ -1,15 +1,20 @@
-"""W4A16 batch-1 GEMV on the GPU: the exact kernel and the factored one (``kernels/wna16.py``)
-over a grid of launch plans (``GemvTiles``), at the Llama-3.1-8B projections (GPTQ layout,
-group 128), with a bf16 ``F.linear`` as the peer, all in one run.
+"""W4A16 batch-1 GEMV on the GPU: the exact kernel, the factored one and the tensor-core one
+(``tc``; ``kernels/wna16.py``) over a grid of launch plans (``GemvTiles``), at the Llama-3.1-8B
+projections (GPTQ layout, group 128), with a bf16 ``F.linear`` as the peer, all in one run.
+``routed`` is ``wna16_linear`` as the engine calls it (the environment's kernel and plan; at
+more than 4 rows the GEMM unless ``VLLM_TRITON_WNA16_GEMV=tc``), one plan.
 
 One JSON line per (kernel, plan): microseconds per projection and their sum over the four
 projections of a decoder layer (``layer_us``), GB/s of packed weights + scales read, and the
 relative error against the float32 reference; then one line per projection with bf16
-``F.linear``; then a summary naming the fastest plan of each kernel (the sum over a layer)
-and its ratio to bf16. ``--best FILE`` writes ``{"exact": "bn,bk,w,s,waves,early", "factored":
-...}`` for ``VLLM_TRITON_WNA16_GEMV_TILES``.
+``F.linear``; then a summary naming the fastest plan of each kernel (the sum over a layer),
+its ratio to bf16 and ``tc_vs_factored`` (the factored kernel's best time over tc's best).
+``--best FILE`` writes ``{"exact": "bn,bk,w,s,waves,early", "factored": ..., "tc": ...}`` for
+``VLLM_TRITON_WNA16_GEMV_TILES``. ``--kernels`` picks the kernels (default all four),
+``--quick`` runs every kernel at its default plan only, ``--quick-kernels a,b`` those only.
 
-    python benchmarks/wna16_gemv_gpu.py [--rows 1] [--quick] [--best best.json]
+    python benchmarks/wna16_gemv_gpu.py [--rows 1] [--quick] [--kernels factored,tc]
+        [--quick-kernels factored] [--best best.json]
 """
 
 from __future__ import annotations
@@ -32,14 +37,30 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "dow
 def plans(kernel: str, quick: bool):
     from vllm_core_triton.kernels.wna16 import GemvTiles, default_gemv_tiles
 
+    if kernel == "routed":
+        return [None]
     if quick:
-        return [default_gemv_tiles(kernel == "factored")]
+        return [default_gemv_tiles(kernel)]
     if kernel == "exact":       # swept before (1-4 waves, 32-128 outputs, 1 and 3 stages)
         return [GemvTiles(bn, 128, 4, 1, 4) for bn in (64, 128)]
+    if kernel == "tc":
+        return [GemvTiles(bn, 128, w, 2, wv)
+                for bn, w, wv in itertools.product((64, 128, 256), (4, 8), (1, 2, 4))]
     return [GemvTiles(bn, 128, w, 1, wv, early)
             for bn, w, wv, early in itertools.product((128, 256), (4, 8), (2, 4, 8),
                                                       (False, True))]
 
+
+def kernel_call(kernel: str, tiles, x, qw, sc, zp):
+    """The call of one projection through ``kernel`` with plan ``tiles``."""
+    from vllm_core_triton.kernels.wna16 import wna16_gemv, wna16_gemv_tc, wna16_linear
+
+    if kernel == "routed":
+        return functools.partial(wna16_linear, x, qw, sc, zp, None, 4, 128, None)
+    if kernel == "tc":
+        return functools.partial(wna16_gemv_tc, x, qw, sc, zp, 128, None, tiles)
+    return functools.partial(wna16_gemv, x, qw, sc, zp, None, 4, 128, None,
+                             kernel == "factored", tiles)
 
 
 def main() -> None:
@@ -48,11 +69,12 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--best", default=None)
     ap.add_argument("--quick", action="store_true", help="the default plans only")
+    ap.add_argument("--kernels", default="exact,factored,tc,routed")
+    ap.add_argument("--quick-kernels", default="", help="kernels run at their default plan")
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
     from triton.testing import do_bench
-    from vllm_core_triton.kernels.wna16 import wna16_gemv
 
     from vllm_core.model_executor.quantization.quantized_weights import (
         WNA16Weight,
@@ -74,15 +96,15 @@ def main() -> None:
         nbytes = qweight.numel() * 4 + scales.numel() * 2 + zeros.numel() * 2
         layers[name] = (x, qweight, scales, zeros, ref, nbytes)
     best: dict[str, tuple[float, str]] = {}
-    for kernel in ("exact", "factored"):
-        for tiles in plans(kernel, args.quick):
-            tag = tiles.tag()
+    quick = set(args.quick_kernels.split(","))
+    for kernel in args.kernels.split(","):
+        for tiles in plans(kernel, args.quick or kernel in quick):
+            tag = "default" if tiles is None else tiles.tag()
             rec = {"bench": "wna16_gemv", "kernel": kernel, "tiles": tag, "rows": args.rows}
             total, worst_err = 0.0, 0.0
             try:
                 for name, (x, qw, sc, zp, ref, nbytes) in layers.items():
-                    run = functools.partial(wna16_gemv, x, qw, sc, zp, None, 4, 128, None,
-                                            kernel == "factored", tiles)
+                    run = kernel_call(kernel, tiles, x, qw, sc, zp)
                     err = float((run().float() - ref).norm() / ref.norm())
                     us = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
                     rec[f"{name}_us"] = round(us, 2)
@@ -113,9 +135,12 @@ def main() -> None:
         summary[f"{kernel}_best_tiles"] = tag
         summary[f"{kernel}_best_layer_us"] = round(total, 2)
         summary[f"{kernel}_vs_bf16"] = round(bf16_total / total, 3)
+    if "tc" in best and "factored" in best:
+        summary["tc_vs_factored"] = round(best["factored"][0] / best["tc"][0], 3)
     emit(summary, args.out)
     if args.best:
-        Path(args.best).write_text(json.dumps({k: v[1] for k, v in best.items()}))
+        Path(args.best).write_text(json.dumps({k: v[1] for k, v in best.items()
+                                               if k != "routed"}))
 
 
 if __name__ == "__main__":

@@ -54,11 +54,12 @@ def _run(w: WNA16Weight, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Te
                                                        (4, -1, False), (8, 64, False),
                                                        (8, 128, True)])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode", ["exact", "factored"])
+@pytest.mark.parametrize("mode", ["exact", "factored", "tc"])
 def test_wna16_matches_dequantize_then_matmul(monkeypatch, mode, rows, bits, group_size,
                                               act_order, dtype):
-    """Both GEMV kernels (the factored one, the default, serves groups that are a multiple of
-    128 without act-order; the exact one the rest) and the GEMM path at 20 rows."""
+    """The GEMV kernels (the factored one, the default, serves groups that are a multiple of
+    128 without act-order; the exact one the rest; ``tc`` fp16 / bf16 4-bit weights without
+    act-order, the factored or exact one the rest) and the GEMM path at 20 rows."""
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", mode)
     _check_against_reference(random_wna16(K, N, bits, group_size, act_order, dtype), rows,
                              dtype, seed=1)
@@ -153,13 +154,133 @@ def test_factored_gemv_last_split_past_k_and_bad_mode(monkeypatch):
         _run(w, x, None)
 
 
-def test_layer_ops_route_wna16_to_the_kernel():
+HALF_DTYPES = [torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tc_magic_numbers_make_the_nibble_plus_offset(dtype):
+    """Each 16-bit half of the tc kernel's magic pattern with a nibble in its low bits is the
+    half float ``OFF + q`` exactly, for every nibble (bf16 included: the interpreter cannot
+    bit-cast to bf16, the GPU run checks the kernel)."""
+    from vllm_core_triton.kernels.wna16 import _TC_HALF
+
+    magic, off = _TC_HALF[dtype]
+    q = torch.arange(16, dtype=torch.int32)
+    for half in (magic & 0xFFFF, magic >> 16):
+        got = (q | half).to(torch.int16).view(dtype).float()
+        assert torch.equal(got, q.float() + off)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("group_size", [128, 256, -1])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_tc_gemv_matches_dequantize_then_matmul(monkeypatch, rows, group_size, dtype):
+    """VLLM_TRITON_WNA16_GEMV=tc: tensor-core dots on nibbles made half floats, the offset
+    folded into the zero, against the float32 reference at 1, 3 and 16 rows (one M tile),
+    with a bias at 3 and 16 rows; two plans (the default one, split in two here, and 16
+    outputs a program with one wave, unsplit here: the split follows the SM count); each row alone gives bit for bit its result in the batch (the K split does not
+    depend on the rows; x on a grid where float32 sums are exact, so that only a dependence
+    on other rows' data can change a bit); a second call gives the same result (the counters
+    went back to zero)."""
+    from vllm_core_triton.kernels.wna16 import _SPLIT_LOCKS, GemvTiles, wna16_gemv_tc
+
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "tc")
+    w = random_wna16(K, N, 4, group_size, False, dtype, seed=31)
+    gen = torch.Generator().manual_seed(32)
+    x = torch.randn(rows, K, generator=gen).to(DEVICE, dtype)
+    bias = torch.randn(N, generator=gen).to(DEVICE, dtype) if rows > 1 else None
+    want = wna16_linear_reference(x.float(), w, None if bias is None else bias.float())
+    got = _run(w, x, bias)                                  # routed: the default plan
+    unsplit = wna16_gemv_tc(x, w.qweight, w.scales, w.zeros, w.group_size, bias,
+                            GemvTiles(16, waves=1))
+    for out in (got, unsplit):
+        assert out.dtype == dtype and out.shape == (rows, N)
+        torch.testing.assert_close(out.float(), want, atol=TOL[dtype] * want.abs().max().item(),
+                                   rtol=TOL[dtype])
+    torch.testing.assert_close(_run(w, x, bias), got, atol=0, rtol=0)
+    if rows > 1:
+        # multiples of 1/4 under 4: every sum is exact in float32 whatever its order (under
+        # the interpreter a dot's summation order depends on the row's place in the tile)
+        xq = (torch.randint(-15, 16, (rows, K), generator=gen) / 4).to(DEVICE, dtype)
+        together = _run(w, xq, bias)
+        for i in sorted({0, rows // 2, rows - 1}):
+            torch.testing.assert_close(_run(w, xq[i:i + 1], bias)[0], together[i], atol=0,
+                                       rtol=0)
+    assert int(_SPLIT_LOCKS[x.device].abs().sum()) == 0
+
+
+def test_tc_gemv_last_split_past_k():
+    """The tc kernel's last split runs past K (9 steps over 5 splits of 2): it reads no step
+    and no scale row beyond K (scales and zeros are views of tensors with a row of NaN
+    after them)."""
+    from vllm_core_triton.kernels.wna16 import GemvTiles, wna16_gemv_tc
+
+    w, _, x = _past_k_case()
+    groups, n = w.scales.shape
+    pad_s = torch.full((groups + 1, n), float("nan"), device=DEVICE, dtype=torch.float16)
+    pad_z = pad_s.clone()
+    pad_s[:groups], pad_z[:groups] = w.scales, w.zeros
+    x = x.half()
+    got = wna16_gemv_tc(x, w.qweight, pad_s[:groups], pad_z[:groups], 128, None,
+                        GemvTiles(64, waves=2))
+    assert not got.isnan().any()
+    want = wna16_linear_reference(x.float(), WNA16Weight(
+        w.qweight, pad_s[:groups], pad_z[:groups], None, 4, 128, w.in_features, n))
+    torch.testing.assert_close(got.float(), want, atol=1e-2 * want.abs().max().item(),
+                               rtol=1e-2)
+
+
+def test_tc_mode_falls_back_for_what_it_cannot_serve(monkeypatch):
+    """In tc mode the tensor-core GEMV takes fp16 / bf16 x of 1-16 rows with 4-bit weights
+    without act-order and groups a multiple of 128; 8-bit weights, float32 x and groups of
+    64 go to the factored kernel, act-order to the exact one (1-4 rows) or the GEMM (more),
+    17 rows to the GEMM; other modes never pick tc. The fallbacks match the reference."""
+    from vllm_core_triton.kernels.wna16 import GemvTiles, gemv_kernel, wna16_gemv_tc
+
+    f16, f32, g = torch.float16, torch.float32, torch.zeros(8, dtype=torch.int32)
+    pick = {args: (None if r is None else r[0])
+            for args in [("tc", f16, 4, None, 128, 1), ("tc", f16, 4, None, 256, 16),
+                         ("tc", torch.bfloat16, 4, None, 128, 9), ("tc", f16, 4, None, 128, 17),
+                         ("tc", f16, 8, None, 128, 1), ("tc", f32, 4, None, 128, 2),
+                         ("tc", f16, 4, None, 64, 2), ("tc", f16, 4, g, 128, 2),
+                         ("tc", f16, 8, None, 128, 5), ("factored", f16, 4, None, 128, 1),
+                         ("factored", f16, 4, None, 128, 8), ("exact", f16, 4, None, 128, 1)]
+            for r in [gemv_kernel(*args)]}
+    assert list(pick.values()) == ["tc", "tc", "tc", None, "factored", "factored", "exact",
+                                   "exact", None, "factored", None, "exact"]
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "128,64,4,1,2")   # block_k 64: not tc
+    assert gemv_kernel("tc", f16, 4, None, 128, 1)[0] == "factored"
+    monkeypatch.delenv("VLLM_TRITON_WNA16_GEMV_TILES")
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "tc")
+    x = torch.randn(2, K, generator=torch.Generator().manual_seed(33)).to(DEVICE)
+    for bits, gs, act, dtype in ((8, 128, False, torch.float16), (4, 128, False, torch.float32),
+                                 (4, 32, True, torch.float16)):
+        w = random_wna16(K, N, bits, gs, act, dtype, seed=34)
+        want = wna16_linear_reference(x.to(dtype).float(), w)
+        torch.testing.assert_close(_run(w, x.to(dtype), None).float(), want,
+                                   atol=TOL[dtype] * want.abs().max().item(), rtol=TOL[dtype])
+    w = random_wna16(K, N, 4, 128, False, torch.float16, seed=35)
+    for bad in (x.half()[:, :128], x, torch.zeros(17, K, dtype=torch.float16, device=DEVICE)):
+        with pytest.raises(ValueError, match="tc GEMV needs|qweight packs"):
+            wna16_gemv_tc(bad, w.qweight, w.scales, w.zeros, 128, None, GemvTiles(128))
+    for tiles in (GemvTiles(96), GemvTiles(8), GemvTiles(128, 64)):
+        with pytest.raises(ValueError, match="tc GEMV needs"):
+            wna16_gemv_tc(x.half(), w.qweight, w.scales, w.zeros, 128, None, tiles)
+
+
+def test_layer_ops_route_wna16_to_the_kernel(monkeypatch):
+    """The layer ops call the kernel; the kernel name (start-up log) says which GEMV serves a
+    decode step of the weight under the mode and up to how many rows."""
     w = random_wna16(K, N, 4, 64, True, torch.float32, seed=5)
     x = torch.randn(2, K, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     ops = TritonLayerOps()
     torch.testing.assert_close(ops.wna16_linear(x, w), wna16_linear_reference(x, w),
                                atol=1e-4, rtol=1e-4)
-    assert "triton" in ops.quant_kernel_name("wna16", w)
+    assert ops.quant_kernel_name("wna16", w).endswith("GEMV exact to 4 rows, then GEMM)")
+    w16 = random_wna16(K, N, 4, 128, False, torch.float16, seed=5)
+    assert "GEMV factored to 4 rows" in ops.quant_kernel_name("wna16", w16)
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "tc")
+    assert "GEMV tc to 16 rows" in ops.quant_kernel_name("wna16", w16)
 
 
 # ------------------------------------------------------------------------------- GPU only
@@ -213,6 +334,38 @@ def test_wna16_8b_shapes_and_cuda_graph_capture():
             want = wna16_linear_reference(x, w)
             torch.testing.assert_close(_run(w, x, None).float(), want.float(),
                                        atol=2e-2 * want.abs().max().item(), rtol=2e-2)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    w = random_wna16(4096, 6144, 4, 128, False, torch.bfloat16, seed=11)
+    eager = _run(w, x, None)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        _run(w, x, None)                       # warm up (compiles) outside the capture
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            out = _run(w, x, None)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, eager, atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+def test_tc_gemv_8b_shapes_bf16_and_cuda_graph_capture(monkeypatch):
+    """VLLM_TRITON_WNA16_GEMV=tc at the 8B projections in bf16 (1, 5 and 16 rows) against the
+    reference, rows alone equal rows in the batch, and a captured-then-replayed decode call
+    gives the eager result."""
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "tc")
+    for k, n in ((4096, 6144), (4096, 28672), (14336, 4096)):
+        w = random_wna16(k, n, 4, 128, False, torch.bfloat16, seed=k)
+        x = torch.randn(16, k, device="cuda", dtype=torch.bfloat16)
+        for rows in (1, 5, 16):
+            want = wna16_linear_reference(x[:rows], w)
+            got = _run(w, x[:rows], None)
+            torch.testing.assert_close(got.float(), want.float(),
+                                       atol=2e-2 * want.abs().max().item(), rtol=2e-2)
+            torch.testing.assert_close(_run(w, x[rows - 1:rows], None)[0], got[rows - 1],
+                                       atol=0, rtol=0)
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     w = random_wna16(4096, 6144, 4, 128, False, torch.bfloat16, seed=11)
     eager = _run(w, x, None)
@@ -289,11 +442,14 @@ def test_gemv_tiles_variable(monkeypatch):
     """VLLM_TRITON_WNA16_GEMV_TILES picks the plan; a malformed one is refused by name."""
     from vllm_core_triton.kernels.wna16 import GemvTiles, default_gemv_tiles
 
+    assert default_gemv_tiles("tc") == GemvTiles(128, 128, 4, 2, 2)
+    with pytest.raises(ValueError, match="unknown wna16 GEMV kernel"):
+        default_gemv_tiles(True)  # type: ignore[arg-type]   # the old boolean signature
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1")
-    assert default_gemv_tiles(True) == GemvTiles(256, 64, 8, 3, 1)
+    assert default_gemv_tiles("factored") == GemvTiles(256, 64, 8, 3, 1)
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1,1")
-    assert default_gemv_tiles(True) == GemvTiles(256, 64, 8, 3, 1, early_scales=True)
-    assert default_gemv_tiles(True).tag() == "256,64,8,3,1,1"
+    assert default_gemv_tiles("factored") == GemvTiles(256, 64, 8, 3, 1, early_scales=True)
+    assert default_gemv_tiles("tc").tag() == "256,64,8,3,1,1"
     w = random_wna16(K, N, 4, 128, False, torch.float32, seed=23)
     x = torch.randn(1, K, generator=torch.Generator().manual_seed(24)).to(DEVICE)
     want = wna16_linear_reference(x, w)
@@ -302,4 +458,4 @@ def test_gemv_tiles_variable(monkeypatch):
     for bad in ("128,128,4,2", "100,128,4,2,2", "128,16,4,2,2", "a,b,c,d,e", "64,64,4,1,4,2"):
         monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", bad)
         with pytest.raises(ValueError, match="VLLM_TRITON_WNA16_GEMV_TILES"):
-            default_gemv_tiles(False)
+            default_gemv_tiles("exact")

@@ -32,12 +32,15 @@ def decode_attention_tiles() -> tuple[int, int, int] | None:
 def wna16_gemv() -> str:
     """VLLM_TRITON_WNA16_GEMV: the batch-1..4 W4A16 / W8A16 kernel, ``factored`` (default:
     the group scale out of the inner product, for weights without ``g_idx`` whose groups are a
-    multiple of 128; the exact kernel serves the others) or ``exact`` (the reference's
-    rounding of every weight to the activation dtype, everywhere; ``kernels/wna16.py``).
-    ValueError naming the variable for another value."""
+    multiple of 128; the exact kernel serves the others), ``exact`` (the reference's
+    rounding of every weight to the activation dtype, everywhere) or ``tc`` (opt-in: tensor-core
+    dots on nibbles turned into fp16 / bf16, 1-16 rows of fp16 / bf16 activations, 4-bit
+    weights without ``g_idx``, groups a multiple of 128; ``factored`` serves the rest;
+    ``kernels/wna16.py``). ValueError naming the variable for another value."""
     mode = get("VLLM_TRITON_WNA16_GEMV") or "factored"
-    if mode not in ("exact", "factored"):
-        raise ValueError(f"VLLM_TRITON_WNA16_GEMV={mode!r}: expected 'exact' or 'factored'")
+    if mode not in ("exact", "factored", "tc"):
+        raise ValueError(f"VLLM_TRITON_WNA16_GEMV={mode!r}: expected 'exact', 'factored' or "
+                         "'tc'")
     return mode
 
 

@@ -143,6 +143,10 @@ class TritonLayerOps(LayerOps):
 
     def quant_kernel_name(self, kind: str, w: object) -> str:
         if kind == "wna16":
+            if isinstance(w, WNA16Weight):
+                from vllm_core_triton.kernels.wna16 import decode_kernel_name
+
+                return f"triton wna16 (fused de-quantization; {decode_kernel_name(w)})"
             return "triton wna16 (fused de-quantization GEMV/GEMM)"
         if kind == "fp8" and isinstance(w, Fp8Weight) and _scaled_mm_usable(None, w):
             return "torch._scaled_mm (FP8 tensor cores, row-wise scales)"

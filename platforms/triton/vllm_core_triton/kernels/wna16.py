@@ -8,7 +8,7 @@ least significant first), ``scales`` / ``zeros`` ``[G, N]`` in the activation dt
 (exactly the rounding of the reference, which de-quantizes to ``x.dtype`` and then calls
 ``F.linear``), and multiplied with float32 accumulation.
 
-Two kernels:
+The kernels:
 
 - ``_wna16_gemv_kernel`` (a few rows: decode): the layer is a stream of packed weights.
   Program ``(n block, k split, row)`` reads a ``[BLOCK_K / p, BLOCK_N]`` tile of ``qweight``
@@ -38,6 +38,22 @@ Two kernels:
   reassociation of the reference, not bit-equal to it. On an H200 at the 8B projections
   (``benchmarks/wna16_gemv_gpu.py``, batch 1) it takes 0.82x the exact kernel's time at
   their best plans, and decode runs 1.24x faster with it.
+- ``_wna16_gemv_tc_kernel`` (opt-in, ``VLLM_TRITON_WNA16_GEMV=tc``; not measured yet): the
+  factored sum on the tensor cores, for 4-bit weights without ``g_idx``, groups a multiple of
+  128 and fp16 / bf16 activations of 1 to ``TC_MAX_ROWS`` (16) rows (the factored or exact
+  GEMV, or the GEMM past 4 rows, serve the rest). Program ``(n block, k split)`` computes all
+  the rows as one 16-row tile (rows past ``M`` masked). Per step of 128 inputs it loads the
+  ``[16 words, BLOCK_N]`` tile once and, for nibble ``i`` in 0..3, makes two half-float
+  operands with one AND / OR per 32-bit word: ``(word >> 4 i) & 0x000F000F | MAGIC`` holds
+  ``OFF + q`` of input ``8 w + i`` in its low half and of ``8 w + i + 4`` in its high half
+  (bf16 ``0x4300`` = 128, fp16 ``0x6400`` = 1024: exact, the last place is 1), each fed to a
+  ``tl.dot`` with the matching ``[16, 16]`` slice of ``x`` (8 dots of K = 16 per step, float32
+  accumulation). The offset is folded into the zero,
+  ``acc += s * (part - (z + OFF) * sum x)``, so the result is the exact product of the
+  de-quantized weight up to float32 reassociation and a cancellation of about
+  ``2^-24 * OFF * sum |x|`` per group. Split-K partials are reduced in the kernel as above
+  (``_split_k_store_tile``: one counter per n block); the split depends on the shape and plan,
+  not on ``M``, so a row's result does not depend on the other rows.
 
 ``M`` (the rows of the batch) is not specialised on (``do_not_specialize``), so one compiled
 variant serves every batch size of a path and the start-up warm-up covers it.
@@ -54,9 +70,11 @@ import torch
 import triton
 import triton.language as tl
 
+from vllm_core.model_executor.quantization.quantized_weights import WNA16Weight
 from vllm_core_triton import envs
 
-GEMV_MAX_ROWS = 4
+GEMV_MAX_ROWS = 4        # rows served by the exact and factored GEMVs
+TC_MAX_ROWS = 16         # rows served by the tensor-core GEMV (one M tile)
 
 
 @triton.jit
@@ -231,6 +249,86 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
                    num_splits, stride_y, HAS_BIAS)
 
 
+@triton.jit
+def _store_tile(y_ptr, b_ptr, acc, rows, offs_n, mask_n, mask, stride_y,
+                HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rows * stride_y + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _split_k_store_tile(y_ptr, part_ptr, lock_ptr, b_ptr, acc, pid_k, offs_m, mask_m, offs_n,
+                        mask_n, M, N, num_splits, stride_y, HAS_BIAS: tl.constexpr):
+    """``_split_k_store`` for a ``[BLOCK_M, BLOCK_N]`` tile of all the rows: one arrival
+    counter per n block (``lock_ptr[n block]``); the last program to arrive sums the partials
+    of every row in split order, adds the bias, stores rows ``< M`` and sets the counter back
+    to zero. Each element's sum is over its own row's partials only."""
+    mask = mask_m[:, None] & mask_n[None, :]
+    rows = offs_m.to(tl.int64)[:, None]
+    if num_splits == 1:
+        _store_tile(y_ptr, b_ptr, acc, rows, offs_n, mask_n, mask, stride_y, HAS_BIAS)
+    else:
+        tl.store(part_ptr + (pid_k * M + rows) * N + offs_n[None, :], acc, mask=mask)
+        tl.debug_barrier()                        # every thread's partial is written
+        lock = lock_ptr + tl.program_id(0)
+        arrived = tl.atomic_add(lock, 1, sem="acq_rel")
+        if arrived == num_splits - 1:
+            total = tl.zeros_like(acc)
+            for s in range(0, num_splits):
+                total += tl.load(part_ptr + (s * M + rows) * N + offs_n[None, :], mask=mask,
+                                 other=0.0, cache_modifier=".cg")
+            _store_tile(y_ptr, b_ptr, total, rows, offs_n, mask_n, mask, stride_y, HAS_BIAS)
+            tl.atomic_xchg(lock, 0)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _wna16_gemv_tc_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr, s_ptr, z_ptr,
+                          M, N, K, K_PER_SPLIT, num_splits,
+                          stride_x, stride_q, stride_s, stride_z, stride_y,
+                          GROUP: tl.constexpr, HALF_MAGIC: tl.constexpr,
+                          HALF_OFF: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """4-bit weights, groups a multiple of 128, fp16 / bf16 ``x`` of at most ``BLOCK_M``
+    rows (module docstring). Program ``(n block, k split)`` computes all the rows; a step is
+    128 inputs = 16 packed words per output. ``HALF_MAGIC`` is the 16-bit pattern of the half
+    float ``HALF_OFF`` twice (``OFF + q`` is exact for ``q < 16``: its unit in the last place
+    is 1), so ``(word >> 4 i) & 0x000F000F | HALF_MAGIC`` holds ``OFF + q`` of nibble ``i``
+    (input ``8 w + i``) in its low half and of nibble ``i + 4`` in its high half."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_w = tl.arange(0, 16)
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_x          # [BM, 1]
+    half = x_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)          # K is a multiple of 128
+    for k0 in range(k_start, k_end, 128):
+        words = tl.load(qw_ptr + (k0 // 8 + offs_w).to(tl.int64)[:, None] * stride_q
+                        + offs_n[None, :], mask=mask_n[None, :], other=0)   # [16, BN]
+        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        x_acc = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
+        for i in tl.static_range(4):
+            t = ((words >> (4 * i)) & 0x000F000F) | HALF_MAGIC
+            w_lo = (t & 0xFFFF).to(tl.int16).to(half, bitcast=True)     # OFF + q[8 w + i]
+            w_hi = (t >> 16).to(tl.int16).to(half, bitcast=True)        # OFF + q[8 w + i + 4]
+            kk = k0 + offs_w * 8 + i
+            x_lo = tl.load(x_rows + kk[None, :], mask=mask_m[:, None], other=0.0)
+            x_hi = tl.load(x_rows + (kk + 4)[None, :], mask=mask_m[:, None], other=0.0)
+            part = tl.dot(x_lo, w_lo, part)
+            part = tl.dot(x_hi, w_hi, part)
+            x_acc += x_lo.to(tl.float32) + x_hi.to(tl.float32)
+        x_sum = tl.sum(x_acc, 1)                                        # [BM]
+        sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
+        acc += sc[None, :] * (part - (zp + HALF_OFF)[None, :] * x_sum[:, None])
+    _split_k_store_tile(y_ptr, part_ptr, lock_ptr, b_ptr, acc, pid_k, offs_m, mask_m, offs_n,
+                        mask_n, M, N, num_splits, stride_y, HAS_BIAS)
+
+
 @triton.jit(do_not_specialize=["M"])
 def _wna16_gemm_kernel(y_ptr, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, M, N, K,
                        stride_x, stride_q, stride_s, stride_z, stride_y,
@@ -302,13 +400,19 @@ def _split_locks(device: torch.device, count: int) -> torch.Tensor:
     return locks
 
 
-def default_gemv_tiles(factored: bool) -> GemvTiles:
-    """The plan used unless ``VLLM_TRITON_WNA16_GEMV_TILES`` names one."""
+def default_gemv_tiles(kernel: str) -> GemvTiles:
+    """The plan of GEMV ``kernel`` (``exact``, ``factored`` or ``tc``) used unless
+    ``VLLM_TRITON_WNA16_GEMV_TILES`` names one (ValueError for another kernel name)."""
+    if kernel not in ("exact", "factored", "tc"):
+        raise ValueError(f"unknown wna16 GEMV kernel {kernel!r}: expected 'exact', 'factored' "
+                         "or 'tc'")
     tiles = envs.wna16_gemv_tiles()
     if tiles is not None:
         return GemvTiles(*tiles[:5], early_scales=bool(tiles[5]))
-    if factored:        # the best of 36 plans on an H200 at the 8B projections
+    if kernel == "factored":    # the best of 36 plans on an H200 at the 8B projections
         return GemvTiles(block_n=256, block_k=128, num_warps=4, num_stages=1, waves=4)
+    if kernel == "tc":          # not measured yet (benchmarks/wna16_gemv_gpu.py sweeps it)
+        return GemvTiles(block_n=128, block_k=128, num_warps=4, num_stages=2, waves=2)
     return GemvTiles(block_n=64, block_k=128, num_warps=4, num_stages=1, waves=4)
 
 
@@ -350,6 +454,82 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return y
 
 
+_TC_HALF = {torch.bfloat16: (0x43004300, 128.0), torch.float16: (0x64006400, 1024.0)}
+
+
+def tc_gemv_serves(dtype: torch.dtype, bits: int, g_idx: torch.Tensor | None,
+                   group_size: int, rows: int, tiles: GemvTiles) -> bool:
+    """Whether the tensor-core GEMV takes this call: 4-bit weights without ``g_idx``, groups
+    a multiple of 128, fp16 / bf16 activations, at most ``TC_MAX_ROWS`` rows, a plan with
+    ``block_k`` 128 and ``block_n`` a power of two of at least 16."""
+    return (bits == 4 and g_idx is None and group_size % 128 == 0 and dtype in _TC_HALF
+            and 1 <= rows <= TC_MAX_ROWS and tiles.block_k == 128 and tiles.block_n >= 16
+            and tiles.block_n & (tiles.block_n - 1) == 0)
+
+
+def wna16_gemv_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                  zeros: torch.Tensor, group_size: int, bias: torch.Tensor | None,
+                  tiles: GemvTiles) -> torch.Tensor:
+    """The tensor-core GEMV (``_wna16_gemv_tc_kernel``) with an explicit plan; ValueError
+    unless ``tc_gemv_serves`` (4-bit weights, no ``g_idx``, so no such argument). The K split
+    depends on the shape and plan only, never on the number of rows, so a row's result is the
+    same alone or in a batch."""
+    m, k = x.shape
+    n = qweight.shape[1]
+    if not tc_gemv_serves(x.dtype, 4, None, group_size, m, tiles):
+        raise ValueError(f"tc GEMV needs fp16/bf16 x of 1..{TC_MAX_ROWS} rows (got {x.dtype}, "
+                         f"{m}), groups a multiple of 128 (got {group_size}) and block_k 128, "
+                         f"block_n a power of two >= 16 (got {tiles.block_k}, "
+                         f"{tiles.block_n})")
+    if qweight.shape[0] * 8 != k:
+        raise ValueError(f"qweight packs {qweight.shape[0] * 8} inputs, x has {k}")
+    block_n = tiles.block_n
+    n_blocks, k_steps = triton.cdiv(n, block_n), k // 128
+    split = max(1, min(k_steps, triton.cdiv(tiles.waves * _num_sms(x.device), n_blocks)))
+    steps_per_split = triton.cdiv(k_steps, split)
+    split = triton.cdiv(k_steps, steps_per_split)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    locks = _split_locks(x.device, n_blocks) if split > 1 else y
+    magic, off = _TC_HALF[x.dtype]
+    _wna16_gemv_tc_kernel[(n_blocks, split)](
+        y, part, locks, bias if bias is not None else y, x, qweight, scales, zeros, m, n, k,
+        steps_per_split * 128, split, x.stride(0), qweight.stride(0), scales.stride(0),
+        zeros.stride(0), y.stride(0), GROUP=group_size, HALF_MAGIC=magic, HALF_OFF=off,
+        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages)
+    return y
+
+
+def gemv_kernel(mode: str, dtype: torch.dtype, bits: int, g_idx: torch.Tensor | None,
+                group_size: int, rows: int) -> tuple[str, GemvTiles] | None:
+    """The GEMV kernel (``tc``, ``factored`` or ``exact``) and plan serving ``rows`` rows
+    under ``VLLM_TRITON_WNA16_GEMV=mode``; None: the GEMM path. ``tc`` falls back to
+    ``factored`` and that to ``exact`` for what they cannot serve; only ``tc`` takes 5 to
+    ``TC_MAX_ROWS`` rows."""
+    if mode == "tc":
+        tiles = default_gemv_tiles("tc")
+        if tc_gemv_serves(dtype, bits, g_idx, group_size, rows, tiles):
+            return "tc", tiles
+    if rows > GEMV_MAX_ROWS:
+        return None
+    kernel = "exact" if mode == "exact" else "factored"
+    tiles = default_gemv_tiles(kernel)
+    if kernel == "factored" and not (g_idx is None and group_size % tiles.block_k == 0):
+        kernel = "exact"
+    return kernel, tiles
+
+
+def decode_kernel_name(w: WNA16Weight) -> str:
+    """What serves a one-row step of ``w`` under the current ``VLLM_TRITON_WNA16_GEMV``
+    (activations taken to be in the scales' dtype) and from how many rows the GEMM takes over,
+    for the start-up log, e.g. ``"GEMV tc to 16 rows, then GEMM"``."""
+    gemv = gemv_kernel(envs.wna16_gemv(), w.scales.dtype, w.bits, w.g_idx, w.group_size, 1)
+    kernel = "GEMM" if gemv is None else gemv[0]
+    rows = TC_MAX_ROWS if kernel == "tc" else GEMV_MAX_ROWS
+    return f"GEMV {kernel} to {rows} rows, then GEMM"
+
+
 def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int, group_size: int,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -362,12 +542,13 @@ def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if qweight.shape[0] * (32 // bits) != k:
         raise ValueError(f"qweight packs {qweight.shape[0] * (32 // bits)} inputs, x has {k}")
     g_ptr = g_idx if g_idx is not None else qweight          # unused when HAS_GIDX is False
-    if m <= GEMV_MAX_ROWS:
-        factored = envs.wna16_gemv() == "factored"
-        tiles = default_gemv_tiles(factored)
-        factored = factored and g_idx is None and group_size % tiles.block_k == 0
-        return wna16_gemv(x, qweight, scales, zeros, g_idx, bits, group_size, bias, factored,
-                          tiles)
+    gemv = gemv_kernel(envs.wna16_gemv(), x.dtype, bits, g_idx, group_size, m)
+    if gemv is not None:
+        kernel, tiles = gemv
+        if kernel == "tc":
+            return wna16_gemv_tc(x, qweight, scales, zeros, group_size, bias, tiles)
+        return wna16_gemv(x, qweight, scales, zeros, g_idx, bits, group_size, bias,
+                          kernel == "factored", tiles)
     block_m = 16 if m <= 16 else (32 if m <= 64 else 64)
     block_n, block_k = 64, 64
     row_scales = g_idx is None and group_size % block_k == 0
