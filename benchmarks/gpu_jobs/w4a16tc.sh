@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 15, the tensor-core W4A16 GEMV (VLLM_TRITON_WNA16_GEMV=tc, kernels/wna16.py) on one H200
 # (nvidia-h200), from the repository root, <= 6 minutes:
-#   bash benchmarks/gpu_jobs/issue31.sh
-# Writes every JSON line and log under "$OUT/issue31/" (results.jsonl collects them). Each step
+#   bash benchmarks/gpu_jobs/w4a16tc.sh
+# Writes every JSON line and log under "$OUT/w4a16tc/" (results.jsonl collects them). Each step
 # has its own time limit, shrunk to what is left of the budget, and a failed step does not stop
 # the next one. Needs nothing carried: the machine's python holds torch, transformers and triton;
-# this tree is installed with --no-deps into /tmp/issue31-site.
+# this tree is installed with --no-deps into /tmp/w4a16tc-site.
 # Steps (all A/Bs in this one run, random weights of the Llama-3.1-8B shape, GPTQ layout, g128):
 #   1. tests: tc against the reference in bf16 and fp16 at the 8B projections (1/5/16 rows),
 #      rows alone == rows in the batch, CUDA-graph capture; the factored kernel's graph test
@@ -15,27 +15,27 @@
 #   4. gpu-8b-b1 decode: W4A16 default (factored), W4A16 tc with the step-2 best plan, bf16
 set -x
 OUT=${OUT:-/tmp/out}
-D="$OUT/issue31"
+D="$OUT/w4a16tc"
 mkdir -p "$D"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
-DEADLINE=$(( $(date +%s) + ${ISSUE31_BUDGET_S:-345} ))   # the whole job stays within 6 minutes
+DEADLINE=$(( $(date +%s) + ${W4A16TC_BUDGET_S:-345} ))   # the whole job stays within 6 minutes
 step() {   # name timeout_s command...  (the limit shrinks to what is left of the budget)
     local name=$1 limit=$2; shift 2
     local left=$(( DEADLINE - $(date +%s) ))
-    if [ "$left" -lt 25 ]; then echo "=== ISSUE31 STEP $name: SKIPPED (budget spent)"; return; fi
+    if [ "$left" -lt 25 ]; then echo "=== W4A16TC STEP $name: SKIPPED (budget spent)"; return; fi
     [ "$limit" -gt "$left" ] && limit=$left
-    echo "=== ISSUE31 STEP $name: start $(date -u +%T)"
+    echo "=== W4A16TC STEP $name: start $(date -u +%T)"
     timeout -k 10 "$limit" "$@" > "$D/$name.log" 2>&1
     local rc=$?
     grep -E '^\{' "$D/$name.log" | tee -a "$D/results.jsonl"
     tail -n 25 "$D/$name.log"
-    echo "=== ISSUE31 STEP $name: rc=$rc end $(date -u +%T)"
+    echo "=== W4A16TC STEP $name: rc=$rc end $(date -u +%T)"
 }
-rm -rf /tmp/issue31-site
-python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/issue31-site \
+rm -rf /tmp/w4a16tc-site
+python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/w4a16tc-site \
     . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 || tail "$D/install.log"
-export PYTHONPATH=/tmp/issue31-site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=/tmp/w4a16tc-site${PYTHONPATH:+:$PYTHONPATH}
 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__,
             torch.cuda.get_device_name(0))' | tee "$D/torch.log"
 
@@ -50,7 +50,7 @@ step gemv_rows16 40 python3 benchmarks/wna16_gemv_gpu.py --rows 16 --kernels tc,
     --out "$D/gemv.jsonl"
 # 4. gpu-8b-b1 decode, the same run: W4A16 factored (default), W4A16 tc (best plan), bf16
 tc_tiles=$(python3 -c "import json; print(json.load(open('$D/best.json')).get('tc', ''))" 2>/dev/null)
-echo "=== ISSUE31 tc best plan: '${tc_tiles}' (empty: the default plan)"
+echo "=== W4A16TC tc best plan: '${tc_tiles}' (empty: the default plan)"
 step b1-w4a16-factored 60 python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1 \
     --systems vllm-core --quantization gptq --output "$D/throughput.jsonl"
 VLLM_TRITON_WNA16_GEMV=tc VLLM_TRITON_WNA16_GEMV_TILES=$tc_tiles \
@@ -58,7 +58,7 @@ VLLM_TRITON_WNA16_GEMV=tc VLLM_TRITON_WNA16_GEMV_TILES=$tc_tiles \
     --systems vllm-core --quantization gptq --output "$D/throughput.jsonl"
 step b1-bf16 55 python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1 --systems vllm-core \
     --output "$D/throughput.jsonl"
-echo "=== ISSUE31 DONE $(date -u +%T)"
+echo "=== W4A16TC DONE $(date -u +%T)"
 grep -h 'summary' "$D/gemv.jsonl" 2>/dev/null
 grep -h '"kind": "summary"' "$D/throughput.jsonl" 2>/dev/null
 exit 0
