@@ -416,6 +416,22 @@ def default_gemv_tiles(kernel: str) -> GemvTiles:
     return GemvTiles(block_n=64, block_k=128, num_warps=4, num_stages=1, waves=4)
 
 
+def _split_k_buffers(x: torch.Tensor, n: int, k_steps: int, blocks: int, locks_needed: int,
+                     waves: int) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The K split of a split-K GEMV and its buffers: ``(split, steps_per_split, y, part,
+    locks)``. ``blocks`` programs run per split; K is split until about ``waves`` programs per
+    SM run, never into an empty split. Unsplit, ``part`` and ``locks`` are ``y`` (unused)."""
+    split = max(1, min(k_steps, triton.cdiv(waves * _num_sms(x.device), blocks)))
+    steps_per_split = triton.cdiv(k_steps, split)
+    split = triton.cdiv(k_steps, steps_per_split)
+    m = x.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if split == 1:
+        return split, steps_per_split, y, y, y
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    return split, steps_per_split, y, part, _split_locks(x.device, locks_needed)
+
+
 def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int, group_size: int,
                bias: torch.Tensor | None, factored: bool, tiles: GemvTiles) -> torch.Tensor:
@@ -430,12 +446,8 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"factored GEMV needs no g_idx and block_k ({block_k}) dividing the "
                          f"group size ({group_size})")
     n_blocks, k_steps = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
-    split = max(1, min(k_steps, triton.cdiv(tiles.waves * _num_sms(x.device), n_blocks * m)))
-    steps_per_split = triton.cdiv(k_steps, split)
-    split = triton.cdiv(k_steps, steps_per_split)
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
-    locks = _split_locks(x.device, m * n_blocks) if split > 1 else y
+    split, steps_per_split, y, part, locks = _split_k_buffers(
+        x, n, k_steps, n_blocks * m, m * n_blocks, tiles.waves)
     b_ptr = bias if bias is not None else y
     common = dict(BITS=bits, GROUP=group_size, HAS_BIAS=bias is not None, BLOCK_N=block_n,
                   BLOCK_K=block_k, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
@@ -485,12 +497,8 @@ def wna16_gemv_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"qweight packs {qweight.shape[0] * 8} inputs, x has {k}")
     block_n = tiles.block_n
     n_blocks, k_steps = triton.cdiv(n, block_n), k // 128
-    split = max(1, min(k_steps, triton.cdiv(tiles.waves * _num_sms(x.device), n_blocks)))
-    steps_per_split = triton.cdiv(k_steps, split)
-    split = triton.cdiv(k_steps, steps_per_split)
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
-    locks = _split_locks(x.device, n_blocks) if split > 1 else y
+    split, steps_per_split, y, part, locks = _split_k_buffers(
+        x, n, k_steps, n_blocks, n_blocks, tiles.waves)
     magic, off = _TC_HALF[x.dtype]
     _wna16_gemv_tc_kernel[(n_blocks, split)](
         y, part, locks, bias if bias is not None else y, x, qweight, scales, zeros, m, n, k,
