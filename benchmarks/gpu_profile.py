@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _fresh(prompts: list[list[int]], seed: int) -> list[dict[str, Any]]:
+def fresh_prompts(prompts: list[list[int]], seed: int) -> list[dict[str, Any]]:
+    """Random prompts of the same count and length (the prefix cache never serves them)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -41,11 +42,11 @@ def _window(llm: Any, prompts: list[list[int]], max_tokens: int, seed: int
                             detokenize=False)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    llm.generate(_fresh(prompts, seed), params, use_tqdm=False)
+    llm.generate(fresh_prompts(prompts, seed), params, use_tqdm=False)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        llm.generate(_fresh(prompts, seed + 1), params, use_tqdm=False)
+        llm.generate(fresh_prompts(prompts, seed + 1), params, use_tqdm=False)
     torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40)
     return elapsed, table

@@ -233,6 +233,11 @@ def run_vllm_core(args: argparse.Namespace, w: Workload, prompts: list[list[int]
         "max_num_batched_tokens": engine.config.scheduler.max_num_batched_tokens,
         **runner.kv_waste.as_dict(), **runner.timing.as_dict(), **_gpu_facts(), **phases,
     }
+    if args.timeline:
+        from gpu_profile import fresh_prompts
+        from gpu_timeline import timeline
+
+        res.update(timeline(llm, fresh_prompts(prompts, 50_000), params, args.timeline))
     if w.requests == 1:
         m = outs[0].metrics
         if m is not None and m.first_token_time and m.last_token_time:
@@ -441,6 +446,8 @@ def spawn(args: argparse.Namespace, worker: str, workload: str | None = None,
                else "--no-pipeline-micro-batching")
     if args.profile and worker == "vllm-core":
         cmd += ["--profile", args.profile]
+    if args.timeline and worker == "vllm-core":
+        cmd += ["--timeline", args.timeline]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -592,6 +599,8 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds per system")
     p.add_argument("--profile", default=None,
                    help="vllm-core: time and profile prefill-only and prefill+decode windows before the measured run (gpu_profile.py), kernel tables to this file")
+    p.add_argument("--timeline", default=None,
+                   help="vllm-core: after the measured run, one more on fresh prompts under a CUDA-only trace (gpu_timeline.py): GPU busy share and idle gaps in the record, the longest gaps to this file")
     p.add_argument("--output", default=None, help="append the JSON lines to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--requests", type=int, default=None, help=argparse.SUPPRESS)
