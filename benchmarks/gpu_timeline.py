@@ -12,7 +12,8 @@ normal speed), then merges every kernel / memcpy / memset interval into busy tim
 * ``timeline_busy_by_tenth``: busy share in each tenth of the span (the prefill-heavy start
   against the decode tail).
 
-The 25 longest gaps (with the kernels on either side and their offset into the run) go to
+``timeline_top`` lists the kernels with the most device time (name, seconds, launches). The
+25 longest gaps (with the kernels on either side and their offset into the run) go to
 ``out_path`` as text. Use it on fresh prompts after the timed run: the trace costs a pass.
 """
 
@@ -83,6 +84,19 @@ def analyse(intervals: list[tuple[float, float, str]], tenths: int = 10) -> dict
     }
 
 
+def top_kernels(intervals: list[tuple[float, float, str]], n: int = 12
+                ) -> list[tuple[str, float, int]]:
+    """(name cut to 60 characters, total seconds, count) of the ``n`` names with the most
+    device time."""
+    total: dict[str, list[float]] = {}
+    for s, e, name in intervals:
+        t = total.setdefault(name[:60], [0.0, 0])
+        t[0] += e - s
+        t[1] += 1
+    ranked = sorted(total.items(), key=lambda kv: -kv[1][0])[:n]
+    return [(name, round(t, 6), int(c)) for name, (t, c) in ranked]
+
+
 def timeline(llm: Any, prompts: list[dict[str, Any]], params: Any, out_path: str
              ) -> dict[str, Any]:
     """Run ``llm.generate(prompts, params)`` under a CUDA-only trace; see the module docstring."""
@@ -99,7 +113,9 @@ def timeline(llm: Any, prompts: list[dict[str, Any]], params: Any, out_path: str
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         trace = json.loads(path.read_text())
-    res = analyse(device_intervals(trace))
+    intervals = device_intervals(trace)
+    res = analyse(intervals)
+    res["timeline_top"] = top_kernels(intervals)
     gaps = res.pop("_longest_gaps", [])
     lines = [f"{json.dumps(res)}", f"wall {wall:.4f} s", "longest gaps (s, at s, before, after):"]
     lines += [f"{g:.6f}  @{at:.4f}  {a[:60]}  ->  {b[:60]}" for g, at, a, b in gaps]

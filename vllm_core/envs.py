@@ -108,6 +108,12 @@ def worker_step_timeout_s() -> float:
     return float(get("VLLM_WORKER_STEP_TIMEOUT_S") or 300.0)
 
 
+def freeze_gc_heap() -> bool:
+    """VLLM_FREEZE_GC_HEAP: ``0`` keeps the garbage collector walking the start-up heap
+    (``vllm_core.engine.startup.freeze_heap``; default on)."""
+    return (get("VLLM_FREEZE_GC_HEAP") or "1").lower() not in ("0", "false", "no", "off")
+
+
 def worker_start_timeout_s() -> float:
     """VLLM_WORKER_START_TIMEOUT_S: how long worker processes may take to start and load the
     model (default 1800)."""

@@ -1,7 +1,7 @@
 """The CUDA-trace gap analysis of ``gpu_timeline.py`` on hand-made traces (no GPU needed)."""
 
 import pytest
-from gpu_timeline import analyse, device_intervals
+from gpu_timeline import analyse, device_intervals, top_kernels
 
 
 def _trace(*events):
@@ -37,3 +37,8 @@ def test_overlaps_merge_and_gaps_fall_in_their_length_buckets():
 
 def test_empty_trace():
     assert analyse(device_intervals({"traceEvents": []})) == {"timeline_busy_s": 0.0}
+
+
+def test_top_kernels_rank_names_by_device_time():
+    iv = [(0.0, 1.0, "a"), (1.0, 1.5, "b"), (2.0, 2.75, "b"), (3.0, 3.1, "c")]
+    assert top_kernels(iv, 2) == [("b", 1.25, 2), ("a", 1.0, 1)]

@@ -33,6 +33,8 @@ and a step that verifies drafts runs synchronously.
 
 Start-up: model load, KV cache allocation and graph capture, then (``config.warmup``) the
 warm-up steps of ``vllm_core.engine.warmup``; each phase's seconds are in ``startup_phases``.
+Last, the start-up heap is frozen out of the garbage collector's reach (``startup.freeze_heap``,
+unless ``VLLM_FREEZE_GC_HEAP=0``); ``shutdown`` thaws it.
 
 LoRA: the front end names adapters (``vllm_core.lora.registry.LoRARegistry``); the core loads
 them by id on the workers (``add_lora`` / ``remove_lora``) and counts running / waiting requests
@@ -52,7 +54,7 @@ from vllm_core.engine.batch_queue import make_batch_queue
 from vllm_core.engine.executor import create_executor
 from vllm_core.engine.request import Request, RequestStatus
 from vllm_core.engine.scheduler import Scheduler
-from vllm_core.engine.startup import persist_compile_caches, phase
+from vllm_core.engine.startup import freeze_heap, persist_compile_caches, phase, thaw_heap
 from vllm_core.engine.stats import SchedulerStats
 from vllm_core.engine.warmup import WarmUpReport, run_warmup
 from vllm_core.logger import init_logger
@@ -93,6 +95,8 @@ class EngineCore:
         from vllm_core.model_executor.loader import generation_defaults_for
         from vllm_core.structured_output.manager import StructuredOutputManager
 
+        thaw_heap()          # a dropped engine's frozen cycles go before this one sizes memory
+        self._froze_heap = False
         self.config = config
         self.startup_phases: dict[str, float] = {}   # phase -> seconds, in order
         self.warmup_report: WarmUpReport | None = None
@@ -138,6 +142,9 @@ class EngineCore:
             except BaseException:
                 self.shutdown()
                 raise
+        self._froze_heap = envs.freeze_gc_heap()
+        if self._froze_heap:
+            self.startup_phases["heap freeze"] = freeze_heap()
 
     def _check_num_blocks(self, num_blocks: int) -> int:
         bs = self.config.cache.block_size
@@ -313,6 +320,8 @@ class EngineCore:
     def shutdown(self) -> None:
         self.structured_output_manager.shutdown()
         self.executor.shutdown()
+        if self._froze_heap:
+            thaw_heap()
 
 
 def _accumulate(into: CoreStepStats, more: CoreStepStats) -> None:

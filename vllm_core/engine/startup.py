@@ -8,11 +8,17 @@ Compiled kernels persist across starts: ``persist_compile_caches`` points Triton
 inductor's caches into the vllm-core cache root (``VLLM_CACHE_ROOT``), once, before the workers
 start, unless the user set them. A second start with the same cache root then loads its
 kernels instead of compiling them again.
+
+When start-up is over, ``freeze_heap`` moves every object then alive out of the garbage
+collector's reach (``gc.freeze``): a full collection while serving then walks only what was
+made since, not the modules, the model and the compiled kernels' launchers. ``thaw_heap``
+undoes it when the engine shuts down or another one starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -76,3 +82,31 @@ def in_background(name: str, fn: Callable[..., T], *args: Any) -> Future[T]:
     future = pool.submit(timed)
     pool.shutdown(wait=False)
     return future
+
+
+def freeze_heap() -> float:
+    """Collect, then move every object alive now to the permanent generation (``gc.freeze``);
+    returns the seconds it took. Call it when a process's start-up is over.
+
+    Why: a busy engine makes objects fast enough to trigger Python's oldest-generation
+    collection every few seconds, and each walked the whole start-up heap: on the 8B shape on
+    an H200 host two of them left the GPU idle 0.3 s each in a 7 s ``gpu-8b`` run.
+
+    Invariants: frozen objects are never collected (reference counting still frees them), so
+    an engine dropped without ``shutdown`` keeps its reference cycles until the next
+    ``freeze_heap`` or ``thaw_heap``; each of those first unfreezes everything, so at most one
+    start-up heap is frozen at a time and explicit ``gc.collect()`` after ``thaw_heap`` frees
+    all garbage again."""
+    t0 = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - t0
+
+
+def thaw_heap() -> None:
+    """Undo ``freeze_heap`` (an engine shuts down, or a new one starts in this process), and
+    collect what that made garbage when anything was frozen."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()

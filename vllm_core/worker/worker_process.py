@@ -30,7 +30,9 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from vllm_core import envs
 from vllm_core.distributed.shm_ring import ShmRing
+from vllm_core.engine.startup import freeze_heap
 
 _PARENT_CHECK_S = 1.0
 
@@ -117,6 +119,8 @@ def _serve(worker: Any, ring: ShmRing, reply: Connection, replies_steps: bool,
                 return
             value = getattr(worker, method)(*args) if method != "num_blocks" else (
                 _num_blocks(worker))
+            if method == "compile_or_warm_up_model" and envs.freeze_gc_heap():
+                freeze_heap()             # this rank's start-up is over (startup.freeze_heap)
             reply.send((seq, "ok", value))
         except Exception:  # noqa: BLE001 - engine-fatal: report and stop
             reply.send((seq, "error", f"rank {worker.rank}: {traceback.format_exc()}"))
