@@ -103,11 +103,17 @@ def _past_k_case() -> tuple[WNA16Weight, WNA16Weight, torch.Tensor]:
     return w, w_view, torch.randn(1, k, generator=torch.Generator().manual_seed(8)).to(DEVICE)
 
 
-def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales():
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales(chunk, monkeypatch):
     """Split-K GEMV whose last split runs past K (9 K-steps over 5 splits of 2): the
     per-group scale/zero rows are read only for groups that exist. The scales and zeros are
     views of tensors with one more row of NaN, so a read of group ``K / group_size`` (the bug:
-    an out-of-bounds read, an illegal address on the GPU at the 8B shapes) poisons the result."""
+    an out-of-bounds read, an illegal address on the GPU at the 8B shapes) poisons the result.
+    With ``chunk`` 2 the 5 partials are summed 2, 2 and 1 a load (the last load short)."""
+    if chunk is not None:
+        from vllm_core_triton.kernels import wna16
+
+        monkeypatch.setattr(wna16, "_split_chunk", lambda split, elems: chunk)
     w, w_view, x = _past_k_case()
     got = _run(w_view, x, None)
     want = wna16_linear_reference(x, w)
@@ -405,12 +411,19 @@ def test_per_token_quant_fp8_equals_the_reference(dtype, rows, cols, static):
     assert torch.equal(got_q.cpu().view(torch.uint8), want_q.view(torch.uint8))
 
 
+@pytest.mark.parametrize("chunks", ["one load", "two splits a load"])
 @pytest.mark.parametrize("factored", [False, True])
-def test_gemv_split_k_reduced_in_kernel_leaves_counters_at_zero(factored):
+def test_gemv_split_k_reduced_in_kernel_leaves_counters_at_zero(factored, chunks, monkeypatch):
     """The split-K GEMV sums its partials inside the kernel (the last program of each output
-    block): several plans, split and unsplit, give the reference's result, the same result
-    on a second call (the arrival counters were set back to zero), and a bias is added."""
+    block, a chunk of splits per load): several plans, split and unsplit, give the
+    reference's result, the same result on a second call (the arrival counters were set back
+    to zero), and a bias is added; also summing two splits a load."""
+    from vllm_core_triton.kernels import wna16
     from vllm_core_triton.kernels.wna16 import _SPLIT_LOCKS, GemvTiles, wna16_gemv
+
+    if chunks == "two splits a load":
+        monkeypatch.setattr(wna16, "SPLIT_SUM_VALUES", 2 * 128)
+        assert wna16._split_chunk(8, 128) == 2
 
     w = random_wna16(K, N, 4, 128, False, torch.float32, seed=21)
     gen = torch.Generator().manual_seed(22)
