@@ -46,9 +46,11 @@ def plans(kernel: str, quick: bool):
     if kernel == "tc":
         return [GemvTiles(bn, 128, w, 2, wv)
                 for bn, w, wv in itertools.product((64, 128, 256), (4, 8), (1, 2, 4))]
-    return [GemvTiles(bn, 128, w, 1, wv, early)
-            for bn, w, wv, early in itertools.product((128, 256), (4, 8), (2, 4, 8),
-                                                      (False, True))]
+    # factored: 128-256 outputs with 4 waves won among (128, 256) x (4, 8 warps) x (2, 4, 8
+    # waves) x early scales; now wider programs, 64-input steps and pipelined single waves
+    return [GemvTiles(bn, bk, w, st, wv)
+            for bn, bk, w, (wv, st) in itertools.product((256, 512, 1024), (64, 128), (4, 8),
+                                                         ((4, 1), (2, 1), (1, 3)))]
 
 
 def kernel_call(kernel: str, tiles, x, qw, sc, zp):

@@ -126,6 +126,45 @@ def _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP: t
 
 
 @triton.jit
+def _x_fields(x_ptr, k_left, BLOCK_K: tl.constexpr, PACK: tl.constexpr):
+    """``x[0:BLOCK_K]`` (zero from ``k_left`` on) in float32, loaded once as one contiguous
+    vector and handed out as ``PACK`` vectors of ``BLOCK_K / PACK``: vector ``j`` holds
+    ``x[w * PACK + j]``, the input of field ``j`` of packed word ``w``. (Loading each field's
+    inputs on its own, a strided gather, cost more instructions than the weights' arithmetic.)
+    """
+    offs = tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + offs, mask=offs < k_left, other=0.0).to(tl.float32)
+    if PACK == 8:
+        t = tl.reshape(x, [BLOCK_K // 8, 2, 2, 2])       # [w, a, b, c] = x[8 w + 4 a + 2 b + c]
+        c0, c1 = tl.split(t)
+        c0b0, c0b1 = tl.split(c0)
+        c1b0, c1b1 = tl.split(c1)
+        x0, x4 = tl.split(c0b0)
+        x2, x6 = tl.split(c0b1)
+        x1, x5 = tl.split(c1b0)
+        x3, x7 = tl.split(c1b1)
+        return x0, x1, x2, x3, x4, x5, x6, x7
+    else:                                                 # 8-bit fields, PACK 4
+        t = tl.reshape(x, [BLOCK_K // 4, 2, 2])          # [w, a, b] = x[4 w + 2 a + b]
+        b0, b1 = tl.split(t)
+        x0, x2 = tl.split(b0)
+        x1, x3 = tl.split(b1)
+        return x0, x1, x2, x3
+
+
+@triton.jit
+def _field_times_x(words, xj, j: tl.constexpr, BITS: tl.constexpr):
+    """``q_j(words) * x_j`` per element for field ``j`` (``BITS (j + 1) <= 23``: inside the
+    float's mantissa). The integer becomes a float without a conversion instruction: the
+    field is masked in place under the exponent of 2^23 and 2^23 taken away, which gives
+    ``q 2^(BITS j)`` exactly; ``x`` is scaled by ``2^-(BITS j)`` to match (exact)."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    bits = (words & (MASK << (BITS * j))) | 0x4B000000
+    q = bits.to(tl.float32, bitcast=True) - 8388608.0                # 2^23 + q - 2^23
+    return q * (xj * (1.0 / (1 << (BITS * j))))[:, None]
+
+
+@triton.jit
 def _store_row(y_ptr, b_ptr, acc, row, offs_n, mask_n, stride_y, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -236,7 +275,6 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
     their latency is not paid after the step's arithmetic (same result; a plan option the
     sweep compares)."""
     PACK: tl.constexpr = 32 // BITS
-    MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KW: tl.constexpr = BLOCK_K // PACK
     pid_k, row, offs_n, mask_n = _gemv_program(N, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -249,19 +287,15 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
                         mask=mask_w[:, None] & mask_n[None, :], other=0)
         if EARLY_SCALES:
             sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
-        part = tl.zeros((BLOCK_KW, BLOCK_N), dtype=tl.float32)
-        x_sum = tl.zeros((BLOCK_KW,), dtype=tl.float32)
-        for j in tl.static_range(PACK):
-            xj = tl.load(x_ptr + row * stride_x + wrow * PACK + j, mask=mask_w,
-                         other=0.0).to(tl.float32)                   # x[word * PACK + j]
-            x_sum += xj
+        xs = _x_fields(x_ptr + row * stride_x + k0, K - k0, BLOCK_K, PACK)
+        x_sum = xs[0]
+        part = _field_times_x(words, xs[0], 0, BITS)   # [BLOCK_KW, BLOCK_N], no zero fill
+        for j in tl.static_range(1, PACK):
+            x_sum += xs[j]                                           # x[word * PACK + j]
             if BITS * (j + 1) <= 23:           # the field lies inside the float's mantissa
-                bits = (words & (MASK << (BITS * j))) | 0x4B000000
-                xj = xj * (1.0 / (1 << (BITS * j)))  # exact: q 2^(BITS j) times x 2^-(BITS j)
-            else:
-                bits = ((words >> (BITS * j)) & MASK) | 0x4B000000
-            q = bits.to(tl.float32, bitcast=True) - 8388608.0      # 2^23 + q - 2^23
-            part += q * xj[:, None]
+                part += _field_times_x(words, xs[j], j, BITS)
+            else:                              # moved into it: at bit BITS j - 16 of words >> 16
+                part += _field_times_x(words >> 16, xs[j], j - 16 // BITS, BITS)
         if not EARLY_SCALES:
             sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
         acc += sc * (tl.sum(part, 0) - zp * tl.sum(x_sum, 0))
