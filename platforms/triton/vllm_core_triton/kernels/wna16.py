@@ -34,12 +34,15 @@ The kernels:
   weight costs three or four full-rate operations instead of ~10: the integer is turned into a
   float without a conversion instruction (``bitcast(q | 0x4B000000) - 2^23``; for the nibbles
   inside the mantissa the mask is applied in place and the activation pre-scaled by the
-  nibble's power of two, exact), then one FMA. The result is the exact product of the
+  nibble's power of two, exact; fields past the mantissa are taken from the word shifted
+  right by 16), then one FMA. A step's ``x`` is loaded once, as one contiguous vector, and
+  split into the fields' inputs (``_x_fields``). The result is the exact product of the
   de-quantized weight in float32 (no rounding of W to the activation dtype): within float32
   reassociation of the reference, not bit-equal to it. On an H200 at the 8B projections
   (``benchmarks/wna16_gemv_gpu.py``, batch 1) it takes 0.82x the exact kernel's time at
-  their best plans, and decode runs 1.24x faster with it.
-- ``_wna16_gemv_tc_kernel`` (opt-in, ``VLLM_TRITON_WNA16_GEMV=tc``; not measured yet): the
+  their best plans; ``gpu-8b-b1`` decodes 1.24x as fast as bf16 with it (``docs/quantization.md``).
+- ``_wna16_gemv_tc_kernel`` (opt-in, ``VLLM_TRITON_WNA16_GEMV=tc``; measured slower than the
+  factored kernel at 1 row, faster than the GEMM at 16): the
   factored sum on the tensor cores, for 4-bit weights without ``g_idx``, groups a multiple of
   128 and fp16 / bf16 activations of 1 to ``TC_MAX_ROWS`` (16) rows (the factored or exact
   GEMV, or the GEMM past 4 rows, serve the rest). Program ``(n block, k split)`` computes all
@@ -469,7 +472,7 @@ def default_gemv_tiles(kernel: str) -> GemvTiles:
         return GemvTiles(*tiles[:5], early_scales=bool(tiles[5]))
     if kernel == "factored":    # the best of 36 plans on an H200 at the 8B projections
         return GemvTiles(block_n=256, block_k=128, num_warps=4, num_stages=1, waves=4)
-    if kernel == "tc":          # not measured yet (benchmarks/wna16_gemv_gpu.py sweeps it)
+    if kernel == "tc":          # the best of 18 plans at 1 row in two H200 runs
         return GemvTiles(block_n=128, block_k=128, num_warps=4, num_stages=2, waves=2)
     return GemvTiles(block_n=64, block_k=128, num_warps=4, num_stages=1, waves=4)
 
