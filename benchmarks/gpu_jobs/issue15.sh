@@ -15,18 +15,8 @@ mkdir -p "$D"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
 DEADLINE=$(( $(date +%s) + ${ISSUE15_BUDGET_S:-470} ))   # the whole job stays within 8 minutes
-step() {   # name timeout_s command...  (the limit shrinks to what is left of the budget)
-    local name=$1 limit=$2; shift 2
-    local left=$(( DEADLINE - $(date +%s) ))
-    if [ "$left" -lt 25 ]; then echo "=== ISSUE15 STEP $name: SKIPPED (budget spent)"; return; fi
-    [ "$limit" -gt "$left" ] && limit=$left
-    echo "=== ISSUE15 STEP $name: start $(date -u +%T)"
-    timeout -k 10 "$limit" "$@" > "$D/$name.log" 2>&1
-    local rc=$?
-    grep -E '^\{' "$D/$name.log" | tee -a "$D/results.jsonl"
-    tail -n 25 "$D/$name.log"
-    echo "=== ISSUE15 STEP $name: rc=$rc end $(date -u +%T)"
-}
+STEP_TAG=ISSUE15
+. "$(dirname "$0")/steps.sh"   # step NAME LIMIT_S COMMAND...
 rm -rf /tmp/issue15-site
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/issue15-site \
     . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 || tail "$D/install.log"

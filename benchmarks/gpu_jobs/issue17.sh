@@ -11,18 +11,8 @@ mkdir -p "$D"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
 DEADLINE=$(( $(date +%s) + ${ISSUE17_BUDGET_S:-480} ))
-step() {   # name timeout_s command...  (the limit shrinks to what is left of the budget)
-    local name=$1 limit=$2; shift 2
-    local left=$(( DEADLINE - $(date +%s) ))
-    if [ "$left" -lt 20 ]; then echo "=== ISSUE17 STEP $name: SKIPPED (budget spent)"; return; fi
-    [ "$limit" -gt "$left" ] && limit=$left
-    echo "=== ISSUE17 STEP $name: start $(date -u +%T)"
-    timeout -k 10 "$limit" "$@" > "$D/$name.log" 2>&1
-    local rc=$?
-    grep -E '^\{' "$D/$name.log" | tee -a "$D/results.jsonl"
-    tail -n 30 "$D/$name.log"
-    echo "=== ISSUE17 STEP $name: rc=$rc end $(date -u +%T)"
-}
+STEP_TAG=ISSUE17 STEP_TAIL=30
+. "$(dirname "$0")/steps.sh"   # step NAME LIMIT_S COMMAND...
 if ! python3 -c 'import vllm_core_triton.kernels.lora' 2>/dev/null; then
     python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/issue17-site \
         . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 || tail "$D/install.log"

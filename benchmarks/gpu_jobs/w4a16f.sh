@@ -9,18 +9,8 @@ D="${OUT:?OUT must be set}/w4a16f"
 mkdir -p "$D"
 export PYTHONUNBUFFERED=1
 DEADLINE=$(( $(date +%s) + ${W4A16F_BUDGET_S:-345} ))
-step() {   # name timeout_s command...  (the limit shrinks to what is left of the budget)
-    local name=$1 limit=$2; shift 2
-    local left=$(( DEADLINE - $(date +%s) ))
-    if [ "$left" -lt 25 ]; then echo "=== W4A16F STEP $name: SKIPPED (budget spent)"; return; fi
-    [ "$limit" -gt "$left" ] && limit=$left
-    echo "=== W4A16F STEP $name: start $(date -u +%T)"
-    timeout -k 10 "$limit" "$@" > "$D/$name.log" 2>&1
-    local rc=$?
-    grep -E '^\{' "$D/$name.log" | tee -a "$D/results.jsonl"
-    tail -n 15 "$D/$name.log"
-    echo "=== W4A16F STEP $name: rc=$rc end $(date -u +%T)"
-}
+STEP_TAG=W4A16F STEP_TAIL=15
+. "$(dirname "$0")/steps.sh"   # step NAME LIMIT_S COMMAND...
 step tests 70 python3 -m pytest -q -p no:cacheprovider platforms/triton/tests/test_quant_kernels.py \
     -k "factored or 8b_shapes or split_k or past_k or tiles_variable"
 step gemv_rows1 150 python3 benchmarks/wna16_gemv_gpu.py --rows 1 --kernels factored \

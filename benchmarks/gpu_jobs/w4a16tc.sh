@@ -20,18 +20,8 @@ mkdir -p "$D"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
 DEADLINE=$(( $(date +%s) + ${W4A16TC_BUDGET_S:-345} ))   # the whole job stays within 6 minutes
-step() {   # name timeout_s command...  (the limit shrinks to what is left of the budget)
-    local name=$1 limit=$2; shift 2
-    local left=$(( DEADLINE - $(date +%s) ))
-    if [ "$left" -lt 25 ]; then echo "=== W4A16TC STEP $name: SKIPPED (budget spent)"; return; fi
-    [ "$limit" -gt "$left" ] && limit=$left
-    echo "=== W4A16TC STEP $name: start $(date -u +%T)"
-    timeout -k 10 "$limit" "$@" > "$D/$name.log" 2>&1
-    local rc=$?
-    grep -E '^\{' "$D/$name.log" | tee -a "$D/results.jsonl"
-    tail -n 25 "$D/$name.log"
-    echo "=== W4A16TC STEP $name: rc=$rc end $(date -u +%T)"
-}
+STEP_TAG=W4A16TC
+. "$(dirname "$0")/steps.sh"   # step NAME LIMIT_S COMMAND...
 rm -rf /tmp/w4a16tc-site
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/w4a16tc-site \
     . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 || tail "$D/install.log"
