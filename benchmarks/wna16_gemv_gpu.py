@@ -4,6 +4,11 @@ projections (GPTQ layout, group 128), with a bf16 ``F.linear`` as the peer, all 
 ``routed`` is ``wna16_linear`` as the engine calls it (the environment's kernel and plan; at
 more than 4 rows the GEMM unless ``VLLM_TRITON_WNA16_GEMV=tc``), one plan.
 
+Every call is timed inside a CUDA graph (``triton.testing.do_bench_cudagraph``), as the engine
+runs decode steps. (Until 2026-12-01 it timed one launch at a time from Python with an L2 flush
+before each, ``do_bench``; in one H200 command that gave 2-4x the previous command's times for
+the same plan while the engine got faster with it.)
+
 One JSON line per (kernel, plan): microseconds per projection and their sum over the four
 projections of a decoder layer (``layer_us``), GB/s of packed weights + scales read, and the
 relative error against the float32 reference; then one line per projection with bf16
@@ -65,6 +70,12 @@ def kernel_call(kernel: str, tiles, x, qw, sc, zp):
                              kernel == "factored", tiles)
 
 
+def _graph_us(bench, fn) -> float:
+    """Median microseconds of one ``fn()`` replayed in a CUDA graph (``fn`` ran eagerly
+    once before, so the split-K counters exist before capture)."""
+    return bench(fn, rep=40, return_mode="median") * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1)
@@ -76,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
-    from triton.testing import do_bench
+    from triton.testing import do_bench_cudagraph
 
     from vllm_core.model_executor.quantization.quantized_weights import (
         WNA16Weight,
@@ -107,8 +118,8 @@ def main() -> None:
             try:
                 for name, (x, qw, sc, zp, ref, nbytes) in layers.items():
                     run = kernel_call(kernel, tiles, x, qw, sc, zp)
-                    err = float((run().float() - ref).norm() / ref.norm())
-                    us = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
+                    err = float((run().float() - ref).norm() / ref.norm())  # also: buffers
+                    us = _graph_us(do_bench_cudagraph, run)
                     rec[f"{name}_us"] = round(us, 2)
                     rec[f"{name}_GBps"] = round(nbytes / us / 1e3, 1)
                     total += us
@@ -126,8 +137,7 @@ def main() -> None:
     for name, (n, k) in SHAPES.items():
         x = layers[name][0]
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
-        us = do_bench(functools.partial(F.linear, x, w), warmup=10, rep=40,
-                      return_mode="median") * 1e3
+        us = _graph_us(do_bench_cudagraph, functools.partial(F.linear, x, w))
         bf16_total += us
         emit({"bench": "wna16_gemv", "kernel": "bf16_linear", "shape": name,
               "us": round(us, 2), "GBps": round(n * k * 2 / us / 1e3, 1)}, args.out)
