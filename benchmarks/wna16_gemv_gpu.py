@@ -14,7 +14,7 @@ projections of a decoder layer (``layer_us``), GB/s of packed weights + scales r
 relative error against the float32 reference; then one line per projection with bf16
 ``F.linear``; then a summary naming the fastest plan of each kernel (the sum over a layer),
 its ratio to bf16 and ``tc_vs_factored`` (the factored kernel's best time over tc's best).
-``--best FILE`` writes ``{"exact": "bn,bk,w,s,waves,early", "factored": ..., "tc": ...}`` for
+``--best FILE`` writes ``{"exact": "bn,bk,w,s,waves,early,pairs", "factored": ..., "tc": ...}`` for
 ``VLLM_TRITON_WNA16_GEMV_TILES``. ``--kernels`` picks the kernels (default all four),
 ``--quick`` runs every kernel at its default plan only, ``--quick-kernels a,b`` those only.
 
@@ -51,11 +51,11 @@ def plans(kernel: str, quick: bool):
     if kernel == "tc":
         return [GemvTiles(bn, 128, w, 2, wv)
                 for bn, w, wv in itertools.product((64, 128, 256), (4, 8), (1, 2, 4))]
-    # factored: 128-256 outputs with 4 waves won among (128, 256) x (4, 8 warps) x (2, 4, 8
-    # waves) x early scales; now wider programs, 64-input steps and pipelined single waves
-    return [GemvTiles(bn, bk, w, st, wv)
-            for bn, bk, w, (wv, st) in itertools.product((256, 512, 1024), (64, 128), (4, 8),
-                                                         ((4, 1), (2, 1), (1, 3)))]
+    # factored: 256 outputs, 4 warps, 4 waves won one-launch timings before; wider programs,
+    # 64-input steps, and the half-pair nibble conversion (``half_pairs``), graph-timed
+    return [GemvTiles(bn, bk, w, 1, wv, half_pairs=pairs)
+            for bn, bk, w, wv, pairs in itertools.product((256, 512), (64, 128), (4, 8), (4, 2),
+                                                          (False, True))]
 
 
 def kernel_call(kernel: str, tiles, x, qw, sc, zp):

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Issue 15, the factored W4A16 GEMV after its x-loading rework (one H200, <= 6 minutes): GPU
-# kernel tests, a 36-plan sweep at 1 row (256-1024 outputs, 64/128-input steps, 4/8 warps,
-# 4/2 waves unpipelined or 1 wave with 3 stages) against bf16 F.linear, then gpu-8b-b1 W4A16
-# with the sweep's best plan and with the default plan, and bf16, in the same run. Needs
-# nothing carried. Writes "$OUT/w4a16f/".
+# Issue 15, the factored W4A16 GEMV (one H200, <= 7 minutes): GPU kernel tests, a 32-plan
+# sweep at 1 row timed inside CUDA graphs (256/512 outputs, 64/128-input steps, 4/8 warps, 4/2
+# waves, with and without the half-pair nibble conversion) against bf16 F.linear, then
+# gpu-8b-b1 W4A16 with the sweep's best plan, the default plan, the default plan with half
+# pairs, and bf16, in the same run. Needs nothing carried. Writes "$OUT/w4a16f/".
 set -x
 D="${OUT:?OUT must be set}/w4a16f"
 mkdir -p "$D"
 export PYTHONUNBUFFERED=1
-DEADLINE=$(( $(date +%s) + ${W4A16F_BUDGET_S:-345} ))
+DEADLINE=$(( $(date +%s) + ${W4A16F_BUDGET_S:-420} ))
 STEP_TAG=W4A16F STEP_TAIL=15
 . "$(dirname "$0")/steps.sh"   # step NAME LIMIT_S COMMAND...
 step tests 70 python3 -m pytest -q -p no:cacheprovider platforms/triton/tests/test_quant_kernels.py \
     -k "factored or 8b_shapes or split_k or past_k or tiles_variable"
-step gemv_rows1 150 python3 benchmarks/wna16_gemv_gpu.py --rows 1 --kernels factored \
+step gemv_rows1 120 python3 benchmarks/wna16_gemv_gpu.py --rows 1 --kernels factored \
     --out "$D/gemv.jsonl" --best "$D/best.json"
 best=$(python3 -c "import json; print(json.load(open('$D/best.json')).get('factored', ''))" 2>/dev/null)
 echo "=== W4A16F factored best plan: '${best}'"
@@ -23,6 +23,9 @@ if [ -n "$best" ]; then
 fi
 step b1-w4a16-default 55 python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1 \
     --systems vllm-core --quantization gptq --output "$D/throughput.jsonl"
+VLLM_TRITON_WNA16_GEMV_TILES=256,128,4,1,4,0,1 step b1-w4a16-pairs 55 python3 \
+    benchmarks/throughput_gpu.py --workload gpu-8b-b1 --systems vllm-core --quantization gptq \
+    --output "$D/throughput.jsonl"
 step b1-bf16 50 python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1 --systems vllm-core \
     --output "$D/throughput.jsonl"
 grep -h 'summary' "$D/gemv.jsonl" 2>/dev/null

@@ -121,20 +121,29 @@ def test_wna16_gemv_last_split_past_k_reads_no_group_beyond_the_scales(chunk, mo
     torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("pairs", [False, True])
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("bits,group_size", [(4, 128), (4, -1), (8, 128), (4, 256)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_factored_gemv_matches_dequantize_then_matmul(monkeypatch, rows, bits, group_size,
-                                                      dtype):
+                                                      dtype, pairs):
     """VLLM_TRITON_WNA16_GEMV=factored: the group scale out of the inner product, integers
-    turned into floats by bit tricks (every nibble / byte position, 4 and 8 bits), against
-    the float32 reference; rows alone equal rows together; the exact kernel still serves
-    act-order weights and groups under 128 in that mode."""
+    turned into floats by bit tricks (every nibble / byte position, 4 and 8 bits; with
+    ``pairs`` the half-pair plan, which 8-bit weights ignore), against the float32
+    reference; rows alone equal rows together; the exact kernel still serves act-order
+    weights and groups under 128 in that mode."""
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "factored")
+    if pairs:
+        from vllm_core_triton.kernels.wna16 import default_gemv_tiles
+
+        plan = default_gemv_tiles("factored").tag().rsplit(",", 1)[0] + ",1"
+        monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", plan)
+        assert default_gemv_tiles("factored").half_pairs
     w = random_wna16(K, N, bits, group_size, False, dtype, seed=11)
     x, got, want = _check_against_reference(w, rows, dtype, seed=12)
     if dtype == torch.float32:
-        # the float32 result is the reference's product up to summation order
+        # the float32 result is the reference's product up to summation order (and, with
+        # pairs, the cancellation of the 128 offset)
         torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item(), rtol=1e-5)
         if rows == 3:
             for i in range(rows):
@@ -432,7 +441,9 @@ def test_gemv_split_k_reduced_in_kernel_leaves_counters_at_zero(factored, chunks
     want = wna16_linear_reference(x, w, bias)
     for tiles in (GemvTiles(32, 64, waves=1), GemvTiles(64, 128, waves=8),
                   GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64),
-                  GemvTiles(64, 128, waves=8, early_scales=True)):
+                  GemvTiles(64, 128, waves=8, early_scales=True),
+                  GemvTiles(64, 128, waves=8, half_pairs=True),
+                  GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64, half_pairs=True)):
         got = [wna16_gemv(x, w.qweight, w.scales, w.zeros, None, 4, 128, bias, factored, tiles)
                for _ in range(2)]
         torch.testing.assert_close(got[0], want, atol=1e-4 * want.abs().max().item(),
@@ -455,13 +466,16 @@ def test_gemv_tiles_variable(monkeypatch):
     assert default_gemv_tiles("factored") == GemvTiles(256, 64, 8, 3, 1)
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1,1")
     assert default_gemv_tiles("factored") == GemvTiles(256, 64, 8, 3, 1, early_scales=True)
-    assert default_gemv_tiles("tc").tag() == "256,64,8,3,1,1"
+    assert default_gemv_tiles("tc").tag() == "256,64,8,3,1,1,0"
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", "256,64,8,3,1,0,1")
+    assert default_gemv_tiles("factored") == GemvTiles(256, 64, 8, 3, 1, half_pairs=True)
     w = random_wna16(K, N, 4, 128, False, torch.float32, seed=23)
     x = torch.randn(1, K, generator=torch.Generator().manual_seed(24)).to(DEVICE)
     want = wna16_linear_reference(x, w)
     torch.testing.assert_close(_run(w, x, None), want, atol=1e-4 * want.abs().max().item(),
                                rtol=1e-4)
-    for bad in ("128,128,4,2", "100,128,4,2,2", "128,16,4,2,2", "a,b,c,d,e", "64,64,4,1,4,2"):
+    for bad in ("128,128,4,2", "100,128,4,2,2", "128,16,4,2,2", "a,b,c,d,e", "64,64,4,1,4,2",
+                "64,64,4,1,4,0,2", "64,64,4,1,4,0,0,0"):
         monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", bad)
         with pytest.raises(ValueError, match="VLLM_TRITON_WNA16_GEMV_TILES"):
             default_gemv_tiles("exact")

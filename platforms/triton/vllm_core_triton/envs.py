@@ -44,12 +44,12 @@ def wna16_gemv() -> str:
     return mode
 
 
-def wna16_gemv_tiles() -> tuple[int, int, int, int, int, int] | None:
-    """VLLM_TRITON_WNA16_GEMV_TILES: ``block_n,block_k,num_warps,num_stages,waves[,early]``
-    of the batch-1..4 W4A16 / W8A16 GEMV (``kernels/wna16.py`` ``GemvTiles``; ``early`` 0 or 1,
-    0 when left out; unset: its default). ValueError naming the variable unless five positive
-    integers (``block_n`` and ``block_k`` powers of two, ``block_k`` at least 32) and the
-    optional flag."""
+def wna16_gemv_tiles() -> tuple[int, int, int, int, int, int, int] | None:
+    """VLLM_TRITON_WNA16_GEMV_TILES: ``block_n,block_k,num_warps,num_stages,waves[,early[,
+    pairs]]`` of the batch-1..4 W4A16 / W8A16 GEMV (``kernels/wna16.py`` ``GemvTiles``;
+    ``early`` and ``pairs`` 0 or 1, 0 when left out; unset: its default). ValueError naming
+    the variable unless five positive integers (``block_n`` and ``block_k`` powers of two,
+    ``block_k`` at least 32) and the optional flags."""
     raw = get("VLLM_TRITON_WNA16_GEMV_TILES")
     if not raw:
         return None
@@ -57,11 +57,12 @@ def wna16_gemv_tiles() -> tuple[int, int, int, int, int, int] | None:
         vals = tuple(int(v) for v in raw.split(","))
     except ValueError:
         vals = ()
-    if len(vals) == 5:
-        vals += (0,)
-    ok = (len(vals) == 6 and min(vals[:5]) > 0 and vals[1] >= 32 and vals[5] in (0, 1)
-          and all(v & (v - 1) == 0 for v in vals[:2]))
+    if 5 <= len(vals) <= 7:
+        vals += (0,) * (7 - len(vals))
+    ok = (len(vals) == 7 and min(vals[:5]) > 0 and vals[1] >= 32 and vals[5] in (0, 1)
+          and vals[6] in (0, 1) and all(v & (v - 1) == 0 for v in vals[:2]))
     if not ok:
         raise ValueError(f"VLLM_TRITON_WNA16_GEMV_TILES={raw!r}: expected 'block_n,block_k,"
-                         "num_warps,num_stages,waves[,early_scales 0|1]', e.g. '256,128,4,1,4'")
+                         "num_warps,num_stages,waves[,early_scales 0|1[,half_pairs 0|1]]', e.g. "
+                         "'256,128,4,1,4'")
     return vals  # type: ignore[return-value]

@@ -168,6 +168,33 @@ def _field_times_x(words, xj, j: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
+def _nibble_pairs_times_x(words, xs):
+    """``sum_i (128 + q_i(words)) * x_i`` per element over the 8 nibbles of 4-bit words.
+
+    ``(words >> 4 i) & 0x000F000F | 0x43004300`` holds the bf16 numbers ``128 + q`` of nibbles
+    ``i`` (low half) and ``i + 4`` (high half): bf16 ``0x43..`` has a unit in the last place of
+    1 from 128 to 256, so the pattern is exact. Each half becomes the float32 of the same value
+    by a shift or a mask (a float32 whose low 16 bits are zero is that bf16), so a pair of
+    weights costs one mask-or, two moves into float32 and two FMAs; the caller takes the
+    128 away through the zero."""
+    lo, hi = _nibble_pair(words)
+    part = lo * xs[0][:, None]
+    part += hi * xs[4][:, None]            # one accumulation per product: FMAs
+    for i in tl.static_range(1, 4):
+        lo, hi = _nibble_pair(words >> (4 * i))
+        part += lo * xs[i][:, None]
+        part += hi * xs[i + 4][:, None]
+    return part
+
+
+@triton.jit
+def _nibble_pair(w):
+    """float32 ``128 + q`` of the low nibbles of ``w``'s two 16-bit halves."""
+    t = (w & 0x000F000F) | 0x43004300
+    return (t << 16).to(tl.float32, bitcast=True), (t & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _store_row(y_ptr, b_ptr, acc, row, offs_n, mask_n, stride_y, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -269,14 +296,17 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
                                 BITS: tl.constexpr, GROUP: tl.constexpr,
                                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
                                 BLOCK_K: tl.constexpr, EARLY_SCALES: tl.constexpr,
-                                SPLIT_CHUNK: tl.constexpr):
+                                HALF_PAIRS: tl.constexpr, SPLIT_CHUNK: tl.constexpr):
     """``BLOCK_K`` divides ``GROUP``: one scale / zero row per K step (module docstring).
 
     (Keeping a 2-D accumulator reduced once at the end, with the next step's words loaded
     ahead, was measured on an H200: no faster at 128 outputs a program, 2x slower at 256.)
     ``EARLY_SCALES`` loads the step's scale and zero rows together with its words, so that
     their latency is not paid after the step's arithmetic (same result; a plan option the
-    sweep compares)."""
+    sweep compares). ``HALF_PAIRS`` (4-bit): two nibbles per mask-or made bf16 numbers
+    ``128 + q`` (``_nibble_pairs_times_x``), the offset folded into the zero, instead of one
+    float per field with its 2^23 taken away; fewer instructions a weight, a cancellation of
+    about ``2^-24 * 128 * sum |x|`` per group (a plan option, not measured yet)."""
     PACK: tl.constexpr = 32 // BITS
     BLOCK_KW: tl.constexpr = BLOCK_K // PACK
     pid_k, row, offs_n, mask_n = _gemv_program(N, BLOCK_N)
@@ -292,16 +322,22 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
             sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
         xs = _x_fields(x_ptr + row * stride_x + k0, K - k0, BLOCK_K, PACK)
         x_sum = xs[0]
-        part = _field_times_x(words, xs[0], 0, BITS)   # [BLOCK_KW, BLOCK_N], no zero fill
         for j in tl.static_range(1, PACK):
             x_sum += xs[j]                                           # x[word * PACK + j]
-            if BITS * (j + 1) <= 23:           # the field lies inside the float's mantissa
-                part += _field_times_x(words, xs[j], j, BITS)
-            else:                              # moved into it: at bit BITS j - 16 of words >> 16
-                part += _field_times_x(words >> 16, xs[j], j - 16 // BITS, BITS)
+        if HALF_PAIRS:
+            part = _nibble_pairs_times_x(words, xs)
+            z_off = 128.0
+        else:
+            part = _field_times_x(words, xs[0], 0, BITS)   # [BLOCK_KW, BLOCK_N], no zero fill
+            for j in tl.static_range(1, PACK):
+                if BITS * (j + 1) <= 23:       # the field lies inside the float's mantissa
+                    part += _field_times_x(words, xs[j], j, BITS)
+                else:                          # moved into it: bit BITS j - 16 of words >> 16
+                    part += _field_times_x(words >> 16, xs[j], j - 16 // BITS, BITS)
+            z_off = 0.0
         if not EARLY_SCALES:
             sc, zp = _group_row(s_ptr, z_ptr, k0, K, offs_n, mask_n, stride_s, stride_z, GROUP)
-        acc += sc * (tl.sum(part, 0) - zp * tl.sum(x_sum, 0))
+        acc += sc * (tl.sum(part, 0) - (zp + z_off) * tl.sum(x_sum, 0))
     _split_k_store(y_ptr, part_ptr, lock_ptr, b_ptr, acc, pid_k, row, offs_n, mask_n, M, N,
                    num_splits, stride_y, HAS_BIAS, SPLIT_CHUNK)
 
@@ -430,7 +466,8 @@ def _num_sms(device: torch.device) -> int:
 class GemvTiles:
     """Launch plan of the batch-1..4 GEMV: ``block_n`` outputs x ``block_k`` inputs per
     program step, ``waves`` programs per SM aimed at when splitting K; ``early_scales``
-    (factored kernel only) loads a step's scales with its words."""
+    (factored kernel only) loads a step's scales with its words; ``half_pairs`` (factored
+    kernel, 4-bit weights) turns two nibbles at a time into bf16 ``128 + q``."""
 
     block_n: int
     block_k: int = 128
@@ -438,11 +475,12 @@ class GemvTiles:
     num_stages: int = 2
     waves: int = 2
     early_scales: bool = False
+    half_pairs: bool = False
 
     def tag(self) -> str:
         """The plan as ``VLLM_TRITON_WNA16_GEMV_TILES`` writes it."""
         return (f"{self.block_n},{self.block_k},{self.num_warps},{self.num_stages},"
-                f"{self.waves},{int(self.early_scales)}")
+                f"{self.waves},{int(self.early_scales)},{int(self.half_pairs)}")
 
 
 _SPLIT_LOCKS: dict[torch.device, torch.Tensor] = {}
@@ -469,7 +507,7 @@ def default_gemv_tiles(kernel: str) -> GemvTiles:
                          "or 'tc'")
     tiles = envs.wna16_gemv_tiles()
     if tiles is not None:
-        return GemvTiles(*tiles[:5], early_scales=bool(tiles[5]))
+        return GemvTiles(*tiles[:5], early_scales=bool(tiles[5]), half_pairs=bool(tiles[6]))
     if kernel == "factored":    # the best of 36 plans on an H200 at the 8B projections
         return GemvTiles(block_n=256, block_k=128, num_warps=4, num_stages=1, waves=4)
     if kernel == "tc":          # the best of 18 plans at 1 row in two H200 runs
@@ -525,6 +563,7 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
             y, part, locks, b_ptr, x, qweight, scales, zeros, m, n, k,
             steps_per_split * block_k, split, x.stride(0), qweight.stride(0),
             scales.stride(0), zeros.stride(0), y.stride(0), EARLY_SCALES=tiles.early_scales,
+            HALF_PAIRS=tiles.half_pairs and bits == 4,
             **common)
     else:
         _wna16_gemv_kernel[(n_blocks, split, m)](
