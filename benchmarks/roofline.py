@@ -131,15 +131,19 @@ def measure_ceilings(copy_bytes: int = 4 * 2**30, matmul_n: int = 8192,
 
 
 def roofline(shape: ModelShape, ceilings: Ceilings, *, requests: int, prompt_len: int,
-             output_len: int, max_num_seqs: int) -> dict[str, float]:
-    """Roofline seconds and throughput of a workload (see the module docstring)."""
+             output_len: int, max_num_seqs: int, weight_bytes: float | None = None,
+             kv_bytes_per_token: float | None = None) -> dict[str, float]:
+    """Roofline seconds and throughput of a workload (see the module docstring).
+    ``weight_bytes`` / ``kv_bytes_per_token``: what a decode step reads of the weights and
+    per token of KV when not the shape's in its dtype (quantized weights, an fp8 cache)."""
     bw, rate = ceilings.bandwidth_bytes_s, ceilings.matmul_flops_s
     # prefill: sum over prompt positions of the per-token FLOPs (causal context = position)
     mean_ctx = (prompt_len - 1) / 2.0
     prefill_flops = requests * prompt_len * shape.flops_per_token(mean_ctx)
     prefill_s = prefill_flops / rate
-    weight_bytes = shape.linear_params * shape.dtype_bytes
-    kv_tok = shape.kv_bytes_per_token
+    if weight_bytes is None:
+        weight_bytes = shape.linear_params * shape.dtype_bytes
+    kv_tok = shape.kv_bytes_per_token if kv_bytes_per_token is None else kv_bytes_per_token
     decode_s = 0.0
     bytes_total = 0.0
     remaining = requests

@@ -152,6 +152,19 @@ def warmup_prompts(w: Workload) -> list[list[int]]:
     return rng.integers(0, SHAPES[w.shape]["vocab_size"], size=(count, w.prompt_len)).tolist()
 
 
+def stored_bytes(shape: ModelShape, weights_gib: float, kv_cache_dtype: str
+                 ) -> dict[str, float]:
+    """The roofline's bytes for a quantized model or cache: a decode step reads the weights
+    as loaded (``weights_gib``, the engine's figure) but one row of the embedding table, and
+    one byte per KV element in an fp8 cache."""
+    embed = 0 if shape.tie_word_embeddings else (shape.vocab_size * shape.hidden_size
+                                                 * shape.dtype_bytes)
+    kv = shape.kv_bytes_per_token
+    if kv_cache_dtype.startswith("fp8"):
+        kv = kv // shape.dtype_bytes
+    return {"weight_bytes": weights_gib * 2**30 - embed, "kv_bytes_per_token": kv}
+
+
 def make_prompts(w: Workload, vocab_size: int, seed: int = 0) -> list[list[int]]:
     import numpy as np
 
@@ -532,6 +545,10 @@ def driver(args: argparse.Namespace) -> None:
             results[system] = res
             emit(res)
         core = results.get("vllm-core", {})
+        if core.get("weights_gib") and (args.quantization or args.kv_cache_dtype != "auto"):
+            roof = roofline(shape, ceilings, requests=w.requests, prompt_len=w.prompt_len,
+                            output_len=w.output_len, max_num_seqs=args.max_num_seqs,
+                            **stored_bytes(shape, core["weights_gib"], args.kv_cache_dtype))
         summary: dict[str, Any] = {"kind": "summary", "workload": name, "gpu": ceilings.device,
                                    "num_gpus": num_gpus, "num_layers": shape.num_layers,
                                    "quantization": args.quantization or "none",
