@@ -135,7 +135,9 @@ def roofline(shape: ModelShape, ceilings: Ceilings, *, requests: int, prompt_len
              kv_bytes_per_token: float | None = None) -> dict[str, float]:
     """Roofline seconds and throughput of a workload (see the module docstring).
     ``weight_bytes`` / ``kv_bytes_per_token``: what a decode step reads of the weights and
-    per token of KV when not the shape's in its dtype (quantized weights, an fp8 cache)."""
+    per token of KV when not the shape's in its dtype (quantized weights, an fp8 cache). The
+    matmul rate stays the measured bf16 one, so for FP8 matmuls the compute-bound parts are
+    not their own ceiling (a fraction of this roofline is then an upper bound)."""
     bw, rate = ceilings.bandwidth_bytes_s, ceilings.matmul_flops_s
     # prefill: sum over prompt positions of the per-token FLOPs (causal context = position)
     mean_ctx = (prompt_len - 1) / 2.0
