@@ -573,10 +573,15 @@ def driver(args: argparse.Namespace) -> None:
         out.close()
 
 
+#: Engine variables an A/B of this benchmark may set, recorded with every ``VLLM_TRITON_*`` one.
+ENGINE_KNOBS = ("VLLM_FREEZE_GC_HEAP",)
+
+
 def kernel_knobs() -> dict[str, dict[str, str]]:
-    """The kernel variables set for this run (``VLLM_TRITON_*``), so A/B lines say which
-    variant they measured; empty when none is set."""
-    knobs = {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_TRITON_") and v}
+    """The kernel and engine variables set for this run (``VLLM_TRITON_*``, ``ENGINE_KNOBS``),
+    so A/B lines say which variant they measured; empty when none is set."""
+    knobs = {k: v for k, v in sorted(os.environ.items())
+             if v and (k.startswith("VLLM_TRITON_") or k in ENGINE_KNOBS)}
     return {"knobs": knobs} if knobs else {}
 
 
