@@ -83,3 +83,46 @@ def test_freeze_can_be_turned_off(tiny_llm_factory, monkeypatch):
     assert "heap freeze" not in llm.llm_engine.startup_phases
     assert gc.get_freeze_count() == 0
     llm.llm_engine.shutdown()
+
+
+class _Ring:
+    """Messages for ``worker_process._serve`` as the shared-memory ring hands them out."""
+
+    def __init__(self, *messages):
+        import pickle
+
+        self.queue = [pickle.dumps(m) for m in messages]
+
+    def poll(self) -> bool:
+        return bool(self.queue)
+
+    def read(self, check=None) -> bytes:
+        return self.queue.pop(0)
+
+
+class _Reply:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, msg) -> None:
+        self.sent.append(msg)
+
+
+class _Worker:
+    rank = 0
+
+    def compile_or_warm_up_model(self) -> str:
+        assert gc.get_freeze_count() == 0          # frozen after start-up, not before
+        return "warm"
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_worker_process_freezes_once_its_start_up_is_over(switch, monkeypatch):
+    from vllm_core.worker.worker_process import _serve
+
+    monkeypatch.setenv("VLLM_FREEZE_GC_HEAP", switch)
+    reply = _Reply()
+    _serve(_Worker(), _Ring((1, "compile_or_warm_up_model", ()), (2, "shutdown", ())), reply,
+           True, lambda: None)
+    assert reply.sent == [(1, "ok", "warm"), (2, "ok", None)]
+    assert (gc.get_freeze_count() > 0) == (switch == "1")
