@@ -2,8 +2,9 @@
 # Issue 15, the factored W4A16 GEMV (one H200, <= 7 minutes): GPU kernel tests, a 32-plan
 # sweep at 1 row timed inside CUDA graphs (256/512 outputs, 64/128-input steps, 4/8 warps, 4/2
 # waves, with and without the half-pair nibble conversion) against bf16 F.linear, then
-# gpu-8b-b1 W4A16 with the sweep's best plan, the default plan, the default plan with half
-# pairs, and bf16, in the same run. Needs nothing carried. Writes "$OUT/w4a16f/".
+# gpu-8b-b1 W4A16 with the sweep's best plan, the default plan (with a CUDA-only trace after
+# it: where the step's time goes, --timeline), the default plan with half pairs, and bf16, in
+# the same run. Needs nothing carried. Writes "$OUT/w4a16f/".
 set -x
 D="${OUT:?OUT must be set}/w4a16f"
 mkdir -p "$D"
@@ -22,7 +23,8 @@ if [ -n "$best" ]; then
         --workload gpu-8b-b1 --systems vllm-core --quantization gptq --output "$D/throughput.jsonl"
 fi
 step b1-w4a16-default 55 python3 benchmarks/throughput_gpu.py --workload gpu-8b-b1 \
-    --systems vllm-core --quantization gptq --output "$D/throughput.jsonl"
+    --systems vllm-core --quantization gptq --timeline "$D/b1-w4a16-gaps.txt" \
+    --output "$D/throughput.jsonl"
 VLLM_TRITON_WNA16_GEMV_TILES=256,128,4,1,4,0,1 step b1-w4a16-pairs 55 python3 \
     benchmarks/throughput_gpu.py --workload gpu-8b-b1 --systems vllm-core --quantization gptq \
     --output "$D/throughput.jsonl"
