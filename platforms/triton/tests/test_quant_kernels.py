@@ -133,12 +133,12 @@ def test_factored_gemv_matches_dequantize_then_matmul(monkeypatch, rows, bits, g
     reference; rows alone equal rows together; the exact kernel still serves act-order
     weights and groups under 128 in that mode."""
     monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV", "factored")
-    if pairs:
-        from vllm_core_triton.kernels.wna16 import default_gemv_tiles
+    from vllm_core_triton.kernels.wna16 import default_gemv_tiles
 
-        plan = default_gemv_tiles("factored").tag().rsplit(",", 1)[0] + ",1"
-        monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", plan)
-        assert default_gemv_tiles("factored").half_pairs
+    assert default_gemv_tiles("factored").half_pairs   # the default plan converts half pairs
+    plan = default_gemv_tiles("factored").tag().rsplit(",", 1)[0] + f",{int(pairs)}"
+    monkeypatch.setenv("VLLM_TRITON_WNA16_GEMV_TILES", plan)
+    assert default_gemv_tiles("factored").half_pairs == pairs
     w = random_wna16(K, N, bits, group_size, False, dtype, seed=11)
     x, got, want = _check_against_reference(w, rows, dtype, seed=12)
     if dtype == torch.float32:

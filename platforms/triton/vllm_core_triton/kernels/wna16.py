@@ -508,8 +508,9 @@ def default_gemv_tiles(kernel: str) -> GemvTiles:
     tiles = envs.wna16_gemv_tiles()
     if tiles is not None:
         return GemvTiles(*tiles[:5], early_scales=bool(tiles[5]), half_pairs=bool(tiles[6]))
-    if kernel == "factored":    # the best of 36 plans on an H200 at the 8B projections
-        return GemvTiles(block_n=256, block_k=128, num_warps=4, num_stages=1, waves=4)
+    if kernel == "factored":    # the best of 32 graph-timed plans on an H200 at the 8B shapes
+        return GemvTiles(block_n=256, block_k=128, num_warps=4, num_stages=1, waves=4,
+                         half_pairs=True)
     if kernel == "tc":          # the best of 18 plans at 1 row in two H200 runs
         return GemvTiles(block_n=128, block_k=128, num_warps=4, num_stages=2, waves=2)
     return GemvTiles(block_n=64, block_k=128, num_warps=4, num_stages=1, waves=4)
