@@ -75,11 +75,37 @@ def test_batches_are_row_independent(rows):
     assert torch.equal(int8_ops.int8_linear(x[3:9], w, None), batched[3:9])
 
 
+@pytest.mark.parametrize("rows,k,n", [(16, 576, 960), (33, 1536, 576), (64, 64, 32),
+                                      (100, 130, 50), (17, 63, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_amx_and_vector_paths_agree(rows, k, n, dtype):
+    """Calls of 16 rows or more take the AMX tiles where the CPU has them (the repacked weight,
+    rows padded to 32; the gather repack when K is a multiple of 64 and the column block is
+    full, the scalar one otherwise) and the vector dot products with ``allow_amx=False``: both
+    give the reference's output bit for bit. On CPUs without AMX both calls take the vector
+    path."""
+    g = torch.Generator().manual_seed(rows + k + n)
+    w = random_weight(n, k, g)
+    x = (torch.randn(rows, k, generator=g) * 2).to(dtype)
+    bias = torch.randn(n, generator=g)
+    ref = int8_linear_reference(x, w, bias)
+    assert torch.equal(int8_ops.int8_linear(x, w, bias, allow_amx=True), ref)
+    assert torch.equal(int8_ops.int8_linear(x, w, bias, allow_amx=False), ref)
+
+
+def test_kernel_name_says_when_amx_runs():
+    assert int8_ops.kernel_name(False) == int8_ops.KERNEL_NAME
+    expected = int8_ops.KERNEL_NAME_AMX if int8_ops.amx_ready() else int8_ops.KERNEL_NAME
+    assert int8_ops.kernel_name(True) == expected
+    assert CpuLayerOps(int8_amx=False).quant_kernel_name(
+        "int8", random_weight(32, 64, torch.Generator().manual_seed(0))) == int8_ops.KERNEL_NAME
+
+
 def test_layer_ops_use_the_kernel_and_fall_back():
     g = torch.Generator().manual_seed(4)
     ops = CpuLayerOps()
     w = random_weight(48, 256, g)
-    assert ops.quant_kernel_name("int8", w) == int8_ops.KERNEL_NAME
+    assert ops.quant_kernel_name("int8", w) == int8_ops.kernel_name(True)
     x = torch.randn(2, 3, 256, generator=g)             # [..., K] inputs keep their shape
     y = ops.int8_linear(x, w)
     assert y.shape == (2, 3, 48)

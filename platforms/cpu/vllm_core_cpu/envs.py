@@ -55,3 +55,13 @@ def cpu_fused_decode() -> bool:
     if raw not in ("0", "1", "true", "false"):
         raise ValueError(f"VLLM_CPU_FUSED_DECODE must be 0 or 1, got {raw!r}")
     return raw in ("1", "true")
+
+
+def cpu_int8_amx() -> bool:
+    """VLLM_CPU_INT8_AMX: let the W8A8 INT8 kernel use the AMX int8 tiles for calls of 16 rows
+    or more where the CPU has them (default ``1``); ``0`` keeps the AVX-512 VNNI / AVX2 dot
+    products (the same numbers, bit for bit)."""
+    raw = (get("VLLM_CPU_INT8_AMX") or "1").strip().lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise ValueError(f"VLLM_CPU_INT8_AMX must be 0 or 1, got {raw!r}")
+    return raw in ("1", "true")

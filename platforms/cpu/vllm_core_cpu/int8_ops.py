@@ -1,6 +1,6 @@
 """The CPU plugin's W8A8 INT8 linear (``csrc/int8_gemm.cpp``) behind ``CpuLayerOps``.
 
-``int8_linear(x, w, bias)`` runs ``torch.ops.vllm_core_cpu.int8_linear`` on the core's
+``int8_linear(x, w, bias, allow_amx)`` runs ``torch.ops.vllm_core_cpu.int8_linear`` on the core's
 ``Int8Weight`` as it is (int8 ``[N, K]``, fp32 per-channel scales, dynamic per-token or one
 static activation scale; no CPU-specific repack) when the kernel build is available and the
 call fits it, and returns None otherwise so the caller uses the torch reference. The kernel
@@ -15,11 +15,15 @@ float32 input scale or None, any bias (passed as float32, as the reference adds 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from vllm_core.model_executor.quantization.quantized_weights import Int8Weight
 
 KERNEL_NAME = "cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot products)"
+KERNEL_NAME_AMX = ("cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot "
+                   "products; AMX int8 tiles from 16 rows)")
 
 
 def kernel_fits(x: torch.Tensor, w: Int8Weight) -> bool:
@@ -40,13 +44,25 @@ def kernels_available() -> bool:
     return load_kernels() and hasattr(torch.ops.vllm_core_cpu, "int8_linear")
 
 
-def int8_linear(x: torch.Tensor, w: Int8Weight,
-                bias: torch.Tensor | None) -> torch.Tensor | None:
+@functools.cache
+def amx_ready() -> bool:
+    """True when the built kernel runs calls of 16 rows or more on AMX int8 tiles."""
+    return kernels_available() and bool(torch.ops.vllm_core_cpu.int8_amx_ready())
+
+
+def kernel_name(allow_amx: bool) -> str:
+    """The start-up log's name of the kernel the calls run."""
+    return KERNEL_NAME_AMX if allow_amx and amx_ready() else KERNEL_NAME
+
+
+def int8_linear(x: torch.Tensor, w: Int8Weight, bias: torch.Tensor | None,
+                allow_amx: bool = True) -> torch.Tensor | None:
     """``int8_linear_reference(x, w, bias)`` by the C++ kernel, or None when it does not
-    apply."""
+    apply; ``allow_amx``: calls of 16 rows or more may use the AMX tiles."""
     if not kernel_fits(x, w) or not kernels_available():
         return None
     x2 = x.reshape(-1, x.shape[-1])
     b = None if bias is None else bias.float()
-    y = torch.ops.vllm_core_cpu.int8_linear(x2, w.weight, w.weight_scale, w.input_scale, b)
+    y = torch.ops.vllm_core_cpu.int8_linear(x2, w.weight, w.weight_scale, w.input_scale, b,
+                                            allow_amx)
     return y.reshape(*x.shape[:-1], w.weight.shape[0])

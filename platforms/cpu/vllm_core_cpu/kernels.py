@@ -28,7 +28,8 @@ from vllm_core.logger import init_logger
 logger = init_logger(__name__)
 _SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp", "rms_norm.cpp",
             "activation.cpp", "decode_stack.cpp")
-_HEADERS = ("wna16_avx2.h", "cpu_vec.h", "kernels.h")   # included by the sources; in the build-folder key
+# included by the sources; part of the build-folder key
+_HEADERS = ("wna16_avx2.h", "int8_amx.h", "cpu_vec.h", "kernels.h")
 
 
 @functools.cache

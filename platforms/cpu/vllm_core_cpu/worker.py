@@ -58,15 +58,18 @@ class CpuLayerOps(TorchLayerOps):
     RMS norms and ``silu_and_mul`` (``norm_ops``) run the plugin's C++ kernels where they
     apply, else the core's reference. ``int8_activations`` (read once from
     VLLM_CPU_WNA16_ACTIVATIONS, honoured on x86 AVX2 builds): the int4 / int8 weight-only
-    kernel quantizes activations to int8 (``quant_ops``)."""
+    kernel quantizes activations to int8 (``quant_ops``). ``int8_amx`` (read once from
+    VLLM_CPU_INT8_AMX): the W8A8 INT8 kernel may use AMX tiles (``int8_ops``)."""
 
-    def __init__(self, int8_activations: bool | None = None) -> None:
+    def __init__(self, int8_activations: bool | None = None,
+                 int8_amx: bool | None = None) -> None:
         from vllm_core_cpu import envs, quant_ops
 
         if int8_activations is None:
             int8_activations = envs.cpu_wna16_activations() == "int8"
         self.int8_activations = bool(int8_activations
                                      and quant_ops.int8_activations_available())
+        self.int8_amx = envs.cpu_int8_amx() if int8_amx is None else bool(int8_amx)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         from vllm_core_cpu import norm_ops
@@ -98,7 +101,7 @@ class CpuLayerOps(TorchLayerOps):
                     bias: torch.Tensor | None = None) -> torch.Tensor:
         from vllm_core_cpu import int8_ops
 
-        y = int8_ops.int8_linear(x, w, bias)
+        y = int8_ops.int8_linear(x, w, bias, self.int8_amx)
         return super().int8_linear(x, w, bias) if y is None else y
 
     def quant_kernel_name(self, kind: str, w: object) -> str:
@@ -112,7 +115,7 @@ class CpuLayerOps(TorchLayerOps):
 
             if int8_ops.kernels_available() and int8_ops.kernel_fits(
                     torch.empty(0, w.weight.shape[1]), w):
-                return int8_ops.KERNEL_NAME
+                return int8_ops.kernel_name(self.int8_amx)
         return super().quant_kernel_name(kind, w)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,

@@ -23,7 +23,10 @@
 //    vpmaddubsw never saturates, the result is exact, and int8 weights of -128 (which
 //    compressed-tensors checkpoints may hold) are handled.
 //  - otherwise: a plain C++ loop (exact, slower).
-// AMX (Sapphire Rapids' tile units) is not used: on such a CPU the AVX-512 VNNI path runs.
+//  - AMX-INT8 (Sapphire Rapids and later, int8_amx.h), for calls of at least 16 rows when
+//    the caller allows it and Linux grants the tile state: 16 x 16 x 64 tile products on the
+//    weight repacked per call and per 32-column block (transposed in registers, ~0.1 ns per
+//    weight byte), the same int32 sums (signed activations, no offset).
 //
 // Tiling: output columns are split into blocks (parallel over ATen's intra-op threads); in a
 // block, rows are taken 4 at a time (their int8 values stay in L1) against pairs of columns
@@ -37,11 +40,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+
+#include "int8_amx.h"
 
 namespace {
 
@@ -158,6 +164,39 @@ __attribute__((optimize("fp-contract=off"))) inline float epilogue(int32_t acc, 
   return y;
 }
 
+// out[n0 .. n0 + cols) of one row from its int32 sums acc[0 .. cols): epilogue() for each,
+// 16 at a time with the same three roundings (mul, mul, add; no FMA) on AVX-512.
+template <typename T>
+void epilogue_row(const int32_t* acc, int64_t cols, float sx, const float* sw,
+                  const float* bias, int64_t n0, T* out) {
+  int64_t c = 0;
+#if defined(__AVX512F__)
+  alignas(64) float y[16];
+  const __m512 vsx = _mm512_set1_ps(sx);
+  for (; c + 16 <= cols; c += 16) {
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + c)), vsx);
+    v = _mm512_mul_ps(v, _mm512_loadu_ps(sw + n0 + c));
+    // an explicit-rounding add: the compiler must not contract it with the mul into an FMA
+    if (bias != nullptr)
+      v = _mm512_add_round_ps(v, _mm512_loadu_ps(bias + n0 + c),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_storeu_ps(out + n0 + c, v);
+#if defined(__AVX512BF16__)
+    } else if constexpr (std::is_same_v<T, c10::BFloat16>) {   // round to nearest even
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + n0 + c),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+#endif
+    } else {
+      _mm512_store_ps(y, v);
+      for (int i = 0; i < 16; ++i) out[n0 + c + i] = static_cast<T>(y[i]);
+    }
+  }
+#endif
+  for (; c < cols; ++c)
+    out[n0 + c] = static_cast<T>(epilogue(acc[c], sx, sw[n0 + c], bias, n0 + c));
+}
+
 template <int MB, typename T>
 void rows_block(const int8_t* xq, int64_t kp, const float* sx, const int8_t* weight,
                 const float* sw, const float* bias, T* out, int64_t K, int64_t N, int64_t m0,
@@ -182,73 +221,160 @@ void rows_block(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wei
   }
 }
 
-// Quantize row m of x into xq (stride kp, zero / offset padded) and its scale into sx.
+#if defined(__AVX512F__)
+// 16 values of x as fp32 (exact for every supported dtype).
+inline __m512 load16(const float* x) { return _mm512_loadu_ps(x); }
+inline __m512 load16(const c10::BFloat16* x) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const c10::Half* x) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+}
+#endif
+
+// Quantize a row of x into xq (stride kp, padded with the offset: x = 0) and its scale into
+// sx: q = round-half-even(clamp(x / s, -127, 127)), stored as q + offset (128 for the VNNI
+// path's u8 activations, else 0). The AVX-512 loop does the same IEEE operations 16 at a time
+// (division, clamp, conversion in the default round-to-nearest-even mode).
 template <typename T>
 void quantize_row(const T* x, int64_t K, int64_t kp, float static_scale, bool dynamic,
-                  int8_t* xq, float* sx) {
+                  int offset, int8_t* xq, float* sx) {
   float s = static_scale;
+  int64_t k = 0;
   if (dynamic) {
     float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(static_cast<float>(x[k])));
+#if defined(__AVX512F__)
+    __m512 vmax = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load16(x + k)));
+    amax = _mm512_reduce_max_ps(vmax);
+#endif
+    for (; k < K; ++k) amax = std::max(amax, std::fabs(static_cast<float>(x[k])));
     s = std::max(amax, 1e-12f) / 127.0f;
   }
   *sx = s;
-  for (int64_t k = 0; k < K; ++k) {
+  k = 0;
+#if defined(__AVX512F__)
+  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f),
+               hi = _mm512_set1_ps(127.0f);
+  const __m512i voff = _mm512_set1_epi32(offset);
+  for (; k + 16 <= K; k += 16) {
+    // max(x / s, lo) returns lo when x / s is NaN (its second operand): -127, as the scalar
+    // loop below does
+    const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(load16(x + k), vs), lo), hi);
+    const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), voff);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + k), _mm512_cvtepi32_epi8(q));
+  }
+#endif
+  for (; k < K; ++k) {
     float v = static_cast<float>(x[k]) / s;
     v = std::min(127.0f, std::max(-127.0f, v));
     const int q = static_cast<int>(std::nearbyint(v));      // half to even (default mode)
-    xq[k] = static_cast<int8_t>(q + kOffset);               // u8 bit pattern on VNNI
+    xq[k] = static_cast<int8_t>(q + offset);                 // u8 bit pattern on VNNI
   }
-  for (int64_t k = K; k < kp; ++k) xq[k] = static_cast<int8_t>(kOffset);
+  for (int64_t i = K; i < kp; ++i) xq[i] = static_cast<int8_t>(offset);
 }
 
 template <typename T>
-at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
-               const c10::optional<at::Tensor>& input_scale,
-               const c10::optional<at::Tensor>& bias) {
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  const int64_t kp = (K + kPad - 1) / kPad * kPad;
-  auto out = at::empty({M, N}, x.options());
-  if (M == 0) return out;
-  std::vector<int8_t> xq(M * kp);
-  std::vector<float> sx(M);
-  const bool dynamic = !input_scale.has_value();
-  const float static_scale = dynamic ? 0.0f : input_scale->item<float>();
-  const T* xp = x.data_ptr<T>();
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m)
-      quantize_row<T>(xp + m * K, K, kp, static_scale, dynamic, xq.data() + m * kp,
-                      sx.data() + m);
-  });
-  const int8_t* wp = weight.data_ptr<int8_t>();
-  const float* swp = weight_scale.data_ptr<float>();
-  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  T* op = out.data_ptr<T>();
+void vector_path(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wp,
+                 const float* swp, const float* bp, T* op, int64_t M, int64_t K, int64_t N) {
   const int64_t blocks = (N + kBlockCols - 1) / kBlockCols;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n0 = blk * kBlockCols, n1 = std::min(N, n0 + kBlockCols);
       int64_t m0 = 0;
       for (; m0 + kRows <= M; m0 += kRows)
-        rows_block<kRows, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
+        rows_block<kRows, T>(xq, kp, sx, wp, swp, bp, op, K, N, m0, n0, n1);
       switch (M - m0) {
-        case 3: rows_block<3, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
-                break;
-        case 2: rows_block<2, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
-                break;
-        case 1: rows_block<1, T>(xq.data(), kp, sx.data(), wp, swp, bp, op, K, N, m0, n0, n1);
-                break;
+        case 3: rows_block<3, T>(xq, kp, sx, wp, swp, bp, op, K, N, m0, n0, n1); break;
+        case 2: rows_block<2, T>(xq, kp, sx, wp, swp, bp, op, K, N, m0, n0, n1); break;
+        case 1: rows_block<1, T>(xq, kp, sx, wp, swp, bp, op, K, N, m0, n0, n1); break;
         default: break;
       }
     }
   });
+}
+
+#if defined(I8_AMX)
+// xq: the signed activations, rows zero-padded to a multiple of int8_amx::kBlockRows.
+template <typename T>
+void amx_path(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wp,
+              const float* swp, const float* bp, T* op, int64_t M, int64_t K, int64_t N) {
+  constexpr int64_t bc = int8_amx::kBlockCols, br = int8_amx::kBlockRows;
+  const int64_t blocks = (N + bc - 1) / bc;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    int8_amx::configure();
+    std::vector<int8_t> packed(kp * bc);
+    alignas(64) int32_t acc[br * bc];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * bc, cols = std::min(bc, N - n0);
+      int8_amx::pack_block(wp, N, K, kp, n0, packed.data());
+      for (int64_t m0 = 0; m0 < M; m0 += br) {
+        int8_amx::block_product(xq, kp, m0, packed.data(), acc);
+        for (int64_t m = m0; m < std::min(M, m0 + br); ++m)
+          epilogue_row<T>(acc + (m - m0) * bc, cols, sx[m], swp, bp, n0, op + m * N);
+      }
+    }
+    _tile_release();
+  });
+}
+#endif
+
+template <typename T>
+at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+               const c10::optional<at::Tensor>& input_scale,
+               const c10::optional<at::Tensor>& bias, bool allow_amx) {
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  const int64_t kp = (K + kPad - 1) / kPad * kPad;
+  auto out = at::empty({M, N}, x.options());
+  if (M == 0) return out;
+#if defined(I8_AMX)
+  const bool amx = allow_amx && M >= int8_amx::kMinRows && int8_amx::ready();
+  const int64_t rows = amx ? (M + int8_amx::kBlockRows - 1) / int8_amx::kBlockRows *
+                                 int8_amx::kBlockRows : M;
+#else
+  const bool amx = false;
+  const int64_t rows = M;
+  (void)allow_amx;
+#endif
+  const int offset = amx ? 0 : kOffset;
+  std::vector<int8_t> xq(rows * kp, 0);    // padded rows (AMX) stay zero
+  std::vector<float> sx(M);
+  const bool dynamic = !input_scale.has_value();
+  const float static_scale = dynamic ? 0.0f : input_scale->item<float>();
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m)
+      quantize_row<T>(xp + m * K, K, kp, static_scale, dynamic, offset, xq.data() + m * kp,
+                      sx.data() + m);
+  });
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* swp = weight_scale.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  T* op = out.data_ptr<T>();
+#if defined(I8_AMX)
+  if (amx) {
+    amx_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+    return out;
+  }
+#endif
+  vector_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
   return out;
+}
+
+// True when calls of at least 16 rows run on AMX tiles (built for AMX-INT8, tile state granted).
+bool int8_amx_ready() {
+#if defined(I8_AMX)
+  return int8_amx::ready();
+#else
+  return false;
+#endif
 }
 
 // y [M, N] = dequant(quant(x) @ weight^T) (+ bias); see the file comment for the contract.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
                        const at::Tensor& weight_scale, const c10::optional<at::Tensor>& input_scale,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, bool allow_amx) {
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2, "int8_linear: x [M, K], weight [N, K]");
   TORCH_CHECK(weight.scalar_type() == at::kChar, "int8_linear: weight must be int8");
   TORCH_CHECK(weight.size(1) == x.size(1), "int8_linear: weight has ", weight.size(1),
@@ -267,9 +393,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
   c10::optional<at::Tensor> bc;
   if (bias.has_value()) bc = bias->contiguous();
   switch (x.scalar_type()) {
-    case at::kFloat: return run<float>(xc, wc, sc, input_scale, bc);
-    case at::kBFloat16: return run<c10::BFloat16>(xc, wc, sc, input_scale, bc);
-    case at::kHalf: return run<c10::Half>(xc, wc, sc, input_scale, bc);
+    case at::kFloat: return run<float>(xc, wc, sc, input_scale, bc, allow_amx);
+    case at::kBFloat16: return run<c10::BFloat16>(xc, wc, sc, input_scale, bc, allow_amx);
+    case at::kHalf: return run<c10::Half>(xc, wc, sc, input_scale, bc, allow_amx);
     default: TORCH_CHECK(false, "int8_linear: unsupported dtype ", x.scalar_type());
   }
 }
@@ -278,7 +404,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? input_scale, "
-        "Tensor? bias) -> Tensor");
+        "Tensor? bias, bool allow_amx=True) -> Tensor");
+  m.def("int8_amx_ready() -> bool", &int8_amx_ready);
 }
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("int8_linear", &int8_linear); }
