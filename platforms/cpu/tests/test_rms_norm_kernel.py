@@ -63,3 +63,16 @@ def test_silu_and_mul_matches_reference(dtype, shape):
     # fp32: exp differs from torch's vectorised one by an ulp; 16-bit: one rounding
     tol = {torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_and_mul_at_extreme_gates(dtype):
+    """The vector exp clamps its argument to [-87, 88]: gates far outside that range still
+    give silu(g) = g for large g and ~0 for very negative g, as the reference."""
+    gate = torch.tensor([-1e4, -500.0, -100.0, -88.5, -87.0, -20.0, -1e-3, 0.0, 1e-3, 20.0,
+                         87.0, 88.5, 100.0, 500.0, 1e4, 3.0], dtype=torch.float32)
+    x = torch.cat((gate, torch.linspace(-2, 2, 16))).repeat(2, 1).to(dtype)
+    got = CpuLayerOps().silu_and_mul(x)
+    want = TorchLayerOps().silu_and_mul(x)
+    tol = {torch.float32: 2e-6, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)

@@ -44,6 +44,57 @@ inline vf loadv(const c10::Half* p) {
   return v;
 }
 
+// Store kLanes floats as T, rounded as static_cast<T> rounds a finite float (bf16: to nearest
+// even; float16 element by element).
+inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline void storev(c10::BFloat16* p, vf v) {
+  vu bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const vh h = __builtin_convertvector((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16, vh);
+  std::memcpy(p, &h, sizeof(h));
+}
+inline void storev(c10::Half* p, vf v) {
+  for (int i = 0; i < kLanes; ++i) p[i] = static_cast<c10::Half>(v[i]);
+}
+
+// v rounded to T and back (identity for float): the reference's intermediate roundings.
+inline vf roundv(vf v, const float*) { return v; }
+inline vf roundv(vf v, const c10::BFloat16*) {
+  vu bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  bits = ((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) << 16;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+inline vf roundv(vf v, const c10::Half*) {
+  for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(static_cast<c10::Half>(v[i]));
+  return v;
+}
+
+// exp(x), x clamped to [-87, 88] (so never 0 or inf): 2^n * poly(r), n = floor(x log2e + 0.5),
+// r = x - n ln2 (two-part ln2), a degree-6 Taylor polynomial on |r| <= ln2 / 2 (relative error
+// ~2e-7, a few ulp against libm).
+inline vf vexp(vf x) {
+  const vf lo = vf{} - 87.0f, hi = vf{} + 88.0f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const vf t = x * 1.44269504088896341f + 0.5f;
+  vi n = __builtin_convertvector(t, vi);                 // truncation toward zero
+  n += (__builtin_convertvector(n, vf) > t);             // -1 where that rounded up: floor
+  const vf nf = __builtin_convertvector(n, vf);
+  const vf r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
+  vf p = r * (1.0f / 720) + (1.0f / 120);
+  p = p * r + (1.0f / 24);
+  p = p * r + (1.0f / 6);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi bits = (n + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 // x [M, K] as fp32 (xf, M * K) and the sum of each row over each group of group_size inputs
 // (xs, M * (K / group_size)), summed in input order.
 template <typename T>

@@ -11,22 +11,46 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 
+#include "cpu_vec.h"
 #include "kernels.h"
 
 namespace {
 
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+
+// lanes[j] += v[i]^2 for the kLanes values of v, i = j, j + 8, ...: the scalar loop's order.
+inline void add_squares(v8& lanes, cpu_vec::vf v) {
+  const cpu_vec::vf sq = v * v;
+  for (int64_t h = 0; h < cpu_vec::kLanes; h += 8) {
+    v8 part;
+    std::memcpy(&part, reinterpret_cast<const float*>(&sq) + h, sizeof(part));
+    lanes += part;
+  }
+}
+
 template <typename T>
 void norm_rows(const T* x, const T* res_in, T* res_out, const T* w, T* out, int64_t rows,
                int64_t d, float eps) {
+  using namespace cpu_vec;
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * d;
       T* orow = out + r * d;
       T* rr = res_out != nullptr ? res_out + r * d : nullptr;
-      float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t i = 0; i < d; ++i) {
+      v8 lanes = {};
+      int64_t i = 0;
+      for (; i + kLanes <= d; i += kLanes) {        // kLanes at a time, the same roundings
+        vf v = loadv(xr + i);
+        if (rr != nullptr) {
+          v = roundv(v + loadv(res_in + r * d + i), xr);
+          storev(rr + i, v);
+        }
+        add_squares(lanes, v);
+      }
+      for (; i < d; ++i) {
         float v = static_cast<float>(xr[i]);
         if (rr != nullptr) {                       // residual = T(x + residual)
           const T sum = static_cast<T>(v + static_cast<float>(res_in[r * d + i]));
@@ -39,7 +63,10 @@ void norm_rows(const T* x, const T* res_in, T* res_out, const T* w, T* out, int6
                        ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
       const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
       const T* src = rr != nullptr ? rr : xr;
-      for (int64_t i = 0; i < d; ++i) {
+      i = 0;
+      for (; i + kLanes <= d; i += kLanes)
+        storev(orow + i, roundv(loadv(src + i) * inv, src) * loadv(w + i));
+      for (; i < d; ++i) {
         const T normed = static_cast<T>(static_cast<float>(src[i]) * inv);
         orow[i] = static_cast<T>(static_cast<float>(normed) * static_cast<float>(w[i]));
       }
