@@ -55,43 +55,20 @@ inline float hsum(vf v) {
   return v[0];
 }
 
-// exp(x) for x <= 0 (softmax after max subtraction): 2^n * poly(r), r = x - n ln2, a degree-6
-// Taylor polynomial on |r| <= ln2/2 (relative error ~2e-7); x below -87 flushes to ~1e-38.
-inline vf vexp_nonpos(vf x) {
-  const vf floor_v = vf{} - 87.0f;
-  const vf c = x < floor_v ? floor_v : x;
-  const vf t = c * -1.44269504088896341f + 0.5f;                   // >= 0.5
-  const vi ni = -__builtin_convertvector(t, vi);                     // floor(x log2e + 0.5)
-  const vf n = __builtin_convertvector(ni, vf);
-  const vf r = (c - n * 0.693359375f) - n * -2.12194440e-4f;
-  vf p = r * (1.0f / 720) + (1.0f / 120);
-  p = p * r + (1.0f / 24);
-  p = p * r + (1.0f / 6);
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const vi bits = (ni + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-// scores[j] = exp(scores[j] - m) for j < n, in kLanes-wide chunks (the tail padded); returns
-// the sum in a fixed order.
+// scores[j] = exp(scores[j] - m) (cpu_vec vexp) for j < n, in kLanes-wide chunks (the tail
+// padded); returns the sum in a fixed order.
 inline float exp_and_sum(float* scores, int64_t n, float m) {
   vf sum = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    vf v;
-    std::memcpy(&v, scores + j, sizeof(v));
-    v = vexp_nonpos(v - m);
-    std::memcpy(scores + j, &v, sizeof(v));
+    const vf v = vexp(loadv(scores + j) - m);
+    storev(scores + j, v);
     sum += v;
   }
   if (j < n) {
     vf v = {};
     std::memcpy(&v, scores + j, (n - j) * sizeof(float));
-    v = vexp_nonpos(v - m);
+    v = vexp(v - m);
     for (int64_t i = n - j; i < kLanes; ++i) v[i] = 0.0f;
     std::memcpy(scores + j, &v, (n - j) * sizeof(float));
     sum += v;
