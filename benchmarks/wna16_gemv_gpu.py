@@ -19,7 +19,7 @@ its ratio to bf16 and ``tc_vs_factored`` (the factored kernel's best time over t
 ``--quick`` runs every kernel at its default plan only, ``--quick-kernels a,b`` those only.
 
     python benchmarks/wna16_gemv_gpu.py [--rows 1] [--quick] [--kernels factored,tc]
-        [--quick-kernels factored] [--best best.json]
+        [--quick-kernels factored] [--best best.json] [--plans "256,128,4,3,1,0,1;..."]
 """
 
 from __future__ import annotations
@@ -39,11 +39,17 @@ from jsonl_out import emit  # noqa: E402  (benchmarks/, on sys.path when run as 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
-def plans(kernel: str, quick: bool):
+def plans(kernel: str, quick: bool, explicit: str = ""):
     from vllm_core_triton.kernels.wna16 import GemvTiles, default_gemv_tiles
 
     if kernel == "routed":
         return [None]
+    if explicit:                # "bn,bk,w,s,waves,early,pairs;..." (the tag's form)
+        out = []
+        for tag in filter(None, explicit.split(";")):
+            f = [int(v) for v in tag.split(",")]
+            out.append(GemvTiles(*f[:5], early_scales=bool(f[5]), half_pairs=bool(f[6])))
+        return out
     if quick:
         return [default_gemv_tiles(kernel)]
     if kernel == "exact":       # swept before (1-4 waves, 32-128 outputs, 1 and 3 stages)
@@ -84,6 +90,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the default plans only")
     ap.add_argument("--kernels", default="exact,factored,tc,routed")
     ap.add_argument("--quick-kernels", default="", help="kernels run at their default plan")
+    ap.add_argument("--plans", default="",
+                    help="explicit plans for every kernel but routed, 'bn,bk,w,s,waves,early,"
+                         "pairs;...' (VLLM_TRITON_WNA16_GEMV_TILES's form), instead of the grid")
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
@@ -111,7 +120,7 @@ def main() -> None:
     best: dict[str, tuple[float, str]] = {}
     quick = set(args.quick_kernels.split(","))
     for kernel in args.kernels.split(","):
-        for tiles in plans(kernel, args.quick or kernel in quick):
+        for tiles in plans(kernel, args.quick or kernel in quick, args.plans):
             tag = "default" if tiles is None else tiles.tag()
             rec = {"bench": "wna16_gemv", "kernel": kernel, "tiles": tag, "rows": args.rows}
             total, worst_err = 0.0, 0.0

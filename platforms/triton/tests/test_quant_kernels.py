@@ -443,7 +443,9 @@ def test_gemv_split_k_reduced_in_kernel_leaves_counters_at_zero(factored, chunks
                   GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64),
                   GemvTiles(64, 128, waves=8, early_scales=True),
                   GemvTiles(64, 128, waves=8, half_pairs=True),
-                  GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64, half_pairs=True)):
+                  GemvTiles(128, 32, num_warps=8, num_stages=1, waves=64, half_pairs=True),
+                  GemvTiles(32, 64, num_stages=3, waves=1),
+                  GemvTiles(64, 128, num_stages=4, waves=1, half_pairs=True)):
         got = [wna16_gemv(x, w.qweight, w.scales, w.zeros, None, 4, 128, bias, factored, tiles)
                for _ in range(2)]
         torch.testing.assert_close(got[0], want, atol=1e-4 * want.abs().max().item(),
@@ -453,6 +455,28 @@ def test_gemv_split_k_reduced_in_kernel_leaves_counters_at_zero(factored, chunks
     with pytest.raises(ValueError, match="factored GEMV needs"):
         wna16_gemv(x, w.qweight, w.scales, w.zeros, None, 4, 128, None, True,
                    GemvTiles(64, 256))
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_pipelined_gemv_loop_equals_unpipelined(factored):
+    """A plan's ``num_stages`` only pipelines the K loop's loads: at the same blocks and split
+    the result is bit-identical to the unpipelined plan's (the 8B projections on a GPU, long
+    programs of many steps)."""
+    from vllm_core_triton.kernels.wna16 import GemvTiles, wna16_gemv
+
+    shapes = ((4096, 6144), (4096, 28672), (14336, 4096)) if ON_GPU else ((1024, 64),)
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    for k, n in shapes:
+        w = random_wna16(k, n, 4, 128, False, dtype, seed=k + n)
+        x = torch.randn(1, k, device=DEVICE, dtype=dtype)
+        want = wna16_linear_reference(x, w)
+        got = {stages: wna16_gemv(x, w.qweight, w.scales, w.zeros, None, 4, 128, None,
+                                  factored, GemvTiles(64, 128, num_stages=stages, waves=1,
+                                                      half_pairs=factored))
+               for stages in (1, 3)}
+        torch.testing.assert_close(got[3], got[1], atol=0, rtol=0)
+        torch.testing.assert_close(got[3].float(), want.float(),
+                                   atol=2e-2 * want.abs().max().item(), rtol=2e-2)
 
 
 def test_gemv_tiles_variable(monkeypatch):

@@ -247,7 +247,8 @@ def _wna16_gemv_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr, s_ptr, z
                        stride_x, stride_q, stride_s, stride_z, stride_y,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr,
                        ROW_SCALES: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, SPLIT_CHUNK: tl.constexpr):
+                       BLOCK_K: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
+                       LOOP_STAGES: tl.constexpr):
     """Each packed word is loaded once and unpacked into a ``[words, PACK, BLOCK_N]`` tile
     (``k = word * PACK + j``), so the weight stream costs one load per 32 bits."""
     PACK: tl.constexpr = 32 // BITS
@@ -259,7 +260,7 @@ def _wna16_gemv_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr, s_ptr, z
     shifts = (offs_j * BITS)[None, :, None]
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
-    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
+    for k0 in tl.range(k_start, k_start + K_PER_SPLIT, BLOCK_K, num_stages=LOOP_STAGES):
         wrow = k0 // PACK + offs_w                                   # [BKW]
         kk = wrow[:, None] * PACK + offs_j[None, :]                  # [BKW, PACK]
         mask_k = kk < K
@@ -296,7 +297,8 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
                                 BITS: tl.constexpr, GROUP: tl.constexpr,
                                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
                                 BLOCK_K: tl.constexpr, EARLY_SCALES: tl.constexpr,
-                                HALF_PAIRS: tl.constexpr, SPLIT_CHUNK: tl.constexpr):
+                                HALF_PAIRS: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
+                                LOOP_STAGES: tl.constexpr):
     """``BLOCK_K`` divides ``GROUP``: one scale / zero row per K step (module docstring).
 
     (Keeping a 2-D accumulator reduced once at the end, with the next step's words loaded
@@ -313,7 +315,7 @@ def _wna16_gemv_factored_kernel(y_ptr, part_ptr, lock_ptr, b_ptr, x_ptr, qw_ptr,
     offs_w = tl.arange(0, BLOCK_KW)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
-    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
+    for k0 in tl.range(k_start, k_start + K_PER_SPLIT, BLOCK_K, num_stages=LOOP_STAGES):
         wrow = k0 // PACK + offs_w                                   # [BKW]
         mask_w = wrow * PACK < K
         words = tl.load(qw_ptr + wrow.to(tl.int64)[:, None] * stride_q + offs_n[None, :],
@@ -465,7 +467,10 @@ def _num_sms(device: torch.device) -> int:
 @dataclass(frozen=True)
 class GemvTiles:
     """Launch plan of the batch-1..4 GEMV: ``block_n`` outputs x ``block_k`` inputs per
-    program step, ``waves`` programs per SM aimed at when splitting K; ``early_scales``
+    program step, ``waves`` programs per SM aimed at when splitting K; ``num_stages`` is also
+    the depth to which the K loop's weight loads are software-pipelined (``tl.range(...,
+    num_stages=)``: Triton pipelines loads that feed no ``tl.dot`` only in a loop that asks for
+    it; 1 = none, each step's words loaded when the step starts); ``early_scales``
     (factored kernel only) loads a step's scales with its words; ``half_pairs`` (factored
     kernel, 4-bit weights) turns two nibbles at a time into bf16 ``128 + q``."""
 
@@ -558,7 +563,8 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     b_ptr = bias if bias is not None else y
     common = dict(BITS=bits, GROUP=group_size, HAS_BIAS=bias is not None, BLOCK_N=block_n,
                   BLOCK_K=block_k, SPLIT_CHUNK=_split_chunk(split, block_n),
-                  num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+                  LOOP_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
+                  num_stages=tiles.num_stages)
     if factored:
         _wna16_gemv_factored_kernel[(n_blocks, split, m)](
             y, part, locks, b_ptr, x, qweight, scales, zeros, m, n, k,
