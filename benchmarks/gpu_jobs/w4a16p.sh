@@ -17,14 +17,14 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /
     . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 \
     || echo "=== W4A16P install FAILED (see install.log)"
 export PYTHONPATH=/tmp/vcw4${PYTHONPATH:+:$PYTHONPATH}
-step tests 80 python3 -m pytest -q -p no:cacheprovider platforms/triton/tests/test_quant_kernels.py \
-    -k "factored or 8b_shapes or split_k or past_k or tiles_variable or pipelined"
+step tests 120 python3 -m pytest -q -p no:cacheprovider platforms/triton/tests/test_quant_kernels.py \
+    -k "${W4A16P_TESTS:-factored or 8b_shapes or split_k or past_k or tiles_variable or pipelined}"
 default=256,128,4,1,4,0,1
 plans=$default
 for bn in 128 256; do for wv in 1 2; do for st in 2 3 4; do plans="$plans;$bn,128,4,$st,$wv,0,1"; done; done; done
 plans="$plans;256,128,4,2,4,0,1;256,128,4,3,4,0,1;512,128,8,3,1,0,1;512,128,8,3,2,0,1"
 plans=${W4A16P_PLANS:-$plans}
-step gemv_rows1 170 python3 benchmarks/wna16_gemv_gpu.py --rows 1 --kernels factored \
+step gemv_rows1 ${W4A16P_SWEEP_S:-170} python3 benchmarks/wna16_gemv_gpu.py --rows 1 --kernels factored \
     --plans "$plans" --out "$D/gemv.jsonl" --best "$D/best.json"
 best=$(python3 -c "import json; print(json.load(open('$D/best.json')).get('factored', ''))" 2>/dev/null)
 echo "=== W4A16P factored best plan: '${best}'"

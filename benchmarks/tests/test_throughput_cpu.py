@@ -115,7 +115,12 @@ def test_variants_parse_order_and_best_ratio() -> None:
                                                  "vllm-core@float32+int8",
                                                  "vllm-core@bfloat16"]
     assert args.variants[2].quantization == "int8"
-    for bad in ("hf@float32+int8", "hf", "trt@float32", "vllm-core@fp8"):
+    knob = tc.parse_args(["--variants", "vllm-core@bfloat16+int8%VLLM_CPU_INT8_PACKED=0"])
+    assert knob.variants[0].env == ("VLLM_CPU_INT8_PACKED", "0")
+    assert knob.variants[0].quantization == "int8"
+    assert knob.variants[0].label == "vllm-core@bfloat16+int8%VLLM_CPU_INT8_PACKED=0"
+    for bad in ("hf@float32+int8", "hf", "trt@float32", "vllm-core@fp8",
+                "vllm-core@float32%NOVALUE"):
         with pytest.raises(SystemExit):
             tc.parse_args(["--variants", bad])
     core = {"output_tokens_per_s": 30.0}

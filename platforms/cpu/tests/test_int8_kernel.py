@@ -76,29 +76,38 @@ def test_batches_are_row_independent(rows):
 
 
 @pytest.mark.parametrize("rows,k,n", [(16, 576, 960), (33, 1536, 576), (64, 64, 32),
-                                      (100, 130, 50), (17, 63, 5)])
+                                      (100, 130, 50), (17, 63, 5), (203, 66, 130),
+                                      (389, 8, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_amx_and_vector_paths_agree(rows, k, n, dtype):
+def test_amx_packed_and_vector_paths_agree(rows, k, n, dtype):
     """Calls of 16 rows or more take the AMX tiles where the CPU has them (the repacked weight,
     rows padded to 32; the gather repack when K is a multiple of 64 and the column block is
-    full, the scalar one otherwise) and the vector dot products with ``allow_amx=False``: both
-    give the reference's output bit for bit. On CPUs without AMX both calls take the vector
-    path."""
+    full, the scalar one otherwise), else, on AVX-512 VNNI, the packed path (the column block
+    repacked per call; row tiles of 6 and their tails, chunks of 192 rows, partial column
+    blocks and input quads), and the unpacked vector dot products with both turned off: all
+    give the reference's output bit for bit. A CPU without AMX / VNNI runs what it has."""
     g = torch.Generator().manual_seed(rows + k + n)
     w = random_weight(n, k, g)
     x = (torch.randn(rows, k, generator=g) * 2).to(dtype)
     bias = torch.randn(n, generator=g)
     ref = int8_linear_reference(x, w, bias)
-    assert torch.equal(int8_ops.int8_linear(x, w, bias, allow_amx=True), ref)
-    assert torch.equal(int8_ops.int8_linear(x, w, bias, allow_amx=False), ref)
+    for amx, packed in ((True, True), (False, True), (False, False)):
+        got = int8_ops.int8_linear(x, w, bias, allow_amx=amx, allow_packed=packed)
+        assert torch.equal(got, ref), (amx, packed)
+    # a row's result does not depend on the rows around it, whichever path the call took
+    assert torch.equal(int8_ops.int8_linear(x[5:21], w, bias, allow_amx=False), ref[5:21])
 
 
-def test_kernel_name_says_when_amx_runs():
-    assert int8_ops.kernel_name(False) == int8_ops.KERNEL_NAME
-    expected = int8_ops.KERNEL_NAME_AMX if int8_ops.amx_ready() else int8_ops.KERNEL_NAME
+def test_kernel_name_says_which_path_runs():
+    plain = int8_ops.KERNEL_NAME_PACKED if int8_ops.packed_built() else int8_ops.KERNEL_NAME
+    assert int8_ops.kernel_name(False) == plain
+    assert int8_ops.kernel_name(False, False) == int8_ops.KERNEL_NAME
+    expected = int8_ops.KERNEL_NAME_AMX if int8_ops.amx_ready() else plain
     assert int8_ops.kernel_name(True) == expected
-    assert CpuLayerOps(int8_amx=False).quant_kernel_name(
-        "int8", random_weight(32, 64, torch.Generator().manual_seed(0))) == int8_ops.KERNEL_NAME
+    w = random_weight(32, 64, torch.Generator().manual_seed(0))
+    assert CpuLayerOps(int8_amx=False, int8_packed=False).quant_kernel_name(
+        "int8", w) == int8_ops.KERNEL_NAME
+    assert CpuLayerOps(int8_amx=False).quant_kernel_name("int8", w) == plain
 
 
 def test_layer_ops_use_the_kernel_and_fall_back():

@@ -29,7 +29,7 @@ logger = init_logger(__name__)
 _SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp", "rms_norm.cpp",
             "activation.cpp", "decode_stack.cpp")
 # included by the sources; part of the build-folder key
-_HEADERS = ("wna16_avx2.h", "int8_amx.h", "cpu_vec.h", "kernels.h")
+_HEADERS = ("wna16_avx2.h", "int8_amx.h", "int8_vnni.h", "cpu_vec.h", "kernels.h")
 
 
 @functools.cache

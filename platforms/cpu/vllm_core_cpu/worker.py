@@ -59,10 +59,12 @@ class CpuLayerOps(TorchLayerOps):
     apply, else the core's reference. ``int8_activations`` (read once from
     VLLM_CPU_WNA16_ACTIVATIONS, honoured on x86 AVX2 builds): the int4 / int8 weight-only
     kernel quantizes activations to int8 (``quant_ops``). ``int8_amx`` (read once from
-    VLLM_CPU_INT8_AMX): the W8A8 INT8 kernel may use AMX tiles (``int8_ops``)."""
+    VLLM_CPU_INT8_AMX): the W8A8 INT8 kernel may use AMX tiles; ``int8_packed`` (read once
+    from VLLM_CPU_INT8_PACKED): it may repack weights for the AVX-512 VNNI path
+    (``int8_ops``)."""
 
     def __init__(self, int8_activations: bool | None = None,
-                 int8_amx: bool | None = None) -> None:
+                 int8_amx: bool | None = None, int8_packed: bool | None = None) -> None:
         from vllm_core_cpu import envs, quant_ops
 
         if int8_activations is None:
@@ -70,6 +72,7 @@ class CpuLayerOps(TorchLayerOps):
         self.int8_activations = bool(int8_activations
                                      and quant_ops.int8_activations_available())
         self.int8_amx = envs.cpu_int8_amx() if int8_amx is None else bool(int8_amx)
+        self.int8_packed = envs.cpu_int8_packed() if int8_packed is None else bool(int8_packed)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         from vllm_core_cpu import norm_ops
@@ -101,7 +104,7 @@ class CpuLayerOps(TorchLayerOps):
                     bias: torch.Tensor | None = None) -> torch.Tensor:
         from vllm_core_cpu import int8_ops
 
-        y = int8_ops.int8_linear(x, w, bias, self.int8_amx)
+        y = int8_ops.int8_linear(x, w, bias, self.int8_amx, self.int8_packed)
         return super().int8_linear(x, w, bias) if y is None else y
 
     def quant_kernel_name(self, kind: str, w: object) -> str:
@@ -115,7 +118,7 @@ class CpuLayerOps(TorchLayerOps):
 
             if int8_ops.kernels_available() and int8_ops.kernel_fits(
                     torch.empty(0, w.weight.shape[1]), w):
-                return int8_ops.kernel_name(self.int8_amx)
+                return int8_ops.kernel_name(self.int8_amx, self.int8_packed)
         return super().quant_kernel_name(kind, w)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,

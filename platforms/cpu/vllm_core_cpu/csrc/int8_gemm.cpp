@@ -23,6 +23,9 @@
 //    vpmaddubsw never saturates, the result is exact, and int8 weights of -128 (which
 //    compressed-tensors checkpoints may hold) are handled.
 //  - otherwise: a plain C++ loop (exact, slower).
+//  - packed AVX-512 VNNI (int8_vnni.h), for calls of at least 16 rows when the caller allows it
+//    and AMX does not run: the weight block repacked per call so that each int32 lane holds
+//    one output column (no horizontal sums), activations broadcast 4 bytes at a time.
 //  - AMX-INT8 (Sapphire Rapids and later, int8_amx.h), for calls of at least 16 rows when
 //    the caller allows it and Linux grants the tile state: 16 x 16 x 64 tile products on the
 //    weight repacked per call and per 32-column block (transposed in registers, ~0.1 ns per
@@ -48,6 +51,7 @@
 #endif
 
 #include "int8_amx.h"
+#include "int8_vnni.h"
 
 namespace {
 
@@ -320,10 +324,80 @@ void amx_path(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wp,
 }
 #endif
 
+#if defined(I8_VNNI_PACKED)
+// R rows from m0 against a block of 16 C packed columns: their sums, less 128 sum_k x of each
+// row, through the epilogue into out[m, n0 .. n0 + cols).
+template <int R, int C, typename T>
+void packed_rows(const int8_t* xq, int64_t kp, int64_t m0, const uint32_t* packed,
+                 const int32_t* comp, const float* sx, const float* swp, const float* bp,
+                 int64_t n0, int64_t cols, int64_t N, T* op) {
+  alignas(64) int32_t acc[R][int8_vnni::kBlockCols];
+  int8_vnni::block_rows<R, C>(xq, kp, m0, packed, acc);
+  for (int r = 0; r < R; ++r) {
+    const int64_t m = m0 + r;
+    for (int64_t c = 0; c < cols; ++c) acc[r][c] -= comp[m];
+    epilogue_row<T>(acc[r], cols, sx[m], swp, bp, n0, op + m * N);
+  }
+}
+
+// Rows m0 .. m1 against one packed block (16 C columns), kRows at a time, then the tail.
+template <int C, typename T>
+void packed_block_rows(const int8_t* xq, int64_t kp, int64_t m0, int64_t m1,
+                       const uint32_t* packed, const int32_t* comp, const float* sx,
+                       const float* swp, const float* bp, int64_t n0, int64_t cols, int64_t N,
+                       T* op) {
+  constexpr int R = int8_vnni::kRows;
+  static_assert(R == 3, "the tail below handles 1 or 2 rows");
+  int64_t m = m0;
+  for (; m + R <= m1; m += R)
+    packed_rows<R, C, T>(xq, kp, m, packed, comp, sx, swp, bp, n0, cols, N, op);
+  if (m1 - m == 2)
+    packed_rows<2, C, T>(xq, kp, m, packed, comp, sx, swp, bp, n0, cols, N, op);
+  else if (m1 - m == 1)
+    packed_rows<1, C, T>(xq, kp, m, packed, comp, sx, swp, bp, n0, cols, N, op);
+}
+
+// xq: the signed activations (no offset). Work items are (column block, chunk of rows), rows
+// chunked only as far as the threads need items; consecutive items of a thread share a
+// block, which it packs once for them.
+template <typename T>
+void vnni_packed_path(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wp,
+                      const float* swp, const float* bp, T* op, int64_t M, int64_t K,
+                      int64_t N) {
+  constexpr int64_t bc = int8_vnni::kBlockCols, R = int8_vnni::kRows;
+  std::vector<int32_t> comp(M);
+  for (int64_t m = 0; m < M; ++m) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += xq[m * kp + k];
+    comp[m] = 128 * s;
+  }
+  const int64_t blocks = (N + bc - 1) / bc, tiles = (M + R - 1) / R;
+  const int64_t want = 4 * at::get_num_threads();
+  const int64_t chunks = std::max<int64_t>(1, std::min(tiles, (want + blocks - 1) / blocks));
+  const int64_t chunk_rows = (tiles + chunks - 1) / chunks * R;
+  at::parallel_for(0, blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> packed(kp / 4 * bc);
+    int64_t packed_blk = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t blk = item / chunks, chunk = item % chunks;
+      const int64_t n0 = blk * bc, cols = std::min(bc, N - n0);
+      if (blk != packed_blk) {
+        int8_vnni::pack_block(wp, N, K, kp, n0, bc, packed.data());
+        packed_blk = blk;
+      }
+      const int64_t m0 = chunk * chunk_rows, m1 = std::min(M, m0 + chunk_rows);
+      if (m0 < m1)
+        packed_block_rows<bc / 16, T>(xq, kp, m0, m1, packed.data(), comp.data(), sx, swp, bp,
+                                      n0, cols, N, op);
+    }
+  });
+}
+#endif
+
 template <typename T>
 at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
                const c10::optional<at::Tensor>& input_scale,
-               const c10::optional<at::Tensor>& bias, bool allow_amx) {
+               const c10::optional<at::Tensor>& bias, bool allow_amx, bool allow_packed) {
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   const int64_t kp = (K + kPad - 1) / kPad * kPad;
   auto out = at::empty({M, N}, x.options());
@@ -337,7 +411,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& 
   const int64_t rows = M;
   (void)allow_amx;
 #endif
-  const int offset = amx ? 0 : kOffset;
+#if defined(I8_VNNI_PACKED)
+  const bool packed = !amx && allow_packed && M >= int8_vnni::kMinRows;
+#else
+  const bool packed = false;
+  (void)allow_packed;
+#endif
+  const int offset = amx || packed ? 0 : kOffset;
   std::vector<int8_t> xq(rows * kp, 0);    // padded rows (AMX) stay zero
   std::vector<float> sx(M);
   const bool dynamic = !input_scale.has_value();
@@ -358,6 +438,12 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& 
     return out;
   }
 #endif
+#if defined(I8_VNNI_PACKED)
+  if (packed) {
+    vnni_packed_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+    return out;
+  }
+#endif
   vector_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
   return out;
 }
@@ -371,10 +457,20 @@ bool int8_amx_ready() {
 #endif
 }
 
+// True when calls of at least 16 rows (and no AMX) run the packed AVX-512 VNNI path.
+bool int8_vnni_packed_built() {
+#if defined(I8_VNNI_PACKED)
+  return true;
+#else
+  return false;
+#endif
+}
+
 // y [M, N] = dequant(quant(x) @ weight^T) (+ bias); see the file comment for the contract.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
                        const at::Tensor& weight_scale, const c10::optional<at::Tensor>& input_scale,
-                       const c10::optional<at::Tensor>& bias, bool allow_amx) {
+                       const c10::optional<at::Tensor>& bias, bool allow_amx,
+                       bool allow_packed) {
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2, "int8_linear: x [M, K], weight [N, K]");
   TORCH_CHECK(weight.scalar_type() == at::kChar, "int8_linear: weight must be int8");
   TORCH_CHECK(weight.size(1) == x.size(1), "int8_linear: weight has ", weight.size(1),
@@ -393,9 +489,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
   c10::optional<at::Tensor> bc;
   if (bias.has_value()) bc = bias->contiguous();
   switch (x.scalar_type()) {
-    case at::kFloat: return run<float>(xc, wc, sc, input_scale, bc, allow_amx);
-    case at::kBFloat16: return run<c10::BFloat16>(xc, wc, sc, input_scale, bc, allow_amx);
-    case at::kHalf: return run<c10::Half>(xc, wc, sc, input_scale, bc, allow_amx);
+    case at::kFloat: return run<float>(xc, wc, sc, input_scale, bc, allow_amx,
+                                                 allow_packed);
+    case at::kBFloat16: return run<c10::BFloat16>(xc, wc, sc, input_scale, bc, allow_amx,
+                                                 allow_packed);
+    case at::kHalf: return run<c10::Half>(xc, wc, sc, input_scale, bc, allow_amx,
+                                                 allow_packed);
     default: TORCH_CHECK(false, "int8_linear: unsupported dtype ", x.scalar_type());
   }
 }
@@ -404,8 +503,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? input_scale, "
-        "Tensor? bias, bool allow_amx=True) -> Tensor");
+        "Tensor? bias, bool allow_amx=True, bool allow_packed=True) -> Tensor");
   m.def("int8_amx_ready() -> bool", &int8_amx_ready);
+  m.def("int8_vnni_packed_built() -> bool", &int8_vnni_packed_built);
 }
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("int8_linear", &int8_linear); }
