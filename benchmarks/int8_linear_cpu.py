@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,20 +24,10 @@ sys.path[:0] = [str(REPO), str(REPO / "platforms" / "cpu")]
 
 from cpu_facts import cpu_facts  # noqa: E402  (benchmarks/, on sys.path when run as a script)
 from jsonl_out import emit  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 # (N, K) of SmolLM2-135M's fused q/k/v, o, gate/up and down projections
 SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
-
-
-def _median_us(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
 
 
 def main() -> None:
@@ -84,7 +72,7 @@ def main() -> None:
                 cases[f"int8_{path}_bf16"] = functools.partial(
                     int8_ops.int8_linear, xin16, wq, None, allow_amx=amx, allow_packed=packed)
             for case, fn in cases.items():
-                totals[case] = totals.get(case, 0.0) + _median_us(fn, args.reps)
+                totals[case] = totals.get(case, 0.0) + median_seconds(fn, args.reps, 3) * 1e6
         best_float = min(totals["float32"], totals["bfloat16"])
         for case, us in totals.items():
             emit({"bench": "int8_linear_cpu", "rows": rows, "case": case,

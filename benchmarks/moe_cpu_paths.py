@@ -14,24 +14,14 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import torch
+from timing import median_seconds  # benchmarks/, on sys.path when run as a script
 
 from vllm_core.model_executor.layers.fused_moe import select_experts
 from vllm_core.model_executor.layers.fused_moe.torch_moe import torch_fused_moe
 
 GATHER_MAX_BYTES = 2 << 30
-
-
-def _median_s(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -62,7 +52,7 @@ def main() -> None:
         for form in ("gather", "sorted", "padded"):
             if form == "gather" and t * k * 3 * i * h * w13.element_size() > GATHER_MAX_BYTES:
                 continue
-            results[form] = _median_s(lambda f=form, a=(x, w13, w2, w, ids): torch_fused_moe(*a, f),
+            results[form] = median_seconds(lambda f=form, a=(x, w13, w2, w, ids): torch_fused_moe(*a, f),
                                       args.reps)
         best = min(results.values())
         for form, s in results.items():
