@@ -77,13 +77,13 @@ def test_batches_are_row_independent(rows):
 
 @pytest.mark.parametrize("rows,k,n", [(16, 576, 960), (33, 1536, 576), (64, 64, 32),
                                       (100, 130, 50), (17, 63, 5), (203, 66, 130),
-                                      (389, 8, 64)])
+                                      (389, 8, 64), (9, 200, 70)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_amx_packed_and_vector_paths_agree(rows, k, n, dtype):
     """Calls of 16 rows or more take the AMX tiles where the CPU has them (the repacked weight,
     rows padded to 32; the gather repack when K is a multiple of 64 and the column block is
-    full, the scalar one otherwise), else, on AVX-512 VNNI, the packed path (the column block
-    repacked per call; row tiles of 6 and their tails, chunks of 192 rows, partial column
+    full, the scalar one otherwise), else, from 8 rows on AVX-512 VNNI, the packed path (the
+    column block repacked per call; row tiles of 3 and their tails, row chunks, partial column
     blocks and input quads), and the unpacked vector dot products with both turned off: all
     give the reference's output bit for bit. A CPU without AMX / VNNI runs what it has."""
     g = torch.Generator().manual_seed(rows + k + n)

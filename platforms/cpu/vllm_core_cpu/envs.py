@@ -69,7 +69,7 @@ def cpu_int8_amx() -> bool:
 
 def cpu_int8_packed() -> bool:
     """VLLM_CPU_INT8_PACKED: let the W8A8 INT8 kernel repack the weight per call into the
-    AVX-512 VNNI column layout for calls of 16 rows or more where AMX does not run (default
+    AVX-512 VNNI column layout for calls of 8 rows or more that AMX does not take (default
     ``1``); ``0`` keeps the unpacked dot products (the same numbers, bit for bit)."""
     raw = (get("VLLM_CPU_INT8_PACKED") or "1").strip().lower()
     if raw not in ("0", "1", "true", "false"):

@@ -26,7 +26,7 @@ KERNEL_NAME = "cpu int8_gemm (C++: activations quantized in the kernel, exact in
 KERNEL_NAME_AMX = ("cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot "
                    "products; AMX int8 tiles from 16 rows)")
 KERNEL_NAME_PACKED = ("cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot "
-                      "products; AVX-512 VNNI on per-call packed weights from 16 rows)")
+                      "products; AVX-512 VNNI on per-call packed weights from 8 rows)")
 
 
 def kernel_fits(x: torch.Tensor, w: Int8Weight) -> bool:
@@ -55,7 +55,7 @@ def amx_ready() -> bool:
 
 @functools.cache
 def packed_built() -> bool:
-    """True when the built kernel has the packed AVX-512 VNNI path (calls of 16 rows or more
+    """True when the built kernel has the packed AVX-512 VNNI path (calls of 8 rows or more
     that AMX does not take)."""
     return kernels_available() and bool(torch.ops.vllm_core_cpu.int8_vnni_packed_built())
 

@@ -23,7 +23,7 @@
 //    vpmaddubsw never saturates, the result is exact, and int8 weights of -128 (which
 //    compressed-tensors checkpoints may hold) are handled.
 //  - otherwise: a plain C++ loop (exact, slower).
-//  - packed AVX-512 VNNI (int8_vnni.h), for calls of at least 16 rows when the caller allows it
+//  - packed AVX-512 VNNI (int8_vnni.h), for calls of at least 8 rows when the caller allows it
 //    and AMX does not run: the weight block repacked per call so that each int32 lane holds
 //    one output column (no horizontal sums), activations broadcast 4 bytes at a time.
 //  - AMX-INT8 (Sapphire Rapids and later, int8_amx.h), for calls of at least 16 rows when
@@ -457,7 +457,7 @@ bool int8_amx_ready() {
 #endif
 }
 
-// True when calls of at least 16 rows (and no AMX) run the packed AVX-512 VNNI path.
+// True when calls of at least 8 rows that AMX does not take run the packed AVX-512 VNNI path.
 bool int8_vnni_packed_built() {
 #if defined(I8_VNNI_PACKED)
   return true;
