@@ -15,3 +15,11 @@ step() {
     tail -n "${STEP_TAIL:-25}" "$D/$name.log"
     echo "=== $STEP_TAG STEP $name: rc=$rc end $(date -u +%T)"
 }
+# ``install_tree DIR``: the checkout's core and GPU plugins installed under DIR (no deps, no
+# build isolation) and DIR put first on PYTHONPATH, so that engine subprocesses import them.
+install_tree() {
+    python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$1" \
+        . platforms/cpu platforms/cuda platforms/triton > "$D/install.log" 2>&1 \
+        || echo "=== $STEP_TAG install FAILED (see install.log)"
+    export PYTHONPATH=$1${PYTHONPATH:+:$PYTHONPATH}
+}

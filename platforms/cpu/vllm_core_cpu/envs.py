@@ -47,31 +47,31 @@ def cpu_wna16_activations() -> str:
     return raw
 
 
+def _switch(name: str) -> bool:
+    """An on/off variable, on by default: ``0`` / ``false`` or ``1`` / ``true`` (ValueError
+    for anything else)."""
+    raw = (get(name) or "1").strip().lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
+    return raw in ("1", "true")
+
+
 def cpu_fused_decode() -> bool:
     """VLLM_CPU_FUSED_DECODE: run decode-only steps through the fused C++ decoder stack
     (``decode_stack.py``) where it applies (default ``1``); ``0`` keeps the module forward
     (the same numbers, more Python per layer)."""
-    raw = (get("VLLM_CPU_FUSED_DECODE") or "1").strip().lower()
-    if raw not in ("0", "1", "true", "false"):
-        raise ValueError(f"VLLM_CPU_FUSED_DECODE must be 0 or 1, got {raw!r}")
-    return raw in ("1", "true")
+    return _switch("VLLM_CPU_FUSED_DECODE")
 
 
 def cpu_int8_amx() -> bool:
     """VLLM_CPU_INT8_AMX: let the W8A8 INT8 kernel use the AMX int8 tiles for calls of 16 rows
     or more where the CPU has them (default ``1``); ``0`` keeps the AVX-512 VNNI / AVX2 dot
     products (the same numbers, bit for bit)."""
-    raw = (get("VLLM_CPU_INT8_AMX") or "1").strip().lower()
-    if raw not in ("0", "1", "true", "false"):
-        raise ValueError(f"VLLM_CPU_INT8_AMX must be 0 or 1, got {raw!r}")
-    return raw in ("1", "true")
+    return _switch("VLLM_CPU_INT8_AMX")
 
 
 def cpu_int8_packed() -> bool:
     """VLLM_CPU_INT8_PACKED: let the W8A8 INT8 kernel repack the weight per call into the
     AVX-512 VNNI column layout for calls of 8 rows or more that AMX does not take (default
     ``1``); ``0`` keeps the unpacked dot products (the same numbers, bit for bit)."""
-    raw = (get("VLLM_CPU_INT8_PACKED") or "1").strip().lower()
-    if raw not in ("0", "1", "true", "false"):
-        raise ValueError(f"VLLM_CPU_INT8_PACKED must be 0 or 1, got {raw!r}")
-    return raw in ("1", "true")
+    return _switch("VLLM_CPU_INT8_PACKED")

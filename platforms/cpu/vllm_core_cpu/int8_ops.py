@@ -22,11 +22,10 @@ import torch
 
 from vllm_core.model_executor.quantization.quantized_weights import Int8Weight
 
-KERNEL_NAME = "cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot products)"
-KERNEL_NAME_AMX = ("cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot "
-                   "products; AMX int8 tiles from 16 rows)")
-KERNEL_NAME_PACKED = ("cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot "
-                      "products; AVX-512 VNNI on per-call packed weights from 8 rows)")
+_KERNEL = "cpu int8_gemm (C++: activations quantized in the kernel, exact int32 dot products"
+KERNEL_NAME = _KERNEL + ")"
+KERNEL_NAME_AMX = _KERNEL + "; AMX int8 tiles from 16 rows)"
+KERNEL_NAME_PACKED = _KERNEL + "; AVX-512 VNNI on per-call packed weights from 8 rows)"
 
 
 def kernel_fits(x: torch.Tensor, w: Int8Weight) -> bool:

@@ -489,12 +489,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
   c10::optional<at::Tensor> bc;
   if (bias.has_value()) bc = bias->contiguous();
   switch (x.scalar_type()) {
-    case at::kFloat: return run<float>(xc, wc, sc, input_scale, bc, allow_amx,
-                                                 allow_packed);
-    case at::kBFloat16: return run<c10::BFloat16>(xc, wc, sc, input_scale, bc, allow_amx,
-                                                 allow_packed);
-    case at::kHalf: return run<c10::Half>(xc, wc, sc, input_scale, bc, allow_amx,
-                                                 allow_packed);
+    case at::kFloat:
+      return run<float>(xc, wc, sc, input_scale, bc, allow_amx, allow_packed);
+    case at::kBFloat16:
+      return run<c10::BFloat16>(xc, wc, sc, input_scale, bc, allow_amx, allow_packed);
+    case at::kHalf:
+      return run<c10::Half>(xc, wc, sc, input_scale, bc, allow_amx, allow_packed);
     default: TORCH_CHECK(false, "int8_linear: unsupported dtype ", x.scalar_type());
   }
 }
