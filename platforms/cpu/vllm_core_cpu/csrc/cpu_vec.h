@@ -7,6 +7,11 @@
 
 #include <ATen/ATen.h>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -71,6 +76,24 @@ inline vf roundv(vf v, const c10::Half*) {
   return v;
 }
 
+// floor of each lane: one rounding instruction on x86 (AVX-512 / AVX2), a lane loop elsewhere.
+inline vf floorv(vf v) {
+#if defined(__AVX512F__)
+  __m512 m;
+  std::memcpy(&m, &v, sizeof(v));
+  m = _mm512_roundscale_ps(m, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  std::memcpy(&v, &m, sizeof(v));
+#elif defined(__AVX2__)
+  __m256 m;
+  std::memcpy(&m, &v, sizeof(v));
+  m = _mm256_floor_ps(m);
+  std::memcpy(&v, &m, sizeof(v));
+#else
+  for (int i = 0; i < kLanes; ++i) v[i] = std::floor(v[i]);
+#endif
+  return v;
+}
+
 // exp(x), x clamped to [-87, 88] (so never 0 or inf): 2^n * poly(r), n = floor(x log2e + 0.5),
 // r = x - n ln2 (two-part ln2), a degree-6 Taylor polynomial on |r| <= ln2 / 2 (relative error
 // ~2e-7, a few ulp against libm).
@@ -78,10 +101,8 @@ inline vf vexp(vf x) {
   const vf lo = vf{} - 87.0f, hi = vf{} + 88.0f;
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  const vf t = x * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(t, vi);                 // truncation toward zero
-  n += (__builtin_convertvector(n, vf) > t);             // -1 where that rounded up: floor
-  const vf nf = __builtin_convertvector(n, vf);
+  const vf nf = floorv(x * 1.44269504088896341f + 0.5f);
+  const vi n = __builtin_convertvector(nf, vi);          // exact: nf is an integer
   const vf r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
   vf p = r * (1.0f / 720) + (1.0f / 120);
   p = p * r + (1.0f / 24);
