@@ -2,10 +2,11 @@
 float ``F.linear`` (oneDNN) in float32 and bfloat16, at SmolLM2-135M's projections (the default
 model), for a range of rows, all in one run.
 
-Paths: ``packed`` (AVX-512 VNNI on the column block repacked per call, from 16 rows),
-``vector`` (the unpacked dot products: ``allow_packed=False``), ``amx`` where the CPU has
-AMX-INT8 (from 16 rows). Each is timed as the engine calls it (activation quantization, the
-repack and the epilogue included), median of ``--reps`` calls after warm-up. One JSON line per
+Paths: ``vector`` (the ``[N, K]`` weight's unpacked dot products), ``amx`` where the CPU has
+AMX-INT8 (the ``[N, K]`` weight repacked per call, from 16 rows), ``packed`` (AVX-512 VNNI on
+the weight packed once, as the engine loads it by default) and ``packed_amx`` (AMX reading the
+packed weight, from 16 rows). Each is timed as the engine calls it (activation quantization,
+any per-call repack and the epilogue included), median of ``--reps`` calls after warm-up. One JSON line per
 (rows, path): microseconds summed over the four projections of a decoder layer, with the CPU's
 name and ISA; then a line per rows with each path's ratio to the fastest float ``F.linear``.
 
@@ -53,24 +54,27 @@ def main() -> None:
         w = torch.randn(n, k, generator=g) * 0.05
         scale = w.abs().amax(1) / 127
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        layers[name] = (w, w.bfloat16(), Int8Weight(q, scale.float(), None))
+        wq = Int8Weight(q, scale.float(), None)
+        layers[name] = (w, w.bfloat16(), wq, int8_ops.pack(wq))
     paths = {"vector": (False, False)}
-    if int8_ops.packed_built():
-        paths["packed"] = (False, True)
     if int8_ops.amx_ready():
         paths["amx"] = (True, False)
+    if int8_ops.packed_built():
+        paths["packed"] = (False, True)
+        if int8_ops.amx_ready():
+            paths["packed_amx"] = (True, True)
     for rows in (int(r) for r in args.rows.split(",")):
         x = torch.randn(rows, 576, generator=g)
         xd = torch.randn(rows, 1536, generator=g)
         totals: dict[str, float] = {}
-        for name, (w32, w16, wq) in layers.items():
+        for name, (w32, w16, wq, wp) in layers.items():
             xin = xd if name == "down" else x
             xin16 = xin.bfloat16()
             cases = {"float32": functools.partial(F.linear, xin, w32),
                      "bfloat16": functools.partial(F.linear, xin16, w16)}
             for path, (amx, packed) in paths.items():
                 cases[f"int8_{path}_bf16"] = functools.partial(
-                    int8_ops.int8_linear, xin16, wq, None, allow_amx=amx, allow_packed=packed)
+                    int8_ops.int8_linear, xin16, wp if packed else wq, None, allow_amx=amx)
             for case, fn in cases.items():
                 totals[case] = totals.get(case, 0.0) + median_seconds(fn, args.reps, 3) * 1e6
         best_float = min(totals["float32"], totals["bfloat16"])

@@ -40,7 +40,10 @@ from vllm_core.model_executor.layers.fused_moe.method import MoEMethod
 from vllm_core.model_executor.layers.ops import LayerOps, TorchLayerOps
 from vllm_core.model_executor.layers.weight_method import LinearMethod
 from vllm_core.model_executor.models.registry import resolve_model_cls
-from vllm_core.model_executor.quantization.base import QuantizationConfig
+from vllm_core.model_executor.quantization.base import (
+    QuantizationConfig,
+    QuantizedLinearMethod,
+)
 from vllm_core.model_executor.quantization.selection import select_quantization
 from vllm_core.model_executor.safetensors_loader import iter_safetensors_lazy
 from vllm_core.model_executor.tokenizer import get_tokenizer
@@ -248,8 +251,9 @@ def initialize_dummy_weights(model: nn.Module, seed: int = 0) -> None:
 def process_weights_after_loading(model: nn.Module,
                                   quant_config: QuantizationConfig | None = None) -> None:
     """Let every linear layer's weight method repack what was loaded
-    (``LinearMethod.process_after_loading``), then log the quantization method and kernel
-    of each distinct layer kind when the model is quantized."""
+    (``LinearMethod.process_after_loading``), hand a quantized layer's kernel layout to the
+    platform (``QuantizedLinearMethod.adopt_platform_layout``), then log the quantization
+    method and kernel of each distinct layer kind when the model is quantized."""
     described: dict[str, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, Attention):
@@ -261,6 +265,8 @@ def process_weights_after_loading(model: nn.Module,
                 described.setdefault("experts", method.describe())
         if isinstance(method, LinearMethod):
             method.process_after_loading(module)
+            if isinstance(method, QuantizedLinearMethod):
+                method.adopt_platform_layout(module)
             if quant_config is not None:
                 kind = name.rsplit(".", 1)[-1]
                 described.setdefault(kind, method.describe(module))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from vllm_core.config import EngineConfig
 
-PLATFORM_API_VERSION = "2.6"
+PLATFORM_API_VERSION = "2.7"
 """MAJOR.MINOR. A plugin is compatible when its major equals ours and its minor <= ours.
 
 1.1 (backward compatible with 1.0): ``AttentionBackend.required_packages`` and a default
@@ -87,6 +87,10 @@ padded decode batch) marks such a step for ``pad_inputs`` / ``run_forward``, and
 ``StepBuffers.pad_token_batch`` lays it out; ``WorkerProposer.needs_target_hidden`` (default
 False; EAGLE True): a proposer that reads the target's hidden states keeps its verification
 steps off graphs that hide them.
+
+2.7 (additive; the default keeps 2.6 plugins working): ``LayerOps.prepare_quantized(kind, w)``
+(a quantized linear's weight in the platform's own layout, built once after loading, e.g. the
+CPU plugin's W8A8 INT8 weights packed for AVX-512 VNNI / AMX; default: ``w`` unchanged).
 """
 
 

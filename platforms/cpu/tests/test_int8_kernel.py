@@ -75,27 +75,54 @@ def test_batches_are_row_independent(rows):
     assert torch.equal(int8_ops.int8_linear(x[3:9], w, None), batched[3:9])
 
 
-@pytest.mark.parametrize("rows,k,n", [(16, 576, 960), (33, 1536, 576), (64, 64, 32),
-                                      (100, 130, 50), (17, 63, 5), (203, 66, 130),
-                                      (389, 8, 64), (9, 200, 70)])
+PATH_SHAPES = [(16, 576, 960), (33, 1536, 576), (64, 64, 32), (100, 130, 50), (17, 63, 5),
+               (203, 66, 130), (389, 8, 64), (9, 200, 70), (1, 576, 960), (2, 100, 33),
+               (4, 577, 64), (7, 1536, 576), (40, 256, 96), (1, 64, 96)]
+
+
+@pytest.mark.parametrize("rows,k,n", PATH_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_amx_packed_and_vector_paths_agree(rows, k, n, dtype):
-    """Calls of 16 rows or more take the AMX tiles where the CPU has them (the repacked weight,
-    rows padded to 32; the gather repack when K is a multiple of 64 and the column block is
-    full, the scalar one otherwise), else, from 8 rows on AVX-512 VNNI, the packed path (the
-    column block repacked per call; row tiles of 3 and their tails, row chunks, partial column
-    blocks and input quads), and the unpacked vector dot products with both turned off: all
-    give the reference's output bit for bit. A CPU without AMX / VNNI runs what it has."""
+    """The ``[N, K]`` weight: calls of 16 rows or more take the AMX tiles where the CPU has
+    them (repacked per call, rows padded to 32; the gather repack when K is a multiple of 64
+    and the column block is full, the scalar one otherwise), else the unpacked vector dot
+    products. The weight packed at load (AVX-512 VNNI builds): the packed VNNI dot products at
+    every row count (row tiles of 3 and their tails, row chunks, partial column blocks and
+    input quads), from 16 rows the AMX tiles reading the packed words. All give the
+    reference's output bit for bit; a CPU without AMX / VNNI runs what it has."""
     g = torch.Generator().manual_seed(rows + k + n)
     w = random_weight(n, k, g)
     x = (torch.randn(rows, k, generator=g) * 2).to(dtype)
     bias = torch.randn(n, generator=g)
     ref = int8_linear_reference(x, w, bias)
-    for amx, packed in ((True, True), (False, True), (False, False)):
-        got = int8_ops.int8_linear(x, w, bias, allow_amx=amx, allow_packed=packed)
-        assert torch.equal(got, ref), (amx, packed)
-    # a row's result does not depend on the rows around it, whichever path the call took
-    assert torch.equal(int8_ops.int8_linear(x[5:21], w, bias, allow_amx=False), ref[5:21])
+    layouts = [w]
+    if int8_ops.packed_built():
+        packed = int8_ops.pack(w)
+        assert isinstance(packed, int8_ops.PackedInt8Weight)
+        layouts.append(packed)
+    for layout in layouts:
+        for amx in (True, False):
+            got = int8_ops.int8_linear(x, layout, bias, allow_amx=amx)
+            assert torch.equal(got, ref), (type(layout).__name__, amx)
+        # a row's result does not depend on the rows around it, whichever path the call took
+        assert torch.equal(int8_ops.int8_linear(x[rows // 3:], layout, bias, allow_amx=False),
+                           ref[rows // 3:])
+
+
+@pytest.mark.skipif(not int8_ops.packed_built(), reason="no AVX-512 VNNI in this build")
+@pytest.mark.parametrize("n,k", [(960, 576), (5, 63), (130, 66), (64, 1), (48, 128)])
+def test_packed_layout_round_trips(n, k):
+    """The packed layout holds the weight exactly (``unpack``), in 16-column panels padded to
+    an even count and 64 inputs, and a packed weight the kernel cannot take (activations of another dtype) runs the
+    reference on the unpacked weight."""
+    w = random_weight(n, k, torch.Generator().manual_seed(n + k), static=True)
+    p = int8_ops.pack(w)
+    assert p.packed.dtype == torch.int32
+    assert p.packed.shape == ((n + 31) // 32 * 2, (k + 63) // 64 * 16, 16)
+    back = p.unpack()
+    assert torch.equal(back.weight, w.weight) and back.input_scale is w.input_scale
+    x = torch.randn(3, k, dtype=torch.float64)
+    assert torch.equal(int8_ops.int8_linear(x, p, None), int8_linear_reference(x, w, None))
 
 
 def test_kernel_name_says_which_path_runs():
@@ -103,15 +130,24 @@ def test_kernel_name_says_which_path_runs():
 
     if "AVX512_VNNI" in detect_isa().features:       # the build is -march=native
         assert int8_ops.packed_built()
-    plain = int8_ops.KERNEL_NAME_PACKED if int8_ops.packed_built() else int8_ops.KERNEL_NAME
-    assert int8_ops.kernel_name(False) == plain
-    assert int8_ops.kernel_name(False, False) == int8_ops.KERNEL_NAME
-    expected = int8_ops.KERNEL_NAME_AMX if int8_ops.amx_ready() else plain
-    assert int8_ops.kernel_name(True) == expected
+    assert int8_ops.kernel_name(False) == int8_ops.KERNEL_NAME
+    assert int8_ops.kernel_name(False, packed=True) == int8_ops.KERNEL_NAME_PACKED
+    amx = int8_ops.amx_ready()
+    assert int8_ops.kernel_name(True) == (int8_ops.KERNEL_NAME_AMX if amx
+                                          else int8_ops.KERNEL_NAME)
+    assert int8_ops.kernel_name(True, packed=True) == (
+        int8_ops.KERNEL_NAME_PACKED_AMX if amx else int8_ops.KERNEL_NAME_PACKED)
     w = random_weight(32, 64, torch.Generator().manual_seed(0))
-    assert CpuLayerOps(int8_amx=False, int8_packed=False).quant_kernel_name(
-        "int8", w) == int8_ops.KERNEL_NAME
-    assert CpuLayerOps(int8_amx=False).quant_kernel_name("int8", w) == plain
+    unpacked_ops = CpuLayerOps(int8_amx=False, int8_packed=False)
+    assert unpacked_ops.prepare_quantized("int8", w) is w
+    assert unpacked_ops.quant_kernel_name("int8", w) == int8_ops.KERNEL_NAME
+    ops = CpuLayerOps(int8_amx=False)
+    prepared = ops.prepare_quantized("int8", w)
+    if int8_ops.packed_built():
+        assert isinstance(prepared, int8_ops.PackedInt8Weight)
+        assert ops.quant_kernel_name("int8", prepared) == int8_ops.KERNEL_NAME_PACKED
+    else:
+        assert prepared is w
 
 
 def test_layer_ops_use_the_kernel_and_fall_back():
@@ -146,7 +182,11 @@ def test_default_model_online_int8_greedy_matches_fp32():
     q = get_model(ModelConfig(model=path, dtype="float32", quantization="int8"),
                   ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
     qkv = q.model.layers[0].self_attn.qkv_proj
-    assert qkv.qweights.weight.dtype == torch.int8 and not hasattr(qkv, "weight")
+    assert not hasattr(qkv, "weight")
+    if int8_ops.packed_built():          # packed once at load (LayerOps.prepare_quantized)
+        assert isinstance(qkv.qweights, int8_ops.PackedInt8Weight)
+    else:
+        assert qkv.qweights.weight.dtype == torch.int8
     ref_model = get_model(ModelConfig(model=path, dtype="float32", gguf_dequantize=True),
                           ReferenceAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
     prompt = [1780, 314, 260, 3575, 282, 4649, 47]           # "What is the capital of France?"

@@ -71,7 +71,8 @@ def cpu_int8_amx() -> bool:
 
 
 def cpu_int8_packed() -> bool:
-    """VLLM_CPU_INT8_PACKED: let the W8A8 INT8 kernel repack the weight per call into the
-    AVX-512 VNNI column layout for calls of 8 rows or more that AMX does not take (default
-    ``1``); ``0`` keeps the unpacked dot products (the same numbers, bit for bit)."""
+    """VLLM_CPU_INT8_PACKED: pack W8A8 INT8 weights once at load into the AVX-512 VNNI column
+    layout that the VNNI and AMX paths read at every batch size (default ``1``; builds with
+    AVX-512 VNNI); ``0`` keeps the ``[N, K]`` weights, their unpacked dot products and AMX's
+    per-call repack (the same numbers, bit for bit)."""
     return _switch("VLLM_CPU_INT8_PACKED")

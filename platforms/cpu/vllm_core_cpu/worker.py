@@ -60,8 +60,8 @@ class CpuLayerOps(TorchLayerOps):
     VLLM_CPU_WNA16_ACTIVATIONS, honoured on x86 AVX2 builds): the int4 / int8 weight-only
     kernel quantizes activations to int8 (``quant_ops``). ``int8_amx`` (read once from
     VLLM_CPU_INT8_AMX): the W8A8 INT8 kernel may use AMX tiles; ``int8_packed`` (read once
-    from VLLM_CPU_INT8_PACKED): it may repack weights for the AVX-512 VNNI path
-    (``int8_ops``)."""
+    from VLLM_CPU_INT8_PACKED): W8A8 INT8 weights are packed at load for the AVX-512 VNNI /
+    AMX paths (``prepare_quantized``, ``int8_ops.pack``)."""
 
     def __init__(self, int8_activations: bool | None = None,
                  int8_amx: bool | None = None, int8_packed: bool | None = None) -> None:
@@ -104,8 +104,21 @@ class CpuLayerOps(TorchLayerOps):
                     bias: torch.Tensor | None = None) -> torch.Tensor:
         from vllm_core_cpu import int8_ops
 
-        y = int8_ops.int8_linear(x, w, bias, self.int8_amx, self.int8_packed)
+        y = int8_ops.int8_linear(x, w, bias, self.int8_amx)
         return super().int8_linear(x, w, bias) if y is None else y
+
+    def prepare_quantized(self, kind: str, w: Any) -> Any:
+        """W8A8 INT8 weights packed once for the VNNI / AMX paths where the build has them
+        and ``int8_packed`` is on; everything else as it is."""
+        from vllm_core.model_executor.quantization.quantized_weights import Int8Weight
+
+        if kind == "int8" and self.int8_packed and isinstance(w, Int8Weight):
+            from vllm_core_cpu import int8_ops
+
+            packed = int8_ops.pack(w)
+            if packed is not None:
+                return packed
+        return w
 
     def quant_kernel_name(self, kind: str, w: object) -> str:
         from vllm_core_cpu import quant_ops
@@ -116,9 +129,11 @@ class CpuLayerOps(TorchLayerOps):
         if kind == "int8":
             from vllm_core_cpu import int8_ops
 
+            if isinstance(w, int8_ops.PackedInt8Weight):
+                return int8_ops.kernel_name(self.int8_amx, packed=True)
             if int8_ops.kernels_available() and int8_ops.kernel_fits(
                     torch.empty(0, w.weight.shape[1]), w):
-                return int8_ops.kernel_name(self.int8_amx, self.int8_packed)
+                return int8_ops.kernel_name(self.int8_amx)
         return super().quant_kernel_name(kind, w)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,

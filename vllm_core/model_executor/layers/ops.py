@@ -108,6 +108,15 @@ class LayerOps:
         block scales: activations stay in ``x.dtype``)."""
         return fp8_linear_reference(x, w, bias)
 
+    def prepare_quantized(self, kind: str, w: Any) -> Any:
+        """The layout this platform's ``wna16_linear`` / ``int8_linear`` / ``fp8_linear``
+        (``kind`` "wna16", "int8", "fp8") wants for weight ``w``, built from the method's
+        layout once per layer after loading (API 2.7). What it returns replaces ``w``: it is
+        what the linear call and ``quant_kernel_name`` receive from then on, so a platform
+        that repacks must accept its own layout in every call (and give the reference's
+        result). Default: ``w`` unchanged."""
+        return w
+
     def quant_kernel_name(self, kind: str, w: object) -> str:
         """The kernel ``wna16_linear`` / ``int8_linear`` / ``fp8_linear`` (``kind`` "wna16",
         "int8", "fp8") runs for weight ``w``, for the start-up log."""

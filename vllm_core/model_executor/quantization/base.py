@@ -115,6 +115,13 @@ class QuantizedLinearMethod(LinearMethod):
             if name in layer._parameters:
                 del layer._parameters[name]
 
+    def adopt_platform_layout(self, layer: nn.Module) -> None:
+        """Replace ``layer.qweights`` by the platform's layout of it
+        (``LayerOps.prepare_quantized``); once, after ``process_after_loading``."""
+        qw = getattr(layer, "qweights", None)
+        if qw is not None:
+            layer.qweights = layer.ops.prepare_quantized(self.kind, qw)
+
     def apply(self, layer: nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None) -> torch.Tensor:
         ops = layer.ops

@@ -14,6 +14,10 @@
 //    step s is w[n0 + c, 64 s + 4 r + t], zeros past N and K), read from L1 / L2 afterwards;
 //  - C: 2 x 2 tiles of 16 x 16 int32 per 32 x 32 output block, stored to a small buffer for the
 //    epilogue.
+// On a weight packed at load (int8_vnni.h's layout, u8 = w + 128) the B tiles are read in place:
+// a tile is 16 consecutive words of a 16-column panel (1 KiB, the same shape as the per-call
+// repack's), multiplied by tdpbsud (signed activations x unsigned weights); the caller takes
+// 128 sum_k x of each row away.
 // The tile state is requested from Linux once per process (arch_prctl ARCH_REQ_XCOMP_PERM);
 // when it is refused, ready() is false and the vector paths run.
 #pragma once
@@ -137,6 +141,34 @@ inline void block_product(const int8_t* xq, int64_t kp, int64_t m0, const int8_t
     _tile_dpbssd(1, 4, 7);
     _tile_dpbssd(2, 5, 6);
     _tile_dpbssd(3, 5, 7);
+  }
+  constexpr int64_t stride = kBlockCols * sizeof(int32_t);
+  _tile_stored(0, acc, stride);
+  _tile_stored(1, acc + 16, stride);
+  _tile_stored(2, acc + 16 * kBlockCols, stride);
+  _tile_stored(3, acc + 16 * kBlockCols + 16, stride);
+}
+
+// acc [32][32] = xq rows [m0, m0 + 32) (stride kp) times the two 16-column panels from `panel`
+// of the packed weight (int8_vnni.h: kp / 4 x 16 words each, u8 = w + 128): exact int32 sums
+// of x (w + 128).
+inline void packed_block_product(const int8_t* xq, int64_t kp, int64_t m0,
+                                 const uint32_t* panel, int32_t* acc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int8_t* a = xq + m0 * kp;
+  const uint32_t* b1 = panel + kp / 4 * 16;
+  for (int64_t s = 0; s < kp / kStep; ++s) {
+    _tile_loadd(4, a + s * kStep, kp);
+    _tile_loadd(5, a + 16 * kp + s * kStep, kp);
+    _tile_loadd(6, panel + s * 256, 64);
+    _tile_loadd(7, b1 + s * 256, 64);
+    _tile_dpbsud(0, 4, 6);
+    _tile_dpbsud(1, 4, 7);
+    _tile_dpbsud(2, 5, 6);
+    _tile_dpbsud(3, 5, 7);
   }
   constexpr int64_t stride = kBlockCols * sizeof(int32_t);
   _tile_stored(0, acc, stride);

@@ -23,13 +23,16 @@
 //    vpmaddubsw never saturates, the result is exact, and int8 weights of -128 (which
 //    compressed-tensors checkpoints may hold) are handled.
 //  - otherwise: a plain C++ loop (exact, slower).
-//  - packed AVX-512 VNNI (int8_vnni.h), for calls of at least 8 rows when the caller allows it
-//    and AMX does not run: the weight block repacked per call so that each int32 lane holds
-//    one output column (no horizontal sums), activations broadcast 4 bytes at a time.
 //  - AMX-INT8 (Sapphire Rapids and later, int8_amx.h), for calls of at least 16 rows when
 //    the caller allows it and Linux grants the tile state: 16 x 16 x 64 tile products on the
 //    weight repacked per call and per 32-column block (transposed in registers, ~0.1 ns per
 //    weight byte), the same int32 sums (signed activations, no offset).
+//
+// Packed weights (int8_pack / int8_linear_packed, AVX-512 VNNI builds): the platform packs each
+// weight once at load into int8_vnni.h's layout, which replaces [N, K]; every call then runs
+// the packed VNNI dot products (each int32 lane one output column, activations broadcast 4
+// bytes at a time), or from 16 rows the AMX tiles reading the packed words in place (tdpbsud),
+// with nothing repacked per call. Same int32 sums, same epilogue, same output bit for bit.
 //
 // Tiling: output columns are split into blocks (parallel over ATen's intra-op threads); in a
 // block, rows are taken 4 at a time (their int8 values stay in L1) against pairs of columns
@@ -168,17 +171,20 @@ __attribute__((optimize("fp-contract=off"))) inline float epilogue(int32_t acc, 
   return y;
 }
 
-// out[n0 .. n0 + cols) of one row from its int32 sums acc[0 .. cols): epilogue() for each,
-// 16 at a time with the same three roundings (mul, mul, add; no FMA) on AVX-512.
+// out[n0 .. n0 + cols) of one row from its int32 sums acc[0 .. cols), less `sub` (the packed
+// weights' 128 sum_k x, else 0): epilogue() for each, 16 at a time with the same three
+// roundings (mul, mul, add; no FMA) on AVX-512.
 template <typename T>
 void epilogue_row(const int32_t* acc, int64_t cols, float sx, const float* sw,
-                  const float* bias, int64_t n0, T* out) {
+                  const float* bias, int64_t n0, T* out, int32_t sub = 0) {
   int64_t c = 0;
 #if defined(__AVX512F__)
   alignas(64) float y[16];
   const __m512 vsx = _mm512_set1_ps(sx);
+  const __m512i vsub = _mm512_set1_epi32(sub);
   for (; c + 16 <= cols; c += 16) {
-    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + c)), vsx);
+    const __m512i a = _mm512_sub_epi32(_mm512_loadu_si512(acc + c), vsub);
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), vsx);
     v = _mm512_mul_ps(v, _mm512_loadu_ps(sw + n0 + c));
     // an explicit-rounding add: the compiler must not contract it with the mul into an FMA
     if (bias != nullptr)
@@ -198,7 +204,7 @@ void epilogue_row(const int32_t* acc, int64_t cols, float sx, const float* sw,
   }
 #endif
   for (; c < cols; ++c)
-    out[n0 + c] = static_cast<T>(epilogue(acc[c], sx, sw[n0 + c], bias, n0 + c));
+    out[n0 + c] = static_cast<T>(epilogue(acc[c] - sub, sx, sw[n0 + c], bias, n0 + c));
 }
 
 template <int MB, typename T>
@@ -324,7 +330,87 @@ void amx_path(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wp,
 }
 #endif
 
+// The activations of a call quantized: xq [rows][kp] (rows >= M; the padded rows stay zero,
+// as AMX's 32-row blocks need), each stored with `offset`, and the row scales sx [M].
+template <typename T>
+void quantize_call(const at::Tensor& x, int64_t rows, int64_t kp, int offset,
+                   const c10::optional<at::Tensor>& input_scale, std::vector<int8_t>& xq,
+                   std::vector<float>& sx) {
+  const int64_t M = x.size(0), K = x.size(1);
+  xq.assign(rows * kp, 0);
+  sx.assign(M, 0.0f);
+  const bool dynamic = !input_scale.has_value();
+  const float static_scale = dynamic ? 0.0f : input_scale->item<float>();
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m)
+      quantize_row<T>(xp + m * K, K, kp, static_scale, dynamic, offset, xq.data() + m * kp,
+                      sx.data() + m);
+  });
+}
+
+// y [M, N] for a weight in its [N, K] layout: AMX (repacking per call) from 16 rows where it
+// runs, else the vector dot products.
+template <typename T>
+at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+               const c10::optional<at::Tensor>& input_scale,
+               const c10::optional<at::Tensor>& bias, bool allow_amx) {
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  const int64_t kp = (K + kPad - 1) / kPad * kPad;
+  auto out = at::empty({M, N}, x.options());
+  if (M == 0) return out;
+#if defined(I8_AMX)
+  const bool amx = allow_amx && M >= int8_amx::kMinRows && int8_amx::ready();
+  const int64_t rows = amx ? (M + int8_amx::kBlockRows - 1) / int8_amx::kBlockRows *
+                                 int8_amx::kBlockRows : M;
+#else
+  const bool amx = false;
+  const int64_t rows = M;
+  (void)allow_amx;
+#endif
+  std::vector<int8_t> xq;
+  std::vector<float> sx;
+  quantize_call<T>(x, rows, kp, amx ? 0 : kOffset, input_scale, xq, sx);
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* swp = weight_scale.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  T* op = out.data_ptr<T>();
+#if defined(I8_AMX)
+  if (amx) {
+    amx_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+    return out;
+  }
+#endif
+  vector_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+  return out;
+}
+
 #if defined(I8_VNNI_PACKED)
+// 128 sum_k xq[m, k] of each row (the packed weights' offset, taken away from every sum); kp
+// is a multiple of 64: one vpdpbusd of all-ones bytes sums 64 activations.
+std::vector<int32_t> offset_sums(const int8_t* xq, int64_t kp, int64_t M) {
+  std::vector<int32_t> comp(M);
+  const __m512i ones = _mm512_set1_epi8(1);
+  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      __m512i acc = _mm512_setzero_si512();
+      for (int64_t k = 0; k < kp; k += 64)
+        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(xq + m * kp + k));
+      comp[m] = 128 * _mm512_reduce_add_epi32(acc);
+    }
+  });
+  return comp;
+}
+
+// Work items (column block, chunk of rows) for `threads`: rows are chunked, in multiples of
+// `unit` rows, only as far as the threads need items. Returns {chunks, rows per chunk}.
+std::pair<int64_t, int64_t> row_chunks(int64_t M, int64_t unit, int64_t blocks) {
+  const int64_t tiles = (M + unit - 1) / unit;
+  const int64_t want = 4 * at::get_num_threads();
+  const int64_t chunks = std::max<int64_t>(1, std::min(tiles, (want + blocks - 1) / blocks));
+  return {chunks, (tiles + chunks - 1) / chunks * unit};
+}
+
 // R rows from m0 against a block of 16 C packed columns: their sums, less 128 sum_k x of each
 // row, through the epilogue into out[m, n0 .. n0 + cols).
 template <int R, int C, typename T>
@@ -335,8 +421,7 @@ void packed_rows(const int8_t* xq, int64_t kp, int64_t m0, const uint32_t* packe
   int8_vnni::block_rows<R, C>(xq, kp, m0, packed, acc);
   for (int r = 0; r < R; ++r) {
     const int64_t m = m0 + r;
-    for (int64_t c = 0; c < cols; ++c) acc[r][c] -= comp[m];
-    epilogue_row<T>(acc[r], cols, sx[m], swp, bp, n0, op + m * N);
+    epilogue_row<T>(acc[r], cols, sx[m], swp, bp, n0, op + m * N, comp[m]);
   }
 }
 
@@ -357,49 +442,68 @@ void packed_block_rows(const int8_t* xq, int64_t kp, int64_t m0, int64_t m1,
     packed_rows<1, C, T>(xq, kp, m, packed, comp, sx, swp, bp, n0, cols, N, op);
 }
 
-// xq: the signed activations (no offset). Work items are (column block, chunk of rows), rows
-// chunked only as far as the threads need items; consecutive items of a thread share a
-// block, which it packs once for them.
+// The AVX-512 VNNI dot products on the packed weight pw (xq: signed activations, no offset):
+// work items of up to 4 panels (the last one 2 when the panel count is not a multiple of 4).
 template <typename T>
-void vnni_packed_path(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wp,
-                      const float* swp, const float* bp, T* op, int64_t M, int64_t K,
+void vnni_packed_path(const int8_t* xq, int64_t kp, const float* sx, const int32_t* comp,
+                      const uint32_t* pw, const float* swp, const float* bp, T* op, int64_t M,
                       int64_t N) {
-  constexpr int64_t bc = int8_vnni::kBlockCols, R = int8_vnni::kRows;
-  std::vector<int32_t> comp(M);
-  for (int64_t m = 0; m < M; ++m) {
-    int32_t s = 0;
-    for (int64_t k = 0; k < K; ++k) s += xq[m * kp + k];
-    comp[m] = 128 * s;
-  }
-  const int64_t blocks = (N + bc - 1) / bc, tiles = (M + R - 1) / R;
-  const int64_t want = 4 * at::get_num_threads();
-  const int64_t chunks = std::max<int64_t>(1, std::min(tiles, (want + blocks - 1) / blocks));
-  const int64_t chunk_rows = (tiles + chunks - 1) / chunks * R;
+  constexpr int64_t bc = int8_vnni::kBlockCols, pc = int8_vnni::kPanelCols;
+  const int64_t blocks = (N + bc - 1) / bc, panels = int8_vnni::panels(N);
+  const int64_t panel_words = kp / 4 * pc;
+  const auto [chunks, chunk_rows] = row_chunks(M, int8_vnni::kRows, blocks);
   at::parallel_for(0, blocks * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> packed(kp / 4 * bc);
-    int64_t packed_blk = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t blk = item / chunks, chunk = item % chunks;
       const int64_t n0 = blk * bc, cols = std::min(bc, N - n0);
-      if (blk != packed_blk) {
-        int8_vnni::pack_block(wp, N, K, kp, n0, bc, packed.data());
-        packed_blk = blk;
-      }
       const int64_t m0 = chunk * chunk_rows, m1 = std::min(M, m0 + chunk_rows);
-      if (m0 < m1)
-        packed_block_rows<bc / 16, T>(xq, kp, m0, m1, packed.data(), comp.data(), sx, swp, bp,
-                                      n0, cols, N, op);
+      const uint32_t* panel = pw + n0 / pc * panel_words;
+      if (m0 >= m1) continue;
+      if (panels - n0 / pc >= 4)
+        packed_block_rows<4, T>(xq, kp, m0, m1, panel, comp, sx, swp, bp, n0, cols, N, op);
+      else
+        packed_block_rows<2, T>(xq, kp, m0, m1, panel, comp, sx, swp, bp, n0, cols, N, op);
     }
+  });
+}
+
+#if defined(I8_AMX)
+// The AMX tiles on the packed weight pw, read in place, 32 columns (two panels) per work item
+// (xq: signed activations, rows padded with zeros to a multiple of 32).
+template <typename T>
+void amx_packed_path(const int8_t* xq, int64_t kp, const float* sx, const int32_t* comp,
+                     const uint32_t* pw, const float* swp, const float* bp, T* op, int64_t M,
+                     int64_t N) {
+  constexpr int64_t bc = int8_amx::kBlockCols, br = int8_amx::kBlockRows;
+  static_assert(bc == 2 * int8_vnni::kPanelCols, "an AMX column block is two panels");
+  const int64_t blocks = (N + bc - 1) / bc;
+  const auto [chunks, chunk_rows] = row_chunks(M, br, blocks);
+  at::parallel_for(0, blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+    int8_amx::configure();
+    alignas(64) int32_t acc[br * bc];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t blk = item / chunks, chunk = item % chunks;
+      const int64_t n0 = blk * bc, cols = std::min(bc, N - n0);
+      const int64_t m1 = std::min(M, (chunk + 1) * chunk_rows);
+      for (int64_t m0 = chunk * chunk_rows; m0 < m1; m0 += br) {
+        int8_amx::packed_block_product(xq, kp, m0, pw + 2 * blk * (kp / 4 * 16), acc);
+        for (int64_t m = m0; m < std::min(m1, m0 + br); ++m) {
+          epilogue_row<T>(acc + (m - m0) * bc, cols, sx[m], swp, bp, n0, op + m * N, comp[m]);
+        }
+      }
+    }
+    _tile_release();
   });
 }
 #endif
 
+// y [M, N] for a weight packed by int8_pack: AMX from 16 rows where it runs, else VNNI.
 template <typename T>
-at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
-               const c10::optional<at::Tensor>& input_scale,
-               const c10::optional<at::Tensor>& bias, bool allow_amx, bool allow_packed) {
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  const int64_t kp = (K + kPad - 1) / kPad * kPad;
+at::Tensor run_packed(const at::Tensor& x, const at::Tensor& packed, int64_t N,
+                      const at::Tensor& weight_scale,
+                      const c10::optional<at::Tensor>& input_scale,
+                      const c10::optional<at::Tensor>& bias, bool allow_amx) {
+  const int64_t M = x.size(0), kp = packed.size(1) * 4;
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
 #if defined(I8_AMX)
@@ -411,42 +515,24 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& 
   const int64_t rows = M;
   (void)allow_amx;
 #endif
-#if defined(I8_VNNI_PACKED)
-  const bool packed = !amx && allow_packed && M >= int8_vnni::kMinRows;
-#else
-  const bool packed = false;
-  (void)allow_packed;
-#endif
-  const int offset = amx || packed ? 0 : kOffset;
-  std::vector<int8_t> xq(rows * kp, 0);    // padded rows (AMX) stay zero
-  std::vector<float> sx(M);
-  const bool dynamic = !input_scale.has_value();
-  const float static_scale = dynamic ? 0.0f : input_scale->item<float>();
-  const T* xp = x.data_ptr<T>();
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m)
-      quantize_row<T>(xp + m * K, K, kp, static_scale, dynamic, offset, xq.data() + m * kp,
-                      sx.data() + m);
-  });
-  const int8_t* wp = weight.data_ptr<int8_t>();
+  std::vector<int8_t> xq;
+  std::vector<float> sx;
+  quantize_call<T>(x, rows, kp, 0, input_scale, xq, sx);
+  const std::vector<int32_t> comp = offset_sums(xq.data(), kp, M);
+  const uint32_t* pw = reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
   const float* swp = weight_scale.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   T* op = out.data_ptr<T>();
 #if defined(I8_AMX)
   if (amx) {
-    amx_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+    amx_packed_path<T>(xq.data(), kp, sx.data(), comp.data(), pw, swp, bp, op, M, N);
     return out;
   }
 #endif
-#if defined(I8_VNNI_PACKED)
-  if (packed) {
-    vnni_packed_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
-    return out;
-  }
-#endif
-  vector_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+  vnni_packed_path<T>(xq.data(), kp, sx.data(), comp.data(), pw, swp, bp, op, M, N);
   return out;
 }
+#endif
 
 // True when calls of at least 16 rows run on AMX tiles (built for AMX-INT8, tile state granted).
 bool int8_amx_ready() {
@@ -457,7 +543,7 @@ bool int8_amx_ready() {
 #endif
 }
 
-// True when calls of at least 8 rows that AMX does not take run the packed AVX-512 VNNI path.
+// True when weights can be packed at load for the AVX-512 VNNI / AMX paths (int8_pack).
 bool int8_vnni_packed_built() {
 #if defined(I8_VNNI_PACKED)
   return true;
@@ -466,16 +552,8 @@ bool int8_vnni_packed_built() {
 #endif
 }
 
-// y [M, N] = dequant(quant(x) @ weight^T) (+ bias); see the file comment for the contract.
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
-                       const at::Tensor& weight_scale, const c10::optional<at::Tensor>& input_scale,
-                       const c10::optional<at::Tensor>& bias, bool allow_amx,
-                       bool allow_packed) {
-  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2, "int8_linear: x [M, K], weight [N, K]");
-  TORCH_CHECK(weight.scalar_type() == at::kChar, "int8_linear: weight must be int8");
-  TORCH_CHECK(weight.size(1) == x.size(1), "int8_linear: weight has ", weight.size(1),
-              " inputs, x has ", x.size(1));
-  const int64_t N = weight.size(0);
+void check_scales(const at::Tensor& weight_scale, const c10::optional<at::Tensor>& input_scale,
+                  const c10::optional<at::Tensor>& bias, int64_t N) {
   TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.numel() == N,
               "int8_linear: weight_scale must be float32 [N]");
   TORCH_CHECK(!input_scale.has_value() || (input_scale->scalar_type() == at::kFloat &&
@@ -483,29 +561,95 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
               "int8_linear: input_scale must be one float32 value");
   TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->numel() == N),
               "int8_linear: bias must be float32 [N]");
+}
+
+// y [M, N] = dequant(quant(x) @ weight^T) (+ bias); see the file comment for the contract.
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const at::Tensor& weight_scale, const c10::optional<at::Tensor>& input_scale,
+                       const c10::optional<at::Tensor>& bias, bool allow_amx) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2, "int8_linear: x [M, K], weight [N, K]");
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "int8_linear: weight must be int8");
+  TORCH_CHECK(weight.size(1) == x.size(1), "int8_linear: weight has ", weight.size(1),
+              " inputs, x has ", x.size(1));
+  const int64_t N = weight.size(0);
+  check_scales(weight_scale, input_scale, bias, N);
   auto xc = x.contiguous();
   auto wc = weight.contiguous();
   auto sc = weight_scale.contiguous().view({N});
   c10::optional<at::Tensor> bc;
   if (bias.has_value()) bc = bias->contiguous();
   switch (x.scalar_type()) {
-    case at::kFloat:
-      return run<float>(xc, wc, sc, input_scale, bc, allow_amx, allow_packed);
-    case at::kBFloat16:
-      return run<c10::BFloat16>(xc, wc, sc, input_scale, bc, allow_amx, allow_packed);
-    case at::kHalf:
-      return run<c10::Half>(xc, wc, sc, input_scale, bc, allow_amx, allow_packed);
+    case at::kFloat: return run<float>(xc, wc, sc, input_scale, bc, allow_amx);
+    case at::kBFloat16: return run<c10::BFloat16>(xc, wc, sc, input_scale, bc, allow_amx);
+    case at::kHalf: return run<c10::Half>(xc, wc, sc, input_scale, bc, allow_amx);
     default: TORCH_CHECK(false, "int8_linear: unsupported dtype ", x.scalar_type());
   }
+}
+
+// The [N, K] int8 weight in the packed layout of int8_vnni.h (int32 [panels, kp / 4, 16]).
+at::Tensor int8_pack(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar,
+              "int8_pack: weight must be int8 [N, K]");
+#if defined(I8_VNNI_PACKED)
+  const int64_t N = weight.size(0), K = weight.size(1);
+  const int64_t kp = (K + kPad - 1) / kPad * kPad;
+  auto wc = weight.contiguous();
+  auto out = at::empty({int8_vnni::panels(N), kp / 4, int8_vnni::kPanelCols},
+                       weight.options().dtype(at::kInt));
+  int8_vnni::pack_weight(wc.data_ptr<int8_t>(), N, K, kp,
+                         reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()));
+  return out;
+#else
+  TORCH_CHECK(false, "int8_pack: this build has no AVX-512 VNNI (int8_vnni_packed_built)");
+#endif
+}
+
+// int8_linear on a weight packed by int8_pack (n: its output features; the inputs are x's).
+at::Tensor int8_linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t n,
+                              const at::Tensor& weight_scale,
+                              const c10::optional<at::Tensor>& input_scale,
+                              const c10::optional<at::Tensor>& bias, bool allow_amx) {
+#if defined(I8_VNNI_PACKED)
+  TORCH_CHECK(x.dim() == 2, "int8_linear_packed: x [M, K]");
+  TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kInt &&
+                  packed.size(2) == int8_vnni::kPanelCols && packed.is_contiguous(),
+              "int8_linear_packed: packed must be int8_pack's int32 [panels, kp / 4, 16]");
+  TORCH_CHECK(packed.size(1) * 4 == (x.size(1) + kPad - 1) / kPad * kPad,
+              "int8_linear_packed: the packed weight has ", packed.size(1) * 4,
+              " padded inputs, x has ", x.size(1));
+  TORCH_CHECK(n > 0 && packed.size(0) == int8_vnni::panels(n),
+              "int8_linear_packed: ", n, " outputs do not fit ", packed.size(0), " panels");
+  check_scales(weight_scale, input_scale, bias, n);
+  auto xc = x.contiguous();
+  auto sc = weight_scale.contiguous().view({n});
+  c10::optional<at::Tensor> bc2;
+  if (bias.has_value()) bc2 = bias->contiguous();
+  switch (x.scalar_type()) {
+    case at::kFloat: return run_packed<float>(xc, packed, n, sc, input_scale, bc2, allow_amx);
+    case at::kBFloat16:
+      return run_packed<c10::BFloat16>(xc, packed, n, sc, input_scale, bc2, allow_amx);
+    case at::kHalf: return run_packed<c10::Half>(xc, packed, n, sc, input_scale, bc2, allow_amx);
+    default: TORCH_CHECK(false, "int8_linear_packed: unsupported dtype ", x.scalar_type());
+  }
+#else
+  TORCH_CHECK(false, "int8_linear_packed: this build has no AVX-512 VNNI");
+#endif
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? input_scale, "
-        "Tensor? bias, bool allow_amx=True, bool allow_packed=True) -> Tensor");
+        "Tensor? bias, bool allow_amx=True) -> Tensor");
+  m.def("int8_linear_packed(Tensor x, Tensor packed, int n, Tensor weight_scale, "
+        "Tensor? input_scale, Tensor? bias, bool allow_amx=True) -> Tensor");
+  m.def("int8_pack(Tensor weight) -> Tensor");
   m.def("int8_amx_ready() -> bool", &int8_amx_ready);
   m.def("int8_vnni_packed_built() -> bool", &int8_vnni_packed_built);
 }
 
-TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) { m.impl("int8_linear", &int8_linear); }
+TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("int8_linear_packed", &int8_linear_packed);
+  m.impl("int8_pack", &int8_pack);
+}
