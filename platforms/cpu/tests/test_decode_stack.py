@@ -1,7 +1,7 @@
 """The fused decode stack (``vllm_core_cpu/decode_stack.py``, ``csrc/decode_stack.cpp``): its
 logits and KV-cache writes are bitwise the unfused module forward's, step after step, at batch
-1 and in a batch (random-weight GPTQ Llama, both wna16 activation modes, and the default
-SmolLM2 Q4_1 GGUF); the runner uses it for decode-only steps only; models it does not take
+1 and in a batch (random-weight GPTQ Llama, both wna16 activation modes, the default SmolLM2
+Q4_1 GGUF, and W8A8 INT8 weights packed at load); the runner uses it for decode-only steps only; models it does not take
 are refused with a reason and run the module forward."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from vllm_core.config import ModelConfig
 from vllm_core.model_executor.batch_utils import make_batch_layout
 from vllm_core.model_executor.loader import get_model, load_arch_config
 from vllm_core.model_executor.quantization.testing import tiny_llama, write_gptq
-from vllm_core_cpu import quant_ops
+from vllm_core_cpu import int8_ops, quant_ops
 from vllm_core_cpu.attention import CpuPagedAttentionBackend
 from vllm_core_cpu.decode_stack import build_decode_stack
 from vllm_core_cpu.worker import CpuLayerOps
@@ -28,7 +28,7 @@ ARCH = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4,
             num_key_value_heads=2, num_hidden_layers=3)
 
 
-def kv_caches(arch, num_blocks: int = 24, dtype=torch.float32) -> list[torch.Tensor]:
+def kv_caches(arch, num_blocks: int = 40, dtype=torch.float32) -> list[torch.Tensor]:
     shape = CpuPagedAttentionBackend.get_kv_cache_shape(num_blocks, BLOCK,
                                                         arch.num_key_value_heads, arch.head_dim)
     return [torch.zeros(shape, dtype=dtype) for _ in range(arch.num_hidden_layers)]
@@ -42,12 +42,12 @@ def metadata(context_lens: list[int], query_lens: list[int]):
 
 @torch.no_grad()
 def assert_stack_matches_modules(model, arch, prompts: list[list[int]], steps: int,
-                                 int8: bool, dtype=torch.float32) -> None:
+                                 int8: bool, dtype=torch.float32, int8_amx: bool = True) -> None:
     """Prefill every prompt with the module forward into two equal caches, then decode
     ``steps`` greedy tokens for the whole batch twice: the module forward on one cache, the
     fused stack on the other. Logits, hidden states and caches must be equal bitwise."""
     unfused, fused = kv_caches(arch, dtype=dtype), kv_caches(arch, dtype=dtype)
-    stack = build_decode_stack(model, fused, dtype, int8)
+    stack = build_decode_stack(model, fused, dtype, int8, int8_amx)
     assert not isinstance(stack, str), stack
     assert stack.num_layers == arch.num_hidden_layers
     lens = [len(p) for p in prompts]
@@ -103,6 +103,35 @@ def test_default_model_fused_equals_unfused(dtype, int8):
     prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11, 2]
     assert_stack_matches_modules(model, arch, [prompt], 4, int8, dt)
     assert_stack_matches_modules(model, arch, [prompt, prompt[:4], [1, 2]], 3, int8, dt)
+
+
+@pytest.mark.skipif(not int8_ops.packed_built(), reason="no AVX-512 VNNI in this build")
+@pytest.mark.parametrize("amx", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_llama_fused_equals_unfused(tmp_path, dtype, amx):
+    """``--quantization int8`` (weights packed at load): the stack runs the packed kernel as
+    the modules do (AMX from 16 rows when allowed: 18 rows take it), bitwise."""
+    arch = load_arch_config(_float_llama(tmp_path))
+    ops = CpuLayerOps(int8_amx=amx)
+    model = get_model(ModelConfig(model=str(tmp_path), dtype=dtype, arch=arch,
+                                  quantization="int8"),
+                      CpuPagedAttentionBackend, torch.device("cpu"), ops=ops)
+    assert isinstance(model.model.layers[0].mlp.down_proj.qweights, int8_ops.PackedInt8Weight)
+    dt = getattr(torch, dtype)
+    prompts = [[3, 50, 7, 91, 12, 40, 5, 66, 23], [8, 1, 77, 30], [60, 2, 9]]
+    assert_stack_matches_modules(model, arch, prompts[:1], 4, False, dt, int8_amx=amx)
+    batch = [[(7 * i + j) % 90 + 1 for j in range(3 + i % 5)] for i in range(18)]
+    assert_stack_matches_modules(model, arch, batch, 3, False, dt, int8_amx=amx)
+
+
+def test_unpacked_int8_is_refused(tmp_path):
+    arch = load_arch_config(_float_llama(tmp_path))
+    model = get_model(ModelConfig(model=str(tmp_path), dtype="float32", arch=arch,
+                                  quantization="int8"),
+                      CpuPagedAttentionBackend, torch.device("cpu"),
+                      ops=CpuLayerOps(int8_packed=False))
+    reason = build_decode_stack(model, kv_caches(arch), torch.float32, False)
+    assert isinstance(reason, str) and "not packed at load" in reason
 
 
 def test_refusals_name_the_reason(tmp_path):

@@ -10,8 +10,9 @@ invariant per row like every kernel it calls).
 ``build_decode_stack(model, kv_caches, ...)`` returns a ``DecodeStack`` or the reason it does
 not apply; it applies when the model is exactly the core's dense decoder
 (``DecoderForCausalLM`` / ``DecoderModel`` / ``DecoderLayer`` with ``GatedMLP``, no q/k norm,
-one rank holding every layer), every projection is a WNA16 weight the C++ kernel takes, the
-norms / activation run the C++ kernels, every layer's attention is the ``cpu_paged``
+one rank holding every layer), every projection is a WNA16 weight the C++ kernel takes or
+every one a W8A8 INT8 weight packed at load (``int8_ops.PackedInt8Weight``), the norms /
+activation run the C++ kernels, every layer's attention is the ``cpu_paged``
 backend's kernel with the cache in the activation dtype, and no hidden-state capture is set
 (EAGLE-3). The runner (``model_runner.CpuModelRunner``) uses it for decode-only steps and runs
 the module forward otherwise (prefill chunks, LoRA, speculative decoding, multimodal inputs,
@@ -58,27 +59,57 @@ class DecodeStack:
 
 
 def _projection(module: Any, dtype: torch.dtype) -> tuple[Any, str | None]:
-    """The ``WNA16Weight`` and bias of a linear layer, or a reason it cannot be fused."""
-    from vllm_core_cpu import quant_ops
+    """``(kind, weight, bias)`` of a linear layer (kind "wna16": a ``WNA16Weight``; "int8": a
+    ``PackedInt8Weight``, its bias in float32 as ``int8_ops`` passes it), or a reason it cannot
+    be fused."""
+    from vllm_core_cpu import int8_ops, quant_ops
 
     method = getattr(module, "method", None)
     w = getattr(module, "qweights", None)
-    if getattr(method, "kind", None) != "wna16" or w is None:
-        return None, f"{type(module).__name__} is not a WNA16 (int4 / int8 weight-only) layer"
+    kind = getattr(method, "kind", None)
+    if kind not in ("wna16", "int8") or w is None:
+        return None, (f"{type(module).__name__} is neither a WNA16 (int4 / int8 weight-only) "
+                      "nor a W8A8 INT8 layer")
     tp = getattr(module, "tp", None)
     if tp is not None and tp.world_size != 1:
         return None, "tensor parallelism"
     bias = getattr(module, "bias", None)
+    if kind == "int8":
+        if not isinstance(w, int8_ops.PackedInt8Weight) or dtype not in int8_ops.DTYPES:
+            return None, "a W8A8 INT8 weight not packed at load (VLLM_CPU_INT8_PACKED=0, or " \
+                         "no AVX-512 VNNI)"
+        return ("int8", w, None if bias is None else bias.float()), None
     if not quant_ops.kernel_fits(torch.empty(0, dtype=dtype), w, bias):
         return None, "a WNA16 weight the C++ kernel does not take (act order, shape, dtype)"
-    return (w, bias), None
+    return ("wna16", w, bias), None
+
+
+def _add_layer(stack: Any, norms: list[torch.Tensor], projs: list[tuple[str, Any, Any]],
+               cache: torch.Tensor, scale: float, window: int, int8_amx: bool) -> str | None:
+    """Append one layer to ``stack``; a reason when its projections mix kinds."""
+    kinds = {kind for kind, _, _ in projs}
+    ws = [w for _, w, _ in projs]
+    biases = [b for _, _, b in projs]
+    if kinds == {"int8"}:
+        stack.add_layer_int8(norms, [w.packed for w in ws], [w.out_features for w in ws],
+                             [w.weight_scale for w in ws], [w.input_scale for w in ws],
+                             biases, bool(int8_amx), cache[0], cache[1], scale, window)
+        return None
+    if kinds != {"wna16"}:
+        return "a layer mixes WNA16 and W8A8 INT8 projections"
+    stack.add_layer(norms, [w.qweight for w in ws], [w.scales for w in ws],
+                    [w.zeros for w in ws], biases, [w.bits for w in ws],
+                    [w.group_size if w.group_size > 0 else w.in_features for w in ws],
+                    cache[0], cache[1], scale, window)
+    return None
 
 
 def build_decode_stack(model: Any, kv_caches: list[torch.Tensor], dtype: torch.dtype,
-                       int8_activations: bool) -> DecodeStack | str:
+                       int8_activations: bool, int8_amx: bool = True) -> DecodeStack | str:
     """The fused stack of ``model`` over ``kv_caches`` (one per layer), or why it does not
     apply (a sentence). ``int8_activations``: the wna16 kernel's int8 path, as the model's
-    ``CpuLayerOps`` uses it (the stack must run what the unfused forward runs)."""
+    ``CpuLayerOps`` uses it, and ``int8_amx``: the W8A8 INT8 kernel's AMX tiles, as its
+    ``int8_amx`` (the stack must run what the unfused forward runs)."""
     from vllm_core_cpu import norm_ops, quant_ops
     from vllm_core_cpu.attention import CpuPagedAttentionImpl
 
@@ -130,15 +161,11 @@ def build_decode_stack(model: Any, kv_caches: list[torch.Tensor], dtype: torch.d
             stack = torch.classes.vllm_core_cpu.DecodeStack(
                 attn.num_heads, attn.num_kv_heads, attn.head_dim, float(eps),
                 bool(int8_activations), rotary, dm.norm.weight)
-        ws = [w for w, _ in projs]
-        cache = kv_caches[stack.num_layers()]
-        stack.add_layer(
-            [norms[0].weight, norms[1].weight], [w.qweight for w in ws],
-            [w.scales for w in ws], [w.zeros for w in ws], [b for _, b in projs],
-            [w.bits for w in ws],
-            [w.group_size if w.group_size > 0 else w.in_features for w in ws],
-            cache[0], cache[1],
-            float(impl.scale), int(impl.sliding_window or 0))
+        reason = _add_layer(stack, [norms[0].weight, norms[1].weight], projs,
+                            kv_caches[stack.num_layers()], float(impl.scale),
+                            int(impl.sliding_window or 0), int8_amx)
+        if reason is not None:
+            return reason
     if stack is None:
         return "the model has no layers"
     return DecodeStack(stack, dm.embed_tokens, n, _set_embedding(stack, dm.embed_tokens))

@@ -58,14 +58,14 @@ class PackedInt8Weight:
         return Int8Weight(w, self.weight_scale, self.input_scale)
 
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)    # activations the kernel takes
 
 
 def kernel_fits(x: torch.Tensor, w: Int8Weight) -> bool:
     """True when the C++ kernel handles ``x`` against ``w`` (see the module docstring)."""
     n = w.weight.shape[0] if w.weight.dim() == 2 else -1
     return (x.device.type == "cpu" and w.weight.device.type == "cpu"
-            and x.dtype in _DTYPES
+            and x.dtype in DTYPES
             and w.weight.dtype == torch.int8 and w.weight.dim() == 2
             and x.shape[-1] == w.weight.shape[1]
             and w.weight_scale.dtype == torch.float32 and w.weight_scale.numel() == n
@@ -117,7 +117,7 @@ def int8_linear(x: torch.Tensor, w: Int8Weight | PackedInt8Weight, bias: torch.T
     activations fit it, else the reference on the unpacked weight). ``allow_amx``: calls of
     16 rows or more may use the AMX tiles. Every path gives the same result bit for bit."""
     if isinstance(w, PackedInt8Weight):
-        if not (x.device.type == "cpu" and x.dtype in _DTYPES
+        if not (x.device.type == "cpu" and x.dtype in DTYPES
                 and x.shape[-1] == w.in_features):
             return int8_linear_reference(x, w.unpack(), bias)
         x2 = x.reshape(-1, x.shape[-1])

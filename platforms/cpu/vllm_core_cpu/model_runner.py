@@ -45,7 +45,8 @@ class CpuModelRunner(ModelRunner):
             from vllm_core_cpu.decode_stack import build_decode_stack
 
             built = build_decode_stack(self.model, self.kv_caches, self.dtype,
-                                       bool(getattr(self.ops, "int8_activations", False)))
+                                       bool(getattr(self.ops, "int8_activations", False)),
+                                       bool(getattr(self.ops, "int8_amx", True)))
             if isinstance(built, str):
                 reason = built
             else:

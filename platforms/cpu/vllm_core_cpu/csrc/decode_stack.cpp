@@ -1,5 +1,5 @@
-// The decoder layer stack of a Llama-family model with WNA16 (int4 / int8 weight-only)
-// projections as ONE call per step (torch.classes.vllm_core_cpu.DecodeStack), for the CPU
+// The decoder layer stack of a Llama-family model with WNA16 (int4 / int8 weight-only) or
+// W8A8 INT8 (weights packed at load, int8_vnni.h) projections as ONE call per step (torch.classes.vllm_core_cpu.DecodeStack), for the CPU
 // plugin's decode steps (vllm_core_cpu/decode_stack.py builds it, decides when it applies and
 // falls back otherwise).
 //
@@ -11,10 +11,11 @@
 //
 //   layer 0:  residual = hidden; hidden = rms_norm(hidden)
 //   later:    hidden, residual = fused_add_rms_norm(hidden, residual)
-//   qkv = wna16_linear(hidden); q, k, v = views of its column ranges
+//   qkv = linear(hidden); q, k, v = views of its column ranges
+//         (linear: wna16_linear, or int8_linear_packed for W8A8 INT8 layers)
 //   attn = paged_attention_rotary(q, k, v, caches, ...)   (rotary, KV write, attention)
-//   hidden, residual = fused_add_rms_norm(wna16_linear(attn, o_proj), residual)
-//   hidden = wna16_linear(silu_and_mul(wna16_linear(hidden, gate_up)), down)
+//   hidden, residual = fused_add_rms_norm(linear(attn, o_proj), residual)
+//   hidden = linear(silu_and_mul(linear(hidden, gate_up)), down)
 //   end:      hidden = fused_add_rms_norm(hidden, residual)[0]        (the final norm)
 //
 // with the same functions (kernels.h), the same arguments and shapes, so its result is
@@ -31,13 +32,23 @@
 
 namespace {
 
-// A WNA16 projection as wna16_linear takes it.
+// A projection: WNA16 as wna16_linear takes it, or (``packed`` defined) a W8A8 INT8 weight as
+// int8_linear_packed takes it.
 struct QLinear {
   at::Tensor qweight, scales, zeros;
   c10::optional<at::Tensor> bias;
   int64_t bits = 0, group_size = 0;
+  at::Tensor packed, weight_scale;
+  c10::optional<at::Tensor> input_scale;
+  int64_t out_features = 0;
+  bool allow_amx = true;
+
+  int64_t outputs() const { return packed.defined() ? out_features : qweight.size(1); }
 
   at::Tensor operator()(const at::Tensor& x, bool int8) const {
+    if (packed.defined())
+      return vllm_core_cpu::int8_linear_packed(x, packed, out_features, weight_scale,
+                                               input_scale, bias, allow_amx);
     return vllm_core_cpu::wna16_linear(x, qweight, scales, zeros, bias, bits, group_size, int8);
   }
 };
@@ -78,8 +89,6 @@ class DecodeStack : public torch::CustomClassHolder {
                     biases.size() == 4 && bits.size() == 4 && group_sizes.size() == 4,
                 "DecodeStack.add_layer: four projections (qkv, o, gate_up, down)");
     Layer layer;
-    layer.input_norm = norms[0];
-    layer.post_norm = norms[1];
     QLinear* proj[4] = {&layer.qkv, &layer.o, &layer.gate_up, &layer.down};
     for (size_t i = 0; i < 4; ++i) {
       proj[i]->qweight = qweights[i];
@@ -89,15 +98,32 @@ class DecodeStack : public torch::CustomClassHolder {
       proj[i]->bits = bits[i];
       proj[i]->group_size = group_sizes[i];
     }
-    const int64_t q_out = num_heads_ * head_size_, kv_out = num_kv_heads_ * head_size_;
-    TORCH_CHECK(layer.qkv.qweight.size(1) == q_out + 2 * kv_out,
-                "DecodeStack.add_layer: qkv has ", layer.qkv.qweight.size(1),
-                " outputs, expected ", q_out + 2 * kv_out);
-    layer.k_cache = std::move(k_cache);
-    layer.v_cache = std::move(v_cache);
-    layer.scale = scale;
-    layer.window = window;
-    layers_.push_back(std::move(layer));
+    append(std::move(layer), norms, std::move(k_cache), std::move(v_cache), scale, window);
+  }
+
+  // add_layer for W8A8 INT8 projections packed by int8_pack (qkv, o, gate_up, down): the
+  // packed words, output features, float32 weight scales, static input scales (None: dynamic
+  // per token) and float32 biases, one entry each; ``allow_amx`` as CpuLayerOps.int8_amx.
+  void add_layer_int8(std::vector<at::Tensor> norms, std::vector<at::Tensor> packed,
+                      std::vector<int64_t> out_features, std::vector<at::Tensor> weight_scales,
+                      c10::List<c10::optional<at::Tensor>> input_scales,
+                      c10::List<c10::optional<at::Tensor>> biases, bool allow_amx,
+                      at::Tensor k_cache, at::Tensor v_cache, double scale, int64_t window) {
+    TORCH_CHECK(norms.size() == 2, "DecodeStack.add_layer_int8: two norm weights");
+    TORCH_CHECK(packed.size() == 4 && out_features.size() == 4 && weight_scales.size() == 4 &&
+                    input_scales.size() == 4 && biases.size() == 4,
+                "DecodeStack.add_layer_int8: four projections (qkv, o, gate_up, down)");
+    Layer layer;
+    QLinear* proj[4] = {&layer.qkv, &layer.o, &layer.gate_up, &layer.down};
+    for (size_t i = 0; i < 4; ++i) {
+      proj[i]->packed = packed[i];
+      proj[i]->out_features = out_features[i];
+      proj[i]->weight_scale = weight_scales[i];
+      proj[i]->input_scale = input_scales.get(i);
+      proj[i]->bias = biases.get(i);
+      proj[i]->allow_amx = allow_amx;
+    }
+    append(std::move(layer), norms, std::move(k_cache), std::move(v_cache), scale, window);
   }
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
@@ -164,6 +190,22 @@ class DecodeStack : public torch::CustomClassHolder {
   }
 
  private:
+  // The norms, caches and attention settings of a layer whose projections are set; checks the
+  // qkv projection's width.
+  void append(Layer layer, const std::vector<at::Tensor>& norms, at::Tensor k_cache,
+              at::Tensor v_cache, double scale, int64_t window) {
+    layer.input_norm = norms[0];
+    layer.post_norm = norms[1];
+    const int64_t q_out = num_heads_ * head_size_, kv_out = num_kv_heads_ * head_size_;
+    TORCH_CHECK(layer.qkv.outputs() == q_out + 2 * kv_out, "DecodeStack: qkv has ",
+                layer.qkv.outputs(), " outputs, expected ", q_out + 2 * kv_out);
+    layer.k_cache = std::move(k_cache);
+    layer.v_cache = std::move(v_cache);
+    layer.scale = scale;
+    layer.window = window;
+    layers_.push_back(std::move(layer));
+  }
+
   // Rows ``ids`` of the de-quantized table, as quantized_vocab.wna16_rows computes them:
   // (float(q) - z) * s in fp32, then cast to the table's dtype.
   at::Tensor embed_rows(const at::Tensor& ids) const {
@@ -218,6 +260,7 @@ TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.class_<DecodeStack>("DecodeStack")
       .def(torch::init<int64_t, int64_t, int64_t, double, bool, at::Tensor, at::Tensor>())
       .def("add_layer", &DecodeStack::add_layer)
+      .def("add_layer_int8", &DecodeStack::add_layer_int8)
       .def("num_layers", &DecodeStack::num_layers)
       .def("set_embedding", &DecodeStack::set_embedding)
       .def("forward_ids", &DecodeStack::forward_ids)

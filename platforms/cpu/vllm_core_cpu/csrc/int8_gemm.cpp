@@ -54,6 +54,7 @@
 #endif
 
 #include "int8_amx.h"
+#include "kernels.h"
 #include "int8_vnni.h"
 
 namespace {
@@ -604,6 +605,10 @@ at::Tensor int8_pack(const at::Tensor& weight) {
 #endif
 }
 
+}  // namespace
+
+namespace vllm_core_cpu {
+
 // int8_linear on a weight packed by int8_pack (n: its output features; the inputs are x's).
 at::Tensor int8_linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t n,
                               const at::Tensor& weight_scale,
@@ -636,7 +641,7 @@ at::Tensor int8_linear_packed(const at::Tensor& x, const at::Tensor& packed, int
 #endif
 }
 
-}  // namespace
+}  // namespace vllm_core_cpu
 
 TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? input_scale, "
@@ -650,6 +655,6 @@ TORCH_LIBRARY_FRAGMENT(vllm_core_cpu, m) {
 
 TORCH_LIBRARY_IMPL(vllm_core_cpu, CPU, m) {
   m.impl("int8_linear", &int8_linear);
-  m.impl("int8_linear_packed", &int8_linear_packed);
+  m.impl("int8_linear_packed", &vllm_core_cpu::int8_linear_packed);
   m.impl("int8_pack", &int8_pack);
 }

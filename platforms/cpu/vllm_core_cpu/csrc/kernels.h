@@ -16,6 +16,12 @@ at::Tensor wna16_linear(const at::Tensor& x, const at::Tensor& qweight, const at
                         int64_t bits, int64_t group_size, bool int8_activations);
 bool wna16_has_int8_activations();
 
+// int8_gemm.cpp: y [M, N] = the W8A8 INT8 product of x [M, K] and a weight packed by int8_pack.
+at::Tensor int8_linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t n,
+                              const at::Tensor& weight_scale,
+                              const c10::optional<at::Tensor>& input_scale,
+                              const c10::optional<at::Tensor>& bias, bool allow_amx);
+
 // rms_norm.cpp
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
 std::tuple<at::Tensor, at::Tensor> fused_add_rms_norm(const at::Tensor& x,
