@@ -72,7 +72,9 @@ def main() -> int:
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
         line: dict[str, Any] = {"bench": "cpu-core-process", "system": system,
                                 "cores": os.cpu_count(),
-                                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (default)"),
+                                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+                                "gomp_spincount": os.environ.get("GOMP_SPINCOUNT",
+                                                                 "5000 (default)"),
                                 "loadavg_before": round(before, 2)}
         if found:
             line.update(json.loads(found[-1][len(RESULT):]))

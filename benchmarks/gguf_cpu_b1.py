@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "threads": args.threads, "prompt_len": PROMPT_LEN,
                                 "output_len": OUTPUT_LEN, **facts,
                                 "omp_wait_policy": env.get("OMP_WAIT_POLICY", "unset"),
+                                "gomp_spincount": env.get("GOMP_SPINCOUNT", "unset"),
                                 "loadavg_before": round(before[0], 2)}
         if found:
             line.update(json.loads(found[-1][len(RESULT):]))

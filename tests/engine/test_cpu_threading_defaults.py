@@ -1,6 +1,7 @@
-"""Threading defaults for small CPU hosts: every vllm-core process gets
-``OMP_WAIT_POLICY=PASSIVE`` before torch loads libgomp (unless the user set it), and the front
-end keeps one torch thread while the engine core computes in another process."""
+"""Threading defaults for small CPU hosts: every vllm-core process gets a bounded OpenMP spin
+(``GOMP_SPINCOUNT=5000``) before torch loads libgomp (unless the user set the wait policy or the
+spin count), and the front end keeps one torch thread while the engine core computes in another
+process."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import torch
 from vllm_core.engine.front_end_threads import FrontEndThreads
 from vllm_core.envs import OPENMP_DEFAULTS, apply_openmp_defaults
 
-PROBE = ("import os, sys; import vllm_core; "
-         "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+PROBE = ("import os, sys; import vllm_core; print(os.environ.get('OMP_WAIT_POLICY'), "
+         "os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+USER = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def _probe(env: dict[str, str]) -> str:
@@ -22,17 +24,23 @@ def _probe(env: dict[str, str]) -> str:
                           text=True, check=True).stdout.strip()
 
 
-def test_import_sets_passive_wait_before_torch_loads():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert _probe(env) == "PASSIVE False"
+def _clean() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in USER}
 
 
-def test_user_setting_is_kept():
-    assert _probe({**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE False"
+def test_import_bounds_the_spin_before_torch_loads():
+    assert _probe(_clean()) == "None 5000 False"
+
+
+def test_user_settings_are_kept():
+    assert _probe({**_clean(), "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE None False"
+    assert _probe({**_clean(), "OMP_WAIT_POLICY": "PASSIVE"}) == "PASSIVE None False"
+    assert _probe({**_clean(), "GOMP_SPINCOUNT": "100"}) == "None 100 False"
 
 
 def test_apply_reports_only_what_it_set(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for name in USER:
+        monkeypatch.delenv(name, raising=False)
     assert apply_openmp_defaults() == OPENMP_DEFAULTS
     assert apply_openmp_defaults() == {}
 
