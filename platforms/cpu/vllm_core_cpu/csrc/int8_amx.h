@@ -124,9 +124,12 @@ inline void pack_block(const int8_t* w, int64_t N, int64_t K, int64_t kp, int64_
   }
 }
 
-// acc [32][32] = xq rows [m0, m0 + 32) (stride kp) times the packed block b, exact int32.
-inline void block_product(const int8_t* xq, int64_t kp, int64_t m0, const int8_t* b,
-                          int32_t* acc) {
+// acc [32][32] = xq rows [m0, m0 + 32) (stride kp) times two B tile columns: step s's tiles
+// at b0 + s * step and b1 + s * step (bytes; rows `stride` bytes apart). kUnsigned: the B
+// bytes are u8 (tdpbsud), else s8 (tdpbssd). Exact int32.
+template <bool kUnsigned>
+inline void tile_product(const int8_t* xq, int64_t kp, int64_t m0, const int8_t* b0,
+                         const int8_t* b1, int64_t step, int64_t stride, int32_t* acc) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -135,46 +138,41 @@ inline void block_product(const int8_t* xq, int64_t kp, int64_t m0, const int8_t
   for (int64_t s = 0; s < kp / kStep; ++s) {
     _tile_loadd(4, a + s * kStep, kp);
     _tile_loadd(5, a + 16 * kp + s * kStep, kp);
-    _tile_loadd(6, b + (s * 2) * 1024, 64);
-    _tile_loadd(7, b + (s * 2 + 1) * 1024, 64);
-    _tile_dpbssd(0, 4, 6);
-    _tile_dpbssd(1, 4, 7);
-    _tile_dpbssd(2, 5, 6);
-    _tile_dpbssd(3, 5, 7);
+    _tile_loadd(6, b0 + s * step, stride);
+    _tile_loadd(7, b1 + s * step, stride);
+    if constexpr (kUnsigned) {
+      _tile_dpbsud(0, 4, 6);
+      _tile_dpbsud(1, 4, 7);
+      _tile_dpbsud(2, 5, 6);
+      _tile_dpbsud(3, 5, 7);
+    } else {
+      _tile_dpbssd(0, 4, 6);
+      _tile_dpbssd(1, 4, 7);
+      _tile_dpbssd(2, 5, 6);
+      _tile_dpbssd(3, 5, 7);
+    }
   }
-  constexpr int64_t stride = kBlockCols * sizeof(int32_t);
-  _tile_stored(0, acc, stride);
-  _tile_stored(1, acc + 16, stride);
-  _tile_stored(2, acc + 16 * kBlockCols, stride);
-  _tile_stored(3, acc + 16 * kBlockCols + 16, stride);
+  constexpr int64_t c_stride = kBlockCols * sizeof(int32_t);
+  _tile_stored(0, acc, c_stride);
+  _tile_stored(1, acc + 16, c_stride);
+  _tile_stored(2, acc + 16 * kBlockCols, c_stride);
+  _tile_stored(3, acc + 16 * kBlockCols + 16, c_stride);
+}
+
+// acc [32][32] = xq rows [m0, m0 + 32) (stride kp) times the block b packed per call
+// (pack_block), exact int32.
+inline void block_product(const int8_t* xq, int64_t kp, int64_t m0, const int8_t* b,
+                          int32_t* acc) {
+  tile_product<false>(xq, kp, m0, b, b + 1024, 2048, 64, acc);
 }
 
 // acc [32][32] = xq rows [m0, m0 + 32) (stride kp) times the two 16-column panels from `panel`
-// of the packed weight (int8_vnni.h: kp / 4 x 16 words each, u8 = w + 128): exact int32 sums
-// of x (w + 128).
+// of the weight packed at load (int8_vnni.h: kp / 4 x 16 words each, u8 = w + 128): exact
+// int32 sums of x (w + 128). A panel's 16 consecutive words are one 1 KiB tile.
 inline void packed_block_product(const int8_t* xq, int64_t kp, int64_t m0,
                                  const uint32_t* panel, int32_t* acc) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  const int8_t* a = xq + m0 * kp;
-  const uint32_t* b1 = panel + kp / 4 * 16;
-  for (int64_t s = 0; s < kp / kStep; ++s) {
-    _tile_loadd(4, a + s * kStep, kp);
-    _tile_loadd(5, a + 16 * kp + s * kStep, kp);
-    _tile_loadd(6, panel + s * 256, 64);
-    _tile_loadd(7, b1 + s * 256, 64);
-    _tile_dpbsud(0, 4, 6);
-    _tile_dpbsud(1, 4, 7);
-    _tile_dpbsud(2, 5, 6);
-    _tile_dpbsud(3, 5, 7);
-  }
-  constexpr int64_t stride = kBlockCols * sizeof(int32_t);
-  _tile_stored(0, acc, stride);
-  _tile_stored(1, acc + 16, stride);
-  _tile_stored(2, acc + 16 * kBlockCols, stride);
-  _tile_stored(3, acc + 16 * kBlockCols + 16, stride);
+  const int8_t* b0 = reinterpret_cast<const int8_t*>(panel);
+  tile_product<true>(xq, kp, m0, b0, b0 + kp * 16, 1024, 64, acc);
 }
 
 }  // namespace int8_amx

@@ -331,6 +331,26 @@ void amx_path(const int8_t* xq, int64_t kp, const float* sx, const int8_t* wp,
 }
 #endif
 
+// True when a call of M rows runs on the AMX tiles (built, granted, allowed, enough rows).
+bool use_amx(int64_t M, bool allow_amx) {
+#if defined(I8_AMX)
+  return allow_amx && M >= int8_amx::kMinRows && int8_amx::ready();
+#else
+  (void)M;
+  (void)allow_amx;
+  return false;
+#endif
+}
+
+// M rounded up to whole AMX row blocks (the quantized activations' rows on the AMX path).
+int64_t amx_rows(int64_t M) {
+#if defined(I8_AMX)
+  return (M + int8_amx::kBlockRows - 1) / int8_amx::kBlockRows * int8_amx::kBlockRows;
+#else
+  return M;
+#endif
+}
+
 // The activations of a call quantized: xq [rows][kp] (rows >= M; the padded rows stay zero,
 // as AMX's 32-row blocks need), each stored with `offset`, and the row scales sx [M].
 template <typename T>
@@ -360,15 +380,8 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& 
   const int64_t kp = (K + kPad - 1) / kPad * kPad;
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
-#if defined(I8_AMX)
-  const bool amx = allow_amx && M >= int8_amx::kMinRows && int8_amx::ready();
-  const int64_t rows = amx ? (M + int8_amx::kBlockRows - 1) / int8_amx::kBlockRows *
-                                 int8_amx::kBlockRows : M;
-#else
-  const bool amx = false;
-  const int64_t rows = M;
-  (void)allow_amx;
-#endif
+  const bool amx = use_amx(M, allow_amx);
+  const int64_t rows = amx ? amx_rows(M) : M;
   std::vector<int8_t> xq;
   std::vector<float> sx;
   quantize_call<T>(x, rows, kp, amx ? 0 : kOffset, input_scale, xq, sx);
@@ -507,15 +520,8 @@ at::Tensor run_packed(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   const int64_t M = x.size(0), kp = packed.size(1) * 4;
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
-#if defined(I8_AMX)
-  const bool amx = allow_amx && M >= int8_amx::kMinRows && int8_amx::ready();
-  const int64_t rows = amx ? (M + int8_amx::kBlockRows - 1) / int8_amx::kBlockRows *
-                                 int8_amx::kBlockRows : M;
-#else
-  const bool amx = false;
-  const int64_t rows = M;
-  (void)allow_amx;
-#endif
+  const bool amx = use_amx(M, allow_amx);
+  const int64_t rows = amx ? amx_rows(M) : M;
   std::vector<int8_t> xq;
   std::vector<float> sx;
   quantize_call<T>(x, rows, kp, 0, input_scale, xq, sx);
