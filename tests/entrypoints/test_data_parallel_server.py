@@ -122,9 +122,16 @@ def test_dp2_server_parity_metrics_both_cores_and_a_dead_core(tiny_model, tmp_pa
         for t in threads:
             t.join(timeout=60)
             assert not t.is_alive(), "a stream hangs after a core died"
+        # every stream ends; the one on the killed core with a 503, the other with a 503 or,
+        # when it finished before the server reacted (a fast host), with its last chunk
+        codes = []
         for got in events.values():
             assert got[-1] == "[DONE]"
-            assert json.loads(got[-2]).get("error", {}).get("code") == 503, got[-3:]
+            last = json.loads(got[-2])
+            codes.append(last.get("error", {}).get("code"))
+            if codes[-1] is None:
+                assert last["choices"][0]["finish_reason"] == "length", got[-3:]
+        assert 503 in codes, [got[-3:] for got in events.values()]
         late = httpx.post(f"{srv.url}/v1/completions", timeout=30,
                           json={**body, "stream": False, "max_tokens": 4})
         assert late.status_code == 503, late.text
