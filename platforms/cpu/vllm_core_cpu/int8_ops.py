@@ -116,20 +116,21 @@ def int8_linear(x: torch.Tensor, w: Int8Weight | PackedInt8Weight, bias: torch.T
     apply to an ``Int8Weight``; a ``PackedInt8Weight`` always runs here (the kernel when the
     activations fit it, else the reference on the unpacked weight). ``allow_amx``: calls of
     16 rows or more may use the AMX tiles. Every path gives the same result bit for bit."""
-    if isinstance(w, PackedInt8Weight):
-        if not (x.device.type == "cpu" and x.dtype in DTYPES
-                and x.shape[-1] == w.in_features):
+    packed = isinstance(w, PackedInt8Weight)
+    if packed:
+        if not (x.device.type == "cpu" and x.dtype in DTYPES and x.shape[-1] == w.in_features):
             return int8_linear_reference(x, w.unpack(), bias)
-        x2 = x.reshape(-1, x.shape[-1])
-        b = None if bias is None else bias.float()
-        y = torch.ops.vllm_core_cpu.int8_linear_packed(x2, w.packed, w.out_features,
-                                                       w.weight_scale, w.input_scale, b,
-                                                       allow_amx)
-        return y.reshape(*x.shape[:-1], w.out_features)
-    if not kernel_fits(x, w) or not kernels_available():
+        n = w.out_features
+    elif not kernel_fits(x, w) or not kernels_available():
         return None
+    else:
+        n = w.weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1])
     b = None if bias is None else bias.float()
-    y = torch.ops.vllm_core_cpu.int8_linear(x2, w.weight, w.weight_scale, w.input_scale, b,
-                                            allow_amx)
-    return y.reshape(*x.shape[:-1], w.weight.shape[0])
+    if packed:
+        y = torch.ops.vllm_core_cpu.int8_linear_packed(x2, w.packed, n, w.weight_scale,
+                                                       w.input_scale, b, allow_amx)
+    else:
+        y = torch.ops.vllm_core_cpu.int8_linear(x2, w.weight, w.weight_scale, w.input_scale, b,
+                                                allow_amx)
+    return y.reshape(*x.shape[:-1], n)

@@ -351,23 +351,33 @@ int64_t amx_rows(int64_t M) {
 #endif
 }
 
-// The activations of a call quantized: xq [rows][kp] (rows >= M; the padded rows stay zero,
-// as AMX's 32-row blocks need), each stored with `offset`, and the row scales sx [M].
+// A call's activations quantized for the path it takes: amx (use_amx), xq [rows][kp] (rows:
+// M, or amx_rows(M) on AMX, whose padded rows stay zero), each stored with no offset on AMX
+// and `vector_offset` otherwise, and the row scales sx [M].
+struct QuantizedCall {
+  bool amx = false;
+  std::vector<int8_t> xq;
+  std::vector<float> sx;
+};
+
 template <typename T>
-void quantize_call(const at::Tensor& x, int64_t rows, int64_t kp, int offset,
-                   const c10::optional<at::Tensor>& input_scale, std::vector<int8_t>& xq,
-                   std::vector<float>& sx) {
+QuantizedCall quantize_call(const at::Tensor& x, int64_t kp, bool allow_amx, int vector_offset,
+                            const c10::optional<at::Tensor>& input_scale) {
   const int64_t M = x.size(0), K = x.size(1);
-  xq.assign(rows * kp, 0);
-  sx.assign(M, 0.0f);
+  QuantizedCall q;
+  q.amx = use_amx(M, allow_amx);
+  const int offset = q.amx ? 0 : vector_offset;
+  q.xq.assign((q.amx ? amx_rows(M) : M) * kp, 0);
+  q.sx.assign(M, 0.0f);
   const bool dynamic = !input_scale.has_value();
   const float static_scale = dynamic ? 0.0f : input_scale->item<float>();
   const T* xp = x.data_ptr<T>();
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m)
-      quantize_row<T>(xp + m * K, K, kp, static_scale, dynamic, offset, xq.data() + m * kp,
-                      sx.data() + m);
+      quantize_row<T>(xp + m * K, K, kp, static_scale, dynamic, offset, q.xq.data() + m * kp,
+                      q.sx.data() + m);
   });
+  return q;
 }
 
 // y [M, N] for a weight in its [N, K] layout: AMX (repacking per call) from 16 rows where it
@@ -380,22 +390,20 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& 
   const int64_t kp = (K + kPad - 1) / kPad * kPad;
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
-  const bool amx = use_amx(M, allow_amx);
-  const int64_t rows = amx ? amx_rows(M) : M;
-  std::vector<int8_t> xq;
-  std::vector<float> sx;
-  quantize_call<T>(x, rows, kp, amx ? 0 : kOffset, input_scale, xq, sx);
+  const QuantizedCall q = quantize_call<T>(x, kp, allow_amx, kOffset, input_scale);
+  const int8_t* xq = q.xq.data();
+  const float* sx = q.sx.data();
   const int8_t* wp = weight.data_ptr<int8_t>();
   const float* swp = weight_scale.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   T* op = out.data_ptr<T>();
 #if defined(I8_AMX)
-  if (amx) {
-    amx_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+  if (q.amx) {
+    amx_path<T>(xq, kp, sx, wp, swp, bp, op, M, K, N);
     return out;
   }
 #endif
-  vector_path<T>(xq.data(), kp, sx.data(), wp, swp, bp, op, M, K, N);
+  vector_path<T>(xq, kp, sx, wp, swp, bp, op, M, K, N);
   return out;
 }
 
@@ -520,23 +528,21 @@ at::Tensor run_packed(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   const int64_t M = x.size(0), kp = packed.size(1) * 4;
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
-  const bool amx = use_amx(M, allow_amx);
-  const int64_t rows = amx ? amx_rows(M) : M;
-  std::vector<int8_t> xq;
-  std::vector<float> sx;
-  quantize_call<T>(x, rows, kp, 0, input_scale, xq, sx);
-  const std::vector<int32_t> comp = offset_sums(xq.data(), kp, M);
+  const QuantizedCall q = quantize_call<T>(x, kp, allow_amx, 0, input_scale);
+  const int8_t* xq = q.xq.data();
+  const float* sx = q.sx.data();
+  const std::vector<int32_t> comp = offset_sums(xq, kp, M);
   const uint32_t* pw = reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
   const float* swp = weight_scale.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   T* op = out.data_ptr<T>();
 #if defined(I8_AMX)
-  if (amx) {
-    amx_packed_path<T>(xq.data(), kp, sx.data(), comp.data(), pw, swp, bp, op, M, N);
+  if (q.amx) {
+    amx_packed_path<T>(xq, kp, sx, comp.data(), pw, swp, bp, op, M, N);
     return out;
   }
 #endif
-  vnni_packed_path<T>(xq.data(), kp, sx.data(), comp.data(), pw, swp, bp, op, M, N);
+  vnni_packed_path<T>(xq, kp, sx, comp.data(), pw, swp, bp, op, M, N);
   return out;
 }
 #endif
