@@ -42,11 +42,14 @@ def metadata(context_lens: list[int], query_lens: list[int]):
 
 @torch.no_grad()
 def assert_stack_matches_modules(model, arch, prompts: list[list[int]], steps: int,
-                                 int8: bool, dtype=torch.float32, int8_amx: bool = True) -> None:
-    """Prefill every prompt with the module forward into two equal caches, then decode
-    ``steps`` greedy tokens for the whole batch twice: the module forward on one cache, the
-    fused stack on the other. Logits, hidden states and caches must be equal bitwise."""
-    unfused, fused = kv_caches(arch, dtype=dtype), kv_caches(arch, dtype=dtype)
+                                 int8: bool, dtype=torch.float32, int8_amx: bool = True,
+                                 kv_dtype: torch.dtype | None = None) -> None:
+    """Prefill every prompt with the module forward into two equal caches (in ``kv_dtype``,
+    default the activation dtype), then decode ``steps`` greedy tokens for the whole batch
+    twice: the module forward on one cache, the fused stack on the other. Logits, hidden
+    states and caches must be equal bitwise."""
+    kv_dtype = kv_dtype or dtype
+    unfused, fused = kv_caches(arch, dtype=kv_dtype), kv_caches(arch, dtype=kv_dtype)
     stack = build_decode_stack(model, fused, dtype, int8, int8_amx)
     assert not isinstance(stack, str), stack
     assert stack.num_layers == arch.num_hidden_layers
@@ -67,7 +70,7 @@ def assert_stack_matches_modules(model, arch, prompts: list[list[int]], steps: i
         assert torch.equal(got, ref), step
         new = ref.argmax(-1)
     for a, b in zip(unfused, fused, strict=True):
-        assert torch.equal(a, b)
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,21 @@ def test_random_gptq_llama_fused_equals_unfused(gptq_folder, int8):
     assert not build_decode_stack(model, kv_caches(arch), torch.float32, int8).embeds_in_stack
     assert_stack_matches_modules(model, arch, prompts[:1], 5, int8)       # batch 1
     assert_stack_matches_modules(model, arch, prompts, 4, int8)           # batch 3
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_cache_fused_equals_unfused(gptq_folder, kv_dtype):
+    """An fp8 KV cache with calibrated per-layer scales: the stack passes each layer's scales
+    to the attention as the module forward does (bitwise, caches included)."""
+    arch = load_arch_config(gptq_folder)
+    model = get_model(ModelConfig(model=gptq_folder, dtype="float32", arch=arch),
+                      CpuPagedAttentionBackend, torch.device("cpu"), ops=CpuLayerOps())
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.attn.load_kv_scale("k", torch.tensor(0.1 * (i + 1)))
+        layer.self_attn.attn.load_kv_scale("v", torch.tensor(0.5))
+        layer.self_attn.attn.process_after_loading()
+    prompts = [[3, 50, 7, 91, 12, 40, 5, 66, 23], [8, 1, 77, 30], [60, 2, 9]]
+    assert_stack_matches_modules(model, arch, prompts, 4, False, kv_dtype=kv_dtype)
 
 
 @pytest.mark.parametrize("dtype,int8", [("float32", m) for m in MODES] + [

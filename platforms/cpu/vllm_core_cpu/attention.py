@@ -15,6 +15,13 @@ SDPA call (no Python loop over tokens or requests):
   axis, ``q [Nd, Hkv, G, D]`` against ``k [Nd, Hkv, L, D]``;
 * prefill chunks: queries padded to ``[Np, H, maxq, D]`` against ``[Np, Hkv, L, D]``.
 
+FP8 KV cache (``--kv-cache-dtype fp8`` / ``fp8_e4m3`` / ``fp8_e5m2``): the cache holds one
+byte per element with the layer's per-tensor ``k_scale`` / ``v_scale`` as
+``vllm_core/attention/kv_scales.py`` states (stored ``fp8(clamp(x / scale))``, read
+``stored * scale``). The kernel writes and reads it directly (a row widened exactly, the scales
+folded into the query's scale and the softmax normalisation); the SDPA path quantizes on write
+and widens what it gathers.
+
 Batch invariance (what makes a seeded request reproducible whatever else runs): key lengths
 are always padded to a multiple of ``KEY_ALIGN`` and masked, never cut to the exact length and
 never routed through a different kernel for "simple" cases. Measured on x86 with oneDNN, the
@@ -36,6 +43,8 @@ from vllm_core.attention.backend import (
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
+from vllm_core.attention.kv_cache_dtype import FP8_KV_CACHE_DTYPES
+from vllm_core.attention.kv_scales import dequantize_kv, quantize_kv
 
 KEY_ALIGN = 16   # key-length padding granularity (tokens)
 KERNEL_HEAD_SIZES = (32, 64, 128, 256)   # what csrc/paged_attention.cpp is instantiated for
@@ -170,6 +179,8 @@ class CpuAttentionMetadataBuilder(AttentionMetadataBuilder):
 
 
 class CpuPagedAttentionImpl(AttentionImpl):
+    supports_kv_scales = True
+
     def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
                  sliding_window: int | None = None) -> None:
         super().__init__(num_heads, head_size, scale, num_kv_heads, sliding_window)
@@ -180,6 +191,17 @@ class CpuPagedAttentionImpl(AttentionImpl):
         # with the kernel, the rotary embedding, the cache write and the attention are one
         # C++ call per layer (``forward_with_rotary``)
         self.fuses_rotary = self.use_kernel
+        self._kv_scales = (1.0, 1.0)
+
+    def set_kv_scales(self, k_scale: torch.Tensor, v_scale: torch.Tensor) -> None:
+        """Keep the scales as tensors (the SDPA path) and as floats (the kernel's arguments;
+        read once here, so no step reads a tensor on the host)."""
+        super().set_kv_scales(k_scale, v_scale)
+        self._kv_scales = (float(k_scale), float(v_scale))
+
+    def kv_scale_values(self) -> tuple[float, float]:
+        """``(k_scale, v_scale)`` as floats: what the kernel applies to a float8 cache."""
+        return self._kv_scales
 
     def forward_with_rotary(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             kv_cache: torch.Tensor, attn_metadata: CpuAttentionMetadata,
@@ -197,7 +219,8 @@ class CpuPagedAttentionImpl(AttentionImpl):
             query, key, value, kv_cache[0], kv_cache[1], attn_metadata.slot_mapping,
             attn_metadata.block_table, attn_metadata.token_request,
             attn_metadata.token_position, positions, cos_sin_cache, self.scale,
-            self.sliding_window or 0).view(query.shape[0], self.num_heads * self.head_size)
+            self.sliding_window or 0, *self._kv_scales,
+        ).view(query.shape[0], self.num_heads * self.head_size)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: CpuAttentionMetadata) -> torch.Tensor:
@@ -208,28 +231,30 @@ class CpuPagedAttentionImpl(AttentionImpl):
         if kv_cache.numel() == 0:           # memory profiling: attend to the new tokens only
             return self._forward_uncached(query, key, value, attn_metadata.sdpa(), out)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
-        k_cache.view(-1, hkv, d).index_copy_(0, attn_metadata.slot_mapping, key)
-        v_cache.view(-1, hkv, d).index_copy_(0, attn_metadata.slot_mapping, value)
+        self._write(k_cache, attn_metadata.slot_mapping, key, self.k_scale)
+        self._write(v_cache, attn_metadata.slot_mapping, value, self.v_scale)
         if self.use_kernel:
             return torch.ops.vllm_core_cpu.paged_attention(
                 query.contiguous(), k_cache, v_cache, attn_metadata.block_table,
                 attn_metadata.token_request, attn_metadata.token_position,
-                self.scale, self.sliding_window or 0).view(num_tokens, h * d)
+                self.scale, self.sliding_window or 0, *self._kv_scales).view(num_tokens, h * d)
         md = attn_metadata.sdpa()
         decode_mask, prefill_mask = md.masks(self.sliding_window)
 
         nd = md.num_decodes
         if nd:
             o = F.scaled_dot_product_attention(
-                query[:nd].view(nd, hkv, g, d), self._gather(k_cache, md.decode_blocks),
-                self._gather(v_cache, md.decode_blocks), attn_mask=decode_mask,
-                scale=self.scale)
+                query[:nd].view(nd, hkv, g, d),
+                self._gather(k_cache, md.decode_blocks, self.k_scale, query.dtype),
+                self._gather(v_cache, md.decode_blocks, self.v_scale, query.dtype),
+                attn_mask=decode_mask, scale=self.scale)
             out[:nd] = o.reshape(nd, h, d)
         if md.num_prefills:
             npr, mq = md.num_prefills, md.prefill_max_q
             o = F.scaled_dot_product_attention(
                 self._pad(query[nd:], md.prefill_q_index, npr, mq),
-                self._gather(k_cache, md.prefill_blocks), self._gather(v_cache, md.prefill_blocks),
+                self._gather(k_cache, md.prefill_blocks, self.k_scale, query.dtype),
+                self._gather(v_cache, md.prefill_blocks, self.v_scale, query.dtype),
                 attn_mask=prefill_mask, scale=self.scale, enable_gqa=g > 1)
             out[nd:] = o.transpose(1, 2).reshape(npr * mq, h, d)[md.prefill_q_index]
         return out.view(num_tokens, h * d)
@@ -253,6 +278,16 @@ class CpuPagedAttentionImpl(AttentionImpl):
         return out.view(query.shape[0], h * d)
 
     @staticmethod
+    def _write(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor,
+               scale: torch.Tensor | None) -> None:
+        """Rows ``x`` [T, Hkv, D] stored at ``slots`` of ``cache`` as its dtype stores them
+        (float8 moved as bytes: torch has no float8 ``index_copy_`` on the CPU)."""
+        stored = quantize_kv(x, scale, cache.dtype)
+        if stored.element_size() == 1:
+            cache, stored = cache.view(torch.uint8), stored.view(torch.uint8)
+        cache.view(-1, *x.shape[1:]).index_copy_(0, slots, stored)
+
+    @staticmethod
     def _pad(x: torch.Tensor, index: torch.Tensor, n: int, max_len: int) -> torch.Tensor:
         """Flat [T, H, D] rows scattered to [n, H, max_len, D] (zeros elsewhere)."""
         padded = x.new_zeros(n * max_len, x.shape[1], x.shape[2])
@@ -260,17 +295,20 @@ class CpuPagedAttentionImpl(AttentionImpl):
         return padded.view(n, max_len, x.shape[1], x.shape[2]).transpose(1, 2)
 
     @staticmethod
-    def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-        """[num_blocks, bs, Hkv, D] gathered by a [N, nb] block table -> [N, Hkv, nb*bs, D]."""
+    def _gather(cache: torch.Tensor, blocks: torch.Tensor, scale: torch.Tensor | None,
+                dtype: torch.dtype) -> torch.Tensor:
+        """[num_blocks, bs, Hkv, D] gathered by a [N, nb] block table -> [N, Hkv, nb*bs, D]
+        in ``dtype`` (a float8 cache widened and scaled)."""
         n, nb = blocks.shape
         _, bs, hkv, d = cache.shape
-        rows = cache.index_select(0, blocks.reshape(-1))
+        rows = dequantize_kv(cache.index_select(0, blocks.reshape(-1)), scale, dtype)
         return rows.view(n, nb * bs, hkv, d).transpose(1, 2)
 
 
 class CpuPagedAttentionBackend(AttentionBackend):
     name: ClassVar[str] = "cpu_paged"
     supported_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto", *FP8_KV_CACHE_DTYPES)
     preferred_block_size: ClassVar[int] = 16
     supports_sliding_window: ClassVar[bool] = True   # per layer (the impl's sliding_window)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from vllm_core.attention.kv_scales import is_fp8
 from vllm_core.model_executor.models.decoder import (
     DecoderAttention,
     DecoderForCausalLM,
@@ -85,22 +86,24 @@ def _projection(module: Any, dtype: torch.dtype) -> tuple[Any, str | None]:
 
 
 def _add_layer(stack: Any, norms: list[torch.Tensor], projs: list[tuple[str, Any, Any]],
-               cache: torch.Tensor, scale: float, window: int, int8_amx: bool) -> str | None:
-    """Append one layer to ``stack``; a reason when its projections mix kinds."""
+               cache: torch.Tensor, attn: tuple[float, int, float, float],
+               int8_amx: bool) -> str | None:
+    """Append one layer to ``stack`` (``attn``: the attention's scale, sliding window and the
+    cache's k / v scales); a reason when its projections mix kinds."""
     kinds = {kind for kind, _, _ in projs}
     ws = [w for _, w, _ in projs]
     biases = [b for _, _, b in projs]
     if kinds == {"int8"}:
         stack.add_layer_int8(norms, [w.packed for w in ws], [w.out_features for w in ws],
                              [w.weight_scale for w in ws], [w.input_scale for w in ws],
-                             biases, bool(int8_amx), cache[0], cache[1], scale, window)
+                             biases, bool(int8_amx), cache[0], cache[1], *attn)
         return None
     if kinds != {"wna16"}:
         return "a layer mixes WNA16 and W8A8 INT8 projections"
     stack.add_layer(norms, [w.qweight for w in ws], [w.scales for w in ws],
                     [w.zeros for w in ws], biases, [w.bits for w in ws],
                     [w.group_size if w.group_size > 0 else w.in_features for w in ws],
-                    cache[0], cache[1], scale, window)
+                    cache[0], cache[1], *attn)
     return None
 
 
@@ -125,8 +128,9 @@ def build_decode_stack(model: Any, kv_caches: list[torch.Tensor], dtype: torch.d
         return "pipeline parallelism (this rank does not hold every layer)"
     if dm.aux_capture is not None:
         return "hidden states are captured for a speculative proposer"
-    if len(kv_caches) != n or any(c.numel() == 0 or c.dtype != dtype for c in kv_caches):
-        return "the KV cache is not allocated in the activation dtype"
+    if len(kv_caches) != n or any(c.numel() == 0 or (c.dtype != dtype and not is_fp8(c.dtype))
+                                  for c in kv_caches):
+        return "the KV cache is neither in the activation dtype nor float8"
     rotary = dm.rotary_emb.cos_sin_cache
     if rotary.dtype != torch.float32:
         return "the rotary table is not float32"
@@ -162,8 +166,9 @@ def build_decode_stack(model: Any, kv_caches: list[torch.Tensor], dtype: torch.d
                 attn.num_heads, attn.num_kv_heads, attn.head_dim, float(eps),
                 bool(int8_activations), rotary, dm.norm.weight)
         reason = _add_layer(stack, [norms[0].weight, norms[1].weight], projs,
-                            kv_caches[stack.num_layers()], float(impl.scale),
-                            int(impl.sliding_window or 0), int8_amx)
+                            kv_caches[stack.num_layers()],
+                            (float(impl.scale), int(impl.sliding_window or 0),
+                             *impl.kv_scale_values()), int8_amx)
         if reason is not None:
             return reason
     if stack is None:

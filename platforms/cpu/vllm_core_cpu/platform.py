@@ -32,6 +32,7 @@ import glob
 import os
 from typing import TYPE_CHECKING, ClassVar
 
+from vllm_core.attention.kv_cache_dtype import FP8_KV_CACHE_DTYPES
 from vllm_core.logger import init_logger
 from vllm_core.platforms.interface import (
     PLATFORM_API_VERSION,
@@ -187,7 +188,8 @@ class CpuPlatform(Platform):
     dist_backend: ClassVar[str] = "gloo"
     device_control_env_var: ClassVar[str] = ""
     supported_dtypes: ClassVar[tuple[str, ...]] = ("bfloat16", "float32", "float16")
-    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
+    # float8 caches: the cpu_paged kernel reads and writes them (attention.py)
+    supported_kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto", *FP8_KV_CACHE_DTYPES)
     default_block_size: ClassVar[int] = 16
 
     @classmethod

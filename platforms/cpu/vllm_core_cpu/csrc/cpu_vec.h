@@ -35,18 +35,94 @@ inline vf loadv(const float* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+// (bf16: one widening move and one shift; the generic vector conversion lowers to two halves)
 inline vf loadv(const c10::BFloat16* p) {
+  vf v;
+#if defined(__AVX512F__)
+  const __m512i w = _mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+  std::memcpy(&v, &w, sizeof(v));
+#elif defined(__AVX2__)
+  const __m256i w = _mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+  std::memcpy(&v, &w, sizeof(v));
+#else
   vh raw;
   std::memcpy(&raw, p, sizeof(raw));
   vu wide = __builtin_convertvector(raw, vu) << 16;
-  vf v;
   std::memcpy(&v, &wide, sizeof(v));
+#endif
+  return v;
+}
+typedef uint8_t vb __attribute__((vector_size(kLanes)));
+
+// kLanes IEEE half-precision bit patterns widened to floats, exactly: one vcvtph2ps with
+// AVX-512F or F16C, a lane loop elsewhere.
+inline vf half_bits_to_float(vh h) {
+  vf v;
+#if defined(__AVX512F__)
+  __m256i raw;
+  std::memcpy(&raw, &h, sizeof(raw));
+  const __m512 f = _mm512_cvtph_ps(raw);
+  std::memcpy(&v, &f, sizeof(v));
+#elif defined(__F16C__) && defined(__AVX2__)
+  __m128i raw;
+  std::memcpy(&raw, &h, sizeof(raw));
+  const __m256 f = _mm256_cvtph_ps(raw);
+  std::memcpy(&v, &f, sizeof(v));
+#else
+  for (int i = 0; i < kLanes; ++i) {
+    c10::Half x;
+    x.x = h[i];
+    v[i] = static_cast<float>(x);
+  }
+#endif
   return v;
 }
 inline vf loadv(const c10::Half* p) {
-  vf v;
-  for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(p[i]);
-  return v;
+  vh raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  return half_bits_to_float(raw);
+}
+// kLanes bytes widened to 16-bit lanes, zero- or sign-extended (one vpmovzxbw / vpmovsxbw).
+template <bool kSigned>
+inline vh widen_bytes(const void* p) {
+  vh h;
+#if defined(__AVX512F__)
+  const __m128i raw = _mm_loadu_si128(static_cast<const __m128i*>(p));
+  const __m256i w = kSigned ? _mm256_cvtepi8_epi16(raw) : _mm256_cvtepu8_epi16(raw);
+  std::memcpy(&h, &w, sizeof(h));
+#elif defined(__AVX2__)
+  const __m128i raw = _mm_loadl_epi64(static_cast<const __m128i*>(p));
+  const __m128i w = kSigned ? _mm_cvtepi8_epi16(raw) : _mm_cvtepu8_epi16(raw);
+  std::memcpy(&h, &w, sizeof(h));
+#else
+  typedef int8_t vsb __attribute__((vector_size(kLanes)));
+  typedef int16_t vsh __attribute__((vector_size(kLanes * sizeof(int16_t))));
+  if constexpr (kSigned) {
+    vsb raw;
+    std::memcpy(&raw, p, sizeof(raw));
+    const vsh w = __builtin_convertvector(raw, vsh);
+    std::memcpy(&h, &w, sizeof(h));
+  } else {
+    vb raw;
+    std::memcpy(&raw, p, sizeof(raw));
+    h = __builtin_convertvector(raw, vh);
+  }
+#endif
+  return h;
+}
+// float8 e5m2 is the upper byte of a half (same exponent bias): exact, inf / NaN included.
+inline vf loadv(const c10::Float8_e5m2* p) {
+  return half_bits_to_float(widen_bytes<false>(p) << 8);
+}
+// float8 e4m3fn: sign-extended to 16 bits and shifted by 7, the sign lands in the half's sign
+// bit and the 7 exponent / mantissa bits under the half's (exponent bias 15 instead of 7; the
+// sign's copy in bit 14 is cleared), then times 2^8: exact for normals and subnormals. The NaN
+// pattern (0x7f / 0xff) reads as +-480; cache writers saturate, so it is never stored.
+inline vf loadv(const c10::Float8_e4m3fn* p) {
+  const vh h = (widen_bytes<true>(p) << 7) & 0xBF80;
+  return half_bits_to_float(h) * 256.0f;
 }
 
 // Store kLanes floats as T, rounded as static_cast<T> rounds a finite float (bf16: to nearest

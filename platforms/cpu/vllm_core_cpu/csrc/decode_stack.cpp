@@ -59,6 +59,7 @@ struct Layer {
   at::Tensor k_cache, v_cache;
   double scale = 1.0;
   int64_t window = 0;
+  double k_scale = 1.0, v_scale = 1.0;   // a float8 cache's scales (ignored otherwise)
 };
 
 class DecodeStack : public torch::CustomClassHolder {
@@ -77,13 +78,13 @@ class DecodeStack : public torch::CustomClassHolder {
 
   // Append a layer: norms [input, post_attention]; projections in the order qkv, o, gate_up,
   // down (qweights / scales / zeros / biases / bits / group sizes, one entry each); this
-  // layer's K and V caches ([blocks, block_size, kv_heads, head_size]); the attention scale
-  // and sliding window (0: none).
+  // layer's K and V caches ([blocks, block_size, kv_heads, head_size], the activation dtype or
+  // float8); the attention scale, sliding window (0: none) and the caches' k / v scales.
   void add_layer(std::vector<at::Tensor> norms, std::vector<at::Tensor> qweights,
                  std::vector<at::Tensor> scales, std::vector<at::Tensor> zeros,
                  c10::List<c10::optional<at::Tensor>> biases, std::vector<int64_t> bits,
                  std::vector<int64_t> group_sizes, at::Tensor k_cache, at::Tensor v_cache,
-                 double scale, int64_t window) {
+                 double scale, int64_t window, double k_scale, double v_scale) {
     TORCH_CHECK(norms.size() == 2, "DecodeStack.add_layer: two norm weights");
     TORCH_CHECK(qweights.size() == 4 && scales.size() == 4 && zeros.size() == 4 &&
                     biases.size() == 4 && bits.size() == 4 && group_sizes.size() == 4,
@@ -98,7 +99,8 @@ class DecodeStack : public torch::CustomClassHolder {
       proj[i]->bits = bits[i];
       proj[i]->group_size = group_sizes[i];
     }
-    append(std::move(layer), norms, std::move(k_cache), std::move(v_cache), scale, window);
+    append(std::move(layer), norms, std::move(k_cache), std::move(v_cache), scale, window,
+           k_scale, v_scale);
   }
 
   // add_layer for W8A8 INT8 projections packed by int8_pack (qkv, o, gate_up, down): the
@@ -108,7 +110,8 @@ class DecodeStack : public torch::CustomClassHolder {
                       std::vector<int64_t> out_features, std::vector<at::Tensor> weight_scales,
                       c10::List<c10::optional<at::Tensor>> input_scales,
                       c10::List<c10::optional<at::Tensor>> biases, bool allow_amx,
-                      at::Tensor k_cache, at::Tensor v_cache, double scale, int64_t window) {
+                      at::Tensor k_cache, at::Tensor v_cache, double scale, int64_t window,
+                      double k_scale, double v_scale) {
     TORCH_CHECK(norms.size() == 2, "DecodeStack.add_layer_int8: two norm weights");
     TORCH_CHECK(packed.size() == 4 && out_features.size() == 4 && weight_scales.size() == 4 &&
                     input_scales.size() == 4 && biases.size() == 4,
@@ -123,7 +126,8 @@ class DecodeStack : public torch::CustomClassHolder {
       proj[i]->bias = biases.get(i);
       proj[i]->allow_amx = allow_amx;
     }
-    append(std::move(layer), norms, std::move(k_cache), std::move(v_cache), scale, window);
+    append(std::move(layer), norms, std::move(k_cache), std::move(v_cache), scale, window,
+           k_scale, v_scale);
   }
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
@@ -181,7 +185,8 @@ class DecodeStack : public torch::CustomClassHolder {
           qkv.narrow(1, q_out + kv_out, kv_out).view({T, num_kv_heads_, head_size_});
       const at::Tensor attn = vllm_core_cpu::paged_attention_rotary(
           q, k, v, L.k_cache, L.v_cache, slot_mapping, block_table, token_request,
-          token_position, positions, cos_sin_cache_, L.scale, L.window).view({T, q_out});
+          token_position, positions, cos_sin_cache_, L.scale, L.window, L.k_scale, L.v_scale)
+          .view({T, q_out});
       std::tie(hidden, residual) =
           vllm_core_cpu::fused_add_rms_norm(L.o(attn, int8_), residual, L.post_norm, eps_);
       hidden = L.down(vllm_core_cpu::silu_and_mul(L.gate_up(hidden, int8_)), int8_);
@@ -193,7 +198,8 @@ class DecodeStack : public torch::CustomClassHolder {
   // The norms, caches and attention settings of a layer whose projections are set; checks the
   // qkv projection's width.
   void append(Layer layer, const std::vector<at::Tensor>& norms, at::Tensor k_cache,
-              at::Tensor v_cache, double scale, int64_t window) {
+              at::Tensor v_cache, double scale, int64_t window, double k_scale,
+              double v_scale) {
     layer.input_norm = norms[0];
     layer.post_norm = norms[1];
     const int64_t q_out = num_heads_ * head_size_, kv_out = num_kv_heads_ * head_size_;
@@ -203,6 +209,8 @@ class DecodeStack : public torch::CustomClassHolder {
     layer.v_cache = std::move(v_cache);
     layer.scale = scale;
     layer.window = window;
+    layer.k_scale = k_scale;
+    layer.v_scale = v_scale;
     layers_.push_back(std::move(layer));
   }
 

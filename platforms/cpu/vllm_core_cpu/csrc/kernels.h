@@ -35,7 +35,8 @@ at::Tensor silu_and_mul(const at::Tensor& x);
 at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& value_cache, const at::Tensor& block_table,
                            const at::Tensor& token_request, const at::Tensor& token_position,
-                           double scale, int64_t window);
+                           double scale, int64_t window, double k_scale = 1.0,
+                           double v_scale = 1.0);
 at::Tensor paged_attention_rotary(const at::Tensor& query, const at::Tensor& key,
                                   const at::Tensor& value, at::Tensor key_cache,
                                   at::Tensor value_cache, const at::Tensor& slot_mapping,
@@ -43,6 +44,7 @@ at::Tensor paged_attention_rotary(const at::Tensor& query, const at::Tensor& key
                                   const at::Tensor& token_request,
                                   const at::Tensor& token_position,
                                   const at::Tensor& positions, const at::Tensor& cos_sin_cache,
-                                  double scale, int64_t window);
+                                  double scale, int64_t window, double k_scale = 1.0,
+                                  double v_scale = 1.0);
 
 }  // namespace vllm_core_cpu
