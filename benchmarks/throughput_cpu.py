@@ -22,8 +22,9 @@ Method (design section 6):
   ``peak_rss_mib`` is the peak summed RSS of the subprocess tree, sampled every 50 ms.
 - Absolute times on a shared 2-core machine are indicative; quote the ratios.
 - ``--variants`` runs several configurations in one command, e.g. ``hf@float32,hf@bfloat16,
-  vllm-core@float32,vllm-core@float32+int8`` (``system@dtype[+quantization]``; the
-  quantization is vllm-core's ``--quantization``, applied at load); each vllm-core line then
+  vllm-core@float32,vllm-core@float32+int8`` (``system@dtype[+quantization][/kv_cache_dtype]``;
+  the quantization is vllm-core's ``--quantization``, applied at load, and the KV-cache dtype its
+  ``--kv-cache-dtype``, e.g. ``vllm-core@bfloat16+int8/fp8``); each vllm-core line then
   carries ``ratio_vs_<variant>`` for every peer variant and ``ratio_vs_<peer>_best`` against
   that peer's fastest dtype in the run.
 """
@@ -237,19 +238,22 @@ def add_ratios(core: dict[str, Any], peers: dict[str, dict[str, Any]]) -> None:
 
 @dataclass(slots=True, frozen=True)
 class Variant:
-    """One configuration of a ``--variants`` run: ``system@dtype[+quantization][%KEY=VALUE]``
-    (the optional ``%KEY=VALUE`` sets one environment variable for that run only, e.g.
+    """One configuration of a ``--variants`` run:
+    ``system@dtype[+quantization][/kv_cache_dtype][%KEY=VALUE]`` (the optional ``%KEY=VALUE``
+    sets one environment variable for that run only, e.g.
     ``vllm-core@bfloat16+int8%VLLM_CPU_INT8_PACKED=0``, for an A/B of a knob in one run)."""
 
     system: str
     dtype: str
     quantization: str | None = None
     env: tuple[str, str] | None = None
+    kv_cache_dtype: str | None = None
 
     @property
     def label(self) -> str:
         return (f"{self.system}@{self.dtype}" + (f"+{self.quantization}" if self.quantization
                                                  else "")
+                + (f"/{self.kv_cache_dtype}" if self.kv_cache_dtype else "")
                 + (f"%{self.env[0]}={self.env[1]}" if self.env else ""))
 
     @classmethod
@@ -258,14 +262,18 @@ class Variant:
         key, eq, value = knob.partition("=")
         if pct and not (key and eq):
             raise ValueError(f"variant {text}%{knob}: expected %KEY=VALUE after the variant")
+        text, slash, kv = text.partition("/")
         system, sep, rest = text.partition("@")
         dtype, _, quant = rest.partition("+")
+        if slash and (not kv or system != "vllm-core"):
+            raise ValueError(f"variant {text}/{kv}: only vllm-core takes a KV-cache dtype "
+                             "(after '/')")
         if not sep or system not in SYSTEMS or dtype not in ("bfloat16", "float32"):
             raise ValueError(f"variant {text!r}: expected SYSTEM@DTYPE[+QUANT] with SYSTEM in "
                              f"{', '.join(SYSTEMS)} and DTYPE bfloat16 or float32")
         if quant and system != "vllm-core":
             raise ValueError(f"variant {text!r}: only vllm-core takes a quantization")
-        return cls(system, dtype, quant or None, (key, value) if pct else None)
+        return cls(system, dtype, quant or None, (key, value) if pct else None, kv or None)
 
 
 def add_best_ratios(core: dict[str, Any], peers: dict[str, dict[str, Any]]) -> None:
@@ -460,7 +468,8 @@ def run_variants(args: argparse.Namespace, workload: Workload, base_spec: dict[s
     failed = False
     lines: dict[str, dict[str, Any]] = {}
     for v in args.variants:
-        spec = dict(base_spec, dtype=v.dtype, quantization=v.quantization)
+        spec = dict(base_spec, dtype=v.dtype, quantization=v.quantization,
+                    kv_cache_dtype=v.kv_cache_dtype)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(spec, f)
             spec_path = Path(f.name)
@@ -483,6 +492,8 @@ def run_variants(args: argparse.Namespace, workload: Workload, base_spec: dict[s
         finally:
             spec_path.unlink(missing_ok=True)
         line["variant"], line["quantization"] = v.label, v.quantization
+        if v.kv_cache_dtype:
+            line["kv_cache_dtype"] = v.kv_cache_dtype
         line.update(cpu_facts())
         if v.system == "vllm-core" and "error" not in line:
             peers = {k: x for k, x in lines.items() if x.get("system") in PEERS}

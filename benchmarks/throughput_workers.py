@@ -58,6 +58,8 @@ def _run_vllm_like(spec: dict[str, Any], system: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": model, "dtype": spec["dtype"], "seed": spec["seed"]}
         if spec.get("quantization"):
             kwargs["quantization"] = spec["quantization"]
+        if spec.get("kv_cache_dtype"):
+            kwargs["kv_cache_dtype"] = spec["kv_cache_dtype"]
         if model is not None:
             kwargs["tokenizer"] = spec["tokenizer"]
     else:

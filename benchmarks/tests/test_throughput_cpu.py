@@ -119,8 +119,14 @@ def test_variants_parse_order_and_best_ratio() -> None:
     assert knob.variants[0].env == ("VLLM_CPU_INT8_PACKED", "0")
     assert knob.variants[0].quantization == "int8"
     assert knob.variants[0].label == "vllm-core@bfloat16+int8%VLLM_CPU_INT8_PACKED=0"
+    kv = tc.parse_args(["--variants", "vllm-core@bfloat16+int8/fp8%OMP_NUM_THREADS=2"])
+    assert (kv.variants[0].kv_cache_dtype, kv.variants[0].quantization) == ("fp8", "int8")
+    assert kv.variants[0].env == ("OMP_NUM_THREADS", "2")
+    assert kv.variants[0].label == "vllm-core@bfloat16+int8/fp8%OMP_NUM_THREADS=2"
+    assert tc.parse_args(["--variants", "vllm-core@float32/fp8_e5m2"]).variants[0] == \
+        tc.Variant("vllm-core", "float32", kv_cache_dtype="fp8_e5m2")
     for bad in ("hf@float32+int8", "hf", "trt@float32", "vllm-core@fp8",
-                "vllm-core@float32%NOVALUE"):
+                "vllm-core@float32%NOVALUE", "hf@bfloat16/fp8", "vllm-core@bfloat16/"):
         with pytest.raises(SystemExit):
             tc.parse_args(["--variants", bad])
     core = {"output_tokens_per_s": 30.0}
