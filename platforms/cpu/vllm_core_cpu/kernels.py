@@ -9,21 +9,20 @@ different versions sharing a cache do not rebuild over each other) and registere
 ``load_kernels`` returns False with the reason logged, and the backend falls back to its SDPA
 path.
 
-Concurrent builds (several engines starting at once) are serialised by an ``fcntl`` lock that
-the kernel releases when its holder dies. torch's own build lock is a plain file that a killed
-build leaves behind, after which every later build waits for it forever; holding our lock, any
-such file is stale and is removed.
+Concurrent builds (several engines starting at once) are serialised by the core's
+``vllm_core/platforms/kernel_build.build_lock`` (an ``fcntl`` lock the kernel releases when its
+holder dies; holding it, the plain lock file a killed torch build leaves behind is removed).
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import os
 
 from vllm_core import envs
 from vllm_core.logger import init_logger
+from vllm_core.platforms.kernel_build import build_lock, sources_key
 
 logger = init_logger(__name__)
 _SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp", "rms_norm.cpp",
@@ -42,15 +41,8 @@ def load_kernels() -> bool:
     build_dir = os.path.join(envs.cache_root(), "torch_extensions",
                              f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{isa_key()}"
                              f"_{sources_key(sources + [os.path.join(here, h) for h in _HEADERS])}")
-    os.makedirs(build_dir, exist_ok=True)
     try:
-        with open(os.path.join(build_dir, "build.flock"), "w") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            stale = os.path.join(build_dir, "lock")
-            if os.path.exists(stale):
-                logger.warning("removing a stale kernel build lock left by a killed build: %s",
-                               stale)
-                os.remove(stale)
+        with build_lock(build_dir):
             if not os.path.exists(os.path.join(build_dir, "vllm_core_cpu_kernels.so")):
                 logger.info("building the CPU kernels for this CPU and torch (first start only; "
                             "a minute or two on a small machine), into %s", build_dir)
@@ -63,16 +55,6 @@ def load_kernels() -> bool:
                        "reference quantized linears)", e)
         return False
     return hasattr(torch.ops.vllm_core_cpu, "paged_attention")
-
-
-def sources_key(paths: list[str]) -> str:
-    """A short hash of the kernel sources: checkouts with different sources sharing one cache
-    root build into different folders instead of rebuilding over each other."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:10]
 
 
 def isa_key() -> str:
