@@ -573,15 +573,16 @@ def driver(args: argparse.Namespace) -> None:
         out.close()
 
 
-#: Engine variables an A/B of this benchmark may set, recorded with every ``VLLM_TRITON_*`` one.
+#: Engine variables an A/B of this benchmark may set, recorded with every ``VLLM_TRITON_*`` /
+#: ``VLLM_CUDA_*`` one.
 ENGINE_KNOBS = ("VLLM_FREEZE_GC_HEAP",)
 
 
 def kernel_knobs() -> dict[str, dict[str, str]]:
-    """The kernel and engine variables set for this run (``VLLM_TRITON_*``, ``ENGINE_KNOBS``),
-    so A/B lines say which variant they measured; empty when none is set."""
+    """The kernel and engine variables set for this run (``VLLM_TRITON_*``, ``VLLM_CUDA_*``,
+    ``ENGINE_KNOBS``), so A/B lines say which variant they measured; empty when none is set."""
     knobs = {k: v for k, v in sorted(os.environ.items())
-             if v and (k.startswith("VLLM_TRITON_") or k in ENGINE_KNOBS)}
+             if v and (k.startswith(("VLLM_TRITON_", "VLLM_CUDA_")) or k in ENGINE_KNOBS)}
     return {"knobs": knobs} if knobs else {}
 
 

@@ -116,3 +116,40 @@ def test_fp8_kv_cache_doubles_blocks_and_keeps_greedy_tokens(tmp_path):
                         None)
             if turn is not None:
                 assert got[turn] in top5[turn], (kv, turn, want, got)
+
+
+def test_w4a16_default_cuda_gemv_in_the_engine_follows_triton(tmp_path, monkeypatch, caplog):
+    """A bf16 GPTQ 4-bit group-128 model (the shapes the CUDA tensor-core GEMV serves), CUDA
+    graphs on: the default kernel (``VLLM_CUDA_WNA16_KERNEL`` unset: the CUDA GEMV, named in
+    the start-up log) and ``triton`` give the same greedy tokens, or, where they first differ
+    (bf16 rounding of two exact-up-to-reassociation kernels), the token is in the other's
+    top 5."""
+    import logging
+
+    from vllm_core import LLM, SamplingParams
+
+    hf = tiny_llama(seed=4, hidden_size=256, intermediate_size=512)
+    write_gptq(str(tmp_path), hf, bits=4, group_size=128)
+    write_wordlevel_tokenizer(str(tmp_path), hf.config.vocab_size)
+    runs = {}
+    for kernel in ("", "triton"):
+        monkeypatch.setenv("VLLM_CUDA_WNA16_KERNEL", kernel)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            llm = LLM(str(tmp_path), dtype="bfloat16", max_model_len=64,
+                      num_gpu_blocks_override=64, max_num_seqs=8)
+        sp = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True,
+                            logprobs=5)
+        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], sp, use_tqdm=False)
+        runs[kernel] = [(list(o.outputs[0].token_ids), [set(lp) for lp in o.outputs[0].logprobs])
+                        for o in outs]
+        assert llm.llm_engine.executor.worker.runner.num_graph_steps > 0
+        assert ("cuda wna16 mma GEMV" in caplog.text) == (kernel == "")
+        llm.llm_engine.shutdown()
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+    for (got, _), (want, want_top5) in zip(runs[""], runs["triton"], strict=True):
+        turn = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+        if turn is not None:
+            assert got[turn] in want_top5[turn]

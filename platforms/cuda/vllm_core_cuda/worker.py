@@ -1,7 +1,8 @@
 """``CudaWorker``: the core ``TorchWorker`` on one NVIDIA GPU.
 
-Differences: Triton layer kernels (``TritonLayerOps``), the ``CudaModelRunner`` (persistent
-inputs, CUDA graphs, sync-free sampling), and KV sizing from a profiled peak:
+Differences: Triton layer kernels (``CudaLayerOps``: ``TritonLayerOps`` plus, opt-in, this
+plugin's CUDA W4A16 decode GEMV), the ``CudaModelRunner`` (persistent inputs, CUDA graphs,
+sync-free sampling), and KV sizing from a profiled peak:
 
     kv_budget = total * gpu_memory_utilization - non_torch - peak_torch - graph_reserve
 
@@ -78,11 +79,12 @@ class CudaWorker(TorchWorker):
                 runner.graph_sizes = []
 
     def layer_ops(self) -> Any:
-        from vllm_core_triton.ops import TritonLayerOps
-
         from vllm_core_cuda import envs
+        from vllm_core_cuda.layer_ops import CudaLayerOps
 
-        return TritonLayerOps(gemv_max_rows=envs.cuda_gemv_max_rows())
+        return CudaLayerOps(gemv_max_rows=envs.cuda_gemv_max_rows(),
+                            wna16_kernel=envs.cuda_wna16_kernel(),
+                            wna16_pack=envs.cuda_wna16_pack())
 
     def runner_class(self) -> type[CudaModelRunner]:
         return CudaModelRunner
