@@ -61,10 +61,11 @@ def prompt_ids(path: str) -> list[int]:
     return np.random.default_rng(SEED).choice(allowed, PROMPT_LEN).tolist()
 
 
-def run_llama_bench(binary: str, path: str, threads: int) -> dict[str, Any]:
-    """llama.cpp's ``llama-bench``: token generation after a context as long as our prompt."""
+def run_llama_bench(binary: str, path: str, threads: int, reps: int = 10) -> dict[str, Any]:
+    """llama.cpp's ``llama-bench``: token generation after a context as long as our prompt,
+    the mean of ``reps`` runs (with 3, one slow run on a shared machine moved it by 30%)."""
     cmd = [binary, "-m", path, "-p", "0", "-d", str(PROMPT_LEN), "-n", str(OUTPUT_LEN),
-           "-t", str(threads), "-r", "3", "-o", "json"]
+           "-t", str(threads), "-r", str(reps), "-o", "json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"llama-bench exit {proc.returncode}: {proc.stderr.strip()[-300:]}")

@@ -12,6 +12,9 @@ perplexity = exp(-mean logprob) over all scored tokens. Configurations:
   saved as a float32 HF folder: GGUF files accept no other quantization);
 - ``int8-online``: ``--quantization int8`` (W8A8: per-channel int8 weights made at load,
   dynamic per-token activations; a GGUF file is de-quantized first);
+- ``kv-fp8``, ``kv-fp8-e5m2``: the float32 model with ``--kv-cache-dtype fp8`` (e4m3) /
+  ``fp8_e5m2`` (scales 1.0): every window's keys and values are read back from the fp8 cache,
+  prefill included;
 - ``gptq-4bit``, ``awq-4bit``, ``ct-w4a16``, ``ct-w8a8-int8``, ``ct-w8a8-fp8``, ``fp8-ckpt``:
   checkpoints written from the same weights by the format writers of
   ``vllm_core/model_executor/quantization/testing.py`` (GPTQ / AWQ layouts, compressed-tensors
@@ -38,18 +41,20 @@ from collections.abc import Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = os.path.join(HERE, "data", "perplexity_text.md")
 ALL_CONFIGS = ("float32", "bfloat16", "fp8-online", "int8-online", "gptq-4bit", "awq-4bit", "ct-w4a16",
-               "ct-w8a8-int8", "ct-w8a8-fp8", "fp8-ckpt")
+               "ct-w8a8-int8", "ct-w8a8-fp8", "fp8-ckpt", "kv-fp8", "kv-fp8-e5m2")
+KV_CONFIGS = {"kv-fp8": "fp8", "kv-fp8-e5m2": "fp8_e5m2"}
 
 
 def engine_perplexity(model: str, token_ids: list[int], *, dtype: str = "float32",
                       quantization: str | None = None, window: int = 1024,
-                      tokenizer: str | None = None) -> tuple[float, int]:
+                      tokenizer: str | None = None,
+                      kv_cache_dtype: str = "auto") -> tuple[float, int]:
     """(perplexity, tokens scored) of ``token_ids`` through our engine, in windows of at most
     ``window`` tokens (the first token of each window is not scored)."""
     from vllm_core import LLM, SamplingParams
 
     llm = LLM(model, tokenizer=tokenizer, dtype=dtype, quantization=quantization,
-              max_model_len=window + 1, max_num_seqs=4)
+              max_model_len=window + 1, max_num_seqs=4, kv_cache_dtype=kv_cache_dtype)
     try:
         chunks = [token_ids[i:i + window] for i in range(0, len(token_ids), window)]
         chunks = [c for c in chunks if len(c) > 1]
@@ -130,6 +135,7 @@ def run(model: str | None, configs: list[str], window: int, out: Callable[[dict]
         for name in configs:
             start = time.perf_counter()
             path, dtype, quant, tok = model, "float32", None, None
+            kv = KV_CONFIGS.get(name, "auto")
             if name == "bfloat16":
                 dtype = "bfloat16"
             elif name == "fp8-online":
@@ -148,12 +154,12 @@ def run(model: str | None, configs: list[str], window: int, out: Callable[[dict]
                 path = os.path.join(tmp, name)
                 writers[name](path, hf)
                 tok = model                    # the written folders hold no tokenizer
-            elif name != "float32":
+            elif name != "float32" and name not in KV_CONFIGS:
                 raise ValueError(f"unknown configuration {name!r} (one of {', '.join(ALL_CONFIGS)})")
             ppl, n = engine_perplexity(path, ids, dtype=dtype, quantization=quant,
-                                       window=window, tokenizer=tok)
+                                       window=window, tokenizer=tok, kv_cache_dtype=kv)
             out({"kind": "perplexity", "config": name, "model": os.path.basename(model),
-                 "dtype": dtype, "perplexity": round(ppl, 4), "tokens": n,
+                 "dtype": dtype, "kv_cache_dtype": kv, "perplexity": round(ppl, 4), "tokens": n,
                  "text": os.path.basename(text_path), "seconds": round(time.perf_counter() - start, 1),
                  "cpu": platform.processor() or platform.machine(),
                  "load_avg": [round(x, 2) for x in os.getloadavg()]})

@@ -38,7 +38,7 @@ def test_engine_perplexity_equals_hf(tmp_path):
     assert math.isclose(got, _hf_perplexity(hf, ids, 32), rel_tol=1e-4)
 
 
-@pytest.mark.slow           # four engine starts
+@pytest.mark.slow           # five engine starts
 def test_run_writes_a_line_per_configuration(tmp_path):
     hf = tiny_llama(seed=2)
     folder = tmp_path / "model"
@@ -47,11 +47,12 @@ def test_run_writes_a_line_per_configuration(tmp_path):
     text = tmp_path / "text.md"
     text.write_text(" ".join(f"t{i % 90}" for i in range(0, 400, 7)))
     records = []
-    ppl.run(str(folder), ["float32", "fp8-online", "int8-online", "gptq-4bit"], 64, records.append,
-            text_path=str(text))
-    assert [r["config"] for r in records] == ["float32", "fp8-online", "int8-online", "gptq-4bit"]
+    configs = ["float32", "fp8-online", "int8-online", "gptq-4bit", "kv-fp8"]
+    ppl.run(str(folder), configs, 64, records.append, text_path=str(text))
+    assert [r["config"] for r in records] == configs
+    assert records[-1]["kv_cache_dtype"] == "fp8" and records[0]["kv_cache_dtype"] == "auto"
     base = records[0]["perplexity"]
     assert all(r["tokens"] == records[0]["tokens"] > 0 for r in records)
-    # quantized weights of the same model: close to, not equal to, the float perplexity
+    # quantized weights (or K / V) of the same model: close to, not equal to, the float one
     for r in records[1:]:
         assert r["perplexity"] != base and abs(math.log(r["perplexity"] / base)) < 0.2

@@ -132,7 +132,8 @@ inline void attend_fixed(const T* q_row, const C* kc, const C* vc, const int64_t
   const float* row_ptr[kLanes];
   const int64_t stride = (num_keys + kLanes - 1) / kLanes * kLanes;
   for (int g = 0; g < G; ++g)
-    for (int i = 0; i < NV; ++i) storev(qf[g] + i * kLanes, loadv(q_row + (g * NV + i) * kLanes) * scale);
+    for (int i = 0; i < NV; ++i)
+      storev(qf[g] + i * kLanes, loadv(q_row + (g * NV + i) * kLanes) * scale);
   // the chunk's rows of `cache` as float pointers (into the cache when C is float)
   auto widen = [&](const C* cache, int64_t c, int n) {
     for (int j = 0; j < n; ++j) {
