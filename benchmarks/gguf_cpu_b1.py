@@ -6,15 +6,16 @@ llama.cpp on the same file with the same threads, in one run.
 Systems, each in its own subprocess, one after the other (never concurrently):
 
 - ``llama.cpp``: with ``--llama-bench PATH``, llama.cpp's own ``llama-bench`` binary
-  (``-m <the GGUF> -p 0 -d 128 -n 256 -t T -r 3 -o json``: 256 generated tokens after a
+  (``-m <the GGUF> -p 0 -d 128 -n 256 -t T -r 10 -o json``: 256 generated tokens after a
   128-token context, its ``avg_ts``); otherwise ``llama-cpp-python`` (``pip install
   llama-cpp-python``; built from source, over 90 minutes on a 2-vCPU machine),
   ``Llama(model_path=<the GGUF>, n_threads=T)``, greedy. ``llama-bench`` alone builds from
   llama.cpp's sources in ~20 minutes on one core (native CPU flags, Release);
 - ``vllm-core q4_1-kept`` / ``q4_1-kept-bf16``: the GGUF kept quantized (``--quantization
   gguf``, the default), fp32 / bf16 activations, the CPU plugin's C++ ``wna16_linear``;
-- ``vllm-core q4_1-kept-int8``: the same with ``VLLM_CPU_WNA16_ACTIVATIONS=int8`` (activations
-  quantized to int8 per 32 inputs, integer dot products; x86 AVX2);
+- ``vllm-core q4_1-kept-int8`` / ``q4_1-kept-bf16-int8``: the same (fp32 / bf16) with
+  ``VLLM_CPU_WNA16_ACTIVATIONS=int8`` (activations quantized to int8 per 32 inputs, integer dot
+  products; x86 AVX2);
 - ``vllm-core dequant-fp32`` / ``dequant-bf16``: ``--gguf-dequantize`` (the float path).
 
 Workload ``cpu-b1``: 1 request, 128 random prompt tokens (seeded, non-special vocabulary),
@@ -46,8 +47,8 @@ from cpu_facts import cpu_facts
 PROMPT_LEN, OUTPUT_LEN, SEED = 128, 256, 0
 USER_ENV = dict(os.environ)            # before vllm_core (envs.apply_openmp_defaults) runs
 RESULT = "B1_RESULT "
-SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-int8", "q4_1-kept-bf16", "dequant-fp32",
-           "dequant-bf16")
+SYSTEMS = ("llama.cpp", "q4_1-kept", "q4_1-kept-int8", "q4_1-kept-bf16", "q4_1-kept-bf16-int8",
+           "dequant-fp32", "dequant-bf16")
 
 
 def prompt_ids(path: str) -> list[int]:
@@ -98,7 +99,7 @@ def run_llama_cpp(path: str, ids: list[int], threads: int) -> dict[str, Any]:
 def run_ours(system: str, path: str, ids: list[int], threads: int) -> dict[str, Any]:
     from vllm_core import LLM, SamplingParams
 
-    dtype = "bfloat16" if system.endswith("-bf16") else "float32"      # "-int8": env (parent)
+    dtype = "bfloat16" if "-bf16" in system else "float32"      # "-int8": env (parent)
     t0 = time.perf_counter()
     llm = LLM(model=path, dtype=dtype, gguf_dequantize=system.startswith("dequant"),
               max_num_seqs=1, enable_prefix_caching=False)      # threads: VLLM_CPU_NUM_THREADS
