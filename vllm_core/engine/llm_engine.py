@@ -107,10 +107,12 @@ class LLMEngine:
         self.startup_time = time.perf_counter() - start
         self.startup_phases: dict[str, float] = dict(core.startup_phases)
         self.startup_phases["total"] = self.startup_time
+        kv = config.cache.kv_cache_dtype
         logger.info("engine ready in %.1f s: %s, dtype %s, %d KV blocks of %d tokens "
-                    "(%d tokens), max_model_len %d%s%s", self.startup_time, platform.describe(),
-                    model.dtype, num_blocks, config.cache.block_size,
-                    (num_blocks - 1) * config.cache.block_size, model.max_model_len,
+                    "(%d tokens%s), max_model_len %d%s%s", self.startup_time,
+                    platform.describe(), model.dtype, num_blocks, config.cache.block_size,
+                    (num_blocks - 1) * config.cache.block_size,
+                    "" if kv == "auto" else f", KV cache {kv}", model.max_model_len,
                     ", async scheduling" if self.async_scheduling else "",
                     "" if self.in_process else ", engine core in its own process")
         logger.info("start-up phases: %s", describe_phases(self.startup_phases))
