@@ -158,3 +158,37 @@ def test_engine_process_interrupted_or_killed_leaves_nothing(folder, sig, tmp_pa
             proc.kill()
             proc.wait()
     _assert_nothing_left(pids, shm_name, within_s=20)
+
+
+def _exit_after(started, seconds: float) -> None:
+    started.set()
+    time.sleep(seconds)
+
+
+def test_a_rank_error_names_the_peer_that_is_still_dying():
+    """A rank's error report (its collective saw a reset connection) can reach the executor
+    before the killed peer's process has exited: the failure waits briefly for dying ranks
+    (``PEER_DEATH_GRACE_S``), so it names the dead rank, not only the rank that noticed."""
+    import multiprocessing
+
+    from vllm_core.engine import mp_executor
+
+    ctx = multiprocessing.get_context("spawn")
+    started = [ctx.Event(), ctx.Event()]
+    procs = [ctx.Process(target=_exit_after, args=(started[0], 30)),
+             ctx.Process(target=_exit_after, args=(started[1], 0.3))]
+    for p in procs:
+        p.start()
+    ex = mp_executor.MultiprocExecutor.__new__(mp_executor.MultiprocExecutor)
+    ex.procs = procs
+    try:
+        assert all(e.wait(60) for e in started)
+        assert ex._dead_ranks() == ""                        # rank 1 is still running
+        t0 = time.monotonic()
+        ex._let_dying_ranks_exit()
+        assert time.monotonic() - t0 < mp_executor.PEER_DEATH_GRACE_S + 0.5
+        assert ex._dead_ranks().startswith(f"worker rank 1 (pid {procs[1].pid}) died")
+    finally:
+        for p in procs:
+            p.kill()
+            p.join(5)

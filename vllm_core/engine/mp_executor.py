@@ -33,6 +33,9 @@ from vllm_core.engine.ranked_executor import RankedExecutor
 from vllm_core.logger import init_logger
 from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
+# how long a worker's error report waits for its peers' deaths to become visible (_fail)
+PEER_DEATH_GRACE_S = 1.0
+
 logger = init_logger(__name__)
 
 
@@ -187,6 +190,8 @@ class MultiprocExecutor(RankedExecutor):
         return self._replies.pop(key)
 
     def _fail(self, why: str) -> None:
+        if why.startswith("worker failed"):
+            self._let_dying_ranks_exit()
         dead = self._dead_ranks()
         if dead and not why.startswith("worker rank"):
             why = f"{dead}; then {why}"          # the root cause first
@@ -194,6 +199,19 @@ class MultiprocExecutor(RankedExecutor):
         logger.error("%s", self._failed)
         self._abort()
         raise WorkerFailure(self._failed)
+
+    def _let_dying_ranks_exit(self) -> None:
+        """Wait up to ``PEER_DEATH_GRACE_S`` for worker processes to end. A rank's error is
+        often a peer's death seen through a collective (its connection reset): the kernel
+        closes a killed process's sockets before it marks the process exited, so without this
+        the failure would name the rank that noticed instead of the one that died."""
+        deadline = time.monotonic() + PEER_DEATH_GRACE_S
+        running = [p for p in self.procs if p.is_alive()]
+        while running and (left := deadline - time.monotonic()) > 0:
+            ended = wait([p.sentinel for p in running], timeout=left)
+            if not ended:
+                break
+            running = [p for p in running if p.sentinel not in ended]
 
     def _dead_ranks(self) -> str:
         """'worker rank R (pid P) died with exit code C' for each process that ended."""
