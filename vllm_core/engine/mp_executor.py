@@ -33,7 +33,8 @@ from vllm_core.engine.ranked_executor import RankedExecutor
 from vllm_core.logger import init_logger
 from vllm_core.messages import ModelRunnerOutput, SchedulerOutput
 
-# how long a worker's error report waits for its peers' deaths to become visible (_fail)
+# how long a worker's error report waits for its peers' deaths to become visible
+# (_let_dying_ranks_exit), so that the failure names the rank that died first
 PEER_DEATH_GRACE_S = 1.0
 
 logger = init_logger(__name__)
@@ -173,7 +174,7 @@ class MultiprocExecutor(RankedExecutor):
                     self._fail(f"worker rank {rank} (pid {proc.pid}) died with exit code "
                                f"{proc.exitcode}")
                 if status == "error":
-                    self._fail(f"worker failed: {value}")
+                    self._worker_error(value)
                 self._replies[(rank, got_seq)] = value
                 continue
             if ready:
@@ -185,13 +186,11 @@ class MultiprocExecutor(RankedExecutor):
                         except (EOFError, OSError):
                             continue
                         if status == "error":
-                            self._fail(f"worker failed: {value}")
+                            self._worker_error(value)
                 self._check_alive()
         return self._replies.pop(key)
 
     def _fail(self, why: str) -> None:
-        if why.startswith("worker failed"):
-            self._let_dying_ranks_exit()
         dead = self._dead_ranks()
         if dead and not why.startswith("worker rank"):
             why = f"{dead}; then {why}"          # the root cause first
@@ -199,6 +198,11 @@ class MultiprocExecutor(RankedExecutor):
         logger.error("%s", self._failed)
         self._abort()
         raise WorkerFailure(self._failed)
+
+    def _worker_error(self, report: Any) -> None:
+        """Fail with a worker's error report, once the ranks that are dying have exited."""
+        self._let_dying_ranks_exit()
+        self._fail(f"worker failed: {report}")
 
     def _let_dying_ranks_exit(self) -> None:
         """Wait up to ``PEER_DEATH_GRACE_S`` for worker processes to end. A rank's error is

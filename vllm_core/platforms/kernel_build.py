@@ -1,6 +1,7 @@
 """What platform plugins share to JIT-build their C++ / CUDA kernels with torch's extension
-builder into the cache directory: a hash of the sources for the build folder's name, and a
-lock that serialises concurrent builds.
+builder into the cache directory: the build folder (``build_dir``: named by the torch version,
+the plugin's machine key and a hash of the sources), and a lock that serialises concurrent
+builds.
 
 ``build_lock(build_dir)`` holds an ``fcntl`` lock on ``build_dir/build.flock`` (the kernel
 releases it when its holder dies, so a killed build never blocks the next one) and, once held,
@@ -16,6 +17,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 
+from vllm_core import envs
 from vllm_core.logger import init_logger
 
 logger = init_logger(__name__)
@@ -29,6 +31,17 @@ def sources_key(paths: list[str]) -> str:
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:10]
+
+
+def build_dir(name: str, machine_key: str, sources: list[str]) -> str:
+    """``<cache root>/torch_extensions/<name>_torch<version>_<machine_key>_<sources key>``: a
+    build never loads code made for another torch, machine (``machine_key``: the CPU's ISA,
+    the GPU's architecture) or version of the sources (every file that goes into it)."""
+    import torch
+
+    return os.path.join(envs.cache_root(), "torch_extensions",
+                        f"{name}_torch{torch.__version__.replace('+', '_')}_{machine_key}"
+                        f"_{sources_key(sources)}")
 
 
 @contextlib.contextmanager

@@ -156,6 +156,26 @@ def test_sliding_window_matches_oracle(q_lens, ctx_lens, h, hkv, d, window):
         start += n
 
 
+def fused_and_unfused(impl, q, k, v, cache, common, q_lens, rot, bs):
+    """``impl.forward_with_rotary`` into ``cache``'s clone, and the core's torch rotary (fp32,
+    rounded to the activation dtype) then ``impl.forward`` into ``cache``: ``(fused output,
+    unfused output, the fused run's cache)``."""
+    from vllm_core.model_executor.layers.ops import TorchLayerOps
+    from vllm_core.model_executor.layers.rotary_embedding import RotaryEmbedding
+
+    d, dtype = q.shape[-1], q.dtype
+    rope = RotaryEmbedding(d, rot, 4096, 10000.0, None, TorchLayerOps())
+    positions = common.seq_lens_cpu.repeat_interleave(torch.tensor(q_lens)) - torch.cat(
+        [torch.arange(x, 0, -1) for x in q_lens])
+    builder = CpuPagedAttentionBackend.get_builder_cls()(bs, torch.device("cpu"))
+    fused_cache = cache.clone()
+    got = impl.forward_with_rotary(q, k, v, fused_cache, builder.build(common), positions,
+                                   rope.cos_sin_cache)
+    rq, rk = TorchLayerOps().rotary(positions, q.float(), k.float(), rope.cos_sin_cache, d)
+    want = impl.forward(rq.to(dtype), rk.to(dtype), v, cache, builder.build(common))
+    return got, want, fused_cache
+
+
 @pytest.mark.parametrize("q_lens,ctx_lens", [
     ([1, 1, 1], [5, 17, 40]),                  # decodes only
     ([1, 6, 13], [20, 16, 5]),                 # decodes + chunks with earlier context
@@ -166,26 +186,15 @@ def test_fused_rotary_matches_rotary_then_forward(q_lens, ctx_lens, h, hkv, d, r
     """``forward_with_rotary`` (one C++ call: neox rotary of q / k, cache write, attention)
     against the core's torch rotary followed by ``forward``, on strided q / k / v views of one
     fused projection as the decoder hands them; partial rotary leaves the other channels."""
-    from vllm_core.model_executor.layers.ops import TorchLayerOps
-    from vllm_core.model_executor.layers.rotary_embedding import RotaryEmbedding
-
     bs = 8
     common, cache, q, k, v, *_ = build_case(q_lens, ctx_lens, h, hkv, d, bs, dtype, seed=2)
     fused = torch.cat([q.flatten(1), k.flatten(1), v.flatten(1)], dim=1)   # qkv_proj's output
     n = q.shape[0]
     q, k, v = (t.view(n, -1, d) for t in fused.split([h * d, hkv * d, hkv * d], dim=1))
     assert not q.is_contiguous()
-    rope = RotaryEmbedding(d, rot, 4096, 10000.0, None, TorchLayerOps())
-    positions = common.seq_lens_cpu.repeat_interleave(torch.tensor(q_lens)) - torch.cat(
-        [torch.arange(x, 0, -1) for x in q_lens])
-    builder = CpuPagedAttentionBackend.get_builder_cls()(bs, torch.device("cpu"))
     impl = CpuPagedAttentionBackend.get_impl_cls()(h, d, d ** -0.5, hkv)
     assert impl.fuses_rotary
-    fused_cache = cache.clone()
-    got = impl.forward_with_rotary(q, k, v, fused_cache, builder.build(common), positions,
-                                   rope.cos_sin_cache)
-    rq, rk = TorchLayerOps().rotary(positions, q.float(), k.float(), rope.cos_sin_cache, d)
-    want = impl.forward(rq.to(dtype), rk.to(dtype), v, cache, builder.build(common))
+    got, want, fused_cache = fused_and_unfused(impl, q, k, v, cache, common, q_lens, rot, bs)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
     torch.testing.assert_close(fused_cache.float(), cache.float(), atol=tol, rtol=tol)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cpu_attention import build_case, oracle
+from test_cpu_attention import build_case, fused_and_unfused, oracle
 
 from vllm_core.attention.kv_scales import dequantize_kv, quantize_kv
 from vllm_core.config import ModelConfig
@@ -88,23 +88,12 @@ def test_fused_rotary_writes_fp8_as_rotary_then_forward(kv_dtype, dtype):
     """``forward_with_rotary`` on an fp8 cache against the torch rotary then ``forward``: the
     same attention, the same stored keys up to one fp8 step where the two rotaries' last bits
     differ (a rounding tie), the same stored values exactly."""
-    from vllm_core.model_executor.layers.ops import TorchLayerOps
-    from vllm_core.model_executor.layers.rotary_embedding import RotaryEmbedding
-
     h, hkv, d, q_lens = 9, 3, 64, [1, 6, 13]
     common, cache, q, k, v, *_, (ks, vs) = fp8_case(q_lens, [20, 16, 5], h, hkv, d, dtype,
                                                     kv_dtype, (0.1, 0.5), seed=2)
-    rope = RotaryEmbedding(d, d, 4096, 10000.0, None, TorchLayerOps())
-    positions = common.seq_lens_cpu.repeat_interleave(torch.tensor(q_lens)) - torch.cat(
-        [torch.arange(x, 0, -1) for x in q_lens])
-    builder = CpuPagedAttentionBackend.get_builder_cls()(8, torch.device("cpu"))
     impl = CpuPagedAttentionBackend.get_impl_cls()(h, d, d ** -0.5, hkv)
     impl.set_kv_scales(ks, vs)
-    fused_cache = cache.clone()
-    got = impl.forward_with_rotary(q, k, v, fused_cache, builder.build(common), positions,
-                                   rope.cos_sin_cache)
-    rq, rk = TorchLayerOps().rotary(positions, q.float(), k.float(), rope.cos_sin_cache, d)
-    want = impl.forward(rq.to(dtype), rk.to(dtype), v, cache, builder.build(common))
+    got, want, fused_cache = fused_and_unfused(impl, q, k, v, cache, common, q_lens, d, 8)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
     assert torch.equal(as_bits(fused_cache[1]), as_bits(cache[1]))

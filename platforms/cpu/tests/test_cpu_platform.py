@@ -159,6 +159,7 @@ def test_kernel_build_clears_a_stale_torch_lock_and_keys_by_isa(tmp_path, monkey
 
     from torch.utils import cpp_extension
 
+    from vllm_core.platforms.kernel_build import sources_key
     from vllm_core_cpu import kernels
 
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path))
@@ -174,8 +175,8 @@ def test_kernel_build_clears_a_stale_torch_lock_and_keys_by_isa(tmp_path, monkey
     import torch
 
     here = os.path.join(os.path.dirname(kernels.__file__), "csrc")
-    sources = kernels.sources_key([os.path.join(here, s)
-                                   for s in kernels._SOURCES + kernels._HEADERS])
+    sources = sources_key([os.path.join(here, s)
+                           for s in kernels._SOURCES + kernels._HEADERS])
     build = tmp_path / "torch_extensions" / (
         f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{key}_{sources}")
     build.mkdir(parents=True)

@@ -1,10 +1,11 @@
 """Build (once, cached) and load the CPU plugin's C++ kernels.
 
 The sources in ``csrc/`` are compiled on first use with torch's JIT extension builder into
-``envs.cache_root()/torch_extensions/<torch version>_<ISA key>_<sources key>`` (``-march=native``
-code, so the folder is keyed by the CPU's instruction-set flags: a cache shared between machines
-never loads code built for another processor; and by a hash of the sources, so checkouts of
-different versions sharing a cache do not rebuild over each other) and registered as
+``<cache root>/torch_extensions/cpu_kernels_torch<version>_<ISA key>_<sources key>``
+(``kernel_build.build_dir``; ``-march=native`` code, so the folder is keyed by the CPU's
+instruction-set flags: a cache shared between machines never loads code built for another
+processor; and by a hash of the sources, so checkouts of different versions sharing a cache do
+not rebuild over each other) and registered as
 ``torch.ops.vllm_core_cpu.*``. When no compiler is available the build fails,
 ``load_kernels`` returns False with the reason logged, and the backend falls back to its SDPA
 path.
@@ -20,9 +21,9 @@ import functools
 import hashlib
 import os
 
-from vllm_core import envs
 from vllm_core.logger import init_logger
-from vllm_core.platforms.kernel_build import build_lock, sources_key
+from vllm_core.platforms import kernel_build
+from vllm_core.platforms.kernel_build import build_lock
 
 logger = init_logger(__name__)
 _SOURCES = ("paged_attention.cpp", "wna16_gemm.cpp", "int8_gemm.cpp", "rms_norm.cpp",
@@ -38,9 +39,8 @@ def load_kernels() -> bool:
 
     here = os.path.join(os.path.dirname(__file__), "csrc")
     sources = [os.path.join(here, s) for s in _SOURCES]
-    build_dir = os.path.join(envs.cache_root(), "torch_extensions",
-                             f"cpu_kernels_torch{torch.__version__.replace('+', '_')}_{isa_key()}"
-                             f"_{sources_key(sources + [os.path.join(here, h) for h in _HEADERS])}")
+    build_dir = kernel_build.build_dir(
+        "cpu_kernels", isa_key(), sources + [os.path.join(here, h) for h in _HEADERS])
     try:
         with build_lock(build_dir):
             if not os.path.exists(os.path.join(build_dir, "vllm_core_cpu_kernels.so")):

@@ -2,8 +2,8 @@
 
 The sources are compiled on first use with torch's JIT extension builder (nvcc) for the
 current GPU's architecture only (``sm_<major><minor>``; these kernels need 8.0 or newer) into
-``envs.cache_root()/torch_extensions/cuda_kernels_torch<version>_sm<cc>_<sources key>`` and
-registered as ``torch.ops.vllm_core_cuda.*``. The folder is keyed by torch's version, the
+``<cache root>/torch_extensions/cuda_kernels_torch<version>_sm<cc>_<sources key>``
+(``kernel_build.build_dir``) and registered as ``torch.ops.vllm_core_cuda.*``. The folder is keyed by torch's version, the
 architecture and a hash of the sources, so checkouts or GPUs sharing a cache never load each
 other's builds. Concurrent builds (several engines or ranks starting at once) are serialised
 by the core's ``kernel_build.build_lock``, as the CPU plugin's (``vllm_core_cpu/kernels.py``).
@@ -17,9 +17,9 @@ from __future__ import annotations
 import functools
 import os
 
-from vllm_core import envs
 from vllm_core.logger import init_logger
-from vllm_core.platforms.kernel_build import build_lock, sources_key
+from vllm_core.platforms import kernel_build
+from vllm_core.platforms.kernel_build import build_lock
 
 logger = init_logger(__name__)
 _SOURCES = ("wna16_mma.cu",)
@@ -42,9 +42,7 @@ def build_error() -> str | None:
     here = os.path.join(os.path.dirname(__file__), "csrc")
     sources = [os.path.join(here, s) for s in _SOURCES]
     arch = f"{major}{minor}"
-    build_dir = os.path.join(envs.cache_root(), "torch_extensions",
-                             f"cuda_kernels_torch{torch.__version__.replace('+', '_')}_sm{arch}"
-                             f"_{sources_key(sources)}")
+    build_dir = kernel_build.build_dir("cuda_kernels", f"sm{arch}", sources)
     try:
         with build_lock(build_dir):
             if not os.path.exists(os.path.join(build_dir, "vllm_core_cuda_kernels.so")):
